@@ -1,0 +1,48 @@
+# sovkeys: two commands do everything on a fresh Debian machine.
+#   make run    installs what is missing, builds, starts `sovkeys standalone`
+#   make test   installs what is missing, vets and runs the whole test suite
+SHELL := /bin/bash
+export PATH := /usr/local/go/bin:$(HOME)/go/bin:$(PATH)
+GO      ?= go
+DATA    ?= $(CURDIR)/.data
+LISTEN  ?= 127.0.0.1:8443
+NATS    ?= 127.0.0.1:4222
+BIN     := $(CURDIR)/bin/sovkeys
+
+.PHONY: run test build deps vet fuzz bench loadtest clean
+
+deps:
+	@if ! command -v softhsm2-util >/dev/null 2>&1; then \
+		echo "installing softhsm2 (apt)"; \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq softhsm2 >/dev/null; \
+	fi
+	@command -v $(GO) >/dev/null || { echo "Go 1.26+ is required (https://go.dev/dl)"; exit 1; }
+
+build: deps
+	$(GO) build -o $(BIN) ./cmd/sovkeys
+
+run: build
+	@echo "data dir: $(DATA)   (make run DATA=... LISTEN=... NATS=... to change)"
+	$(BIN) standalone --data $(DATA) --listen $(LISTEN) --nats-listen $(NATS)
+
+vet:
+	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo "gofmt needed"; exit 1; }
+	$(GO) vet ./...
+
+test: deps vet
+	$(GO) test -count=1 -timeout 15m ./...
+
+# Short fuzzing of every parser (not part of `make test`).
+fuzz: deps
+	$(GO) test ./shared/xks -run '^$$' -fuzz FuzzParseEncrypt -fuzztime 30s
+	$(GO) test ./shared/xks -run '^$$' -fuzz FuzzParseDecrypt -fuzztime 30s
+	$(GO) test ./shared/xks -run '^$$' -fuzz FuzzParsePath -fuzztime 30s
+	$(GO) test ./services/authn -run '^$$' -fuzz FuzzParseAuthorization -fuzztime 30s
+	$(GO) test ./services/authn -run '^$$' -fuzz FuzzVerify -fuzztime 30s
+
+bench: deps
+	$(GO) test ./services/keyworker -run '^$$' -bench . -benchtime 3s
+
+clean:
+	rm -rf bin

@@ -1,0 +1,159 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+
+	"github.com/sovkeys/sovkeys/services/audit"
+	"github.com/sovkeys/sovkeys/services/authn"
+	"github.com/sovkeys/sovkeys/services/gateway"
+	"github.com/sovkeys/sovkeys/services/keyworker"
+	"github.com/sovkeys/sovkeys/shared"
+	"github.com/sovkeys/sovkeys/shared/mesh"
+	"github.com/sovkeys/sovkeys/shared/tracing"
+)
+
+// serviceFlags hold every service's settings; each service reads its own.
+type serviceFlags struct {
+	conn     connFlags
+	topo     topologyFlags
+	logLevel string
+
+	listen, tlsCert, tlsKey string
+	requestTimeout          time.Duration
+
+	maxSkew     time.Duration
+	concurrency int
+
+	pool, hsmModule, hsmToken, hsmPinFile, model string
+	sessions                                     int
+	ivFromHSM                                    bool
+	healthTTL                                    time.Duration
+}
+
+func (f *serviceFlags) register(fs *flag.FlagSet, getenv func(string) string) {
+	f.conn.register(fs, getenv)
+	f.topo.register(fs)
+	fs.StringVar(&f.logLevel, "log-level", envOr(getenv, "SOVKEYS_LOG_LEVEL", "info"), "debug|info|warn|error (env SOVKEYS_LOG_LEVEL)")
+	fs.StringVar(&f.listen, "listen", "127.0.0.1:8443", "gateway: HTTPS listen address")
+	fs.StringVar(&f.tlsCert, "tls-cert", "", "gateway: TLS certificate chain (PEM)")
+	fs.StringVar(&f.tlsKey, "tls-key", "", "gateway: TLS private key (PEM)")
+	fs.DurationVar(&f.requestTimeout, "request-timeout", time.Second, "gateway: end-to-end deadline of a request")
+	fs.DurationVar(&f.maxSkew, "max-skew", 5*time.Minute, "authn: SigV4 clock skew tolerance")
+	fs.IntVar(&f.concurrency, "concurrency", 256, "authn: requests verified at once")
+	fs.StringVar(&f.pool, "pool", "default", "keyworker: pool name (one HSM or partition)")
+	fs.StringVar(&f.hsmModule, "hsm-module", getenv("SOVKEYS_HSM_MODULE"), "keyworker: PKCS#11 module path (env SOVKEYS_HSM_MODULE)")
+	fs.StringVar(&f.hsmToken, "hsm-token-label", envOr(getenv, "SOVKEYS_HSM_TOKEN_LABEL", "sovkeys"), "keyworker: token label (env SOVKEYS_HSM_TOKEN_LABEL)")
+	fs.StringVar(&f.hsmPinFile, "hsm-pin-file", "", "keyworker: file holding the user PIN (else env SOVKEYS_HSM_PIN)")
+	fs.StringVar(&f.model, "hsm-model", "SoftHSMv2", "keyworker: HSM model reported by XKS health")
+	fs.IntVar(&f.sessions, "sessions", 8, "keyworker: PKCS#11 sessions = operations in flight in this process")
+	fs.BoolVar(&f.ivFromHSM, "iv-from-hsm", false, "keyworker: let the HSM generate GCM IVs (Luna/CloudHSM)")
+	fs.DurationVar(&f.healthTTL, "health-ttl", 10*time.Second, "keyworker: reuse an HSM health result this long (max 60s)")
+}
+
+// runService runs one service as its own process.
+func runService(ctx context.Context, name string, args []string, getenv func(string) string, stderr io.Writer) error {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var f serviceFlags
+	f.register(fs, getenv)
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	logger, err := newLogger(stderr, f.logLevel)
+	if err != nil {
+		return err
+	}
+	var hsm *keyworker.HSM
+	if name == "keyworker" {
+		pin, err := readPIN(f.hsmPinFile, getenv)
+		if err != nil {
+			return err
+		}
+		hsm, err = keyworker.OpenHSM(ctx, keyworker.HSMConfig{
+			ModulePath: f.hsmModule, TokenLabel: f.hsmToken, PIN: pin, Sessions: f.sessions, IVFromHSM: f.ivFromHSM,
+		}, logger)
+		if err != nil {
+			return err
+		}
+		defer func() { _ = hsm.Close() }()
+	}
+	return startService(ctx, name, &f, hsm, getenv, logger)
+}
+
+func readPIN(file string, getenv func(string) string) (string, error) {
+	if file != "" {
+		b, err := os.ReadFile(file)
+		if err != nil {
+			return "", fmt.Errorf("hsm pin file: %w", err)
+		}
+		return strings.TrimSpace(string(b)), nil
+	}
+	if pin := getenv("SOVKEYS_HSM_PIN"); pin != "" {
+		return pin, nil
+	}
+	return "", fmt.Errorf("%w: the HSM user PIN is required (--hsm-pin-file or SOVKEYS_HSM_PIN)", shared.ErrConfigValidation)
+}
+
+// runner is what every service package offers.
+type runner interface{ Run(ctx context.Context) error }
+
+// startService connects one service to NATS and runs it until ctx ends.
+func startService(ctx context.Context, name string, f *serviceFlags, hsm *keyworker.HSM, getenv func(string) string, logger *slog.Logger) error {
+	tp, err := tracing.Setup(ctx, "sovkeys-"+name, getenv)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		_ = tp.Shutdown(sctx)
+		cancel()
+	}()
+	nc, js, err := mesh.Connect(ctx, f.conn.config("sovkeys-"+name), logger)
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	svc, err := buildService(name, f, nc, js, hsm, tp, logger)
+	if err != nil {
+		return err
+	}
+	if err := svc.Run(ctx); err != nil && !errors.Is(err, context.Canceled) {
+		return fmt.Errorf("%s: %w", name, err)
+	}
+	return nil
+}
+
+func buildService(name string, f *serviceFlags, nc *nats.Conn, js jetstream.JetStream, hsm *keyworker.HSM, tp *sdktrace.TracerProvider, logger *slog.Logger) (runner, error) {
+	switch name {
+	case "gateway":
+		return gateway.New(gateway.Config{
+			Listen: f.listen, CertFile: f.tlsCert, KeyFile: f.tlsKey,
+			RequestTimeout: f.requestTimeout, Topology: f.topo.t,
+		}, gateway.Deps{NC: nc, JS: js, Logger: logger, Tracer: tp, Now: time.Now})
+	case "authn":
+		return authn.New(authn.Config{
+			Topology: f.topo.t, MaxSkew: f.maxSkew, Concurrency: f.concurrency,
+			ProxyModel: "sovkeys " + shared.Version, EKMVendor: f.model,
+		}, authn.Deps{NC: nc, JS: js, Logger: logger, Tracer: tp, Now: time.Now})
+	case "keyworker":
+		return keyworker.New(keyworker.Config{
+			Pool: f.pool, Model: f.model, Topology: f.topo.t, HealthTTL: f.healthTTL,
+		}, keyworker.Deps{NC: nc, JS: js, HSM: hsm, Logger: logger, Tracer: tp, Now: time.Now})
+	case "audit":
+		return audit.New(audit.Config{Topology: f.topo.t},
+			audit.Deps{NC: nc, JS: js, Logger: logger, Tracer: tp, Now: time.Now})
+	}
+	return nil, fmt.Errorf("unknown service %q", name)
+}

@@ -1,0 +1,245 @@
+// Package authn verifies every caller before work reaches an HSM: SigV4 for
+// XKS key stores, request validation, the key store's secondary
+// authorization policy and key state. Authorised work is forwarded to the
+// key's keyworker pool; denials are answered and audited here.
+package authn
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/sovkeys/sovkeys/shared"
+	"github.com/sovkeys/sovkeys/shared/mesh"
+	"github.com/sovkeys/sovkeys/shared/registry"
+	"github.com/sovkeys/sovkeys/shared/tracing"
+)
+
+// Config is authn's configuration.
+type Config struct {
+	Topology mesh.Topology
+	// MaxSkew is the SigV4 clock skew tolerance (the XKS spec: 5 minutes).
+	MaxSkew time.Duration
+	// Concurrency bounds requests verified at once by this process.
+	Concurrency int
+	// Vendor and model strings reported by XKS health.
+	ProxyModel string
+	EKMVendor  string
+}
+
+// Validate checks the configuration.
+func (c Config) Validate() error {
+	switch {
+	case c.MaxSkew <= 0 || c.MaxSkew > 15*time.Minute:
+		return fmt.Errorf("%w: max skew must be in (0, 15m]", shared.ErrConfigValidation)
+	case c.Concurrency < 1:
+		return fmt.Errorf("%w: concurrency must be positive", shared.ErrConfigValidation)
+	}
+	return c.Topology.Validate()
+}
+
+// Deps are authn's collaborators.
+type Deps struct {
+	NC     *nats.Conn
+	JS     jetstream.JetStream
+	Logger *slog.Logger
+	Tracer trace.TracerProvider
+	Now    func() time.Time
+}
+
+// Service is a running authn.
+type Service struct {
+	cfg      Config
+	nc       *nats.Conn
+	js       jetstream.JetStream
+	log      *slog.Logger
+	tracer   trace.Tracer
+	now      func() time.Time
+	verifier SigV4Verifier
+
+	keystores *registry.Cache[registry.Keystore]
+	keys      *registry.Cache[registry.Key]
+	pools     jetstream.KeyValue
+	secrets   *secretCache
+}
+
+// New builds authn.
+func New(cfg Config, deps Deps) (*Service, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if deps.NC == nil || deps.JS == nil || deps.Logger == nil || deps.Tracer == nil || deps.Now == nil {
+		return nil, fmt.Errorf("%w: authn: missing dependency", shared.ErrConfigValidation)
+	}
+	return &Service{
+		cfg: cfg, nc: deps.NC, js: deps.JS,
+		log:      deps.Logger.With("service", "authn"),
+		tracer:   deps.Tracer.Tracer("sovkeys/authn"),
+		now:      deps.Now,
+		verifier: SigV4Verifier{Service: "kms-xks-proxy", MaxSkew: cfg.MaxSkew, Now: deps.Now},
+		secrets:  newSecretCache(),
+	}, nil
+}
+
+// Run consumes requests until ctx ends.
+func (s *Service) Run(ctx context.Context) error {
+	stream, err := mesh.EnsureRequestStream(ctx, s.js, s.cfg.Topology)
+	if err != nil {
+		return err
+	}
+	if _, err := mesh.EnsureAuditStream(ctx, s.js, s.cfg.Topology); err != nil {
+		return err
+	}
+	reg, err := registry.Open(ctx, s.js, s.cfg.Topology)
+	if err != nil {
+		return err
+	}
+	if s.pools, err = mesh.EnsureBucket(ctx, s.js, shared.BucketPools, "sovkeys: keyworker pools", s.cfg.Topology); err != nil {
+		return err
+	}
+	if s.keystores, err = registry.WatchBucket(ctx, reg.Keystores, s.log, func(key string, _ registry.Keystore) {
+		s.secrets.dropStore(key) // credentials may have rotated
+	}); err != nil {
+		return err
+	}
+	if s.keys, err = registry.WatchBucket[registry.Key](ctx, reg.Keys, s.log, nil); err != nil {
+		return err
+	}
+	for _, c := range []<-chan struct{}{s.keystores.Ready(), s.keys.Ready()} {
+		select {
+		case <-c:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	cons, err := stream.CreateOrUpdateConsumer(ctx, jetstream.ConsumerConfig{
+		Durable:       shared.ConsumerAuthn,
+		Description:   "sovkeys: authn",
+		AckPolicy:     jetstream.AckExplicitPolicy,
+		AckWait:       10 * time.Second,
+		MaxDeliver:    3,
+		MaxAckPending: 4 * s.cfg.Concurrency,
+	})
+	if err != nil {
+		return fmt.Errorf("authn: consumer: %w", err)
+	}
+	sem := make(chan struct{}, s.cfg.Concurrency)
+	var wg sync.WaitGroup
+	cc, err := cons.Consume(func(m jetstream.Msg) {
+		sem <- struct{}{}
+		wg.Add(1)
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			s.handle(ctx, m)
+		}()
+	}, jetstream.PullMaxMessages(s.cfg.Concurrency), jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) {
+		if !errors.Is(err, jetstream.ErrNoHeartbeat) {
+			s.log.Warn("consume", "err", err)
+		}
+	}))
+	if err != nil {
+		return fmt.Errorf("authn: consume: %w", err)
+	}
+	stop, err := registerPing(s.nc, shared.ServiceAuthn)
+	if err != nil {
+		cc.Stop()
+		return err
+	}
+	defer stop()
+	s.log.Info("authn ready", "keystores", s.keystores.Len(), "keys", s.keys.Len())
+	<-ctx.Done()
+	cc.Drain()
+	<-cc.Closed()
+	wg.Wait()
+	return nil
+}
+
+func (s *Service) handle(ctx context.Context, m jetstream.Msg) {
+	start := s.now()
+	env, err := shared.UnmarshalEnvelope(m.Data())
+	if err != nil {
+		s.log.Error("dropping malformed request", "subject", m.Subject(), "err", err)
+		_ = m.Term()
+		return
+	}
+	ctx = tracing.Extract(ctx, nats.Header(m.Headers()))
+	ctx, span := s.tracer.Start(ctx, "authn "+string(env.API), trace.WithSpanKind(trace.SpanKindConsumer),
+		trace.WithAttributes(attribute.String("sovkeys.request_id", env.ID)))
+	defer span.End()
+
+	ev := &shared.AuditEvent{
+		RequestID: env.ID, Kind: shared.AuditKindXKS, Scope: env.KeyStore, API: env.API, Service: "authn",
+		Start: start, SourceIP: env.Evidence.SourceIP, KeyID: env.KeyID, TraceID: tracing.TraceID(ctx),
+	}
+	var body []byte
+	if env.Expired(start) {
+		err = shared.NewError(shared.CodeDependencyTimeout, "request expired before authentication")
+		ev.Result = shared.ResultExpired
+	} else {
+		var forwarded bool
+		forwarded, body, err = s.xks(ctx, env, ev)
+		if forwarded {
+			_ = m.Ack()
+			return
+		}
+	}
+	log := s.log.With("request_id", env.ID, "kms_request_id", ev.KMSRequestID, "api", env.API)
+	ev.End = s.now()
+	if err != nil {
+		span.SetStatus(codes.Error, string(shared.CodeOf(err)))
+		ev.Code, ev.Reason = shared.CodeOf(err), shared.MessageOf(err)
+		if ev.Result == "" {
+			ev.Result = shared.ResultDenied
+			if ev.Code == shared.CodeInternal || ev.Code == shared.CodeDependencyTimeout || ev.Code == shared.CodeThrottling {
+				ev.Result = shared.ResultFailure
+			}
+		}
+		log.Info("request refused", "code", ev.Code, "reason", ev.Reason, "caller", ev.CallerID)
+		if ev.Code == shared.CodeInternal {
+			log.Error("internal error", "err", err)
+		}
+	} else {
+		ev.Result = shared.ResultSuccess
+	}
+	if aerr := mesh.PublishAudit(ctx, s.js, ev); aerr != nil {
+		log.Error("audit publish failed; withholding answer", "err", aerr)
+		body, err = nil, shared.NewError(shared.CodeInternal, "audit unavailable")
+	}
+	if perr := s.nc.PublishMsg(mesh.NewReply(env.ReplyTo, env.ID, body, err)); perr != nil {
+		log.Error("reply failed", "err", perr)
+	}
+	_ = m.Ack()
+}
+
+// forward sends authorised work to the key's pool. A full pool queue
+// answers ThrottlingException at once.
+func (s *Service) forward(ctx context.Context, env *shared.Envelope) error {
+	env.Evidence.Header = nil // credentials stop here
+	data, err := env.Marshal()
+	if err != nil {
+		return fmt.Errorf("authn: encode work: %w", err)
+	}
+	msg := nats.NewMsg(shared.WorkSubject(env.Authz.Pool, env.API))
+	msg.Data = data
+	msg.Header.Set(shared.HeaderMsgID, env.ID)
+	tracing.Inject(ctx, msg.Header)
+	if _, err := s.js.PublishMsg(ctx, msg); err != nil {
+		if mesh.IsQueueFull(err) {
+			return shared.NewError(shared.CodeThrottling, "hsm pool %q is at capacity, retry later", env.Authz.Pool)
+		}
+		if errors.Is(err, jetstream.ErrNoStreamResponse) || errors.Is(err, nats.ErrNoResponders) {
+			return shared.NewError(shared.CodeDependencyTimeout, "hsm pool %q is unavailable", env.Authz.Pool)
+		}
+		return fmt.Errorf("authn: publish work: %w", err)
+	}
+	return nil
+}

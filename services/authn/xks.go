@@ -1,0 +1,145 @@
+package authn
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+
+	"github.com/sovkeys/sovkeys/shared"
+	"github.com/sovkeys/sovkeys/shared/kwadmin"
+	"github.com/sovkeys/sovkeys/shared/registry"
+	"github.com/sovkeys/sovkeys/shared/xks"
+)
+
+// xks authenticates and authorises an XKS request. It either forwards it to
+// a keyworker (forwarded true) or returns the answer (health) or the error
+// to send back.
+func (s *Service) xks(ctx context.Context, env *shared.Envelope, ev *shared.AuditEvent) (forwarded bool, body []byte, err error) {
+	ks, ok := s.keystores.Get(registry.KeystoreKey(env.KeyStore))
+	if !ok {
+		return false, nil, shared.NewError(shared.CodeInvalidURIPath, "no key store at this uri prefix")
+	}
+	in := SigV4Input{
+		Method: env.Evidence.Method, RawPath: env.Evidence.Path, RawQuery: env.Evidence.RawQuery,
+		Host: env.Evidence.Host, Header: env.Evidence.Header, Body: env.Body,
+	}
+	akid, err := AccessKeyIDOf(in)
+	if err != nil {
+		return false, nil, err
+	}
+	ev.CallerType, ev.CallerID = "sigv4", akid
+	creds, err := s.credentials(ctx, &ks, akid)
+	if err != nil {
+		return false, nil, err
+	}
+	if _, err := s.verifier.Verify(in, creds); err != nil {
+		return false, nil, err
+	}
+
+	md, err := parseMetadata(env.API, env.Body)
+	if err != nil {
+		return false, nil, err
+	}
+	ev.Principal, ev.KMSRequestID, ev.KMSOperation = md.AWSPrincipalArn, md.KMSRequestID, md.KMSOperation
+	if env.API == shared.APIXKSHealth {
+		// Health is never behind secondary authorization.
+		body, err := s.health(ctx)
+		return false, body, err
+	}
+	if rule, ok := checkPolicy(ks.Policy, md); !ok {
+		s.log.Warn("access denied by key store policy", "request_id", env.ID, "kms_request_id", md.KMSRequestID,
+			"keystore", ks.Prefix, "rule", rule, "principal", md.AWSPrincipalArn, "vpc", md.AWSSourceVpc, "vpce", md.AWSSourceVpce)
+		ev.Params = map[string]string{"rule": rule}
+		return false, nil, shared.NewError(shared.CodeAccessDenied, "denied by key store policy (%s)", rule)
+	}
+	key, ok := s.keys.Get(registry.KeyKey(env.KeyStore, env.KeyID))
+	if !ok {
+		return false, nil, shared.NewError(shared.CodeKeyNotFound, "key %q not found in this key store", env.KeyID)
+	}
+	if key.Status != registry.StatusEnabled && env.API != shared.APIXKSMetadata {
+		return false, nil, shared.NewError(shared.CodeInvalidState, "key %q is disabled", env.KeyID)
+	}
+	env.Authz = &shared.Authz{
+		CallerType: "sigv4", CallerID: akid, Principal: md.AWSPrincipalArn,
+		KMSRequestID: md.KMSRequestID, KMSOperation: md.KMSOperation,
+		Pool: ks.Pool, KeyLabel: key.Label, KeyStatus: key.Status,
+	}
+	if err := s.forward(ctx, env); err != nil {
+		return false, nil, err
+	}
+	return true, nil, nil
+}
+
+// parseMetadata validates the body for api and returns its requestMetadata.
+func parseMetadata(api shared.API, body []byte) (xks.RequestMetadata, error) {
+	switch api {
+	case shared.APIXKSEncrypt:
+		r, err := xks.ParseEncrypt(body)
+		if err != nil {
+			return xks.RequestMetadata{}, err
+		}
+		clear(r.Plaintext)
+		return r.RequestMetadata, nil
+	case shared.APIXKSDecrypt:
+		r, err := xks.ParseDecrypt(body)
+		if err != nil {
+			return xks.RequestMetadata{}, err
+		}
+		return r.RequestMetadata, nil
+	case shared.APIXKSMetadata:
+		r, err := xks.ParseMetadata(body)
+		if err != nil {
+			return xks.RequestMetadata{}, err
+		}
+		return r.RequestMetadata, nil
+	case shared.APIXKSHealth:
+		r, err := xks.ParseHealth(body)
+		if err != nil {
+			return xks.RequestMetadata{}, err
+		}
+		return r.RequestMetadata, nil
+	}
+	return xks.RequestMetadata{}, shared.NewError(shared.CodeUnsupportedOperation, "unsupported operation %q", api)
+}
+
+// health asks every registered keyworker pool for a real HSM check.
+func (s *Service) health(ctx context.Context) ([]byte, error) {
+	resp := xks.HealthResponse{
+		XksProxyFleetSize: s.fleetSize(ctx),
+		XksProxyVendor:    "sovkeys",
+		XksProxyModel:     s.cfg.ProxyModel,
+		EkmVendor:         s.cfg.EKMVendor,
+		EkmFleetDetails:   []xks.EkmFleetDetail{},
+	}
+	pools, err := s.poolNames(ctx)
+	if err != nil {
+		return nil, err
+	}
+	for _, pool := range pools {
+		d := xks.EkmFleetDetail{ID: pool, Model: "unknown", HealthStatus: kwadmin.HealthUnavailable}
+		var h kwadmin.HealthResponse
+		if err := kwadmin.Call(ctx, s.nc, pool, kwadmin.EndpointHealth, struct{}{}, &h); err == nil {
+			d.Model, d.HealthStatus = h.Model, h.Status
+		} else {
+			s.log.Warn("keyworker pool health failed", "pool", pool, "err", err)
+		}
+		resp.EkmFleetDetails = append(resp.EkmFleetDetails, d)
+	}
+	b, err := json.Marshal(resp)
+	if err != nil {
+		return nil, fmt.Errorf("authn: encode health: %w", err)
+	}
+	return b, nil
+}
+
+func (s *Service) poolNames(ctx context.Context) ([]string, error) {
+	lister, err := s.pools.ListKeys(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("authn: list pools: %w", err)
+	}
+	var out []string
+	for k := range lister.Keys() {
+		out = append(out, k)
+	}
+	return out, nil
+}

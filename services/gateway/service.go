@@ -1,0 +1,223 @@
+// Package gateway is the HTTPS front of sovkeys. It frames each HTTP request
+// into an envelope, publishes it to JetStream for authn, and waits for the
+// answer on one long-lived reply subscription. It holds no state of its own;
+// run as many as needed.
+package gateway
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/tls"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/nats-io/nats.go/micro"
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/sovkeys/sovkeys/shared"
+	"github.com/sovkeys/sovkeys/shared/mesh"
+	"github.com/sovkeys/sovkeys/shared/registry"
+)
+
+// Config is the gateway's configuration.
+type Config struct {
+	Listen   string // host:port of the HTTPS listener
+	CertFile string // PEM server certificate chain
+	KeyFile  string // PEM private key
+	// RequestTimeout is how long a request may take end to end; it travels
+	// in the envelope as the deadline. AWS KMS itself waits 250 ms.
+	RequestTimeout time.Duration
+	Topology       mesh.Topology
+}
+
+// Validate checks the configuration.
+func (c Config) Validate() error {
+	switch {
+	case c.Listen == "":
+		return fmt.Errorf("%w: gateway listen address is required", shared.ErrConfigValidation)
+	case c.CertFile == "" || c.KeyFile == "":
+		return fmt.Errorf("%w: gateway tls certificate and key are required", shared.ErrConfigValidation)
+	case c.RequestTimeout < 10*time.Millisecond || c.RequestTimeout > time.Minute:
+		return fmt.Errorf("%w: request timeout must be in [10ms, 1m]", shared.ErrConfigValidation)
+	}
+	return c.Topology.Validate()
+}
+
+// Deps are the gateway's collaborators.
+type Deps struct {
+	NC     *nats.Conn
+	JS     jetstream.JetStream
+	Logger *slog.Logger
+	Tracer trace.TracerProvider
+	Now    func() time.Time
+	// Listener, when set, is used instead of listening on Config.Listen
+	// (tests pass a listener on port 0).
+	Listener net.Listener
+}
+
+// Service is a running gateway.
+type Service struct {
+	cfg      Config
+	nc       *nats.Conn
+	js       jetstream.JetStream
+	log      *slog.Logger
+	tracer   trace.Tracer
+	now      func() time.Time
+	listener net.Listener
+	id       string
+	replies  *replyMux
+
+	keystores *registry.Cache[registry.Keystore]
+
+	readyMu sync.Mutex
+	readyAt time.Time
+	readyOK bool
+	addr    chan string
+}
+
+// New builds a gateway.
+func New(cfg Config, deps Deps) (*Service, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if deps.NC == nil || deps.JS == nil || deps.Logger == nil || deps.Tracer == nil || deps.Now == nil {
+		return nil, fmt.Errorf("%w: gateway: missing dependency", shared.ErrConfigValidation)
+	}
+	return &Service{
+		cfg: cfg, nc: deps.NC, js: deps.JS,
+		log:      deps.Logger.With("service", "gateway"),
+		tracer:   deps.Tracer.Tracer("sovkeys/gateway"),
+		now:      deps.Now,
+		listener: deps.Listener,
+		id:       newID()[:16],
+		replies:  newReplyMux(),
+		addr:     make(chan string, 1),
+	}, nil
+}
+
+// Addr returns the listening address once Run has bound it.
+func (s *Service) Addr(ctx context.Context) (string, error) {
+	select {
+	case a := <-s.addr:
+		s.addr <- a
+		return a, nil
+	case <-ctx.Done():
+		return "", ctx.Err()
+	}
+}
+
+func (s *Service) replySubject() string { return shared.SubjectReplyPrefix + s.id }
+
+// Run serves HTTPS until ctx ends.
+func (s *Service) Run(ctx context.Context) error {
+	reg, err := registry.Open(ctx, s.js, s.cfg.Topology)
+	if err != nil {
+		return err
+	}
+	if s.keystores, err = registry.WatchBucket[registry.Keystore](ctx, reg.Keystores, s.log, nil); err != nil {
+		return err
+	}
+	sub, err := s.nc.Subscribe(s.replySubject(), s.replies.deliver)
+	if err != nil {
+		return fmt.Errorf("gateway: reply subscription: %w", err)
+	}
+	defer func() { _ = sub.Unsubscribe() }()
+	_ = sub.SetPendingLimits(-1, -1)
+	svc, err := micro.AddService(s.nc, micro.Config{Name: shared.ServiceGateway, Version: "1.0.0"})
+	if err != nil {
+		return fmt.Errorf("gateway: micro service: %w", err)
+	}
+	defer func() { _ = svc.Stop() }()
+
+	cert, err := tls.LoadX509KeyPair(s.cfg.CertFile, s.cfg.KeyFile)
+	if err != nil {
+		return fmt.Errorf("gateway: tls: %w", err)
+	}
+	srv := &http.Server{
+		Handler:           s.routes(),
+		ReadHeaderTimeout: 5 * time.Second,
+		ReadTimeout:       15 * time.Second,
+		WriteTimeout:      15 * time.Second,
+		IdleTimeout:       120 * time.Second,
+		MaxHeaderBytes:    16 << 10,
+		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
+		TLSConfig: &tls.Config{
+			MinVersion:   tls.VersionTLS12,
+			Certificates: []tls.Certificate{cert},
+		},
+		BaseContext: func(net.Listener) context.Context { return ctx },
+	}
+	ln := s.listener
+	if ln == nil {
+		if ln, err = net.Listen("tcp", s.cfg.Listen); err != nil {
+			return fmt.Errorf("gateway: listen: %w", err)
+		}
+	}
+	s.addr <- ln.Addr().String()
+	errc := make(chan error, 1)
+	go func() { errc <- srv.ServeTLS(ln, "", "") }()
+	s.log.Info("gateway listening", "addr", ln.Addr().String(), "id", s.id)
+	select {
+	case err := <-errc:
+		if !errors.Is(err, http.ErrServerClosed) {
+			return fmt.Errorf("gateway: serve: %w", err)
+		}
+		return nil
+	case <-ctx.Done():
+	}
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer cancel()
+	_ = srv.Shutdown(sctx)
+	return nil
+}
+
+func (s *Service) routes() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("/healthz", s.handleHealthz)
+	mux.HandleFunc("/", s.handleXKS)
+	return mux
+}
+
+// ready reports, cached for a second, whether authn, a keyworker and audit
+// answer pings on the mesh.
+func (s *Service) ready(ctx context.Context) bool {
+	s.readyMu.Lock()
+	defer s.readyMu.Unlock()
+	if !s.readyAt.IsZero() && s.now().Sub(s.readyAt) < time.Second {
+		return s.readyOK
+	}
+	ok := s.nc.IsConnected()
+	for _, name := range []string{shared.ServiceAuthn, shared.ServiceKeyworker, shared.ServiceAudit} {
+		if !ok {
+			break
+		}
+		pctx, cancel := context.WithTimeout(ctx, 500*time.Millisecond)
+		_, err := s.nc.RequestWithContext(pctx, "$SRV.PING."+name, nil)
+		cancel()
+		ok = err == nil
+	}
+	s.readyAt, s.readyOK = s.now(), ok
+	return ok
+}
+
+func (s *Service) handleHealthz(w http.ResponseWriter, r *http.Request) {
+	if s.ready(r.Context()) {
+		writeJSON(w, http.StatusOK, map[string]string{"status": "ready"})
+		return
+	}
+	writeJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "not ready"})
+}
+
+func newID() string {
+	var b [16]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}

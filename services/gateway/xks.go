@@ -1,0 +1,162 @@
+package gateway
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"strconv"
+
+	"github.com/nats-io/nats.go"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/sovkeys/sovkeys/shared"
+	"github.com/sovkeys/sovkeys/shared/mesh"
+	"github.com/sovkeys/sovkeys/shared/registry"
+	"github.com/sovkeys/sovkeys/shared/tracing"
+	"github.com/sovkeys/sovkeys/shared/xks"
+)
+
+var xksAPIs = map[xks.Op]shared.API{
+	xks.OpMetadata: shared.APIXKSMetadata,
+	xks.OpEncrypt:  shared.APIXKSEncrypt,
+	xks.OpDecrypt:  shared.APIXKSDecrypt,
+	xks.OpHealth:   shared.APIXKSHealth,
+}
+
+// handleXKS frames an XKS call. Authentication comes before payload
+// validation (authn does both), so an unauthenticated caller learns nothing
+// about payload rules; the gateway itself rejects only what it can see
+// without credentials: the method, the path, the size.
+func (s *Service) handleXKS(w http.ResponseWriter, r *http.Request) {
+	start := s.now()
+	id := newID()
+	route, err := xks.ParsePath(r.URL.EscapedPath())
+	api := xksAPIs[route.Op]
+	if err == nil && r.Method != http.MethodPost {
+		err = shared.NewError(shared.CodeMethodNotAllowed, "method %s not allowed; use POST", r.Method)
+		w.Header().Set("Allow", http.MethodPost)
+	}
+	if err == nil {
+		if _, ok := s.keystores.Get(registry.KeystoreKey(route.Prefix)); !ok {
+			err = shared.NewError(shared.CodeInvalidURIPath, "no key store at this uri prefix")
+		}
+	}
+	var body []byte
+	if err == nil {
+		body, err = io.ReadAll(http.MaxBytesReader(w, r.Body, xks.MaxBodyBytes))
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) {
+			err = shared.NewError(shared.CodeValidation, "request body exceeds %d bytes", xks.MaxBodyBytes)
+		} else if err != nil {
+			err = shared.NewError(shared.CodeValidation, "cannot read request body")
+		}
+	}
+	if err != nil {
+		s.reject(r.Context(), w, r, id, route, api, err)
+		return
+	}
+
+	ctx, span := s.tracer.Start(r.Context(), "gateway "+string(api), trace.WithSpanKind(trace.SpanKindServer),
+		trace.WithAttributes(attribute.String("sovkeys.request_id", id)))
+	defer span.End()
+	ctx, cancel := context.WithDeadline(ctx, start.Add(s.cfg.RequestTimeout))
+	defer cancel()
+	env := &shared.Envelope{
+		Version: shared.EnvelopeVersion, ID: id, API: api,
+		Received: start, Deadline: start.Add(s.cfg.RequestTimeout),
+		ReplyTo: s.replySubject(), KeyStore: route.Prefix, KeyID: route.KeyID,
+		Evidence: shared.Evidence{
+			SourceIP: sourceIP(r), Method: r.Method, Path: r.URL.EscapedPath(), RawQuery: r.URL.RawQuery,
+			Host: r.Host, Header: r.Header,
+		},
+		Body: body,
+	}
+	reply, err := s.roundTrip(ctx, env)
+	if err != nil {
+		span.SetStatus(codes.Error, string(shared.CodeOf(err)))
+		if shared.CodeOf(err) == shared.CodeDependencyTimeout || shared.CodeOf(err) == shared.CodeThrottling {
+			s.auditFailure(ctx, env, err)
+		}
+		s.log.Info("xks request failed", "request_id", id, "api", api, "code", shared.CodeOf(err), "ms", s.now().Sub(start).Milliseconds())
+		writeXKSError(w, err)
+		return
+	}
+	if rerr := mesh.ReplyErr(reply); rerr != nil {
+		span.SetStatus(codes.Error, string(shared.CodeOf(rerr)))
+		writeXKSError(w, rerr)
+		return
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Content-Length", strconv.Itoa(len(reply.Data)))
+	w.WriteHeader(http.StatusOK)
+	_, _ = w.Write(reply.Data)
+}
+
+// roundTrip publishes env to authn and waits for the answer.
+func (s *Service) roundTrip(ctx context.Context, env *shared.Envelope) (*nats.Msg, error) {
+	data, err := env.Marshal()
+	if err != nil {
+		return nil, err
+	}
+	msg := nats.NewMsg(shared.RequestSubject(env.API))
+	msg.Data = data
+	msg.Header.Set(shared.HeaderMsgID, env.ID)
+	tracing.Inject(ctx, msg.Header)
+	ch := s.replies.register(env.ID)
+	if _, err := s.js.PublishMsg(ctx, msg); err != nil {
+		s.replies.cancel(env.ID)
+		if mesh.IsQueueFull(err) {
+			return nil, shared.NewError(shared.CodeThrottling, "request queue is full, retry later")
+		}
+		s.log.Warn("publish request failed", "request_id", env.ID, "err", err)
+		return nil, shared.NewError(shared.CodeDependencyTimeout, "key service mesh unavailable")
+	}
+	reply, err := s.replies.wait(ctx, env.ID, ch)
+	if err != nil {
+		return nil, shared.NewError(shared.CodeDependencyTimeout, "no answer within %s", s.cfg.RequestTimeout)
+	}
+	return reply, nil
+}
+
+// reject answers a request refused before it entered the mesh, and audits it.
+func (s *Service) reject(ctx context.Context, w http.ResponseWriter, r *http.Request, id string, route xks.Route, api shared.API, err error) {
+	if api == "" {
+		api = "xks.unknown"
+	}
+	env := &shared.Envelope{ID: id, API: api, KeyStore: route.Prefix, KeyID: route.KeyID,
+		Evidence: shared.Evidence{SourceIP: sourceIP(r)}}
+	s.auditFailure(ctx, env, err)
+	s.log.Info("xks request rejected", "request_id", id, "method", r.Method, "code", shared.CodeOf(err), "reason", shared.MessageOf(err))
+	writeXKSError(w, err)
+}
+
+func (s *Service) auditFailure(ctx context.Context, env *shared.Envelope, err error) {
+	ev := &shared.AuditEvent{
+		RequestID: env.ID, Kind: shared.AuditKindXKS, Scope: env.KeyStore, API: env.API, Service: "gateway",
+		Start: env.Received, End: s.now(), SourceIP: env.Evidence.SourceIP, KeyID: env.KeyID,
+		Result: shared.ResultDenied, Code: shared.CodeOf(err), Reason: shared.MessageOf(err), TraceID: tracing.TraceID(ctx),
+	}
+	if ev.Start.IsZero() {
+		ev.Start = ev.End
+	}
+	if ev.Code == shared.CodeDependencyTimeout || ev.Code == shared.CodeThrottling || ev.Code == shared.CodeInternal {
+		ev.Result = shared.ResultFailure
+	}
+	actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*s.cfg.RequestTimeout)
+	defer cancel()
+	if aerr := mesh.PublishAudit(actx, s.js, ev); aerr != nil {
+		s.log.Error("audit publish failed", "request_id", env.ID, "err", aerr)
+	}
+}
+
+func sourceIP(r *http.Request) string {
+	host, _, err := net.SplitHostPort(r.RemoteAddr)
+	if err != nil {
+		return r.RemoteAddr
+	}
+	return host
+}

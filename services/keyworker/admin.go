@@ -1,0 +1,149 @@
+package keyworker
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/nats-io/nats.go/micro"
+
+	"github.com/sovkeys/sovkeys/shared"
+	"github.com/sovkeys/sovkeys/shared/kwadmin"
+)
+
+// adminTimeout bounds one admin request's HSM work.
+const adminTimeout = 10 * time.Second
+
+// startAdmin registers the pool's admin endpoints as a nats micro service.
+func (s *Service) startAdmin() (micro.Service, error) {
+	svc, err := micro.AddService(s.nc, micro.Config{
+		Name:        kwadmin.ServiceName,
+		Version:     "1.0.0",
+		Description: "sovkeys keyworker admin, pool " + s.cfg.Pool,
+		Metadata:    map[string]string{"pool": s.cfg.Pool},
+	})
+	if err != nil {
+		return nil, fmt.Errorf("keyworker: admin service: %w", err)
+	}
+	g := svc.AddGroup(shared.SubjectKeyworkerAdminPrefix+s.cfg.Pool, micro.WithGroupQueueGroup("kwadmin_"+s.cfg.Pool))
+	endpoints := map[string]func(context.Context, []byte) (any, error){
+		kwadmin.EndpointHealth:    s.adminHealth,
+		kwadmin.EndpointKeyCreate: s.adminKeyCreate,
+		kwadmin.EndpointKeyInfo:   s.adminKeyInfo,
+		kwadmin.EndpointKeyList:   s.adminKeyList,
+		kwadmin.EndpointSeal:      s.adminSeal,
+		kwadmin.EndpointUnseal:    s.adminUnseal,
+	}
+	for name, fn := range endpoints {
+		if err := g.AddEndpoint(name, s.adminHandler(name, fn)); err != nil {
+			_ = svc.Stop()
+			return nil, fmt.Errorf("keyworker: admin endpoint %s: %w", name, err)
+		}
+	}
+	return svc, nil
+}
+
+func (s *Service) adminHandler(name string, fn func(context.Context, []byte) (any, error)) micro.HandlerFunc {
+	return func(req micro.Request) {
+		ctx, cancel := context.WithTimeout(context.Background(), adminTimeout) //nolint:contextcheck // a micro handler has no caller context
+		defer cancel()
+		resp, err := fn(ctx, req.Data())
+		if err != nil {
+			if shared.CodeOf(err) == shared.CodeInternal {
+				s.log.Error("admin request failed", "endpoint", name, "err", err)
+			}
+			_ = req.Error(string(shared.CodeOf(err)), shared.MessageOf(err), nil)
+			return
+		}
+		_ = req.RespondJSON(resp)
+	}
+}
+
+func decode(data []byte, v any) error {
+	if err := json.Unmarshal(data, v); err != nil {
+		return shared.NewError(shared.CodeValidation, "malformed admin request: %v", err)
+	}
+	return nil
+}
+
+func (s *Service) adminHealth(ctx context.Context, _ []byte) (any, error) {
+	resp := kwadmin.HealthResponse{Pool: s.cfg.Pool, Model: s.cfg.Model, Status: kwadmin.HealthActive}
+	if err := s.health(ctx); err != nil {
+		resp.Status, resp.Detail = kwadmin.HealthUnavailable, "hsm round trip failed"
+	}
+	return resp, nil
+}
+
+func info(k KeyInfo) kwadmin.KeyInfo {
+	return kwadmin.KeyInfo{Label: k.Label, Encrypt: k.Encrypt, Decrypt: k.Decrypt, KeySpec: k.KeySpec}
+}
+
+func (s *Service) adminKeyCreate(ctx context.Context, data []byte) (any, error) {
+	var req kwadmin.KeyRequest
+	if err := decode(data, &req); err != nil {
+		return nil, err
+	}
+	if req.Label == "" || len(req.Label) > 128 {
+		return nil, shared.NewError(shared.CodeValidation, "key label must be 1-128 characters")
+	}
+	k, err := s.hsm.CreateAESKey(ctx, req.Label, req.Encrypt, req.Decrypt)
+	if errors.Is(err, ErrKeyExists) {
+		return nil, shared.NewError(shared.CodeInvalidState, "an hsm key labelled %q already exists", req.Label)
+	}
+	if err != nil {
+		return nil, err
+	}
+	s.log.Info("hsm key created", "label", req.Label, "encrypt", req.Encrypt, "decrypt", req.Decrypt)
+	return info(k), nil
+}
+
+func (s *Service) adminKeyInfo(ctx context.Context, data []byte) (any, error) {
+	var req kwadmin.KeyRequest
+	if err := decode(data, &req); err != nil {
+		return nil, err
+	}
+	k, err := s.hsm.KeyInfo(ctx, req.Label)
+	if err != nil {
+		return nil, err
+	}
+	return info(k), nil
+}
+
+func (s *Service) adminKeyList(ctx context.Context, _ []byte) (any, error) {
+	keys, err := s.hsm.ListAESKeys(ctx)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]kwadmin.KeyInfo, 0, len(keys))
+	for _, k := range keys {
+		out = append(out, info(k))
+	}
+	return out, nil
+}
+
+func (s *Service) adminSeal(ctx context.Context, data []byte) (any, error) {
+	var req kwadmin.SealRequest
+	if err := decode(data, &req); err != nil {
+		return nil, err
+	}
+	blob, err := s.hsm.Seal(ctx, req.Data, req.AAD)
+	clear(req.Data)
+	if err != nil {
+		return nil, err
+	}
+	return kwadmin.SealResponse{Data: blob}, nil
+}
+
+func (s *Service) adminUnseal(ctx context.Context, data []byte) (any, error) {
+	var req kwadmin.SealRequest
+	if err := decode(data, &req); err != nil {
+		return nil, err
+	}
+	pt, err := s.hsm.Unseal(ctx, req.Data, req.AAD)
+	if err != nil {
+		return nil, err
+	}
+	return kwadmin.SealResponse{Data: pt}, nil
+}

@@ -1,0 +1,240 @@
+// Package keyworker is the HSM sidecar: it owns a PKCS#11 session pool and
+// pulls authorised work from its pool's JetStream work queue, never holding
+// more messages in flight than it has HSM sessions.
+package keyworker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/sovkeys/sovkeys/shared"
+	"github.com/sovkeys/sovkeys/shared/mesh"
+	"github.com/sovkeys/sovkeys/shared/tracing"
+)
+
+// Config is the keyworker's configuration.
+type Config struct {
+	Pool     string        // keyworker pool (one HSM, or one HSM partition)
+	Model    string        // reported in XKS health, e.g. "SoftHSMv2"
+	Topology mesh.Topology // stream sizes and replicas
+	// HealthTTL bounds how long an HSM health result is reused (<= 60 s).
+	HealthTTL time.Duration
+}
+
+// Validate checks the configuration.
+func (c Config) Validate() error {
+	switch {
+	case !shared.ValidPoolName(c.Pool):
+		return fmt.Errorf("%w: pool %q must be 1-32 chars of [a-z0-9_]", shared.ErrConfigValidation, c.Pool)
+	case c.HealthTTL <= 0 || c.HealthTTL > time.Minute:
+		return fmt.Errorf("%w: health ttl must be in (0, 60s]", shared.ErrConfigValidation)
+	}
+	return c.Topology.Validate()
+}
+
+// Deps are the keyworker's collaborators.
+type Deps struct {
+	NC     *nats.Conn
+	JS     jetstream.JetStream
+	HSM    *HSM
+	Logger *slog.Logger
+	Tracer trace.TracerProvider
+	Now    func() time.Time
+}
+
+// Service is a running keyworker.
+type Service struct {
+	cfg    Config
+	nc     *nats.Conn
+	js     jetstream.JetStream
+	hsm    *HSM
+	log    *slog.Logger
+	tracer trace.Tracer
+	now    func() time.Time
+
+	healthMu  sync.Mutex
+	healthAt  time.Time
+	healthErr error
+}
+
+// New builds a keyworker.
+func New(cfg Config, deps Deps) (*Service, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if deps.NC == nil || deps.JS == nil || deps.HSM == nil || deps.Logger == nil || deps.Tracer == nil || deps.Now == nil {
+		return nil, fmt.Errorf("%w: keyworker: missing dependency", shared.ErrConfigValidation)
+	}
+	return &Service{
+		cfg: cfg, nc: deps.NC, js: deps.JS, hsm: deps.HSM,
+		log:    deps.Logger.With("service", "keyworker", "pool", cfg.Pool),
+		tracer: deps.Tracer.Tracer("sovkeys/keyworker"),
+		now:    deps.Now,
+	}, nil
+}
+
+// Run declares the pool's queue, serves admin requests and executes work
+// until ctx ends.
+func (s *Service) Run(ctx context.Context) error {
+	stream, err := mesh.EnsureWorkStream(ctx, s.js, s.cfg.Pool, s.cfg.Topology)
+	if err != nil {
+		return err
+	}
+	if _, err := mesh.EnsureAuditStream(ctx, s.js, s.cfg.Topology); err != nil {
+		return err
+	}
+	cons, err := stream.CreateOrUpdateConsumer(ctx, jetstream.ConsumerConfig{
+		Durable:       shared.WorkConsumer(s.cfg.Pool),
+		Description:   "sovkeys: keyworkers of pool " + s.cfg.Pool,
+		AckPolicy:     jetstream.AckExplicitPolicy,
+		AckWait:       10 * time.Second,
+		MaxDeliver:    3,
+		MaxAckPending: s.cfg.Topology.WorkBudget,
+	})
+	if err != nil {
+		return fmt.Errorf("keyworker: consumer: %w", err)
+	}
+	admin, err := s.startAdmin()
+	if err != nil {
+		return err
+	}
+	defer func() { _ = admin.Stop() }()
+	if err := s.registerPool(ctx); err != nil {
+		return err
+	}
+
+	sessions := s.hsm.Sessions()
+	sem := make(chan struct{}, sessions)
+	var wg sync.WaitGroup
+	cc, err := cons.Consume(func(m jetstream.Msg) {
+		sem <- struct{}{}
+		wg.Add(1)
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			s.handle(ctx, m)
+		}()
+	}, jetstream.PullMaxMessages(sessions), jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) {
+		if !errors.Is(err, jetstream.ErrNoHeartbeat) {
+			s.log.Warn("consume", "err", err)
+		}
+	}))
+	if err != nil {
+		return fmt.Errorf("keyworker: consume: %w", err)
+	}
+	s.log.Info("keyworker ready", "sessions", sessions, "budget", s.cfg.Topology.WorkBudget)
+	<-ctx.Done()
+	cc.Drain()
+	<-cc.Closed()
+	wg.Wait()
+	return nil
+}
+
+// registerPool records the pool in KV so XKS health lists it.
+func (s *Service) registerPool(ctx context.Context) error {
+	kv, err := mesh.EnsureBucket(ctx, s.js, shared.BucketPools, "sovkeys: keyworker pools", s.cfg.Topology)
+	if err != nil {
+		return err
+	}
+	if _, err := kv.Put(ctx, s.cfg.Pool, []byte(s.cfg.Model)); err != nil {
+		return fmt.Errorf("keyworker: register pool: %w", err)
+	}
+	return nil
+}
+
+func (s *Service) handle(ctx context.Context, m jetstream.Msg) {
+	start := s.now()
+	env, err := shared.UnmarshalEnvelope(m.Data())
+	if err != nil || env.Authz == nil {
+		s.log.Error("dropping malformed work", "subject", m.Subject(), "err", err)
+		_ = m.Term()
+		return
+	}
+	ctx = tracing.Extract(ctx, nats.Header(m.Headers()))
+	ctx, span := s.tracer.Start(ctx, "keyworker "+string(env.API), trace.WithSpanKind(trace.SpanKindConsumer),
+		trace.WithAttributes(attribute.String("sovkeys.request_id", env.ID), attribute.String("sovkeys.pool", s.cfg.Pool)))
+	defer span.End()
+	log := s.log.With("request_id", env.ID, "kms_request_id", env.Authz.KMSRequestID, "api", env.API)
+
+	ev := &shared.AuditEvent{
+		RequestID: env.ID, Kind: shared.AuditKindXKS, Scope: env.KeyStore, API: env.API,
+		Service: "keyworker", Start: start, CallerType: env.Authz.CallerType, CallerID: env.Authz.CallerID,
+		Principal: env.Authz.Principal, SourceIP: env.Evidence.SourceIP, KeyID: env.KeyID,
+		KMSRequestID: env.Authz.KMSRequestID, KMSOperation: env.Authz.KMSOperation,
+		TraceID: tracing.TraceID(ctx), Params: map[string]string{"pool": s.cfg.Pool},
+	}
+	if env.Expired(start) {
+		// The caller has been answered with a timeout already: never touch
+		// the HSM for work nobody waits for.
+		ev.Result, ev.Code, ev.Reason = shared.ResultExpired, shared.CodeDependencyTimeout, "deadline passed before the hsm was reached"
+		ev.End = s.now()
+		if err := mesh.PublishAudit(ctx, s.js, ev); err != nil {
+			log.Error("audit publish failed", "err", err)
+			_ = m.Nak()
+			return
+		}
+		log.Warn("dropped expired work", "late_ms", start.Sub(env.Deadline).Milliseconds())
+		_ = m.Ack()
+		return
+	}
+	opCtx, cancel := context.WithDeadline(ctx, env.Deadline)
+	body, opErr := s.execute(opCtx, env, ev.Params)
+	cancel()
+	ev.End = s.now()
+	ev.Result = shared.ResultSuccess
+	if opErr != nil {
+		ev.Result, ev.Code, ev.Reason = shared.ResultFailure, shared.CodeOf(opErr), shared.MessageOf(opErr)
+		span.SetStatus(codes.Error, string(ev.Code))
+		if ev.Code == shared.CodeInternal {
+			log.Error("operation failed", "err", opErr)
+		}
+	}
+	if err := mesh.PublishAudit(ctx, s.js, ev); err != nil {
+		// Fail closed: no durable audit record, no answer.
+		log.Error("audit publish failed; withholding result", "err", err)
+		body, opErr = nil, shared.NewError(shared.CodeInternal, "audit unavailable")
+	}
+	if err := s.nc.PublishMsg(mesh.NewReply(env.ReplyTo, env.ID, body, opErr)); err != nil {
+		log.Error("reply failed", "err", err)
+	}
+	if err := m.Ack(); err != nil {
+		log.Warn("ack failed", "err", err)
+	}
+	log.Debug("work done", "result", ev.Result, "code", ev.Code, "ms", ev.End.Sub(start).Milliseconds())
+}
+
+func (s *Service) execute(ctx context.Context, env *shared.Envelope, params map[string]string) ([]byte, error) {
+	switch env.API {
+	case shared.APIXKSMetadata:
+		return s.xksMetadata(ctx, env)
+	case shared.APIXKSEncrypt:
+		return s.xksEncrypt(ctx, env, params)
+	case shared.APIXKSDecrypt:
+		return s.xksDecrypt(ctx, env, params)
+	}
+	return nil, shared.NewError(shared.CodeUnsupportedOperation, "unsupported operation %q", env.API)
+}
+
+// health runs (or reuses, within HealthTTL) a real HSM round trip.
+func (s *Service) health(ctx context.Context) error {
+	s.healthMu.Lock()
+	defer s.healthMu.Unlock()
+	if !s.healthAt.IsZero() && s.now().Sub(s.healthAt) < s.cfg.HealthTTL {
+		return s.healthErr
+	}
+	s.healthErr = s.hsm.HealthCheck(ctx)
+	s.healthAt = s.now()
+	if s.healthErr != nil {
+		s.log.Error("hsm health check failed", "err", s.healthErr)
+	}
+	return s.healthErr
+}

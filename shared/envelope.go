@@ -1,0 +1,109 @@
+package shared
+
+import (
+	"encoding/base64"
+	"encoding/json"
+	"fmt"
+	"time"
+)
+
+// API names one operation of the public surface. It is the last tokens of the
+// request and work subjects.
+type API string
+
+// APIs served by the mesh.
+const (
+	APIXKSMetadata API = "xks.metadata"
+	APIXKSEncrypt  API = "xks.encrypt"
+	APIXKSDecrypt  API = "xks.decrypt"
+	APIXKSHealth   API = "xks.health"
+)
+
+// EnvelopeVersion is the version of Envelope this build writes.
+const EnvelopeVersion = 1
+
+// Envelope is a request travelling the mesh: the gateway builds it from the
+// HTTP request, authn verifies the caller and adds Authz, a keyworker executes
+// it. Body is the raw HTTP body so authn verifies signatures over exactly the
+// bytes the caller signed.
+type Envelope struct {
+	Version  int       `json:"v"`
+	ID       string    `json:"id"`
+	API      API       `json:"api"`
+	Received time.Time `json:"received"`
+	Deadline time.Time `json:"deadline"`
+	ReplyTo  string    `json:"reply_to"`
+	KeyStore string    `json:"keystore,omitempty"`
+	KeyID    string    `json:"key_id,omitempty"`
+	Evidence Evidence  `json:"evidence"`
+	Body     []byte    `json:"body,omitempty"`
+	Authz    *Authz    `json:"authz,omitempty"`
+}
+
+// Evidence is what the gateway saw of the caller. Header holds only the
+// headers authentication needs (authn drops it before forwarding).
+type Evidence struct {
+	SourceIP string              `json:"source_ip,omitempty"`
+	Method   string              `json:"method,omitempty"`
+	Path     string              `json:"path,omitempty"`
+	RawQuery string              `json:"raw_query,omitempty"`
+	Host     string              `json:"host,omitempty"`
+	Header   map[string][]string `json:"header,omitempty"`
+}
+
+// Authz is authn's verdict, attached to work it forwards to a keyworker.
+type Authz struct {
+	CallerType   string `json:"caller_type"`
+	CallerID     string `json:"caller_id"`
+	Principal    string `json:"principal,omitempty"`
+	KMSRequestID string `json:"kms_request_id,omitempty"`
+	KMSOperation string `json:"kms_operation,omitempty"`
+	Pool         string `json:"pool"`
+	KeyLabel     string `json:"key_label,omitempty"`
+	KeyStatus    string `json:"key_status,omitempty"`
+}
+
+// Expired reports whether the envelope's deadline has passed at now.
+func (e *Envelope) Expired(now time.Time) bool {
+	return !e.Deadline.IsZero() && !now.Before(e.Deadline)
+}
+
+// Marshal encodes the envelope for the wire.
+func (e *Envelope) Marshal() ([]byte, error) { return json.Marshal(e) }
+
+// UnmarshalEnvelope decodes and sanity-checks an envelope from the wire.
+func UnmarshalEnvelope(data []byte) (*Envelope, error) {
+	var e Envelope
+	if err := json.Unmarshal(data, &e); err != nil {
+		return nil, fmt.Errorf("%w: envelope: %v", ErrValidation, err)
+	}
+	if e.Version != EnvelopeVersion {
+		return nil, NewError(CodeInternal, "envelope: unsupported version %d", e.Version)
+	}
+	if e.ID == "" || e.API == "" || e.ReplyTo == "" {
+		return nil, NewError(CodeInternal, "envelope: missing id, api or reply subject")
+	}
+	return &e, nil
+}
+
+// ScopeToken encodes a scope (key store prefix, tenant id) into a token that
+// is safe inside a NATS subject and a KV key: unpadded base64url, "_" when
+// empty.
+func ScopeToken(scope string) string {
+	if scope == "" {
+		return "_"
+	}
+	return base64.RawURLEncoding.EncodeToString([]byte(scope))
+}
+
+// ParseScopeToken reverses ScopeToken.
+func ParseScopeToken(tok string) (string, error) {
+	if tok == "_" {
+		return "", nil
+	}
+	b, err := base64.RawURLEncoding.DecodeString(tok)
+	if err != nil {
+		return "", fmt.Errorf("%w: scope token: %v", ErrValidation, err)
+	}
+	return string(b), nil
+}

@@ -1,0 +1,80 @@
+// Package tracing sets up OpenTelemetry for a sovkeys service and carries W3C
+// trace context in NATS headers (lowercase "traceparent").
+package tracing
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/nats-io/nats.go"
+	"go.opentelemetry.io/otel/exporters/otlp/otlptrace/otlptracegrpc"
+	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/sdk/resource"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	semconv "go.opentelemetry.io/otel/semconv/v1.26.0"
+	"go.opentelemetry.io/otel/trace"
+)
+
+// Setup returns a tracer provider for service. Spans are always created (so
+// trace ids reach logs and audit events); they are exported over OTLP/gRPC
+// only when OTEL_EXPORTER_OTLP_ENDPOINT is set. getenv is injected.
+func Setup(ctx context.Context, service string, getenv func(string) string) (*sdktrace.TracerProvider, error) {
+	res := resource.NewSchemaless(semconv.ServiceName(service), semconv.ServiceNamespace("sovkeys"))
+	opts := []sdktrace.TracerProviderOption{sdktrace.WithResource(res)}
+	if getenv("OTEL_EXPORTER_OTLP_ENDPOINT") != "" {
+		exp, err := otlptracegrpc.New(ctx) // reads the standard OTEL_* variables
+		if err != nil {
+			return nil, fmt.Errorf("tracing: otlp exporter: %w", err)
+		}
+		opts = append(opts, sdktrace.WithBatcher(exp))
+	}
+	return sdktrace.NewTracerProvider(opts...), nil
+}
+
+var propagator = propagation.TraceContext{}
+
+// headerCarrier adapts nats.Header without canonicalising keys, so the
+// header on the wire is the lowercase "traceparent" of W3C trace context.
+type headerCarrier nats.Header
+
+func (h headerCarrier) Get(key string) string {
+	if v := h[key]; len(v) > 0 {
+		return v[0]
+	}
+	return ""
+}
+
+func (h headerCarrier) Set(key, value string) { h[key] = []string{value} }
+
+func (h headerCarrier) Keys() []string {
+	keys := make([]string, 0, len(h))
+	for k := range h {
+		keys = append(keys, k)
+	}
+	return keys
+}
+
+// Inject writes the span context of ctx into h.
+func Inject(ctx context.Context, h nats.Header) {
+	if h == nil {
+		return
+	}
+	propagator.Inject(ctx, headerCarrier(h))
+}
+
+// Extract returns ctx carrying the remote span context found in h.
+func Extract(ctx context.Context, h nats.Header) context.Context {
+	if h == nil {
+		return ctx
+	}
+	return propagator.Extract(ctx, headerCarrier(h))
+}
+
+// TraceID returns the trace id of the span in ctx, or "".
+func TraceID(ctx context.Context) string {
+	sc := trace.SpanContextFromContext(ctx)
+	if !sc.HasTraceID() {
+		return ""
+	}
+	return sc.TraceID().String()
+}
