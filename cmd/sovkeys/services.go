@@ -107,7 +107,9 @@ func readPIN(file string, getenv func(string) string) (string, error) {
 }
 
 // runner is what every service package offers.
-type runner interface{ Run(ctx context.Context) error }
+type runner interface {
+	Run(ctx context.Context) error
+}
 
 // startService connects one service to NATS and runs it until ctx ends.
 func startService(ctx context.Context, name string, f *serviceFlags, hsm *keyworker.HSM, getenv func(string) string, logger *slog.Logger) error {

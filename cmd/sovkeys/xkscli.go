@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -94,7 +95,11 @@ func runXKS(ctx context.Context, args []string, getenv func(string) string, stdo
 	storeFlag := str(&prefix, "keystore", "", "key store URI prefix")
 	idFlag := str(&keyID, "id", "", "XKS key id")
 	run := func(define func(*flag.FlagSet), fn func(context.Context, *operator) error) error {
-		return withOperator(ctx, "xks "+cmd, rest, getenv, stdout, stderr, define, fn)
+		return withOperator(ctx, "xks "+cmd, rest, getenv, stdout, stderr, define, func(ctx context.Context, o *operator) error {
+			// Operators may write "/a/b" (the AWS XksProxyUriPath style) or "a/b".
+			prefix = strings.Trim(prefix, "/")
+			return fn(ctx, o)
+		})
 	}
 	switch cmd {
 	case "keystore create":
@@ -123,7 +128,9 @@ func runXKS(ctx context.Context, args []string, getenv func(string) string, stdo
 			fs.StringVar(&usage, "usage", "encrypt,decrypt", "encrypt,decrypt | encrypt | decrypt | none")
 			fs.StringVar(&label, "label", "", "HSM object label (default derived from key store and id)")
 			fs.BoolVar(&existing, "existing", false, "bind an AES-256 key already in the HSM under --label")
-		}, func(ctx context.Context, o *operator) error { return o.keyCreate(ctx, prefix, keyID, usage, label, existing) })
+		}, func(ctx context.Context, o *operator) error {
+			return o.keyCreate(ctx, prefix, keyID, usage, label, existing)
+		})
 	case "key disable", "key enable":
 		status := registry.StatusEnabled
 		if args[1] == "disable" {
@@ -135,6 +142,9 @@ func runXKS(ctx context.Context, args []string, getenv func(string) string, stdo
 	}
 	return fmt.Errorf("unknown command xks %s: %w", cmd, errUsage)
 }
+
+// displayPrefix shows a stored prefix ("a/b") as operators and AWS write it ("/a/b").
+func displayPrefix(p string) string { return "/" + p }
 
 const akidAlphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567"
 
@@ -165,13 +175,14 @@ func (o *operator) sealCredential(ctx context.Context, prefix, pool string) (reg
 
 type credentialOut struct {
 	URIPrefix       string `json:"uriPrefix"`
+	URIPath         string `json:"uriPath"`
 	AccessKeyID     string `json:"accessKeyId"`
 	SecretAccessKey string `json:"secretAccessKey"`
 }
 
 func (o *operator) keystoreCreate(ctx context.Context, prefix, pool string) error {
 	if !xks.ValidPrefix(prefix) {
-		return fmt.Errorf("%w: prefix must be up to 128 characters of [A-Za-z0-9/_-]", shared.ErrConfigValidation)
+		return fmt.Errorf("%w: prefix must be slash-separated segments of [A-Za-z0-9_-], at most %d characters", shared.ErrConfigValidation, xks.MaxPrefixLen)
 	}
 	if !shared.ValidPoolName(pool) {
 		return fmt.Errorf("%w: pool %q", shared.ErrConfigValidation, pool)
@@ -187,7 +198,7 @@ func (o *operator) keystoreCreate(ctx context.Context, prefix, pool string) erro
 		}
 		return err
 	}
-	return o.print(credentialOut{URIPrefix: prefix, AccessKeyID: cred.AccessKeyID, SecretAccessKey: secret})
+	return o.print(credentialOut{URIPrefix: displayPrefix(prefix), URIPath: displayPrefix(prefix) + "/kms/xks/v1", AccessKeyID: cred.AccessKeyID, SecretAccessKey: secret})
 }
 
 type keystoreOut struct {
@@ -205,7 +216,7 @@ func (o *operator) keystoreList(ctx context.Context) error {
 	}
 	out := []keystoreOut{}
 	for _, ks := range stores {
-		k := keystoreOut{URIPrefix: ks.Prefix, Pool: ks.Pool, Created: ks.Created, Policy: ks.Policy, AccessKeyIDs: []string{}}
+		k := keystoreOut{URIPrefix: displayPrefix(ks.Prefix), Pool: ks.Pool, Created: ks.Created, Policy: ks.Policy, AccessKeyIDs: []string{}}
 		for _, c := range ks.Credentials {
 			k.AccessKeyIDs = append(k.AccessKeyIDs, c.AccessKeyID)
 		}
@@ -254,7 +265,7 @@ func (o *operator) rotateCredential(ctx context.Context, prefix string) error {
 	}); err != nil {
 		return err
 	}
-	return o.print(credentialOut{URIPrefix: prefix, AccessKeyID: cred.AccessKeyID, SecretAccessKey: secret})
+	return o.print(credentialOut{URIPrefix: displayPrefix(prefix), URIPath: displayPrefix(prefix) + "/kms/xks/v1", AccessKeyID: cred.AccessKeyID, SecretAccessKey: secret})
 }
 
 func (o *operator) retireCredential(ctx context.Context, prefix, akid string) error {
@@ -277,7 +288,7 @@ func (o *operator) retireCredential(ctx context.Context, prefix, akid string) er
 	if err != nil {
 		return err
 	}
-	return o.print(map[string]any{"uriPrefix": prefix, "retired": akid, "remaining": len(ks.Credentials)})
+	return o.print(map[string]any{"uriPrefix": displayPrefix(prefix), "retired": akid, "remaining": len(ks.Credentials)})
 }
 
 func (o *operator) policySet(ctx context.Context, prefix string, p registry.Policy) error {
@@ -285,7 +296,7 @@ func (o *operator) policySet(ctx context.Context, prefix string, p registry.Poli
 	if err != nil {
 		return err
 	}
-	return o.print(map[string]any{"uriPrefix": prefix, "policy": ks.Policy})
+	return o.print(map[string]any{"uriPrefix": displayPrefix(prefix), "policy": ks.Policy})
 }
 
 func parseUsage(u string) (encrypt, decrypt bool, err error) {
@@ -352,7 +363,7 @@ func (o *operator) keyCreate(ctx context.Context, prefix, keyID, usage, label st
 }
 
 func keyView(k registry.Key, info *kwadmin.KeyInfo) keyOut {
-	out := keyOut{KeyID: k.KeyID, Keystore: k.Keystore, Label: k.Label, Status: k.Status, Usage: []string{}}
+	out := keyOut{KeyID: k.KeyID, Keystore: displayPrefix(k.Keystore), Label: k.Label, Status: k.Status, Usage: []string{}}
 	if info != nil {
 		out.KeySpec = info.KeySpec
 		if info.Encrypt {

@@ -1,6 +1,7 @@
 package authn
 
 import (
+	"cmp"
 	"crypto/hmac"
 	"crypto/sha256"
 	"encoding/hex"
@@ -13,7 +14,7 @@ import (
 	"github.com/sovkeys/sovkeys/shared"
 )
 
-// SigV4 constants. Only header-based AWS4-HMAC-SHA256 authentication is
+// SigV4 settings. Only header-based AWS4-HMAC-SHA256 authentication is
 // accepted; presigned (query string) requests are rejected.
 const (
 	// DefaultSigV4Service is the service name KMS puts in the credential scope
@@ -51,18 +52,20 @@ type Authorization struct {
 	Date          string // yyyymmdd from the credential scope
 	Region        string
 	Service       string
-	SignedHeaders []string // lowercase, sorted
+	SignedHeaders []string // lowercase, sorted, unique, includes "host"
 	Signature     string   // 64 lowercase hex digits
 }
 
-// SigV4Verifier checks AWS Signature Version 4 request signatures.
-// The zero value uses DefaultSigV4Service, DefaultMaxSkew and time.Now.
+// SigV4Verifier checks AWS Signature Version 4 request signatures. Zero fields
+// fall back to DefaultSigV4Service, DefaultMaxSkew and time.Now.
 type SigV4Verifier struct {
 	Service string           // "kms-xks-proxy"
 	MaxSkew time.Duration    // 5 * time.Minute
 	Now     func() time.Time // injected clock
 }
 
+// authFailed returns a caller-safe *shared.Error with CodeAuthenticationFailed.
+// Messages may name the access key id, never a secret or a computed signature.
 func authFailed(format string, args ...any) error {
 	return shared.NewError(shared.CodeAuthenticationFailed, "sovkeys: authentication failed: "+format, args...)
 }
@@ -106,35 +109,28 @@ func parseAuthorization(h string) (Authorization, error) {
 	if len(parts) != 3 {
 		return Authorization{}, authFailed("authorization header needs Credential, SignedHeaders and Signature")
 	}
-	cred, signed, sig := parts["Credential"], parts["SignedHeaders"], parts["Signature"]
 
-	var a Authorization
-	scope := strings.Split(cred, "/")
+	scope := strings.Split(parts["Credential"], "/")
 	if len(scope) != 5 {
 		return Authorization{}, authFailed("credential must be <access key id>/<yyyymmdd>/<region>/<service>/%s", sigV4Terminator)
 	}
-	a.AccessKeyID, a.Date, a.Region, a.Service = scope[0], scope[1], scope[2], scope[3]
-	if a.AccessKeyID == "" {
-		return Authorization{}, authFailed("credential has no access key id")
-	}
+	a := Authorization{AccessKeyID: scope[0], Date: scope[1], Region: scope[2], Service: scope[3],
+		SignedHeaders: strings.Split(parts["SignedHeaders"], ";"), Signature: parts["Signature"]}
 	if _, err := time.Parse(scopeDateLayout, a.Date); err != nil || len(a.Date) != len(scopeDateLayout) {
 		return Authorization{}, authFailed("credential scope date is not yyyymmdd")
 	}
-	if !scopeToken(a.Region) {
+	switch {
+	case a.AccessKeyID == "":
+		return Authorization{}, authFailed("credential has no access key id")
+	case !scopeToken(a.Region):
 		return Authorization{}, authFailed("credential scope region is empty or malformed")
-	}
-	if !scopeToken(a.Service) {
+	case !scopeToken(a.Service):
 		return Authorization{}, authFailed("credential scope service is empty or malformed")
-	}
-	if scope[4] != sigV4Terminator {
+	case scope[4] != sigV4Terminator:
 		return Authorization{}, authFailed("credential scope must end in %s", sigV4Terminator)
-	}
-
-	a.SignedHeaders = strings.Split(signed, ";")
-	if len(a.SignedHeaders) > maxSignedHeaders {
+	case len(a.SignedHeaders) > maxSignedHeaders:
 		return Authorization{}, authFailed("too many signed headers")
 	}
-	hasHost := false
 	for i, name := range a.SignedHeaders {
 		if !headerToken(name) {
 			return Authorization{}, authFailed("signed headers must be lowercase header names separated by ';'")
@@ -142,16 +138,14 @@ func parseAuthorization(h string) (Authorization, error) {
 		if i > 0 && a.SignedHeaders[i-1] >= name {
 			return Authorization{}, authFailed("signed headers must be sorted and unique")
 		}
-		hasHost = hasHost || name == "host"
 	}
-	if !hasHost {
+	if !slices.Contains(a.SignedHeaders, "host") {
 		return Authorization{}, authFailed("signed headers must include host")
 	}
-
-	if _, err := hex.DecodeString(sig); err != nil || len(sig) != sha256.Size*2 || strings.ToLower(sig) != sig {
+	if _, err := hex.DecodeString(a.Signature); err != nil || len(a.Signature) != 2*sha256.Size ||
+		strings.ToLower(a.Signature) != a.Signature {
 		return Authorization{}, authFailed("signature must be 64 lowercase hex digits")
 	}
-	a.Signature = sig
 	return a, nil
 }
 
@@ -188,18 +182,14 @@ func allBytes(s string, ok func(byte) bool) bool {
 // for credential lookup before Verify.
 func AccessKeyIDOf(in SigV4Input) (string, error) {
 	a, err := authorizationOf(in)
-	if err != nil {
-		return "", err
-	}
-	return a.AccessKeyID, nil
+	return a.AccessKeyID, err
 }
 
 func authorizationOf(in SigV4Input) (Authorization, error) {
 	if presigned(in.RawQuery) {
 		return Authorization{}, authFailed("presigned query string authentication is not supported; sign the Authorization header")
 	}
-	vals := headerValues(in.Header, "authorization")
-	switch len(vals) {
+	switch vals := headerValues(in.Header, "authorization"); len(vals) {
 	case 0:
 		return Authorization{}, authFailed("missing Authorization header")
 	case 1:
@@ -233,10 +223,7 @@ func (v SigV4Verifier) Verify(in SigV4Input, creds []Credential) (string, error)
 
 // verifyParsed checks everything after the Authorization header is parsed.
 func (v SigV4Verifier) verifyParsed(in SigV4Input, a Authorization, creds []Credential) (string, error) {
-	service, maxSkew, now := v.Service, v.MaxSkew, v.Now
-	if service == "" {
-		service = DefaultSigV4Service
-	}
+	service, maxSkew, now := cmp.Or(v.Service, DefaultSigV4Service), v.MaxSkew, v.Now
 	if maxSkew <= 0 {
 		maxSkew = DefaultMaxSkew
 	}
@@ -246,7 +233,6 @@ func (v SigV4Verifier) verifyParsed(in SigV4Input, a Authorization, creds []Cred
 	if a.Service != service {
 		return "", authFailed("credential scope service must be %q", service)
 	}
-
 	date, dateHeader, err := requestDate(in.Header)
 	if err != nil {
 		return "", err
@@ -285,8 +271,7 @@ func (v SigV4Verifier) verifyParsed(in SigV4Input, a Authorization, creds []Cred
 			continue
 		}
 		known = true
-		key := signingKey(c.SecretAccessKey, a.Date, a.Region, a.Service)
-		if hmac.Equal(hmacSHA256(key, sts), given) {
+		if hmac.Equal(hmacSHA256(signingKey(c.SecretAccessKey, a.Date, a.Region, a.Service), sts), given) {
 			return a.AccessKeyID, nil
 		}
 	}
@@ -299,25 +284,26 @@ func (v SigV4Verifier) verifyParsed(in SigV4Input, a Authorization, creds []Cred
 // requestDate reads X-Amz-Date, or failing that Date, and returns the time and
 // the lowercase name of the header it came from.
 func requestDate(h map[string][]string) (time.Time, string, error) {
-	if vals := headerValues(h, "x-amz-date"); len(vals) > 0 {
-		if len(vals) > 1 {
-			return time.Time{}, "", authFailed("more than one X-Amz-Date header")
+	for _, d := range []struct {
+		name, display, msg string
+		parse              func(string) (time.Time, error)
+	}{
+		{"x-amz-date", "X-Amz-Date", "X-Amz-Date must be yyyymmddThhmmssZ",
+			func(s string) (time.Time, error) { return time.Parse(amzDateLayout, s) }},
+		{"date", "Date", "Date header is not an HTTP date", http.ParseTime},
+	} {
+		switch vals := headerValues(h, d.name); len(vals) {
+		case 0:
+			continue
+		case 1:
+			t, err := d.parse(strings.TrimSpace(vals[0]))
+			if err != nil {
+				return time.Time{}, "", authFailed("%s", d.msg)
+			}
+			return t.UTC(), d.name, nil
+		default:
+			return time.Time{}, "", authFailed("more than one %s header", d.display)
 		}
-		t, err := time.Parse(amzDateLayout, strings.TrimSpace(vals[0]))
-		if err != nil {
-			return time.Time{}, "", authFailed("X-Amz-Date must be yyyymmddThhmmssZ")
-		}
-		return t, "x-amz-date", nil
-	}
-	if vals := headerValues(h, "date"); len(vals) > 0 {
-		if len(vals) > 1 {
-			return time.Time{}, "", authFailed("more than one Date header")
-		}
-		t, err := http.ParseTime(strings.TrimSpace(vals[0]))
-		if err != nil {
-			return time.Time{}, "", authFailed("Date header is not an HTTP date")
-		}
-		return t.UTC(), "date", nil
 	}
 	return time.Time{}, "", authFailed("missing X-Amz-Date (or Date) header")
 }
@@ -327,25 +313,22 @@ func requestDate(h map[string][]string) (time.Time, string, error) {
 func payloadHash(in SigV4Input) (string, error) {
 	sum := sha256.Sum256(in.Body)
 	want := hex.EncodeToString(sum[:])
-	vals := headerValues(in.Header, "x-amz-content-sha256")
-	switch {
+	switch vals := headerValues(in.Header, "x-amz-content-sha256"); {
 	case len(vals) == 0:
 		return want, nil
 	case len(vals) > 1:
 		return "", authFailed("more than one X-Amz-Content-Sha256 header")
-	}
-	got := strings.TrimSpace(vals[0])
-	if got == unsignedPayload {
+	case strings.TrimSpace(vals[0]) == unsignedPayload:
 		return "", authFailed("unsigned payloads are not accepted")
-	}
-	if strings.ToLower(got) != want {
+	case strings.ToLower(strings.TrimSpace(vals[0])) != want:
 		return "", authFailed("X-Amz-Content-Sha256 does not match the request body")
 	}
 	return want, nil
 }
 
 // canonicalHeaders builds the "name:value\n" lines for exactly the signed
-// headers, as the aws-sdk-go-v2 signer does.
+// headers as the aws-sdk-go-v2 signer does: values trimmed, runs of spaces
+// collapsed, repeated values joined by ",".
 func canonicalHeaders(in SigV4Input, signed []string) (string, error) {
 	var b strings.Builder
 	for _, name := range signed {
@@ -356,13 +339,15 @@ func canonicalHeaders(in SigV4Input, signed []string) (string, error) {
 		if len(vals) == 0 {
 			return "", authFailed("signed header %q is missing from the request", name)
 		}
-		b.WriteString(name)
-		b.WriteByte(':')
+		b.WriteString(name + ":")
 		for i, val := range vals {
 			if i > 0 {
 				b.WriteByte(',')
 			}
-			b.WriteString(strings.TrimSpace(collapseSpaces(val)))
+			for strings.Contains(val, "  ") {
+				val = strings.ReplaceAll(val, "  ", " ")
+			}
+			b.WriteString(strings.TrimSpace(val))
 		}
 		b.WriteByte('\n')
 	}
@@ -378,9 +363,6 @@ func headerValues(h map[string][]string, name string) []string {
 			keys = append(keys, k)
 		}
 	}
-	if len(keys) == 1 {
-		return h[keys[0]]
-	}
 	slices.Sort(keys)
 	var out []string
 	for _, k := range keys {
@@ -389,28 +371,11 @@ func headerValues(h map[string][]string, name string) []string {
 	return out
 }
 
-// collapseSpaces trims and collapses runs of ' ' like the SDK's
-// StripExcessSpaces.
-func collapseSpaces(s string) string {
-	s = strings.Trim(s, " ")
-	if !strings.Contains(s, "  ") {
-		return s
-	}
-	var b strings.Builder
-	b.Grow(len(s))
-	for i := 0; i < len(s); i++ {
-		if s[i] == ' ' && i > 0 && s[i-1] == ' ' {
-			continue
-		}
-		b.WriteByte(s[i])
-	}
-	return b.String()
-}
-
-// canonicalURI URI-encodes the already escaped path once more, keeping '/',
-// as AWS does for every service but S3 (aws-sdk-go-v2: EscapePath(EscapedPath)).
-// For paths of unreserved characters only, such as every XKS path, the result
-// equals the path as sent.
+// canonicalURI URI-encodes the already escaped path once more, keeping '/', as
+// AWS does for every service but S3 (aws-sdk-go-v2 default: EscapePath of
+// EscapedPath; curl >= 8 likewise). Paths of unreserved characters only, such
+// as every valid XKS path, are left unchanged, so signers that skip this step
+// (DisableURIPathEscaping, curl 7.x) verify too.
 func canonicalURI(rawPath string) string {
 	if rawPath == "" {
 		return "/"
@@ -418,8 +383,8 @@ func canonicalURI(rawPath string) string {
 	return uriEncode(rawPath, false)
 }
 
-// canonicalQuery decodes the query and re-encodes each name and value with
-// RFC 3986 rules, then sorts by name and value (after encoding, as the SDK does).
+// canonicalQuery decodes the query, re-encodes each name and value (RFC 3986),
+// and sorts by name then value after encoding, as the SDK does.
 func canonicalQuery(rawQuery string) (string, error) {
 	if rawQuery == "" {
 		return "", nil
@@ -428,32 +393,24 @@ func canonicalQuery(rawQuery string) (string, error) {
 	if err != nil {
 		return "", authFailed("query string is malformed")
 	}
-	type pair struct{ k, v string }
-	var pairs []pair
+	var pairs [][2]string
 	for k, vals := range q {
-		ek := uriEncode(k, true)
 		for _, val := range vals {
-			pairs = append(pairs, pair{ek, uriEncode(val, true)})
+			pairs = append(pairs, [2]string{uriEncode(k, true), uriEncode(val, true)})
 		}
 	}
-	slices.SortFunc(pairs, func(a, b pair) int {
-		if c := strings.Compare(a.k, b.k); c != 0 {
-			return c
-		}
-		return strings.Compare(a.v, b.v)
+	slices.SortFunc(pairs, func(a, b [2]string) int {
+		return cmp.Or(strings.Compare(a[0], b[0]), strings.Compare(a[1], b[1]))
 	})
-	var b strings.Builder
+	out := make([]string, len(pairs))
 	for i, p := range pairs {
-		if i > 0 {
-			b.WriteByte('&')
-		}
-		b.WriteString(p.k + "=" + p.v)
+		out[i] = p[0] + "=" + p[1]
 	}
-	return b.String(), nil
+	return strings.Join(out, "&"), nil
 }
 
-// uriEncode percent-encodes every byte except A-Z a-z 0-9 - . _ ~ (and '/'
-// unless encodeSlash), with uppercase hex.
+// uriEncode percent-encodes (uppercase hex) every byte except A-Z a-z 0-9
+// - . _ ~, and '/' unless encodeSlash.
 func uriEncode(s string, encodeSlash bool) string {
 	const hexUpper = "0123456789ABCDEF"
 	var b strings.Builder
@@ -463,11 +420,9 @@ func uriEncode(s string, encodeSlash bool) string {
 		if c >= 'A' && c <= 'Z' || c >= 'a' && c <= 'z' || c >= '0' && c <= '9' ||
 			c == '-' || c == '.' || c == '_' || c == '~' || c == '/' && !encodeSlash {
 			b.WriteByte(c)
-			continue
+		} else {
+			b.Write([]byte{'%', hexUpper[c>>4], hexUpper[c&15]})
 		}
-		b.WriteByte('%')
-		b.WriteByte(hexUpper[c>>4])
-		b.WriteByte(hexUpper[c&15])
 	}
 	return b.String()
 }
@@ -478,6 +433,8 @@ func stringToSign(date time.Time, a Authorization, canonicalRequest string) stri
 		a.Date + "/" + a.Region + "/" + a.Service + "/" + sigV4Terminator, hex.EncodeToString(sum[:])}, "\n")
 }
 
+// signingKey derives the SigV4 key. It costs ~3µs (four HMACs), under half of
+// a Verify, so it is not cached and no derived key outlives a request.
 func signingKey(secret, date, region, service string) []byte {
 	k := hmacSHA256([]byte("AWS4"+secret), date)
 	k = hmacSHA256(k, region)

@@ -303,20 +303,31 @@ func TestVerifyPaths(t *testing.T) {
 }
 
 // TestVerifyOverHTTP sends SDK-signed requests through net/http and verifies
-// what the server sees, as the gateway will.
+// what the server sees, as the gateway will. KMS signs host;x-amz-date; the
+// SDK signs content-length too when the request has a known length.
 func TestVerifyOverHTTP(t *testing.T) {
 	got := make(chan SigV4Input, 1)
 	srv := httptest.NewServer(captureHandler(got))
 	defer srv.Close()
 
-	for _, path := range []string{encryptPath, "/my_pre-fix/kms/xks/v1/keys/k_1-2.3/decrypt"} {
-		t.Run(path, func(t *testing.T) {
+	tests := []struct {
+		name, path, wantSigned string
+		signLength             bool
+	}{
+		{"kms style", encryptPath, "host;x-amz-date", false},
+		{"kms style prefix", "/my_pre-fix/kms/xks/v1/keys/k_1-2.3/decrypt", "host;x-amz-date", false},
+		{"content-length signed", encryptPath, "content-length;host;x-amz-date", true},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
 			body := []byte(encryptBody)
-			req, err := http.NewRequest(http.MethodPost, srv.URL+path, bytes.NewReader(body))
+			req, err := http.NewRequest(http.MethodPost, srv.URL+tc.path, bytes.NewReader(body))
 			if err != nil {
 				t.Fatal(err)
 			}
-			req.ContentLength = 0 // KMS signs host;x-amz-date only; the transport recomputes the length
+			if !tc.signLength {
+				req.ContentLength = 0 // hide the length from the signer only
+			}
 			creds := aws.Credentials{AccessKeyID: testAK1, SecretAccessKey: testSK1}
 			now := time.Now()
 			if err := v4.NewSigner().SignHTTP(context.Background(), creds, req, sha256Hex(body), testService, "us-east-1", now); err != nil {
@@ -330,6 +341,9 @@ func TestVerifyOverHTTP(t *testing.T) {
 			}
 			resp.Body.Close()
 			in := <-got
+			if auth := http.Header(in.Header).Get("Authorization"); !strings.Contains(auth, "SignedHeaders="+tc.wantSigned+",") {
+				t.Fatalf("SDK signed %s; want %s", auth, tc.wantSigned)
+			}
 			if id, err := fixedVerifier(now).Verify(in, allCreds); err != nil || id != testAK1 {
 				t.Fatalf("Verify = %q, %v", id, err)
 			}

@@ -35,6 +35,11 @@ func (s *Service) handleXKS(w http.ResponseWriter, r *http.Request) {
 	start := s.now()
 	id := newID()
 	route, err := xks.ParsePath(r.URL.EscapedPath())
+	if shared.CodeOf(err) == shared.CodeKeyNotFound {
+		// A key id no key can have: authenticate first, authn answers
+		// KeyNotFoundException.
+		err = nil
+	}
 	api := xksAPIs[route.Op]
 	if err == nil && r.Method != http.MethodPost {
 		err = shared.NewError(shared.CodeMethodNotAllowed, "method %s not allowed; use POST", r.Method)
@@ -50,7 +55,7 @@ func (s *Service) handleXKS(w http.ResponseWriter, r *http.Request) {
 		body, err = io.ReadAll(http.MaxBytesReader(w, r.Body, xks.MaxBodyBytes))
 		var mbe *http.MaxBytesError
 		if errors.As(err, &mbe) {
-			err = shared.NewError(shared.CodeValidation, "request body exceeds %d bytes", xks.MaxBodyBytes)
+			err = shared.NewError(shared.CodeUnsupportedOperation, "request body exceeds the supported %d bytes", xks.MaxBodyBytes)
 		} else if err != nil {
 			err = shared.NewError(shared.CodeValidation, "cannot read request body")
 		}

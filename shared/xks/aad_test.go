@@ -54,7 +54,7 @@ func TestEncodeAADSeparatesFields(t *testing.T) {
 
 func TestEncodeAADPanicsOnUnencodable(t *testing.T) {
 	for name, args := range map[string][2][]byte{
-		"AAD over 65535": {make([]byte, 0x10000), nil},
+		"AAD over 65535":    {make([]byte, 0x10000), nil},
 		"metadata over 255": {nil, make([]byte, 0x100)},
 	} {
 		t.Run(name, func(t *testing.T) {

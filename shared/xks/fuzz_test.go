@@ -149,23 +149,20 @@ func FuzzParsePath(f *testing.F) {
 	}
 	f.Fuzz(func(t *testing.T, path string) {
 		r, err := ParsePath(path)
-		switch shared.CodeOf(err) {
-		case shared.CodeInvalidURIPath:
-			if r != (Route{}) {
-				t.Fatalf("invalid path returned route %+v", r)
-			}
-			return
-		case shared.CodeKeyNotFound:
-			if ValidKeyID(r.KeyID) || r.KeyID != "" || !ValidPrefix(r.Prefix) || (r.Op != OpMetadata && r.Op != OpEncrypt && r.Op != OpDecrypt) {
-				t.Fatalf("key-not-found route %+v", r)
-			}
-			return
-		case shared.CodeInternal:
-			if err != nil {
+		if err != nil {
+			switch shared.CodeOf(err) {
+			case shared.CodeInvalidURIPath:
+				if r != (Route{}) {
+					t.Fatalf("invalid path returned route %+v", r)
+				}
+			case shared.CodeKeyNotFound:
+				if r.KeyID != "" || !ValidPrefix(r.Prefix) || (r.Op != OpMetadata && r.Op != OpEncrypt && r.Op != OpDecrypt) {
+					t.Fatalf("key-not-found route %+v", r)
+				}
+			default:
 				t.Fatalf("unexpected error %v", err)
 			}
-		default:
-			t.Fatalf("unexpected error code for %v", err)
+			return
 		}
 		if !ValidPrefix(r.Prefix) {
 			t.Fatalf("invalid prefix %q accepted", r.Prefix)

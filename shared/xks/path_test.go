@@ -52,33 +52,33 @@ func TestParsePathInvalidURIPath(t *testing.T) {
 		"/",
 		"/kms/xks/v1",
 		"/kms/xks/v1/",
-		"/kms/xks/v1/health/",                  // trailing slash
-		"/kms/xks/v1/keys/foo/encrypt/",        // trailing slash
-		"/kms/xks/v1/keys/foo",                 // no operation
-		"/kms/xks/v1/keys/foo/sign",            // unknown operation
-		"/kms/xks/v1/keys/foo/Encrypt",         // case matters
-		"/kms/xks/v1/keys//encrypt",            // empty key id
-		"/kms/xks/v1/keys/encrypt",             // no key id
-		"/kms/xks/v1/key/foo/encrypt",          // keys, not key
-		"/kms/xks/v2/keys/foo/encrypt",         // other version
-		"/KMS/xks/v1/health",                   // case matters
-		"/kms/xks/v1/keys/foo/bar/encrypt",     // extra segment
-		"/kms/xks/v1/health/keys/foo/encrypt",  // health is not a prefix here
-		"kms/xks/v1/health",                    // relative
-		"p/kms/xks/v1/health",                  // relative with prefix
-		"//kms/xks/v1/health",                  // empty prefix segment
-		"/p//kms/xks/v1/health",                // empty segment inside
-		"//p/kms/xks/v1/keys/k/encrypt",        // leading empty segment
-		"/p/q//kms/xks/v1/keys/k/encrypt",      // empty segment
-		"/p%2Fq/kms/xks/v1/health",             // escaped slash in prefix
-		"/p%20q/kms/xks/v1/health",             // escaped space in prefix
-		"/p.q/kms/xks/v1/health",               // '.' not allowed in a prefix
-		"/p q/kms/xks/v1/health",               // space
-		"/../kms/xks/v1/health",                // dot segments
+		"/kms/xks/v1/health/",                 // trailing slash
+		"/kms/xks/v1/keys/foo/encrypt/",       // trailing slash
+		"/kms/xks/v1/keys/foo",                // no operation
+		"/kms/xks/v1/keys/foo/sign",           // unknown operation
+		"/kms/xks/v1/keys/foo/Encrypt",        // case matters
+		"/kms/xks/v1/keys//encrypt",           // empty key id
+		"/kms/xks/v1/keys/encrypt",            // no key id
+		"/kms/xks/v1/key/foo/encrypt",         // keys, not key
+		"/kms/xks/v2/keys/foo/encrypt",        // other version
+		"/KMS/xks/v1/health",                  // case matters
+		"/kms/xks/v1/keys/foo/bar/encrypt",    // extra segment
+		"/kms/xks/v1/health/keys/foo/encrypt", // health is not a prefix here
+		"kms/xks/v1/health",                   // relative
+		"p/kms/xks/v1/health",                 // relative with prefix
+		"//kms/xks/v1/health",                 // empty prefix segment
+		"/p//kms/xks/v1/health",               // empty segment inside
+		"//p/kms/xks/v1/keys/k/encrypt",       // leading empty segment
+		"/p/q//kms/xks/v1/keys/k/encrypt",     // empty segment
+		"/p%2Fq/kms/xks/v1/health",            // escaped slash in prefix
+		"/p%20q/kms/xks/v1/health",            // escaped space in prefix
+		"/p.q/kms/xks/v1/health",              // '.' not allowed in a prefix
+		"/p q/kms/xks/v1/health",              // space
+		"/../kms/xks/v1/health",               // dot segments
 		"/" + strings.Repeat("p", MaxPrefixLen+1) + "/kms/xks/v1/health",
-		"/kms/xks/v1/health?x=1",               // a query is not part of the path
-		"/kms/xks/v1/keys/foo/encrypt;x",       // matrix parameter
-		"/kms/xks/v1/keys/foo/health",          // health has no key
+		"/kms/xks/v1/health?x=1",         // a query is not part of the path
+		"/kms/xks/v1/keys/foo/encrypt;x", // matrix parameter
+		"/kms/xks/v1/keys/foo/health",    // health has no key
 	} {
 		t.Run(path, func(t *testing.T) {
 			r, err := ParsePath(path)

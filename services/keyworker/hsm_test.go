@@ -1,0 +1,353 @@
+package keyworker
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/miekg/pkcs11"
+
+	"github.com/sovkeys/sovkeys/shared"
+	"github.com/sovkeys/sovkeys/shared/hsmtest"
+)
+
+// newTestHSM opens an HSM on a fresh SoftHSM token, closed when t ends.
+func newTestHSM(t testing.TB, mutate ...func(*HSMConfig)) *HSM {
+	t.Helper()
+	module, label, pin := hsmtest.NewToken(t)
+	cfg := HSMConfig{ModulePath: module, TokenLabel: label, PIN: pin}
+	for _, m := range mutate {
+		m(&cfg)
+	}
+	h, err := OpenHSM(t.Context(), cfg, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatalf("OpenHSM: %v", err)
+	}
+	t.Cleanup(func() {
+		if err := h.Close(); err != nil {
+			t.Errorf("Close: %v", err)
+		}
+	})
+	return h
+}
+
+func moduleRefs() int {
+	modules.mu.Lock()
+	defer modules.mu.Unlock()
+	n := 0
+	for _, m := range modules.byPath {
+		n += m.refs
+	}
+	return n
+}
+
+func TestHSMConfigValidate(t *testing.T) {
+	ok := HSMConfig{ModulePath: "/m.so", TokenLabel: "tok", PIN: "1234"}
+	tests := []struct {
+		name    string
+		mutate  func(*HSMConfig)
+		wantErr bool
+	}{
+		{"valid", func(*HSMConfig) {}, false},
+		{"default sessions", func(c *HSMConfig) { c.Sessions = 0 }, false},
+		{"sessions set", func(c *HSMConfig) { c.Sessions = 16 }, false},
+		{"no module", func(c *HSMConfig) { c.ModulePath = "" }, true},
+		{"no label", func(c *HSMConfig) { c.TokenLabel = "" }, true},
+		{"label too long", func(c *HSMConfig) { c.TokenLabel = strings.Repeat("x", 33) }, true},
+		{"no pin", func(c *HSMConfig) { c.PIN = "" }, true},
+		{"negative sessions", func(c *HSMConfig) { c.Sessions = -1 }, true},
+		{"too many sessions", func(c *HSMConfig) { c.Sessions = maxSessions + 1 }, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			cfg := ok
+			tt.mutate(&cfg)
+			err := cfg.Validate()
+			if (err != nil) != tt.wantErr {
+				t.Fatalf("Validate() = %v, want error %t", err, tt.wantErr)
+			}
+			if err != nil && !errors.Is(err, shared.ErrConfigValidation) {
+				t.Fatalf("Validate() = %v, does not wrap ErrConfigValidation", err)
+			}
+		})
+	}
+}
+
+func TestHSMConfigRedactsPIN(t *testing.T) {
+	cfg := HSMConfig{ModulePath: "/m.so", TokenLabel: "tok", PIN: "s3cret-pin"}
+	var buf bytes.Buffer
+	slog.New(slog.NewTextHandler(&buf, nil)).Info("x", "hsm", cfg)
+	for name, out := range map[string]string{
+		"%v":   fmt.Sprintf("%v", cfg),
+		"%+v":  fmt.Sprintf("%+v", cfg),
+		"slog": buf.String(),
+	} {
+		if strings.Contains(out, cfg.PIN) {
+			t.Errorf("%s output contains the PIN: %s", name, out)
+		}
+		if !strings.Contains(out, "tok") {
+			t.Errorf("%s output lacks the token label: %s", name, out)
+		}
+	}
+}
+
+func TestOpenHSMErrors(t *testing.T) {
+	module, label, pin := hsmtest.NewToken(t)
+	tests := []struct {
+		name string
+		cfg  HSMConfig
+	}{
+		{"unknown token", HSMConfig{ModulePath: module, TokenLabel: "no-such-token", PIN: pin}},
+		{"wrong pin", HSMConfig{ModulePath: module, TokenLabel: label, PIN: "wrong-pin"}},
+		{"missing module", HSMConfig{ModulePath: "/nonexistent/libp11.so", TokenLabel: label, PIN: pin}},
+		{"invalid config", HSMConfig{ModulePath: module, TokenLabel: label}},
+	}
+	before := moduleRefs()
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			h, err := OpenHSM(t.Context(), tt.cfg, nil)
+			if err == nil {
+				h.Close()
+				t.Fatal("OpenHSM succeeded")
+			}
+			if strings.Contains(err.Error(), pin) {
+				t.Errorf("error contains the PIN: %v", err)
+			}
+			if got := moduleRefs(); got != before {
+				t.Errorf("module references = %d after failed open, want %d", got, before)
+			}
+		})
+	}
+}
+
+func TestCloseIdempotent(t *testing.T) {
+	module, label, pin := hsmtest.NewToken(t)
+	before := moduleRefs()
+	h, err := OpenHSM(t.Context(), HSMConfig{ModulePath: module, TokenLabel: label, PIN: pin, Sessions: 3}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := h.Sessions(); got != 3 {
+		t.Errorf("Sessions() = %d, want 3", got)
+	}
+	for i := range 3 {
+		if err := h.Close(); err != nil {
+			t.Fatalf("Close #%d: %v", i+1, err)
+		}
+	}
+	if got := moduleRefs(); got != before {
+		t.Errorf("module references = %d after Close, want %d", got, before)
+	}
+	if _, _, _, err := h.EncryptGCM(t.Context(), "k", []byte("x"), nil); !errors.Is(err, ErrHSMClosed) {
+		t.Errorf("EncryptGCM after Close = %v, want ErrHSMClosed", err)
+	}
+	if err := h.HealthCheck(t.Context()); err == nil {
+		t.Error("HealthCheck after Close succeeded")
+	}
+}
+
+func TestDefaultSessions(t *testing.T) {
+	h := newTestHSM(t)
+	if got := h.Sessions(); got != defaultSessions {
+		t.Errorf("Sessions() = %d, want %d", got, defaultSessions)
+	}
+}
+
+// Several HSMs in one process share one module initialisation; closing one
+// leaves the others working.
+func TestModuleShared(t *testing.T) {
+	before := moduleRefs()
+	a := newTestHSM(t)
+	b := newTestHSM(t)
+	if got := moduleRefs(); got != before+2 {
+		t.Fatalf("module references = %d, want %d", got, before+2)
+	}
+	for _, h := range []*HSM{a, b} {
+		if err := h.HealthCheck(t.Context()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := a.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.HealthCheck(t.Context()); err != nil {
+		t.Fatalf("HealthCheck on b after closing a: %v", err)
+	}
+	// Two HSMs on the same token: the second login finds the user logged in.
+	c, err := OpenHSM(t.Context(), b.cfg, nil)
+	if err != nil {
+		t.Fatalf("second HSM on one token: %v", err)
+	}
+	if err := c.HealthCheck(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.HealthCheck(t.Context()); err != nil {
+		t.Fatalf("HealthCheck on b after closing c on the same token: %v", err)
+	}
+}
+
+func TestWithSessionRespectsContext(t *testing.T) {
+	h := newTestHSM(t, func(c *HSMConfig) { c.Sessions = 1 })
+	if _, err := h.CreateAESKey(t.Context(), "k", true, true); err != nil {
+		t.Fatal(err)
+	}
+
+	held, release := make(chan struct{}), make(chan struct{})
+	holderDone := make(chan error, 1)
+	go func() {
+		holderDone <- h.withSession(t.Context(), func(pkcs11.SessionHandle) error {
+			close(held)
+			<-release
+			return nil
+		})
+	}()
+	<-held
+
+	ctx, cancel := context.WithTimeout(t.Context(), 20*time.Millisecond)
+	defer cancel()
+	_, _, _, err := h.EncryptGCM(ctx, "k", []byte("x"), nil)
+	if !errors.Is(err, context.DeadlineExceeded) || !errors.Is(err, shared.ErrDependencyTimeout) {
+		t.Errorf("EncryptGCM while the only session is busy = %v, want deadline exceeded", err)
+	}
+	canceled, cancel2 := context.WithCancel(t.Context())
+	cancel2()
+	if _, _, _, err := h.EncryptGCM(canceled, "k", []byte("x"), nil); !errors.Is(err, context.Canceled) {
+		t.Errorf("EncryptGCM with canceled context = %v, want context.Canceled", err)
+	}
+
+	close(release)
+	if err := <-holderDone; err != nil {
+		t.Fatal(err)
+	}
+	if _, _, _, err := h.EncryptGCM(t.Context(), "k", []byte("x"), nil); err != nil {
+		t.Errorf("EncryptGCM after the session came back: %v", err)
+	}
+}
+
+func TestCloseWaitsForInFlight(t *testing.T) {
+	module, label, pin := hsmtest.NewToken(t)
+	h, err := OpenHSM(t.Context(), HSMConfig{ModulePath: module, TokenLabel: label, PIN: pin, Sessions: 1}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	held, release := make(chan struct{}), make(chan struct{})
+	go h.withSession(t.Context(), func(pkcs11.SessionHandle) error { //nolint:errcheck
+		close(held)
+		<-release
+		return nil
+	})
+	<-held
+	closed := make(chan error, 1)
+	go func() { closed <- h.Close() }()
+	select {
+	case err := <-closed:
+		t.Fatalf("Close returned (%v) while a session was in use", err)
+	case <-time.After(50 * time.Millisecond):
+	}
+	close(release)
+	if err := <-closed; err != nil {
+		t.Fatal(err)
+	}
+}
+
+// A session the HSM dropped is replaced transparently.
+func TestSessionReplaced(t *testing.T) {
+	h := newTestHSM(t, func(c *HSMConfig) { c.Sessions = 1 })
+	if _, err := h.CreateAESKey(t.Context(), "k", true, true); err != nil {
+		t.Fatal(err)
+	}
+	old := <-h.pool
+	if err := h.p11.CloseSession(old); err != nil {
+		t.Fatal(err)
+	}
+	h.pool <- old
+	iv, ct, tag, err := h.EncryptGCM(t.Context(), "k", []byte("hello"), nil)
+	if err != nil {
+		t.Fatalf("EncryptGCM on a closed session: %v", err)
+	}
+	if pt, err := h.DecryptGCM(t.Context(), "k", iv, ct, tag, nil); err != nil || string(pt) != "hello" {
+		t.Fatalf("DecryptGCM = %q, %v", pt, err)
+	}
+	sh := <-h.pool
+	h.pool <- sh
+	if sh == old {
+		t.Error("the closed session is still in the pool")
+	}
+}
+
+// A cached handle whose object was destroyed is looked up again.
+func TestStaleKeyHandle(t *testing.T) {
+	h := newTestHSM(t)
+	ctx := t.Context()
+	if _, err := h.CreateAESKey(ctx, "k", true, true); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, _, err := h.EncryptGCM(ctx, "k", []byte("x"), nil); err != nil {
+		t.Fatal(err)
+	}
+	cached, ok := h.keys.get("k")
+	if !ok {
+		t.Fatal("key not cached")
+	}
+	raw := h.mod.ctx
+	sh := <-h.pool
+	if err := raw.DestroyObject(sh, cached.handle); err != nil {
+		t.Fatal(err)
+	}
+	h.pool <- sh
+
+	t.Run("destroyed", func(t *testing.T) {
+		if _, _, _, err := h.EncryptGCM(ctx, "k", []byte("x"), nil); !errors.Is(err, shared.ErrKeyNotFound) {
+			t.Fatalf("EncryptGCM with a destroyed key = %v, want ErrKeyNotFound", err)
+		}
+	})
+	t.Run("replaced behind the cache", func(t *testing.T) {
+		h.keys.put("k", cached) // the stale handle, as if nobody had looked
+		sh := <-h.pool
+		_, err := raw.GenerateKey(sh, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_AES_KEY_GEN, nil)}, []*pkcs11.Attribute{
+			pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_SECRET_KEY),
+			pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, pkcs11.CKK_AES),
+			pkcs11.NewAttribute(pkcs11.CKA_VALUE_LEN, 32),
+			pkcs11.NewAttribute(pkcs11.CKA_LABEL, "k"),
+			pkcs11.NewAttribute(pkcs11.CKA_TOKEN, true),
+			pkcs11.NewAttribute(pkcs11.CKA_ENCRYPT, true),
+			pkcs11.NewAttribute(pkcs11.CKA_DECRYPT, true),
+		})
+		h.pool <- sh
+		if err != nil {
+			t.Fatal(err)
+		}
+		iv, ct, tag, err := h.EncryptGCM(ctx, "k", []byte("again"), nil)
+		if err != nil {
+			t.Fatalf("EncryptGCM with a stale cached handle: %v", err)
+		}
+		if pt, err := h.DecryptGCM(ctx, "k", iv, ct, tag, nil); err != nil || string(pt) != "again" {
+			t.Fatalf("DecryptGCM = %q, %v", pt, err)
+		}
+	})
+}
+
+func TestKeyCacheBounded(t *testing.T) {
+	c := keyCache{max: 3}
+	for i := range 10 {
+		c.put(fmt.Sprint(i), cachedKey{handle: pkcs11.ObjectHandle(i)})
+	}
+	if got := len(c.m); got != 3 {
+		t.Fatalf("cache holds %d entries, want 3", got)
+	}
+	if _, ok := c.get("9"); !ok {
+		t.Error("latest entry missing")
+	}
+	c.drop("9")
+	if _, ok := c.get("9"); ok {
+		t.Error("dropped entry still present")
+	}
+}
