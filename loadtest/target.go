@@ -1,0 +1,217 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/sovkeys/sovkeys/shared/xks"
+	"github.com/sovkeys/sovkeys/shared/xksclient"
+)
+
+// Errors a response can earn besides the gateway's own XKS errors.
+var (
+	errBadResponse = errors.New("loadtest: malformed encrypt response")
+	errMismatch    = errors.New("loadtest: decrypt returned other plaintext")
+)
+
+// newHTTPClient is a keep-alive HTTPS client with an idle connection for
+// every worker, TLS 1.2 or later, trusting only caFile when given.
+func newHTTPClient(caFile string, workers int, timeout time.Duration) (*http.Client, error) {
+	tc := &tls.Config{MinVersion: tls.VersionTLS12}
+	if caFile != "" {
+		pem, err := os.ReadFile(caFile)
+		if err != nil {
+			return nil, fmt.Errorf("%w: -ca: %v", ErrConfigValidation, err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("%w: -ca %s holds no PEM certificate", ErrConfigValidation, caFile)
+		}
+		tc.RootCAs = pool
+	}
+	tr := &http.Transport{
+		Proxy:               nil, // never route load through an HTTP(S)_PROXY
+		DialContext:         (&net.Dialer{Timeout: timeout, KeepAlive: 30 * time.Second}).DialContext,
+		TLSClientConfig:     tc,
+		TLSHandshakeTimeout: timeout,
+		MaxIdleConns:        workers + 16,
+		MaxIdleConnsPerHost: workers + 16,
+		IdleConnTimeout:     90 * time.Second,
+		// HTTP/1.1 with keep-alive, as KMS talks to an XKS proxy: one
+		// connection per outstanding request.
+		ForceAttemptHTTP2: false,
+	}
+	return &http.Client{Transport: tr, Timeout: timeout}, nil
+}
+
+// sealed is one pre-encrypted plaintext for decrypt requests.
+type sealed struct {
+	plaintext []byte
+	resp      xks.EncryptResponse
+}
+
+// target wraps the shared XKS client with what one run sends: the key, the
+// plaintexts and AAD, and the pool of ciphertexts to decrypt.
+type target struct {
+	client     *xksclient.Client
+	keyID      string
+	op         string
+	aad        []byte
+	plaintexts [][]byte
+	pool       []sealed
+}
+
+// numPlaintexts distinct plaintexts are cycled through by encrypt requests.
+const numPlaintexts = 16
+
+func newTarget(c *xksclient.Client, cfg Config) (*target, error) {
+	t := &target{client: c, keyID: cfg.KeyID, op: cfg.Op}
+	if cfg.AADSize > 0 {
+		t.aad = randomBytes(cfg.AADSize)
+	}
+	for range numPlaintexts {
+		t.plaintexts = append(t.plaintexts, randomBytes(cfg.Size))
+	}
+	return t, nil
+}
+
+func randomBytes(n int) []byte {
+	b := make([]byte, n)
+	_, _ = rand.Read(b)
+	return b
+}
+
+// preflight makes one metadata call so bad credentials, a wrong prefix or
+// key, or an unreachable gateway fail the run before any load is sent.
+func (t *target) preflight(ctx context.Context) error {
+	md, err := t.client.Metadata(ctx, t.keyID)
+	if err != nil {
+		return fmt.Errorf("preflight GetKeyMetadata %q: %w", t.keyID, err)
+	}
+	if md.KeyStatus != xks.KeyStatusEnabled {
+		return fmt.Errorf("preflight: key %q is %s", t.keyID, md.KeyStatus)
+	}
+	return nil
+}
+
+// fillPool encrypts size plaintexts with up to par requests at once.
+func (t *target) fillPool(ctx context.Context, size, par int) error {
+	t.pool = make([]sealed, size)
+	var (
+		wg       sync.WaitGroup
+		mu       sync.Mutex
+		firstErr error
+	)
+	next := make(chan int)
+	for range max(1, min(par, size)) {
+		wg.Go(func() {
+			for i := range next {
+				pt := randomBytes(len(t.plaintexts[0]))
+				resp, err := t.encryptOnce(ctx, pt)
+				if err != nil {
+					mu.Lock()
+					if firstErr == nil {
+						firstErr = fmt.Errorf("pre-encrypting the decrypt pool: %w", err)
+					}
+					mu.Unlock()
+					continue
+				}
+				t.pool[i] = sealed{plaintext: pt, resp: *resp}
+			}
+		})
+	}
+	for i := range size {
+		select {
+		case next <- i:
+		case <-ctx.Done():
+		}
+		if ctx.Err() != nil {
+			break
+		}
+	}
+	close(next)
+	wg.Wait()
+	if firstErr == nil {
+		firstErr = ctx.Err()
+	}
+	return firstErr
+}
+
+// do sends request number seq.
+func (t *target) do(ctx context.Context, seq uint64) (op string, err error) {
+	op = t.op
+	if op == OpMixed {
+		op = OpEncrypt
+		if seq%2 == 1 {
+			op = OpDecrypt
+		}
+	}
+	if op == OpEncrypt {
+		_, err = t.encryptOnce(ctx, t.plaintexts[seq%uint64(len(t.plaintexts))])
+		return op, err
+	}
+	s := &t.pool[seq%uint64(len(t.pool))]
+	pt, err := t.client.Decrypt(ctx, t.keyID, &s.resp, t.aad)
+	if err == nil && !bytes.Equal(pt, s.plaintext) {
+		err = errMismatch
+	}
+	return op, err
+}
+
+func (t *target) encryptOnce(ctx context.Context, pt []byte) (*xks.EncryptResponse, error) {
+	resp, err := t.client.Encrypt(ctx, t.keyID, pt, t.aad, false)
+	if err != nil {
+		return nil, err
+	}
+	if len(resp.Ciphertext) != len(pt) || len(resp.AuthenticationTag) != xks.TagBytes ||
+		(len(resp.InitializationVector) != xks.IVBytes && len(resp.InitializationVector) != xks.IVLongBytes) {
+		return nil, errBadResponse
+	}
+	return resp, nil
+}
+
+// classify names an error for the report: "HTTP <status> <errorName>" for
+// an XKS error answer, a short transport class otherwise.
+func classify(err error) string {
+	var ae *xksclient.APIError
+	var ne net.Error
+	switch {
+	case errors.As(err, &ae):
+		name := ae.Name
+		if name == "" {
+			name = "(no errorName)"
+		}
+		return fmt.Sprintf("HTTP %d %s", ae.Status, name)
+	case errors.Is(err, errBadResponse):
+		return "malformed response"
+	case errors.Is(err, errMismatch):
+		return "plaintext mismatch"
+	case errors.Is(err, context.DeadlineExceeded), errors.As(err, &ne) && ne.Timeout():
+		return "timeout"
+	case errors.Is(err, context.Canceled):
+		return "canceled"
+	case errors.Is(err, syscall.ECONNREFUSED):
+		return "connection refused"
+	case errors.Is(err, syscall.ECONNRESET), errors.Is(err, syscall.EPIPE):
+		return "connection reset"
+	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF):
+		return "connection closed (EOF)"
+	}
+	var ce *tls.CertificateVerificationError
+	if errors.As(err, &ce) {
+		return "tls certificate"
+	}
+	return "transport error"
+}

@@ -1,0 +1,85 @@
+package authn
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"testing"
+	"time"
+
+	"go.opentelemetry.io/otel/trace/noop"
+
+	"github.com/sovkeys/sovkeys/shared"
+	"github.com/sovkeys/sovkeys/shared/mesh"
+	"github.com/sovkeys/sovkeys/shared/natstest"
+	"github.com/sovkeys/sovkeys/shared/registry"
+	"github.com/sovkeys/sovkeys/shared/xks"
+)
+
+// A full pool queue answers ThrottlingException at once instead of queueing
+// work the HSM cannot reach before its deadline.
+func TestForwardThrottlesWhenPoolQueueIsFull(t *testing.T) {
+	_, nc, js := natstest.Run(t)
+	ctx := context.Background()
+	topo := mesh.DefaultTopology()
+	topo.WorkQueueDepth = 1
+	if _, err := mesh.EnsureWorkStream(ctx, js, "busy", topo); err != nil {
+		t.Fatal(err)
+	}
+	s, err := New(Config{Topology: topo, MaxSkew: 5 * time.Minute, Concurrency: 1},
+		Deps{NC: nc, JS: js, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), Tracer: noop.NewTracerProvider(), Now: time.Now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	env := func(id string) *shared.Envelope {
+		return &shared.Envelope{Version: shared.EnvelopeVersion, ID: id, API: shared.APIXKSEncrypt, ReplyTo: "r",
+			Evidence: shared.Evidence{Header: map[string][]string{"Authorization": {"secret-bearing header"}}},
+			Authz:    &shared.Authz{Pool: "busy"}}
+	}
+	first := env("a")
+	if err := s.forward(ctx, first); err != nil {
+		t.Fatalf("first: %v", err)
+	}
+	if first.Evidence.Header != nil {
+		t.Fatal("caller headers must not travel past authn")
+	}
+	if err := s.forward(ctx, env("b")); shared.CodeOf(err) != shared.CodeThrottling {
+		t.Fatalf("second: want throttling, got %v", err)
+	}
+	if err := s.forward(ctx, &shared.Envelope{Version: 1, ID: "c", API: shared.APIXKSEncrypt, ReplyTo: "r",
+		Authz: &shared.Authz{Pool: "nopool"}}); shared.CodeOf(err) != shared.CodeDependencyTimeout {
+		t.Fatalf("unknown pool: want dependency timeout, got %v", err)
+	}
+}
+
+func TestCheckPolicy(t *testing.T) {
+	for _, tc := range []struct {
+		name                    string
+		principals, vpcs, vpces []string
+		principal, vpc, vpce    string
+		rule                    string
+	}{
+		{"empty policy allows", nil, nil, nil, "arn:aws:iam::1:user/a", "", "", ""},
+		{"exact principal", []string{"arn:aws:iam::1:user/a"}, nil, nil, "arn:aws:iam::1:user/a", "", "", ""},
+		{"wildcard principal", []string{"arn:aws:iam::1:*"}, nil, nil, "arn:aws:iam::1:role/x", "", "", ""},
+		{"other principal", []string{"arn:aws:iam::1:*"}, nil, nil, "arn:aws:iam::2:role/x", "", "", "allowed_principals"},
+		{"vpc required but absent", nil, []string{"vpc-1"}, nil, "p", "", "", "allowed_vpcs"},
+		{"vpc matches", nil, []string{"vpc-1"}, nil, "p", "vpc-1", "", ""},
+		{"vpce mismatch", nil, nil, []string{"vpce-1"}, "p", "vpc-1", "vpce-2", "allowed_vpces"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			rule, ok := checkPolicy(policyOf(tc.principals, tc.vpcs, tc.vpces), metadataOf(tc.principal, tc.vpc, tc.vpce))
+			if ok != (tc.rule == "") || rule != tc.rule {
+				t.Fatalf("rule %q ok %v, want %q", rule, ok, tc.rule)
+			}
+		})
+	}
+}
+
+func policyOf(p, v, e []string) registry.Policy {
+	return registry.Policy{AllowedPrincipals: p, AllowedVPCs: v, AllowedVPCEs: e}
+}
+
+func metadataOf(p, v, e string) xks.RequestMetadata {
+	return xks.RequestMetadata{AWSPrincipalArn: p, AWSSourceVpc: v, AWSSourceVpce: e}
+}
