@@ -20,13 +20,6 @@ import (
 	"github.com/sovkeys/sovkeys/shared/xks"
 )
 
-var xksAPIs = map[xks.Op]shared.API{
-	xks.OpMetadata: shared.APIXKSMetadata,
-	xks.OpEncrypt:  shared.APIXKSEncrypt,
-	xks.OpDecrypt:  shared.APIXKSDecrypt,
-	xks.OpHealth:   shared.APIXKSHealth,
-}
-
 // handleXKS frames an XKS call. Authentication comes before payload
 // validation (authn does both), so an unauthenticated caller learns nothing
 // about payload rules; the gateway itself rejects only what it can see
@@ -40,7 +33,7 @@ func (s *Service) handleXKS(w http.ResponseWriter, r *http.Request) {
 		// KeyNotFoundException.
 		err = nil
 	}
-	api := xksAPIs[route.Op]
+	api := route.Op.API()
 	if err == nil && r.Method != http.MethodPost {
 		err = shared.NewError(shared.CodeMethodNotAllowed, "method %s not allowed; use POST", r.Method)
 		w.Header().Set("Allow", http.MethodPost)
@@ -96,6 +89,7 @@ func (s *Service) handleXKS(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
 	w.Header().Set("Content-Length", strconv.Itoa(len(reply.Data)))
 	w.WriteHeader(http.StatusOK)
 	_, _ = w.Write(reply.Data)
