@@ -35,6 +35,7 @@ const (
 	BucketKeystores = "sovkeys_keystores"
 	BucketXKSKeys   = "sovkeys_xks_keys"
 	BucketPools     = "sovkeys_pools"
+	BucketTenants   = "sovkeys_tenants"
 )
 
 // nats micro service names: every service registers one, so gateways'

@@ -483,3 +483,36 @@ func TestExpiredWorkNeverReachesHSM(t *testing.T) {
 		return errors.New("no audit event yet")
 	})
 }
+
+func TestTenantCLI(t *testing.T) {
+	n := testNode
+	var tn map[string]any
+	n.cli(t, &tn, "tenant", "create", "--id", "vpc-0abc", "--ekt-name", "shared-ekt")
+	if tn["status"] != "ENABLED" || tn["ekt_name"] != "shared-ekt" {
+		t.Fatalf("create: %+v", tn)
+	}
+	n.cli(t, nil, "tenant", "create", "--id", "vpc-0def", "--ekt-name", "shared-ekt")
+	if err := n.cliErr(nil, "tenant", "create", "--id", "vpc-0abc"); err == nil || !strings.Contains(err.Error(), "already exists") {
+		t.Fatalf("duplicate: %v", err)
+	}
+	if err := n.cliErr(nil, "tenant", "create", "--id", "bad id!"); err == nil {
+		t.Fatal("invalid id accepted")
+	}
+	if err := n.cliErr(nil, "tenant", "create", "--id", "aws1", "--auth", "aws"); err == nil {
+		t.Fatal("aws auth without role accepted")
+	}
+	n.cli(t, &tn, "tenant", "disable", "--id", "vpc-0abc")
+	if tn["status"] != "DISABLED" {
+		t.Fatalf("disable: %+v", tn)
+	}
+	n.cli(t, &tn, "tenant", "show", "--id", "vpc-0abc")
+	if tn["status"] != "DISABLED" {
+		t.Fatalf("show: %+v", tn)
+	}
+	n.cli(t, &tn, "tenant", "enable", "--id", "vpc-0abc")
+	var all []map[string]any
+	n.cli(t, &all, "tenant", "list")
+	if len(all) < 2 {
+		t.Fatalf("list: %+v", all)
+	}
+}

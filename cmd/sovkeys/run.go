@@ -32,6 +32,8 @@ Operator commands (--nats/--creds or SOVKEYS_NATS_URL/SOVKEYS_NATS_CREDS):
   sovkeys xks key create --keystore PREFIX --id KEYID --usage encrypt,decrypt|encrypt|decrypt|none [--label L] [--existing]
   sovkeys xks key disable|enable --keystore PREFIX --id KEYID
   sovkeys xks key list --keystore PREFIX
+  sovkeys tenant create --id TENANT [--ekt-name NAME] [--audit-bucket B] [--account A --role-arn R] [--auth mtls|aws]
+  sovkeys tenant list | show --id T | disable --id T | enable --id T
 `
 
 // errUsage makes run print the usage text.
@@ -63,6 +65,8 @@ func dispatch(ctx context.Context, args []string, getenv func(string) string, st
 		return runService(ctx, args[0], args[1:], getenv, stderr)
 	case "xks":
 		return runXKS(ctx, args[1:], getenv, stdout, stderr)
+	case "tenant":
+		return runTenant(ctx, args[1:], getenv, stdout, stderr)
 	case "help", "-h", "--help":
 		return errUsage
 	}

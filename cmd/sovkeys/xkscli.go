@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/sovkeys/sovkeys/shared"
 	"github.com/sovkeys/sovkeys/shared/kwadmin"
@@ -24,9 +25,11 @@ import (
 
 // operator is a connected operator CLI session.
 type operator struct {
-	nc  *nats.Conn
-	reg *registry.Registry
-	out io.Writer
+	nc   *nats.Conn
+	js   jetstream.JetStream
+	topo mesh.Topology
+	reg  *registry.Registry
+	out  io.Writer
 }
 
 func (o *operator) print(v any) error {
@@ -63,7 +66,7 @@ func withOperator(ctx context.Context, name string, args []string, getenv func(s
 	if err != nil {
 		return err
 	}
-	return fn(ctx, &operator{nc: nc, reg: reg, out: stdout})
+	return fn(ctx, &operator{nc: nc, js: js, topo: topo.t, reg: reg, out: stdout})
 }
 
 func runXKS(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {

@@ -1,0 +1,144 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"time"
+
+	"github.com/sovkeys/sovkeys/shared"
+	"github.com/sovkeys/sovkeys/shared/registry"
+)
+
+// Authentication methods a tenant may allow for the volume-secret API.
+const (
+	authMTLS = "mtls"
+	authAWS  = "aws"
+)
+
+func runTenant(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
+	if len(args) < 1 {
+		return errUsage
+	}
+	cmd, rest := args[0], args[1:]
+	var id, ekt, bucket, account, role, pool string
+	var methods listFlag
+	idFlag := func(fs *flag.FlagSet) {
+		fs.StringVar(&id, "id", "", "tenant id (1-64 chars of [A-Za-z0-9_-], e.g. a VPC id)")
+	}
+	run := func(define func(*flag.FlagSet), fn func(context.Context, *operator, *registry.Tenants) error) error {
+		return withOperator(ctx, "tenant "+cmd, rest, getenv, stdout, stderr, define, func(ctx context.Context, o *operator) error {
+			tenants, err := registry.OpenTenants(ctx, o.js, o.topo)
+			if err != nil {
+				return err
+			}
+			return fn(ctx, o, tenants)
+		})
+	}
+	switch cmd {
+	case "create":
+		return run(func(fs *flag.FlagSet) {
+			idFlag(fs)
+			fs.StringVar(&ekt, "ekt-name", "", "name of the tenant master key's EKT (default: the tenant id; tenants may share one)")
+			fs.StringVar(&bucket, "audit-bucket", "", "the tenant's own S3 bucket for audit export")
+			fs.StringVar(&account, "account", "", "the tenant's AWS account id (AWS instance identity)")
+			fs.StringVar(&role, "role-arn", "", "cross-account role sovkeys assumes (AWS instance identity)")
+			fs.StringVar(&pool, "pool", "default", "keyworker pool holding the tenant's hierarchy")
+			fs.Var(&methods, "auth", "allowed caller authentication: mtls (default), aws")
+		}, func(ctx context.Context, o *operator, r *registry.Tenants) error {
+			return tenantCreate(ctx, o, r, id, ekt, bucket, account, role, pool, methods)
+		})
+	case "list":
+		return run(func(*flag.FlagSet) {}, func(ctx context.Context, o *operator, r *registry.Tenants) error {
+			tenants, err := r.List(ctx)
+			if err != nil {
+				return err
+			}
+			if tenants == nil {
+				tenants = []registry.Tenant{}
+			}
+			return o.print(tenants)
+		})
+	case "show":
+		return run(idFlag, func(ctx context.Context, o *operator, r *registry.Tenants) error {
+			tn, _, err := r.Get(ctx, id)
+			if errors.Is(err, registry.ErrNotFound) {
+				return fmt.Errorf("no tenant %q", id)
+			}
+			if err != nil {
+				return err
+			}
+			return o.print(tn)
+		})
+	case "disable", "enable":
+		status := registry.TenantEnabled
+		if cmd == "disable" {
+			status = registry.TenantDisabled
+		}
+		return run(idFlag, func(ctx context.Context, o *operator, r *registry.Tenants) error {
+			return tenantSetStatus(ctx, o, r, id, status)
+		})
+	}
+	return fmt.Errorf("unknown command tenant %s: %w", cmd, errUsage)
+}
+
+func tenantCreate(ctx context.Context, o *operator, r *registry.Tenants, id, ekt, bucket, account, role, pool string, methods []string) error {
+	if !registry.ValidTenantID(id) {
+		return fmt.Errorf("%w: tenant id must be 1-64 characters of [A-Za-z0-9_-]", shared.ErrConfigValidation)
+	}
+	if ekt == "" {
+		ekt = id
+	}
+	if !registry.ValidTenantID(ekt) {
+		return fmt.Errorf("%w: ekt name must be 1-64 characters of [A-Za-z0-9_-]", shared.ErrConfigValidation)
+	}
+	if !shared.ValidPoolName(pool) {
+		return fmt.Errorf("%w: pool %q", shared.ErrConfigValidation, pool)
+	}
+	if len(methods) == 0 {
+		methods = []string{authMTLS}
+	}
+	for _, m := range methods {
+		if m != authMTLS && m != authAWS {
+			return fmt.Errorf("%w: auth method %q (mtls, aws)", shared.ErrConfigValidation, m)
+		}
+		if m == authAWS && (account == "" || role == "") {
+			return fmt.Errorf("%w: --auth aws needs --account and --role-arn", shared.ErrConfigValidation)
+		}
+	}
+	tn := &registry.Tenant{
+		ID: id, EKTName: ekt, Pool: pool, AuditBucket: bucket, Account: account, RoleARN: role,
+		AuthMethods: methods, Status: registry.TenantEnabled, Created: time.Now().UTC(),
+	}
+	if err := r.Create(ctx, tn); err != nil {
+		if errors.Is(err, registry.ErrExists) {
+			return fmt.Errorf("tenant %q already exists", id)
+		}
+		return err
+	}
+	return o.print(tn)
+}
+
+func tenantSetStatus(ctx context.Context, o *operator, r *registry.Tenants, id, status string) error {
+	for range 5 {
+		tn, rev, err := r.Get(ctx, id)
+		if errors.Is(err, registry.ErrNotFound) {
+			return fmt.Errorf("no tenant %q", id)
+		}
+		if err != nil {
+			return err
+		}
+		tn.Status = status
+		err = r.Update(ctx, tn, rev)
+		if errors.Is(err, registry.ErrConflict) {
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		return o.print(tn)
+	}
+	return fmt.Errorf("tenant %q: too many concurrent updates, retry", id)
+}
