@@ -128,6 +128,13 @@ type module struct {
 	// tokenMu serialises token creation in this process, so two callers never
 	// both claim the same free slot.
 	tokenMu sync.Mutex
+	// objMu: creating a token object excludes every other call through this
+	// module. SoftHSMv2 2.6 stores new objects racily against concurrent
+	// access from other threads and then fails C_GenerateKey with
+	// CKR_GENERAL_ERROR (reproduced here; softhsm/SoftHSMv2#573). Object
+	// creation is rare, so a short pause of all traffic is cheap; crypto
+	// calls take the read side.
+	objMu sync.RWMutex
 }
 
 // acquire loads and initialises the module at path, or takes another
@@ -191,8 +198,7 @@ type HSM struct {
 	pool chan pkcs11.SessionHandle // exactly cfg.Sessions handles circulate
 	done chan struct{}             // closed by Close
 
-	createMu sync.Mutex // serialises CreateAESKey in this process
-	keys     keyCache
+	keys keyCache
 
 	closeOnce sync.Once
 	closeErr  error
@@ -331,6 +337,16 @@ func (h *HSM) Close() error {
 // allows, and returns it with defer. A session the HSM has lost (closed
 // handle, logged out, operation stuck) is replaced and fn retried once.
 func (h *HSM) withSession(ctx context.Context, fn func(pkcs11.SessionHandle) error) error {
+	return h.session(ctx, false, fn)
+}
+
+// withSessionExclusive is withSession for calls that create token objects:
+// fn runs while no other call uses the module (see module.objMu).
+func (h *HSM) withSessionExclusive(ctx context.Context, fn func(pkcs11.SessionHandle) error) error {
+	return h.session(ctx, true, fn)
+}
+
+func (h *HSM) session(ctx context.Context, exclusive bool, fn func(pkcs11.SessionHandle) error) error {
 	if err := ctx.Err(); err != nil {
 		return sessionWaitError(err)
 	}
@@ -352,6 +368,15 @@ func (h *HSM) withSession(ctx context.Context, fn func(pkcs11.SessionHandle) err
 	if err := ctx.Err(); err != nil {
 		return sessionWaitError(err)
 	}
+	// Sessions are taken before the lock, in every caller, so the two never
+	// wait on each other in opposite orders.
+	if exclusive {
+		h.mod.objMu.Lock()
+		defer h.mod.objMu.Unlock()
+	} else {
+		h.mod.objMu.RLock()
+		defer h.mod.objMu.RUnlock()
+	}
 	err := fn(sh)
 	if !isSessionLost(err) {
 		return err
@@ -362,7 +387,7 @@ func (h *HSM) withSession(ctx context.Context, fn func(pkcs11.SessionHandle) err
 		// Keep the old handle in the pool; the next user retries the
 		// replacement. It is not closed yet: a closed handle number could be
 		// reused by another session of this process.
-		return errors.Join(err, oerr)
+		return fmt.Errorf("keyworker: hsm session lost: %w", errors.Join(err, oerr))
 	}
 	_ = h.p11.CloseSession(sh) // frees a stuck operation; fails harmlessly on a dead handle
 	sh = nsh

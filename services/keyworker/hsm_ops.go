@@ -61,19 +61,17 @@ func (h *HSM) KeyInfo(ctx context.Context, label string) (KeyInfo, error) {
 
 // CreateAESKey generates an AES-256 token key that never leaves the HSM
 // (CKA_SENSITIVE, not extractable, no wrap/unwrap) usable as asked. A taken
-// label gives ErrKeyExists. Creation is serialised within this process only;
-// keyworker processes sharing one HSM must not create the same label at once.
+// label gives ErrKeyExists. Creation is serialised within this process only
+// (it briefly excludes all other calls, see module.objMu); keyworker
+// processes sharing one HSM must not create the same label at once.
 func (h *HSM) CreateAESKey(ctx context.Context, label string, encrypt, decrypt bool) (KeyInfo, error) {
 	if err := validateKeyLabel(label); err != nil {
 		return KeyInfo{}, err
 	}
-	if !encrypt && !decrypt {
-		return KeyInfo{}, shared.NewError(shared.CodeValidation, "keyworker: key %q must allow encrypt or decrypt", label)
-	}
-	h.createMu.Lock()
-	defer h.createMu.Unlock()
+	// A key with neither usage is allowed: XKS reports it and answers
+	// InvalidKeyUsageException to both operations (a key parked by the operator).
 	var info KeyInfo
-	err := h.withSession(ctx, func(sh pkcs11.SessionHandle) error {
+	err := h.withSessionExclusive(ctx, func(sh pkcs11.SessionHandle) error {
 		h.keys.drop(label)
 		// Ask the HSM, not the cache: another process may have created it.
 		if _, err := h.findKey(sh, label); err == nil {
@@ -183,9 +181,9 @@ func (h *HSM) encryptGCM(sh pkcs11.SessionHandle, k cachedKey, plaintext, aad []
 	}
 	used := params.IV()
 	if h.cfg.IVFromHSM {
-		// Fail closed: an HSM that ignores the request would leave the zero
-		// IV, and reusing one IV under a key breaks GCM.
-		if len(used) != gcmIVSize || isZero(used) {
+		// Fail closed: an HSM that ignores the request leaves ivBuf's zeros,
+		// and reusing one IV under a key breaks GCM.
+		if len(used) != gcmIVSize || bytes.Equal(used, ivBuf) {
 			return nil, nil, nil, fmt.Errorf("keyworker: encrypt with key %q: hsm returned no usable iv (is IVFromHSM right for this hsm?)", k.info.Label)
 		}
 		iv = used
@@ -498,13 +496,4 @@ func isAuthFailure(err error) bool {
 
 func invalidCiphertext() error {
 	return shared.NewError(shared.CodeInvalidCiphertext, "keyworker: ciphertext does not authenticate")
-}
-
-func isZero(b []byte) bool {
-	for _, c := range b {
-		if c != 0 {
-			return false
-		}
-	}
-	return true
 }

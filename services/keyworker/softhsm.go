@@ -141,6 +141,8 @@ func writeSoftHSMConf(dir string) (string, error) {
 func ensureToken(ctx context.Context, mod *module, label, soPIN, userPIN string) error {
 	mod.tokenMu.Lock()
 	defer mod.tokenMu.Unlock()
+	mod.objMu.Lock() // creates token files; see module.objMu
+	defer mod.objMu.Unlock()
 	p := P11(mod.ctx)
 	if _, found, err := findTokenSlot(p, label); err != nil || found {
 		return err

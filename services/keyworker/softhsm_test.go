@@ -3,6 +3,7 @@ package keyworker
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -50,12 +51,13 @@ func TestEnsureSoftHSMTokenInProcess(t *testing.T) {
 	hsmtest.NewToken(t) // the process configuration is hsmtest's from here on
 	conf := os.Getenv("SOFTHSM2_CONF")
 	ctx := t.Context()
+	label := fmt.Sprintf("ensure-%x", randBytes(8)) // unique under -count
 	for i := range 2 {
-		tok, err := EnsureSoftHSMToken(ctx, t.TempDir(), "ensure-in-process", "so-pin-1", "user-pin-1")
+		tok, err := EnsureSoftHSMToken(ctx, t.TempDir(), label, "so-pin-1", "user-pin-1")
 		if err != nil {
 			t.Fatalf("call %d: %v", i+1, err)
 		}
-		if tok.ConfPath != conf || tok.TokenLabel != "ensure-in-process" {
+		if tok.ConfPath != conf || tok.TokenLabel != label {
 			t.Fatalf("call %d: %+v, want ConfPath %q", i+1, tok, conf)
 		}
 		h, err := OpenHSM(ctx, HSMConfig{ModulePath: tok.ModulePath, TokenLabel: tok.TokenLabel, PIN: "user-pin-1"}, nil)
