@@ -18,6 +18,7 @@ const (
 const (
 	AuditKindXKS      = "xks"
 	AuditKindOperator = "operator"
+	AuditKindTenant   = "tenant"
 )
 
 // AuditEventVersion is the version of AuditEvent this build writes.

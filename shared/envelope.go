@@ -17,6 +17,10 @@ const (
 	APIXKSEncrypt  API = "xks.encrypt"
 	APIXKSDecrypt  API = "xks.decrypt"
 	APIXKSHealth   API = "xks.health"
+
+	APIVSGenerate API = "vs.generate"
+	APIVSDecrypt  API = "vs.decrypt"
+	APIVSConvert  API = "vs.convert"
 )
 
 // EnvelopeVersion is the version of Envelope this build writes.
@@ -49,6 +53,11 @@ type Evidence struct {
 	RawQuery string              `json:"raw_query,omitempty"`
 	Host     string              `json:"host,omitempty"`
 	Header   map[string][]string `json:"header,omitempty"`
+	// ClientCerts is the TLS client certificate chain (DER, leaf first) the
+	// caller proved possession of; authn verifies it against the instance CA.
+	ClientCerts [][]byte `json:"client_certs,omitempty"`
+	// InstanceID is the {InstanceId} of a volume-secret path.
+	InstanceID string `json:"instance_id,omitempty"`
 }
 
 // Authz is authn's verdict, attached to work it forwards to a keyworker.
@@ -61,6 +70,9 @@ type Authz struct {
 	Pool         string `json:"pool"`
 	KeyLabel     string `json:"key_label,omitempty"`
 	KeyStatus    string `json:"key_status,omitempty"`
+	// Volume-secret calls: the caller's verified tenant and its EKT.
+	Tenant  string `json:"tenant,omitempty"`
+	EKTName string `json:"ekt_name,omitempty"`
 }
 
 // Expired reports whether the envelope's deadline has passed at now.

@@ -36,6 +36,9 @@ const (
 	BucketXKSKeys   = "sovkeys_xks_keys"
 	BucketPools     = "sovkeys_pools"
 	BucketTenants   = "sovkeys_tenants"
+	// BucketPKI holds public material each pool's keyworkers publish: the
+	// service signing key and the instance CA certificate.
+	BucketPKI = "sovkeys_pki"
 )
 
 // nats micro service names: every service registers one, so gateways'
@@ -55,6 +58,12 @@ const (
 	// HeaderMsgID is JetStream's de-duplication header; set to the request id.
 	HeaderMsgID = "Nats-Msg-Id"
 )
+
+// PKISigningKey is the BucketPKI key of a pool's signing public key (DER SPKI).
+func PKISigningKey(pool string) string { return pool + ".signing_key" }
+
+// PKIInstanceCA is the BucketPKI key of a pool's instance CA certificate (DER).
+func PKIInstanceCA(pool string) string { return pool + ".instance_ca" }
 
 // RequestSubject returns the subject a gateway publishes api requests on.
 func RequestSubject(api API) string { return SubjectRequestPrefix + string(api) }

@@ -34,6 +34,7 @@ Operator commands (--nats/--creds or SOVKEYS_NATS_URL/SOVKEYS_NATS_CREDS):
   sovkeys xks key list --keystore PREFIX
   sovkeys tenant create --id TENANT [--ekt-name NAME] [--audit-bucket B] [--account A --role-arn R] [--auth mtls|aws]
   sovkeys tenant list | show --id T | disable --id T | enable --id T
+  sovkeys instance issue-cert --tenant TENANT --instance INSTANCE_ID --out DIR [--days 365]
 `
 
 // errUsage makes run print the usage text.
@@ -67,6 +68,8 @@ func dispatch(ctx context.Context, args []string, getenv func(string) string, st
 		return runXKS(ctx, args[1:], getenv, stdout, stderr)
 	case "tenant":
 		return runTenant(ctx, args[1:], getenv, stdout, stderr)
+	case "instance":
+		return runInstance(ctx, args[1:], getenv, stdout, stderr)
 	case "help", "-h", "--help":
 		return errUsage
 	}

@@ -20,6 +20,7 @@ import (
 	"github.com/sovkeys/sovkeys/services/gateway"
 	"github.com/sovkeys/sovkeys/services/keyworker"
 	"github.com/sovkeys/sovkeys/shared"
+	"github.com/sovkeys/sovkeys/shared/ektstore"
 	"github.com/sovkeys/sovkeys/shared/mesh"
 	"github.com/sovkeys/sovkeys/shared/tracing"
 )
@@ -40,6 +41,11 @@ type serviceFlags struct {
 	sessions                                     int
 	ivFromHSM                                    bool
 	healthTTL                                    time.Duration
+
+	ektStore                                    string
+	s3Endpoint, s3Region, s3Bucket, s3KeyPrefix string
+	s3PathStyle                                 bool
+	s3AccessKeyID, s3SecretAccessKey            string
 }
 
 func (f *serviceFlags) register(fs *flag.FlagSet, getenv func(string) string) {
@@ -60,6 +66,28 @@ func (f *serviceFlags) register(fs *flag.FlagSet, getenv func(string) string) {
 	fs.IntVar(&f.sessions, "sessions", 8, "keyworker: PKCS#11 sessions = operations in flight in this process")
 	fs.BoolVar(&f.ivFromHSM, "iv-from-hsm", false, "keyworker: let the HSM generate GCM IVs (Luna/CloudHSM)")
 	fs.DurationVar(&f.healthTTL, "health-ttl", 10*time.Second, "keyworker: reuse an HSM health result this long (max 60s)")
+	fs.StringVar(&f.ektStore, "ekt-store", "jetstream", "keyworker: write-once store of tenant keys (EKTs): jetstream | s3")
+	fs.StringVar(&f.s3Endpoint, "s3-endpoint", getenv("SOVKEYS_S3_ENDPOINT"), "keyworker: S3 endpoint URL (env SOVKEYS_S3_ENDPOINT; empty = AWS)")
+	fs.StringVar(&f.s3Region, "s3-region", envOr(getenv, "SOVKEYS_S3_REGION", "us-east-1"), "keyworker: S3 region")
+	fs.StringVar(&f.s3Bucket, "s3-bucket", getenv("SOVKEYS_S3_BUCKET"), "keyworker: S3 bucket for EKTs (env SOVKEYS_S3_BUCKET)")
+	fs.StringVar(&f.s3KeyPrefix, "s3-prefix", "ekt/", "keyworker: object key prefix for EKTs")
+	fs.BoolVar(&f.s3PathStyle, "s3-path-style", true, "keyworker: path-style S3 addressing")
+	f.s3AccessKeyID = getenv("SOVKEYS_S3_ACCESS_KEY_ID")         // secrets only from the environment
+	f.s3SecretAccessKey = getenv("SOVKEYS_S3_SECRET_ACCESS_KEY") // never from flags (visible in ps)
+}
+
+// ektStoreOf builds the keyworker's EKT store.
+func ektStoreOf(ctx context.Context, f *serviceFlags, js jetstream.JetStream) (ektstore.Store, error) {
+	switch f.ektStore {
+	case "jetstream":
+		return ektstore.NewJetStream(ctx, js, f.topo.t.Replicas)
+	case "s3":
+		return ektstore.NewS3(ctx, ektstore.S3Config{
+			Endpoint: f.s3Endpoint, Region: f.s3Region, Bucket: f.s3Bucket, Prefix: f.s3KeyPrefix,
+			AccessKeyID: f.s3AccessKeyID, SecretAccessKey: f.s3SecretAccessKey, UsePathStyle: f.s3PathStyle,
+		})
+	}
+	return nil, fmt.Errorf("%w: --ekt-store must be jetstream or s3", shared.ErrConfigValidation)
 }
 
 // runService runs one service as its own process.
@@ -127,7 +155,13 @@ func startService(ctx context.Context, name string, f *serviceFlags, hsm *keywor
 		return err
 	}
 	defer nc.Close()
-	svc, err := buildService(name, f, nc, js, hsm, tp, logger)
+	var store ektstore.Store
+	if name == "keyworker" {
+		if store, err = ektStoreOf(ctx, f, js); err != nil {
+			return err
+		}
+	}
+	svc, err := buildService(name, f, nc, js, hsm, store, tp, logger)
 	if err != nil {
 		return err
 	}
@@ -137,12 +171,12 @@ func startService(ctx context.Context, name string, f *serviceFlags, hsm *keywor
 	return nil
 }
 
-func buildService(name string, f *serviceFlags, nc *nats.Conn, js jetstream.JetStream, hsm *keyworker.HSM, tp *sdktrace.TracerProvider, logger *slog.Logger) (runner, error) {
+func buildService(name string, f *serviceFlags, nc *nats.Conn, js jetstream.JetStream, hsm *keyworker.HSM, store ektstore.Store, tp *sdktrace.TracerProvider, logger *slog.Logger) (runner, error) {
 	switch name {
 	case "gateway":
 		return gateway.New(gateway.Config{
 			Listen: f.listen, CertFile: f.tlsCert, KeyFile: f.tlsKey,
-			RequestTimeout: f.requestTimeout, Topology: f.topo.t,
+			RequestTimeout: f.requestTimeout, Topology: f.topo.t, VolumePool: f.pool,
 		}, gateway.Deps{NC: nc, JS: js, Logger: logger, Tracer: tp, Now: time.Now})
 	case "authn":
 		return authn.New(authn.Config{
@@ -152,7 +186,7 @@ func buildService(name string, f *serviceFlags, nc *nats.Conn, js jetstream.JetS
 	case "keyworker":
 		return keyworker.New(keyworker.Config{
 			Pool: f.pool, Model: f.model, Topology: f.topo.t, HealthTTL: f.healthTTL,
-		}, keyworker.Deps{NC: nc, JS: js, HSM: hsm, Logger: logger, Tracer: tp, Now: time.Now})
+		}, keyworker.Deps{NC: nc, JS: js, HSM: hsm, EKTs: store, Logger: logger, Tracer: tp, Now: time.Now})
 	case "audit":
 		return audit.New(audit.Config{Topology: f.topo.t},
 			audit.Deps{NC: nc, JS: js, Logger: logger, Tracer: tp, Now: time.Now})

@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 	"sync"
 	"time"
 
@@ -70,6 +71,8 @@ type Service struct {
 	keys      *registry.Cache[registry.Key]
 	pools     jetstream.KeyValue
 	secrets   *secretCache
+	tenants   *registry.Cache[registry.Tenant]
+	cas       *caPool
 }
 
 // New builds authn.
@@ -114,7 +117,21 @@ func (s *Service) Run(ctx context.Context) error {
 	if s.keys, err = registry.WatchBucket[registry.Key](ctx, reg.Keys, s.log, nil); err != nil {
 		return err
 	}
-	for _, c := range []<-chan struct{}{s.keystores.Ready(), s.keys.Ready()} {
+	tenants, err := registry.OpenTenants(ctx, s.js, s.cfg.Topology)
+	if err != nil {
+		return err
+	}
+	if s.tenants, err = registry.WatchBucket[registry.Tenant](ctx, tenants.KV, s.log, nil); err != nil {
+		return err
+	}
+	pki, err := mesh.EnsureBucket(ctx, s.js, shared.BucketPKI, "sovkeys: public keys and CA certificates", s.cfg.Topology)
+	if err != nil {
+		return err
+	}
+	if s.cas, err = watchCAs(ctx, pki, s); err != nil {
+		return fmt.Errorf("authn: watch instance CAs: %w", err)
+	}
+	for _, c := range []<-chan struct{}{s.keystores.Ready(), s.keys.Ready(), s.tenants.Ready()} {
 		select {
 		case <-c:
 		case <-ctx.Done():
@@ -186,7 +203,11 @@ func (s *Service) handle(ctx context.Context, m jetstream.Msg) {
 		ev.Result = shared.ResultExpired
 	} else {
 		var forwarded bool
-		forwarded, body, err = s.xks(ctx, env, ev)
+		if strings.HasPrefix(string(env.API), "vs.") {
+			forwarded, err = s.volumeSecret(ctx, env, ev)
+		} else {
+			forwarded, body, err = s.xks(ctx, env, ev)
+		}
 		if forwarded {
 			_ = m.Ack()
 			return

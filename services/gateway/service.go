@@ -36,6 +36,9 @@ type Config struct {
 	// in the envelope as the deadline. AWS KMS itself waits 250 ms.
 	RequestTimeout time.Duration
 	Topology       mesh.Topology
+	// VolumePool is the keyworker pool whose signing key
+	// /v1/public-signing-key serves.
+	VolumePool string
 }
 
 // Validate checks the configuration.
@@ -45,6 +48,8 @@ func (c Config) Validate() error {
 		return fmt.Errorf("%w: gateway listen address is required", shared.ErrConfigValidation)
 	case c.CertFile == "" || c.KeyFile == "":
 		return fmt.Errorf("%w: gateway tls certificate and key are required", shared.ErrConfigValidation)
+	case !shared.ValidPoolName(c.VolumePool):
+		return fmt.Errorf("%w: volume pool %q", shared.ErrConfigValidation, c.VolumePool)
 	case c.RequestTimeout < 10*time.Millisecond || c.RequestTimeout > time.Minute:
 		return fmt.Errorf("%w: request timeout must be in [10ms, 1m]", shared.ErrConfigValidation)
 	}
@@ -76,6 +81,7 @@ type Service struct {
 	replies  *replyMux
 
 	keystores *registry.Cache[registry.Keystore]
+	pki       jetstream.KeyValue
 
 	readyMu sync.Mutex
 	readyAt time.Time
@@ -125,6 +131,9 @@ func (s *Service) Run(ctx context.Context) error {
 	if s.keystores, err = registry.WatchBucket[registry.Keystore](ctx, reg.Keystores, s.log, nil); err != nil {
 		return err
 	}
+	if s.pki, err = mesh.EnsureBucket(ctx, s.js, shared.BucketPKI, "sovkeys: public keys and CA certificates", s.cfg.Topology); err != nil {
+		return err
+	}
 	sub, err := s.nc.Subscribe(s.replySubject(), s.replies.deliver)
 	if err != nil {
 		return fmt.Errorf("gateway: reply subscription: %w", err)
@@ -152,6 +161,10 @@ func (s *Service) Run(ctx context.Context) error {
 		TLSConfig: &tls.Config{
 			MinVersion:   tls.VersionTLS12,
 			Certificates: []tls.Certificate{cert},
+			// Instances may present a client certificate; the TLS handshake
+			// proves possession of its key and authn verifies the chain
+			// against the instance CA held in KV.
+			ClientAuth: tls.RequestClientCert,
 		},
 		BaseContext: func(net.Listener) context.Context { return ctx },
 	}
@@ -182,6 +195,9 @@ func (s *Service) Run(ctx context.Context) error {
 func (s *Service) routes() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("/healthz", s.handleHealthz)
+	mux.HandleFunc("/healthcheck", s.handleHealthcheck)
+	mux.HandleFunc("/v1/public-signing-key", s.handlePublicSigningKey)
+	mux.HandleFunc("/v1/encryption/", s.handleVS)
 	mux.HandleFunc("/", s.handleXKS)
 	return mux
 }

@@ -35,6 +35,7 @@ func (s *Service) startAdmin() (micro.Service, error) {
 		kwadmin.EndpointKeyList:   s.adminKeyList,
 		kwadmin.EndpointSeal:      s.adminSeal,
 		kwadmin.EndpointUnseal:    s.adminUnseal,
+		kwadmin.EndpointIssueCert: s.adminIssueCert,
 	}
 	for name, fn := range endpoints {
 		if err := g.AddEndpoint(name, s.adminHandler(name, fn)); err != nil {

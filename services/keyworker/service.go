@@ -5,6 +5,7 @@ package keyworker
 
 import (
 	"context"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -18,6 +19,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/sovkeys/sovkeys/shared"
+	"github.com/sovkeys/sovkeys/shared/ektstore"
 	"github.com/sovkeys/sovkeys/shared/mesh"
 	"github.com/sovkeys/sovkeys/shared/tracing"
 )
@@ -44,9 +46,11 @@ func (c Config) Validate() error {
 
 // Deps are the keyworker's collaborators.
 type Deps struct {
-	NC     *nats.Conn
-	JS     jetstream.JetStream
-	HSM    *HSM
+	NC  *nats.Conn
+	JS  jetstream.JetStream
+	HSM *HSM
+	// EKTs is the write-once store of tenant master keys (volume secrets).
+	EKTs   ektstore.Store
 	Logger *slog.Logger
 	Tracer trace.TracerProvider
 	Now    func() time.Time
@@ -58,6 +62,9 @@ type Service struct {
 	nc     *nats.Conn
 	js     jetstream.JetStream
 	hsm    *HSM
+	store  ektstore.Store
+	ekts   *ektCache
+	caCert *x509.Certificate
 	log    *slog.Logger
 	tracer trace.Tracer
 	now    func() time.Time
@@ -75,8 +82,11 @@ func New(cfg Config, deps Deps) (*Service, error) {
 	if deps.NC == nil || deps.JS == nil || deps.HSM == nil || deps.Logger == nil || deps.Tracer == nil || deps.Now == nil {
 		return nil, fmt.Errorf("%w: keyworker: missing dependency", shared.ErrConfigValidation)
 	}
+	if deps.EKTs == nil {
+		return nil, errNoStore
+	}
 	return &Service{
-		cfg: cfg, nc: deps.NC, js: deps.JS, hsm: deps.HSM,
+		cfg: cfg, nc: deps.NC, js: deps.JS, hsm: deps.HSM, store: deps.EKTs, ekts: newEKTCache(4096),
 		log:    deps.Logger.With("service", "keyworker", "pool", cfg.Pool),
 		tracer: deps.Tracer.Tracer("sovkeys/keyworker"),
 		now:    deps.Now,
@@ -103,6 +113,9 @@ func (s *Service) Run(ctx context.Context) error {
 	})
 	if err != nil {
 		return fmt.Errorf("keyworker: consumer: %w", err)
+	}
+	if err := s.publishPKI(ctx); err != nil {
+		return err
 	}
 	admin, err := s.startAdmin()
 	if err != nil {
@@ -172,6 +185,9 @@ func (s *Service) handle(ctx context.Context, m jetstream.Msg) {
 		KMSRequestID: env.Authz.KMSRequestID, KMSOperation: env.Authz.KMSOperation,
 		TraceID: tracing.TraceID(ctx), Params: map[string]string{"pool": s.cfg.Pool},
 	}
+	if env.Authz.Tenant != "" { // volume-secret call
+		ev.Kind, ev.Scope = shared.AuditKindTenant, env.Authz.Tenant
+	}
 	if env.Expired(start) {
 		// The caller has been answered with a timeout already: never touch
 		// the HSM for work nobody waits for.
@@ -220,6 +236,12 @@ func (s *Service) execute(ctx context.Context, env *shared.Envelope, params map[
 		return s.xksEncrypt(ctx, env, params)
 	case shared.APIXKSDecrypt:
 		return s.xksDecrypt(ctx, env, params)
+	case shared.APIVSGenerate:
+		return s.vsGenerate(ctx, env, params)
+	case shared.APIVSDecrypt:
+		return s.vsDecrypt(ctx, env, params)
+	case shared.APIVSConvert:
+		return s.vsConvert(ctx, env, params)
 	}
 	return nil, shared.NewError(shared.CodeUnsupportedOperation, "unsupported operation %q", env.API)
 }

@@ -24,6 +24,7 @@ const (
 	EndpointKeyList   = "key_list"
 	EndpointSeal      = "seal"
 	EndpointUnseal    = "unseal"
+	EndpointIssueCert = "issue_cert"
 )
 
 // ServiceName is the micro service name every keyworker registers.
@@ -68,6 +69,20 @@ type SealRequest struct {
 // SealResponse carries the sealed blob or the unsealed data.
 type SealResponse struct {
 	Data []byte `json:"data"`
+}
+
+// IssueCertRequest asks for an instance client certificate.
+type IssueCertRequest struct {
+	Tenant    string `json:"tenant"`
+	Instance  string `json:"instance"`
+	PublicKey []byte `json:"public_key"` // DER SubjectPublicKeyInfo
+	Days      int    `json:"days"`
+}
+
+// IssueCertResponse carries the certificate and the CA that signed it.
+type IssueCertResponse struct {
+	Certificate []byte `json:"certificate"` // DER
+	CA          []byte `json:"ca"`          // DER
 }
 
 // Call sends req to a pool's endpoint and decodes the answer into resp.

@@ -1,0 +1,172 @@
+package authn
+
+import (
+	"context"
+	"crypto/x509"
+	"net/url"
+	"slices"
+	"strings"
+	"sync"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/sovkeys/sovkeys/shared"
+	"github.com/sovkeys/sovkeys/shared/registry"
+	"github.com/sovkeys/sovkeys/shared/vs"
+)
+
+// InstanceURI returns the URI SAN that names an instance in its mTLS
+// certificate: sovkeys://tenant/<tenant>/instance/<instance>.
+func InstanceURI(tenant, instance string) *url.URL {
+	return &url.URL{Scheme: "sovkeys", Host: "tenant", Path: "/" + tenant + "/instance/" + instance}
+}
+
+// instanceIdentity extracts tenant and instance from a certificate's single
+// sovkeys URI SAN.
+func instanceIdentity(c *x509.Certificate) (tenant, instance string, ok bool) {
+	found := 0
+	for _, u := range c.URIs {
+		if u.Scheme != "sovkeys" {
+			continue
+		}
+		found++
+		parts := strings.Split(strings.TrimPrefix(u.Path, "/"), "/")
+		if u.Host != "tenant" || len(parts) != 3 || parts[1] != "instance" {
+			return "", "", false
+		}
+		tenant, instance = parts[0], parts[2]
+	}
+	return tenant, instance, found == 1 && registry.ValidTenantID(tenant) && vs.ValidID(instance)
+}
+
+// caPool mirrors the instance CA certificates the pools publish in KV.
+type caPool struct {
+	mu    sync.RWMutex
+	certs map[string]*x509.Certificate // pool -> CA
+}
+
+func watchCAs(ctx context.Context, kv jetstream.KeyValue, s *Service) (*caPool, error) {
+	w, err := kv.Watch(ctx, "*.instance_ca")
+	if err != nil {
+		return nil, err
+	}
+	p := &caPool{certs: map[string]*x509.Certificate{}}
+	go func() {
+		defer func() { _ = w.Stop() }()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case e, ok := <-w.Updates():
+				if !ok {
+					return
+				}
+				if e == nil {
+					continue
+				}
+				pool := strings.TrimSuffix(e.Key(), ".instance_ca")
+				if e.Operation() != jetstream.KeyValuePut {
+					p.mu.Lock()
+					delete(p.certs, pool)
+					p.mu.Unlock()
+					continue
+				}
+				c, err := x509.ParseCertificate(e.Value())
+				if err != nil {
+					s.log.Error("undecodable instance CA certificate", "pool", pool, "err", err)
+					continue
+				}
+				p.mu.Lock()
+				p.certs[pool] = c
+				p.mu.Unlock()
+			}
+		}
+	}()
+	return p, nil
+}
+
+func (p *caPool) get(pool string) *x509.Certificate {
+	p.mu.RLock()
+	defer p.mu.RUnlock()
+	return p.certs[pool]
+}
+
+// volumeSecret authenticates an instance by its client certificate and
+// forwards the call to its tenant's pool.
+func (s *Service) volumeSecret(ctx context.Context, env *shared.Envelope, ev *shared.AuditEvent) (bool, error) {
+	ev.Kind = shared.AuditKindTenant
+	ev.CallerType = "mtls"
+	if len(env.Evidence.ClientCerts) == 0 {
+		return false, shared.NewError(shared.CodeAuthenticationFailed, "a client certificate is required")
+	}
+	leaf, err := x509.ParseCertificate(env.Evidence.ClientCerts[0])
+	if err != nil {
+		return false, shared.NewError(shared.CodeAuthenticationFailed, "unreadable client certificate")
+	}
+	tenantID, instance, ok := instanceIdentity(leaf)
+	if !ok {
+		return false, shared.NewError(shared.CodeAuthenticationFailed, "client certificate names no sovkeys instance")
+	}
+	tn, ok := s.tenants.Get(tenantID)
+	if !ok {
+		return false, shared.NewError(shared.CodeAccessDenied, "tenant %q is not registered", tenantID)
+	}
+	ca := s.cas.get(tn.Pool)
+	if ca == nil {
+		return false, shared.NewError(shared.CodeDependencyTimeout, "instance CA of pool %q is not published yet", tn.Pool)
+	}
+	roots := x509.NewCertPool()
+	roots.AddCert(ca)
+	if _, err := leaf.Verify(x509.VerifyOptions{Roots: roots, CurrentTime: s.now(), KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}); err != nil {
+		return false, shared.NewError(shared.CodeAuthenticationFailed, "client certificate is not valid for this service")
+	}
+	ev.Scope, ev.CallerID = tn.ID, instance
+	if tn.Status != registry.TenantEnabled {
+		return false, shared.NewError(shared.CodeAccessDenied, "tenant %q is disabled", tn.ID)
+	}
+	if !slices.Contains(tn.AuthMethods, "mtls") {
+		return false, shared.NewError(shared.CodeAccessDenied, "tenant %q does not allow certificate authentication", tn.ID)
+	}
+	if env.Evidence.InstanceID != instance {
+		return false, shared.NewError(shared.CodeAccessDenied, "instance %q may not act for instance %q", instance, env.Evidence.InstanceID)
+	}
+	if err := validateVS(env, ev); err != nil {
+		return false, err
+	}
+	env.Authz = &shared.Authz{
+		CallerType: "mtls", CallerID: instance, Pool: tn.Pool, Tenant: tn.ID, EKTName: tn.EKTName,
+	}
+	if err := s.forward(ctx, env); err != nil {
+		return false, err
+	}
+	return true, nil
+}
+
+// validateVS checks the body before any HSM work is queued.
+func validateVS(env *shared.Envelope, ev *shared.AuditEvent) error {
+	ev.Params = map[string]string{}
+	switch env.API {
+	case shared.APIVSGenerate:
+		r, _, err := vs.ParseGenerate(env.Body)
+		if err != nil {
+			return err
+		}
+		ev.Params["volume_uuid"] = r.VolumeUUID
+	case shared.APIVSDecrypt:
+		r, _, err := vs.ParseDecrypt(env.Body)
+		if err != nil {
+			return err
+		}
+		ev.Params["volume_uuid"] = r.VolumeUUID
+	case shared.APIVSConvert:
+		r, err := vs.ParseConvert(env.Body)
+		if err != nil {
+			return err
+		}
+		ev.Params["volume_uuid"] = r.VolumeUUID
+		ev.Params["source_instance_id"] = r.SourceInstanceID
+	default:
+		return shared.NewError(shared.CodeUnsupportedOperation, "unsupported operation %q", env.API)
+	}
+	return nil
+}

@@ -1,0 +1,142 @@
+package gateway
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net/http"
+	"strconv"
+
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/sovkeys/sovkeys/shared"
+	"github.com/sovkeys/sovkeys/shared/mesh"
+	"github.com/sovkeys/sovkeys/shared/vs"
+)
+
+// handleVS frames a volume-secret call. The caller's TLS client certificate
+// chain travels as evidence; authn verifies it and the tenant.
+func (s *Service) handleVS(w http.ResponseWriter, r *http.Request) {
+	start := s.now()
+	id := newID()
+	instanceID, op, err := vs.ParsePath(r.URL.EscapedPath())
+	if err == nil && r.Method != http.MethodPost {
+		err = shared.NewError(shared.CodeMethodNotAllowed, "method %s not allowed; use POST", r.Method)
+	}
+	var body []byte
+	if err == nil {
+		body, err = io.ReadAll(io.LimitReader(r.Body, vs.MaxBodyBytes+1))
+		if err != nil {
+			err = shared.NewError(shared.CodeValidation, "cannot read request body")
+		} else if len(body) > vs.MaxBodyBytes {
+			err = shared.NewError(shared.CodeValidation, "request body exceeds %d bytes", vs.MaxBodyBytes)
+		}
+	}
+	api := op.API()
+	env := &shared.Envelope{
+		Version: shared.EnvelopeVersion, ID: id, API: api,
+		Received: start, Deadline: start.Add(s.cfg.RequestTimeout),
+		ReplyTo: s.replySubject(),
+		Evidence: shared.Evidence{
+			SourceIP: sourceIP(r), Method: r.Method, Path: r.URL.EscapedPath(), Host: r.Host,
+			InstanceID: instanceID, ClientCerts: peerCerts(r),
+		},
+		Body: body,
+	}
+	if err != nil {
+		if env.API == "" {
+			env.API = "vs.unknown"
+		}
+		s.auditVSFailure(r.Context(), env, err)
+		writeVSError(w, err)
+		return
+	}
+	ctx, span := s.tracer.Start(r.Context(), "gateway "+string(api), trace.WithSpanKind(trace.SpanKindServer),
+		trace.WithAttributes(attribute.String("sovkeys.request_id", id)))
+	defer span.End()
+	ctx, cancel := context.WithDeadline(ctx, env.Deadline)
+	defer cancel()
+	reply, err := s.roundTrip(ctx, env)
+	if err == nil {
+		err = mesh.ReplyErr(reply)
+	} else if c := shared.CodeOf(err); c == shared.CodeDependencyTimeout || c == shared.CodeThrottling {
+		s.auditVSFailure(ctx, env, err)
+	}
+	if err != nil {
+		span.SetStatus(codes.Error, string(shared.CodeOf(err)))
+		s.log.Info("volume-secret request failed", "request_id", id, "api", api, "code", shared.CodeOf(err))
+		writeVSError(w, err)
+		return
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	w.Header().Set("Content-Length", strconv.Itoa(len(reply.Data)))
+	w.WriteHeader(http.StatusOK)
+	_, _ = w.Write(reply.Data)
+}
+
+func (s *Service) auditVSFailure(ctx context.Context, env *shared.Envelope, err error) {
+	ev := &shared.AuditEvent{
+		RequestID: env.ID, Kind: shared.AuditKindTenant, API: env.API, Service: "gateway",
+		Start: env.Received, End: s.now(), SourceIP: env.Evidence.SourceIP,
+		CallerType: "instance", CallerID: env.Evidence.InstanceID,
+		Result: shared.ResultDenied, Code: shared.CodeOf(err), Reason: shared.MessageOf(err),
+	}
+	if ev.Code == shared.CodeDependencyTimeout || ev.Code == shared.CodeThrottling || ev.Code == shared.CodeInternal {
+		ev.Result = shared.ResultFailure
+	}
+	actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*s.cfg.RequestTimeout)
+	defer cancel()
+	if aerr := mesh.PublishAudit(actx, s.js, ev); aerr != nil {
+		s.log.Error("audit publish failed", "request_id", env.ID, "err", aerr)
+	}
+}
+
+func peerCerts(r *http.Request) [][]byte {
+	if r.TLS == nil {
+		return nil
+	}
+	out := make([][]byte, 0, len(r.TLS.PeerCertificates))
+	for _, c := range r.TLS.PeerCertificates {
+		out = append(out, c.Raw)
+	}
+	return out
+}
+
+// handlePublicSigningKey serves the service signing key (DER SPKI) of the
+// volume-secret pool, as published by its keyworkers in KV.
+func (s *Service) handlePublicSigningKey(w http.ResponseWriter, r *http.Request) {
+	if r.Method != http.MethodGet {
+		writeVSError(w, shared.NewError(shared.CodeMethodNotAllowed, "method %s not allowed; use GET", r.Method))
+		return
+	}
+	der, err := s.signingKey(r.Context())
+	if err != nil {
+		writeVSError(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, vs.PublicKeyResponse{PublicKey: der})
+}
+
+// handleHealthcheck is the volume-secret API's health: 204 when the mesh is
+// ready, 503 otherwise.
+func (s *Service) handleHealthcheck(w http.ResponseWriter, r *http.Request) {
+	if s.ready(r.Context()) {
+		w.WriteHeader(http.StatusNoContent)
+		return
+	}
+	w.WriteHeader(http.StatusServiceUnavailable)
+}
+
+func (s *Service) signingKey(ctx context.Context) ([]byte, error) {
+	e, err := s.pki.Get(ctx, shared.PKISigningKey(s.cfg.VolumePool))
+	if err != nil {
+		if errors.Is(err, context.DeadlineExceeded) {
+			return nil, shared.NewError(shared.CodeDependencyTimeout, "signing key unavailable")
+		}
+		return nil, shared.NewError(shared.CodeDependencyTimeout, "signing key not published yet")
+	}
+	return e.Value(), nil
+}
