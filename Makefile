@@ -26,11 +26,16 @@ run: build
 	@echo "data dir: $(DATA)   (make run DATA=... LISTEN=... NATS=... to change)"
 	$(BIN) standalone --data $(DATA) --listen $(LISTEN) --nats-listen $(NATS)
 
+.PHONY: versitygw
+# S3 server for the tests (real versitygw on loopback); built once, then cached.
+versitygw:
+	@GO="$(GO)" ./scripts/install-versitygw.sh
+
 vet:
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo "gofmt needed"; exit 1; }
 	$(GO) vet ./...
 
-test: deps vet
+test: deps versitygw vet
 	$(GO) test -count=1 -timeout 15m ./...
 
 # Short fuzzing of every parser (not part of `make test`).

@@ -56,9 +56,9 @@ type Config struct {
 	MaxRequests int64         // safety cap on requests sent, warmup included
 	Timeout     time.Duration // per request
 
-	JSONFile  string
-	GoalRPS   float64
-	GoalP99   time.Duration
+	JSONFile    string
+	GoalRPS     float64
+	GoalP99     time.Duration
 	AllowRemote bool
 }
 
@@ -101,7 +101,7 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (C
 	fs.StringVar(&c.Prefix, "prefix", "", "key store URI prefix (default: uriPrefix of -creds-json)")
 	fs.StringVar(&c.AccessKeyID, "access-key-id", "", "key store SigV4 access key id")
 	fs.StringVar(&c.Secret, "secret", getenv("SOVKEYS_XKS_SECRET"), "key store SigV4 secret (env SOVKEYS_XKS_SECRET)")
-	fs.StringVar(&credsJSON, "creds-json", "", "JSON printed by `sovkeys xks keystore create` (prefix, access key id, secret)")
+	fs.StringVar(&credsJSON, "creds-json", "", "JSON `FILE` printed by 'sovkeys xks keystore create' (prefix, access key id, secret)")
 	fs.StringVar(&c.KeyID, "key", "", "XKS key id (required)")
 	fs.StringVar(&c.Op, "op", OpEncrypt, "encrypt | decrypt | mixed (half each)")
 	fs.IntVar(&c.Size, "size", 1024, "plaintext bytes")

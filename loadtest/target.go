@@ -76,7 +76,7 @@ type target struct {
 // numPlaintexts distinct plaintexts are cycled through by encrypt requests.
 const numPlaintexts = 16
 
-func newTarget(c *xksclient.Client, cfg Config) (*target, error) {
+func newTarget(c *xksclient.Client, cfg Config) *target {
 	t := &target{client: c, keyID: cfg.KeyID, op: cfg.Op}
 	if cfg.AADSize > 0 {
 		t.aad = randomBytes(cfg.AADSize)
@@ -84,7 +84,7 @@ func newTarget(c *xksclient.Client, cfg Config) (*target, error) {
 	for range numPlaintexts {
 		t.plaintexts = append(t.plaintexts, randomBytes(cfg.Size))
 	}
-	return t, nil
+	return t
 }
 
 func randomBytes(n int) []byte {

@@ -199,6 +199,7 @@ type HSM struct {
 	done chan struct{}             // closed by Close
 
 	keys keyCache
+	hier hierarchyState // key hierarchy handles and CMK cache (hierarchy.go)
 
 	closeOnce sync.Once
 	closeErr  error

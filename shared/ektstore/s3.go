@@ -187,11 +187,7 @@ func NewS3(ctx context.Context, cfg S3Config) (*S3Store, error) {
 		}
 		o.UsePathStyle = cfg.UsePathStyle
 	})
-	return newS3Store(client, cfg.Bucket, cfg.Prefix), nil
-}
-
-func newS3Store(api s3API, bucket, prefix string) *S3Store {
-	return &S3Store{api: api, bucket: bucket, prefix: prefix}
+	return &S3Store{api: client, bucket: cfg.Bucket, prefix: cfg.Prefix}, nil
 }
 
 // Backend returns "s3".

@@ -48,6 +48,7 @@ type Server struct {
 	addr       string // 127.0.0.1:port
 	root       string // posix backend root: one directory per bucket
 	versionDir string // where the posix backend keeps object versions
+	posixArgs  []string
 
 	mu   sync.Mutex
 	cmd  *exec.Cmd
@@ -64,13 +65,14 @@ func Run(t testing.TB) (endpoint, accessKey, secret string, stop func()) {
 }
 
 // RunServer starts a server with its data in t.TempDir(); t.Cleanup stops it.
-func RunServer(t testing.TB) *Server {
+// posixArgs are extra flags for the posix backend (e.g. "--nometa").
+func RunServer(t testing.TB, posixArgs ...string) *Server {
 	t.Helper()
 	bin, err := findBinary()
 	if err != nil {
 		t.Fatalf("s3test: %v", err)
 	}
-	s := &Server{t: t, bin: bin, root: t.TempDir(), versionDir: t.TempDir(), logs: &tailBuffer{max: 16 << 10}}
+	s := &Server{t: t, bin: bin, root: t.TempDir(), versionDir: t.TempDir(), posixArgs: posixArgs, logs: &tailBuffer{max: 16 << 10}}
 	t.Cleanup(s.Stop)
 	// A free port can be taken between probing and versitygw's bind; retry.
 	for attempt := 0; ; attempt++ {
@@ -150,10 +152,13 @@ func (s *Server) start() error {
 	if s.cmd != nil {
 		return nil
 	}
-	cmd := exec.Command(s.bin,
+	args := []string{
 		"--access", AccessKey, "--secret", SecretKey, "--region", Region,
 		"--port", s.addr, "--quiet",
-		"posix", "--versioning-dir", s.versionDir, s.root)
+		"posix", "--versioning-dir", s.versionDir,
+	}
+	args = append(append(args, s.posixArgs...), s.root)
+	cmd := exec.Command(s.bin, args...)
 	cmd.Stdout = s.logs
 	cmd.Stderr = s.logs
 	if err := cmd.Start(); err != nil {

@@ -1,0 +1,49 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"testing"
+)
+
+// A whole standalone restart (NATS, HSM token, every service) keeps every
+// volume secret decryptable and every XKS key store usable: all state is in
+// JetStream and the token, nothing in process memory.
+func TestRestartKeepsState(t *testing.T) {
+	ctx := context.Background()
+	n := testNode
+	n.cli(t, nil, "tenant", "create", "--id", "vpc-restart")
+	vc := n.instanceClient(t, "vpc-restart", "i-restart")
+	var secret, enc []byte
+	checkFor(t, 10e9, 50e6, func() (err error) {
+		secret, enc, err = vc.GenerateSecret(ctx, "i-restart", "vol-r")
+		return err
+	})
+	xc, _ := n.newKeystore(t, "/restart")
+	n.cli(t, nil, "xks", "key", "create", "--keystore", "/restart", "--id", "k")
+	waitUsable(t, xc)
+	ct, err := xc.Encrypt(ctx, "k", []byte("survives restarts"), nil, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	if code := n.shutdown(); code != 0 {
+		t.Fatalf("standalone exited %d: %s", code, n.stderr.String())
+	}
+	restarted, err := startNode(n.dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	testNode = restarted
+
+	vc.BaseURL = restarted.gateway
+	got, err := vc.DecryptSecret(ctx, "i-restart", "vol-r", enc)
+	if err != nil || !bytes.Equal(got, secret) {
+		t.Fatalf("secret after restart: %v", err)
+	}
+	xc.BaseURL, xc.HTTP = restarted.gateway, restarted.http
+	pt, err := xc.Decrypt(ctx, "k", ct, nil)
+	if err != nil || string(pt) != "survives restarts" {
+		t.Fatalf("xks decrypt after restart: %q %v", pt, err)
+	}
+}

@@ -1,0 +1,93 @@
+package main
+
+import (
+	"errors"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestParseConfig(t *testing.T) {
+	creds := filepath.Join(t.TempDir(), "ks.json")
+	if err := os.WriteFile(creds, []byte(`{"uriPrefix":"/bench","uriPath":"/bench/kms/xks/v1",
+		"accessKeyId":"ABCDEFGHIJKLMNOPQRST","secretAccessKey":"c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0cw=="}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	base := []string{"-creds-json", creds, "-key", "k1"}
+	tests := []struct {
+		name    string
+		args    []string
+		env     map[string]string
+		wantErr string // substring; "" = valid
+		check   func(t *testing.T, c Config)
+	}{
+		{name: "defaults from creds json", args: base, check: func(t *testing.T, c Config) {
+			if c.Prefix != "/bench" || c.AccessKeyID != "ABCDEFGHIJKLMNOPQRST" || c.Secret == "" {
+				t.Errorf("creds not applied: %+v", c)
+			}
+			if c.OpenLoop() || c.workers() != 16 || c.Duration != time.Minute || c.Warmup != 5*time.Second {
+				t.Errorf("defaults: %+v", c)
+			}
+		}},
+		{name: "flags override creds json", args: append([]string{"-prefix", "/other"}, base...), check: func(t *testing.T, c Config) {
+			if c.Prefix != "/other" {
+				t.Errorf("prefix = %q", c.Prefix)
+			}
+		}},
+		{name: "explicit credentials and env secret", args: []string{"-key", "k1", "-access-key-id", "ABCDEFGHIJKLMNOPQRST"},
+			env: map[string]string{"SOVKEYS_XKS_SECRET": "s3cret"}, check: func(t *testing.T, c Config) {
+				if c.Secret != "s3cret" {
+					t.Errorf("secret from env not used")
+				}
+			}},
+		{name: "open loop", args: append([]string{"-rate", "1800", "-max-inflight", "64"}, base...), check: func(t *testing.T, c Config) {
+			if !c.OpenLoop() || c.workers() != 64 {
+				t.Errorf("open loop: %+v", c)
+			}
+		}},
+		{name: "localhost allowed", args: append([]string{"-url", "https://localhost:18443"}, base...)},
+		{name: "ipv6 loopback allowed", args: append([]string{"-url", "https://[::1]:18443"}, base...)},
+		{name: "remote refused", args: append([]string{"-url", "https://10.0.0.1:8443"}, base...), wantErr: "not a loopback"},
+		{name: "name resolving elsewhere refused", args: append([]string{"-url", "https://xks.example.com"}, base...), wantErr: "not a loopback"},
+		{name: "remote with allow-remote", args: append([]string{"-url", "https://xks.example.com", "-allow-remote"}, base...)},
+		{name: "plain http refused", args: append([]string{"-url", "http://127.0.0.1:8443"}, base...), wantErr: "https"},
+		{name: "path in url refused", args: append([]string{"-url", "https://127.0.0.1:8443/bench"}, base...), wantErr: "-prefix"},
+		{name: "rate and concurrency exclusive", args: append([]string{"-rate", "10", "-concurrency", "4"}, base...), wantErr: "exclude"},
+		{name: "no key", args: []string{"-creds-json", creds}, wantErr: "-key"},
+		{name: "bad key id", args: []string{"-creds-json", creds, "-key", "a/b"}, wantErr: "-key"},
+		{name: "no credentials", args: []string{"-key", "k1"}, wantErr: "credentials"},
+		{name: "bad op", args: append([]string{"-op", "sign"}, base...), wantErr: "-op"},
+		{name: "zero size", args: append([]string{"-size", "0"}, base...), wantErr: "-size"},
+		{name: "duration unbounded", args: append([]string{"-duration", "2h"}, base...), wantErr: "-duration"},
+		{name: "concurrency too high", args: append([]string{"-concurrency", "100000"}, base...), wantErr: "-concurrency"},
+		{name: "rate too high", args: append([]string{"-rate", "1e9"}, base...), wantErr: "-rate"},
+		{name: "cap not positive", args: append([]string{"-max-requests", "0"}, base...), wantErr: "-max-requests"},
+		{name: "bad prefix", args: append([]string{"-prefix", "/a b"}, base...), wantErr: "-prefix"},
+		{name: "missing creds file", args: []string{"-creds-json", filepath.Join(t.TempDir(), "nope"), "-key", "k"}, wantErr: "-creds-json"},
+		{name: "stray argument", args: append(base, "extra"), wantErr: "unexpected"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			getenv := func(k string) string { return tc.env[k] }
+			c, err := parseConfig(tc.args, getenv, io.Discard)
+			if tc.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+					t.Fatalf("err = %v, want one containing %q", err, tc.wantErr)
+				}
+				if !errors.Is(err, ErrConfigValidation) {
+					t.Errorf("err %v does not wrap ErrConfigValidation", err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if tc.check != nil {
+				tc.check(t, c)
+			}
+		})
+	}
+}

@@ -1,0 +1,253 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// sendFunc sends request number seq and names the operation it sent.
+type sendFunc func(ctx context.Context, seq uint64) (op string, err error)
+
+// opStats are the measured figures of one operation.
+type opStats struct {
+	requests atomic.Uint64 // measured requests answered (success or error)
+	failed   atomic.Uint64
+	lat      histogram // successful requests only
+}
+
+// errorCount is one class of error and an example message.
+type errorCount struct {
+	Kind   string `json:"kind"`
+	Count  uint64 `json:"count"`
+	Sample string `json:"sample"`
+}
+
+type errorCounts struct {
+	mu sync.Mutex
+	m  map[string]*errorCount
+}
+
+func (e *errorCounts) add(err error) {
+	kind := classify(err)
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.m == nil {
+		e.m = map[string]*errorCount{}
+	}
+	c, ok := e.m[kind]
+	if !ok {
+		msg := err.Error()
+		if len(msg) > 200 {
+			msg = msg[:200] + "..."
+		}
+		c = &errorCount{Kind: kind, Sample: msg}
+		e.m[kind] = c
+	}
+	c.Count++
+}
+
+// sorted lists error classes, most frequent first.
+func (e *errorCounts) sorted() []errorCount {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	out := make([]errorCount, 0, len(e.m))
+	for _, c := range e.m {
+		out = append(out, *c)
+	}
+	sort.Slice(out, func(i, j int) bool {
+		if out[i].Count != out[j].Count {
+			return out[i].Count > out[j].Count
+		}
+		return out[i].Kind < out[j].Kind
+	})
+	return out
+}
+
+// runner sends load for warmup+duration, then waits for the requests still
+// out. It is bounded three ways: the schedule ends at start+warmup+duration,
+// no more than MaxRequests are sent, and its context expires a request
+// timeout (plus grace) after the schedule ends.
+type runner struct {
+	cfg  Config
+	send sendFunc
+	now  func() time.Time
+
+	start, measureFrom, end time.Time
+
+	claimed  atomic.Uint64 // requests numbered so far, the safety cap's count
+	capHit   atomic.Bool
+	inFlight atomic.Int64
+	peak     atomic.Int64
+	lastDone atomic.Int64 // unix ns of the latest completion
+
+	all        histogram // every successful measured request
+	lag        histogram // open loop: actual minus intended send time
+	ops        map[string]*opStats
+	okInWindow atomic.Uint64 // successes completed inside the window
+	errs       errorCounts
+}
+
+// result is what a run measured.
+type result struct {
+	window      time.Duration
+	okInWindow  uint64
+	requests    uint64
+	failed      uint64
+	all         *histogram
+	lag         *histogram
+	ops         map[string]*opStats
+	errs        []errorCount
+	peak        int64
+	capped      bool
+	interrupted bool
+}
+
+func newRunner(cfg Config, send sendFunc, now func() time.Time) *runner {
+	return &runner{cfg: cfg, send: send, now: now, ops: map[string]*opStats{
+		OpEncrypt: {}, OpDecrypt: {},
+	}}
+}
+
+// run sends the load and returns once every request sent has answered or
+// timed out.
+func (r *runner) run(ctx context.Context) result {
+	r.start = r.now()
+	r.measureFrom = r.start.Add(r.cfg.Warmup)
+	r.end = r.measureFrom.Add(r.cfg.Duration)
+	ctx, cancel := context.WithDeadline(ctx, r.end.Add(r.cfg.Timeout+5*time.Second))
+	defer cancel()
+
+	var wg sync.WaitGroup
+	for range r.cfg.workers() {
+		if r.cfg.OpenLoop() {
+			wg.Go(func() { r.openWorker(ctx) })
+		} else {
+			wg.Go(func() { r.closedWorker(ctx) })
+		}
+	}
+	wg.Wait()
+
+	res := result{
+		all: &r.all, lag: &r.lag, ops: r.ops, errs: r.errs.sorted(),
+		okInWindow: r.okInWindow.Load(), peak: r.peak.Load(), capped: r.capHit.Load(),
+		interrupted: ctx.Err() != nil && !errors.Is(context.Cause(ctx), context.DeadlineExceeded),
+	}
+	for _, s := range r.ops {
+		res.requests += s.requests.Load()
+		res.failed += s.failed.Load()
+	}
+	// The window is warmup's end to the schedule's end, or to the last
+	// answer when the run stopped early.
+	windowEnd := r.end
+	if last := time.Unix(0, r.lastDone.Load()); (res.capped || res.interrupted) && last.Before(windowEnd) {
+		windowEnd = last
+	}
+	res.window = max(windowEnd.Sub(r.measureFrom), 0)
+	return res
+}
+
+// claim numbers the next request, or reports that the safety cap is reached.
+func (r *runner) claim() (uint64, bool) {
+	n := r.claimed.Add(1) - 1
+	if n >= uint64(r.cfg.MaxRequests) {
+		r.capHit.Store(true)
+		return 0, false
+	}
+	return n, true
+}
+
+// closedWorker sends its next request as soon as the previous one answers.
+func (r *runner) closedWorker(ctx context.Context) {
+	for ctx.Err() == nil {
+		sent := r.now()
+		if !sent.Before(r.end) {
+			return
+		}
+		seq, ok := r.claim()
+		if !ok {
+			return
+		}
+		r.exchange(ctx, seq, sent, sent)
+	}
+}
+
+// openWorker takes the next slot of the fixed schedule, waits for its
+// intended time and sends. A slot taken late (every worker was busy) still
+// counts its latency from the intended time, so queueing in the generator or
+// the server shows in the figures instead of silently lowering the rate.
+func (r *runner) openWorker(ctx context.Context) {
+	timer := time.NewTimer(time.Hour)
+	defer timer.Stop()
+	perReq := float64(time.Second) / r.cfg.Rate
+	for ctx.Err() == nil {
+		seq, ok := r.claim()
+		if !ok {
+			return
+		}
+		intended := r.start.Add(time.Duration(float64(seq) * perReq))
+		if !intended.Before(r.end) {
+			return
+		}
+		if wait := intended.Sub(r.now()); wait > 0 {
+			timer.Reset(wait)
+			select {
+			case <-timer.C:
+			case <-ctx.Done():
+				return
+			}
+		}
+		sent := r.now()
+		if !intended.Before(r.measureFrom) {
+			r.lag.Record(sent.Sub(intended))
+		}
+		r.exchange(ctx, seq, intended, sent)
+	}
+}
+
+// exchange sends one request and records it against its intended time.
+func (r *runner) exchange(ctx context.Context, seq uint64, intended, sent time.Time) {
+	n := r.inFlight.Add(1)
+	for {
+		p := r.peak.Load()
+		if n <= p || r.peak.CompareAndSwap(p, n) {
+			break
+		}
+	}
+	reqCtx, cancel := context.WithTimeout(ctx, r.cfg.Timeout)
+	op, err := r.send(reqCtx, seq)
+	cancel()
+	done := r.now()
+	r.inFlight.Add(-1)
+	for {
+		l := r.lastDone.Load()
+		if done.UnixNano() <= l || r.lastDone.CompareAndSwap(l, done.UnixNano()) {
+			break
+		}
+	}
+	if err != nil && ctx.Err() != nil && errors.Is(err, context.Canceled) {
+		return // the run was interrupted; this is not the server's error
+	}
+	if err == nil && !done.Before(r.measureFrom) && !done.After(r.end) {
+		r.okInWindow.Add(1)
+	}
+	if intended.Before(r.measureFrom) {
+		return // warmup
+	}
+	s := r.ops[op]
+	if s == nil {
+		s = r.ops[OpEncrypt]
+	}
+	s.requests.Add(1)
+	if err != nil {
+		s.failed.Add(1)
+		r.errs.add(err)
+		return
+	}
+	d := done.Sub(intended)
+	s.lat.Record(d)
+	r.all.Record(d)
+}

@@ -1,0 +1,538 @@
+package keyworker
+
+// The volume-secret key hierarchy (docs/key-hierarchy.md), part one: the
+// token keys (domain key, signing and CA key pairs), ECDSA signing, the
+// context encodings and the per-session CMK cache. Wrapping and the blob
+// formats live in hierarchy_wrap.go.
+
+import (
+	"context"
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/sha256"
+	"crypto/x509"
+	"encoding/asn1"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"math/big"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/miekg/pkcs11"
+)
+
+// Labels of the hierarchy's token objects. ListAESKeys returns the domain
+// key too; callers listing customer keys filter out the "sovkeys-" prefix.
+const (
+	DomainKeyLabel  = "sovkeys-domain-v1"
+	SigningKeyLabel = "sovkeys-signing-v1" // ECDSA P-384 key pair
+	CAKeyLabel      = "sovkeys-ca-v1"      // ECDSA P-384 key pair
+)
+
+// ErrHierarchyMissing is wrapped when a hierarchy key is absent:
+// EnsureHierarchy has not run against this token.
+var ErrHierarchyMissing = errors.New("keyworker: key hierarchy not initialised (run EnsureHierarchy)")
+
+const (
+	p384SigSize    = 96 // raw r || s from CKM_ECDSA
+	cmkCacheMax    = 1024
+	cmkCacheTTL    = 10 * time.Minute
+	cachedCMKIDLen = 16
+)
+
+// p384Params is CKA_EC_PARAMS for P-384: the DER OID 1.3.132.0.34.
+var p384Params = []byte{0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x22}
+
+// hierarchyP11 is what the hierarchy needs beyond P11. It is asserted on
+// h.p11 rather than added to P11, so fault-injecting P11 wrappers in other
+// tests keep compiling; *pkcs11.Ctx implements it.
+type hierarchyP11 interface {
+	P11
+	GenerateKeyPair(sh pkcs11.SessionHandle, m []*pkcs11.Mechanism, public, private []*pkcs11.Attribute) (pkcs11.ObjectHandle, pkcs11.ObjectHandle, error)
+	DeriveKey(sh pkcs11.SessionHandle, m []*pkcs11.Mechanism, base pkcs11.ObjectHandle, a []*pkcs11.Attribute) (pkcs11.ObjectHandle, error)
+	WrapKey(sh pkcs11.SessionHandle, m []*pkcs11.Mechanism, wrapping, key pkcs11.ObjectHandle) ([]byte, error)
+	UnwrapKey(sh pkcs11.SessionHandle, m []*pkcs11.Mechanism, unwrapping pkcs11.ObjectHandle, wrapped []byte, a []*pkcs11.Attribute) (pkcs11.ObjectHandle, error)
+	CreateObject(sh pkcs11.SessionHandle, temp []*pkcs11.Attribute) (pkcs11.ObjectHandle, error)
+	DestroyObject(sh pkcs11.SessionHandle, o pkcs11.ObjectHandle) error
+	SignInit(sh pkcs11.SessionHandle, m []*pkcs11.Mechanism, o pkcs11.ObjectHandle) error
+	Sign(sh pkcs11.SessionHandle, message []byte) ([]byte, error)
+}
+
+var _ hierarchyP11 = (*pkcs11.Ctx)(nil)
+
+// hierarchyState is the HSM's hierarchy bookkeeping; its zero value is ready.
+type hierarchyState struct {
+	mu     sync.Mutex
+	domain pkcs11.ObjectHandle // valid when hasDom
+	hasDom bool
+	pairs  map[string]ecPair
+
+	cmks cmkCache
+
+	oaep     atomic.Int32 // oaepUnknown, oaepInHSM or oaepInHost
+	warnOnce sync.Once
+	// oaepHash is the OAEP hash; zero means SHA-256. Tests set SHA-1 to run
+	// the in-HSM wrap path on SoftHSM 2.6, which only does OAEP with SHA-1.
+	oaepHash crypto.Hash
+}
+
+type ecPair struct {
+	priv, pub pkcs11.ObjectHandle
+	key       *ecdsa.PublicKey
+	spki      []byte
+}
+
+func (s *hierarchyState) forgetTokenKeys() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.hasDom = false
+	clear(s.pairs)
+}
+
+func (h *HSM) hierP11() (hierarchyP11, error) {
+	p, ok := h.p11.(hierarchyP11)
+	if !ok {
+		return nil, errors.New("keyworker: pkcs11 module wrapper lacks the key hierarchy functions")
+	}
+	return p, nil
+}
+
+// withHierarchy runs fn on a pooled session. A stale handle (a token key
+// destroyed and re-created behind the cache) empties the handle caches and
+// runs fn once more.
+func (h *HSM) withHierarchy(ctx context.Context, fn func(hierarchyP11, pkcs11.SessionHandle) error) error {
+	p, err := h.hierP11()
+	if err != nil {
+		return err
+	}
+	return h.withSession(ctx, func(sh pkcs11.SessionHandle) error {
+		err := fn(p, sh)
+		if !isStaleHandle(err) {
+			return err
+		}
+		h.hier.forgetTokenKeys()
+		h.hier.cmks.dropSession(p, sh)
+		return fn(p, sh)
+	})
+}
+
+// EnsureHierarchy creates the domain key and the signing and CA key pairs
+// when missing, and checks the attributes of those that exist. It is
+// idempotent and safe for concurrent callers in one process (it runs while
+// no other call uses the module). Keyworker processes sharing one HSM must
+// not run it for the first time at once: PKCS#11 has no cross-process lock,
+// and two domain keys with one label make every later operation fail.
+func (h *HSM) EnsureHierarchy(ctx context.Context) error {
+	p, err := h.hierP11()
+	if err != nil {
+		return err
+	}
+	var created []string
+	err = h.withSessionExclusive(ctx, func(sh pkcs11.SessionHandle) error {
+		created = created[:0]
+		h.hier.forgetTokenKeys()
+		made, err := h.ensureDomainKey(p, sh)
+		if err != nil {
+			return err
+		}
+		if made {
+			created = append(created, DomainKeyLabel)
+		}
+		for _, label := range []string{SigningKeyLabel, CAKeyLabel} {
+			made, err := h.ensurePair(p, sh, label)
+			if err != nil {
+				return err
+			}
+			if made {
+				created = append(created, label)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	if len(created) > 0 {
+		h.logger.InfoContext(ctx, "key hierarchy created", "token", h.cfg.TokenLabel, "keys", created)
+	}
+	return nil
+}
+
+func (h *HSM) ensureDomainKey(p hierarchyP11, sh pkcs11.SessionHandle) (created bool, err error) {
+	handles, err := h.findObjects(sh, aesKeyTemplate(DomainKeyLabel), 2)
+	if err != nil {
+		return false, err
+	}
+	switch len(handles) {
+	case 0:
+	case 1:
+		return false, h.checkDomainKey(p, sh, handles[0])
+	default:
+		return false, fmt.Errorf("keyworker: more than one key labelled %q", DomainKeyLabel)
+	}
+	_, err = p.GenerateKey(sh, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_AES_KEY_GEN, nil)},
+		append(aesTemplate(true, false, pkcs11.CKA_DERIVE),
+			pkcs11.NewAttribute(pkcs11.CKA_VALUE_LEN, hierKeySize),
+			pkcs11.NewAttribute(pkcs11.CKA_LABEL, DomainKeyLabel)))
+	if err != nil {
+		return false, fmt.Errorf("keyworker: create domain key: %w", err)
+	}
+	return true, nil
+}
+
+// checkDomainKey refuses a key with the domain key's label that could leak
+// derived keys: one allowing encrypt (ECB of chosen data is exactly our
+// KEK derivation), wrap or extraction.
+func (h *HSM) checkDomainKey(p hierarchyP11, sh pkcs11.SessionHandle, handle pkcs11.ObjectHandle) error {
+	want := map[uint]bool{
+		pkcs11.CKA_DERIVE: true, pkcs11.CKA_SENSITIVE: true, pkcs11.CKA_EXTRACTABLE: false,
+		pkcs11.CKA_ENCRYPT: false, pkcs11.CKA_DECRYPT: false, pkcs11.CKA_WRAP: false, pkcs11.CKA_UNWRAP: false,
+	}
+	query := []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_VALUE_LEN, nil)}
+	for a := range want {
+		query = append(query, pkcs11.NewAttribute(a, nil))
+	}
+	attrs, err := p.GetAttributeValue(sh, handle, query)
+	if err != nil {
+		return fmt.Errorf("keyworker: read domain key attributes: %w", err)
+	}
+	for _, a := range attrs {
+		if a.Type == pkcs11.CKA_VALUE_LEN {
+			if keySpec(a.Value) != "AES_256" {
+				return fmt.Errorf("keyworker: key %q is not AES-256", DomainKeyLabel)
+			}
+			continue
+		}
+		if got := len(a.Value) > 0 && a.Value[0] != 0; got != want[a.Type] {
+			return fmt.Errorf("keyworker: key %q has attribute %#x = %t, want %t: not a domain key", DomainKeyLabel, a.Type, got, want[a.Type])
+		}
+	}
+	return nil
+}
+
+// ensurePair creates the ECDSA P-384 pair labelled label, or checks the
+// existing one by signing a probe and verifying it with the public half.
+func (h *HSM) ensurePair(p hierarchyP11, sh pkcs11.SessionHandle, label string) (created bool, err error) {
+	privs, err := h.findObjects(sh, ecKeyTemplate(pkcs11.CKO_PRIVATE_KEY, label), 2)
+	if err != nil {
+		return false, err
+	}
+	pubs, err := h.findObjects(sh, ecKeyTemplate(pkcs11.CKO_PUBLIC_KEY, label), 2)
+	if err != nil {
+		return false, err
+	}
+	switch {
+	case len(privs) == 1 && len(pubs) == 1:
+		pair, err := h.readPair(p, sh, label, privs[0], pubs[0])
+		if err != nil {
+			return false, err
+		}
+		return false, h.checkPair(p, sh, label, pair)
+	case len(privs) != 0 || len(pubs) != 0:
+		return false, fmt.Errorf("keyworker: key pair %q is incomplete or duplicated (%d private, %d public keys)", label, len(privs), len(pubs))
+	}
+	id := randomID()
+	_, _, err = p.GenerateKeyPair(sh, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_EC_KEY_PAIR_GEN, nil)},
+		[]*pkcs11.Attribute{
+			pkcs11.NewAttribute(pkcs11.CKA_TOKEN, true),
+			pkcs11.NewAttribute(pkcs11.CKA_PRIVATE, false),
+			pkcs11.NewAttribute(pkcs11.CKA_LABEL, label),
+			pkcs11.NewAttribute(pkcs11.CKA_ID, id),
+			pkcs11.NewAttribute(pkcs11.CKA_EC_PARAMS, p384Params),
+			pkcs11.NewAttribute(pkcs11.CKA_VERIFY, true),
+			pkcs11.NewAttribute(pkcs11.CKA_ENCRYPT, false),
+			pkcs11.NewAttribute(pkcs11.CKA_WRAP, false),
+			pkcs11.NewAttribute(pkcs11.CKA_DERIVE, false),
+		},
+		[]*pkcs11.Attribute{
+			pkcs11.NewAttribute(pkcs11.CKA_TOKEN, true),
+			pkcs11.NewAttribute(pkcs11.CKA_PRIVATE, true),
+			pkcs11.NewAttribute(pkcs11.CKA_LABEL, label),
+			pkcs11.NewAttribute(pkcs11.CKA_ID, id),
+			pkcs11.NewAttribute(pkcs11.CKA_SENSITIVE, true),
+			pkcs11.NewAttribute(pkcs11.CKA_EXTRACTABLE, false),
+			pkcs11.NewAttribute(pkcs11.CKA_SIGN, true),
+			pkcs11.NewAttribute(pkcs11.CKA_DECRYPT, false),
+			pkcs11.NewAttribute(pkcs11.CKA_UNWRAP, false),
+			pkcs11.NewAttribute(pkcs11.CKA_DERIVE, false),
+		})
+	if err != nil {
+		return false, fmt.Errorf("keyworker: create key pair %q: %w", label, err)
+	}
+	return true, nil
+}
+
+func (h *HSM) checkPair(p hierarchyP11, sh pkcs11.SessionHandle, label string, pair ecPair) error {
+	attrs, err := p.GetAttributeValue(sh, pair.priv, []*pkcs11.Attribute{
+		pkcs11.NewAttribute(pkcs11.CKA_SENSITIVE, nil),
+		pkcs11.NewAttribute(pkcs11.CKA_EXTRACTABLE, nil),
+	})
+	if err != nil {
+		return fmt.Errorf("keyworker: read private key %q attributes: %w", label, err)
+	}
+	if !attrBool(attrs, pkcs11.CKA_SENSITIVE) || attrBool(attrs, pkcs11.CKA_EXTRACTABLE) {
+		return fmt.Errorf("keyworker: private key %q is extractable or not sensitive", label)
+	}
+	probe := sha256.Sum256([]byte("sovkeys key pair check " + label))
+	sig, err := signRaw(p, sh, pair.priv, probe[:])
+	if err != nil {
+		return fmt.Errorf("keyworker: key pair %q: %w", label, err)
+	}
+	if !ecdsa.VerifyASN1(pair.key, probe[:], sig) {
+		return fmt.Errorf("keyworker: key pair %q: private and public keys do not match", label)
+	}
+	return nil
+}
+
+// domainKey returns the domain key's handle, looked up (and checked) once.
+func (h *HSM) domainKey(p hierarchyP11, sh pkcs11.SessionHandle) (pkcs11.ObjectHandle, error) {
+	h.hier.mu.Lock()
+	d, ok := h.hier.domain, h.hier.hasDom
+	h.hier.mu.Unlock()
+	if ok {
+		return d, nil
+	}
+	handles, err := h.findObjects(sh, aesKeyTemplate(DomainKeyLabel), 2)
+	if err != nil {
+		return 0, err
+	}
+	switch len(handles) {
+	case 0:
+		return 0, fmt.Errorf("keyworker: domain key %q not found: %w", DomainKeyLabel, ErrHierarchyMissing)
+	case 1:
+	default:
+		return 0, fmt.Errorf("keyworker: more than one key labelled %q", DomainKeyLabel)
+	}
+	if err := h.checkDomainKey(p, sh, handles[0]); err != nil {
+		return 0, err
+	}
+	h.hier.mu.Lock()
+	h.hier.domain, h.hier.hasDom = handles[0], true
+	h.hier.mu.Unlock()
+	return handles[0], nil
+}
+
+// pair returns the ECDSA key pair labelled label, looked up once.
+func (h *HSM) pair(p hierarchyP11, sh pkcs11.SessionHandle, label string) (ecPair, error) {
+	h.hier.mu.Lock()
+	k, ok := h.hier.pairs[label]
+	h.hier.mu.Unlock()
+	if ok {
+		return k, nil
+	}
+	if err := validateKeyLabel(label); err != nil {
+		return ecPair{}, err
+	}
+	privs, err := h.findObjects(sh, ecKeyTemplate(pkcs11.CKO_PRIVATE_KEY, label), 2)
+	if err != nil {
+		return ecPair{}, err
+	}
+	pubs, err := h.findObjects(sh, ecKeyTemplate(pkcs11.CKO_PUBLIC_KEY, label), 2)
+	if err != nil {
+		return ecPair{}, err
+	}
+	if len(privs) == 0 || len(pubs) == 0 {
+		return ecPair{}, fmt.Errorf("keyworker: key pair %q not found: %w", label, ErrHierarchyMissing)
+	}
+	if len(privs) > 1 || len(pubs) > 1 {
+		return ecPair{}, fmt.Errorf("keyworker: more than one key pair labelled %q", label)
+	}
+	k, err = h.readPair(p, sh, label, privs[0], pubs[0])
+	if err != nil {
+		return ecPair{}, err
+	}
+	h.hier.mu.Lock()
+	if h.hier.pairs == nil {
+		h.hier.pairs = make(map[string]ecPair)
+	}
+	h.hier.pairs[label] = k
+	h.hier.mu.Unlock()
+	return k, nil
+}
+
+// readPair reads the public point; SoftHSM returns CKA_EC_POINT as a DER
+// OCTET STRING (as PKCS#11 says), some HSMs as the raw point.
+func (h *HSM) readPair(p hierarchyP11, sh pkcs11.SessionHandle, label string, priv, pub pkcs11.ObjectHandle) (ecPair, error) {
+	attrs, err := p.GetAttributeValue(sh, pub, []*pkcs11.Attribute{
+		pkcs11.NewAttribute(pkcs11.CKA_EC_PARAMS, nil),
+		pkcs11.NewAttribute(pkcs11.CKA_EC_POINT, nil),
+	})
+	if err != nil {
+		return ecPair{}, fmt.Errorf("keyworker: read public key %q: %w", label, err)
+	}
+	var params, point []byte
+	for _, a := range attrs {
+		switch a.Type {
+		case pkcs11.CKA_EC_PARAMS:
+			params = a.Value
+		case pkcs11.CKA_EC_POINT:
+			point = a.Value
+		}
+	}
+	if string(params) != string(p384Params) {
+		return ecPair{}, fmt.Errorf("keyworker: key pair %q is not on P-384", label)
+	}
+	if len(point) != 1+2*48 {
+		var inner []byte
+		if rest, err := asn1.Unmarshal(point, &inner); err == nil && len(rest) == 0 {
+			point = inner
+		}
+	}
+	key, err := ecdsa.ParseUncompressedPublicKey(elliptic.P384(), point)
+	if err != nil {
+		return ecPair{}, fmt.Errorf("keyworker: public key %q: %w", label, err)
+	}
+	spki, err := x509.MarshalPKIXPublicKey(key)
+	if err != nil {
+		return ecPair{}, fmt.Errorf("keyworker: public key %q: %w", label, err)
+	}
+	return ecPair{priv: priv, pub: pub, key: key, spki: spki}, nil
+}
+
+// PublicKey returns the DER SubjectPublicKeyInfo of the ECDSA key pair
+// labelled label (SigningKeyLabel or CAKeyLabel).
+func (h *HSM) PublicKey(ctx context.Context, label string) ([]byte, error) {
+	var spki []byte
+	err := h.withHierarchy(ctx, func(p hierarchyP11, sh pkcs11.SessionHandle) error {
+		k, err := h.pair(p, sh, label)
+		spki = k.spki
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	return append([]byte(nil), spki...), nil
+}
+
+// SignSHA256 signs SHA-256(msg) with the private key labelled label in the
+// HSM and returns the DER (ASN.1 SEQUENCE of r, s) signature.
+func (h *HSM) SignSHA256(ctx context.Context, label string, msg []byte) ([]byte, error) {
+	digest := sha256.Sum256(msg)
+	return h.signDigest(ctx, label, digest[:])
+}
+
+func (h *HSM) signDigest(ctx context.Context, label string, digest []byte) ([]byte, error) {
+	var sig []byte
+	err := h.withHierarchy(ctx, func(p hierarchyP11, sh pkcs11.SessionHandle) error {
+		k, err := h.pair(p, sh, label)
+		if err != nil {
+			return err
+		}
+		sig, err = signRaw(p, sh, k.priv, digest)
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	return sig, nil
+}
+
+// signRaw runs CKM_ECDSA (the digest is computed by the caller, which
+// every HSM supports) and converts the raw r || s to DER.
+func signRaw(p hierarchyP11, sh pkcs11.SessionHandle, priv pkcs11.ObjectHandle, digest []byte) ([]byte, error) {
+	if err := p.SignInit(sh, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_ECDSA, nil)}, priv); err != nil {
+		if isStaleHandle(err) {
+			return nil, err
+		}
+		return nil, fmt.Errorf("keyworker: ecdsa sign init: %w", err)
+	}
+	raw, err := p.Sign(sh, digest)
+	if err != nil {
+		return nil, fmt.Errorf("keyworker: ecdsa sign: %w", err)
+	}
+	if len(raw) != p384SigSize {
+		return nil, fmt.Errorf("keyworker: ecdsa sign: hsm returned %d bytes, want %d", len(raw), p384SigSize)
+	}
+	n := len(raw) / 2
+	return asn1.Marshal(struct{ R, S *big.Int }{new(big.Int).SetBytes(raw[:n]), new(big.Int).SetBytes(raw[n:])})
+}
+
+// Signer returns a crypto.Signer backed by the key pair labelled label, for
+// x509.CreateCertificate with CAKeyLabel. Every Sign runs under ctx (its
+// deadline and cancellation), so hand it a context that lives as long as
+// the signer is used.
+func (h *HSM) Signer(ctx context.Context, label string) (crypto.Signer, error) {
+	spki, err := h.PublicKey(ctx, label)
+	if err != nil {
+		return nil, err
+	}
+	pub, err := x509.ParsePKIXPublicKey(spki)
+	if err != nil {
+		return nil, fmt.Errorf("keyworker: public key %q: %w", label, err)
+	}
+	return &hsmSigner{h: h, ctx: ctx, label: label, pub: pub.(*ecdsa.PublicKey)}, nil
+}
+
+type hsmSigner struct {
+	h     *HSM
+	ctx   context.Context //nolint:containedctx // crypto.Signer.Sign takes no context
+	label string
+	pub   *ecdsa.PublicKey
+}
+
+var _ crypto.Signer = (*hsmSigner)(nil)
+
+func (s *hsmSigner) Public() crypto.PublicKey { return s.pub }
+
+// Sign signs digest, which must be a SHA-256 or SHA-384 digest as opts says;
+// rand is unused (the HSM draws the nonce).
+func (s *hsmSigner) Sign(_ io.Reader, digest []byte, opts crypto.SignerOpts) ([]byte, error) {
+	if opts == nil {
+		return nil, errors.New("keyworker: hsm signer: hash options required")
+	}
+	switch hf := opts.HashFunc(); {
+	case hf != crypto.SHA256 && hf != crypto.SHA384:
+		return nil, fmt.Errorf("keyworker: hsm signer: unsupported hash %v (want SHA-256 or SHA-384)", hf)
+	case len(digest) != hf.Size():
+		return nil, fmt.Errorf("keyworker: hsm signer: digest is %d bytes, %v needs %d", len(digest), hf, hf.Size())
+	}
+	return s.h.signDigest(s.ctx, s.label, digest)
+}
+
+// EKTContext is the context an EKT is bound to: its EKT name.
+func EKTContext(ektName string) []byte {
+	return encodeContext("sovkeys/ekt-context/v1", ektName)
+}
+
+// SecretContext is the context an encrypted_secret is bound to.
+func SecretContext(tenant, instanceID, volumeUUID string) []byte {
+	return encodeContext("sovkeys/secret-context/v1", tenant, instanceID, volumeUUID)
+}
+
+// encodeContext is canonical and injective: each field (the kind first) is
+// a big-endian uint32 length and the bytes, so no two field lists encode
+// alike ("a","bc" differs from "ab","c").
+func encodeContext(kind string, fields ...string) []byte {
+	n := 4 + len(kind)
+	for _, f := range fields {
+		n += 4 + len(f)
+	}
+	b := make([]byte, 0, n)
+	for _, f := range append([]string{kind}, fields...) {
+		b = binary.BigEndian.AppendUint32(b, uint32(len(f)))
+		b = append(b, f...)
+	}
+	return b
+}
+
+func ecKeyTemplate(class uint, label string) []*pkcs11.Attribute {
+	return []*pkcs11.Attribute{
+		pkcs11.NewAttribute(pkcs11.CKA_CLASS, class),
+		pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, pkcs11.CKK_EC),
+		pkcs11.NewAttribute(pkcs11.CKA_TOKEN, true),
+		pkcs11.NewAttribute(pkcs11.CKA_LABEL, label),
+	}
+}
+
+func attrBool(attrs []*pkcs11.Attribute, typ uint) bool {
+	for _, a := range attrs {
+		if a.Type == typ {
+			return len(a.Value) > 0 && a.Value[0] != 0
+		}
+	}
+	return false
+}
