@@ -12,10 +12,13 @@ BIN     := $(CURDIR)/bin/sovkeys
 .PHONY: run test build deps vet fuzz bench loadtest clean
 
 deps:
-	@if ! command -v softhsm2-util >/dev/null 2>&1; then \
-		echo "installing softhsm2 (apt)"; \
+	@missing=""; \
+	command -v softhsm2-util >/dev/null 2>&1 || missing="$$missing softhsm2"; \
+	for t in curl jq openssl; do command -v $$t >/dev/null 2>&1 || missing="$$missing $$t"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing:$$missing (apt)"; \
 		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq softhsm2 >/dev/null; \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
 	fi
 	@command -v $(GO) >/dev/null || { echo "Go 1.26+ is required (https://go.dev/dl)"; exit 1; }
 
@@ -45,6 +48,7 @@ fuzz: deps
 	$(GO) test ./shared/xks -run '^$$' -fuzz FuzzParsePath -fuzztime 30s
 	$(GO) test ./services/authn -run '^$$' -fuzz FuzzParseAuthorization -fuzztime 30s
 	$(GO) test ./services/authn -run '^$$' -fuzz FuzzVerify -fuzztime 30s
+	$(GO) test ./shared/vs -run '^$$' -fuzz FuzzParseRequests -fuzztime 30s
 
 bench: deps
 	$(GO) test ./services/keyworker -run '^$$' -bench . -benchtime 3s
