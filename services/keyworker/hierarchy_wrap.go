@@ -86,7 +86,7 @@ func (h *HSM) NewEKT(ctx context.Context, ektCtx []byte) ([]byte, error) {
 // returns it wrapped under the CMK bound to secretCtx (SecretContext), and
 // under rsaPub with RSA-OAEP SHA-256 / MGF1-SHA-256, no label.
 func (h *HSM) GenerateSecret(ctx context.Context, ekt, ektCtx, secretCtx []byte, rsaPub *rsa.PublicKey) (encryptedSecret, wrappedSecret []byte, err error) {
-	if err := validateSecretArgs(ekt, ektCtx, secretCtx, rsaPub); err != nil {
+	if err := validateSecretArgs(ekt, ektCtx, secretCtx, rsaPub, true); err != nil {
 		return nil, nil, err
 	}
 	err = h.withCMK(ctx, ekt, ektCtx, func(p hierarchyP11, sh pkcs11.SessionHandle, cmk pkcs11.ObjectHandle) error {
@@ -111,7 +111,7 @@ func (h *HSM) GenerateSecret(ctx context.Context, ekt, ektCtx, secretCtx []byte,
 // DecryptSecret unwraps encryptedSecret (bound to secretCtx) under the CMK
 // in the HSM and returns it wrapped under rsaPub (RSA-OAEP SHA-256).
 func (h *HSM) DecryptSecret(ctx context.Context, ekt, ektCtx, encryptedSecret, secretCtx []byte, rsaPub *rsa.PublicKey) ([]byte, error) {
-	if err := validateSecretArgs(ekt, ektCtx, secretCtx, rsaPub); err != nil {
+	if err := validateSecretArgs(ekt, ektCtx, secretCtx, rsaPub, true); err != nil {
 		return nil, err
 	}
 	var wrapped []byte
@@ -133,7 +133,7 @@ func (h *HSM) DecryptSecret(ctx context.Context, ekt, ektCtx, encryptedSecret, s
 // ConvertSecret re-binds encryptedSecret from fromCtx to toCtx under the
 // same CMK, inside the HSM. The blob bound to fromCtx stays valid.
 func (h *HSM) ConvertSecret(ctx context.Context, ekt, ektCtx, encryptedSecret, fromCtx, toCtx []byte) ([]byte, error) {
-	if err := validateSecretArgs(ekt, ektCtx, fromCtx, nil); err != nil {
+	if err := validateSecretArgs(ekt, ektCtx, fromCtx, nil, false); err != nil {
 		return nil, err
 	}
 	if err := validateContext("target secret", toCtx); err != nil {
@@ -401,9 +401,9 @@ func validateContext(what string, c []byte) error {
 	return nil
 }
 
-// validateSecretArgs checks what the caller sends; rsaPub nil is not
-// checked (ConvertSecret has none).
-func validateSecretArgs(ekt, ektCtx, secretCtx []byte, rsaPub *rsa.PublicKey) error {
+// validateSecretArgs checks what the caller sends, before any HSM work.
+// ConvertSecret passes no RSA key (wantRSA false).
+func validateSecretArgs(ekt, ektCtx, secretCtx []byte, rsaPub *rsa.PublicKey, wantRSA bool) error {
 	if err := validateContext("ekt", ektCtx); err != nil {
 		return err
 	}
@@ -413,11 +413,11 @@ func validateSecretArgs(ekt, ektCtx, secretCtx []byte, rsaPub *rsa.PublicKey) er
 	if len(ekt) != blobSize || ekt[0] != blobVersion {
 		return shared.NewError(shared.CodeInvalidCiphertext, "keyworker: ekt is malformed or of an unknown version")
 	}
-	if rsaPub == nil {
+	if !wantRSA {
 		return nil
 	}
-	if rsaPub.N == nil || rsaPub.N.Sign() <= 0 {
-		return shared.NewError(shared.CodeValidation, "keyworker: rsa wrapping key is invalid")
+	if rsaPub == nil || rsaPub.N == nil || rsaPub.N.Sign() <= 0 {
+		return shared.NewError(shared.CodeValidation, "keyworker: rsa wrapping key is missing or invalid")
 	}
 	switch bits := rsaPub.N.BitLen(); {
 	case bits < minRSABits || bits > maxRSABits:

@@ -123,7 +123,7 @@ func FuzzParseRequests(f *testing.F) {
 				if shared.CodeOf(err) != shared.CodeValidation {
 					t.Fatalf("non-validation error %v", err)
 				}
-				if !json.Valid([]byte(`"` + strings.ReplaceAll(err.Error(), `"`, "") + `"`)) && len(err.Error()) > 4096 {
+				if !json.Valid([]byte(`"`+strings.ReplaceAll(err.Error(), `"`, "")+`"`)) && len(err.Error()) > 4096 {
 					t.Fatalf("oversized error message")
 				}
 			}
