@@ -516,3 +516,32 @@ func TestTenantCLI(t *testing.T) {
 		t.Fatalf("list: %+v", all)
 	}
 }
+
+func TestOperatorChangesAreAudited(t *testing.T) {
+	n := testNode
+	n.cli(t, nil, "tenant", "create", "--id", "vpc-oplog")
+	_, js := operatorJS(t)
+	ctx := context.Background()
+	stream, err := js.Stream(ctx, shared.StreamAudit)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cons, err := stream.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{
+		FilterSubjects: []string{shared.SubjectAuditPrefix + shared.AuditKindOperator + ".>"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkFor(t, 10*time.Second, 50*time.Millisecond, func() error {
+		batch, err := cons.FetchNoWait(1000)
+		if err != nil {
+			return err
+		}
+		for m := range batch.Messages() {
+			ev, err := shared.UnmarshalAuditEvent(m.Data())
+			if err == nil && ev.API == "operator.tenant.create" && ev.Params["tenant"] == "vpc-oplog" && ev.Result == shared.ResultSuccess {
+				return nil
+			}
+		}
+		return errors.New("no operator event for the tenant creation")
+	})
+}

@@ -32,7 +32,8 @@ func runInstance(ctx context.Context, args []string, getenv func(string) string,
 		fs.StringVar(&out, "out", "", "directory for cert.pem, key.pem, signing-key.pem, instance-ca.pem")
 		fs.IntVar(&days, "days", 365, "validity in days")
 	}, func(ctx context.Context, o *operator) error {
-		return issueCert(ctx, o, tenant, instance, out, days)
+		return o.audited(ctx, "instance.issue_cert", map[string]string{"tenant": tenant, "instance": instance, "days": fmt.Sprint(days)},
+			func() error { return issueCert(ctx, o, tenant, instance, out, days) })
 	})
 }
 

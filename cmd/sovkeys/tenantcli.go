@@ -48,7 +48,8 @@ func runTenant(ctx context.Context, args []string, getenv func(string) string, s
 			fs.StringVar(&pool, "pool", "default", "keyworker pool holding the tenant's hierarchy")
 			fs.Var(&methods, "auth", "allowed caller authentication: mtls (default), aws")
 		}, func(ctx context.Context, o *operator, r *registry.Tenants) error {
-			return tenantCreate(ctx, o, r, id, ekt, bucket, account, role, pool, methods)
+			return o.audited(ctx, "tenant.create", map[string]string{"tenant": id, "ekt_name": ekt, "pool": pool, "auth": methods.String()},
+				func() error { return tenantCreate(ctx, o, r, id, ekt, bucket, account, role, pool, methods) })
 		})
 	case "list":
 		return run(func(*flag.FlagSet) {}, func(ctx context.Context, o *operator, r *registry.Tenants) error {
@@ -78,7 +79,7 @@ func runTenant(ctx context.Context, args []string, getenv func(string) string, s
 			status = registry.TenantDisabled
 		}
 		return run(idFlag, func(ctx context.Context, o *operator, r *registry.Tenants) error {
-			return tenantSetStatus(ctx, o, r, id, status)
+			return o.audited(ctx, "tenant."+cmd, map[string]string{"tenant": id}, func() error { return tenantSetStatus(ctx, o, r, id, status) })
 		})
 	}
 	return fmt.Errorf("unknown command tenant %s: %w", cmd, errUsage)

@@ -25,11 +25,12 @@ import (
 
 // operator is a connected operator CLI session.
 type operator struct {
-	nc   *nats.Conn
-	js   jetstream.JetStream
-	topo mesh.Topology
-	reg  *registry.Registry
-	out  io.Writer
+	getenv func(string) string
+	nc     *nats.Conn
+	js     jetstream.JetStream
+	topo   mesh.Topology
+	reg    *registry.Registry
+	out    io.Writer
 }
 
 func (o *operator) print(v any) error {
@@ -66,7 +67,7 @@ func withOperator(ctx context.Context, name string, args []string, getenv func(s
 	if err != nil {
 		return err
 	}
-	return fn(ctx, &operator{nc: nc, js: js, topo: topo.t, reg: reg, out: stdout})
+	return fn(ctx, &operator{getenv: getenv, nc: nc, js: js, topo: topo.t, reg: reg, out: stdout})
 }
 
 func runXKS(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
@@ -107,14 +108,20 @@ func runXKS(ctx context.Context, args []string, getenv func(string) string, stdo
 	switch cmd {
 	case "keystore create":
 		return run(defs(prefixFlag, str(&pool, "pool", "default", "keyworker pool holding the store's keys")),
-			func(ctx context.Context, o *operator) error { return o.keystoreCreate(ctx, prefix, pool) })
+			func(ctx context.Context, o *operator) error {
+				return o.audited(ctx, "keystore.create", map[string]string{"keystore": prefix, "pool": pool}, func() error { return o.keystoreCreate(ctx, prefix, pool) })
+			})
 	case "keystore list":
 		return run(defs(), func(ctx context.Context, o *operator) error { return o.keystoreList(ctx) })
 	case "keystore rotate-credential":
-		return run(defs(prefixFlag), func(ctx context.Context, o *operator) error { return o.rotateCredential(ctx, prefix) })
+		return run(defs(prefixFlag), func(ctx context.Context, o *operator) error {
+			return o.audited(ctx, "keystore.rotate_credential", map[string]string{"keystore": prefix}, func() error { return o.rotateCredential(ctx, prefix) })
+		})
 	case "keystore retire-credential":
 		return run(defs(prefixFlag, str(&akid, "access-key-id", "", "credential to retire")),
-			func(ctx context.Context, o *operator) error { return o.retireCredential(ctx, prefix, akid) })
+			func(ctx context.Context, o *operator) error {
+				return o.audited(ctx, "keystore.retire_credential", map[string]string{"keystore": prefix, "access_key_id": akid}, func() error { return o.retireCredential(ctx, prefix, akid) })
+			})
 	case "keystore policy set":
 		return run(func(fs *flag.FlagSet) {
 			prefixFlag(fs)
@@ -122,7 +129,9 @@ func runXKS(ctx context.Context, args []string, getenv func(string) string, stdo
 			fs.Var(&vpcs, "allow-vpc", "allowed awsSourceVpc (repeatable)")
 			fs.Var(&vpces, "allow-vpce", "allowed awsSourceVpce (repeatable)")
 		}, func(ctx context.Context, o *operator) error {
-			return o.policySet(ctx, prefix, registry.Policy{AllowedPrincipals: principals, AllowedVPCs: vpcs, AllowedVPCEs: vpces})
+			p := registry.Policy{AllowedPrincipals: principals, AllowedVPCs: vpcs, AllowedVPCEs: vpces}
+			return o.audited(ctx, "keystore.policy_set", map[string]string{"keystore": prefix, "principals": principals.String(), "vpcs": vpcs.String(), "vpces": vpces.String()},
+				func() error { return o.policySet(ctx, prefix, p) })
 		})
 	case "key create":
 		return run(func(fs *flag.FlagSet) {
@@ -139,7 +148,9 @@ func runXKS(ctx context.Context, args []string, getenv func(string) string, stdo
 		if args[1] == "disable" {
 			status = registry.StatusDisabled
 		}
-		return run(defs(storeFlag, idFlag), func(ctx context.Context, o *operator) error { return o.keySetStatus(ctx, prefix, keyID, status) })
+		return run(defs(storeFlag, idFlag), func(ctx context.Context, o *operator) error {
+			return o.audited(ctx, "key."+args[1], map[string]string{"keystore": prefix, "key_id": keyID}, func() error { return o.keySetStatus(ctx, prefix, keyID, status) })
+		})
 	case "key list":
 		return run(defs(storeFlag), func(ctx context.Context, o *operator) error { return o.keyList(ctx, prefix) })
 	}

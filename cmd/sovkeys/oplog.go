@@ -1,0 +1,47 @@
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"os"
+	"time"
+
+	"github.com/sovkeys/sovkeys/shared"
+	"github.com/sovkeys/sovkeys/shared/mesh"
+)
+
+// auditOp records a control-plane change (or a refused one) in the operator
+// log, durably, before the command reports success.
+func (o *operator) auditOp(ctx context.Context, api string, start time.Time, params map[string]string, opErr error) error {
+	var b [16]byte
+	_, _ = rand.Read(b[:])
+	user := o.getenv("USER")
+	if user == "" {
+		user = "unknown"
+	}
+	host, _ := os.Hostname()
+	ev := &shared.AuditEvent{
+		RequestID: "op-" + hex.EncodeToString(b[:]), Kind: shared.AuditKindOperator, Scope: "",
+		API: shared.API("operator." + api), Service: "cli", Start: start, End: time.Now(),
+		CallerType: "operator", CallerID: user + "@" + host, Result: shared.ResultSuccess, Params: params,
+	}
+	if opErr != nil {
+		ev.Result, ev.Code, ev.Reason = shared.ResultFailure, shared.CodeOf(opErr), opErr.Error()
+	}
+	if err := mesh.PublishAudit(ctx, o.js, ev); err != nil {
+		return fmt.Errorf("the change was made but could not be audited: %w", err)
+	}
+	return nil
+}
+
+// audited runs fn and records it in the operator log.
+func (o *operator) audited(ctx context.Context, api string, params map[string]string, fn func() error) error {
+	start := time.Now()
+	err := fn()
+	if aerr := o.auditOp(ctx, api, start, params, err); aerr != nil && err == nil {
+		return aerr
+	}
+	return err
+}
