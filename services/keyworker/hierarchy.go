@@ -1,15 +1,16 @@
 package keyworker
 
 // The volume-secret key hierarchy (docs/key-hierarchy.md), part one: the
-// token keys (domain key, signing and CA key pairs), ECDSA signing, the
-// context encodings and the per-session CMK cache. Wrapping and the blob
-// formats live in hierarchy_wrap.go.
+// token keys (domain key, signing and CA key pairs), ECDSA signing and the
+// context encodings. Wrapping, blobs and the CMK cache: hierarchy_wrap.go.
 
 import (
+	"bytes"
 	"context"
 	"crypto"
 	"crypto/ecdsa"
 	"crypto/elliptic"
+	"crypto/rand"
 	"crypto/sha256"
 	"crypto/x509"
 	"encoding/asn1"
@@ -18,6 +19,7 @@ import (
 	"fmt"
 	"io"
 	"math/big"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -33,15 +35,13 @@ const (
 	CAKeyLabel      = "sovkeys-ca-v1"      // ECDSA P-384 key pair
 )
 
-// ErrHierarchyMissing is wrapped when a hierarchy key is absent:
-// EnsureHierarchy has not run against this token.
+// ErrHierarchyMissing is wrapped when a key of the hierarchy is absent.
 var ErrHierarchyMissing = errors.New("keyworker: key hierarchy not initialised (run EnsureHierarchy)")
 
 const (
-	p384SigSize    = 96 // raw r || s from CKM_ECDSA
-	cmkCacheMax    = 1024
-	cmkCacheTTL    = 10 * time.Minute
-	cachedCMKIDLen = 16
+	p384SigSize = 96 // raw r || s from CKM_ECDSA
+	cmkCacheMax = 1024
+	cmkCacheTTL = 10 * time.Minute
 )
 
 // p384Params is CKA_EC_PARAMS for P-384: the DER OID 1.3.132.0.34.
@@ -70,11 +70,8 @@ type hierarchyState struct {
 	domain pkcs11.ObjectHandle // valid when hasDom
 	hasDom bool
 	pairs  map[string]ecPair
-
-	cmks cmkCache
-
-	oaep     atomic.Int32 // oaepUnknown, oaepInHSM or oaepInHost
-	warnOnce sync.Once
+	cmks   cmkCache
+	oaep   atomic.Int32 // oaepUnknown, oaepInHSM or oaepInHost
 	// oaepHash is the OAEP hash; zero means SHA-256. Tests set SHA-1 to run
 	// the in-HSM wrap path on SoftHSM 2.6, which only does OAEP with SHA-1.
 	oaepHash crypto.Hash
@@ -101,9 +98,8 @@ func (h *HSM) hierP11() (hierarchyP11, error) {
 	return p, nil
 }
 
-// withHierarchy runs fn on a pooled session. A stale handle (a token key
-// destroyed and re-created behind the cache) empties the handle caches and
-// runs fn once more.
+// withHierarchy runs fn on a pooled session; after a stale handle (a key
+// destroyed behind the caches) it empties the caches and runs fn again.
 func (h *HSM) withHierarchy(ctx context.Context, fn func(hierarchyP11, pkcs11.SessionHandle) error) error {
 	p, err := h.hierP11()
 	if err != nil {
@@ -131,19 +127,16 @@ func (h *HSM) EnsureHierarchy(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	var created []string
+	var created []string // for the log
 	err = h.withSessionExclusive(ctx, func(sh pkcs11.SessionHandle) error {
 		created = created[:0]
 		h.hier.forgetTokenKeys()
-		made, err := h.ensureDomainKey(p, sh)
-		if err != nil {
-			return err
-		}
-		if made {
-			created = append(created, DomainKeyLabel)
-		}
-		for _, label := range []string{SigningKeyLabel, CAKeyLabel} {
-			made, err := h.ensurePair(p, sh, label)
+		for _, label := range []string{DomainKeyLabel, SigningKeyLabel, CAKeyLabel} {
+			ensure := h.ensurePair
+			if label == DomainKeyLabel {
+				ensure = h.ensureDomainKey
+			}
+			made, err := ensure(p, sh, label)
 			if err != nil {
 				return err
 			}
@@ -153,41 +146,63 @@ func (h *HSM) EnsureHierarchy(ctx context.Context) error {
 		}
 		return nil
 	})
-	if err != nil {
-		return err
-	}
-	if len(created) > 0 {
+	if err == nil && len(created) > 0 {
 		h.logger.InfoContext(ctx, "key hierarchy created", "token", h.cfg.TokenLabel, "keys", created)
 	}
-	return nil
+	return err
 }
 
-func (h *HSM) ensureDomainKey(p hierarchyP11, sh pkcs11.SessionHandle) (created bool, err error) {
-	handles, err := h.findObjects(sh, aesKeyTemplate(DomainKeyLabel), 2)
-	if err != nil {
+func (h *HSM) ensureDomainKey(p hierarchyP11, sh pkcs11.SessionHandle, _ string) (created bool, err error) {
+	if _, err := h.domainKey(p, sh); !errors.Is(err, ErrHierarchyMissing) {
 		return false, err
 	}
-	switch len(handles) {
-	case 0:
-	case 1:
-		return false, h.checkDomainKey(p, sh, handles[0])
-	default:
-		return false, fmt.Errorf("keyworker: more than one key labelled %q", DomainKeyLabel)
-	}
-	_, err = p.GenerateKey(sh, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_AES_KEY_GEN, nil)},
-		append(aesTemplate(true, false, pkcs11.CKA_DERIVE),
-			pkcs11.NewAttribute(pkcs11.CKA_VALUE_LEN, hierKeySize),
-			pkcs11.NewAttribute(pkcs11.CKA_LABEL, DomainKeyLabel)))
+	_, err = p.GenerateKey(sh, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_AES_KEY_GEN, nil)}, append(aesTemplate(true, false, pkcs11.CKA_DERIVE),
+		pkcs11.NewAttribute(pkcs11.CKA_VALUE_LEN, hierKeySize), pkcs11.NewAttribute(pkcs11.CKA_LABEL, DomainKeyLabel)))
 	if err != nil {
 		return false, fmt.Errorf("keyworker: create domain key: %w", err)
 	}
 	return true, nil
 }
 
-// checkDomainKey refuses a key with the domain key's label that could leak
-// derived keys: one allowing encrypt (ECB of chosen data is exactly our
-// KEK derivation), wrap or extraction.
-func (h *HSM) checkDomainKey(p hierarchyP11, sh pkcs11.SessionHandle, handle pkcs11.ObjectHandle) error {
+// ensurePair creates the ECDSA P-384 key pair labelled label unless it exists.
+func (h *HSM) ensurePair(p hierarchyP11, sh pkcs11.SessionHandle, label string) (created bool, err error) {
+	if _, err := h.pair(p, sh, label); !errors.Is(err, ErrHierarchyMissing) {
+		return false, err
+	}
+	id := randomID()
+	common := func(private bool) []*pkcs11.Attribute {
+		return []*pkcs11.Attribute{
+			pkcs11.NewAttribute(pkcs11.CKA_TOKEN, true), pkcs11.NewAttribute(pkcs11.CKA_PRIVATE, private),
+			pkcs11.NewAttribute(pkcs11.CKA_LABEL, label), pkcs11.NewAttribute(pkcs11.CKA_ID, id),
+			pkcs11.NewAttribute(pkcs11.CKA_DERIVE, false),
+		}
+	}
+	_, _, err = p.GenerateKeyPair(sh, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_EC_KEY_PAIR_GEN, nil)},
+		append(common(false), pkcs11.NewAttribute(pkcs11.CKA_EC_PARAMS, p384Params), pkcs11.NewAttribute(pkcs11.CKA_VERIFY, true),
+			pkcs11.NewAttribute(pkcs11.CKA_ENCRYPT, false), pkcs11.NewAttribute(pkcs11.CKA_WRAP, false)),
+		append(common(true), pkcs11.NewAttribute(pkcs11.CKA_SENSITIVE, true), pkcs11.NewAttribute(pkcs11.CKA_EXTRACTABLE, false),
+			pkcs11.NewAttribute(pkcs11.CKA_SIGN, true), pkcs11.NewAttribute(pkcs11.CKA_DECRYPT, false), pkcs11.NewAttribute(pkcs11.CKA_UNWRAP, false)))
+	if err != nil {
+		return false, fmt.Errorf("keyworker: create key pair %q: %w", label, err)
+	}
+	return true, nil
+}
+
+// domainKey returns the domain key's handle, found and checked once:
+// refused is a key under its label that could leak derived keys, one
+// allowing encrypt (ECB of chosen data is exactly the KEK derivation),
+// wrap or extraction.
+func (h *HSM) domainKey(p hierarchyP11, sh pkcs11.SessionHandle) (pkcs11.ObjectHandle, error) {
+	h.hier.mu.Lock()
+	d, ok := h.hier.domain, h.hier.hasDom
+	h.hier.mu.Unlock()
+	if ok {
+		return d, nil
+	}
+	d, err := h.findOne(sh, aesKeyTemplate(DomainKeyLabel))
+	if err != nil {
+		return 0, err
+	}
 	want := map[uint]bool{
 		pkcs11.CKA_DERIVE: true, pkcs11.CKA_SENSITIVE: true, pkcs11.CKA_EXTRACTABLE: false,
 		pkcs11.CKA_ENCRYPT: false, pkcs11.CKA_DECRYPT: false, pkcs11.CKA_WRAP: false, pkcs11.CKA_UNWRAP: false,
@@ -196,154 +211,64 @@ func (h *HSM) checkDomainKey(p hierarchyP11, sh pkcs11.SessionHandle, handle pkc
 	for a := range want {
 		query = append(query, pkcs11.NewAttribute(a, nil))
 	}
-	attrs, err := p.GetAttributeValue(sh, handle, query)
+	attrs, err := p.GetAttributeValue(sh, d, query)
 	if err != nil {
-		return fmt.Errorf("keyworker: read domain key attributes: %w", err)
+		return 0, fmt.Errorf("keyworker: read domain key attributes: %w", err)
 	}
 	for _, a := range attrs {
-		if a.Type == pkcs11.CKA_VALUE_LEN {
-			if keySpec(a.Value) != "AES_256" {
-				return fmt.Errorf("keyworker: key %q is not AES-256", DomainKeyLabel)
-			}
-			continue
+		if a.Type == pkcs11.CKA_VALUE_LEN && keySpec(a.Value) != "AES_256" ||
+			a.Type != pkcs11.CKA_VALUE_LEN && attrBool(attrs, a.Type) != want[a.Type] {
+			return 0, fmt.Errorf("keyworker: key %q has the wrong attribute %#x: not a domain key", DomainKeyLabel, a.Type)
 		}
-		if got := len(a.Value) > 0 && a.Value[0] != 0; got != want[a.Type] {
-			return fmt.Errorf("keyworker: key %q has attribute %#x = %t, want %t: not a domain key", DomainKeyLabel, a.Type, got, want[a.Type])
-		}
-	}
-	return nil
-}
-
-// ensurePair creates the ECDSA P-384 pair labelled label, or checks the
-// existing one by signing a probe and verifying it with the public half.
-func (h *HSM) ensurePair(p hierarchyP11, sh pkcs11.SessionHandle, label string) (created bool, err error) {
-	privs, err := h.findObjects(sh, ecKeyTemplate(pkcs11.CKO_PRIVATE_KEY, label), 2)
-	if err != nil {
-		return false, err
-	}
-	pubs, err := h.findObjects(sh, ecKeyTemplate(pkcs11.CKO_PUBLIC_KEY, label), 2)
-	if err != nil {
-		return false, err
-	}
-	switch {
-	case len(privs) == 1 && len(pubs) == 1:
-		pair, err := h.readPair(p, sh, label, privs[0], pubs[0])
-		if err != nil {
-			return false, err
-		}
-		return false, h.checkPair(p, sh, label, pair)
-	case len(privs) != 0 || len(pubs) != 0:
-		return false, fmt.Errorf("keyworker: key pair %q is incomplete or duplicated (%d private, %d public keys)", label, len(privs), len(pubs))
-	}
-	id := randomID()
-	_, _, err = p.GenerateKeyPair(sh, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_EC_KEY_PAIR_GEN, nil)},
-		[]*pkcs11.Attribute{
-			pkcs11.NewAttribute(pkcs11.CKA_TOKEN, true),
-			pkcs11.NewAttribute(pkcs11.CKA_PRIVATE, false),
-			pkcs11.NewAttribute(pkcs11.CKA_LABEL, label),
-			pkcs11.NewAttribute(pkcs11.CKA_ID, id),
-			pkcs11.NewAttribute(pkcs11.CKA_EC_PARAMS, p384Params),
-			pkcs11.NewAttribute(pkcs11.CKA_VERIFY, true),
-			pkcs11.NewAttribute(pkcs11.CKA_ENCRYPT, false),
-			pkcs11.NewAttribute(pkcs11.CKA_WRAP, false),
-			pkcs11.NewAttribute(pkcs11.CKA_DERIVE, false),
-		},
-		[]*pkcs11.Attribute{
-			pkcs11.NewAttribute(pkcs11.CKA_TOKEN, true),
-			pkcs11.NewAttribute(pkcs11.CKA_PRIVATE, true),
-			pkcs11.NewAttribute(pkcs11.CKA_LABEL, label),
-			pkcs11.NewAttribute(pkcs11.CKA_ID, id),
-			pkcs11.NewAttribute(pkcs11.CKA_SENSITIVE, true),
-			pkcs11.NewAttribute(pkcs11.CKA_EXTRACTABLE, false),
-			pkcs11.NewAttribute(pkcs11.CKA_SIGN, true),
-			pkcs11.NewAttribute(pkcs11.CKA_DECRYPT, false),
-			pkcs11.NewAttribute(pkcs11.CKA_UNWRAP, false),
-			pkcs11.NewAttribute(pkcs11.CKA_DERIVE, false),
-		})
-	if err != nil {
-		return false, fmt.Errorf("keyworker: create key pair %q: %w", label, err)
-	}
-	return true, nil
-}
-
-func (h *HSM) checkPair(p hierarchyP11, sh pkcs11.SessionHandle, label string, pair ecPair) error {
-	attrs, err := p.GetAttributeValue(sh, pair.priv, []*pkcs11.Attribute{
-		pkcs11.NewAttribute(pkcs11.CKA_SENSITIVE, nil),
-		pkcs11.NewAttribute(pkcs11.CKA_EXTRACTABLE, nil),
-	})
-	if err != nil {
-		return fmt.Errorf("keyworker: read private key %q attributes: %w", label, err)
-	}
-	if !attrBool(attrs, pkcs11.CKA_SENSITIVE) || attrBool(attrs, pkcs11.CKA_EXTRACTABLE) {
-		return fmt.Errorf("keyworker: private key %q is extractable or not sensitive", label)
-	}
-	probe := sha256.Sum256([]byte("sovkeys key pair check " + label))
-	sig, err := signRaw(p, sh, pair.priv, probe[:])
-	if err != nil {
-		return fmt.Errorf("keyworker: key pair %q: %w", label, err)
-	}
-	if !ecdsa.VerifyASN1(pair.key, probe[:], sig) {
-		return fmt.Errorf("keyworker: key pair %q: private and public keys do not match", label)
-	}
-	return nil
-}
-
-// domainKey returns the domain key's handle, looked up (and checked) once.
-func (h *HSM) domainKey(p hierarchyP11, sh pkcs11.SessionHandle) (pkcs11.ObjectHandle, error) {
-	h.hier.mu.Lock()
-	d, ok := h.hier.domain, h.hier.hasDom
-	h.hier.mu.Unlock()
-	if ok {
-		return d, nil
-	}
-	handles, err := h.findObjects(sh, aesKeyTemplate(DomainKeyLabel), 2)
-	if err != nil {
-		return 0, err
-	}
-	switch len(handles) {
-	case 0:
-		return 0, fmt.Errorf("keyworker: domain key %q not found: %w", DomainKeyLabel, ErrHierarchyMissing)
-	case 1:
-	default:
-		return 0, fmt.Errorf("keyworker: more than one key labelled %q", DomainKeyLabel)
-	}
-	if err := h.checkDomainKey(p, sh, handles[0]); err != nil {
-		return 0, err
 	}
 	h.hier.mu.Lock()
-	h.hier.domain, h.hier.hasDom = handles[0], true
+	h.hier.domain, h.hier.hasDom = d, true
 	h.hier.mu.Unlock()
-	return handles[0], nil
+	return d, nil
 }
 
-// pair returns the ECDSA key pair labelled label, looked up once.
+// pair returns the ECDSA key pair labelled label, found and checked once,
+// down to signing a probe and verifying it with the public half.
 func (h *HSM) pair(p hierarchyP11, sh pkcs11.SessionHandle, label string) (ecPair, error) {
 	h.hier.mu.Lock()
-	k, ok := h.hier.pairs[label]
+	cached, ok := h.hier.pairs[label]
 	h.hier.mu.Unlock()
 	if ok {
-		return k, nil
+		return cached, nil
 	}
 	if err := validateKeyLabel(label); err != nil {
 		return ecPair{}, err
 	}
-	privs, err := h.findObjects(sh, ecKeyTemplate(pkcs11.CKO_PRIVATE_KEY, label), 2)
+	priv, errPriv := h.findOne(sh, ecKeyTemplate(pkcs11.CKO_PRIVATE_KEY, label))
+	pub, errPub := h.findOne(sh, ecKeyTemplate(pkcs11.CKO_PUBLIC_KEY, label))
+	switch missPriv, missPub := errors.Is(errPriv, ErrHierarchyMissing), errors.Is(errPub, ErrHierarchyMissing); {
+	case missPriv && missPub:
+		return ecPair{}, errPriv
+	case missPriv || missPub: // not "missing": EnsureHierarchy must not add a second half
+		return ecPair{}, fmt.Errorf("keyworker: key pair %q is incomplete", label)
+	case errPriv != nil || errPub != nil:
+		return ecPair{}, errors.Join(errPriv, errPub)
+	}
+	k, err := h.readPair(p, sh, label, priv, pub)
 	if err != nil {
 		return ecPair{}, err
 	}
-	pubs, err := h.findObjects(sh, ecKeyTemplate(pkcs11.CKO_PUBLIC_KEY, label), 2)
+	attrs, err := p.GetAttributeValue(sh, priv, []*pkcs11.Attribute{
+		pkcs11.NewAttribute(pkcs11.CKA_SENSITIVE, nil), pkcs11.NewAttribute(pkcs11.CKA_EXTRACTABLE, nil),
+	})
+	if err != nil {
+		return ecPair{}, fmt.Errorf("keyworker: read private key %q attributes: %w", label, err)
+	}
+	if !attrBool(attrs, pkcs11.CKA_SENSITIVE) || attrBool(attrs, pkcs11.CKA_EXTRACTABLE) {
+		return ecPair{}, fmt.Errorf("keyworker: private key %q is extractable or not sensitive", label)
+	}
+	probe := sha256.Sum256([]byte("sovkeys key pair check " + label))
+	sig, err := signRaw(p, sh, priv, probe[:])
 	if err != nil {
 		return ecPair{}, err
 	}
-	if len(privs) == 0 || len(pubs) == 0 {
-		return ecPair{}, fmt.Errorf("keyworker: key pair %q not found: %w", label, ErrHierarchyMissing)
-	}
-	if len(privs) > 1 || len(pubs) > 1 {
-		return ecPair{}, fmt.Errorf("keyworker: more than one key pair labelled %q", label)
-	}
-	k, err = h.readPair(p, sh, label, privs[0], pubs[0])
-	if err != nil {
-		return ecPair{}, err
+	if !ecdsa.VerifyASN1(k.key, probe[:], sig) {
+		return ecPair{}, fmt.Errorf("keyworker: key pair %q: private and public keys do not match", label)
 	}
 	h.hier.mu.Lock()
 	if h.hier.pairs == nil {
@@ -354,33 +279,39 @@ func (h *HSM) pair(p hierarchyP11, sh pkcs11.SessionHandle, label string) (ecPai
 	return k, nil
 }
 
+// findOne returns the one object matching temp, an error wrapping
+// ErrHierarchyMissing when there is none. Two are an error: using either
+// would be a guess.
+func (h *HSM) findOne(sh pkcs11.SessionHandle, temp []*pkcs11.Attribute) (pkcs11.ObjectHandle, error) {
+	handles, err := h.findObjects(sh, temp, 2)
+	label := attrString(temp, pkcs11.CKA_LABEL)
+	switch {
+	case err != nil:
+		return 0, err
+	case len(handles) == 0:
+		return 0, fmt.Errorf("keyworker: key %q not found: %w", label, ErrHierarchyMissing)
+	case len(handles) > 1:
+		return 0, fmt.Errorf("keyworker: more than one key object labelled %q", label)
+	}
+	return handles[0], nil
+}
+
 // readPair reads the public point; SoftHSM returns CKA_EC_POINT as a DER
 // OCTET STRING (as PKCS#11 says), some HSMs as the raw point.
 func (h *HSM) readPair(p hierarchyP11, sh pkcs11.SessionHandle, label string, priv, pub pkcs11.ObjectHandle) (ecPair, error) {
 	attrs, err := p.GetAttributeValue(sh, pub, []*pkcs11.Attribute{
-		pkcs11.NewAttribute(pkcs11.CKA_EC_PARAMS, nil),
-		pkcs11.NewAttribute(pkcs11.CKA_EC_POINT, nil),
+		pkcs11.NewAttribute(pkcs11.CKA_EC_PARAMS, nil), pkcs11.NewAttribute(pkcs11.CKA_EC_POINT, nil),
 	})
 	if err != nil {
 		return ecPair{}, fmt.Errorf("keyworker: read public key %q: %w", label, err)
 	}
-	var params, point []byte
-	for _, a := range attrs {
-		switch a.Type {
-		case pkcs11.CKA_EC_PARAMS:
-			params = a.Value
-		case pkcs11.CKA_EC_POINT:
-			point = a.Value
-		}
-	}
-	if string(params) != string(p384Params) {
+	if attrString(attrs, pkcs11.CKA_EC_PARAMS) != string(p384Params) {
 		return ecPair{}, fmt.Errorf("keyworker: key pair %q is not on P-384", label)
 	}
-	if len(point) != 1+2*48 {
-		var inner []byte
-		if rest, err := asn1.Unmarshal(point, &inner); err == nil && len(rest) == 0 {
-			point = inner
-		}
+	point := []byte(attrString(attrs, pkcs11.CKA_EC_POINT))
+	var inner []byte
+	if rest, err := asn1.Unmarshal(point, &inner); err == nil && len(rest) == 0 {
+		point = inner
 	}
 	key, err := ecdsa.ParseUncompressedPublicKey(elliptic.P384(), point)
 	if err != nil {
@@ -396,16 +327,16 @@ func (h *HSM) readPair(p hierarchyP11, sh pkcs11.SessionHandle, label string, pr
 // PublicKey returns the DER SubjectPublicKeyInfo of the ECDSA key pair
 // labelled label (SigningKeyLabel or CAKeyLabel).
 func (h *HSM) PublicKey(ctx context.Context, label string) ([]byte, error) {
-	var spki []byte
-	err := h.withHierarchy(ctx, func(p hierarchyP11, sh pkcs11.SessionHandle) error {
-		k, err := h.pair(p, sh, label)
-		spki = k.spki
+	k, err := h.lookupPair(ctx, label)
+	return bytesOrNil(bytes.Clone(k.spki), err)
+}
+
+func (h *HSM) lookupPair(ctx context.Context, label string) (k ecPair, err error) {
+	err = h.withHierarchy(ctx, func(p hierarchyP11, sh pkcs11.SessionHandle) (err error) {
+		k, err = h.pair(p, sh, label)
 		return err
 	})
-	if err != nil {
-		return nil, err
-	}
-	return append([]byte(nil), spki...), nil
+	return k, err
 }
 
 // SignSHA256 signs SHA-256(msg) with the private key labelled label in the
@@ -425,20 +356,14 @@ func (h *HSM) signDigest(ctx context.Context, label string, digest []byte) ([]by
 		sig, err = signRaw(p, sh, k.priv, digest)
 		return err
 	})
-	if err != nil {
-		return nil, err
-	}
-	return sig, nil
+	return bytesOrNil(sig, err)
 }
 
 // signRaw runs CKM_ECDSA (the digest is computed by the caller, which
 // every HSM supports) and converts the raw r || s to DER.
 func signRaw(p hierarchyP11, sh pkcs11.SessionHandle, priv pkcs11.ObjectHandle, digest []byte) ([]byte, error) {
 	if err := p.SignInit(sh, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_ECDSA, nil)}, priv); err != nil {
-		if isStaleHandle(err) {
-			return nil, err
-		}
-		return nil, fmt.Errorf("keyworker: ecdsa sign init: %w", err)
+		return nil, fmt.Errorf("keyworker: ecdsa sign init: %w", err) // a stale handle stays detectable
 	}
 	raw, err := p.Sign(sh, digest)
 	if err != nil {
@@ -456,15 +381,11 @@ func signRaw(p hierarchyP11, sh pkcs11.SessionHandle, priv pkcs11.ObjectHandle, 
 // deadline and cancellation), so hand it a context that lives as long as
 // the signer is used.
 func (h *HSM) Signer(ctx context.Context, label string) (crypto.Signer, error) {
-	spki, err := h.PublicKey(ctx, label)
+	k, err := h.lookupPair(ctx, label)
 	if err != nil {
 		return nil, err
 	}
-	pub, err := x509.ParsePKIXPublicKey(spki)
-	if err != nil {
-		return nil, fmt.Errorf("keyworker: public key %q: %w", label, err)
-	}
-	return &hsmSigner{h: h, ctx: ctx, label: label, pub: pub.(*ecdsa.PublicKey)}, nil
+	return &hsmSigner{h: h, ctx: ctx, label: label, pub: k.key}, nil
 }
 
 type hsmSigner struct {
@@ -482,7 +403,7 @@ func (s *hsmSigner) Public() crypto.PublicKey { return s.pub }
 // rand is unused (the HSM draws the nonce).
 func (s *hsmSigner) Sign(_ io.Reader, digest []byte, opts crypto.SignerOpts) ([]byte, error) {
 	if opts == nil {
-		return nil, errors.New("keyworker: hsm signer: hash options required")
+		opts = crypto.Hash(0)
 	}
 	switch hf := opts.HashFunc(); {
 	case hf != crypto.SHA256 && hf != crypto.SHA384:
@@ -507,11 +428,7 @@ func SecretContext(tenant, instanceID, volumeUUID string) []byte {
 // a big-endian uint32 length and the bytes, so no two field lists encode
 // alike ("a","bc" differs from "ab","c").
 func encodeContext(kind string, fields ...string) []byte {
-	n := 4 + len(kind)
-	for _, f := range fields {
-		n += 4 + len(f)
-	}
-	b := make([]byte, 0, n)
+	var b []byte
 	for _, f := range append([]string{kind}, fields...) {
 		b = binary.BigEndian.AppendUint32(b, uint32(len(f)))
 		b = append(b, f...)
@@ -521,18 +438,62 @@ func encodeContext(kind string, fields ...string) []byte {
 
 func ecKeyTemplate(class uint, label string) []*pkcs11.Attribute {
 	return []*pkcs11.Attribute{
-		pkcs11.NewAttribute(pkcs11.CKA_CLASS, class),
-		pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, pkcs11.CKK_EC),
-		pkcs11.NewAttribute(pkcs11.CKA_TOKEN, true),
-		pkcs11.NewAttribute(pkcs11.CKA_LABEL, label),
+		pkcs11.NewAttribute(pkcs11.CKA_CLASS, class), pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, pkcs11.CKK_EC),
+		pkcs11.NewAttribute(pkcs11.CKA_TOKEN, true), pkcs11.NewAttribute(pkcs11.CKA_LABEL, label),
 	}
 }
 
 func attrBool(attrs []*pkcs11.Attribute, typ uint) bool {
+	v := attrString(attrs, typ)
+	return len(v) > 0 && v[0] != 0
+}
+
+func attrString(attrs []*pkcs11.Attribute, typ uint) string {
 	for _, a := range attrs {
 		if a.Type == typ {
-			return len(a.Value) > 0 && a.Value[0] != 0
+			return string(a.Value)
 		}
 	}
-	return false
+	return ""
+}
+
+// bytesOrNil returns b, or nil and err.
+func bytesOrNil(b []byte, err error) ([]byte, error) {
+	if err != nil {
+		return nil, err
+	}
+	return b, nil
+}
+
+func randomID() []byte {
+	id := make([]byte, 16)
+	_, _ = rand.Read(id)
+	return id
+}
+
+// destroy removes a temporary session object; a failure leaves it to die
+// with its session.
+func destroy(p hierarchyP11, sh pkcs11.SessionHandle, o pkcs11.ObjectHandle) {
+	_ = p.DestroyObject(sh, o)
+}
+
+// aesTemplate: an AES key, private and sensitive, a token or session
+// object, extractable as given, with exactly the listed usages.
+func aesTemplate(token, extractable bool, usages ...uint) []*pkcs11.Attribute {
+	t := []*pkcs11.Attribute{
+		pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_SECRET_KEY), pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, pkcs11.CKK_AES),
+		pkcs11.NewAttribute(pkcs11.CKA_TOKEN, token), pkcs11.NewAttribute(pkcs11.CKA_PRIVATE, true),
+		pkcs11.NewAttribute(pkcs11.CKA_SENSITIVE, true), pkcs11.NewAttribute(pkcs11.CKA_EXTRACTABLE, extractable),
+	}
+	for _, a := range []uint{pkcs11.CKA_ENCRYPT, pkcs11.CKA_DECRYPT, pkcs11.CKA_WRAP, pkcs11.CKA_UNWRAP,
+		pkcs11.CKA_SIGN, pkcs11.CKA_VERIFY, pkcs11.CKA_DERIVE} {
+		t = append(t, pkcs11.NewAttribute(a, slices.Contains(usages, a)))
+	}
+	return t
+}
+
+// generateAES generates an AES-256 session key with no usage, to be wrapped.
+func generateAES(p hierarchyP11, sh pkcs11.SessionHandle, extractable bool) (pkcs11.ObjectHandle, error) {
+	return p.GenerateKey(sh, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_AES_KEY_GEN, nil)},
+		append(aesTemplate(false, extractable), pkcs11.NewAttribute(pkcs11.CKA_VALUE_LEN, hierKeySize)))
 }

@@ -74,6 +74,12 @@ func wantCode(t testing.TB, err error, code shared.Code) {
 	}
 }
 
+func cachedCMKs(h *HSM) int {
+	h.hier.cmks.mu.Lock()
+	defer h.hier.cmks.mu.Unlock()
+	return len(h.hier.cmks.m)
+}
+
 // sessionObjects counts the session objects of this process on the token.
 func sessionObjects(t testing.TB, h *HSM) int {
 	t.Helper()
@@ -166,6 +172,34 @@ func TestEnsureHierarchyRejectsImpostor(t *testing.T) {
 	}
 	if err := h.EnsureHierarchy(t.Context()); err == nil {
 		t.Fatal("EnsureHierarchy accepted an encrypt/decrypt key as the domain key")
+	}
+}
+
+// Half a key pair is an error, never a reason to create the other half.
+func TestEnsureHierarchyIncompletePair(t *testing.T) {
+	h := newHierarchyHSM(t)
+	sh := <-h.pool
+	pubs, err := h.findObjects(sh, ecKeyTemplate(pkcs11.CKO_PUBLIC_KEY, CAKeyLabel), 2)
+	if err == nil && len(pubs) == 1 {
+		err = h.mod.ctx.DestroyObject(sh, pubs[0])
+	}
+	h.pool <- sh
+	if err != nil {
+		t.Fatal(err)
+	}
+	fresh, err := OpenHSM(t.Context(), h.cfg, nil) // no cached handles
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fresh.Close()
+	if err := fresh.EnsureHierarchy(t.Context()); err == nil || errors.Is(err, ErrHierarchyMissing) {
+		t.Fatalf("EnsureHierarchy with half a CA pair = %v, want an incomplete-pair error", err)
+	}
+	sh = <-h.pool
+	privs, err := h.findObjects(sh, ecKeyTemplate(pkcs11.CKO_PRIVATE_KEY, CAKeyLabel), 3)
+	h.pool <- sh
+	if err != nil || len(privs) != 1 {
+		t.Fatalf("%d CA private keys after EnsureHierarchy (%v), want 1", len(privs), err)
 	}
 }
 
@@ -287,7 +321,6 @@ func TestSignerCertificate(t *testing.T) {
 		digest []byte
 		opts   crypto.SignerOpts
 	}{
-		{"no options", make([]byte, 32), nil},
 		{"sha-512", make([]byte, 64), crypto.SHA512},
 		{"short digest", make([]byte, 20), crypto.SHA256},
 	} {
@@ -590,7 +623,7 @@ func TestCMKCache(t *testing.T) {
 	}
 	check := func(wantCached int) {
 		t.Helper()
-		if got := h.hier.cmks.len(); got != wantCached {
+		if got := cachedCMKs(h); got != wantCached {
 			t.Fatalf("cache holds %d CMKs, want %d", got, wantCached)
 		}
 		if got := sessionObjects(t, h); got != wantCached {
@@ -627,7 +660,7 @@ func TestCMKCache(t *testing.T) {
 	})
 	t.Run("destroyed behind the cache", func(t *testing.T) {
 		sh := <-h.pool
-		for _, e := range h.hier.cmks.sessions[sh] {
+		for _, e := range h.hier.cmks.m {
 			if err := h.mod.ctx.DestroyObject(sh, e.handle); err != nil {
 				t.Fatal(err)
 			}
@@ -706,7 +739,7 @@ func TestHierarchyConcurrent(t *testing.T) {
 	for err := range errs {
 		t.Error(err)
 	}
-	if got, cached := sessionObjects(t, h), h.hier.cmks.len(); got != cached {
+	if got, cached := sessionObjects(t, h), cachedCMKs(h); got != cached {
 		t.Errorf("%d session objects left, %d cached CMKs", got, cached)
 	}
 }

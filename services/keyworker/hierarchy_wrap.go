@@ -1,17 +1,16 @@
 package keyworker
 
-// The volume-secret key hierarchy, part two: EKTs, instance secrets and
-// their context-bound blobs (docs/key-hierarchy.md). A blob is
+// The volume-secret key hierarchy, part two: EKTs, instance secrets, their
+// context-bound blobs and the CMK cache. Blob (docs/key-hierarchy.md):
 //
 //	version (1 byte, 1) | nonce (16 bytes) | AES-KW(KEK, key) (40 bytes)
 //
-// where KEK = CKM_AES_ECB_ENCRYPT_DATA(parent, SHA-256(label | 0 | version |
-// nonce | context)) is a one-time session key derived in the HSM. Version,
-// nonce and context thus all select the KEK, and the unwrap's RFC 3394
-// integrity check fails for any other: a blob moved to another context, or
-// altered anywhere, does not unwrap.
+// KEK = CKM_AES_ECB_ENCRYPT_DATA(parent, SHA-256(label | 0 | version | nonce
+// | context)), a one-time session key derived in the HSM: change the
+// version, nonce or context and the RFC 3394 integrity check fails.
 
 import (
+	"cmp"
 	"context"
 	"crypto"
 	"crypto/aes"
@@ -43,15 +42,15 @@ const (
 	maxContextSize = 4096
 	minRSABits     = 2048
 	maxRSABits     = 8192
-
 	kdfLabelEKT    = "sovkeys/kek/ekt"
 	kdfLabelSecret = "sovkeys/kek/secret"
 )
 
+// How wrapForCaller does RSA-OAEP, settled by the first wrap.
 const (
 	oaepUnknown = iota
-	oaepInHSM   // C_WrapKey with CKM_RSA_PKCS_OAEP (SHA-256, MGF1-SHA-256)
-	oaepInHost  // SoftHSM 2.6 only: the secret is exported to this process and wrapped by crypto/rsa
+	oaepInHSM   // C_WrapKey, CKM_RSA_PKCS_OAEP with SHA-256 / MGF1-SHA-256
+	oaepInHost  // SoftHSM only: the secret is exported here and wrapped by crypto/rsa
 )
 
 // NewEKT generates a CMK in the HSM and returns it wrapped under the domain
@@ -66,9 +65,7 @@ func (h *HSM) NewEKT(ctx context.Context, ektCtx []byte) ([]byte, error) {
 		if err != nil {
 			return err
 		}
-		// Extractable only so that it can be wrapped here, once.
-		cmk, err := p.GenerateKey(sh, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_AES_KEY_GEN, nil)},
-			append(aesTemplate(false, true), pkcs11.NewAttribute(pkcs11.CKA_VALUE_LEN, hierKeySize)))
+		cmk, err := generateAES(p, sh, true) // extractable only to be wrapped, here, once
 		if err != nil {
 			return fmt.Errorf("keyworker: generate cmk: %w", err)
 		}
@@ -76,22 +73,19 @@ func (h *HSM) NewEKT(ctx context.Context, ektCtx []byte) ([]byte, error) {
 		ekt, err = wrapBound(p, sh, dom, cmk, kdfLabelEKT, ektCtx)
 		return err
 	})
-	if err != nil {
-		return nil, err
-	}
-	return ekt, nil
+	return bytesOrNil(ekt, err)
 }
 
-// GenerateSecret unwraps the EKT, generates a 32-byte secret in the HSM and
-// returns it wrapped under the CMK bound to secretCtx (SecretContext), and
-// under rsaPub with RSA-OAEP SHA-256 / MGF1-SHA-256, no label.
+// GenerateSecret unwraps the EKT (checking ektCtx), generates a 32-byte
+// secret in the HSM and returns it wrapped under the CMK bound to secretCtx
+// (SecretContext), and under rsaPub with RSA-OAEP SHA-256 / MGF1-SHA-256,
+// no label.
 func (h *HSM) GenerateSecret(ctx context.Context, ekt, ektCtx, secretCtx []byte, rsaPub *rsa.PublicKey) (encryptedSecret, wrappedSecret []byte, err error) {
 	if err := validateSecretArgs(ekt, ektCtx, secretCtx, rsaPub, true); err != nil {
 		return nil, nil, err
 	}
 	err = h.withCMK(ctx, ekt, ektCtx, func(p hierarchyP11, sh pkcs11.SessionHandle, cmk pkcs11.ObjectHandle) error {
-		secret, err := p.GenerateKey(sh, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_AES_KEY_GEN, nil)},
-			append(aesTemplate(false, true), pkcs11.NewAttribute(pkcs11.CKA_VALUE_LEN, hierKeySize)))
+		secret, err := generateAES(p, sh, true)
 		if err != nil {
 			return fmt.Errorf("keyworker: generate secret: %w", err)
 		}
@@ -124,19 +118,13 @@ func (h *HSM) DecryptSecret(ctx context.Context, ekt, ektCtx, encryptedSecret, s
 		wrapped, err = h.wrapForCaller(p, sh, secret, rsaPub)
 		return err
 	})
-	if err != nil {
-		return nil, err
-	}
-	return wrapped, nil
+	return bytesOrNil(wrapped, err)
 }
 
 // ConvertSecret re-binds encryptedSecret from fromCtx to toCtx under the
 // same CMK, inside the HSM. The blob bound to fromCtx stays valid.
 func (h *HSM) ConvertSecret(ctx context.Context, ekt, ektCtx, encryptedSecret, fromCtx, toCtx []byte) ([]byte, error) {
-	if err := validateSecretArgs(ekt, ektCtx, fromCtx, nil, false); err != nil {
-		return nil, err
-	}
-	if err := validateContext("target secret", toCtx); err != nil {
+	if err := errors.Join(validateSecretArgs(ekt, ektCtx, fromCtx, nil, false), validateContext("target secret", toCtx)); err != nil {
 		return nil, err
 	}
 	var out []byte
@@ -149,10 +137,7 @@ func (h *HSM) ConvertSecret(ctx context.Context, ekt, ektCtx, encryptedSecret, f
 		out, err = wrapBound(p, sh, cmk, secret, kdfLabelSecret, toCtx)
 		return err
 	})
-	if err != nil {
-		return nil, err
-	}
-	return out, nil
+	return bytesOrNil(out, err)
 }
 
 // withCMK runs fn with the EKT's CMK as a session object: cached for this
@@ -206,10 +191,7 @@ func wrapBound(p hierarchyP11, sh pkcs11.SessionHandle, parent, key pkcs11.Objec
 // and bctx select, into a session object made from template. Every failure
 // that can stem from the blob or the context is CodeInvalidCiphertext.
 func unwrapBound(p hierarchyP11, sh pkcs11.SessionHandle, parent pkcs11.ObjectHandle, blob []byte, label string, bctx []byte, template []*pkcs11.Attribute) (pkcs11.ObjectHandle, error) {
-	what := "encrypted secret"
-	if label == kdfLabelEKT {
-		what = "ekt"
-	}
+	what := map[string]string{kdfLabelEKT: "ekt", kdfLabelSecret: "encrypted secret"}[label]
 	if len(blob) != blobSize || blob[0] != blobVersion {
 		return 0, shared.NewError(shared.CodeInvalidCiphertext, "keyworker: %s is malformed or of an unknown version", what)
 	}
@@ -234,12 +216,8 @@ func unwrapBound(p hierarchyP11, sh pkcs11.SessionHandle, parent pkcs11.ObjectHa
 // (CKA_WRAP or CKA_UNWRAP), with CKM_AES_ECB_ENCRYPT_DATA: the KEK is
 // AES-ECB(parent, SHA-256(label | 0 | header | bctx)), two blocks.
 func deriveKEK(p hierarchyP11, sh pkcs11.SessionHandle, parent pkcs11.ObjectHandle, label string, header, bctx []byte, usage uint) (pkcs11.ObjectHandle, error) {
-	d := sha256.New()
-	d.Write([]byte(label))
-	d.Write([]byte{0})
-	d.Write(header)
-	d.Write(bctx)
-	data := d.Sum(nil)
+	d := sha256.Sum256(append(append(append([]byte(label), 0), header...), bctx...))
+	data := d[:]
 	var pin runtime.Pinner
 	defer pin.Unpin()
 	param, err := derivationStringData(data, &pin)
@@ -249,36 +227,23 @@ func deriveKEK(p hierarchyP11, sh pkcs11.SessionHandle, parent pkcs11.ObjectHand
 	kek, err := p.DeriveKey(sh, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_AES_ECB_ENCRYPT_DATA, param)}, parent,
 		append(aesTemplate(false, false, usage), pkcs11.NewAttribute(pkcs11.CKA_VALUE_LEN, hierKeySize)))
 	if err != nil {
-		if isStaleHandle(err) {
-			return 0, err // withHierarchy looks the parent up again
-		}
-		return 0, fmt.Errorf("keyworker: derive kek: %w", err)
+		return 0, fmt.Errorf("keyworker: derive kek: %w", err) // a stale parent handle stays detectable
 	}
 	return kek, nil
 }
 
 // derivationStringData encodes CK_KEY_DERIVATION_STRING_DATA {pData,
 // ulLen}, which miekg/pkcs11 v1.1.2 has no helper for. miekg copies the
-// parameter into C memory, so it holds a pointer to data: data is pinned
-// (runtime.Pinner allows storing such pointers in C memory) until the
-// caller's Unpin, after C_DeriveKey returns. Unix ABI: CK_ULONG is as wide
-// as a pointer.
+// parameter into C memory, which thus holds a pointer to data: data stays
+// pinned (runtime.Pinner allows such pointers in C memory) until the
+// caller's Unpin, after C_DeriveKey. LP64 only (CK_ULONG = pointer = 8).
 func derivationStringData(data []byte, pin *runtime.Pinner) ([]byte, error) {
-	if runtime.GOOS == "windows" {
-		return nil, errors.New("keyworker: key derivation parameters are not implemented for windows")
+	if runtime.GOOS == "windows" || unsafe.Sizeof(uintptr(0)) != 8 {
+		return nil, errors.New("keyworker: key derivation parameters need a 64-bit unix platform")
 	}
 	pin.Pin(&data[0])
-	ptr, n := uintptr(unsafe.Pointer(&data[0])), uintptr(len(data))
-	size := unsafe.Sizeof(ptr)
-	b := make([]byte, 2*size)
-	if size == 8 {
-		binary.NativeEndian.PutUint64(b, uint64(ptr))
-		binary.NativeEndian.PutUint64(b[8:], uint64(n))
-	} else {
-		binary.NativeEndian.PutUint32(b, uint32(ptr))
-		binary.NativeEndian.PutUint32(b[4:], uint32(n))
-	}
-	return b, nil
+	b := binary.NativeEndian.AppendUint64(nil, uint64(uintptr(unsafe.Pointer(&data[0]))))
+	return binary.NativeEndian.AppendUint64(b, uint64(len(data))), nil
 }
 
 // wrapForCaller wraps the secret under rsaPub with RSA-OAEP SHA-256. It
@@ -288,10 +253,7 @@ func derivationStringData(data []byte, pin *runtime.Pinner) ([]byte, error) {
 // SoftHSM runs in this process, so its keys are in this memory anyway; any
 // other HSM refusing fails the call rather than let the secret out.
 func (h *HSM) wrapForCaller(p hierarchyP11, sh pkcs11.SessionHandle, secret pkcs11.ObjectHandle, pub *rsa.PublicKey) ([]byte, error) {
-	hash := h.hier.oaepHash
-	if hash == 0 {
-		hash = crypto.SHA256
-	}
+	hash := cmp.Or(h.hier.oaepHash, crypto.SHA256)
 	if h.hier.oaep.Load() != oaepInHost {
 		out, err := wrapOAEPInHSM(p, sh, secret, pub, hash)
 		if err == nil {
@@ -302,11 +264,9 @@ func (h *HSM) wrapForCaller(p hierarchyP11, sh pkcs11.SessionHandle, secret pkcs
 		if !refused || h.hier.oaep.Load() == oaepInHSM || !h.isSoftHSM() {
 			return nil, fmt.Errorf("keyworker: rsa-oaep wrap of the secret: %w", err)
 		}
-		h.hier.oaep.Store(oaepInHost)
-		h.hier.warnOnce.Do(func() {
-			h.logger.Warn("softhsm cannot wrap with RSA-OAEP SHA-256; instance secrets pass through keyworker memory to be wrapped in software",
-				"token", h.cfg.TokenLabel)
-		})
+		if h.hier.oaep.CompareAndSwap(oaepUnknown, oaepInHost) {
+			h.logger.Warn("softhsm cannot wrap with RSA-OAEP SHA-256; secrets pass through keyworker memory to be wrapped", "token", h.cfg.TokenLabel)
+		}
 	}
 	return wrapOAEPInHost(p, sh, secret, pub, hash)
 }
@@ -317,15 +277,11 @@ func wrapOAEPInHSM(p hierarchyP11, sh pkcs11.SessionHandle, secret pkcs11.Object
 		hashMech, mgf = pkcs11.CKM_SHA_1, pkcs11.CKG_MGF1_SHA1
 	}
 	rsaKey, err := p.CreateObject(sh, []*pkcs11.Attribute{
-		pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_PUBLIC_KEY),
-		pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, pkcs11.CKK_RSA),
-		pkcs11.NewAttribute(pkcs11.CKA_TOKEN, false),
-		pkcs11.NewAttribute(pkcs11.CKA_PRIVATE, false),
+		pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_PUBLIC_KEY), pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, pkcs11.CKK_RSA),
+		pkcs11.NewAttribute(pkcs11.CKA_TOKEN, false), pkcs11.NewAttribute(pkcs11.CKA_PRIVATE, false),
 		pkcs11.NewAttribute(pkcs11.CKA_MODULUS, pub.N.Bytes()),
 		pkcs11.NewAttribute(pkcs11.CKA_PUBLIC_EXPONENT, big.NewInt(int64(pub.E)).Bytes()),
-		pkcs11.NewAttribute(pkcs11.CKA_WRAP, true),
-		pkcs11.NewAttribute(pkcs11.CKA_ENCRYPT, false),
-		pkcs11.NewAttribute(pkcs11.CKA_VERIFY, false),
+		pkcs11.NewAttribute(pkcs11.CKA_WRAP, true), pkcs11.NewAttribute(pkcs11.CKA_ENCRYPT, false),
 	})
 	if err != nil {
 		return nil, fmt.Errorf("keyworker: import rsa wrapping key: %w", err)
@@ -350,14 +306,14 @@ func wrapOAEPInHost(p hierarchyP11, sh pkcs11.SessionHandle, secret pkcs11.Objec
 	defer destroy(p, sh, tkObj)
 	iv := make([]byte, aes.BlockSize) // one-time key: a fixed IV is fine
 	pt, err := p.WrapKey(sh, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_AES_CBC, iv)}, tkObj, secret)
-	if err != nil || len(pt) != hierKeySize {
-		return nil, fmt.Errorf("keyworker: export secret (%d bytes): %w", len(pt), err)
-	}
 	defer clear(pt)
-	block, err := aes.NewCipher(tk)
-	if err != nil {
-		return nil, err
+	if err == nil && len(pt) != hierKeySize {
+		err = fmt.Errorf("hsm returned %d bytes", len(pt))
 	}
+	if err != nil {
+		return nil, fmt.Errorf("keyworker: export secret: %w", err)
+	}
+	block, _ := aes.NewCipher(tk) // 32 bytes: cannot fail
 	cipher.NewCBCDecrypter(block, iv).CryptBlocks(pt, pt)
 	out, err := rsa.EncryptOAEP(hash.New(), rand.Reader, pub, pt, nil)
 	if err != nil {
@@ -372,28 +328,6 @@ func (h *HSM) isSoftHSM() bool {
 	return err == nil && strings.TrimSpace(info.ManufacturerID) == "SoftHSM project"
 }
 
-// aesTemplate: an AES key, private and sensitive, a token or session
-// object, extractable as given, with exactly the listed usages.
-func aesTemplate(token, extractable bool, usages ...uint) []*pkcs11.Attribute {
-	t := []*pkcs11.Attribute{
-		pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_SECRET_KEY),
-		pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, pkcs11.CKK_AES),
-		pkcs11.NewAttribute(pkcs11.CKA_TOKEN, token),
-		pkcs11.NewAttribute(pkcs11.CKA_PRIVATE, true),
-		pkcs11.NewAttribute(pkcs11.CKA_SENSITIVE, true),
-		pkcs11.NewAttribute(pkcs11.CKA_EXTRACTABLE, extractable),
-	}
-	for _, a := range []uint{pkcs11.CKA_ENCRYPT, pkcs11.CKA_DECRYPT, pkcs11.CKA_WRAP, pkcs11.CKA_UNWRAP,
-		pkcs11.CKA_SIGN, pkcs11.CKA_VERIFY, pkcs11.CKA_DERIVE} {
-		on := false
-		for _, u := range usages {
-			on = on || u == a
-		}
-		t = append(t, pkcs11.NewAttribute(a, on))
-	}
-	return t
-}
-
 func validateContext(what string, c []byte) error {
 	if len(c) == 0 || len(c) > maxContextSize {
 		return shared.NewError(shared.CodeValidation, "keyworker: %s context must be 1 to %d bytes", what, maxContextSize)
@@ -404,10 +338,7 @@ func validateContext(what string, c []byte) error {
 // validateSecretArgs checks what the caller sends, before any HSM work.
 // ConvertSecret passes no RSA key (wantRSA false).
 func validateSecretArgs(ekt, ektCtx, secretCtx []byte, rsaPub *rsa.PublicKey, wantRSA bool) error {
-	if err := validateContext("ekt", ektCtx); err != nil {
-		return err
-	}
-	if err := validateContext("secret", secretCtx); err != nil {
+	if err := errors.Join(validateContext("ekt", ektCtx), validateContext("secret", secretCtx)); err != nil {
 		return err
 	}
 	if len(ekt) != blobSize || ekt[0] != blobVersion {
@@ -428,33 +359,25 @@ func validateSecretArgs(ekt, ektCtx, secretCtx []byte, rsaPub *rsa.PublicKey, wa
 	return nil
 }
 
-func randomID() []byte {
-	id := make([]byte, cachedCMKIDLen)
-	_, _ = rand.Read(id)
-	return id
-}
-
-// destroy removes a temporary session object; a failure leaves it to die
-// with its session.
-func destroy(p hierarchyP11, sh pkcs11.SessionHandle, o pkcs11.ObjectHandle) {
-	_ = p.DestroyObject(sh, o)
-}
-
 // cmkCache keeps unwrapped CMKs as session objects, per session: an entry
 // made in session S is only used while S is held, so no other goroutine can
-// destroy it mid-use, and eviction needs no reference counts. Each object
-// carries a random CKA_ID, checked before every use and before destroying
-// it: when a session is lost and replaced, its objects vanish and an HSM
-// may hand their handle numbers to other objects, which must never be
-// mistaken for (or destroyed as) a cached CMK. Bounded in count over all
-// sessions and in age; an idle session's expired entries go at its next use.
+// destroy it mid-use and eviction needs no reference counts. Each object
+// carries a random CKA_ID, checked before every use or destroy: when a
+// session is lost its objects vanish, and an HSM may give their handle
+// numbers to other objects, never to be taken for (or destroyed as) a CMK.
+// Bounded in count over all sessions and in age; a session's expired
+// entries are destroyed at its next miss (idle sessions keep theirs).
 type cmkCache struct {
-	mu       sync.Mutex
-	sessions map[pkcs11.SessionHandle]map[[32]byte]cmkEntry
-	n        int
-	max      int              // zero: cmkCacheMax
-	ttl      time.Duration    // zero: cmkCacheTTL
-	now      func() time.Time // nil: time.Now
+	mu  sync.Mutex
+	m   map[cmkSlot]cmkEntry
+	max int              // zero: cmkCacheMax; negative: no caching
+	ttl time.Duration    // zero: cmkCacheTTL
+	now func() time.Time // nil: time.Now
+}
+
+type cmkSlot struct {
+	sh  pkcs11.SessionHandle
+	key [32]byte // cmkKey
 }
 
 type cmkEntry struct {
@@ -463,16 +386,11 @@ type cmkEntry struct {
 	born   time.Time
 }
 
-// cmkKey binds the cache to the EKT and its context: a hit skips the
-// unwrap, so a key of the EKT alone would let a wrong context through.
+// cmkKey covers the EKT and its context: a hit skips the unwrap, which is
+// what checks the context.
 func cmkKey(ekt, ektCtx []byte) [32]byte {
-	h := sha256.New()
-	h.Write(binary.BigEndian.AppendUint32(nil, uint32(len(ekt))))
-	h.Write(ekt)
-	h.Write(ektCtx)
-	var k [32]byte
-	h.Sum(k[:0])
-	return k
+	b := binary.BigEndian.AppendUint32(make([]byte, 0, 4+len(ekt)+len(ektCtx)), uint32(len(ekt)))
+	return sha256.Sum256(append(append(b, ekt...), ektCtx...))
 }
 
 func (c *cmkCache) clock() time.Time {
@@ -482,116 +400,79 @@ func (c *cmkCache) clock() time.Time {
 	return time.Now()
 }
 
-// get returns the verified CMK cached for key in session sh, first
-// destroying the session's expired entries.
+// get returns the live, verified CMK cached for key in session sh. Only
+// the goroutine holding sh touches sh's entries.
 func (c *cmkCache) get(p hierarchyP11, sh pkcs11.SessionHandle, key [32]byte) (pkcs11.ObjectHandle, bool) {
-	ttl := c.ttl
-	if ttl == 0 {
-		ttl = cmkCacheTTL
-	}
-	now := c.clock()
 	c.mu.Lock()
-	m := c.sessions[sh]
-	var expired []cmkEntry
-	for k, e := range m {
-		if now.Sub(e.born) >= ttl {
-			expired = append(expired, e)
-			delete(m, k)
-			c.n--
-		}
-	}
-	e, ok := m[key]
+	e, ok := c.m[cmkSlot{sh, key}]
 	c.mu.Unlock()
-	for _, old := range expired {
-		destroyCached(p, sh, old)
-	}
 	if !ok {
 		return 0, false
 	}
-	if !ownsCached(p, sh, e) {
-		c.remove(sh, key)
-		return 0, false
+	if c.clock().Sub(e.born) < cmp.Or(c.ttl, cmkCacheTTL) && ownsCached(p, sh, e) {
+		return e.handle, true
 	}
-	return e.handle, true
+	c.mu.Lock()
+	delete(c.m, cmkSlot{sh, key})
+	c.mu.Unlock()
+	destroyCached(p, sh, e)
+	return 0, false
 }
 
-// put caches a fresh CMK for session sh, evicting the session's oldest
-// entry when the cache is full. false: not cached (the cache is full of
-// other sessions' entries), so the caller destroys the object after use.
+// put caches a fresh CMK for session sh, first destroying the session's
+// expired entries and, when the cache is full, its oldest. false: not
+// cached (full of other sessions' entries); the caller destroys it.
 func (c *cmkCache) put(p hierarchyP11, sh pkcs11.SessionHandle, key [32]byte, e cmkEntry) bool {
-	limit := c.max
-	switch {
-	case limit < 0:
-		return false // caching off
-	case limit == 0:
-		limit = cmkCacheMax
+	limit := cmp.Or(c.max, cmkCacheMax)
+	if limit < 0 {
+		return false
 	}
 	var victims []cmkEntry
-	defer func() {
-		for _, v := range victims {
-			destroyCached(p, sh, v)
-		}
-	}()
 	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.sessions == nil {
-		c.sessions = make(map[pkcs11.SessionHandle]map[[32]byte]cmkEntry)
-	}
-	m := c.sessions[sh]
-	if old, ok := m[key]; ok {
-		victims = append(victims, old)
-		delete(m, key)
-		c.n--
-	}
-	if c.n >= limit {
-		var oldest [32]byte
-		found := false
-		for k, old := range m {
-			if !found || old.born.Before(m[oldest].born) {
-				oldest, found = k, true
-			}
+	var oldest cmkSlot
+	found := false
+	for s, old := range c.m {
+		switch {
+		case s.sh != sh:
+		case e.born.Sub(old.born) >= cmp.Or(c.ttl, cmkCacheTTL):
+			victims = append(victims, old)
+			delete(c.m, s)
+		case !found || old.born.Before(c.m[oldest].born):
+			oldest, found = s, true
 		}
-		if !found {
-			return false
+	}
+	if len(c.m) >= limit && found {
+		victims = append(victims, c.m[oldest])
+		delete(c.m, oldest)
+	}
+	cached := len(c.m) < limit
+	if cached {
+		if c.m == nil {
+			c.m = make(map[cmkSlot]cmkEntry)
 		}
-		victims = append(victims, m[oldest])
-		delete(m, oldest)
-		c.n--
+		c.m[cmkSlot{sh, key}] = e
 	}
-	if m == nil {
-		m = make(map[[32]byte]cmkEntry)
-		c.sessions[sh] = m
+	c.mu.Unlock()
+	for _, v := range victims {
+		destroyCached(p, sh, v)
 	}
-	m[key] = e
-	c.n++
-	return true
-}
-
-func (c *cmkCache) remove(sh pkcs11.SessionHandle, key [32]byte) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if _, ok := c.sessions[sh][key]; ok {
-		delete(c.sessions[sh], key)
-		c.n--
-	}
+	return cached
 }
 
 // dropSession forgets (and, when still ours, destroys) sh's entries.
 func (c *cmkCache) dropSession(p hierarchyP11, sh pkcs11.SessionHandle) {
+	var victims []cmkEntry
 	c.mu.Lock()
-	m := c.sessions[sh]
-	delete(c.sessions, sh)
-	c.n -= len(m)
+	for s, e := range c.m {
+		if s.sh == sh {
+			victims = append(victims, e)
+			delete(c.m, s)
+		}
+	}
 	c.mu.Unlock()
-	for _, e := range m {
+	for _, e := range victims {
 		destroyCached(p, sh, e)
 	}
-}
-
-func (c *cmkCache) len() int {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.n
 }
 
 func ownsCached(p hierarchyP11, sh pkcs11.SessionHandle, e cmkEntry) bool {
@@ -601,6 +482,6 @@ func ownsCached(p hierarchyP11, sh pkcs11.SessionHandle, e cmkEntry) bool {
 
 func destroyCached(p hierarchyP11, sh pkcs11.SessionHandle, e cmkEntry) {
 	if ownsCached(p, sh, e) {
-		_ = p.DestroyObject(sh, e.handle) // a failure leaves it to die with the session
+		destroy(p, sh, e.handle)
 	}
 }
