@@ -1,0 +1,211 @@
+package auditlog
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"strings"
+	"time"
+	"unicode/utf8"
+
+	"github.com/sovkeys/sovkeys/shared"
+)
+
+// Hash is the SHA-256 of a record's canonical bytes.
+type Hash [32]byte
+
+// Genesis is the prev hash of record 1: 32 zero bytes.
+var Genesis Hash
+
+// String is lowercase hex.
+func (h Hash) String() string { return hex.EncodeToString(h[:]) }
+
+// ParseHash reads 64 lowercase hex digits.
+func ParseHash(s string) (Hash, error) {
+	var h Hash
+	if len(s) != 64 || strings.ToLower(s) != s {
+		return h, fmt.Errorf("%w: hash %q is not 64 lowercase hex digits", ErrFormat, s)
+	}
+	if _, err := hex.Decode(h[:], []byte(s)); err != nil {
+		return h, fmt.Errorf("%w: hash %q: %v", ErrFormat, s, err)
+	}
+	return h, nil
+}
+
+// HashOf returns the SHA-256 of canonical bytes.
+func HashOf(canonical []byte) Hash { return sha256.Sum256(canonical) }
+
+// Caller is who asked for the operation.
+type Caller struct {
+	Type      string `json:"type,omitempty"` // "sigv4", "instance", "operator", ...
+	ID        string `json:"id,omitempty"`   // access key id, instance id, user@host
+	Principal string `json:"principal,omitempty"`
+	SourceIP  string `json:"source_ip,omitempty"`
+	Account   string `json:"account,omitempty"`
+}
+
+// Operation is what was asked. Params never hold secrets or plaintext:
+// sizes, algorithm names, key ids.
+type Operation struct {
+	API          string            `json:"api"`
+	KeyID        string            `json:"key_id,omitempty"`
+	KMSRequestID string            `json:"kms_request_id,omitempty"`
+	KMSOperation string            `json:"kms_operation,omitempty"`
+	Params       map[string]string `json:"params,omitempty"`
+}
+
+// Record is one numbered entry of a scope's log. Every field is a string,
+// an integer or an object of those; optional strings are omitted when empty.
+type Record struct {
+	Version   int       `json:"v"`
+	Kind      string    `json:"kind"`
+	Scope     string    `json:"scope"`
+	Seq       uint64    `json:"seq"`
+	Prev      string    `json:"prev"` // hex SHA-256 of record Seq-1 (Genesis for 1)
+	Service   string    `json:"service"`
+	RequestID string    `json:"request_id"`
+	TraceID   string    `json:"trace_id,omitempty"`
+	Start     string    `json:"start"` // RFC 3339, UTC, nanoseconds when non-zero
+	End       string    `json:"end"`
+	Caller    Caller    `json:"caller"`
+	Operation Operation `json:"operation"`
+	Result    string    `json:"result"` // success | failure | denied | expired
+	Code      string    `json:"code,omitempty"`
+	Reason    string    `json:"reason,omitempty"`
+}
+
+// DedupeID identifies the event a record was made from within its scope:
+// the emitting service and the request id. A service emits at most one
+// event per request, and gateway, authn and keyworker may each emit one.
+func (r *Record) DedupeID() string { return DedupeID(r.Service, r.RequestID) }
+
+// DedupeID joins service and request id.
+func DedupeID(service, requestID string) string { return service + "\x00" + requestID }
+
+func formatTime(t time.Time) string { return t.UTC().Format(time.RFC3339Nano) }
+
+// MaxFieldLen bounds every text field of a record (bytes); longer text is
+// cut at a character boundary and ends in "...".
+const MaxFieldLen = 4096
+
+// clean makes s valid UTF-8 (invalid bytes become U+FFFD) and clips it to
+// MaxFieldLen, so every record has a canonical form and a bounded size.
+func clean(s, bad string) string {
+	s = strings.ToValidUTF8(s, bad)
+	if len(s) <= MaxFieldLen {
+		return s
+	}
+	cut := MaxFieldLen - 3
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	return s[:cut] + "..."
+}
+
+// FromEvent builds the record of ev at seq after prev, with clean text.
+func FromEvent(ev *shared.AuditEvent, seq uint64, prev Hash) Record {
+	v := clean
+	const bad = "\uFFFD"
+	var params map[string]string
+	if len(ev.Params) > 0 {
+		params = make(map[string]string, len(ev.Params))
+		for k, p := range ev.Params {
+			params[v(k, bad)] = v(p, bad)
+		}
+	}
+	return Record{
+		Version: Version, Kind: v(ev.Kind, bad), Scope: v(ev.Scope, bad), Seq: seq, Prev: prev.String(),
+		Service: v(ev.Service, bad), RequestID: v(ev.RequestID, bad), TraceID: v(ev.TraceID, bad),
+		Start: formatTime(ev.Start), End: formatTime(ev.End),
+		Caller: Caller{
+			Type: v(ev.CallerType, bad), ID: v(ev.CallerID, bad), Principal: v(ev.Principal, bad),
+			SourceIP: v(ev.SourceIP, bad), Account: v(ev.Params["account"], bad),
+		},
+		Operation: Operation{
+			API: v(string(ev.API), bad), KeyID: v(ev.KeyID, bad),
+			KMSRequestID: v(ev.KMSRequestID, bad), KMSOperation: v(ev.KMSOperation, bad), Params: params,
+		},
+		Result: v(ev.Result, bad), Code: v(string(ev.Code), bad), Reason: v(ev.Reason, bad),
+	}
+}
+
+// putNonEmpty adds s under k unless it is empty (optional members).
+func putNonEmpty(m map[string]any, k, s string) {
+	if s != "" {
+		m[k] = s
+	}
+}
+
+// value is the record as a generic JSON value, optional members omitted.
+func (r *Record) value() map[string]any {
+	caller := map[string]any{}
+	putNonEmpty(caller, "type", r.Caller.Type)
+	putNonEmpty(caller, "id", r.Caller.ID)
+	putNonEmpty(caller, "principal", r.Caller.Principal)
+	putNonEmpty(caller, "source_ip", r.Caller.SourceIP)
+	putNonEmpty(caller, "account", r.Caller.Account)
+	op := map[string]any{"api": r.Operation.API}
+	putNonEmpty(op, "key_id", r.Operation.KeyID)
+	putNonEmpty(op, "kms_request_id", r.Operation.KMSRequestID)
+	putNonEmpty(op, "kms_operation", r.Operation.KMSOperation)
+	if len(r.Operation.Params) > 0 {
+		p := make(map[string]any, len(r.Operation.Params))
+		for k, v := range r.Operation.Params {
+			p[k] = v
+		}
+		op["params"] = p
+	}
+	m := map[string]any{
+		"v": r.Version, "kind": r.Kind, "scope": r.Scope, "seq": r.Seq, "prev": r.Prev,
+		"service": r.Service, "request_id": r.RequestID, "start": r.Start, "end": r.End,
+		"caller": caller, "operation": op, "result": r.Result,
+	}
+	putNonEmpty(m, "trace_id", r.TraceID)
+	putNonEmpty(m, "code", r.Code)
+	putNonEmpty(m, "reason", r.Reason)
+	return m
+}
+
+// Encode returns the record's canonical bytes: what is stored, exported and
+// hashed.
+func (r *Record) Encode() ([]byte, error) { return Canonical(r.value()) }
+
+// ParseRecord decodes canonical record bytes. It fails with ErrFormat unless
+// data is exactly the canonical encoding of a version-1 record, so a record
+// has one byte representation and one hash.
+func ParseRecord(data []byte) (*Record, error) {
+	var r Record
+	d := json.NewDecoder(bytes.NewReader(data))
+	d.DisallowUnknownFields()
+	if err := d.Decode(&r); err != nil {
+		return nil, fmt.Errorf("%w: record: %v", ErrFormat, err)
+	}
+	if r.Version != Version {
+		return nil, fmt.Errorf("%w: record version %d", ErrFormat, r.Version)
+	}
+	again, err := r.Encode()
+	if err != nil {
+		return nil, err
+	}
+	if !bytes.Equal(again, data) {
+		return nil, fmt.Errorf("%w: record is not in canonical (RFC 8785) form", ErrFormat)
+	}
+	if r.Seq == 0 {
+		return nil, fmt.Errorf("%w: record sequence 0", ErrFormat)
+	}
+	if _, err := ParseHash(r.Prev); err != nil {
+		return nil, err
+	}
+	return &r, nil
+}
+
+// SplitBatch splits the body of a record batch message (canonical records
+// joined by "\n"; canonical JSON never contains a raw newline).
+func SplitBatch(body []byte) [][]byte {
+	if len(body) == 0 {
+		return nil
+	}
+	return bytes.Split(body, []byte{'\n'})
+}

@@ -1,0 +1,66 @@
+package natsauth
+
+import (
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+)
+
+func TestIssuedCredentialsAndPermissions(t *testing.T) {
+	dir := t.TempDir()
+	trust, err := LoadOrCreate(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The same seeds come back on restart: JetStream data stays with the account.
+	again, err := LoadOrCreate(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a1, _ := trust.account.PublicKey()
+	a2, _ := again.account.PublicKey()
+	if a1 != a2 {
+		t.Fatal("account key changed across loads")
+	}
+	opts := &server.Options{Host: "127.0.0.1", Port: -1, JetStream: true, StoreDir: t.TempDir(), NoLog: true, NoSigs: true}
+	if err := trust.Configure(opts); err != nil {
+		t.Fatal(err)
+	}
+	ns, err := server.NewServer(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ns.Start()
+	defer ns.Shutdown()
+	if !ns.ReadyForConnections(10 * time.Second) {
+		t.Fatal("not ready")
+	}
+	limited := filepath.Join(dir, "limited.creds")
+	if err := trust.WriteUserCreds(limited, "limited", Permissions{Pub: []string{"allowed.>"}, Sub: []string{"_INBOX.>"}}); err != nil {
+		t.Fatal(err)
+	}
+	errs := make(chan error, 4)
+	nc, err := nats.Connect(ns.ClientURL(), nats.UserCredentials(limited), nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) { errs <- err }))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	if err := nc.Publish("denied.subject", nil); err != nil {
+		t.Fatal(err)
+	}
+	_ = nc.Flush()
+	select {
+	case err := <-errs:
+		if err == nil {
+			t.Fatal("nil error")
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("publish outside the permissions was not refused")
+	}
+	if _, err := nats.Connect(ns.ClientURL()); err == nil {
+		t.Fatal("anonymous connection accepted")
+	}
+}
