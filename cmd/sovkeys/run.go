@@ -2,13 +2,13 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"log/slog"
 	"strings"
-	"time"
 
 	"github.com/sovkeys/sovkeys/shared"
 	"github.com/sovkeys/sovkeys/shared/mesh"
@@ -35,6 +35,9 @@ Operator commands (--nats/--creds or SOVKEYS_NATS_URL/SOVKEYS_NATS_CREDS):
   sovkeys tenant create --id TENANT [--ekt-name NAME] [--audit-bucket B] [--account A --role-arn R] [--auth mtls|aws]
   sovkeys tenant list | show --id T | disable --id T | enable --id T
   sovkeys instance issue-cert --tenant TENANT --instance INSTANCE_ID --out DIR [--days 365]
+  sovkeys killswitch engage  --all | --keystore PREFIX | --tenant T  --reason TEXT
+  sovkeys killswitch release --all | --keystore PREFIX | --tenant T  [--reason TEXT]
+  sovkeys killswitch status
 `
 
 // errUsage makes run print the usage text.
@@ -70,6 +73,8 @@ func dispatch(ctx context.Context, args []string, getenv func(string) string, st
 		return runTenant(ctx, args[1:], getenv, stdout, stderr)
 	case "instance":
 		return runInstance(ctx, args[1:], getenv, stdout, stderr)
+	case "killswitch":
+		return runKillswitch(ctx, args[1:], getenv, stdout, stderr)
 	case "help", "-h", "--help":
 		return errUsage
 	}
@@ -141,4 +146,4 @@ func (l *listFlag) Set(v string) error {
 	return nil
 }
 
-func now() time.Time { return time.Now() }
+func jsonUnmarshal(b []byte, v any) error { return json.Unmarshal(b, v) }

@@ -1,7 +1,9 @@
-// Package audit consumes the audit event stream. Every operation's event is
-// already durable in JetStream before its caller is answered; this service
-// validates and accounts for each event. Sequencing, hash chaining, signed
-// checkpoints and export build on this consumer.
+// Package audit turns audit events into the customer-verifiable audit log
+// (shared/auditlog): it numbers every event per scope (tenant, XKS key
+// store, operator log) without gaps or duplicates, links the records into a
+// hash chain, has the HSM sign the chain head every second, and exports
+// records and checkpoints to object storage. docs/audit.md explains why
+// each guarantee holds.
 package audit
 
 import (
@@ -15,21 +17,130 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/nats-io/nats.go/micro"
-	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/sovkeys/sovkeys/shared"
+	"github.com/sovkeys/sovkeys/shared/auditlog"
+	"github.com/sovkeys/sovkeys/shared/ektstore"
 	"github.com/sovkeys/sovkeys/shared/mesh"
-	"github.com/sovkeys/sovkeys/shared/tracing"
 )
 
-// Config is the audit service's configuration.
+// Export backends of the central bucket.
+const (
+	BackendJetStream = "jetstream"
+	BackendS3        = "s3"
+)
+
+// Config is the audit service's configuration. The zero value of every
+// field but Topology means its default.
 type Config struct {
 	Topology mesh.Topology
+	// SignPool is the keyworker pool whose HSM holds the audit key.
+	SignPool string
+	// CheckpointEvery is the checkpoint cadence while records flow (≤ 1 s).
+	CheckpointEvery time.Duration
+	// AckWait is how long an event may stay unacknowledged before JetStream
+	// hands it to another audit process (keepalives extend it while queued).
+	AckWait time.Duration
+	// MaxBatch bounds the records committed in one message.
+	MaxBatch int
+	// Central is where every record and checkpoint is exported.
+	Central CentralConfig
+	// TenantExport, when Enabled, also exports a tenant's records to the
+	// bucket its tenant record names (AuditBucket), through the same S3
+	// endpoint and credentials.
+	TenantExport TenantExportConfig
+	// ExportConcurrency bounds the object writes in flight per exporter.
+	ExportConcurrency int
+	// MaxExportBackoff caps the delay between export retries of a message.
+	MaxExportBackoff time.Duration
 }
 
-// Validate checks the configuration.
-func (c Config) Validate() error { return c.Topology.Validate() }
+// CentralConfig selects the central export bucket.
+type CentralConfig struct {
+	Backend string            // BackendJetStream (default) or BackendS3
+	S3      ektstore.S3Config // with BackendS3; Prefix defaults to "audit/"
+}
+
+// TenantExportConfig is the S3 access to tenants' own buckets; S3.Bucket is
+// ignored (each tenant names its own).
+type TenantExportConfig struct {
+	Enabled bool
+	S3      ektstore.S3Config
+}
+
+// DefaultPrefix is the key prefix of exports in S3 buckets.
+const DefaultPrefix = "audit/"
+
+func (c Config) withDefaults() Config {
+	if c.SignPool == "" {
+		c.SignPool = "default"
+	}
+	if c.CheckpointEvery == 0 {
+		c.CheckpointEvery = time.Second
+	}
+	if c.AckWait == 0 {
+		c.AckWait = 15 * time.Second
+	}
+	if c.MaxBatch == 0 {
+		c.MaxBatch = 512
+	}
+	if c.Central.Backend == "" {
+		c.Central.Backend = BackendJetStream
+	}
+	if c.Central.S3.Prefix == "" {
+		c.Central.S3.Prefix = DefaultPrefix
+	}
+	if c.TenantExport.S3.Prefix == "" {
+		c.TenantExport.S3.Prefix = DefaultPrefix
+	}
+	if c.ExportConcurrency == 0 {
+		c.ExportConcurrency = 32
+	}
+	if c.MaxExportBackoff == 0 {
+		c.MaxExportBackoff = 10 * time.Second
+	}
+	return c
+}
+
+// Validate checks the configuration (after defaults).
+func (c Config) Validate() error {
+	c = c.withDefaults()
+	bad := func(format string, args ...any) error {
+		return fmt.Errorf("%w: audit: %s", shared.ErrConfigValidation, fmt.Sprintf(format, args...))
+	}
+	switch {
+	case !shared.ValidPoolName(c.SignPool):
+		return bad("sign pool %q", c.SignPool)
+	case c.CheckpointEvery < 10*time.Millisecond || c.CheckpointEvery > time.Second:
+		return bad("checkpoint cadence must be in [10ms, 1s]")
+	case c.AckWait < 3*time.Second:
+		return bad("ack wait must be at least 3s")
+	case c.MaxBatch < 1 || c.MaxBatch > 4096:
+		return bad("max batch must be 1..4096")
+	case c.ExportConcurrency < 1 || c.ExportConcurrency > 1024:
+		return bad("export concurrency must be 1..1024")
+	case c.MaxExportBackoff < 100*time.Millisecond:
+		return bad("max export backoff must be at least 100ms")
+	}
+	switch c.Central.Backend {
+	case BackendJetStream:
+	case BackendS3:
+		if err := c.Central.S3.Validate(); err != nil {
+			return err
+		}
+	default:
+		return bad("central backend %q: want jetstream or s3", c.Central.Backend)
+	}
+	if c.TenantExport.Enabled {
+		t := c.TenantExport.S3
+		t.Bucket = "placeholder-bucket"
+		if err := t.Validate(); err != nil {
+			return err
+		}
+	}
+	return c.Topology.Validate()
+}
 
 // Deps are the audit service's collaborators.
 type Deps struct {
@@ -40,15 +151,41 @@ type Deps struct {
 	Now    func() time.Time
 }
 
-// Stats counts consumed events by kind and result.
+// Stats are the service's counters (this process) and lags (the mesh),
+// served as the micro service's stats.
 type Stats struct {
 	Events    uint64            `json:"events"`
 	Malformed uint64            `json:"malformed"`
 	ByResult  map[string]uint64 `json:"by_result"`
 	LastEvent time.Time         `json:"last_event"`
+	// Records committed, in Batches; Duplicates are redelivered events
+	// found already recorded; Conflicts are commits that lost a race.
+	Records    uint64 `json:"records"`
+	Batches    uint64 `json:"batches"`
+	Duplicates uint64 `json:"duplicates"`
+	Conflicts  uint64 `json:"conflicts"`
+	// SequencingLag is the events not yet numbered (whole mesh).
+	SequencingLag       uint64                  `json:"sequencing_lag"`
+	Checkpoints         uint64                  `json:"checkpoints"`
+	CheckpointErrors    uint64                  `json:"checkpoint_errors"`
+	LastCheckpointError string                  `json:"last_checkpoint_error,omitempty"`
+	Export              map[string]*ExportStats `json:"export"`
 }
 
-// Service is a running audit consumer.
+// ExportStats describe one exporter.
+type ExportStats struct {
+	Destination string `json:"destination"`
+	Objects     uint64 `json:"objects"`
+	Failures    uint64 `json:"failures"`
+	Conflicts   uint64 `json:"conflicts"`
+	// Lag is the log messages (record batches, checkpoints) not yet exported.
+	Lag         uint64    `json:"lag"`
+	LastError   string    `json:"last_error,omitempty"`
+	LastErrorAt time.Time `json:"last_error_at,omitzero"`
+	LastSuccess time.Time `json:"last_success,omitzero"`
+}
+
+// Service is a running audit service.
 type Service struct {
 	cfg    Config
 	nc     *nats.Conn
@@ -56,6 +193,16 @@ type Service struct {
 	log    *slog.Logger
 	tracer trace.Tracer
 	now    func() time.Time
+
+	logStream     jetstream.Stream
+	suspectBefore time.Time // events published earlier are suspect (consumer younger than them)
+	cp            *checkpointer
+	exporters     []*exporter
+	auditCons     jetstream.Consumer
+
+	qmu    sync.Mutex
+	queues map[auditlog.Scope]*scopeQueue
+	wg     sync.WaitGroup
 
 	mu    sync.Mutex
 	stats Stats
@@ -69,16 +216,36 @@ func New(cfg Config, deps Deps) (*Service, error) {
 	if deps.NC == nil || deps.JS == nil || deps.Logger == nil || deps.Tracer == nil || deps.Now == nil {
 		return nil, fmt.Errorf("%w: audit: missing dependency", shared.ErrConfigValidation)
 	}
-	return &Service{
-		cfg: cfg, nc: deps.NC, js: deps.JS,
+	s := &Service{
+		cfg: cfg.withDefaults(), nc: deps.NC, js: deps.JS,
 		log:    deps.Logger.With("service", "audit"),
 		tracer: deps.Tracer.Tracer("sovkeys/audit"),
 		now:    deps.Now,
-		stats:  Stats{ByResult: map[string]uint64{}},
-	}, nil
+		queues: make(map[auditlog.Scope]*scopeQueue),
+		stats:  Stats{ByResult: map[string]uint64{}, Export: map[string]*ExportStats{}},
+	}
+	s.cp = newCheckpointer(s)
+	return s, nil
 }
 
-// Snapshot returns a copy of the counters.
+func (s *Service) count(f func(*Stats)) {
+	s.mu.Lock()
+	f(&s.stats)
+	s.mu.Unlock()
+}
+
+func (s *Service) countExport(name string, f func(*ExportStats)) {
+	s.mu.Lock()
+	x := s.stats.Export[name]
+	if x == nil {
+		x = &ExportStats{}
+		s.stats.Export[name] = x
+	}
+	f(x)
+	s.mu.Unlock()
+}
+
+// Snapshot returns a copy of the stats.
 func (s *Service) Snapshot() Stats {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -87,70 +254,139 @@ func (s *Service) Snapshot() Stats {
 	for k, v := range s.stats.ByResult {
 		c.ByResult[k] = v
 	}
+	c.Export = make(map[string]*ExportStats, len(s.stats.Export))
+	for k, v := range s.stats.Export {
+		x := *v
+		c.Export[k] = &x
+	}
 	return c
 }
 
-// Run consumes audit events until ctx ends.
+// Run sequences, checkpoints and exports until ctx ends.
 func (s *Service) Run(ctx context.Context) error {
-	stream, err := mesh.EnsureAuditStream(ctx, s.js, s.cfg.Topology)
+	events, err := mesh.EnsureAuditStream(ctx, s.js, s.cfg.Topology)
 	if err != nil {
 		return err
 	}
-	cons, err := stream.CreateOrUpdateConsumer(ctx, jetstream.ConsumerConfig{
+	if s.logStream, err = ensureLogStream(ctx, s.js, s.cfg.Topology); err != nil {
+		return err
+	}
+	if err := s.setupExporters(ctx); err != nil {
+		return err
+	}
+	s.auditCons, err = events.CreateOrUpdateConsumer(ctx, jetstream.ConsumerConfig{
 		Durable:       shared.ConsumerAudit,
 		Description:   "sovkeys: audit",
 		AckPolicy:     jetstream.AckExplicitPolicy,
-		AckWait:       30 * time.Second,
-		MaxAckPending: 4096,
+		AckWait:       s.cfg.AckWait,
+		MaxDeliver:    -1,
+		MaxAckPending: 8192,
 	})
 	if err != nil {
 		return fmt.Errorf("audit: consumer: %w", err)
 	}
-	svc, err := micro.AddService(s.nc, micro.Config{
-		Name: shared.ServiceAudit, Version: "1.0.0",
-		StatsHandler: func(*micro.Endpoint) any { return s.Snapshot() },
-	})
+	s.suspectBefore = s.auditCons.CachedInfo().Created.Add(time.Minute)
+	svc, err := s.startMicro(ctx)
 	if err != nil {
-		return fmt.Errorf("audit: micro service: %w", err)
+		return err
 	}
 	defer func() { _ = svc.Stop() }()
-	cc, err := cons.Consume(func(m jetstream.Msg) { s.handle(ctx, m) },
-		jetstream.PullMaxMessages(512),
+
+	loops, stopLoops := context.WithCancel(context.WithoutCancel(ctx))
+	s.wg.Add(3 + len(s.exporters))
+	go s.cp.run(loops)
+	go s.keepalive(loops)
+	go s.watchLag(loops)
+	for _, e := range s.exporters {
+		go e.run(loops)
+	}
+	cc, err := s.auditCons.Consume(func(m jetstream.Msg) { s.dispatch(loops, m) },
+		jetstream.PullMaxMessages(1024),
 		jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) {
 			if !errors.Is(err, jetstream.ErrNoHeartbeat) {
 				s.log.Warn("consume", "err", err)
 			}
 		}))
 	if err != nil {
+		stopLoops()
+		s.wg.Wait()
 		return fmt.Errorf("audit: consume: %w", err)
 	}
-	s.log.Info("audit ready")
+	s.log.Info("audit ready", "central", s.exporters[0].destName(), "sign_pool", s.cfg.SignPool)
 	<-ctx.Done()
-	cc.Drain()
+	cc.Stop()
 	<-cc.Closed()
+	stopLoops() // queued events stay unacked: JetStream redelivers them
+	s.wg.Wait()
 	return nil
 }
 
-func (s *Service) handle(ctx context.Context, m jetstream.Msg) {
-	ev, err := shared.UnmarshalAuditEvent(m.Data())
+// startMicro registers the stats and the on-demand checkpoint endpoint.
+func (s *Service) startMicro(ctx context.Context) (micro.Service, error) {
+	svc, err := micro.AddService(s.nc, micro.Config{
+		Name: shared.ServiceAudit, Version: "1.0.0",
+		StatsHandler: func(*micro.Endpoint) any { return s.Snapshot() },
+	})
 	if err != nil {
-		s.mu.Lock()
-		s.stats.Malformed++
-		s.mu.Unlock()
-		s.log.Error("malformed audit event kept in stream for inspection", "subject", m.Subject(), "err", err)
-		_ = m.Term()
+		return nil, fmt.Errorf("audit: micro service: %w", err)
+	}
+	g := svc.AddGroup(auditlog.SubjectControlPrefix, micro.WithGroupQueueGroup("audit"))
+	err = g.AddEndpoint(auditlog.EndpointCheckpoint, micro.HandlerFunc(func(req micro.Request) {
+		s.handleCheckpoint(ctx, req)
+	}))
+	if err != nil {
+		_ = svc.Stop()
+		return nil, fmt.Errorf("audit: micro endpoint: %w", err)
+	}
+	return svc, nil
+}
+
+func (s *Service) handleCheckpoint(ctx context.Context, req micro.Request) {
+	var r auditlog.CheckpointRequest
+	if err := decodeJSON(req.Data(), &r); err != nil {
+		_ = req.Error(string(shared.CodeValidation), "malformed checkpoint request", nil)
 		return
 	}
-	ctx = tracing.Extract(ctx, nats.Header(m.Headers()))
-	_, span := s.tracer.Start(ctx, "audit "+string(ev.API), trace.WithSpanKind(trace.SpanKindConsumer),
-		trace.WithAttributes(attribute.String("sovkeys.request_id", ev.RequestID), attribute.String("sovkeys.result", ev.Result)))
-	defer span.End()
-	s.mu.Lock()
-	s.stats.Events++
-	s.stats.ByResult[ev.Kind+"/"+ev.Result]++
-	s.stats.LastEvent = ev.End
-	s.mu.Unlock()
-	s.log.Debug("audit event", "request_id", ev.RequestID, "kms_request_id", ev.KMSRequestID, "api", ev.API,
-		"service", ev.Service, "result", ev.Result, "code", ev.Code)
-	_ = m.Ack()
+	sc := auditlog.Scope{Kind: r.Kind, ID: r.Scope}
+	if err := sc.Validate(); err != nil {
+		_ = req.Error(string(shared.CodeValidation), err.Error(), nil)
+		return
+	}
+	cctx, cancel := context.WithTimeout(ctx, checkpointTimeout)
+	defer cancel()
+	data, err := s.cp.checkpoint(cctx, sc)
+	switch {
+	case errors.Is(err, errNoRecords):
+		_ = req.Error(string(shared.CodeKeyNotFound), "the audit log "+sc.String()+" has no records", nil)
+	case err != nil:
+		s.log.Warn("on-demand checkpoint failed", "scope", sc.String(), "err", err)
+		_ = req.Error(string(shared.CodeDependencyTimeout), "checkpoint failed: "+err.Error(), nil)
+	default:
+		_ = req.Respond(data)
+	}
+}
+
+// watchLag refreshes the mesh-wide lags every 2 s.
+func (s *Service) watchLag(ctx context.Context) {
+	defer s.wg.Done()
+	t := time.NewTicker(2 * time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		if info, err := s.auditCons.Info(ctx); err == nil {
+			s.count(func(st *Stats) { st.SequencingLag = info.NumPending + uint64(info.NumAckPending) })
+		}
+		for _, e := range s.exporters {
+			info, err := e.cons.Info(ctx)
+			if err != nil {
+				continue
+			}
+			lag := info.NumPending + uint64(info.NumAckPending)
+			s.countExport(e.name, func(x *ExportStats) { x.Lag = lag })
+		}
+	}
 }

@@ -20,6 +20,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/sovkeys/sovkeys/shared"
+	"github.com/sovkeys/sovkeys/shared/killswitch"
 	"github.com/sovkeys/sovkeys/shared/mesh"
 	"github.com/sovkeys/sovkeys/shared/registry"
 	"github.com/sovkeys/sovkeys/shared/tracing"
@@ -73,6 +74,7 @@ type Service struct {
 	secrets   *secretCache
 	tenants   *registry.Cache[registry.Tenant]
 	cas       *caPool
+	kill      *killswitch.Watcher
 }
 
 // New builds authn.
@@ -130,6 +132,9 @@ func (s *Service) Run(ctx context.Context) error {
 	}
 	if s.cas, err = watchCAs(ctx, pki, s); err != nil {
 		return fmt.Errorf("authn: watch instance CAs: %w", err)
+	}
+	if s.kill, err = killswitch.Watch(ctx, s.js, s.cfg.Topology, s.log); err != nil {
+		return err
 	}
 	for _, c := range []<-chan struct{}{s.keystores.Ready(), s.keys.Ready(), s.tenants.Ready()} {
 		select {

@@ -11,6 +11,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/sovkeys/sovkeys/shared"
+	"github.com/sovkeys/sovkeys/shared/killswitch"
 	"github.com/sovkeys/sovkeys/shared/registry"
 	"github.com/sovkeys/sovkeys/shared/vs"
 )
@@ -121,6 +122,9 @@ func (s *Service) volumeSecret(ctx context.Context, env *shared.Envelope, ev *sh
 		return false, shared.NewError(shared.CodeAuthenticationFailed, "client certificate is not valid for this service")
 	}
 	ev.Scope, ev.CallerID = tn.ID, instance
+	if stopped, why := s.kill.Engaged(killswitch.ScopeTenant, tn.ID); stopped {
+		return false, shared.NewError(shared.CodeAccessDenied, "kill switch engaged (%s)", why)
+	}
 	if tn.Status != registry.TenantEnabled {
 		return false, shared.NewError(shared.CodeAccessDenied, "tenant %q is disabled", tn.ID)
 	}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 
 	"github.com/sovkeys/sovkeys/shared"
+	"github.com/sovkeys/sovkeys/shared/killswitch"
 	"github.com/sovkeys/sovkeys/shared/kwadmin"
 	"github.com/sovkeys/sovkeys/shared/registry"
 	"github.com/sovkeys/sovkeys/shared/xks"
@@ -55,6 +56,13 @@ func (s *Service) xks(ctx context.Context, env *shared.Envelope, ev *shared.Audi
 	key, ok := s.keys.Get(registry.KeyKey(env.KeyStore, env.KeyID))
 	if !ok {
 		return false, nil, shared.NewError(shared.CodeKeyNotFound, "key %q not found in this key store", env.KeyID)
+	}
+	if stopped, why := s.kill.Engaged(killswitch.ScopeKeystore, env.KeyStore); stopped {
+		// Metadata still answers, reporting the key DISABLED.
+		key.Status = registry.StatusDisabled
+		if env.API != shared.APIXKSMetadata {
+			return false, nil, shared.NewError(shared.CodeInvalidState, "kill switch engaged (%s)", why)
+		}
 	}
 	if key.Status != registry.StatusEnabled && env.API != shared.APIXKSMetadata {
 		return false, nil, shared.NewError(shared.CodeInvalidState, "key %q is disabled", env.KeyID)
@@ -118,7 +126,9 @@ func (s *Service) health(ctx context.Context) ([]byte, error) {
 	for _, pool := range pools {
 		d := xks.EkmFleetDetail{ID: pool, Model: "unknown", HealthStatus: kwadmin.HealthUnavailable}
 		var h kwadmin.HealthResponse
-		if err := kwadmin.Call(ctx, s.nc, pool, kwadmin.EndpointHealth, struct{}{}, &h); err == nil {
+		if s.kill.AllEngaged() {
+			d.Model = "kill switch engaged"
+		} else if err := kwadmin.Call(ctx, s.nc, pool, kwadmin.EndpointHealth, struct{}{}, &h); err == nil {
 			d.Model, d.HealthStatus = h.Model, h.Status
 		} else {
 			s.log.Warn("keyworker pool health failed", "pool", pool, "err", err)

@@ -23,6 +23,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/sovkeys/sovkeys/shared"
+	"github.com/sovkeys/sovkeys/shared/killswitch"
 	"github.com/sovkeys/sovkeys/shared/mesh"
 	"github.com/sovkeys/sovkeys/shared/registry"
 )
@@ -82,6 +83,7 @@ type Service struct {
 
 	keystores *registry.Cache[registry.Keystore]
 	pki       jetstream.KeyValue
+	kill      *killswitch.Watcher
 
 	readyMu sync.Mutex
 	readyAt time.Time
@@ -132,6 +134,9 @@ func (s *Service) Run(ctx context.Context) error {
 		return err
 	}
 	if s.pki, err = mesh.EnsureBucket(ctx, s.js, shared.BucketPKI, "sovkeys: public keys and CA certificates", s.cfg.Topology); err != nil {
+		return err
+	}
+	if s.kill, err = killswitch.Watch(ctx, s.js, s.cfg.Topology, s.log); err != nil {
 		return err
 	}
 	sub, err := s.nc.Subscribe(s.replySubject(), s.replies.deliver)

@@ -12,6 +12,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/sovkeys/sovkeys/shared"
+	"github.com/sovkeys/sovkeys/shared/killswitch"
 	"github.com/sovkeys/sovkeys/shared/mesh"
 	"github.com/sovkeys/sovkeys/shared/vs"
 )
@@ -24,6 +25,10 @@ func (s *Service) handleVS(w http.ResponseWriter, r *http.Request) {
 	instanceID, op, err := vs.ParsePath(r.URL.EscapedPath())
 	if err == nil && r.Method != http.MethodPost {
 		err = shared.NewError(shared.CodeMethodNotAllowed, "method %s not allowed; use POST", r.Method)
+	}
+	if err == nil && s.kill.AllEngaged() {
+		_, why := s.kill.Engaged(killswitch.ScopeAll, "")
+		err = shared.NewError(shared.CodeAccessDenied, "kill switch engaged (%s)", why)
 	}
 	var body []byte
 	if err == nil {

@@ -14,6 +14,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/sovkeys/sovkeys/shared"
+	"github.com/sovkeys/sovkeys/shared/killswitch"
 	"github.com/sovkeys/sovkeys/shared/mesh"
 	"github.com/sovkeys/sovkeys/shared/registry"
 	"github.com/sovkeys/sovkeys/shared/tracing"
@@ -41,6 +42,11 @@ func (s *Service) handleXKS(w http.ResponseWriter, r *http.Request) {
 	if err == nil {
 		if _, ok := s.keystores.Get(registry.KeystoreKey(route.Prefix)); !ok {
 			err = shared.NewError(shared.CodeInvalidURIPath, "no key store at this uri prefix")
+		}
+	}
+	if err == nil && (api == shared.APIXKSEncrypt || api == shared.APIXKSDecrypt) {
+		if stopped, why := s.kill.Engaged(killswitch.ScopeKeystore, route.Prefix); stopped {
+			err = shared.NewError(shared.CodeInvalidState, "kill switch engaged (%s)", why)
 		}
 	}
 	var body []byte

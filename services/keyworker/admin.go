@@ -10,6 +10,7 @@ import (
 	"github.com/nats-io/nats.go/micro"
 
 	"github.com/sovkeys/sovkeys/shared"
+	"github.com/sovkeys/sovkeys/shared/auditlog"
 	"github.com/sovkeys/sovkeys/shared/kwadmin"
 )
 
@@ -36,6 +37,7 @@ func (s *Service) startAdmin() (micro.Service, error) {
 		kwadmin.EndpointSeal:      s.adminSeal,
 		kwadmin.EndpointUnseal:    s.adminUnseal,
 		kwadmin.EndpointIssueCert: s.adminIssueCert,
+		auditlog.EndpointSign:     s.adminAuditSign, auditlog.EndpointPublicKey: s.adminAuditPublicKey,
 	}
 	for name, fn := range endpoints {
 		if err := g.AddEndpoint(name, s.adminHandler(name, fn)); err != nil {

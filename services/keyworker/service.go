@@ -20,7 +20,9 @@ import (
 
 	"github.com/sovkeys/sovkeys/shared"
 	"github.com/sovkeys/sovkeys/shared/ektstore"
+	"github.com/sovkeys/sovkeys/shared/killswitch"
 	"github.com/sovkeys/sovkeys/shared/mesh"
+	"github.com/sovkeys/sovkeys/shared/registry"
 	"github.com/sovkeys/sovkeys/shared/tracing"
 )
 
@@ -65,6 +67,7 @@ type Service struct {
 	store  ektstore.Store
 	ekts   *ektCache
 	caCert *x509.Certificate
+	kill   *killswitch.Watcher
 	log    *slog.Logger
 	tracer trace.Tracer
 	now    func() time.Time
@@ -113,6 +116,9 @@ func (s *Service) Run(ctx context.Context) error {
 	})
 	if err != nil {
 		return fmt.Errorf("keyworker: consumer: %w", err)
+	}
+	if s.kill, err = killswitch.Watch(ctx, s.js, s.cfg.Topology, s.log); err != nil {
+		return err
 	}
 	if err := s.publishPKI(ctx); err != nil {
 		return err
@@ -202,9 +208,13 @@ func (s *Service) handle(ctx context.Context, m jetstream.Msg) {
 		_ = m.Ack()
 		return
 	}
-	opCtx, cancel := context.WithDeadline(ctx, env.Deadline)
-	body, opErr := s.execute(opCtx, env, ev.Params)
-	cancel()
+	var body []byte
+	opErr := s.stopped(env)
+	if opErr == nil {
+		opCtx, cancel := context.WithDeadline(ctx, env.Deadline)
+		body, opErr = s.execute(opCtx, env, ev.Params)
+		cancel()
+	}
 	ev.End = s.now()
 	ev.Result = shared.ResultSuccess
 	if opErr != nil {
@@ -226,6 +236,25 @@ func (s *Service) handle(ctx context.Context, m jetstream.Msg) {
 		log.Warn("ack failed", "err", err)
 	}
 	log.Debug("work done", "result", ev.Result, "code", ev.Code, "ms", ev.End.Sub(start).Milliseconds())
+}
+
+// stopped drops in-flight work whose scope was killed after authn let it
+// through: the HSM is never reached.
+func (s *Service) stopped(env *shared.Envelope) error {
+	if env.Authz.Tenant != "" {
+		if stop, why := s.kill.Engaged(killswitch.ScopeTenant, env.Authz.Tenant); stop {
+			return shared.NewError(shared.CodeAccessDenied, "kill switch engaged (%s)", why)
+		}
+		return nil
+	}
+	if stop, why := s.kill.Engaged(killswitch.ScopeKeystore, env.KeyStore); stop {
+		if env.API == shared.APIXKSMetadata {
+			env.Authz.KeyStatus = registry.StatusDisabled
+			return nil
+		}
+		return shared.NewError(shared.CodeInvalidState, "kill switch engaged (%s)", why)
+	}
+	return nil
 }
 
 func (s *Service) execute(ctx context.Context, env *shared.Envelope, params map[string]string) ([]byte, error) {

@@ -1,0 +1,133 @@
+package audit
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/sovkeys/sovkeys/shared"
+	"github.com/sovkeys/sovkeys/shared/auditlog"
+	"github.com/sovkeys/sovkeys/shared/registry"
+)
+
+// tenantCacheTTL bounds how long a tenant's audit bucket setting is reused.
+const tenantCacheTTL = 30 * time.Second
+
+// setupExporters builds the central exporter and, when enabled, the tenant
+// exporter.
+func (s *Service) setupExporters(ctx context.Context) error {
+	var central auditlog.Bucket
+	switch s.cfg.Central.Backend {
+	case BackendS3:
+		b, err := auditlog.NewS3Bucket(ctx, s.cfg.Central.S3)
+		if err != nil {
+			return err
+		}
+		central = b
+	default:
+		b, err := auditlog.NewObjectBucket(ctx, s.js, s.cfg.Topology.Replicas)
+		if err != nil {
+			return err
+		}
+		central = b
+	}
+	all := []string{auditlog.SubjectRecordPrefix + ">", auditlog.SubjectCheckpointPrefix + ">"}
+	s.exporters = []*exporter{{
+		s: s, name: "central", durable: "audit_export", filters: all,
+		dest: func(context.Context, auditlog.Scope) (auditlog.Bucket, error) { return central, nil },
+	}}
+	s.countExport("central", func(x *ExportStats) { x.Destination = central.String() })
+	if s.cfg.TenantExport.Enabled {
+		tenants, err := registry.OpenTenants(ctx, s.js, s.cfg.Topology)
+		if err != nil {
+			return err
+		}
+		tb := &tenantBuckets{s: s, tenants: tenants, entries: map[string]tenantEntry{}, buckets: map[string]auditlog.Bucket{}}
+		kind := shared.AuditKindTenant
+		s.exporters = append(s.exporters, &exporter{
+			s: s, name: "tenant", durable: "audit_export_tenant",
+			filters: []string{auditlog.SubjectRecordPrefix + kind + ".>", auditlog.SubjectCheckpointPrefix + kind + ".>"},
+			dest:    tb.bucket,
+		})
+		s.countExport("tenant", func(x *ExportStats) { x.Destination = "each tenant's audit bucket" })
+	}
+	for _, e := range s.exporters {
+		if err := e.consumer(ctx); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (e *exporter) destName() string {
+	x := e.s.Snapshot().Export[e.name]
+	if x == nil {
+		return e.name
+	}
+	return x.Destination
+}
+
+// tenantBuckets resolves a tenant scope to the tenant's own bucket.
+type tenantBuckets struct {
+	s       *Service
+	tenants *registry.Tenants
+
+	mu      sync.Mutex
+	entries map[string]tenantEntry     // tenant id -> bucket name, cached
+	buckets map[string]auditlog.Bucket // bucket name -> client
+}
+
+type tenantEntry struct {
+	bucket  string
+	fetched time.Time
+}
+
+func (t *tenantBuckets) bucket(ctx context.Context, sc auditlog.Scope) (auditlog.Bucket, error) {
+	if sc.Kind != shared.AuditKindTenant {
+		return nil, nil
+	}
+	now := t.s.now()
+	t.mu.Lock()
+	e, ok := t.entries[sc.ID]
+	t.mu.Unlock()
+	if !ok || now.Sub(e.fetched) > tenantCacheTTL {
+		tn, _, err := t.tenants.Get(ctx, sc.ID)
+		switch {
+		case errors.Is(err, registry.ErrNotFound):
+			e = tenantEntry{fetched: now}
+		case err != nil:
+			return nil, fmt.Errorf("audit: tenant %q: %w", sc.ID, err)
+		default:
+			e = tenantEntry{bucket: tn.AuditBucket, fetched: now}
+		}
+		t.mu.Lock()
+		t.entries[sc.ID] = e
+		t.mu.Unlock()
+	}
+	if e.bucket == "" {
+		return nil, nil
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if b, ok := t.buckets[e.bucket]; ok {
+		return b, nil
+	}
+	cfg := t.s.cfg.TenantExport.S3
+	cfg.Bucket = e.bucket
+	b, err := auditlog.NewS3Bucket(ctx, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("audit: tenant %q bucket: %w", sc.ID, err)
+	}
+	t.buckets[e.bucket] = b
+	return b, nil
+}
+
+func decodeJSON(data []byte, v any) error {
+	d := json.NewDecoder(bytes.NewReader(data))
+	d.DisallowUnknownFields()
+	return d.Decode(v)
+}

@@ -1,0 +1,174 @@
+package audit
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/sovkeys/sovkeys/shared/auditlog"
+	"github.com/sovkeys/sovkeys/shared/mesh"
+)
+
+// ensureLogStream declares SOVKEYS_AUDITLOG: record batches and checkpoints
+// of every scope, kept until deleted by hand (no age or size limit: the
+// head of every scope must survive for numbering to continue). Deletes and
+// purges are denied; reads go to the stream leader (no direct get) so a
+// head is never read from a lagging replica.
+func ensureLogStream(ctx context.Context, js jetstream.JetStream, t mesh.Topology) (jetstream.Stream, error) {
+	cfg := jetstream.StreamConfig{
+		Name:        auditlog.StreamLog,
+		Description: "sovkeys: sequenced, hash-chained audit records and signed checkpoints",
+		Subjects:    []string{auditlog.SubjectRecordPrefix + ">", auditlog.SubjectCheckpointPrefix + ">"},
+		Retention:   jetstream.LimitsPolicy,
+		Storage:     jetstream.FileStorage,
+		Replicas:    t.Replicas,
+		Duplicates:  2 * time.Minute,
+		DenyDelete:  true,
+		DenyPurge:   true,
+		AllowDirect: false,
+	}
+	s, err := js.CreateOrUpdateStream(ctx, cfg)
+	if errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) {
+		s, err = js.CreateOrUpdateStream(ctx, cfg)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("audit: stream %s: %w", cfg.Name, err)
+	}
+	return s, nil
+}
+
+// head is the last committed record of a scope.
+type head struct {
+	streamSeq uint64        // stream sequence of the scope's last batch (0: none yet)
+	seq       uint64        // its last record's sequence number
+	hash      auditlog.Hash // that record's hash
+	time      time.Time     // stream time of the last batch
+}
+
+// errCorruptLog: the stored head cannot be read back as a record. Numbering
+// stops for that scope (nothing safe can follow it) until an operator looks.
+var errCorruptLog = errors.New("audit: the last stored record of the scope is unreadable")
+
+// loadHead reads the scope's last batch from the stream.
+func loadHead(ctx context.Context, stream jetstream.Stream, sc auditlog.Scope) (head, error) {
+	m, err := stream.GetLastMsgForSubject(ctx, sc.RecordSubject())
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
+		return head{hash: auditlog.Genesis}, nil
+	}
+	if err != nil {
+		return head{}, fmt.Errorf("audit: head of %s: %w", sc, err)
+	}
+	return headOf(m.Sequence, m.Time, m.Data, sc)
+}
+
+func headOf(streamSeq uint64, at time.Time, body []byte, sc auditlog.Scope) (head, error) {
+	lines := auditlog.SplitBatch(body)
+	if len(lines) == 0 {
+		return head{}, fmt.Errorf("%w: %s: empty batch at stream sequence %d", errCorruptLog, sc, streamSeq)
+	}
+	last := lines[len(lines)-1]
+	r, err := auditlog.ParseRecord(last)
+	if err != nil {
+		return head{}, fmt.Errorf("%w: %s at stream sequence %d: %v", errCorruptLog, sc, streamSeq, err)
+	}
+	return head{streamSeq: streamSeq, seq: r.Seq, hash: auditlog.HashOf(last), time: at}, nil
+}
+
+// recordedIDs collects the dedupe ids of the records in a batch body.
+func recordedIDs(body []byte, into map[string]bool) {
+	for _, line := range auditlog.SplitBatch(body) {
+		if r, err := auditlog.ParseRecord(line); err == nil {
+			into[r.DedupeID()] = true
+		}
+	}
+}
+
+// scanAfter reads the batches on the scope's subject with stream sequence
+// in (from, to] one direct message get at a time (a commit conflict's
+// delta is usually one or two batches) and returns their records' dedupe
+// ids and whether a batch with message id ourID is among them.
+func scanAfter(ctx context.Context, stream jetstream.Stream, sc auditlog.Scope, from, to uint64, ourID string) (map[string]bool, bool, error) {
+	ids := make(map[string]bool)
+	found := false
+	subj := sc.RecordSubject()
+	for next := from + 1; next <= to; {
+		m, err := stream.GetMsg(ctx, next, jetstream.WithGetMsgSubject(subj))
+		if errors.Is(err, jetstream.ErrMsgNotFound) {
+			break
+		}
+		if err != nil {
+			return nil, false, fmt.Errorf("audit: scan %s: %w", sc, err)
+		}
+		if m.Sequence > to {
+			break
+		}
+		if m.Header.Get(jetstream.MsgIDHeader) == ourID {
+			found = true
+		}
+		recordedIDs(m.Data, ids)
+		next = m.Sequence + 1
+	}
+	return ids, found, nil
+}
+
+// scanSince returns the dedupe ids of the scope's records committed at or
+// after since (stream time), up to the batch at stream sequence h.streamSeq.
+func scanSince(ctx context.Context, stream jetstream.Stream, sc auditlog.Scope, since time.Time, h head) (map[string]bool, error) {
+	ids := make(map[string]bool)
+	if h.streamSeq == 0 || h.time.Before(since) {
+		return ids, nil
+	}
+	cons, err := stream.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{
+		FilterSubjects: []string{sc.RecordSubject()},
+		DeliverPolicy:  jetstream.DeliverByStartTimePolicy,
+		OptStartTime:   &since,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("audit: scan %s: %w", sc, err)
+	}
+	// The batch at h.streamSeq is on the subject and not before since, so
+	// the scan reaches it.
+	for {
+		batch, err := cons.Fetch(256, jetstream.FetchMaxWait(2*time.Second))
+		if err != nil {
+			return nil, fmt.Errorf("audit: scan %s: %w", sc, err)
+		}
+		n := 0
+		for m := range batch.Messages() {
+			n++
+			md, err := m.Metadata()
+			if err != nil {
+				return nil, fmt.Errorf("audit: scan %s: %w", sc, err)
+			}
+			if md.Sequence.Stream > h.streamSeq {
+				return ids, nil
+			}
+			recordedIDs(m.Data(), ids)
+			if md.Sequence.Stream == h.streamSeq {
+				return ids, nil
+			}
+		}
+		if err := batch.Error(); err != nil && !errors.Is(err, jetstream.ErrNoMessages) {
+			return nil, fmt.Errorf("audit: scan %s: %w", sc, err)
+		}
+		if n == 0 && ctx.Err() != nil {
+			return nil, fmt.Errorf("audit: scan %s: %w", sc, ctx.Err())
+		}
+	}
+}
+
+// isConflict reports whether a publish failed its expected-last-subject-
+// sequence check: 10071 "wrong last sequence: N" (single server, and a
+// cluster leader once the subject's last message is applied), or 10164
+// "wrong last sequence" (a cluster leader with a write to the subject
+// still in flight).
+func isConflict(err error) bool {
+	var apiErr *jetstream.APIError
+	if !errors.As(err, &apiErr) {
+		return false
+	}
+	return apiErr.ErrorCode == jetstream.ErrorCode(10071) || apiErr.ErrorCode == jetstream.ErrorCode(10164)
+}

@@ -1,0 +1,422 @@
+package audit
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/sovkeys/sovkeys/shared"
+	"github.com/sovkeys/sovkeys/shared/auditlog"
+)
+
+// Sequencing (docs/audit.md has the argument in full)
+//
+// Events are queued per scope; one goroutine per scope with queued events
+// turns up to MaxBatch of them into consecutive records after the scope's
+// head and publishes them as ONE message on the scope's subject with
+// Nats-Expected-Last-Subject-Sequence = the head's stream sequence. The
+// server stores it only if nothing was committed to the scope since that
+// head, so two writers can never both extend the same head: numbers are
+// unique and gapless, and a batch lands whole or not at all. Only then are
+// the events acked. A process killed at any instant leaves either a
+// committed batch whose events are redelivered (and recognised, below) or
+// nothing.
+//
+// Dedupe by (service, request id). An event's first delivery from the
+// durable consumer cannot have been recorded. A redelivered one (or one
+// older than the consumer itself) is "suspect": before numbering it, the
+// scope's batches committed since the event was published (minus a clock
+// margin) are read back and the event is dropped if one holds it. On a
+// commit conflict the batches between the old and the new head are read
+// too, so an event another process recorded meanwhile (or our own earlier
+// attempt whose ack was lost) is never numbered twice. No index grows with
+// traffic; the recovery read is bounded by how long the event waited.
+
+const (
+	// clockMargin widens the suspect scan for clock differences between
+	// stream leaders.
+	clockMargin = 5 * time.Minute
+	// maxBatchBytes caps one batch message (NATS' default max payload is 1 MiB).
+	maxBatchBytes = 512 << 10
+	commitTimeout = 30 * time.Second
+	// maxAttempts bounds the attempts of one batch before its events are
+	// handed back to JetStream (Nak) for later redelivery.
+	maxAttempts = 50
+)
+
+// pending is one event waiting to be numbered.
+type pending struct {
+	msgs      []jetstream.Msg // its deliveries (several if redelivered while queued)
+	ev        *shared.AuditEvent
+	id        string
+	published time.Time // stream time of the event
+	touched   time.Time // last delivery or InProgress
+	suspect   bool
+}
+
+// scopeQueue holds a scope's queued events and cached head.
+type scopeQueue struct {
+	scope auditlog.Scope
+
+	mu      sync.Mutex
+	items   []*pending
+	byID    map[string]*pending // queued or being committed
+	running bool
+
+	// Owned by the running worker.
+	head   head
+	loaded bool
+}
+
+// dispatch queues one delivery of an audit event.
+func (s *Service) dispatch(ctx context.Context, m jetstream.Msg) {
+	ev, err := shared.UnmarshalAuditEvent(m.Data())
+	var sc auditlog.Scope
+	if err == nil {
+		sc = auditlog.ScopeOfEvent(ev)
+		err = sc.Validate()
+	}
+	if err != nil {
+		s.count(func(st *Stats) { st.Malformed++ })
+		s.log.Error("malformed audit event kept in stream for inspection", "subject", m.Subject(), "err", err)
+		_ = m.Term()
+		return
+	}
+	md, err := m.Metadata()
+	if err != nil {
+		s.log.Error("audit event without metadata", "subject", m.Subject(), "err", err)
+		_ = m.Nak()
+		return
+	}
+	now := s.now()
+	p := &pending{
+		msgs: []jetstream.Msg{m}, ev: ev, id: auditlog.DedupeID(ev.Service, ev.RequestID),
+		published: md.Timestamp, touched: now,
+		suspect: md.NumDelivered > 1 || md.Timestamp.Before(s.suspectBefore),
+	}
+	s.count(func(st *Stats) {
+		st.Events++
+		st.ByResult[ev.Kind+"/"+ev.Result]++
+		st.LastEvent = ev.End
+	})
+	q := s.queueOf(sc)
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if ex, ok := q.byID[p.id]; ok {
+		ex.msgs = append(ex.msgs, m)
+		ex.suspect = ex.suspect || p.suspect
+		ex.touched = now
+		return
+	}
+	q.items = append(q.items, p)
+	q.byID[p.id] = p
+	if !q.running {
+		q.running = true
+		s.wg.Add(1)
+		go s.drain(ctx, q)
+	}
+}
+
+func (s *Service) queueOf(sc auditlog.Scope) *scopeQueue {
+	s.qmu.Lock()
+	defer s.qmu.Unlock()
+	q, ok := s.queues[sc]
+	if !ok {
+		q = &scopeQueue{scope: sc, byID: make(map[string]*pending)}
+		s.queues[sc] = q
+	}
+	return q
+}
+
+// drain commits a scope's queued events batch by batch until none are left.
+func (s *Service) drain(ctx context.Context, q *scopeQueue) {
+	defer s.wg.Done()
+	for {
+		q.mu.Lock()
+		if len(q.items) == 0 || ctx.Err() != nil {
+			q.running = false
+			q.mu.Unlock()
+			return
+		}
+		fits := trimBatch(q.items[:min(len(q.items), s.cfg.MaxBatch)])
+		batch := append([]*pending(nil), fits...)
+		q.items = append([]*pending(nil), q.items[len(fits):]...)
+		q.mu.Unlock()
+		s.commit(ctx, q, batch)
+	}
+}
+
+// commit numbers batch after the scope's head and publishes it.
+func (s *Service) commit(ctx context.Context, q *scopeQueue, batch []*pending) {
+	ctx, span := s.tracer.Start(ctx, "audit commit", trace.WithSpanKind(trace.SpanKindProducer),
+		trace.WithAttributes(attribute.String("sovkeys.audit.scope", q.scope.String()), attribute.Int("sovkeys.audit.events", len(batch))))
+	defer span.End()
+	log := s.log.With("scope", q.scope.String())
+	checkedTo := uint64(0) // suspects are checked against batches up to this stream sequence
+	var lastErr error
+	for attempt := 0; attempt < maxAttempts && ctx.Err() == nil; attempt++ {
+		if attempt > 0 {
+			s.backoff(ctx, attempt, lastErr)
+		}
+		cctx, cancel := context.WithTimeout(ctx, commitTimeout)
+		done, err := s.tryCommit(cctx, q, &batch, &checkedTo)
+		cancel()
+		if done {
+			return
+		}
+		lastErr = err
+		if !isConflict(err) {
+			log.Warn("audit commit failed; retrying", "attempt", attempt+1, "events", len(batch), "err", err)
+		}
+	}
+	// Give the events back: JetStream redelivers them (as suspects).
+	log.Error("audit commit abandoned; events will be redelivered", "events", len(batch), "err", lastErr)
+	q.loaded = false
+	s.release(q, batch, func(m jetstream.Msg) { _ = m.NakWithDelay(time.Second) })
+}
+
+// tryCommit is one attempt. It returns done when every event of the batch
+// is recorded (now or before) and acked.
+func (s *Service) tryCommit(ctx context.Context, q *scopeQueue, batchp *[]*pending, checkedTo *uint64) (bool, error) {
+	if !q.loaded {
+		h, err := loadHead(ctx, s.logStream, q.scope)
+		if err != nil {
+			return false, err
+		}
+		q.head, q.loaded = h, true
+	}
+	// Suspects: were they recorded already?
+	var since time.Time
+	for _, p := range *batchp {
+		if p.suspect && (since.IsZero() || p.published.Before(since)) {
+			since = p.published
+		}
+	}
+	if !since.IsZero() && *checkedTo < q.head.streamSeq {
+		ids, err := scanSince(ctx, s.logStream, q.scope, since.Add(-clockMargin), q.head)
+		if err != nil {
+			return false, err
+		}
+		s.dropRecorded(q, batchp, ids)
+		*checkedTo = q.head.streamSeq
+	}
+	s.dropStale(q, batchp)
+	if len(*batchp) == 0 {
+		return true, nil
+	}
+	body, last, err := s.build(q.head, *batchp)
+	if err != nil {
+		return false, err
+	}
+	msgID := last.hash.String()
+	m := nats.NewMsg(q.scope.RecordSubject())
+	m.Data = body
+	m.Header.Set(auditlog.HeaderBatch, strconv.FormatUint(q.head.seq+1, 10)+"-"+strconv.FormatUint(last.seq, 10))
+	ack, err := s.js.PublishMsg(ctx, m,
+		jetstream.WithExpectLastSequencePerSubject(q.head.streamSeq), jetstream.WithMsgID(msgID))
+	switch {
+	case err == nil:
+		last.streamSeq, last.time = ack.Sequence, s.now()
+		s.committed(q, *batchp, last)
+		return true, nil
+	case !isConflict(err):
+		// Unknown outcome (timeout, lost connection). The next attempt
+		// rebuilds the same bytes from the same head; if this one landed,
+		// that attempt conflicts and finds it below.
+		return false, err
+	}
+	s.count(func(st *Stats) { st.Conflicts++ })
+	nh, lerr := loadHead(ctx, s.logStream, q.scope)
+	if lerr != nil {
+		q.loaded = false
+		return false, lerr
+	}
+	ids, ours, serr := scanAfter(ctx, s.logStream, q.scope, q.head.streamSeq, nh.streamSeq, msgID)
+	if serr != nil {
+		q.loaded = false
+		return false, serr
+	}
+	q.head = nh
+	if ours {
+		s.committed(q, *batchp, nh)
+		return true, nil
+	}
+	s.dropRecorded(q, batchp, ids)
+	*checkedTo = max(*checkedTo, nh.streamSeq)
+	return len(*batchp) == 0, err
+}
+
+// build encodes the batch's records after h; it returns the body and the
+// new head (streamSeq and time unset).
+func (s *Service) build(h head, batch []*pending) ([]byte, head, error) {
+	var body bytes.Buffer
+	seq, prev := h.seq, h.hash
+	for i, p := range batch {
+		seq++
+		r := auditlog.FromEvent(p.ev, seq, prev)
+		line, err := r.Encode()
+		if err != nil {
+			return nil, head{}, fmt.Errorf("audit: encode record: %w", err)
+		}
+		if i > 0 {
+			body.WriteByte('\n')
+		}
+		body.Write(line)
+		prev = auditlog.HashOf(line)
+	}
+	return body.Bytes(), head{seq: seq, hash: prev}, nil
+}
+
+// trimBatch returns the head of batch that fits one message (at least one
+// event; auditlog.FromEvent clips every text field, so one always fits).
+func trimBatch(batch []*pending) []*pending {
+	size := 0
+	for i, p := range batch {
+		size += recordSize(p.ev)
+		if size > maxBatchBytes && i > 0 {
+			return batch[:i]
+		}
+	}
+	return batch
+}
+
+// recordSize over-estimates the encoded size of ev's record.
+func recordSize(ev *shared.AuditEvent) int {
+	n := 512 + len(ev.Kind) + len(ev.Scope) + len(ev.Service) + len(ev.RequestID) + len(ev.TraceID) +
+		len(ev.CallerType) + len(ev.CallerID) + len(ev.Principal) + len(ev.SourceIP) + len(ev.API) +
+		len(ev.KeyID) + len(ev.KMSRequestID) + len(ev.KMSOperation) + len(ev.Result) + len(ev.Code) + len(ev.Reason)
+	for k, v := range ev.Params {
+		n += 8 + len(k) + len(v)
+	}
+	return 2 * n // JSON escaping at most doubles printable text; control bytes are rare
+}
+
+// committed acks a recorded batch and moves the head.
+func (s *Service) committed(q *scopeQueue, batch []*pending, h head) {
+	q.head, q.loaded = h, true
+	s.release(q, batch, func(m jetstream.Msg) { _ = m.Ack() })
+	s.count(func(st *Stats) {
+		st.Batches++
+		st.Records += uint64(len(batch))
+	})
+	s.cp.mark(q.scope)
+}
+
+// dropRecorded acks and removes the events ids says are recorded.
+func (s *Service) dropRecorded(q *scopeQueue, batchp *[]*pending, ids map[string]bool) {
+	if len(ids) == 0 {
+		return
+	}
+	var keep, drop []*pending
+	for _, p := range *batchp {
+		if ids[p.id] {
+			drop = append(drop, p)
+		} else {
+			keep = append(keep, p)
+		}
+	}
+	if len(drop) > 0 {
+		s.release(q, drop, func(m jetstream.Msg) { _ = m.Ack() })
+		s.count(func(st *Stats) { st.Duplicates += uint64(len(drop)) })
+	}
+	*batchp = keep
+}
+
+// dropStale removes events whose delivery may already have passed to
+// another process (AckWait nearly over without a keepalive: this process
+// was stalled). They are neither acked nor numbered here; JetStream
+// redelivers them as suspects.
+func (s *Service) dropStale(q *scopeQueue, batchp *[]*pending) {
+	limit := s.cfg.AckWait * 2 / 3
+	now := s.now()
+	var keep, drop []*pending
+	q.mu.Lock()
+	for _, p := range *batchp {
+		if now.Sub(p.touched) > limit {
+			drop = append(drop, p)
+		} else {
+			keep = append(keep, p)
+		}
+	}
+	q.mu.Unlock()
+	if len(drop) > 0 {
+		s.log.Warn("dropping stalled audit events for redelivery", "scope", q.scope.String(), "events", len(drop))
+		s.release(q, drop, func(jetstream.Msg) {})
+	}
+	*batchp = keep
+}
+
+// release forgets batch's events and applies fn to every delivery.
+func (s *Service) release(q *scopeQueue, batch []*pending, fn func(jetstream.Msg)) {
+	var msgs []jetstream.Msg
+	q.mu.Lock()
+	for _, p := range batch {
+		msgs = append(msgs, p.msgs...)
+		if q.byID[p.id] == p {
+			delete(q.byID, p.id)
+		}
+	}
+	q.mu.Unlock()
+	for _, m := range msgs {
+		fn(m)
+	}
+}
+
+// keepalive tells JetStream that queued and committing events are being
+// worked on, so they are not redelivered to another process meanwhile.
+func (s *Service) keepalive(ctx context.Context) {
+	defer s.wg.Done()
+	every := s.cfg.AckWait / 3
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		now := s.now()
+		s.qmu.Lock()
+		queues := make([]*scopeQueue, 0, len(s.queues))
+		for _, q := range s.queues {
+			queues = append(queues, q)
+		}
+		s.qmu.Unlock()
+		for _, q := range queues {
+			var msgs []jetstream.Msg
+			q.mu.Lock()
+			for _, p := range q.byID {
+				if now.Sub(p.touched) >= every {
+					p.touched = now
+					msgs = append(msgs, p.msgs...)
+				}
+			}
+			q.mu.Unlock()
+			for _, m := range msgs {
+				_ = m.InProgress()
+			}
+		}
+	}
+}
+
+// backoff waits before a retry: 50 ms doubling to 2 s; conflicts retry at once.
+func (s *Service) backoff(ctx context.Context, attempt int, err error) {
+	if isConflict(err) && attempt < 5 {
+		return
+	}
+	d := min(50*time.Millisecond<<min(attempt, 6), 2*time.Second)
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+	case <-t.C:
+	}
+}
