@@ -33,6 +33,11 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	code := m.Run()
+	// Least privilege must not get in the way of the services' own work.
+	if strings.Contains(testNode.stderr.String(), "Permissions Violation") && code == 0 {
+		fmt.Fprintf(os.Stderr, "a service hit a NATS permissions violation:\n%s\n", testNode.stderr.String())
+		code = 1
+	}
 	if c := testNode.shutdown(); c != 0 && code == 0 {
 		fmt.Fprintf(os.Stderr, "standalone exited %d: %s\n", c, testNode.stderr.String())
 		code = 1

@@ -41,7 +41,7 @@ func TestSeparateProcesses(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	opts := &server.Options{Host: "127.0.0.1", Port: -1, JetStream: true, StoreDir: filepath.Join(dir, "nats"), NoSigs: true, NoLog: true}
+	opts := &server.Options{Host: "127.0.0.1", Port: -1, JetStream: true, StoreDir: filepath.Join(dir, "nats"), NoSigs: true, NoLog: true, MaxControlLine: 64 << 10}
 	if err := trust.Configure(opts); err != nil {
 		t.Fatal(err)
 	}
@@ -56,7 +56,11 @@ func TestSeparateProcesses(t *testing.T) {
 	}
 	creds := func(name string) string {
 		p := filepath.Join(dir, name+".creds")
-		if err := trust.WriteUserCreds(p, name, natsauth.Permissions{}); err != nil {
+		perms := natsauth.ServicePermissions(name, []string{"default"})
+		if name == "operator" {
+			perms = natsauth.Permissions{}
+		}
+		if err := trust.WriteUserCreds(p, name, perms); err != nil {
 			t.Fatal(err)
 		}
 		return p

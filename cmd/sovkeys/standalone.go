@@ -74,6 +74,8 @@ func runStandalone(ctx context.Context, args []string, getenv func(string) strin
 		ServerName: "sovkeys-standalone", Host: host, Port: port,
 		JetStream: true, StoreDir: filepath.Join(dir, "nats"), NoSigs: true, NoLog: true,
 		MaxPayload: 1 << 20,
+		// User JWTs carry per-service permission lists: allow long CONNECTs.
+		MaxControlLine: 64 << 10,
 	}
 	if err := trust.Configure(opts); err != nil {
 		return err
@@ -95,7 +97,7 @@ func runStandalone(ctx context.Context, args []string, getenv func(string) strin
 	credsOf := map[string]string{}
 	for _, name := range []string{"gateway", "authn", "keyworker", "audit"} {
 		p := filepath.Join(dir, "creds", name+".creds")
-		if err := trust.WriteUserCreds(p, name, natsauth.Permissions{}); err != nil {
+		if err := trust.WriteUserCreds(p, name, natsauth.ServicePermissions(name, []string{f.pool})); err != nil {
 			return err
 		}
 		credsOf[name] = p

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"time"
 
 	"github.com/nats-io/jwt/v2"
 	"github.com/nats-io/nats-server/v2/server"
@@ -132,10 +133,15 @@ func (t *Trust) Configure(opts *server.Options) error {
 }
 
 // Permissions lists the subjects a user may publish and subscribe. Empty
-// lists mean no restriction.
+// allow lists mean no restriction; deny lists always apply. Respond lets the
+// user answer requests it received (nats micro endpoints) without a
+// publish grant on the requesters' inboxes.
 type Permissions struct {
-	Pub []string
-	Sub []string
+	Pub     []string
+	Sub     []string
+	DenyPub []string
+	DenySub []string
+	Respond bool
 }
 
 // UserCreds issues a user of the application account and returns the
@@ -151,6 +157,11 @@ func (t *Trust) UserCreds(name string, perms Permissions) ([]byte, error) {
 	uc.IssuerAccount = ""
 	uc.Permissions.Pub.Allow.Add(perms.Pub...)
 	uc.Permissions.Sub.Allow.Add(perms.Sub...)
+	uc.Permissions.Pub.Deny.Add(perms.DenyPub...)
+	uc.Permissions.Sub.Deny.Add(perms.DenySub...)
+	if perms.Respond {
+		uc.Permissions.Resp = &jwt.ResponsePermission{MaxMsgs: 1, Expires: time.Minute}
+	}
 	ujwt, err := uc.Encode(t.account)
 	if err != nil {
 		return nil, fmt.Errorf("%w: user jwt: %v", ErrAuth, err)
