@@ -23,15 +23,17 @@ import (
 // binary: a real embedded JetStream server, a real SoftHSM token, all four
 // services talking over NATS.
 type node struct {
-	dir      string
-	gateway  string // https://127.0.0.1:port
-	natsURL  string
-	creds    string
-	http     *http.Client
-	stop     context.CancelFunc
-	done     chan int
-	stderr   *syncBuffer
-	nextPort int
+	dir     string
+	gateway string // https://127.0.0.1:port
+	natsURL string
+	creds   string
+	http    *http.Client
+	stop    context.CancelFunc
+	done    chan int
+	stderr  *syncBuffer
+	stdout  *syncBuffer
+	// shares are the HSM unseal shares printed at the first start.
+	shares []string
 }
 
 var testNode *node
@@ -62,7 +64,9 @@ func freePort() (int, error) {
 	return l.Addr().(*net.TCPAddr).Port, nil
 }
 
-func startNode(dir string) (*node, error) {
+// startNode starts a standalone node on dir. A restarted node comes up
+// sealed; it is unsealed with shares, as an operator would.
+func startNode(dir string, shares []string) (*node, error) {
 	gwPort, err := freePort()
 	if err != nil {
 		return nil, err
@@ -75,11 +79,11 @@ func startNode(dir string) (*node, error) {
 	n := &node{
 		dir: dir, gateway: fmt.Sprintf("https://127.0.0.1:%d", gwPort),
 		natsURL: fmt.Sprintf("nats://127.0.0.1:%d", natsPort), creds: filepath.Join(dir, "operator.creds"),
-		stop: cancel, done: make(chan int, 1), stderr: &syncBuffer{},
+		stop: cancel, done: make(chan int, 1), stderr: &syncBuffer{}, stdout: &syncBuffer{},
 	}
 	args := []string{"standalone", "--data", dir, "--listen", fmt.Sprintf("127.0.0.1:%d", gwPort),
 		"--nats-listen", fmt.Sprintf("127.0.0.1:%d", natsPort), "--log-level", "warn"}
-	go func() { n.done <- run(ctx, args, os.Getenv, &syncBuffer{}, n.stderr) }()
+	go func() { n.done <- run(ctx, args, os.Getenv, n.stdout, n.stderr) }()
 
 	// Trust only the node's own CA, as a client would.
 	var pool *x509.CertPool
@@ -99,6 +103,37 @@ func startNode(dir string) (*node, error) {
 	if pool == nil {
 		cancel()
 		return nil, fmt.Errorf("no tls/ca.pem after 60s: %s", n.stderr.String())
+	}
+	if shares != nil {
+		n.shares = shares
+		args := append([]string{"unseal"}, func() []string {
+			var a []string
+			for _, s := range shares[:2] {
+				a = append(a, "--share", s)
+			}
+			return a
+		}()...)
+		var err error
+		for time.Now().Before(deadline) {
+			if err = n.cliErr(nil, args...); err == nil {
+				break
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+		if err != nil {
+			cancel()
+			return nil, fmt.Errorf("unseal: %v", err)
+		}
+	} else {
+		for _, l := range strings.Split(n.stdout.String(), "\n") {
+			if l = strings.TrimSpace(l); strings.HasPrefix(l, "sovkeys-share:") {
+				n.shares = append(n.shares, l)
+			}
+		}
+		if len(n.shares) < 2 {
+			cancel()
+			return nil, fmt.Errorf("no unseal shares printed at first start: %s", n.stdout.String())
+		}
 	}
 	n.http = &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
 		TLSClientConfig: &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}, MaxIdleConnsPerHost: 64,

@@ -27,12 +27,19 @@ func TestMain(m *testing.M) {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
-	testNode, err = startNode(dir)
+	testNode, err = startNode(dir, nil)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "start standalone:", err)
 		os.Exit(1)
 	}
 	code := m.Run()
+	// The HSM PIN never reaches the data dir or the logs.
+	if code == 0 {
+		if leak := pinLeaks(testNode); leak != "" {
+			fmt.Fprintln(os.Stderr, leak)
+			code = 1
+		}
+	}
 	// Least privilege must not get in the way of the services' own work.
 	if strings.Contains(testNode.stderr.String(), "Permissions Violation") && code == 0 {
 		fmt.Fprintf(os.Stderr, "a service hit a NATS permissions violation:\n%s\n", testNode.stderr.String())

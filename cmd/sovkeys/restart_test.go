@@ -3,7 +3,14 @@ package main
 import (
 	"bytes"
 	"context"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
 	"testing"
+
+	"github.com/sovkeys/sovkeys/shared/shamir"
+	"github.com/sovkeys/sovkeys/shared/unseal"
 )
 
 // A whole standalone restart (NATS, HSM token, every service) keeps every
@@ -30,7 +37,7 @@ func TestRestartKeepsState(t *testing.T) {
 	if code := n.shutdown(); code != 0 {
 		t.Fatalf("standalone exited %d: %s", code, n.stderr.String())
 	}
-	restarted, err := startNode(n.dir)
+	restarted, err := startNode(n.dir, n.shares)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -46,4 +53,37 @@ func TestRestartKeepsState(t *testing.T) {
 	if err != nil || string(pt) != "survives restarts" {
 		t.Fatalf("xks decrypt after restart: %q %v", pt, err)
 	}
+}
+
+// pinLeaks rebuilds the HSM PIN from the node's shares (as only share
+// holders can) and looks for it in every file of the data dir and in the
+// logs. It returns a description of the first leak, or "".
+func pinLeaks(n *node) string {
+	var parts []shamir.Share
+	for _, l := range n.shares {
+		s, err := unseal.Parse(l)
+		if err != nil {
+			return "unparsable share: " + err.Error()
+		}
+		parts = append(parts, s.Share)
+	}
+	pin, err := shamir.Combine(parts)
+	if err != nil || len(pin) < 8 {
+		return fmt.Sprintf("cannot rebuild the PIN: %v", err)
+	}
+	if bytes.Contains([]byte(n.stderr.String()), pin) || bytes.Contains([]byte(n.stdout.String()), pin) {
+		return "the HSM PIN appears in the logs"
+	}
+	var leak string
+	_ = filepath.WalkDir(n.dir, func(path string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() || leak != "" {
+			return nil
+		}
+		b, err := os.ReadFile(path)
+		if err == nil && bytes.Contains(b, pin) {
+			leak = "the HSM PIN is stored in clear in " + path
+		}
+		return nil
+	})
+	return leak
 }

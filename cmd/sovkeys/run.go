@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"os"
 	"strings"
 
 	"github.com/sovkeys/sovkeys/shared"
@@ -38,6 +39,8 @@ Operator commands (--nats/--creds or SOVKEYS_NATS_URL/SOVKEYS_NATS_CREDS):
   sovkeys killswitch engage  --all | --keystore PREFIX | --tenant T  --reason TEXT
   sovkeys killswitch release --all | --keystore PREFIX | --tenant T  [--reason TEXT]
   sovkeys killswitch status
+  sovkeys unseal [--share SHARE]...          (shares on stdin without --share)
+  sovkeys unseal split --pool P --shares N --threshold K   (PIN on stdin)
 `
 
 // errUsage makes run print the usage text.
@@ -66,6 +69,9 @@ func dispatch(ctx context.Context, args []string, getenv func(string) string, st
 	case "standalone":
 		return runStandalone(ctx, args[1:], getenv, stdout, stderr)
 	case "gateway", "authn", "keyworker", "audit":
+		if args[0] == "audit" && len(args) > 1 && isAuditCommand(args[1]) {
+			return runAuditCommand(ctx, args[1:], getenv, stdout, stderr)
+		}
 		return runService(ctx, args[0], args[1:], getenv, stderr)
 	case "xks":
 		return runXKS(ctx, args[1:], getenv, stdout, stderr)
@@ -75,6 +81,8 @@ func dispatch(ctx context.Context, args []string, getenv func(string) string, st
 		return runInstance(ctx, args[1:], getenv, stdout, stderr)
 	case "killswitch":
 		return runKillswitch(ctx, args[1:], getenv, stdout, stderr)
+	case "unseal":
+		return runUnseal(ctx, args[1:], getenv, os.Stdin, stdout, stderr)
 	case "help", "-h", "--help":
 		return errUsage
 	}

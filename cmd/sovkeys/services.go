@@ -23,6 +23,7 @@ import (
 	"github.com/sovkeys/sovkeys/shared/ektstore"
 	"github.com/sovkeys/sovkeys/shared/mesh"
 	"github.com/sovkeys/sovkeys/shared/tracing"
+	"github.com/sovkeys/sovkeys/shared/unseal"
 )
 
 // serviceFlags hold every service's settings; each service reads its own.
@@ -105,17 +106,14 @@ func runService(ctx context.Context, name string, args []string, getenv func(str
 	}
 	var hsm *keyworker.HSM
 	if name == "keyworker" {
-		pin, err := readPIN(f.hsmPinFile, getenv)
-		if err != nil {
-			return err
+		// Without a PIN the keyworker starts sealed and waits for
+		// `sovkeys unseal` shares (see startService).
+		if pin, err := readPIN(f.hsmPinFile, getenv); err == nil {
+			if hsm, err = keyworker.OpenHSM(ctx, f.hsmConfig(pin), logger); err != nil {
+				return err
+			}
+			defer func() { _ = hsm.Close() }()
 		}
-		hsm, err = keyworker.OpenHSM(ctx, keyworker.HSMConfig{
-			ModulePath: f.hsmModule, TokenLabel: f.hsmToken, PIN: pin, Sessions: f.sessions, IVFromHSM: f.ivFromHSM,
-		}, logger)
-		if err != nil {
-			return err
-		}
-		defer func() { _ = hsm.Close() }()
 	}
 	return startService(ctx, name, &f, hsm, getenv, logger)
 }
@@ -132,6 +130,29 @@ func readPIN(file string, getenv func(string) string) (string, error) {
 		return pin, nil
 	}
 	return "", fmt.Errorf("%w: the HSM user PIN is required (--hsm-pin-file or SOVKEYS_HSM_PIN)", shared.ErrConfigValidation)
+}
+
+func (f *serviceFlags) hsmConfig(pin string) keyworker.HSMConfig {
+	return keyworker.HSMConfig{ModulePath: f.hsmModule, TokenLabel: f.hsmToken, PIN: pin, Sessions: f.sessions, IVFromHSM: f.ivFromHSM}
+}
+
+// unsealHSM waits for k PIN shares in the memory-only unseal bucket and
+// opens the HSM with the PIN they rebuild, in this process's memory only.
+func unsealHSM(ctx context.Context, f *serviceFlags, js jetstream.JetStream, logger *slog.Logger) (*keyworker.HSM, error) {
+	kv, err := unseal.Open(ctx, js, f.topo.t)
+	if err != nil {
+		return nil, err
+	}
+	var hsm *keyworker.HSM
+	err = unseal.Await(ctx, kv, f.pool, logger, func(pin string) error {
+		h, err := keyworker.OpenHSM(ctx, f.hsmConfig(pin), logger)
+		if err != nil {
+			return err
+		}
+		hsm = h
+		return nil
+	})
+	return hsm, err
 }
 
 // runner is what every service package offers.
@@ -156,6 +177,12 @@ func startService(ctx context.Context, name string, f *serviceFlags, hsm *keywor
 	}
 	defer nc.Close()
 	var store ektstore.Store
+	if name == "keyworker" && hsm == nil {
+		if hsm, err = unsealHSM(ctx, f, js, logger); err != nil {
+			return err
+		}
+		defer func() { _ = hsm.Close() }()
+	}
 	if name == "keyworker" {
 		if store, err = ektStoreOf(ctx, f, js); err != nil {
 			return err

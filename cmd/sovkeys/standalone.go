@@ -22,6 +22,8 @@ import (
 	"github.com/sovkeys/sovkeys/services/keyworker"
 	"github.com/sovkeys/sovkeys/shared"
 	"github.com/sovkeys/sovkeys/shared/natsauth"
+	"github.com/sovkeys/sovkeys/shared/shamir"
+	"github.com/sovkeys/sovkeys/shared/unseal"
 )
 
 // standaloneTokenLabel is the SoftHSM token label of a standalone node.
@@ -37,6 +39,9 @@ func runStandalone(ctx context.Context, args []string, getenv func(string) strin
 	f.register(fs, getenv)
 	dataDir := fs.String("data", "", "data directory (created if missing)")
 	natsListen := fs.String("nats-listen", "127.0.0.1:4222", "embedded NATS listen address")
+	nShares := fs.Int("unseal-shares", 3, "HSM PIN shares made when the token is created")
+	kShares := fs.Int("unseal-threshold", 2, "shares needed to unseal after a restart")
+	devUnseal := fs.String("dev-unseal-file", "", "DEVELOPMENT ONLY: keep the unseal shares in this file (outside --data) and unseal from it at start; as unsafe as a PIN on disk")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -103,22 +108,45 @@ func runStandalone(ctx context.Context, args []string, getenv func(string) strin
 		credsOf[name] = p
 	}
 
-	// HSM: a SoftHSM token under dir, found by label.
-	pins, err := loadOrCreatePINs(filepath.Join(dir, "hsm", "pins"))
+	// HSM: a SoftHSM token under dir, found by label. Its PINs are never
+	// stored: the SO PIN is discarded after creation and the user PIN leaves
+	// only as Shamir shares printed once (docs/operations.md, "Unseal").
+	hsmDir := filepath.Join(dir, "hsm")
+	fresh := !tokenDirUsed(filepath.Join(hsmDir, "tokens"))
+	pin := randomHex(16)
+	tok, err := keyworker.EnsureSoftHSMToken(ctx, hsmDir, standaloneTokenLabel, randomHex(16), pin)
 	if err != nil {
 		return err
 	}
-	tok, err := keyworker.EnsureSoftHSMToken(ctx, filepath.Join(dir, "hsm"), standaloneTokenLabel, pins.so, pins.user)
-	if err != nil {
-		return err
+	f.hsmModule, f.hsmToken = tok.ModulePath, tok.TokenLabel
+	if fresh {
+		shares, err := unseal.SplitPIN(pin, f.pool, *nShares, *kShares)
+		if err != nil {
+			return fmt.Errorf("%w: unseal shares: %v", shared.ErrConfigValidation, err)
+		}
+		printShares(stdout, shares, *kShares)
+		if *devUnseal != "" {
+			if err := writeDevShares(*devUnseal, dir, shares); err != nil {
+				return err
+			}
+		}
+	} else {
+		pin = ""
+		if *devUnseal != "" {
+			if pin, err = readDevShares(*devUnseal); err != nil {
+				return err
+			}
+		}
 	}
-	hsm, err := keyworker.OpenHSM(ctx, keyworker.HSMConfig{
-		ModulePath: tok.ModulePath, TokenLabel: tok.TokenLabel, PIN: pins.user, Sessions: f.sessions, IVFromHSM: f.ivFromHSM,
-	}, logger)
-	if err != nil {
-		return err
+	var hsm *keyworker.HSM
+	if pin != "" {
+		if hsm, err = keyworker.OpenHSM(ctx, f.hsmConfig(pin), logger); err != nil {
+			return err
+		}
+		defer func() { _ = hsm.Close() }()
+	} else {
+		fmt.Fprintf(stdout, "HSM sealed: run `sovkeys unseal --share SHARE` with %d shares to start the keyworker\n", *kShares)
 	}
-	defer func() { _ = hsm.Close() }()
 
 	// TLS for the gateway.
 	if f.tlsCert == "" || f.tlsKey == "" {
@@ -167,28 +195,55 @@ func runStandalone(ctx context.Context, args []string, getenv func(string) strin
 	return runErr
 }
 
-type hsmPINs struct{ so, user string }
+// tokenDirUsed reports whether SoftHSM has stored a token under dir.
+func tokenDirUsed(dir string) bool {
+	entries, err := os.ReadDir(dir)
+	return err == nil && len(entries) > 0
+}
 
-// loadOrCreatePINs keeps the standalone token's PINs in a 0600 file. This is
-// the development profile: production keyworkers get the PIN from the
-// operator (SOVKEYS_HSM_PIN / --hsm-pin-file), see docs/operations.md.
-func loadOrCreatePINs(path string) (hsmPINs, error) {
+func printShares(w io.Writer, shares []unseal.Share, k int) {
+	fmt.Fprintf(w, "HSM unseal shares: %d of %d are needed after every restart. Shown ONCE; give them to different people:\n", k, len(shares))
+	for _, s := range shares {
+		fmt.Fprintf(w, "  %s\n", s.Encode())
+	}
+}
+
+// writeDevShares keeps the shares in a file for unattended development
+// restarts; refused inside the data dir so a copy of the data never
+// carries its own unseal material.
+func writeDevShares(path, dataDir string, shares []unseal.Share) error {
+	abs, err := filepath.Abs(path)
+	if err != nil {
+		return err
+	}
+	if rel, err := filepath.Rel(dataDir, abs); err == nil && !strings.HasPrefix(rel, "..") {
+		return fmt.Errorf("%w: --dev-unseal-file must be outside --data", shared.ErrConfigValidation)
+	}
+	var b strings.Builder
+	for _, s := range shares {
+		b.WriteString(s.Encode() + "\n")
+	}
+	return os.WriteFile(abs, []byte(b.String()), 0o600)
+}
+
+func readDevShares(path string) (string, error) {
 	b, err := os.ReadFile(path)
-	if err == nil {
-		parts := strings.Fields(string(b))
-		if len(parts) != 2 {
-			return hsmPINs{}, fmt.Errorf("%s: malformed pin file", path)
+	if err != nil {
+		return "", fmt.Errorf("--dev-unseal-file: %w", err)
+	}
+	var parts []shamir.Share
+	for _, line := range strings.Fields(string(b)) {
+		s, err := unseal.Parse(line)
+		if err != nil {
+			return "", err
 		}
-		return hsmPINs{so: parts[0], user: parts[1]}, nil
+		parts = append(parts, s.Share)
 	}
-	if !errors.Is(err, os.ErrNotExist) {
-		return hsmPINs{}, err
+	pin, err := shamir.Combine(parts)
+	if err != nil {
+		return "", err
 	}
-	p := hsmPINs{so: randomHex(16), user: randomHex(16)}
-	if err := os.WriteFile(path, []byte(p.so+" "+p.user+"\n"), 0o600); err != nil {
-		return hsmPINs{}, err
-	}
-	return p, nil
+	return string(pin), nil
 }
 
 func randomHex(n int) string {

@@ -99,7 +99,7 @@ func ServicePermissions(service string, pools []string) Permissions {
 					"$JS.API.CONSUMER.CREATE.OBJ_sovkeys_ekt", "$JS.API.CONSUMER.CREATE.OBJ_sovkeys_ekt.>",
 					"$JS.API.CONSUMER.DELETE.OBJ_sovkeys_ekt.>", "$JS.API.CONSUMER.INFO.OBJ_sovkeys_ekt.>", "$JS.FC.OBJ_sovkeys_ekt.>"},
 				workStreams(jsStreamConsume), jsStreamDeclare(shared.StreamAudit),
-				kvWrite(shared.BucketPools), kvWrite(shared.BucketPKI), kvWrite("sovkeys_ekt_index"),
+				kvWrite(shared.BucketPools), kvWrite(shared.BucketPKI), kvWrite("sovkeys_ekt_index"), kvWrite("sovkeys_unseal"),
 				kvRead(shared.BucketTenants), kvRead("sovkeys_killswitch")),
 			Sub:     join(commonSub, []string{shared.SubjectKeyworkerAdminPrefix + ">"}),
 			Respond: true,
@@ -119,6 +119,9 @@ func ServicePermissions(service string, pools []string) Permissions {
 			deny = append(deny, "$JS.API.CONSUMER.*."+s, "$JS.API.CONSUMER.*."+s+".>", "$JS.API.CONSUMER.*.*."+s+".>",
 				"$JS.API.STREAM.MSG.GET."+s, "$JS.API.DIRECT.GET."+s, "$JS.API.DIRECT.GET."+s+".>")
 		}
+		// Nor the unseal shares.
+		deny = append(deny, "$JS.API.*.*.KV_sovkeys_unseal", "$JS.API.*.*.KV_sovkeys_unseal.>", "$JS.API.DIRECT.GET.KV_sovkeys_unseal.>",
+			"$KV.sovkeys_unseal.>")
 		return Permissions{
 			Pub: join(commonPub, []string{"$JS.API.>", "$JS.ACK.>", "$JS.FC.>", "$KV.>", "$O.>",
 				shared.SubjectAuditPrefix + ">", "sovkeys.auditlog.>", "sovkeys.auditcp.>", "sovkeys.auditctl.>",
