@@ -58,8 +58,11 @@ type Report struct {
 	Throughput     float64             `json:"throughput_rps"`
 	Latency        Latency             `json:"latency"`
 	ScheduleLag    *Latency            `json:"scheduleLag,omitempty"`
+	Scheduled      uint64              `json:"scheduled,omitempty"` // open loop: requests due in the window
+	Unsent         uint64              `json:"unsent,omitempty"`    // of those, never answered: the run's time limit came first
 	PeakInFlight   int64               `json:"peakInFlight"`
 	Errors         []errorCount        `json:"errors"`
+	Timeline       []Second            `json:"timeline"` // by the second each request was answered
 	ByOp           map[string]OpReport `json:"byOp,omitempty"`
 	StoppedEarly   string              `json:"stoppedEarly,omitempty"`
 	GoalRPS        float64             `json:"goalRps,omitempty"`
@@ -80,13 +83,14 @@ func buildReport(cfg Config, started time.Time, res result) Report {
 		Warmup: cfg.Warmup.String(), Duration: cfg.Duration.String(), WindowSeconds: res.window.Seconds(),
 		Requests: res.requests, Succeeded: res.requests - res.failed, ErrorCount: res.failed,
 		Latency: summarize(res.all), PeakInFlight: res.peak, Errors: res.errs,
-		GoalRPS: cfg.GoalRPS, GoalP99ms: ms(cfg.GoalP99),
+		GoalRPS: cfg.GoalRPS, GoalP99ms: ms(cfg.GoalP99), Timeline: res.timeline,
 	}
 	if rep.Errors == nil {
 		rep.Errors = []errorCount{}
 	}
 	if cfg.OpenLoop() {
 		rep.Mode, rep.OfferedRate = "open", cfg.Rate
+		rep.Scheduled, rep.Unsent = res.scheduled, res.unsent
 		lag := summarize(res.lag)
 		rep.ScheduleLag = &lag
 	} else {
@@ -118,7 +122,10 @@ func verdict(cfg Config, rep Report) (bool, string) {
 		if rep.StoppedEarly != "" {
 			text += "; stopped early: " + rep.StoppedEarly
 		}
-		return rep.ErrorCount == 0 && rep.StoppedEarly == "", text
+		if rep.Unsent > 0 {
+			text += fmt.Sprintf("; %d scheduled requests never sent", rep.Unsent)
+		}
+		return rep.ErrorCount == 0 && rep.Unsent == 0 && rep.StoppedEarly == "", text
 	}
 	var miss []string
 	if cfg.GoalRPS > 0 {
@@ -138,6 +145,9 @@ func verdict(cfg Config, rep Report) (bool, string) {
 	}
 	if rep.ErrorCount > 0 {
 		miss = append(miss, fmt.Sprintf("%d errors", rep.ErrorCount))
+	}
+	if rep.Unsent > 0 {
+		miss = append(miss, fmt.Sprintf("%d scheduled requests never sent", rep.Unsent))
 	}
 	if rep.StoppedEarly != "" {
 		miss = append(miss, "stopped early: "+rep.StoppedEarly)
@@ -172,9 +182,13 @@ func (rep Report) writeText(w io.Writer) {
 	fmt.Fprintf(w, "requests    %d measured (%d ok, %d errors) over %.1f s, peak in flight %d\n",
 		rep.Requests, rep.Succeeded, rep.ErrorCount, rep.WindowSeconds, rep.PeakInFlight)
 	fmt.Fprintf(w, "throughput  %.1f req/s\n", rep.Throughput)
+	rep.writeSlowest(w)
 	writeLatency(w, "latency", rep.Latency)
 	if rep.ScheduleLag != nil {
 		writeLatency(w, "send lag", *rep.ScheduleLag)
+		if rep.Unsent > 0 {
+			fmt.Fprintf(w, "unsent      %d of %d scheduled requests: the generator fell behind and its time limit came first\n", rep.Unsent, rep.Scheduled)
+		}
 	}
 	ops := make([]string, 0, len(rep.ByOp))
 	for name := range rep.ByOp {
@@ -209,4 +223,26 @@ func (rep Report) writeJSON(path string) error {
 		return err
 	}
 	return os.WriteFile(path, append(b, '\n'), 0o644)
+}
+
+// writeSlowest names the second with the slowest answer and, against a p99
+// goal, how many seconds had an answer slower than it.
+func (rep Report) writeSlowest(w io.Writer) {
+	if len(rep.Timeline) == 0 {
+		return
+	}
+	worst, over := rep.Timeline[0], 0
+	for _, s := range rep.Timeline {
+		if s.MaxMs > worst.MaxMs {
+			worst = s
+		}
+		if rep.GoalP99ms > 0 && s.MaxMs > rep.GoalP99ms {
+			over++
+		}
+	}
+	fmt.Fprintf(w, "slowest s   t=%d s: max %.2f ms (%d ok, %d errors answered in that second)", worst.T, worst.MaxMs, worst.OK, worst.Errors)
+	if rep.GoalP99ms > 0 {
+		fmt.Fprintf(w, "; %d of %d seconds had an answer over %.0f ms", over, len(rep.Timeline), rep.GoalP99ms)
+	}
+	fmt.Fprintln(w)
 }

@@ -3,6 +3,8 @@ package main
 import (
 	"context"
 	"errors"
+	"fmt"
+	"math"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -89,6 +91,7 @@ type runner struct {
 	ops        map[string]*opStats
 	okInWindow atomic.Uint64 // successes completed inside the window
 	errs       errorCounts
+	timeline   *timeline
 }
 
 // result is what a run measured.
@@ -104,6 +107,10 @@ type result struct {
 	peak        int64
 	capped      bool
 	interrupted bool
+	// open loop: requests the schedule placed in the window, and how many
+	// of them were never answered because the run's time limit came first
+	scheduled, unsent uint64
+	timeline          []Second
 }
 
 func newRunner(cfg Config, send sendFunc, now func() time.Time) *runner {
@@ -118,7 +125,9 @@ func (r *runner) run(ctx context.Context) result {
 	r.start = r.now()
 	r.measureFrom = r.start.Add(r.cfg.Warmup)
 	r.end = r.measureFrom.Add(r.cfg.Duration)
-	ctx, cancel := context.WithDeadline(ctx, r.end.Add(r.cfg.Timeout+5*time.Second))
+	hardStop := r.end.Add(r.cfg.Timeout + 5*time.Second)
+	r.timeline = newTimeline(hardStop.Sub(r.measureFrom))
+	ctx, cancel := context.WithDeadline(ctx, hardStop)
 	defer cancel()
 
 	var wg sync.WaitGroup
@@ -135,6 +144,7 @@ func (r *runner) run(ctx context.Context) result {
 		all: &r.all, lag: &r.lag, ops: r.ops, errs: r.errs.sorted(),
 		okInWindow: r.okInWindow.Load(), peak: r.peak.Load(), capped: r.capHit.Load(),
 		interrupted: ctx.Err() != nil && !errors.Is(context.Cause(ctx), context.DeadlineExceeded),
+		timeline:    r.timeline.seconds(),
 	}
 	for _, s := range r.ops {
 		res.requests += s.requests.Load()
@@ -147,7 +157,40 @@ func (r *runner) run(ctx context.Context) result {
 		windowEnd = last
 	}
 	res.window = max(windowEnd.Sub(r.measureFrom), 0)
+	if r.cfg.OpenLoop() && !res.interrupted {
+		res.scheduled = scheduledIn(r.cfg)
+		if res.scheduled > res.requests {
+			res.unsent = res.scheduled - res.requests
+		}
+	}
 	return res
+}
+
+// slotTime is when the open-loop schedule sends request seq, after start.
+func slotTime(seq uint64, rate float64) time.Duration {
+	return time.Duration(math.Round(float64(seq) * float64(time.Second) / rate))
+}
+
+// firstSlotAt is the first request the schedule sends at or after d.
+func firstSlotAt(d time.Duration, rate float64) uint64 {
+	seq := uint64(max(math.Floor(d.Seconds()*rate)-1, 0))
+	for slotTime(seq, rate) < d {
+		seq++
+	}
+	return seq
+}
+
+// scheduledIn counts the open-loop requests whose intended send time falls
+// in the measured window, within the safety cap. Compared with what was
+// answered it exposes requests the generator never got to send, which an
+// open loop must not silently drop.
+func scheduledIn(cfg Config) uint64 {
+	first := firstSlotAt(cfg.Warmup, cfg.Rate)
+	end := min(firstSlotAt(cfg.Warmup+cfg.Duration, cfg.Rate), uint64(cfg.MaxRequests))
+	if end <= first {
+		return 0
+	}
+	return end - first
 }
 
 // claim numbers the next request, or reports that the safety cap is reached.
@@ -182,13 +225,12 @@ func (r *runner) closedWorker(ctx context.Context) {
 func (r *runner) openWorker(ctx context.Context) {
 	timer := time.NewTimer(time.Hour)
 	defer timer.Stop()
-	perReq := float64(time.Second) / r.cfg.Rate
 	for ctx.Err() == nil {
 		seq, ok := r.claim()
 		if !ok {
 			return
 		}
-		intended := r.start.Add(time.Duration(float64(seq) * perReq))
+		intended := r.start.Add(slotTime(seq, r.cfg.Rate))
 		if !intended.Before(r.end) {
 			return
 		}
@@ -228,8 +270,11 @@ func (r *runner) exchange(ctx context.Context, seq uint64, intended, sent time.T
 			break
 		}
 	}
-	if err != nil && ctx.Err() != nil && errors.Is(err, context.Canceled) {
-		return // the run was interrupted; this is not the server's error
+	if err != nil && ctx.Err() != nil {
+		if errors.Is(ctx.Err(), context.Canceled) {
+			return // the run was interrupted; this is not the server's error
+		}
+		err = fmt.Errorf("%w: %w", errCutOff, err)
 	}
 	if err == nil && !done.Before(r.measureFrom) && !done.After(r.end) {
 		r.okInWindow.Add(1)
@@ -242,12 +287,13 @@ func (r *runner) exchange(ctx context.Context, seq uint64, intended, sent time.T
 		s = r.ops[OpEncrypt]
 	}
 	s.requests.Add(1)
+	d := done.Sub(intended)
+	r.timeline.record(done.Sub(r.measureFrom), d, err != nil)
 	if err != nil {
 		s.failed.Add(1)
 		r.errs.add(err)
 		return
 	}
-	d := done.Sub(intended)
 	s.lat.Record(d)
 	r.all.Record(d)
 }

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -40,6 +41,7 @@ func newFakeXKS(t *testing.T) *fakeXKS {
 	t.Helper()
 	f := &fakeXKS{}
 	f.srv = httptest.NewUnstartedServer(http.HandlerFunc(f.serve))
+	f.srv.Config.ErrorLog = log.New(io.Discard, "", 0) // clients hanging up at the end of a run
 	f.srv.StartTLS()
 	t.Cleanup(f.srv.Close)
 	f.caFile = filepath.Join(t.TempDir(), "ca.pem")
@@ -139,6 +141,13 @@ func TestRunClosedLoopCountsErrorsByName(t *testing.T) {
 			t.Errorf("text report lacks %q:\n%s", want, text)
 		}
 	}
+	var ok, failed uint64
+	for _, s := range rep.Timeline {
+		ok, failed = ok+s.OK, failed+s.Errors
+	}
+	if ok != 32 || failed != 8 {
+		t.Errorf("timeline holds %d ok and %d errors, want 32 and 8", ok, failed)
+	}
 	if n := f.unsigned.Load(); n != 0 {
 		t.Errorf("%d requests without a SigV4 signature", n)
 	}
@@ -152,6 +161,9 @@ func TestRunOpenLoopDecryptChecksPlaintext(t *testing.T) {
 	}
 	if rep.Requests != 30 || rep.ErrorCount != 0 {
 		t.Errorf("requests %d errors %d (%+v)", rep.Requests, rep.ErrorCount, rep.Errors)
+	}
+	if rep.Scheduled != 30 || rep.Unsent != 0 {
+		t.Errorf("scheduled %d unsent %d, want 30 and 0", rep.Scheduled, rep.Unsent)
 	}
 	if got := f.encrypts.Load(); got != 8 {
 		t.Errorf("pool pre-encryption made %d encrypts, want 8", got)
@@ -211,6 +223,7 @@ func TestClassify(t *testing.T) {
 	}{
 		{&xksclient.APIError{Status: 429, Name: "ThrottlingException"}, "HTTP 429 ThrottlingException"},
 		{fmt.Errorf("wrapped: %w", &xksclient.APIError{Status: 502}), "HTTP 502 (no errorName)"},
+		{fmt.Errorf("%w: %w", errCutOff, context.DeadlineExceeded), "cut off at run time limit"},
 		{errBadResponse, "malformed response"},
 		{errMismatch, "plaintext mismatch"},
 		{fmt.Errorf("post: %w", context.DeadlineExceeded), "timeout"},
@@ -253,6 +266,27 @@ func TestVerdict(t *testing.T) {
 			}
 			if pass != strings.HasPrefix(text, "PASS") {
 				t.Errorf("verdict text %q disagrees with pass=%v", text, pass)
+			}
+		})
+	}
+}
+
+func TestScheduledIn(t *testing.T) {
+	tests := []struct {
+		name string
+		cfg  Config
+		want uint64
+	}{
+		{"kms rate for a minute after warmup", Config{Rate: 1800, Warmup: 5 * time.Second, Duration: time.Minute, MaxRequests: 1 << 40}, 108000},
+		{"slots at 0, 1/3 and 2/3 s", Config{Rate: 3, Duration: time.Second, MaxRequests: 100}, 3},
+		{"fractional rate", Config{Rate: 0.5, Warmup: time.Second, Duration: 4 * time.Second, MaxRequests: 100}, 2}, // slots at 2 s and 4 s
+		{"cap inside the window", Config{Rate: 100, Warmup: time.Second, Duration: 10 * time.Second, MaxRequests: 150}, 50},
+		{"cap inside warmup", Config{Rate: 100, Warmup: time.Second, Duration: 10 * time.Second, MaxRequests: 50}, 0},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := scheduledIn(tc.cfg); got != tc.want {
+				t.Errorf("scheduledIn = %d, want %d", got, tc.want)
 			}
 		})
 	}

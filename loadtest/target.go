@@ -24,6 +24,9 @@ import (
 var (
 	errBadResponse = errors.New("loadtest: malformed encrypt response")
 	errMismatch    = errors.New("loadtest: decrypt returned other plaintext")
+	// errCutOff marks a request still out when the run's own time limit
+	// (schedule end + -timeout + grace) expired.
+	errCutOff = errors.New("loadtest: cut off at the run's time limit")
 )
 
 // newHTTPClient is a keep-alive HTTPS client with an idle connection for
@@ -188,6 +191,8 @@ func classify(err error) string {
 	var ae *xksclient.APIError
 	var ne net.Error
 	switch {
+	case errors.Is(err, errCutOff):
+		return "cut off at run time limit"
 	case errors.As(err, &ae):
 		name := ae.Name
 		if name == "" {
