@@ -76,9 +76,23 @@ func (s *Service) auditKey(ctx context.Context) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	release, err := s.auditKeyLease(ctx, kv)
-	if err != nil {
-		return nil, err
+	var release func()
+	for release == nil {
+		if release, err = s.auditKeyLease(ctx, kv); err != nil {
+			return nil, err
+		}
+		if release != nil {
+			break
+		}
+		// Another keyworker is creating it: wait for the key to appear.
+		select {
+		case <-ctx.Done():
+			return nil, shared.NewError(shared.CodeDependencyTimeout, "the audit key of pool %q is being created; retry", s.cfg.Pool)
+		case <-time.After(100 * time.Millisecond):
+		}
+		if spki, err = s.hsm.PublicKey(ctx, AuditKeyLabel); err == nil || !errors.Is(err, ErrHierarchyMissing) {
+			return spki, err
+		}
 	}
 	defer release()
 	// Another keyworker may have created it before we took the lease.
@@ -105,7 +119,8 @@ func (s *Service) auditKey(ctx context.Context) ([]byte, error) {
 	return spki, nil
 }
 
-// auditKeyLease takes the pool's creation lease; release gives it back.
+// auditKeyLease takes the pool's creation lease; release gives it back. A
+// nil release and nil error mean another keyworker holds it.
 func (s *Service) auditKeyLease(ctx context.Context, kv jetstream.KeyValue) (release func(), err error) {
 	key := auditlog.PKIKey(s.cfg.Pool) + "_lock"
 	now := s.now()
@@ -122,7 +137,7 @@ func (s *Service) auditKeyLease(ctx context.Context, kv jetstream.KeyValue) (rel
 			_ = kv.Delete(ctx, key, jetstream.LastRevision(e.Revision()))
 		}
 	}
-	return nil, shared.NewError(shared.CodeDependencyTimeout, "the audit key of pool %q is being created; retry", s.cfg.Pool)
+	return nil, nil
 }
 
 // publishAuditKey makes KV hold spki under <pool>.audit_key; a different

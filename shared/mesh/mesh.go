@@ -94,9 +94,13 @@ type Topology struct {
 	FileStorageWork bool
 }
 
-// DefaultTopology is right for one node and a SoftHSM token.
+// DefaultTopology is right for one node and a SoftHSM token. Queue depths
+// are sized so queued work clears well inside AWS KMS's 250 ms budget at
+// the ~2,000 req/s one such node serves (measured, docs/BENCHMARKS.md):
+// beyond them callers get an immediate ThrottlingException instead of a
+// late timeout.
 func DefaultTopology() Topology {
-	return Topology{Replicas: 1, RequestQueueDepth: 4096, WorkQueueDepth: 2048, WorkBudget: 64, AuditMaxAge: 7 * 24 * time.Hour}
+	return Topology{Replicas: 1, RequestQueueDepth: 512, WorkQueueDepth: 256, WorkBudget: 64, AuditMaxAge: 7 * 24 * time.Hour}
 }
 
 // Validate checks the topology.
