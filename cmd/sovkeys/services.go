@@ -38,6 +38,9 @@ type serviceFlags struct {
 	maxSkew     time.Duration
 	concurrency int
 
+	ratePerIP, ratePerCaller, vsRatePerCaller    float64
+	burstPerIP, burstPerCaller, vsBurstPerCaller int
+
 	pool, hsmModule, hsmToken, hsmPinFile, model string
 	sessions                                     int
 	ivFromHSM                                    bool
@@ -59,6 +62,12 @@ func (f *serviceFlags) register(fs *flag.FlagSet, getenv func(string) string) {
 	fs.DurationVar(&f.requestTimeout, "request-timeout", time.Second, "gateway: end-to-end deadline of a request")
 	fs.DurationVar(&f.maxSkew, "max-skew", 5*time.Minute, "authn: SigV4 clock skew tolerance")
 	fs.IntVar(&f.concurrency, "concurrency", 256, "authn: requests verified at once")
+	fs.Float64Var(&f.ratePerIP, "rate-per-ip", 10000, "gateway: requests/s per source address (0 = off)")
+	fs.IntVar(&f.burstPerIP, "burst-per-ip", 2000, "gateway: burst per source address")
+	fs.Float64Var(&f.ratePerCaller, "rate-per-credential", 3000, "authn: XKS requests/s per access key id (0 = off)")
+	fs.IntVar(&f.burstPerCaller, "burst-per-credential", 3000, "authn: XKS burst per access key id")
+	fs.Float64Var(&f.vsRatePerCaller, "rate-per-instance", 200, "authn: volume-secret calls/s per instance (0 = off)")
+	fs.IntVar(&f.vsBurstPerCaller, "burst-per-instance", 200, "authn: volume-secret burst per instance")
 	fs.StringVar(&f.pool, "pool", "default", "keyworker: pool name (one HSM or partition)")
 	fs.StringVar(&f.hsmModule, "hsm-module", getenv("SOVKEYS_HSM_MODULE"), "keyworker: PKCS#11 module path (env SOVKEYS_HSM_MODULE)")
 	fs.StringVar(&f.hsmToken, "hsm-token-label", envOr(getenv, "SOVKEYS_HSM_TOKEN_LABEL", "sovkeys"), "keyworker: token label (env SOVKEYS_HSM_TOKEN_LABEL)")
@@ -204,10 +213,13 @@ func buildService(name string, f *serviceFlags, nc *nats.Conn, js jetstream.JetS
 		return gateway.New(gateway.Config{
 			Listen: f.listen, CertFile: f.tlsCert, KeyFile: f.tlsKey,
 			RequestTimeout: f.requestTimeout, Topology: f.topo.t, VolumePool: f.pool,
+			RatePerIP: f.ratePerIP, BurstPerIP: f.burstPerIP,
 		}, gateway.Deps{NC: nc, JS: js, Logger: logger, Tracer: tp, Now: time.Now})
 	case "authn":
 		return authn.New(authn.Config{
 			Topology: f.topo.t, MaxSkew: f.maxSkew, Concurrency: f.concurrency,
+			RatePerCaller: f.ratePerCaller, BurstPerCaller: f.burstPerCaller,
+			VSRatePerCaller: f.vsRatePerCaller, VSBurstPerCaller: f.vsBurstPerCaller,
 			ProxyModel: "sovkeys " + shared.Version, EKMVendor: f.model,
 		}, authn.Deps{NC: nc, JS: js, Logger: logger, Tracer: tp, Now: time.Now})
 	case "keyworker":

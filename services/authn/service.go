@@ -22,6 +22,7 @@ import (
 	"github.com/sovkeys/sovkeys/shared"
 	"github.com/sovkeys/sovkeys/shared/killswitch"
 	"github.com/sovkeys/sovkeys/shared/mesh"
+	"github.com/sovkeys/sovkeys/shared/ratelimit"
 	"github.com/sovkeys/sovkeys/shared/registry"
 	"github.com/sovkeys/sovkeys/shared/tracing"
 )
@@ -33,6 +34,13 @@ type Config struct {
 	MaxSkew time.Duration
 	// Concurrency bounds requests verified at once by this process.
 	Concurrency int
+	// RatePerCaller/BurstPerCaller bound XKS requests per access key id
+	// (AWS KMS sends at most 1,800 req/s per key store); VSRatePerCaller/
+	// VSBurstPerCaller bound volume-secret calls per instance. 0 disables.
+	RatePerCaller    float64
+	BurstPerCaller   int
+	VSRatePerCaller  float64
+	VSBurstPerCaller int
 	// Vendor and model strings reported by XKS health.
 	ProxyModel string
 	EKMVendor  string
@@ -72,6 +80,8 @@ type Service struct {
 	keys      *registry.Cache[registry.Key]
 	pools     jetstream.KeyValue
 	secrets   *secretCache
+	xksLimit  *ratelimit.Limiter
+	vsLimit   *ratelimit.Limiter
 	tenants   *registry.Cache[registry.Tenant]
 	cas       *caPool
 	kill      *killswitch.Watcher
@@ -92,6 +102,8 @@ func New(cfg Config, deps Deps) (*Service, error) {
 		now:      deps.Now,
 		verifier: SigV4Verifier{Service: "kms-xks-proxy", MaxSkew: cfg.MaxSkew, Now: deps.Now},
 		secrets:  newSecretCache(),
+		xksLimit: ratelimit.New(cfg.RatePerCaller, cfg.BurstPerCaller),
+		vsLimit:  ratelimit.New(cfg.VSRatePerCaller, cfg.VSBurstPerCaller),
 	}, nil
 }
 

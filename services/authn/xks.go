@@ -36,6 +36,9 @@ func (s *Service) xks(ctx context.Context, env *shared.Envelope, ev *shared.Audi
 	if _, err := s.verifier.Verify(in, creds); err != nil {
 		return false, nil, err
 	}
+	if !s.xksLimit.Allow(ks.Prefix + "/" + akid) {
+		return false, nil, shared.NewError(shared.CodeThrottling, "request rate of this credential exceeded, retry later")
+	}
 
 	md, err := parseMetadata(env.API, env.Body)
 	if err != nil {

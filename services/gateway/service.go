@@ -14,6 +14,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"strings"
 	"sync"
 	"time"
 
@@ -25,6 +26,7 @@ import (
 	"github.com/sovkeys/sovkeys/shared"
 	"github.com/sovkeys/sovkeys/shared/killswitch"
 	"github.com/sovkeys/sovkeys/shared/mesh"
+	"github.com/sovkeys/sovkeys/shared/ratelimit"
 	"github.com/sovkeys/sovkeys/shared/registry"
 )
 
@@ -40,6 +42,11 @@ type Config struct {
 	// VolumePool is the keyworker pool whose signing key
 	// /v1/public-signing-key serves.
 	VolumePool string
+	// RatePerIP and BurstPerIP bound requests per source address before
+	// any work is done (0 disables). AWS KMS sends up to 1,800 req/s per key
+	// store, from several addresses.
+	RatePerIP  float64
+	BurstPerIP int
 }
 
 // Validate checks the configuration.
@@ -204,7 +211,19 @@ func (s *Service) routes() http.Handler {
 	mux.HandleFunc("/v1/public-signing-key", s.handlePublicSigningKey)
 	mux.HandleFunc("/v1/encryption/", s.handleVS)
 	mux.HandleFunc("/", s.handleXKS)
-	return mux
+	limiter := ratelimit.New(s.cfg.RatePerIP, s.cfg.BurstPerIP)
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !limiter.Allow(sourceIP(r)) {
+			err := shared.NewError(shared.CodeThrottling, "too many requests from this address, retry later")
+			if strings.HasPrefix(r.URL.Path, "/v1/") {
+				writeVSError(w, err)
+			} else {
+				writeXKSError(w, err)
+			}
+			return
+		}
+		mux.ServeHTTP(w, r)
+	})
 }
 
 // ready reports, cached for a second, whether authn, a keyworker and audit
