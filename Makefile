@@ -27,7 +27,7 @@ build: deps
 
 run: build
 	@echo "data dir: $(DATA)   (make run DATA=... LISTEN=... NATS=... to change)"
-	$(BIN) standalone --data $(DATA) --listen $(LISTEN) --nats-listen $(NATS)
+	$(BIN) standalone --data $(DATA) --listen $(LISTEN) --nats-listen $(NATS) --dev-unseal-file $(CURDIR)/.unseal-shares
 
 .PHONY: versitygw
 # S3 server for the tests (real versitygw on loopback); built once, then cached.
