@@ -49,6 +49,7 @@ fuzz: deps
 	$(GO) test ./services/authn -run '^$$' -fuzz FuzzParseAuthorization -fuzztime 30s
 	$(GO) test ./services/authn -run '^$$' -fuzz FuzzVerify -fuzztime 30s
 	$(GO) test ./shared/vs -run '^$$' -fuzz FuzzParseRequests -fuzztime 30s
+	$(GO) test ./shared/vs -run '^$$' -fuzz FuzzParseAWSIdentity -fuzztime 30s
 
 bench: deps
 	$(GO) test ./services/keyworker -run '^$$' -bench . -benchtime 3s

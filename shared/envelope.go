@@ -58,6 +58,12 @@ type Evidence struct {
 	ClientCerts [][]byte `json:"client_certs,omitempty"`
 	// InstanceID is the {InstanceId} of a volume-secret path.
 	InstanceID string `json:"instance_id,omitempty"`
+	// AWSIdentity is the X-Sovkeys-AWS-Identity header (vs.AWSIdentity);
+	// authn verifies it and drops it before forwarding.
+	AWSIdentity string `json:"aws_identity,omitempty"`
+	// SourceVPC is the VPC id a trusted proxy named (gateway
+	// --vpc-id-header); SourceIP then also comes from the proxy.
+	SourceVPC string `json:"source_vpc,omitempty"`
 }
 
 // Authz is authn's verdict, attached to work it forwards to a keyworker.

@@ -83,7 +83,14 @@ func startNode(dir string, shares []string) (*node, error) {
 	}
 	args := []string{"standalone", "--data", dir, "--listen", fmt.Sprintf("127.0.0.1:%d", gwPort),
 		"--nats-listen", fmt.Sprintf("127.0.0.1:%d", natsPort), "--log-level", "warn"}
-	go func() { n.done <- run(ctx, args, os.Getenv, n.stdout, n.stderr) }()
+	env := awsTestEnv() // aws_e2e_test.go: the loopback STS/EC2 (and trusted proxy) this node uses
+	getenv := func(k string) string {
+		if v, ok := env[k]; ok {
+			return v
+		}
+		return os.Getenv(k)
+	}
+	go func() { n.done <- run(ctx, args, getenv, n.stdout, n.stderr) }()
 
 	// Trust only the node's own CA, as a client would.
 	var pool *x509.CertPool

@@ -33,7 +33,8 @@ Operator commands (--nats/--creds or SOVKEYS_NATS_URL/SOVKEYS_NATS_CREDS):
   sovkeys xks key create --keystore PREFIX --id KEYID --usage encrypt,decrypt|encrypt|decrypt|none [--label L] [--existing]
   sovkeys xks key disable|enable --keystore PREFIX --id KEYID
   sovkeys xks key list --keystore PREFIX
-  sovkeys tenant create --id TENANT [--ekt-name NAME] [--audit-bucket B] [--account A --role-arn R] [--auth mtls|aws]
+  sovkeys tenant create --id TENANT [--ekt-name NAME] [--audit-bucket B] [--auth mtls|aws]
+                        [--account A --role-arn R --region R --check-source-ip]   (aws)
   sovkeys tenant list | show --id T | disable --id T | enable --id T
   sovkeys instance issue-cert --tenant TENANT --instance INSTANCE_ID --out DIR [--days 365]
   sovkeys killswitch engage  --all | --keystore PREFIX | --tenant T  --reason TEXT

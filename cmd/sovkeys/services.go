@@ -11,6 +11,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/credentials"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
@@ -50,6 +52,8 @@ type serviceFlags struct {
 	s3Endpoint, s3Region, s3Bucket, s3KeyPrefix string
 	s3PathStyle                                 bool
 	s3AccessKeyID, s3SecretAccessKey            string
+
+	aws awsFlags // AWS instance identity (authn) and trusted proxies (gateway)
 }
 
 func (f *serviceFlags) register(fs *flag.FlagSet, getenv func(string) string) {
@@ -84,6 +88,7 @@ func (f *serviceFlags) register(fs *flag.FlagSet, getenv func(string) string) {
 	fs.BoolVar(&f.s3PathStyle, "s3-path-style", true, "keyworker: path-style S3 addressing")
 	f.s3AccessKeyID = getenv("SOVKEYS_S3_ACCESS_KEY_ID")         // secrets only from the environment
 	f.s3SecretAccessKey = getenv("SOVKEYS_S3_SECRET_ACCESS_KEY") // never from flags (visible in ps)
+	f.aws.register(fs, getenv)
 }
 
 // ektStoreOf builds the keyworker's EKT store.
@@ -210,10 +215,15 @@ func startService(ctx context.Context, name string, f *serviceFlags, hsm *keywor
 func buildService(name string, f *serviceFlags, nc *nats.Conn, js jetstream.JetStream, hsm *keyworker.HSM, store ektstore.Store, tp *sdktrace.TracerProvider, logger *slog.Logger) (runner, error) {
 	switch name {
 	case "gateway":
+		proxies, err := gateway.ParseCIDRs(f.aws.proxyCIDRs)
+		if err != nil {
+			return nil, err
+		}
 		return gateway.New(gateway.Config{
 			Listen: f.listen, CertFile: f.tlsCert, KeyFile: f.tlsKey,
 			RequestTimeout: f.requestTimeout, Topology: f.topo.t, VolumePool: f.pool,
 			RatePerIP: f.ratePerIP, BurstPerIP: f.burstPerIP,
+			TrustedProxy: gateway.TrustedProxyConfig{CIDRs: proxies, SourceIPHeader: f.aws.sourceIPHeader, VPCIDHeader: f.aws.vpcIDHeader},
 		}, gateway.Deps{NC: nc, JS: js, Logger: logger, Tracer: tp, Now: time.Now})
 	case "authn":
 		return authn.New(authn.Config{
@@ -221,7 +231,8 @@ func buildService(name string, f *serviceFlags, nc *nats.Conn, js jetstream.JetS
 			RatePerCaller: f.ratePerCaller, BurstPerCaller: f.burstPerCaller,
 			VSRatePerCaller: f.vsRatePerCaller, VSBurstPerCaller: f.vsBurstPerCaller,
 			ProxyModel: "sovkeys " + shared.Version, EKMVendor: f.model,
-		}, authn.Deps{NC: nc, JS: js, Logger: logger, Tracer: tp, Now: time.Now})
+			AWS: f.aws.authn(),
+		}, authn.Deps{NC: nc, JS: js, Logger: logger, Tracer: tp, Now: time.Now, AWSCredentials: f.aws.credentials()})
 	case "keyworker":
 		return keyworker.New(keyworker.Config{
 			Pool: f.pool, Model: f.model, Topology: f.topo.t, HealthTTL: f.healthTTL,
@@ -231,4 +242,45 @@ func buildService(name string, f *serviceFlags, nc *nats.Conn, js jetstream.JetS
 			audit.Deps{NC: nc, JS: js, Logger: logger, Tracer: tp, Now: time.Now})
 	}
 	return nil, fmt.Errorf("unknown service %q", name)
+}
+
+// awsFlags configure AWS instance identity (authn) and trusted proxy mode
+// (gateway); docs/aws-identity.md.
+type awsFlags struct {
+	serverID, region, stsEndpoint, ec2Endpoint string
+	timeout, cacheTTL                          time.Duration
+	cacheSize                                  int
+	accessKeyID, secretAccessKey, sessionToken string
+
+	proxyCIDRs, sourceIPHeader, vpcIDHeader string
+}
+
+func (a *awsFlags) register(fs *flag.FlagSet, getenv func(string) string) {
+	fs.StringVar(&a.serverID, "server-id", getenv("SOVKEYS_SERVER_ID"), "authn: name of this deployment that instances sign into their AWS identity; empty = AWS identity off (env SOVKEYS_SERVER_ID)")
+	fs.StringVar(&a.region, "aws-region", envOr(getenv, "SOVKEYS_AWS_REGION", "us-east-1"), "authn: STS signing region and default EC2 region of tenants (env SOVKEYS_AWS_REGION)")
+	fs.StringVar(&a.stsEndpoint, "sts-endpoint", getenv("SOVKEYS_STS_ENDPOINT"), "authn: STS endpoint instances sign for (env SOVKEYS_STS_ENDPOINT; default https://sts.<region>.amazonaws.com)")
+	fs.StringVar(&a.ec2Endpoint, "ec2-endpoint", getenv("SOVKEYS_EC2_ENDPOINT"), "authn: EC2 endpoint for every region (env SOVKEYS_EC2_ENDPOINT; default: AWS's for the tenant's region)")
+	fs.DurationVar(&a.timeout, "aws-timeout", 2*time.Second, "authn: time all AWS calls of one request may take (also capped by the request deadline)")
+	fs.DurationVar(&a.cacheTTL, "aws-cache-ttl", time.Minute, "authn: reuse of verified AWS identities and instance descriptions (0 = off, max 10m)")
+	fs.IntVar(&a.cacheSize, "aws-cache-size", 10000, "authn: entries per AWS identity cache")
+	fs.StringVar(&a.proxyCIDRs, "trusted-proxy-cidrs", getenv("SOVKEYS_TRUSTED_PROXY_CIDRS"), "gateway: comma-separated CIDRs of proxies whose source-ip/vpc-id headers are believed (env SOVKEYS_TRUSTED_PROXY_CIDRS; empty = off)")
+	fs.StringVar(&a.sourceIPHeader, "source-ip-header", getenv("SOVKEYS_SOURCE_IP_HEADER"), "gateway: header with the caller's address from a trusted proxy, last hop used, e.g. X-Forwarded-For (env SOVKEYS_SOURCE_IP_HEADER)")
+	fs.StringVar(&a.vpcIDHeader, "vpc-id-header", getenv("SOVKEYS_VPC_ID_HEADER"), "gateway: header with the caller's VPC id from a trusted proxy (env SOVKEYS_VPC_ID_HEADER)")
+	// authn's own AWS credentials: the standard variables, read here so the
+	// injected environment applies; unset = the SDK's default chain.
+	a.accessKeyID, a.secretAccessKey, a.sessionToken = getenv("AWS_ACCESS_KEY_ID"), getenv("AWS_SECRET_ACCESS_KEY"), getenv("AWS_SESSION_TOKEN")
+}
+
+func (a *awsFlags) authn() authn.AWSConfig {
+	return authn.AWSConfig{
+		ServerID: a.serverID, Region: a.region, STSEndpoint: a.stsEndpoint, EC2Endpoint: a.ec2Endpoint,
+		Timeout: a.timeout, CacheTTL: a.cacheTTL, CacheSize: a.cacheSize,
+	}
+}
+
+func (a *awsFlags) credentials() aws.CredentialsProvider {
+	if a.accessKeyID == "" || a.secretAccessKey == "" {
+		return nil
+	}
+	return credentials.NewStaticCredentialsProvider(a.accessKeyID, a.secretAccessKey, a.sessionToken)
 }

@@ -13,6 +13,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"go.opentelemetry.io/otel/attribute"
@@ -44,6 +45,9 @@ type Config struct {
 	// Vendor and model strings reported by XKS health.
 	ProxyModel string
 	EKMVendor  string
+	// AWS configures AWS instance identity for volume secrets (off when
+	// AWS.ServerID is empty); see awsid.go.
+	AWS AWSConfig
 }
 
 // Validate checks the configuration.
@@ -53,6 +57,9 @@ func (c Config) Validate() error {
 		return fmt.Errorf("%w: max skew must be in (0, 15m]", shared.ErrConfigValidation)
 	case c.Concurrency < 1:
 		return fmt.Errorf("%w: concurrency must be positive", shared.ErrConfigValidation)
+	}
+	if err := c.AWS.Validate(); err != nil {
+		return err
 	}
 	return c.Topology.Validate()
 }
@@ -64,6 +71,11 @@ type Deps struct {
 	Logger *slog.Logger
 	Tracer trace.TracerProvider
 	Now    func() time.Time
+	// AWSCredentials are authn's own AWS credentials (AssumeRole into
+	// tenants' roles); nil: the SDK's default chain. AWSHTTPClient, when
+	// set, carries every AWS call.
+	AWSCredentials aws.CredentialsProvider
+	AWSHTTPClient  aws.HTTPClient
 }
 
 // Service is a running authn.
@@ -85,6 +97,8 @@ type Service struct {
 	tenants   *registry.Cache[registry.Tenant]
 	cas       *caPool
 	kill      *killswitch.Watcher
+	aws       *awsVerifier // nil unless AWS instance identity is configured (awsid.go)
+	awsDeps   Deps
 }
 
 // New builds authn.
@@ -104,6 +118,7 @@ func New(cfg Config, deps Deps) (*Service, error) {
 		secrets:  newSecretCache(),
 		xksLimit: ratelimit.New(cfg.RatePerCaller, cfg.BurstPerCaller),
 		vsLimit:  ratelimit.New(cfg.VSRatePerCaller, cfg.VSBurstPerCaller),
+		awsDeps:  deps,
 	}, nil
 }
 
@@ -144,6 +159,9 @@ func (s *Service) Run(ctx context.Context) error {
 	}
 	if s.cas, err = watchCAs(ctx, pki, s); err != nil {
 		return fmt.Errorf("authn: watch instance CAs: %w", err)
+	}
+	if err := s.startAWS(ctx); err != nil {
+		return err
 	}
 	if s.kill, err = killswitch.Watch(ctx, s.js, s.cfg.Topology, s.log); err != nil {
 		return err
@@ -262,6 +280,7 @@ func (s *Service) handle(ctx context.Context, m jetstream.Msg) {
 // answers ThrottlingException at once.
 func (s *Service) forward(ctx context.Context, env *shared.Envelope) error {
 	env.Evidence.Header = nil // credentials stop here
+	env.Evidence.AWSIdentity = ""
 	data, err := env.Marshal()
 	if err != nil {
 		return fmt.Errorf("authn: encode work: %w", err)

@@ -95,10 +95,13 @@ func (p *caPool) get(pool string) *x509.Certificate {
 // volumeSecret authenticates an instance by its client certificate and
 // forwards the call to its tenant's pool.
 func (s *Service) volumeSecret(ctx context.Context, env *shared.Envelope, ev *shared.AuditEvent) (bool, error) {
+	if env.Evidence.AWSIdentity != "" {
+		return s.volumeSecretAWS(ctx, env, ev) // awsid.go; the tenant must allow "aws"
+	}
 	ev.Kind = shared.AuditKindTenant
 	ev.CallerType = "mtls"
 	if len(env.Evidence.ClientCerts) == 0 {
-		return false, shared.NewError(shared.CodeAuthenticationFailed, "a client certificate is required")
+		return false, shared.NewError(shared.CodeAuthenticationFailed, "a client certificate (or an AWS instance identity) is required")
 	}
 	leaf, err := x509.ParseCertificate(env.Evidence.ClientCerts[0])
 	if err != nil {
@@ -134,7 +137,7 @@ func (s *Service) volumeSecret(ctx context.Context, env *shared.Envelope, ev *sh
 	if env.Evidence.InstanceID != instance {
 		return false, shared.NewError(shared.CodeAccessDenied, "instance %q may not act for instance %q", instance, env.Evidence.InstanceID)
 	}
-	if err := validateVS(env, ev); err != nil {
+	if err := s.admitVS(env, ev); err != nil {
 		return false, err
 	}
 	env.Authz = &shared.Authz{
@@ -144,6 +147,15 @@ func (s *Service) volumeSecret(ctx context.Context, env *shared.Envelope, ev *sh
 		return false, err
 	}
 	return true, nil
+}
+
+// admitVS applies the per-instance rate limit to an authenticated caller
+// (ev.Scope/ev.CallerID) and validates the body, before any HSM work is queued.
+func (s *Service) admitVS(env *shared.Envelope, ev *shared.AuditEvent) error {
+	if !s.vsLimit.Allow(ev.Scope + "/" + ev.CallerID) {
+		return shared.NewError(shared.CodeThrottling, "request rate of this instance exceeded, retry later")
+	}
+	return validateVS(env, ev)
 }
 
 // validateVS checks the body before any HSM work is queued.

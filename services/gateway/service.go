@@ -47,6 +47,9 @@ type Config struct {
 	// store, from several addresses.
 	RatePerIP  float64
 	BurstPerIP int
+	// TrustedProxy takes the caller's source IP and VPC id from headers
+	// set by trusted proxies (proxy.go; off by default).
+	TrustedProxy TrustedProxyConfig
 }
 
 // Validate checks the configuration.
@@ -60,6 +63,9 @@ func (c Config) Validate() error {
 		return fmt.Errorf("%w: volume pool %q", shared.ErrConfigValidation, c.VolumePool)
 	case c.RequestTimeout < 10*time.Millisecond || c.RequestTimeout > time.Minute:
 		return fmt.Errorf("%w: request timeout must be in [10ms, 1m]", shared.ErrConfigValidation)
+	}
+	if err := c.TrustedProxy.Validate(); err != nil {
+		return err
 	}
 	return c.Topology.Validate()
 }
@@ -213,7 +219,7 @@ func (s *Service) routes() http.Handler {
 	mux.HandleFunc("/", s.handleXKS)
 	limiter := ratelimit.New(s.cfg.RatePerIP, s.cfg.BurstPerIP)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if !limiter.Allow(sourceIP(r)) {
+		if ip, _ := s.origin(r); !limiter.Allow(ip) {
 			err := shared.NewError(shared.CodeThrottling, "too many requests from this address, retry later")
 			if strings.HasPrefix(r.URL.Path, "/v1/") {
 				writeVSError(w, err)

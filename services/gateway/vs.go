@@ -39,14 +39,20 @@ func (s *Service) handleVS(w http.ResponseWriter, r *http.Request) {
 			err = shared.NewError(shared.CodeValidation, "request body exceeds %d bytes", vs.MaxBodyBytes)
 		}
 	}
+	awsIdentity, aerr := awsIdentityHeader(r) // proxy.go
+	if err == nil {
+		err = aerr
+	}
+	srcIP, srcVPC := s.origin(r) // trusted proxy mode, proxy.go
 	api := op.API()
 	env := &shared.Envelope{
 		Version: shared.EnvelopeVersion, ID: id, API: api,
 		Received: start, Deadline: start.Add(s.cfg.RequestTimeout),
 		ReplyTo: s.replySubject(),
 		Evidence: shared.Evidence{
-			SourceIP: sourceIP(r), Method: r.Method, Path: r.URL.EscapedPath(), Host: r.Host,
+			SourceIP: srcIP, Method: r.Method, Path: r.URL.EscapedPath(), Host: r.Host,
 			InstanceID: instanceID, ClientCerts: peerCerts(r),
+			AWSIdentity: awsIdentity, SourceVPC: srcVPC,
 		},
 		Body: body,
 	}

@@ -29,6 +29,12 @@ type Tenant struct {
 	AuthMethods []string  `json:"auth_methods"`
 	Status      string    `json:"status"`
 	Created     time.Time `json:"created"`
+
+	// AWS instance identity: the region of the tenant's instances (default:
+	// authn's --aws-region) and whether the caller's source IP must be one
+	// of the instance's private addresses.
+	Region        string `json:"region,omitempty"`
+	CheckSourceIP bool   `json:"check_source_ip,omitempty"`
 }
 
 // ValidTenantID reports whether id can name a tenant: 1-64 characters of
