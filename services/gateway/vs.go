@@ -89,20 +89,9 @@ func (s *Service) handleVS(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Service) auditVSFailure(ctx context.Context, env *shared.Envelope, err error) {
-	ev := &shared.AuditEvent{
-		RequestID: env.ID, Kind: shared.AuditKindTenant, API: env.API, Service: "gateway",
-		Start: env.Received, End: s.now(), SourceIP: env.Evidence.SourceIP,
-		CallerType: "instance", CallerID: env.Evidence.InstanceID,
-		Result: shared.ResultDenied, Code: shared.CodeOf(err), Reason: shared.MessageOf(err),
-	}
-	if ev.Code == shared.CodeDependencyTimeout || ev.Code == shared.CodeThrottling || ev.Code == shared.CodeInternal {
-		ev.Result = shared.ResultFailure
-	}
-	actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*s.cfg.RequestTimeout)
-	defer cancel()
-	if aerr := mesh.PublishAudit(actx, s.js, ev); aerr != nil {
-		s.log.Error("audit publish failed", "request_id", env.ID, "err", aerr)
-	}
+	s.publishRejection(ctx, env, &shared.AuditEvent{
+		Kind: shared.AuditKindTenant, CallerType: "instance", CallerID: env.Evidence.InstanceID,
+	}, err)
 }
 
 func peerCerts(r *http.Request) [][]byte {

@@ -140,11 +140,15 @@ func (s *Service) reject(ctx context.Context, w http.ResponseWriter, r *http.Req
 }
 
 func (s *Service) auditFailure(ctx context.Context, env *shared.Envelope, err error) {
-	ev := &shared.AuditEvent{
-		RequestID: env.ID, Kind: shared.AuditKindXKS, Scope: env.KeyStore, API: env.API, Service: "gateway",
-		Start: env.Received, End: s.now(), SourceIP: env.Evidence.SourceIP, KeyID: env.KeyID,
-		Result: shared.ResultDenied, Code: shared.CodeOf(err), Reason: shared.MessageOf(err), TraceID: tracing.TraceID(ctx),
-	}
+	s.publishRejection(ctx, env, &shared.AuditEvent{Kind: shared.AuditKindXKS, Scope: env.KeyStore, KeyID: env.KeyID}, err)
+}
+
+// publishRejection audits a request the gateway answered itself (refused
+// before the mesh, or timed out in it), before the answer is written.
+func (s *Service) publishRejection(ctx context.Context, env *shared.Envelope, ev *shared.AuditEvent, err error) {
+	ev.RequestID, ev.API, ev.Service = env.ID, env.API, "gateway"
+	ev.Start, ev.End, ev.SourceIP = env.Received, s.now(), env.Evidence.SourceIP
+	ev.Result, ev.Code, ev.Reason, ev.TraceID = shared.ResultDenied, shared.CodeOf(err), shared.MessageOf(err), tracing.TraceID(ctx)
 	if ev.Start.IsZero() {
 		ev.Start = ev.End
 	}
