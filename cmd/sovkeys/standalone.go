@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"crypto/rand"
+	"crypto/tls"
 	"encoding/hex"
 	"errors"
 	"flag"
@@ -39,6 +40,8 @@ func runStandalone(ctx context.Context, args []string, getenv func(string) strin
 	f.register(fs, getenv)
 	dataDir := fs.String("data", "", "data directory (created if missing)")
 	natsListen := fs.String("nats-listen", "127.0.0.1:4222", "embedded NATS listen address")
+	natsCert := fs.String("nats-tls-cert", "", "serve NATS over TLS with this certificate (PEM); services then need --nats-ca")
+	natsKey := fs.String("nats-tls-key", "", "private key of --nats-tls-cert")
 	nShares := fs.Int("unseal-shares", 3, "HSM PIN shares made when the token is created")
 	kShares := fs.Int("unseal-threshold", 2, "shares needed to unseal after a restart")
 	devUnseal := fs.String("dev-unseal-file", "", "DEVELOPMENT ONLY: keep the unseal shares in this file (outside --data) and unseal from it at start; as unsafe as a PIN on disk")
@@ -84,6 +87,14 @@ func runStandalone(ctx context.Context, args []string, getenv func(string) strin
 	}
 	if err := trust.Configure(opts); err != nil {
 		return err
+	}
+	if *natsCert != "" || *natsKey != "" {
+		tc, err := server.GenTLSConfig(&server.TLSConfigOpts{CertFile: *natsCert, KeyFile: *natsKey})
+		if err != nil {
+			return fmt.Errorf("%w: nats tls: %v", shared.ErrConfigValidation, err)
+		}
+		tc.MinVersion = tls.VersionTLS12
+		opts.TLSConfig, opts.TLS = tc, true
 	}
 	ns, err := server.NewServer(opts)
 	if err != nil {
