@@ -12,17 +12,26 @@ import (
 	"strings"
 	"time"
 
+	"github.com/sovkeys/sovkeys/shared/vs"
 	"github.com/sovkeys/sovkeys/shared/xks"
 )
 
 // ErrConfigValidation is wrapped by every configuration error.
 var ErrConfigValidation = errors.New("loadtest: invalid configuration")
 
-// Operations the generator can drive.
+// APIs the generator can load.
 const (
-	OpEncrypt = "encrypt"
-	OpDecrypt = "decrypt"
-	OpMixed   = "mixed"
+	APIXKS = "xks" // AWS KMS External Key Store proxy API, SigV4
+	APIVS  = "vs"  // instance volume secrets, mutual TLS
+)
+
+// Operations the generator can drive. decrypt and mixed exist in both APIs;
+// encrypt is XKS only, generate is volume-secret only.
+const (
+	OpEncrypt  = "encrypt"
+	OpDecrypt  = "decrypt"
+	OpMixed    = "mixed"
+	OpGenerate = "generate"
 )
 
 // Bounds that keep a run finite whatever the flags say.
@@ -35,17 +44,29 @@ const (
 
 // Config is one load run.
 type Config struct {
-	URL         string // https://127.0.0.1:8443
-	CAFile      string // PEM trust anchor; empty = system roots
+	API    string // xks | vs
+	URL    string // https://127.0.0.1:8443
+	CAFile string // PEM trust anchor; empty = system roots
+
+	// XKS: SigV4 credentials of a key store and the key to use.
 	Prefix      string // key store URI prefix
 	AccessKeyID string
 	Secret      string
 	KeyID       string
 
-	Op       string // encrypt | decrypt | mixed
+	// Volume secrets: what `sovkeys instance issue-cert --out DIR` wrote.
+	CertFile       string // DIR/cert.pem, the instance client certificate
+	KeyFile        string // DIR/key.pem, its private key
+	SigningKeyFile string // DIR/signing-key.pem, the pinned service signing key (PEM SPKI)
+	InstanceID     string // the {InstanceId} the certificate names
+	WrapKeys       int    // one-time RSA wrapping keys made before the run and rotated through
+	RSABits        int    // their size
+	KeepAlive      bool   // reuse TLS connections (default: a new one per call, as booting instances do)
+
+	Op       string // xks: encrypt | decrypt | mixed; vs: generate | decrypt | mixed
 	Size     int    // plaintext bytes
 	AADSize  int    // additionalAuthenticatedData bytes
-	PoolSize int    // pre-encrypted ciphertexts for decrypt
+	PoolSize int    // pre-encrypted ciphertexts (xks) or encrypted_secrets (vs) for decrypt
 
 	Concurrency int     // closed loop callers; open loop: unused
 	Rate        float64 // open loop requests/s; 0 = closed loop
@@ -56,6 +77,7 @@ type Config struct {
 	MaxRequests int64         // safety cap on requests sent, warmup included
 	Timeout     time.Duration // per request
 
+	NodePID     int // sample this process's CPU time over the window (Linux /proc); 0 = none
 	JSONFile    string
 	GoalRPS     float64
 	GoalP99     time.Duration
@@ -72,16 +94,27 @@ type credsFile struct {
 	SecretAccessKey string `json:"secretAccessKey"`
 }
 
-const usageHeader = `loadtest - SigV4-signed XKS load against a sovkeys gateway
+const usageHeader = `loadtest - XKS or volume-secret load against a sovkeys gateway
 
   loadtest -ca DATA/tls/ca.pem -creds-json ks.json -key KEYID [-op encrypt|decrypt|mixed]
            (-concurrency N | -rate R) [-duration 60s] [-warmup 5s] [-json out.json]
            [-goal-rps 1800 -goal-p99 25ms]
+  loadtest -api vs -ca DATA/tls/ca.pem -cert DIR/cert.pem -key DIR/key.pem
+           -signing-key DIR/signing-key.pem -instance ID [-op generate|decrypt|mixed]
+           (-concurrency N | -rate R) [-wrap-keys 8] [-rsa-bits 3072] [-keepalive] ...
 
 Closed loop (-concurrency) keeps N requests outstanding; open loop (-rate)
 sends R requests/s on a fixed schedule and measures latency from each
-request's intended send time. The secret may also come from
+request's intended send time. The XKS secret may also come from
 SOVKEYS_XKS_SECRET. Only loopback targets unless -allow-remote.
+
+-api vs calls as one instance over mutual TLS: a fresh volume_uuid per
+generate-secret, decrypt-secret over a pool of encrypted_secrets made before
+the run, every signature verified against -signing-key and every wrapped
+secret unwrapped (failures are errors). The one-time RSA wrapping keys are
+made before the run (-wrap-keys of -rsa-bits) and rotated through: key
+generation is the instance's cost, not the service's. Each call opens a new
+TLS connection unless -keepalive.
 
 Flags:
 `
@@ -95,18 +128,25 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (C
 		fs.PrintDefaults()
 	}
 	var c Config
-	var credsJSON string
+	var credsJSON, key string
+	fs.StringVar(&c.API, "api", APIXKS, "xks (SigV4 XKS proxy API) | vs (volume secrets over mutual TLS)")
 	fs.StringVar(&c.URL, "url", "https://127.0.0.1:8443", "gateway base URL")
 	fs.StringVar(&c.CAFile, "ca", "", "PEM file of the gateway's trust anchor (e.g. DATA/tls/ca.pem)")
 	fs.StringVar(&c.Prefix, "prefix", "", "key store URI prefix (default: uriPrefix of -creds-json)")
 	fs.StringVar(&c.AccessKeyID, "access-key-id", "", "key store SigV4 access key id")
 	fs.StringVar(&c.Secret, "secret", getenv("SOVKEYS_XKS_SECRET"), "key store SigV4 secret (env SOVKEYS_XKS_SECRET)")
 	fs.StringVar(&credsJSON, "creds-json", "", "JSON `FILE` printed by 'sovkeys xks keystore create' (prefix, access key id, secret)")
-	fs.StringVar(&c.KeyID, "key", "", "XKS key id (required)")
-	fs.StringVar(&c.Op, "op", OpEncrypt, "encrypt | decrypt | mixed (half each)")
+	fs.StringVar(&key, "key", "", "xks: the XKS key id (required); vs: the instance private key PEM `FILE` (DIR/key.pem)")
+	fs.StringVar(&c.CertFile, "cert", "", "vs: instance client certificate PEM `FILE` (DIR/cert.pem)")
+	fs.StringVar(&c.SigningKeyFile, "signing-key", "", "vs: pinned service signing key, PEM SPKI `FILE` (DIR/signing-key.pem)")
+	fs.StringVar(&c.InstanceID, "instance", "", "vs: the instance id the certificate was issued for")
+	fs.IntVar(&c.WrapKeys, "wrap-keys", 8, "vs: one-time RSA wrapping keys made before the run and rotated through")
+	fs.IntVar(&c.RSABits, "rsa-bits", 3072, "vs: size of the wrapping keys (2048-4096)")
+	fs.BoolVar(&c.KeepAlive, "keepalive", false, "vs: reuse TLS connections instead of one new connection per call")
+	fs.StringVar(&c.Op, "op", "", "xks: encrypt (default) | decrypt | mixed; vs: generate (default) | decrypt | mixed; mixed = half each")
 	fs.IntVar(&c.Size, "size", 1024, "plaintext bytes")
 	fs.IntVar(&c.AADSize, "aad", 0, "additionalAuthenticatedData bytes")
-	fs.IntVar(&c.PoolSize, "pool", 256, "ciphertexts encrypted before a decrypt or mixed run")
+	fs.IntVar(&c.PoolSize, "pool", 256, "ciphertexts (xks) or encrypted_secrets (vs) made before a decrypt or mixed run")
 	fs.IntVar(&c.Concurrency, "concurrency", 16, "closed loop: requests outstanding at once")
 	fs.Float64Var(&c.Rate, "rate", 0, "open loop: requests per second (replaces -concurrency)")
 	fs.IntVar(&c.MaxInFlight, "max-inflight", 512, "open loop: most requests outstanding at once")
@@ -114,6 +154,7 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (C
 	fs.DurationVar(&c.Warmup, "warmup", 5*time.Second, "unmeasured load before the measured run")
 	fs.Int64Var(&c.MaxRequests, "max-requests", 2_000_000, "safety cap on requests sent, warmup included")
 	fs.DurationVar(&c.Timeout, "timeout", 5*time.Second, "per-request timeout")
+	fs.IntVar(&c.NodePID, "node-pid", 0, "also report the CPU time this process (the sovkeys node) used in the measured window")
 	fs.StringVar(&c.JSONFile, "json", "", "also write the report as JSON to this file")
 	fs.Float64Var(&c.GoalRPS, "goal-rps", 0, "verdict: required throughput in requests/s")
 	fs.DurationVar(&c.GoalP99, "goal-p99", 0, "verdict: largest acceptable p99 latency")
@@ -129,12 +170,51 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (C
 	if set["rate"] && set["concurrency"] {
 		return Config{}, fmt.Errorf("%w: -concurrency (closed loop) and -rate (open loop) exclude each other", ErrConfigValidation)
 	}
+	if err := checkAPIFlags(c.API, set); err != nil {
+		return Config{}, err
+	}
+	switch c.API {
+	case APIVS:
+		c.KeyFile = key
+		if c.Op == "" {
+			c.Op = OpGenerate
+		}
+	default:
+		c.KeyID = key
+		if c.Op == "" {
+			c.Op = OpEncrypt
+		}
+	}
 	if credsJSON != "" {
 		if err := c.applyCreds(credsJSON, set); err != nil {
 			return Config{}, err
 		}
 	}
 	return c, c.Validate()
+}
+
+// Flags that belong to one API only; giving one to the other is a mistake
+// worth stopping for (it would be silently ignored).
+var (
+	xksOnlyFlags = []string{"creds-json", "prefix", "access-key-id", "secret", "size", "aad"}
+	vsOnlyFlags  = []string{"cert", "signing-key", "instance", "wrap-keys", "rsa-bits", "keepalive"}
+)
+
+func checkAPIFlags(api string, set map[string]bool) error {
+	other, name := vsOnlyFlags, APIXKS
+	switch api {
+	case APIXKS:
+	case APIVS:
+		other, name = xksOnlyFlags, APIVS
+	default:
+		return fmt.Errorf("%w: -api must be xks or vs", ErrConfigValidation)
+	}
+	for _, f := range other {
+		if set[f] {
+			return fmt.Errorf("%w: -%s does not apply to -api %s", ErrConfigValidation, f, name)
+		}
+	}
+	return nil
 }
 
 // applyCreds fills what the flags left unset from a creds JSON file.
@@ -171,31 +251,25 @@ func (c Config) Validate() error {
 	case u.Scheme != "https" || u.Host == "":
 		return bad("-url must be https://host:port")
 	case u.Path != "" && u.Path != "/":
-		return bad("-url takes no path; the key store goes in -prefix")
+		return bad("-url takes no path (the XKS key store goes in -prefix)")
 	}
 	if !c.AllowRemote && !isLoopbackHost(u.Hostname()) {
 		return bad("-url host %q is not a loopback address; pass -allow-remote to load a remote gateway", u.Hostname())
 	}
-	prefix := strings.Trim(c.Prefix, "/")
-	switch {
-	case prefix != "" && !xks.ValidPrefix(prefix):
-		return bad("-prefix %q is not a valid key store prefix", c.Prefix)
-	case c.AccessKeyID == "" || c.Secret == "":
-		return bad("credentials required: -creds-json FILE, or -access-key-id and -secret")
-	case c.KeyID == "" || !xks.ValidKeyID(c.KeyID):
-		return bad("-key: a key id of 1-128 characters of [A-Za-z0-9_-] is required")
-	}
-	switch c.Op {
-	case OpEncrypt, OpDecrypt, OpMixed:
+	switch c.API {
+	case APIXKS:
+		if err := c.validateXKS(); err != nil {
+			return err
+		}
+	case APIVS:
+		if err := c.validateVS(); err != nil {
+			return err
+		}
 	default:
-		return bad("-op must be encrypt, decrypt or mixed")
+		return bad("-api must be xks or vs")
 	}
 	switch {
-	case c.Size < 1 || c.Size > maxPlaintext:
-		return bad("-size must be in [1, %d]", maxPlaintext)
-	case c.AADSize < 0 || c.AADSize > maxPlaintext:
-		return bad("-aad must be in [0, %d]", maxPlaintext)
-	case c.Op != OpEncrypt && (c.PoolSize < 1 || c.PoolSize > 100_000):
+	case c.Op != OpEncrypt && c.Op != OpGenerate && (c.PoolSize < 1 || c.PoolSize > 100_000):
 		return bad("-pool must be in [1, 100000]")
 	case c.Rate < 0 || c.Rate > maxRate:
 		return bad("-rate must be in [0, %d]", maxRate)
@@ -213,8 +287,72 @@ func (c Config) Validate() error {
 		return bad("-timeout must be in (0, 1m]")
 	case c.GoalRPS < 0 || c.GoalP99 < 0:
 		return bad("-goal-rps and -goal-p99 must not be negative")
+	case c.NodePID < 0:
+		return bad("-node-pid must not be negative")
 	}
 	return nil
+}
+
+func (c Config) validateXKS() error {
+	prefix := strings.Trim(c.Prefix, "/")
+	switch {
+	case prefix != "" && !xks.ValidPrefix(prefix):
+		return fmt.Errorf("%w: -prefix %q is not a valid key store prefix", ErrConfigValidation, c.Prefix)
+	case c.AccessKeyID == "" || c.Secret == "":
+		return fmt.Errorf("%w: credentials required: -creds-json FILE, or -access-key-id and -secret", ErrConfigValidation)
+	case c.KeyID == "" || !xks.ValidKeyID(c.KeyID):
+		return fmt.Errorf("%w: -key: a key id of 1-128 characters of [A-Za-z0-9_-] is required", ErrConfigValidation)
+	}
+	switch c.Op {
+	case OpEncrypt, OpDecrypt, OpMixed:
+	default:
+		return fmt.Errorf("%w: -op must be encrypt, decrypt or mixed with -api xks", ErrConfigValidation)
+	}
+	switch {
+	case c.Size < 1 || c.Size > maxPlaintext:
+		return fmt.Errorf("%w: -size must be in [1, %d]", ErrConfigValidation, maxPlaintext)
+	case c.AADSize < 0 || c.AADSize > maxPlaintext:
+		return fmt.Errorf("%w: -aad must be in [0, %d]", ErrConfigValidation, maxPlaintext)
+	}
+	return nil
+}
+
+// Bounds of the volume-secret flags. 4096 bits is below the service's
+// limit (vs.MaxRSABits) but already takes seconds per key to make.
+const (
+	maxWrapKeys    = 1024
+	maxWrapKeyBits = 4096
+)
+
+func (c Config) validateVS() error {
+	bad := func(format string, args ...any) error {
+		return fmt.Errorf("%w: "+format, append([]any{ErrConfigValidation}, args...)...)
+	}
+	switch {
+	case c.CertFile == "" || c.KeyFile == "" || c.SigningKeyFile == "":
+		return bad("-api vs needs -cert, -key and -signing-key (the files of 'sovkeys instance issue-cert --out DIR')")
+	case !vs.ValidID(c.InstanceID):
+		return bad("-instance: the instance id of the certificate (1-%d characters of [A-Za-z0-9._:-]) is required", vs.MaxIDLen)
+	case c.WrapKeys < 1 || c.WrapKeys > maxWrapKeys:
+		return bad("-wrap-keys must be in [1, %d]", maxWrapKeys)
+	case c.RSABits < vs.MinRSABits || c.RSABits > maxWrapKeyBits:
+		return bad("-rsa-bits must be in [%d, %d]", vs.MinRSABits, maxWrapKeyBits)
+	}
+	switch c.Op {
+	case OpGenerate, OpDecrypt, OpMixed:
+	default:
+		return bad("-op must be generate, decrypt or mixed with -api vs")
+	}
+	return nil
+}
+
+// opNames are the operations a run of c can send, the first being the one
+// an unnamed request counts against.
+func (c Config) opNames() []string {
+	if c.API == APIVS {
+		return []string{OpGenerate, OpDecrypt}
+	}
+	return []string{OpEncrypt, OpDecrypt}
 }
 
 // isLoopbackHost accepts "localhost" and loopback IP literals only: a name

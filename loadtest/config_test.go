@@ -17,6 +17,7 @@ func TestParseConfig(t *testing.T) {
 		t.Fatal(err)
 	}
 	base := []string{"-creds-json", creds, "-key", "k1"}
+	vsBase := []string{"-api", "vs", "-cert", "d/cert.pem", "-key", "d/key.pem", "-signing-key", "d/signing-key.pem", "-instance", "i-bench"}
 	tests := []struct {
 		name    string
 		args    []string
@@ -68,6 +69,33 @@ func TestParseConfig(t *testing.T) {
 		{name: "bad prefix", args: append([]string{"-prefix", "/a b"}, base...), wantErr: "-prefix"},
 		{name: "missing creds file", args: []string{"-creds-json", filepath.Join(t.TempDir(), "nope"), "-key", "k"}, wantErr: "-creds-json"},
 		{name: "stray argument", args: append(base, "extra"), wantErr: "unexpected"},
+		{name: "xks is the default api", args: base, check: func(t *testing.T, c Config) {
+			if c.API != APIXKS || c.Op != OpEncrypt || c.KeyID != "k1" || c.KeyFile != "" {
+				t.Errorf("xks defaults: %+v", c)
+			}
+		}},
+		{name: "vs defaults", args: vsBase, check: func(t *testing.T, c Config) {
+			if c.API != APIVS || c.Op != OpGenerate || c.KeyFile != "d/key.pem" || c.KeyID != "" ||
+				c.WrapKeys != 8 || c.RSABits != 3072 || c.KeepAlive || c.InstanceID != "i-bench" {
+				t.Errorf("vs defaults: %+v", c)
+			}
+		}},
+		{name: "vs decrypt open loop", args: append([]string{"-op", "decrypt", "-rate", "100", "-keepalive"}, vsBase...), check: func(t *testing.T, c Config) {
+			if c.Op != OpDecrypt || !c.OpenLoop() || !c.KeepAlive {
+				t.Errorf("vs decrypt: %+v", c)
+			}
+		}},
+		{name: "vs needs no xks secret from env", args: vsBase, env: map[string]string{"SOVKEYS_XKS_SECRET": "s3cret"}},
+		{name: "unknown api", args: append([]string{"-api", "kmip"}, base...), wantErr: "-api"},
+		{name: "vs refuses xks flags", args: append([]string{"-creds-json", creds}, vsBase...), wantErr: "-creds-json does not apply"},
+		{name: "vs refuses -size", args: append([]string{"-size", "64"}, vsBase...), wantErr: "-size does not apply"},
+		{name: "xks refuses vs flags", args: append([]string{"-cert", "c.pem"}, base...), wantErr: "-cert does not apply"},
+		{name: "vs without instance", args: vsBase[:len(vsBase)-2], wantErr: "-instance"},
+		{name: "vs without signing key", args: []string{"-api", "vs", "-cert", "c", "-key", "k", "-instance", "i"}, wantErr: "-signing-key"},
+		{name: "vs op encrypt", args: append([]string{"-op", "encrypt"}, vsBase...), wantErr: "-op"},
+		{name: "xks op generate", args: append([]string{"-op", "generate"}, base...), wantErr: "-op"},
+		{name: "vs small wrapping keys", args: append([]string{"-rsa-bits", "1024"}, vsBase...), wantErr: "-rsa-bits"},
+		{name: "vs no wrapping keys", args: append([]string{"-wrap-keys", "0"}, vsBase...), wantErr: "-wrap-keys"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

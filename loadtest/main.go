@@ -1,6 +1,8 @@
 // Command loadtest drives SigV4-signed XKS encrypt and decrypt requests
-// against a running sovkeys gateway, as AWS KMS would, and reports
-// throughput, latency percentiles and errors by XKS errorName.
+// against a running sovkeys gateway, as AWS KMS would, or (-api vs)
+// volume-secret generate-secret and decrypt-secret calls over mutual TLS, as
+// booting instances would, and reports throughput, latency percentiles and
+// errors by class.
 //
 // Closed loop (a fixed number of callers, each sending its next request when
 // the previous one answers):
@@ -12,6 +14,13 @@
 // generator — no coordinated omission):
 //
 //	go run ./loadtest -ca DATA/tls/ca.pem -creds-json ks.json -key k1 -rate 1800 -duration 60s
+//
+// Volume secrets, as the instance of `sovkeys instance issue-cert --out DIR`
+// (every signature verified, every secret unwrapped; the one-time RSA
+// wrapping keys are made before the run and rotated through):
+//
+//	go run ./loadtest -api vs -ca DATA/tls/ca.pem -cert DIR/cert.pem -key DIR/key.pem \
+//	    -signing-key DIR/signing-key.pem -instance i-0123 -op decrypt -rate 100 -duration 30s
 //
 // Runs are bounded in time and count and refuse non-loopback targets unless
 // -allow-remote is given.

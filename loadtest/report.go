@@ -41,8 +41,10 @@ type OpReport struct {
 // Report is the outcome of one run, printed as text and optionally JSON.
 type Report struct {
 	Started        time.Time           `json:"started"`
+	API            string              `json:"api"`
 	Target         string              `json:"target"`
-	KeyID          string              `json:"keyId"`
+	KeyID          string              `json:"keyId,omitempty"`
+	VS             *VSReport           `json:"vs,omitempty"`
 	Op             string              `json:"op"`
 	Mode           string              `json:"mode"` // closed | open
 	Concurrency    int                 `json:"concurrency,omitempty"`
@@ -64,11 +66,25 @@ type Report struct {
 	Errors         []errorCount        `json:"errors"`
 	Timeline       []Second            `json:"timeline"` // by the second each request was answered
 	ByOp           map[string]OpReport `json:"byOp,omitempty"`
+	CPU            *CPUReport          `json:"cpu,omitempty"`
 	StoppedEarly   string              `json:"stoppedEarly,omitempty"`
 	GoalRPS        float64             `json:"goalRps,omitempty"`
 	GoalP99ms      float64             `json:"goalP99_ms,omitempty"`
 	Pass           bool                `json:"pass"`
 	Verdict        string              `json:"verdict"`
+}
+
+// VSReport is what a volume-secret run adds to the report.
+type VSReport struct {
+	Instance     string `json:"instance"`
+	WrapKeys     int    `json:"wrappingKeys"` // one-time RSA keys made before the run, rotated through
+	RSABits      int    `json:"rsaBits"`
+	NewConnEach  bool   `json:"newConnectionPerCall"`
+	KeygenMillis int64  `json:"wrappingKeygen_ms"` // time to make them (not measured)
+	// ClientChecks is the client's own share of every latency: signature
+	// verification and RSA-OAEP unwrap of each successful answer (warmup
+	// included).
+	ClientChecks Latency `json:"clientChecks"`
 }
 
 // openLoopSlack is how far below the offered rate an open-loop run may land
@@ -78,7 +94,7 @@ const openLoopSlack = 0.99
 
 func buildReport(cfg Config, started time.Time, res result) Report {
 	rep := Report{
-		Started: started.UTC(), Target: strings.TrimRight(cfg.URL, "/") + "/" + strings.Trim(cfg.Prefix, "/"),
+		Started: started.UTC(), API: cfg.API, Target: strings.TrimRight(cfg.URL, "/") + "/" + strings.Trim(cfg.Prefix, "/"),
 		KeyID: cfg.KeyID, Op: cfg.Op, Mode: "closed", PlaintextBytes: cfg.Size, AADBytes: cfg.AADSize,
 		Warmup: cfg.Warmup.String(), Duration: cfg.Duration.String(), WindowSeconds: res.window.Seconds(),
 		Requests: res.requests, Succeeded: res.requests - res.failed, ErrorCount: res.failed,
@@ -87,6 +103,10 @@ func buildReport(cfg Config, started time.Time, res result) Report {
 	}
 	if rep.Errors == nil {
 		rep.Errors = []errorCount{}
+	}
+	if cfg.API == APIVS {
+		rep.Target = strings.TrimRight(cfg.URL, "/") + "/v1/encryption/" + cfg.InstanceID
+		rep.PlaintextBytes, rep.AADBytes = 0, 0
 	}
 	if cfg.OpenLoop() {
 		rep.Mode, rep.OfferedRate = "open", cfg.Rate
@@ -173,7 +193,17 @@ func goalText(cfg Config) string {
 
 // writeText prints the report for people.
 func (rep Report) writeText(w io.Writer) {
-	fmt.Fprintf(w, "target      %s  key %s  op %s  plaintext %d B  aad %d B\n", rep.Target, rep.KeyID, rep.Op, rep.PlaintextBytes, rep.AADBytes)
+	if rep.VS != nil {
+		conn := "a new TLS connection per call"
+		if !rep.VS.NewConnEach {
+			conn = "TLS connections reused"
+		}
+		fmt.Fprintf(w, "target      %s  op %s  %s\n", rep.Target, rep.Op, conn)
+		fmt.Fprintf(w, "wrapping    %d one-time RSA-%d keys made before the run in %d ms, rotated through\n",
+			rep.VS.WrapKeys, rep.VS.RSABits, rep.VS.KeygenMillis)
+	} else {
+		fmt.Fprintf(w, "target      %s  key %s  op %s  plaintext %d B  aad %d B\n", rep.Target, rep.KeyID, rep.Op, rep.PlaintextBytes, rep.AADBytes)
+	}
 	if rep.Mode == "open" {
 		fmt.Fprintf(w, "load        open loop %.0f req/s offered, warmup %s, measured %s\n", rep.OfferedRate, rep.Warmup, rep.Duration)
 	} else {
@@ -184,6 +214,9 @@ func (rep Report) writeText(w io.Writer) {
 	fmt.Fprintf(w, "throughput  %.1f req/s\n", rep.Throughput)
 	rep.writeSlowest(w)
 	writeLatency(w, "latency", rep.Latency)
+	if rep.VS != nil {
+		writeLatency(w, "client work", rep.VS.ClientChecks)
+	}
 	if rep.ScheduleLag != nil {
 		writeLatency(w, "send lag", *rep.ScheduleLag)
 		if rep.Unsent > 0 {
@@ -198,6 +231,16 @@ func (rep Report) writeText(w io.Writer) {
 	for _, name := range ops {
 		o := rep.ByOp[name]
 		fmt.Fprintf(w, "  %-9s %d requests, %d errors, p50 %.2f ms, p99 %.2f ms\n", name, o.Requests, o.Errors, o.Latency.P50, o.Latency.P99)
+	}
+	if c := rep.CPU; c != nil {
+		fmt.Fprintf(w, "cpu         loadtest %.2f cores, %.2f ms per answer", c.ClientCores, c.ClientMsPerOK)
+		switch {
+		case c.NodeSampleFail != "":
+			fmt.Fprintf(w, "; node pid %d not sampled: %s", c.NodePID, c.NodeSampleFail)
+		case c.NodePID > 0:
+			fmt.Fprintf(w, "; node (pid %d) %.2f cores, %.2f ms per answer", c.NodePID, c.NodeCores, c.NodeMsPerOK)
+		}
+		fmt.Fprintln(w)
 	}
 	if len(rep.Errors) == 0 {
 		fmt.Fprintln(w, "errors      none")

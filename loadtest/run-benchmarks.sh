@@ -5,14 +5,22 @@
 #   3. end to end against `sovkeys standalone`: XKS encrypt closed loop
 #      (concurrency 32, 60 s), XKS encrypt open loop (1800 req/s, 60 s),
 #      XKS decrypt closed loop (concurrency 32, 30 s)
+#   4. volume secrets against the same node, as instance i-bench of tenant
+#      vpc-bench (certificate from `sovkeys instance issue-cert`):
+#      generate-secret and decrypt-secret open loop (100 req/s, 30 s each),
+#      then closed-loop peak of each (concurrency 16, 20 s each)
 #
-#   loadtest/run-benchmarks.sh            (about 5 minutes)
+#   loadtest/run-benchmarks.sh            (about 7 minutes)
+#   SKIP_XKS=1 loadtest/run-benchmarks.sh (steps 3-4 without the XKS load: about 2 minutes)
 #
 # Environment: GW_ADDR (127.0.0.1:18443), NATS_ADDR (127.0.0.1:4333),
 # OUT (loadtest/results/<UTC time>), ENC_SECONDS (60), DEC_SECONDS (30),
-# OPEN_RATE (1800), CONCURRENCY (32), BENCHTIME (5s, go test -benchtime).
-# Only loopback addresses are used. The node's data directory is temporary
-# and removed on exit.
+# OPEN_RATE (1800), CONCURRENCY (32), BENCHTIME (5s, go test -benchtime),
+# VS_RATE (100), VS_SECONDS (30), VS_PEAK_SECONDS (20), VS_CONCURRENCY (16),
+# SKIP_XKS (unset; 1 skips steps 1-2 and the XKS load of step 3).
+# Only loopback addresses are used. The node's data directory (and with it
+# the HSM unseal shares a fresh node prints, and the instance key) is
+# temporary and removed on exit.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -28,6 +36,13 @@ CONCURRENCY=${CONCURRENCY:-32}
 BENCHTIME=${BENCHTIME:-5s}
 GOAL_RPS=1800
 GOAL_P99=25ms
+VS_RATE=${VS_RATE:-100}
+VS_SECONDS=${VS_SECONDS:-30}
+VS_PEAK_SECONDS=${VS_PEAK_SECONDS:-20}
+VS_CONCURRENCY=${VS_CONCURRENCY:-16}
+VS_GOAL_P99=50ms  # at VS_RATE
+VS_GOAL_PEAK=300  # req/s, closed loop
+SKIP_XKS=${SKIP_XKS:-}
 
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
@@ -41,6 +56,9 @@ cleanup() {
 		kill -TERM "$NODE_PID" 2>/dev/null || true
 		for _ in $(seq 1 60); do kill -0 "$NODE_PID" 2>/dev/null || break; sleep 0.5; done
 		kill -KILL "$NODE_PID" 2>/dev/null || true
+	fi
+	if [[ -f $DATA/node.stdout ]]; then
+		sed -E 's/sovkeys-share:v1:[^ ]*/(unseal share redacted)/g' "$DATA/node.stdout" >"$OUT/node.stdout" || true
 	fi
 	rm -rf "$DATA"
 }
@@ -75,18 +93,26 @@ go build -o bin/loadtest ./loadtest
 echo "bin/sovkeys bin/loadtest built"
 
 log "1. raw SoftHSM AES-256-GCM, 1 KiB (go test ./services/keyworker -bench BenchmarkEncryptGCM)"
-if grep -qs 'func BenchmarkEncryptGCM' services/keyworker/*_test.go; then
+if [[ -n $SKIP_XKS ]]; then
+	echo "SKIPPED: SKIP_XKS is set" | tee "$OUT/softhsm.txt"
+elif grep -qs 'func BenchmarkEncryptGCM' services/keyworker/*_test.go; then
 	go test ./services/keyworker -run '^$' -bench BenchmarkEncryptGCM -benchtime "$BENCHTIME" | tee "$OUT/softhsm.txt"
 else
 	echo "SKIPPED: services/keyworker has no BenchmarkEncryptGCM yet" | tee "$OUT/softhsm.txt"
 fi
 
 log "2. mesh floor: JetStream work-queue round trip with a reply mux; core NATS request-reply"
-go test ./loadtest -run '^$' -bench 'JetStreamRoundTrip|CoreRequestReply' -benchtime "$BENCHTIME" | tee "$OUT/floor.txt"
+if [[ -n $SKIP_XKS ]]; then
+	echo "SKIPPED: SKIP_XKS is set" | tee "$OUT/floor.txt"
+else
+	go test ./loadtest -run '^$' -bench 'JetStreamRoundTrip|CoreRequestReply' -benchtime "$BENCHTIME" | tee "$OUT/floor.txt"
+fi
 
 log "3. sovkeys standalone on https://$GW_ADDR (nats $NATS_ADDR), log level warn"
+# stdout stays in the temporary DATA: a fresh node prints its HSM unseal
+# shares there. A copy with the shares redacted goes to OUT at the end.
 bin/sovkeys standalone --data "$DATA" --listen "$GW_ADDR" --nats-listen "$NATS_ADDR" --log-level warn \
-	>"$OUT/node.stdout" 2>"$OUT/node.stderr" &
+	>"$DATA/node.stdout" 2>"$OUT/node.stderr" &
 NODE_PID=$!
 ready=
 for _ in $(seq 1 240); do
@@ -116,24 +142,54 @@ chmod 600 "$OUT/keystore.json"
 LT=(bin/loadtest -url "https://$GW_ADDR" -ca "$DATA/tls/ca.pem" -creds-json "$OUT/keystore.json"
 	-key bench-key-1 -size 1024 -aad 0 -warmup 5s -goal-rps "$GOAL_RPS" -goal-p99 "$GOAL_P99")
 
-# loadrun NAME ARGS...: one loadtest run, with a CPU snapshot halfway.
+# loadrun NAME SECONDS PREP_SECONDS COMMAND...: one loadtest run, with a CPU
+# snapshot halfway through the measured part (after PREP_SECONDS of
+# preparation and the 5 s warmup).
+RUNS=()
 loadrun() {
-	local name=$1 secs=$2
-	shift 2
+	local name=$1 secs=$2 prep=$3
+	shift 3
+	RUNS+=("$name")
 	log "$name"
-	echo "+ ${LT[*]} $*"
-	(sleep $((5 + secs / 2)); top -b -n1 -w 160 | head -15 >"$OUT/top-$name.txt") &
+	echo "+ $*"
+	(sleep $((prep + 5 + secs / 2)); top -b -n1 -w 160 | head -15 >"$OUT/top-$name.txt") &
 	local top_pid=$!
 	local rc=0
-	"${LT[@]}" "$@" -json "$OUT/$name.json" | tee "$OUT/$name.txt" || rc=$?
+	"$@" -json "$OUT/$name.json" | tee "$OUT/$name.txt" || rc=$?
 	wait "$top_pid" 2>/dev/null || true
 	echo "(exit $rc; CPU halfway through:)"
 	sed -n '1,3p;7,15p' "$OUT/top-$name.txt"
 }
 
-loadrun encrypt-closed "$ENC_SECONDS" -op encrypt -concurrency "$CONCURRENCY" -duration "${ENC_SECONDS}s"
-loadrun encrypt-open "$ENC_SECONDS" -op encrypt -rate "$OPEN_RATE" -duration "${ENC_SECONDS}s"
-loadrun decrypt-closed "$DEC_SECONDS" -op decrypt -concurrency "$CONCURRENCY" -duration "${DEC_SECONDS}s"
+if [[ -z $SKIP_XKS ]]; then
+	loadrun encrypt-closed "$ENC_SECONDS" 0 "${LT[@]}" -op encrypt -concurrency "$CONCURRENCY" -duration "${ENC_SECONDS}s"
+	loadrun encrypt-open "$ENC_SECONDS" 0 "${LT[@]}" -op encrypt -rate "$OPEN_RATE" -duration "${ENC_SECONDS}s"
+	loadrun decrypt-closed "$DEC_SECONDS" 0 "${LT[@]}" -op decrypt -concurrency "$CONCURRENCY" -duration "${DEC_SECONDS}s"
+fi
+
+log "4. volume secrets: tenant vpc-bench, instance i-bench"
+bin/sovkeys tenant create --id vpc-bench | tee "$OUT/tenant.json"
+# The instance key stays in DATA (removed on exit); the public parts are kept.
+bin/sovkeys instance issue-cert --tenant vpc-bench --instance i-bench --out "$DATA/i-bench" >/dev/null
+cp "$DATA/i-bench/cert.pem" "$DATA/i-bench/signing-key.pem" "$OUT/"
+echo "certificate: $(openssl x509 -in "$DATA/i-bench/cert.pem" -noout -ext subjectAltName 2>/dev/null | tail -1 | sed 's/^ *//')"
+# The decrypt runs use a pool of 256 encrypted_secrets, each from a
+# generate-secret with a fresh volume_uuid, made before the run. 8 one-time
+# RSA-3072 wrapping keys are made before every run and rotated through: key
+# generation is the instance's work. Every call opens a new TLS connection,
+# as a booting instance does. -node-pid adds the node's CPU per answer.
+VS=(bin/loadtest -api vs -url "https://$GW_ADDR" -ca "$DATA/tls/ca.pem" -cert "$DATA/i-bench/cert.pem"
+	-key "$DATA/i-bench/key.pem" -signing-key "$DATA/i-bench/signing-key.pem" -instance i-bench
+	-wrap-keys 8 -rsa-bits 3072 -warmup 5s -node-pid "$NODE_PID")
+PREP=8 # s before the warmup: key generation, preflight and (decrypt) the pool
+loadrun vs-generate-open "$VS_SECONDS" 3 "${VS[@]}" -op generate -rate "$VS_RATE" -duration "${VS_SECONDS}s" \
+	-goal-rps "$VS_RATE" -goal-p99 "$VS_GOAL_P99"
+loadrun vs-decrypt-open "$VS_SECONDS" "$PREP" "${VS[@]}" -op decrypt -rate "$VS_RATE" -duration "${VS_SECONDS}s" \
+	-goal-rps "$VS_RATE" -goal-p99 "$VS_GOAL_P99"
+loadrun vs-generate-peak "$VS_PEAK_SECONDS" 3 "${VS[@]}" -op generate -concurrency "$VS_CONCURRENCY" \
+	-duration "${VS_PEAK_SECONDS}s" -goal-rps "$VS_GOAL_PEAK"
+loadrun vs-decrypt-peak "$VS_PEAK_SECONDS" "$PREP" "${VS[@]}" -op decrypt -concurrency "$VS_CONCURRENCY" \
+	-duration "${VS_PEAK_SECONDS}s" -goal-rps "$VS_GOAL_PEAK"
 
 log "stop node"
 kill -TERM "$NODE_PID"
@@ -146,8 +202,8 @@ grep -o '"level":"[A-Z]*","msg":"[^"]*"' "$OUT/node.stderr" | sort | uniq -c | s
 
 log "summary"
 for f in "$OUT"/softhsm.txt "$OUT"/floor.txt; do grep -E 'ops/s|SKIPPED' "$f" || true; done
-for name in encrypt-closed encrypt-open decrypt-closed; do
-	printf '%-15s ' "$name"
+for name in "${RUNS[@]}"; do
+	printf '%-17s ' "$name"
 	grep -E '^(throughput|verdict)' "$OUT/$name.txt" | tr '\n' ' '
 	echo
 done

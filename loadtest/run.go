@@ -42,31 +42,57 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 
 // execute prepares the target, sends the load and builds the report.
 func execute(ctx context.Context, cfg Config, progress io.Writer, now func() time.Time) (Report, error) {
-	hc, err := newHTTPClient(cfg.CAFile, cfg.workers(), cfg.Timeout)
+	t, closeIdle, err := newLoadTarget(ctx, cfg, progress)
 	if err != nil {
 		return Report{}, err
 	}
-	defer hc.CloseIdleConnections()
-	client := &xksclient.Client{BaseURL: cfg.URL, Prefix: cfg.Prefix, AccessKeyID: cfg.AccessKeyID, Secret: cfg.Secret, HTTP: hc}
-	t := newTarget(client, cfg)
+	defer closeIdle()
 
 	prepCtx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 	defer cancel()
-	if err := t.preflight(prepCtx); err != nil {
+	if err := t.prepare(prepCtx, progress); err != nil {
 		return Report{}, err
-	}
-	if cfg.Op != OpEncrypt {
-		fmt.Fprintf(progress, "loadtest: pre-encrypting %d ciphertexts for decrypt\n", cfg.PoolSize)
-		if err := t.fillPool(prepCtx, cfg.PoolSize, min(cfg.workers(), 32)); err != nil {
-			return Report{}, err
-		}
 	}
 	mode := fmt.Sprintf("closed loop, concurrency %d", cfg.Concurrency)
 	if cfg.OpenLoop() {
 		mode = fmt.Sprintf("open loop, %.0f req/s", cfg.Rate)
 	}
-	fmt.Fprintf(progress, "loadtest: %s %s for %s after %s warmup\n", cfg.Op, mode, cfg.Duration, cfg.Warmup)
+	fmt.Fprintf(progress, "loadtest: %s %s %s for %s after %s warmup\n", cfg.API, cfg.Op, mode, cfg.Duration, cfg.Warmup)
+	watchCtx, stopWatch := context.WithCancel(ctx)
+	defer stopWatch()
 	started := now()
+	cpu := watchCPU(watchCtx, cfg, started, now)
 	res := newRunner(cfg, t.do, now).run(ctx)
-	return buildReport(cfg, started, res), nil
+	rep := buildReport(cfg, started, res)
+	if v, ok := t.(*vsTarget); ok {
+		rep.addVS(v)
+	}
+	if res.interrupted || res.capped {
+		return rep, nil // the window did not run its course
+	}
+	select {
+	case s := <-cpu:
+		rep.CPU = cpuReport(s, res.okInWindow, cfg.NodePID)
+	case <-time.After(2 * time.Second): // the run returns at the window's end; the sample is due then
+	}
+	return rep, nil
+}
+
+// newLoadTarget builds the target of cfg.API and its HTTPS client; the
+// returned func closes the client's idle connections.
+func newLoadTarget(ctx context.Context, cfg Config, progress io.Writer) (loadTarget, func(), error) {
+	tc, err := tlsConfig(cfg.CAFile)
+	if err != nil {
+		return nil, nil, err
+	}
+	if cfg.API == APIVS {
+		v, err := newVSTarget(ctx, cfg, tc, progress)
+		if err != nil {
+			return nil, nil, err
+		}
+		return v, v.http.CloseIdleConnections, nil
+	}
+	hc := newHTTPClient(tc, cfg.workers(), cfg.Timeout, true)
+	client := &xksclient.Client{BaseURL: cfg.URL, Prefix: cfg.Prefix, AccessKeyID: cfg.AccessKeyID, Secret: cfg.Secret, HTTP: hc}
+	return newTarget(client, cfg), hc.CloseIdleConnections, nil
 }

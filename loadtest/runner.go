@@ -114,9 +114,11 @@ type result struct {
 }
 
 func newRunner(cfg Config, send sendFunc, now func() time.Time) *runner {
-	return &runner{cfg: cfg, send: send, now: now, ops: map[string]*opStats{
-		OpEncrypt: {}, OpDecrypt: {},
-	}}
+	r := &runner{cfg: cfg, send: send, now: now, ops: map[string]*opStats{}}
+	for _, name := range cfg.opNames() {
+		r.ops[name] = &opStats{}
+	}
+	return r
 }
 
 // run sends the load and returns once every request sent has answered or
@@ -284,7 +286,7 @@ func (r *runner) exchange(ctx context.Context, seq uint64, intended, sent time.T
 	}
 	s := r.ops[op]
 	if s == nil {
-		s = r.ops[OpEncrypt]
+		s = r.ops[r.cfg.opNames()[0]]
 	}
 	s.requests.Add(1)
 	d := done.Sub(intended)

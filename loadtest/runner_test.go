@@ -19,6 +19,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sovkeys/sovkeys/shared/vsclient"
 	"github.com/sovkeys/sovkeys/shared/xks"
 	"github.com/sovkeys/sovkeys/shared/xksclient"
 )
@@ -225,6 +226,10 @@ func TestClassify(t *testing.T) {
 		{fmt.Errorf("wrapped: %w", &xksclient.APIError{Status: 502}), "HTTP 502 (no errorName)"},
 		{fmt.Errorf("%w: %w", errCutOff, context.DeadlineExceeded), "cut off at run time limit"},
 		{errBadResponse, "malformed response"},
+		{&vsclient.APIError{Status: 403, Message: "tenant disabled"}, "HTTP 403 Forbidden"},
+		{fmt.Errorf("post: %w", vsclient.ErrBadSignature), "bad signature"},
+		{fmt.Errorf("%w: oaep", errUnwrap), "unwrap failed"},
+		{errSecretMismatch, "secret mismatch"},
 		{errMismatch, "plaintext mismatch"},
 		{fmt.Errorf("post: %w", context.DeadlineExceeded), "timeout"},
 		{fmt.Errorf("post: %w", io.ErrUnexpectedEOF), "connection closed (EOF)"},

@@ -16,22 +16,35 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/sovkeys/sovkeys/shared/vsclient"
 	"github.com/sovkeys/sovkeys/shared/xks"
 	"github.com/sovkeys/sovkeys/shared/xksclient"
 )
 
 // Errors a response can earn besides the gateway's own XKS errors.
 var (
-	errBadResponse = errors.New("loadtest: malformed encrypt response")
+	errBadResponse = errors.New("loadtest: malformed response")
 	errMismatch    = errors.New("loadtest: decrypt returned other plaintext")
 	// errCutOff marks a request still out when the run's own time limit
 	// (schedule end + -timeout + grace) expired.
 	errCutOff = errors.New("loadtest: cut off at the run's time limit")
 )
 
-// newHTTPClient is a keep-alive HTTPS client with an idle connection for
-// every worker, TLS 1.2 or later, trusting only caFile when given.
-func newHTTPClient(caFile string, workers int, timeout time.Duration) (*http.Client, error) {
+// loadTarget is one API under load: prepare runs once before the load
+// (preflight checks, pools), do sends request number seq and names the
+// operation it sent.
+type loadTarget interface {
+	prepare(ctx context.Context, progress io.Writer) error
+	do(ctx context.Context, seq uint64) (op string, err error)
+}
+
+var (
+	_ loadTarget = (*target)(nil)
+	_ loadTarget = (*vsTarget)(nil)
+)
+
+// tlsConfig is TLS 1.2 or later, trusting only caFile when given.
+func tlsConfig(caFile string) (*tls.Config, error) {
 	tc := &tls.Config{MinVersion: tls.VersionTLS12}
 	if caFile != "" {
 		pem, err := os.ReadFile(caFile)
@@ -44,19 +57,27 @@ func newHTTPClient(caFile string, workers int, timeout time.Duration) (*http.Cli
 		}
 		tc.RootCAs = pool
 	}
+	return tc, nil
+}
+
+// newHTTPClient is an HTTPS client over tc. With keepAlive it keeps an idle
+// connection for every worker; without, every request opens (and closes)
+// its own TLS connection.
+func newHTTPClient(tc *tls.Config, workers int, timeout time.Duration, keepAlive bool) *http.Client {
 	tr := &http.Transport{
 		Proxy:               nil, // never route load through an HTTP(S)_PROXY
 		DialContext:         (&net.Dialer{Timeout: timeout, KeepAlive: 30 * time.Second}).DialContext,
 		TLSClientConfig:     tc,
 		TLSHandshakeTimeout: timeout,
+		DisableKeepAlives:   !keepAlive,
 		MaxIdleConns:        workers + 16,
 		MaxIdleConnsPerHost: workers + 16,
 		IdleConnTimeout:     90 * time.Second,
-		// HTTP/1.1 with keep-alive, as KMS talks to an XKS proxy: one
-		// connection per outstanding request.
+		// HTTP/1.1, as KMS talks to an XKS proxy: one connection per
+		// outstanding request.
 		ForceAttemptHTTP2: false,
 	}
-	return &http.Client{Transport: tr, Timeout: timeout}, nil
+	return &http.Client{Transport: tr, Timeout: timeout}
 }
 
 // sealed is one pre-encrypted plaintext for decrypt requests.
@@ -74,13 +95,15 @@ type target struct {
 	aad        []byte
 	plaintexts [][]byte
 	pool       []sealed
+	poolSize   int // ciphertexts to make for decrypt
+	poolPar    int // at most this many at once
 }
 
 // numPlaintexts distinct plaintexts are cycled through by encrypt requests.
 const numPlaintexts = 16
 
 func newTarget(c *xksclient.Client, cfg Config) *target {
-	t := &target{client: c, keyID: cfg.KeyID, op: cfg.Op}
+	t := &target{client: c, keyID: cfg.KeyID, op: cfg.Op, poolSize: cfg.PoolSize, poolPar: min(cfg.workers(), 32)}
 	if cfg.AADSize > 0 {
 		t.aad = randomBytes(cfg.AADSize)
 	}
@@ -94,6 +117,19 @@ func randomBytes(n int) []byte {
 	b := make([]byte, n)
 	_, _ = rand.Read(b)
 	return b
+}
+
+// prepare checks the key store and key, then fills the decrypt pool when
+// the run decrypts.
+func (t *target) prepare(ctx context.Context, progress io.Writer) error {
+	if err := t.preflight(ctx); err != nil {
+		return err
+	}
+	if t.op == OpEncrypt {
+		return nil
+	}
+	fmt.Fprintf(progress, "loadtest: pre-encrypting %d ciphertexts for decrypt\n", t.poolSize)
+	return t.fillPool(ctx, t.poolSize, t.poolPar)
 }
 
 // preflight makes one metadata call so bad credentials, a wrong prefix or
@@ -112,30 +148,44 @@ func (t *target) preflight(ctx context.Context) error {
 // fillPool encrypts size plaintexts with up to par requests at once.
 func (t *target) fillPool(ctx context.Context, size, par int) error {
 	t.pool = make([]sealed, size)
+	err := forEach(ctx, size, par, func(ctx context.Context, i int) error {
+		pt := randomBytes(len(t.plaintexts[0]))
+		resp, err := t.encryptOnce(ctx, pt)
+		if err != nil {
+			return err
+		}
+		t.pool[i] = sealed{plaintext: pt, resp: *resp}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("pre-encrypting the decrypt pool: %w", err)
+	}
+	return nil
+}
+
+// forEach calls f for 0..n-1 with up to par calls at once and returns the
+// first error (or ctx's). It stops handing out work once ctx is done.
+func forEach(ctx context.Context, n, par int, f func(ctx context.Context, i int) error) error {
 	var (
 		wg       sync.WaitGroup
 		mu       sync.Mutex
 		firstErr error
 	)
 	next := make(chan int)
-	for range max(1, min(par, size)) {
+	for range max(1, min(par, n)) {
 		wg.Go(func() {
 			for i := range next {
-				pt := randomBytes(len(t.plaintexts[0]))
-				resp, err := t.encryptOnce(ctx, pt)
-				if err != nil {
+				if err := f(ctx, i); err != nil {
 					mu.Lock()
 					if firstErr == nil {
-						firstErr = fmt.Errorf("pre-encrypting the decrypt pool: %w", err)
+						firstErr = err
 					}
 					mu.Unlock()
-					continue
 				}
-				t.pool[i] = sealed{plaintext: pt, resp: *resp}
 			}
 		})
 	}
-	for i := range size {
+	for i := range n {
 		select {
 		case next <- i:
 		case <-ctx.Done():
@@ -186,9 +236,12 @@ func (t *target) encryptOnce(ctx context.Context, pt []byte) (*xks.EncryptRespon
 }
 
 // classify names an error for the report: "HTTP <status> <errorName>" for
-// an XKS error answer, a short transport class otherwise.
+// an XKS error answer, "HTTP <status> <status text>" for a volume-secret one
+// (its message, which may name ids, stays in the sample), a short class
+// otherwise.
 func classify(err error) string {
 	var ae *xksclient.APIError
+	var ve *vsclient.APIError
 	var ne net.Error
 	switch {
 	case errors.Is(err, errCutOff):
@@ -199,6 +252,14 @@ func classify(err error) string {
 			name = "(no errorName)"
 		}
 		return fmt.Sprintf("HTTP %d %s", ae.Status, name)
+	case errors.As(err, &ve):
+		return fmt.Sprintf("HTTP %d %s", ve.Status, http.StatusText(ve.Status))
+	case errors.Is(err, vsclient.ErrBadSignature):
+		return "bad signature"
+	case errors.Is(err, errUnwrap):
+		return "unwrap failed"
+	case errors.Is(err, errSecretMismatch):
+		return "secret mismatch"
 	case errors.Is(err, errBadResponse):
 		return "malformed response"
 	case errors.Is(err, errMismatch):

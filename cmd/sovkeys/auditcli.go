@@ -339,10 +339,7 @@ func auditBench(ctx context.Context, args []string, getenv func(string) string, 
 	return enc.Encode(res)
 }
 
-// auditFlags are the audit service's own settings. The lead wires them in
-// services.go (see docs/audit.md, "Configuration"): serviceFlags gets a
-// field `audit auditFlags`, register calls f.audit.register(fs), and
-// buildService passes f.audit.config(f) to audit.New.
+// auditFlags are the audit service's own settings, part of serviceFlags.
 type auditFlags struct {
 	store, bucket, prefix, signPool string
 	tenantExport                    bool

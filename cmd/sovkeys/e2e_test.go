@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"os"
 	"strings"
@@ -555,5 +556,21 @@ func TestOperatorChangesAreAudited(t *testing.T) {
 			}
 		}
 		return errors.New("no operator event for the tenant creation")
+	})
+}
+
+func TestAuditPublicKeyServed(t *testing.T) {
+	n := testNode
+	checkFor(t, 15*time.Second, 100*time.Millisecond, func() error {
+		resp, err := n.http.Get(n.gateway + "/v1/audit-public-key?format=pem")
+		if err != nil {
+			return err
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		if resp.StatusCode != http.StatusOK || !bytes.Contains(b, []byte("PUBLIC KEY")) {
+			return fmt.Errorf("status %d: %s", resp.StatusCode, b)
+		}
+		return nil
 	})
 }

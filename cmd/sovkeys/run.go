@@ -42,6 +42,10 @@ Operator commands (--nats/--creds or SOVKEYS_NATS_URL/SOVKEYS_NATS_CREDS):
   sovkeys killswitch status
   sovkeys unseal [--share SHARE]...          (shares on stdin without --share)
   sovkeys unseal split --pool P --shares N --threshold K   (PIN on stdin)
+  sovkeys audit verify --tenant T | --keystore P | --operator [--from nats|objects | --s3-bucket B --public-key F]
+  sovkeys audit checkpoint --tenant T | --keystore P | --operator
+  sovkeys audit public-key [--pool P]
+  sovkeys audit bench --events N --scopes S [--rate R]
 `
 
 // errUsage makes run print the usage text.

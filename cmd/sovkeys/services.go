@@ -40,6 +40,8 @@ type serviceFlags struct {
 	maxSkew     time.Duration
 	concurrency int
 
+	audit auditFlags
+
 	ratePerIP, ratePerCaller, vsRatePerCaller    float64
 	burstPerIP, burstPerCaller, vsBurstPerCaller int
 
@@ -66,6 +68,7 @@ func (f *serviceFlags) register(fs *flag.FlagSet, getenv func(string) string) {
 	fs.DurationVar(&f.requestTimeout, "request-timeout", time.Second, "gateway: end-to-end deadline of a request")
 	fs.DurationVar(&f.maxSkew, "max-skew", 5*time.Minute, "authn: SigV4 clock skew tolerance")
 	fs.IntVar(&f.concurrency, "concurrency", 256, "authn: requests verified at once")
+	f.audit.register(fs)
 	fs.Float64Var(&f.ratePerIP, "rate-per-ip", 10000, "gateway: requests/s per source address (0 = off)")
 	fs.IntVar(&f.burstPerIP, "burst-per-ip", 2000, "gateway: burst per source address")
 	fs.Float64Var(&f.ratePerCaller, "rate-per-credential", 3000, "authn: XKS requests/s per access key id (0 = off)")
@@ -238,7 +241,7 @@ func buildService(name string, f *serviceFlags, nc *nats.Conn, js jetstream.JetS
 			Pool: f.pool, Model: f.model, Topology: f.topo.t, HealthTTL: f.healthTTL,
 		}, keyworker.Deps{NC: nc, JS: js, HSM: hsm, EKTs: store, Logger: logger, Tracer: tp, Now: time.Now})
 	case "audit":
-		return audit.New(audit.Config{Topology: f.topo.t},
+		return audit.New(f.audit.config(f),
 			audit.Deps{NC: nc, JS: js, Logger: logger, Tracer: tp, Now: time.Now})
 	}
 	return nil, fmt.Errorf("unknown service %q", name)

@@ -78,8 +78,15 @@ func (c *checkpointer) run(ctx context.Context) {
 	}
 }
 
-// sweep marks every scope that has records.
+// sweep makes sure the audit key exists and is published (so the gateway
+// serves it before the first checkpoint) and marks every scope that has
+// records.
 func (c *checkpointer) sweep(ctx context.Context) {
+	kctx, cancel := context.WithTimeout(ctx, checkpointTimeout)
+	if _, _, err := c.key(kctx); err != nil {
+		c.s.log.Debug("audit key not available yet", "pool", c.s.cfg.SignPool, "err", err)
+	}
+	cancel()
 	info, err := c.s.logStream.Info(ctx, jetstream.WithSubjectFilter(auditlog.SubjectRecordPrefix+">"))
 	if err != nil {
 		c.s.log.Warn("checkpoint sweep: stream info", "err", err)
@@ -110,7 +117,7 @@ func (c *checkpointer) round(ctx context.Context) {
 			defer func() { <-sem; wg.Done() }()
 			cctx, cancel := context.WithTimeout(ctx, checkpointTimeout)
 			defer cancel()
-			if _, err := c.checkpoint(cctx, sc); err != nil && ctx.Err() == nil {
+			if _, err := c.checkpoint(cctx, sc); err != nil && !errors.Is(err, errNoRecords) && ctx.Err() == nil {
 				c.mark(sc) // try again next round
 				c.s.count(func(st *Stats) {
 					st.CheckpointErrors++

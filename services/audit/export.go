@@ -28,9 +28,13 @@ import (
 // The lag (log messages not yet exported) is in the service's stats.
 
 const (
-	exportFetch    = 32 // log messages per round
-	exportAttempts = 3  // quick attempts per object before a delayed redelivery
-	exportAckWait  = time.Minute
+	exportFetch    = 256 // log messages per round
+	exportWorkers  = 4   // rounds in flight per exporter and process
+	exportAttempts = 3   // quick attempts per object before a delayed redelivery
+	exportAckWait  = 20 * time.Second
+	// exportKeepalive is how often a round tells JetStream its messages are
+	// still being worked on (a round may outlast exportAckWait in an outage).
+	exportKeepalive = 5 * time.Second
 )
 
 // exporter copies the log to one kind of destination.
@@ -42,7 +46,9 @@ type exporter struct {
 	// dest returns the scope's bucket, nil when it has none.
 	dest func(ctx context.Context, sc auditlog.Scope) (auditlog.Bucket, error)
 
-	cons       jetstream.Consumer
+	cons jetstream.Consumer
+
+	mu         sync.Mutex
 	failing    bool // logged once per outage
 	failedOnce time.Time
 }
@@ -96,6 +102,22 @@ type object struct {
 
 // round exports the objects of msgs: records first, then checkpoints.
 func (e *exporter) round(ctx context.Context, msgs []jetstream.Msg) {
+	stop := make(chan struct{})
+	defer close(stop)
+	go func() {
+		t := time.NewTicker(exportKeepalive)
+		defer t.Stop()
+		for {
+			select {
+			case <-stop:
+				return
+			case <-t.C:
+				for _, m := range msgs {
+					_ = m.InProgress()
+				}
+			}
+		}
+	}()
 	failed := make([]error, len(msgs))
 	var records, checkpoints []object
 	for i, m := range msgs {
@@ -173,34 +195,76 @@ func batchFirst(h string) (uint64, bool) {
 	return n, err == nil && n > 0
 }
 
-// write stores objs with ExportConcurrency writers; the first error of a
-// message's object is kept in failed.
+// write stores objs; the first error of a message's object is kept in
+// failed. Buckets that take batches (the JetStream object store) get one
+// pipelined batch per putManyMax objects; the others ExportConcurrency
+// writes at a time.
 func (e *exporter) write(ctx context.Context, objs []object, failed []error) {
 	var mu sync.Mutex
-	sem := make(chan struct{}, e.s.cfg.ExportConcurrency)
-	var wg sync.WaitGroup
-	for _, o := range objs {
+	fail := func(o object, err error) {
 		mu.Lock()
-		skip := failed[o.msg] != nil
+		if failed[o.msg] == nil {
+			failed[o.msg] = err
+		}
 		mu.Unlock()
-		if skip {
+	}
+	var single []object
+	batches := map[auditlog.BatchPutter][]object{}
+	for _, o := range objs {
+		if failed[o.msg] != nil {
 			continue
 		}
+		if bp, ok := o.bucket.(auditlog.BatchPutter); ok && o.needs == "" {
+			batches[bp] = append(batches[bp], o)
+		} else {
+			single = append(single, o)
+		}
+	}
+	for bp, list := range batches {
+		for len(list) > 0 {
+			n := min(len(list), putManyMax)
+			for _, o := range e.putMany(ctx, bp, list[:n]) {
+				single = append(single, o) // retried one at a time
+			}
+			list = list[n:]
+		}
+	}
+	sem := make(chan struct{}, e.s.cfg.ExportConcurrency)
+	var wg sync.WaitGroup
+	for _, o := range single {
 		sem <- struct{}{}
 		wg.Add(1)
 		go func() {
 			defer func() { <-sem; wg.Done() }()
-			err := e.put(ctx, o)
-			if err != nil {
-				mu.Lock()
-				if failed[o.msg] == nil {
-					failed[o.msg] = err
-				}
-				mu.Unlock()
+			if err := e.put(ctx, o); err != nil {
+				fail(o, err)
 			}
 		}()
 	}
 	wg.Wait()
+}
+
+// putManyMax bounds one pipelined batch (two publishes per object).
+const putManyMax = 1024
+
+// putMany writes a batch and returns the objects that failed.
+func (e *exporter) putMany(ctx context.Context, bp auditlog.BatchPutter, list []object) []object {
+	in := make([]auditlog.Object, len(list))
+	for i, o := range list {
+		in[i] = auditlog.Object{Key: o.key, Data: o.data}
+	}
+	pctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	var failed []object
+	for i, err := range bp.PutMany(pctx, in) {
+		if err != nil {
+			failed = append(failed, list[i])
+		}
+	}
+	if ok := len(list) - len(failed); ok > 0 {
+		e.s.countExport(e.name, func(x *ExportStats) { x.Objects += uint64(ok) })
+	}
+	return failed
 }
 
 // put writes one object with a few quick retries.
@@ -249,6 +313,8 @@ func (e *exporter) report(objects int, err error) {
 			x.LastSuccess = now
 		}
 	})
+	e.mu.Lock()
+	defer e.mu.Unlock()
 	switch {
 	case err != nil && !e.failing:
 		e.failing, e.failedOnce = true, now

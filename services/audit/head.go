@@ -80,8 +80,8 @@ func headOf(streamSeq uint64, at time.Time, body []byte, sc auditlog.Scope) (hea
 // recordedIDs collects the dedupe ids of the records in a batch body.
 func recordedIDs(body []byte, into map[string]bool) {
 	for _, line := range auditlog.SplitBatch(body) {
-		if r, err := auditlog.ParseRecord(line); err == nil {
-			into[r.DedupeID()] = true
+		if _, id, err := auditlog.PeekRecord(line); err == nil {
+			into[id] = true
 		}
 	}
 }
@@ -105,7 +105,7 @@ func scanAfter(ctx context.Context, stream jetstream.Stream, sc auditlog.Scope, 
 		if m.Sequence > to {
 			break
 		}
-		if m.Header.Get(jetstream.MsgIDHeader) == ourID {
+		if ourID != "" && m.Header.Get(jetstream.MsgIDHeader) == ourID {
 			found = true
 		}
 		recordedIDs(m.Data, ids)

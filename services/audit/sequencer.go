@@ -74,6 +74,7 @@ type scopeQueue struct {
 	// Owned by the running worker.
 	head   head
 	loaded bool
+	scan   scanCache
 }
 
 // dispatch queues one delivery of an audit event.
@@ -160,14 +161,13 @@ func (s *Service) commit(ctx context.Context, q *scopeQueue, batch []*pending) {
 		trace.WithAttributes(attribute.String("sovkeys.audit.scope", q.scope.String()), attribute.Int("sovkeys.audit.events", len(batch))))
 	defer span.End()
 	log := s.log.With("scope", q.scope.String())
-	checkedTo := uint64(0) // suspects are checked against batches up to this stream sequence
 	var lastErr error
 	for attempt := 0; attempt < maxAttempts && ctx.Err() == nil; attempt++ {
 		if attempt > 0 {
 			s.backoff(ctx, attempt, lastErr)
 		}
 		cctx, cancel := context.WithTimeout(ctx, commitTimeout)
-		done, err := s.tryCommit(cctx, q, &batch, &checkedTo)
+		done, err := s.tryCommit(cctx, q, &batch)
 		cancel()
 		if done {
 			return
@@ -178,14 +178,16 @@ func (s *Service) commit(ctx context.Context, q *scopeQueue, batch []*pending) {
 		}
 	}
 	// Give the events back: JetStream redelivers them (as suspects).
-	log.Error("audit commit abandoned; events will be redelivered", "events", len(batch), "err", lastErr)
+	if ctx.Err() == nil {
+		log.Error("audit commit abandoned; events will be redelivered", "events", len(batch), "err", lastErr)
+	}
 	q.loaded = false
 	s.release(q, batch, func(m jetstream.Msg) { _ = m.NakWithDelay(time.Second) })
 }
 
 // tryCommit is one attempt. It returns done when every event of the batch
 // is recorded (now or before) and acked.
-func (s *Service) tryCommit(ctx context.Context, q *scopeQueue, batchp *[]*pending, checkedTo *uint64) (bool, error) {
+func (s *Service) tryCommit(ctx context.Context, q *scopeQueue, batchp *[]*pending) (bool, error) {
 	if !q.loaded {
 		h, err := loadHead(ctx, s.logStream, q.scope)
 		if err != nil {
@@ -193,20 +195,8 @@ func (s *Service) tryCommit(ctx context.Context, q *scopeQueue, batchp *[]*pendi
 		}
 		q.head, q.loaded = h, true
 	}
-	// Suspects: were they recorded already?
-	var since time.Time
-	for _, p := range *batchp {
-		if p.suspect && (since.IsZero() || p.published.Before(since)) {
-			since = p.published
-		}
-	}
-	if !since.IsZero() && *checkedTo < q.head.streamSeq {
-		ids, err := scanSince(ctx, s.logStream, q.scope, since.Add(-clockMargin), q.head)
-		if err != nil {
-			return false, err
-		}
-		s.dropRecorded(q, batchp, ids)
-		*checkedTo = q.head.streamSeq
+	if err := s.dedupeSuspects(ctx, q, batchp); err != nil {
+		return false, err
 	}
 	s.dropStale(q, batchp)
 	if len(*batchp) == 0 {
@@ -225,6 +215,7 @@ func (s *Service) tryCommit(ctx context.Context, q *scopeQueue, batchp *[]*pendi
 	switch {
 	case err == nil:
 		last.streamSeq, last.time = ack.Sequence, s.now()
+		q.scan.extend(q.head.streamSeq, last.streamSeq, *batchp)
 		s.committed(q, *batchp, last)
 		return true, nil
 	case !isConflict(err):
@@ -244,14 +235,85 @@ func (s *Service) tryCommit(ctx context.Context, q *scopeQueue, batchp *[]*pendi
 		q.loaded = false
 		return false, serr
 	}
+	q.scan.merge(q.head.streamSeq, nh.streamSeq, ids)
 	q.head = nh
 	if ours {
 		s.committed(q, *batchp, nh)
 		return true, nil
 	}
+	// Whatever another writer recorded meanwhile is not numbered again.
 	s.dropRecorded(q, batchp, ids)
-	*checkedTo = max(*checkedTo, nh.streamSeq)
 	return len(*batchp) == 0, err
+}
+
+// dedupeSuspects drops the batch's suspect events that a batch committed
+// since they were published already holds. The ids read are cached per
+// scope while suspects keep coming (a redelivery burst after a crash), so
+// each batch reads only what was committed since the previous one.
+func (s *Service) dedupeSuspects(ctx context.Context, q *scopeQueue, batchp *[]*pending) error {
+	var since time.Time
+	for _, p := range *batchp {
+		if p.suspect && (since.IsZero() || p.published.Before(since)) {
+			since = p.published
+		}
+	}
+	if since.IsZero() {
+		q.scan = scanCache{}
+		return nil
+	}
+	since = since.Add(-clockMargin)
+	switch {
+	case q.scan.ids == nil || since.Before(q.scan.since):
+		ids, err := scanSince(ctx, s.logStream, q.scope, since, q.head)
+		if err != nil {
+			return err
+		}
+		q.scan = scanCache{since: since, through: q.head.streamSeq, ids: ids}
+	case q.scan.through < q.head.streamSeq:
+		ids, _, err := scanAfter(ctx, s.logStream, q.scope, q.scan.through, q.head.streamSeq, "")
+		if err != nil {
+			return err
+		}
+		q.scan.merge(q.scan.through, q.head.streamSeq, ids)
+	}
+	s.dropRecorded(q, batchp, q.scan.ids)
+	if len(q.scan.ids) > maxScanCache {
+		q.scan = scanCache{}
+	}
+	return nil
+}
+
+// maxScanCache bounds the dedupe ids cached per scope.
+const maxScanCache = 100_000
+
+// scanCache holds the dedupe ids of a scope's batches committed from stream
+// time since through stream sequence through.
+type scanCache struct {
+	since   time.Time
+	through uint64
+	ids     map[string]bool
+}
+
+// merge adds the ids of the batches in (from, to] if the cache reaches from.
+func (c *scanCache) merge(from, to uint64, ids map[string]bool) {
+	if c.ids == nil || c.through < from {
+		return
+	}
+	for id := range ids {
+		c.ids[id] = true
+	}
+	c.through = max(c.through, to)
+}
+
+// extend adds a batch this process committed right after from.
+func (c *scanCache) extend(from, to uint64, batch []*pending) {
+	if c.ids == nil || c.through != from {
+		return
+	}
+	for _, p := range batch {
+		c.ids[p.id] = true
+	}
+	c.through = to
 }
 
 // build encodes the batch's records after h; it returns the body and the

@@ -285,7 +285,9 @@ func (s *Service) Run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("audit: consumer: %w", err)
 	}
-	s.suspectBefore = s.auditCons.CachedInfo().Created.Add(time.Minute)
+	// Events older than the consumer may have been numbered through an
+	// earlier one (the margin covers clock differences between leaders).
+	s.suspectBefore = s.auditCons.CachedInfo().Created.Add(2 * time.Second)
 	svc, err := s.startMicro(ctx)
 	if err != nil {
 		return err
@@ -293,12 +295,14 @@ func (s *Service) Run(ctx context.Context) error {
 	defer func() { _ = svc.Stop() }()
 
 	loops, stopLoops := context.WithCancel(context.WithoutCancel(ctx))
-	s.wg.Add(3 + len(s.exporters))
+	s.wg.Add(3 + exportWorkers*len(s.exporters))
 	go s.cp.run(loops)
 	go s.keepalive(loops)
 	go s.watchLag(loops)
 	for _, e := range s.exporters {
-		go e.run(loops)
+		for range exportWorkers {
+			go e.run(loops)
+		}
 	}
 	cc, err := s.auditCons.Consume(func(m jetstream.Msg) { s.dispatch(loops, m) },
 		jetstream.PullMaxMessages(1024),

@@ -215,6 +215,7 @@ func (s *Service) routes() http.Handler {
 	mux.HandleFunc("/healthz", s.handleHealthz)
 	mux.HandleFunc("/healthcheck", s.handleHealthcheck)
 	mux.HandleFunc("/v1/public-signing-key", s.handlePublicSigningKey)
+	mux.HandleFunc("/v1/audit-public-key", s.handleAuditPublicKey)
 	mux.HandleFunc("/v1/encryption/", s.handleVS)
 	mux.HandleFunc("/", s.handleXKS)
 	limiter := ratelimit.New(s.cfg.RatePerIP, s.cfg.BurstPerIP)

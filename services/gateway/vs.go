@@ -12,6 +12,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/sovkeys/sovkeys/shared"
+	"github.com/sovkeys/sovkeys/shared/auditlog"
 	"github.com/sovkeys/sovkeys/shared/killswitch"
 	"github.com/sovkeys/sovkeys/shared/mesh"
 	"github.com/sovkeys/sovkeys/shared/vs"
@@ -118,6 +119,26 @@ func (s *Service) handlePublicSigningKey(w http.ResponseWriter, r *http.Request)
 		return
 	}
 	writeJSON(w, http.StatusOK, vs.PublicKeyResponse{PublicKey: der})
+}
+
+// handleAuditPublicKey serves the audit checkpoint key (DER SPKI in JSON;
+// ?format=pem for PEM), so customers can verify exported audit logs.
+func (s *Service) handleAuditPublicKey(w http.ResponseWriter, r *http.Request) {
+	if r.Method != http.MethodGet {
+		writeVSError(w, shared.NewError(shared.CodeMethodNotAllowed, "method %s not allowed; use GET", r.Method))
+		return
+	}
+	e, err := s.pki.Get(r.Context(), auditlog.PKIKey(s.cfg.VolumePool))
+	if err != nil {
+		writeVSError(w, shared.NewError(shared.CodeDependencyTimeout, "audit key not published yet"))
+		return
+	}
+	if r.URL.Query().Get("format") == "pem" {
+		w.Header().Set("Content-Type", "application/x-pem-file")
+		_, _ = w.Write(auditlog.PublicKeyPEM(e.Value()))
+		return
+	}
+	writeJSON(w, http.StatusOK, vs.PublicKeyResponse{PublicKey: e.Value()})
 }
 
 // handleHealthcheck is the volume-secret API's health: 204 when the mesh is

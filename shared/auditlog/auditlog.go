@@ -73,8 +73,13 @@ type Scope struct {
 	ID   string // tenant id, key store prefix ("" for the operator log)
 }
 
-// String is "kind:id".
-func (s Scope) String() string { return s.Kind + ":" + s.ID }
+// String is "kind:id", or "kind" when the id is empty (the operator log).
+func (s Scope) String() string {
+	if s.ID == "" {
+		return s.Kind
+	}
+	return s.Kind + ":" + s.ID
+}
 
 // Validate checks the kind: 1-16 characters of [a-z].
 func (s Scope) Validate() error {

@@ -137,6 +137,7 @@ func (b *S3Bucket) List(ctx context.Context, dir string, fn func(name string) er
 // default). Object names are the keys. A Put of an existing name with the
 // same SHA-256 is a no-op; other content is ErrConflict and is left alone.
 type ObjectBucketStore struct {
+	js  jetstream.JetStream
 	obs jetstream.ObjectStore
 }
 
@@ -155,7 +156,7 @@ func NewObjectBucket(ctx context.Context, js jetstream.JetStream, replicas int) 
 	if err != nil {
 		return nil, fmt.Errorf("auditlog: object store %s: %w", ObjectBucket, err)
 	}
-	return &ObjectBucketStore{obs: obs}, nil
+	return &ObjectBucketStore{js: js, obs: obs}, nil
 }
 
 // OpenObjectBucket opens an existing object store (verification).
@@ -164,7 +165,7 @@ func OpenObjectBucket(ctx context.Context, js jetstream.JetStream) (*ObjectBucke
 	if err != nil {
 		return nil, fmt.Errorf("auditlog: object store %s: %w", ObjectBucket, err)
 	}
-	return &ObjectBucketStore{obs: obs}, nil
+	return &ObjectBucketStore{js: js, obs: obs}, nil
 }
 
 func (b *ObjectBucketStore) String() string { return "jetstream-object-store://" + ObjectBucket }

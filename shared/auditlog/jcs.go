@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"slices"
 	"strconv"
+	"strings"
 	"unicode/utf16"
 	"unicode/utf8"
 )
@@ -131,6 +132,22 @@ func encodeString(b *bytes.Buffer, s string) error {
 // (it differs from byte order only for code points above U+FFFF against
 // U+E000..U+FFFF).
 func compareUTF16(a, b string) int {
+	if !hasSupplementary(a) && !hasSupplementary(b) {
+		// Below U+10000 UTF-16 code units, code points and UTF-8 bytes
+		// all sort alike.
+		return strings.Compare(a, b)
+	}
 	ua, ub := utf16.Encode([]rune(a)), utf16.Encode([]rune(b))
 	return slices.Compare(ua, ub)
+}
+
+// hasSupplementary reports whether s holds a code point above U+FFFF (a
+// 4-byte UTF-8 sequence).
+func hasSupplementary(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] >= 0xF0 {
+			return true
+		}
+	}
+	return false
 }

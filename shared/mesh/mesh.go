@@ -174,16 +174,40 @@ func EnsureAuditStream(ctx context.Context, js jetstream.JetStream, t Topology) 
 	})
 }
 
+// declareRetries bounds retries of a declaration that raced another
+// process's: the server reports such races with several codes (name in use,
+// store creation failed while the other create finishes, cluster proposals).
+const declareRetries = 5
+
 func ensureStream(ctx context.Context, js jetstream.JetStream, cfg jetstream.StreamConfig) (jetstream.Stream, error) {
-	s, err := js.CreateOrUpdateStream(ctx, cfg)
-	if errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) {
-		// Another process created it between our lookup and create.
-		s, err = js.CreateOrUpdateStream(ctx, cfg)
+	var err error
+	for attempt := range declareRetries {
+		var s jetstream.Stream
+		if s, err = js.CreateOrUpdateStream(ctx, cfg); err == nil {
+			return s, nil
+		}
+		if ctx.Err() != nil {
+			break
+		}
+		if s, lerr := js.Stream(ctx, cfg.Name); lerr == nil && attempt > 0 {
+			return s, nil // declared by the other party; its config wins this round
+		}
+		if werr := wait(ctx, attempt); werr != nil {
+			break
+		}
 	}
-	if err != nil {
-		return nil, fmt.Errorf("mesh: stream %s: %w", cfg.Name, err)
+	return nil, fmt.Errorf("mesh: stream %s: %w", cfg.Name, err)
+}
+
+func wait(ctx context.Context, attempt int) error {
+	t := time.NewTimer(time.Duration(attempt+1) * 50 * time.Millisecond)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
 	}
-	return s, nil
 }
 
 // EnsureBucket declares a KV bucket (idempotent, safe under races).
@@ -192,14 +216,23 @@ func EnsureBucket(ctx context.Context, js jetstream.JetStream, name, description
 		Bucket: name, Description: description, History: 5,
 		Storage: jetstream.FileStorage, Replicas: t.Replicas,
 	}
-	kv, err := js.CreateKeyValue(ctx, cfg)
-	if errors.Is(err, jetstream.ErrBucketExists) || errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) {
-		kv, err = js.KeyValue(ctx, name)
+	var err error
+	for attempt := range declareRetries {
+		var kv jetstream.KeyValue
+		kv, err = js.CreateKeyValue(ctx, cfg)
+		if errors.Is(err, jetstream.ErrBucketExists) || errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) || (err != nil && attempt > 0) {
+			if kv, lerr := js.KeyValue(ctx, name); lerr == nil {
+				return kv, nil
+			}
+		}
+		if err == nil {
+			return kv, nil
+		}
+		if ctx.Err() != nil || wait(ctx, attempt) != nil {
+			break
+		}
 	}
-	if err != nil {
-		return nil, fmt.Errorf("mesh: kv %s: %w", name, err)
-	}
-	return kv, nil
+	return nil, fmt.Errorf("mesh: kv %s: %w", name, err)
 }
 
 // IsQueueFull reports whether a JetStream publish failed because a bounded

@@ -1,0 +1,182 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"flag"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/s3"
+	"go.opentelemetry.io/otel/trace/noop"
+
+	"github.com/sovkeys/sovkeys/services/audit"
+	"github.com/sovkeys/sovkeys/shared"
+	"github.com/sovkeys/sovkeys/shared/auditlog"
+	"github.com/sovkeys/sovkeys/shared/natstest"
+	"github.com/sovkeys/sovkeys/shared/s3test"
+)
+
+// The operator and customer commands against a real export: an audit
+// service exporting to versitygw, the HSM signing checkpoints.
+func TestAuditCLI(t *testing.T) {
+	ctx := context.Background()
+	srv := s3test.RunServer(t)
+	srv.CreateBucket(ctx, t, "cli-audit", true)
+	ns, nc, js := natstest.Run(t)
+	runAuditKeyworker(t, nc, js)
+
+	// The service configured as the binary's flags configure it.
+	fs := flag.NewFlagSet("audit", flag.ContinueOnError)
+	var f serviceFlags
+	f.register(fs, func(string) string { return "" })
+	af := &f.audit
+	if err := fs.Parse([]string{"--audit-store", "s3", "--audit-s3-bucket", "cli-audit", "--s3-endpoint", srv.Endpoint()}); err != nil {
+		t.Fatal(err)
+	}
+	f.s3AccessKeyID, f.s3SecretAccessKey = s3test.AccessKey, s3test.SecretKey
+	cfg := af.config(&f)
+	cfg.CheckpointEvery = 100 * time.Millisecond
+	svc, err := audit.New(cfg, audit.Deps{NC: nc, JS: js, Logger: slog.New(slog.DiscardHandler), Tracer: noop.NewTracerProvider(), Now: time.Now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sctx, stop := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() { defer close(done); _ = svc.Run(sctx) }()
+	t.Cleanup(func() { stop(); <-done })
+
+	deleted := auditlog.Scope{Kind: shared.AuditKindTenant, ID: "vpc-cli-1"}
+	edited := auditlog.Scope{Kind: shared.AuditKindTenant, ID: "vpc-cli-2"}
+	store := auditlog.Scope{Kind: shared.AuditKindXKS, ID: "cli/store"}
+	var evs []*shared.AuditEvent
+	for i := range 40 {
+		for _, sc := range []auditlog.Scope{deleted, edited, store} {
+			evs = append(evs, auditEvent(sc, "keyworker", i))
+		}
+	}
+	publishEvents(t, js, evs)
+
+	env := map[string]string{
+		"SOVKEYS_NATS_URL": ns.ClientURL(), "SOVKEYS_S3_ENDPOINT": srv.Endpoint(),
+		"SOVKEYS_S3_ACCESS_KEY_ID": s3test.AccessKey, "SOVKEYS_S3_SECRET_ACCESS_KEY": s3test.SecretKey,
+	}
+	getenv := func(k string) string { return env[k] }
+	cli := func(args ...string) (code int, stdout, stderr string) {
+		var o, e bytes.Buffer
+		code = run(ctx, args, getenv, &o, &e)
+		return code, o.String(), e.String()
+	}
+
+	dir := t.TempDir()
+	keyFile := filepath.Join(dir, "audit.pem")
+	checkFor(t, 30*time.Second, 100*time.Millisecond, func() error {
+		if code, _, stderr := cli("audit", "public-key", "--out", keyFile); code != 0 {
+			return errors.New(stderr)
+		}
+		return nil
+	})
+	pemBytes, err := os.ReadFile(keyFile)
+	if err != nil || !bytes.HasPrefix(pemBytes, []byte("-----BEGIN PUBLIC KEY-----")) {
+		t.Fatalf("public key file: %q %v", pemBytes, err)
+	}
+
+	verifyS3 := func(flagName, value string) (int, string, string) {
+		return cli("audit", "verify", flagName, value, "--s3-bucket", "cli-audit", "--public-key", keyFile)
+	}
+	for _, sc := range []auditlog.Scope{deleted, edited} {
+		checkFor(t, 60*time.Second, 200*time.Millisecond, func() error {
+			if code, out, stderr := verifyS3("--tenant", sc.ID); code != 0 || !strings.Contains(out, "records 1..40 ") {
+				return errors.New(out + stderr)
+			}
+			return nil
+		})
+	}
+	checkFor(t, 60*time.Second, 200*time.Millisecond, func() error {
+		if code, out, stderr := verifyS3("--keystore", "/cli/store/"); code != 0 || !strings.Contains(out, "records 1..40 ") {
+			return errors.New(out + stderr)
+		}
+		return nil
+	})
+	// From NATS: the log stream, with the published key or a key file.
+	if code, out, stderr := cli("audit", "verify", "--tenant", deleted.ID, "--json"); code != 0 || !strings.Contains(out, `"last": 40`) {
+		t.Fatalf("verify from nats: %d %s %s", code, out, stderr)
+	}
+	if code, out, _ := cli("audit", "checkpoint", "--keystore", "cli/store"); code != 0 {
+		t.Fatalf("checkpoint: %s", out)
+	} else if cp, err := auditlog.ParseCheckpoint(bytes.TrimSpace([]byte(out))); err != nil || cp.Seq != 40 {
+		t.Fatalf("checkpoint output %q: %v", out, err)
+	}
+
+	// Tampering in the bucket fails verification, naming the sequence.
+	client := srv.Client()
+	if _, err := client.DeleteObject(ctx, &s3.DeleteObjectInput{
+		Bucket: aws.String("cli-audit"), Key: aws.String(audit.DefaultPrefix + deleted.RecordKey(7)),
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if code, _, stderr := verifyS3("--tenant", deleted.ID); code != 1 || !strings.Contains(stderr, "record 7: missing") {
+		t.Fatalf("verify after deleting record 7: exit %d, %s", code, stderr)
+	}
+	obj, err := client.GetObject(ctx, &s3.GetObjectInput{Bucket: aws.String("cli-audit"), Key: aws.String(audit.DefaultPrefix + edited.RecordKey(12))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(obj.Body)
+	obj.Body.Close()
+	body = bytes.Replace(body, []byte(`"result":"success"`), []byte(`"result":"failure"`), 1)
+	if _, err := client.PutObject(ctx, &s3.PutObjectInput{
+		Bucket: aws.String("cli-audit"), Key: aws.String(audit.DefaultPrefix + edited.RecordKey(12)), Body: bytes.NewReader(body),
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if code, _, stderr := verifyS3("--tenant", edited.ID); code != 1 || !strings.Contains(stderr, "record 12: altered") {
+		t.Fatalf("verify after editing record 12: exit %d, %s", code, stderr)
+	}
+
+	// Usage errors.
+	for _, args := range [][]string{
+		{"audit", "verify"},
+		{"audit", "verify", "--tenant", "a", "--keystore", "b"},
+		{"audit", "verify", "--tenant", "a", "--s3-bucket", "cli-audit"}, // a bucket needs a key file
+	} {
+		if code, _, _ := cli(args...); code == 0 {
+			t.Errorf("sovkeys %v succeeded", args)
+		}
+	}
+}
+
+func TestAuditFlagsConfig(t *testing.T) {
+	parse := func(args ...string) error {
+		fs := flag.NewFlagSet("audit", flag.ContinueOnError)
+		fs.SetOutput(io.Discard)
+		var f serviceFlags
+		f.register(fs, func(string) string { return "" })
+		if err := fs.Parse(args); err != nil {
+			return err
+		}
+		return f.audit.config(&f).Validate()
+	}
+	if err := parse(); err != nil {
+		t.Fatalf("defaults: %v", err)
+	}
+	if err := parse("--audit-store", "s3", "--audit-s3-bucket", "central-audit", "--audit-tenant-export"); err != nil {
+		t.Fatalf("s3: %v", err)
+	}
+	for _, bad := range [][]string{
+		{"--audit-store", "s3"},
+		{"--audit-store", "tape"},
+		{"--audit-sign-pool", "No Such Pool"},
+	} {
+		if err := parse(bad...); !errors.Is(err, shared.ErrConfigValidation) {
+			t.Errorf("%v: %v", bad, err)
+		}
+	}
+}

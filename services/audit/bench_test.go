@@ -1,0 +1,79 @@
+package audit
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/sovkeys/sovkeys/shared/auditlog"
+	"github.com/sovkeys/sovkeys/shared/ektstore"
+	"github.com/sovkeys/sovkeys/shared/natstest"
+	"github.com/sovkeys/sovkeys/shared/s3test"
+)
+
+// BenchmarkAuditPipeline measures events numbered and exported per second
+// by one audit service (JetStream export, HSM checkpoints) on an embedded
+// server, 50,000 events over 20 key stores per iteration: "burst" offers
+// them as fast as one publisher can, "rate5000" at 5,000 events/s (the lag
+// figures show whether it keeps up):
+//
+//	go test ./services/audit -run '^$' -bench AuditPipeline -benchtime 1x
+//
+// `sovkeys audit bench` runs the same load against a live deployment.
+func BenchmarkAuditPipeline(b *testing.B) {
+	_, nc, js := natstest.Run(b)
+	runKeyworker(b, nc, js)
+	runAudit(b, nc, js, Config{CheckpointEvery: time.Second})
+	checkFor(b, 30*time.Second, 20*time.Millisecond, func() error {
+		_, err := js.Consumer(context.Background(), auditlog.StreamLog, "audit_export")
+		return err
+	})
+	for _, bc := range []struct {
+		name string
+		rate int
+	}{{"burst", 0}, {"rate5000", 5000}} {
+		b.Run(bc.name, func(b *testing.B) {
+			var seq, exp float64
+			var lagSeq, lagExp uint64
+			for b.Loop() {
+				res, err := RunLoad(context.Background(), js, LoadConfig{Events: 50000, Scopes: 20, Rate: bc.rate}, time.Now)
+				if err != nil {
+					b.Fatal(err)
+				}
+				seq, exp = res.SequencedPerSec, res.ExportedPerSec
+				lagSeq, lagExp = max(lagSeq, res.MaxSequencingLag), max(lagExp, res.MaxExportLag)
+			}
+			b.ReportMetric(seq, "sequenced/s")
+			b.ReportMetric(exp, "exported/s")
+			b.ReportMetric(float64(lagSeq), "max-seq-lag")
+			b.ReportMetric(float64(lagExp), "max-export-lag")
+		})
+	}
+}
+
+// BenchmarkAuditPipelineS3 is the same with the central export to S3
+// (versitygw on loopback, sharing the machine): 20,000 events.
+func BenchmarkAuditPipelineS3(b *testing.B) {
+	srv := s3test.RunServer(b)
+	srv.CreateBucket(context.Background(), b, "bench-audit", false)
+	_, nc, js := natstest.Run(b)
+	runKeyworker(b, nc, js)
+	runAudit(b, nc, js, Config{CheckpointEvery: time.Second, Central: CentralConfig{Backend: BackendS3, S3: ektstore.S3Config{
+		Endpoint: srv.Endpoint(), Region: s3test.Region, Bucket: "bench-audit", UsePathStyle: true,
+		AccessKeyID: s3test.AccessKey, SecretAccessKey: s3test.SecretKey,
+	}}})
+	checkFor(b, 30*time.Second, 20*time.Millisecond, func() error {
+		_, err := js.Consumer(context.Background(), auditlog.StreamLog, "audit_export")
+		return err
+	})
+	var res LoadResult
+	for b.Loop() {
+		var err error
+		if res, err = RunLoad(context.Background(), js, LoadConfig{Events: 20000, Scopes: 20}, time.Now); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportMetric(res.SequencedPerSec, "sequenced/s")
+	b.ReportMetric(res.ExportedPerSec, "exported/s")
+	b.ReportMetric(float64(res.MaxExportLag), "max-export-lag")
+}

@@ -1,0 +1,186 @@
+package audit
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/sovkeys/sovkeys/shared"
+	"github.com/sovkeys/sovkeys/shared/auditlog"
+	"github.com/sovkeys/sovkeys/shared/mesh"
+	"github.com/sovkeys/sovkeys/shared/natstest"
+)
+
+func TestConfigValidate(t *testing.T) {
+	ok := Config{Topology: mesh.DefaultTopology()}
+	if err := ok.Validate(); err != nil {
+		t.Fatalf("defaults: %v", err)
+	}
+	for name, mutate := range map[string]func(*Config){
+		"sign pool":         func(c *Config) { c.SignPool = "Bad Pool" },
+		"slow cadence":      func(c *Config) { c.CheckpointEvery = 2 * time.Second },
+		"short ack wait":    func(c *Config) { c.AckWait = time.Second },
+		"batch":             func(c *Config) { c.MaxBatch = 5000 },
+		"backend":           func(c *Config) { c.Central.Backend = "ftp" },
+		"s3 without bucket": func(c *Config) { c.Central.Backend = BackendS3; c.Central.S3.Region = "us-east-1" },
+		"tenant s3":         func(c *Config) { c.TenantExport.Enabled = true },
+		"topology":          func(c *Config) { c.Topology.Replicas = 0 },
+	} {
+		c := ok
+		mutate(&c)
+		if err := c.Validate(); !errors.Is(err, shared.ErrConfigValidation) {
+			t.Errorf("%s: Validate = %v, want ErrConfigValidation", name, err)
+		}
+	}
+}
+
+// Two audit services sequence a burst across the three kinds of scope at
+// once: every scope is gapless, every event is recorded once, the chains
+// verify with the HSM key from the stream and from the exported objects.
+func TestSequenceCheckpointExport(t *testing.T) {
+	_, nc, js := natstest.Run(t)
+	runKeyworker(t, nc, js)
+	a, _ := runAudit(t, nc, js, Config{})
+	b, _ := runAudit(t, nc, js, Config{MaxBatch: 7})
+
+	scopes := []auditlog.Scope{
+		{Kind: shared.AuditKindTenant, ID: "vpc-0abc"},
+		{Kind: shared.AuditKindXKS, ID: "store/one"},
+		{Kind: shared.AuditKindOperator, ID: ""},
+	}
+	want := map[auditlog.Scope][]*shared.AuditEvent{}
+	var all []*shared.AuditEvent
+	for i := 0; i < 600; i++ {
+		sc := scopes[i%len(scopes)]
+		// gateway and keyworker each audit the same request: two records.
+		for _, svc := range []string{"gateway", "keyworker"} {
+			ev := event(sc, svc, i)
+			want[sc] = append(want[sc], ev)
+			all = append(all, ev)
+		}
+	}
+	publishAsync(t, js, all)
+	pub := auditKey(t, js)
+	obs, err := auditlog.OpenObjectBucket(context.Background(), js)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, sc := range scopes {
+		waitRecorded(t, js, sc, ids(want[sc]))
+		n := uint64(len(want[sc]))
+		rep := verified(t, auditlog.StreamSource{JS: js}, sc, pub, n)
+		if rep.First != 1 || rep.Records != n || rep.UnsignedTail != 0 {
+			t.Fatalf("%s: report %+v", sc, rep)
+		}
+		verified(t, auditlog.BucketSource{Bucket: obs}, sc, pub, n)
+	}
+	sa, sb := a.Snapshot(), b.Snapshot()
+	if sa.Records+sb.Records < uint64(len(all)) {
+		t.Fatalf("records committed: %d + %d < %d", sa.Records, sb.Records, len(all))
+	}
+	if sa.Checkpoints+sb.Checkpoints == 0 {
+		t.Fatal("no checkpoints counted")
+	}
+	checkFor(t, 10*time.Second, 100*time.Millisecond, func() error {
+		x := a.Snapshot().Export["central"]
+		if x == nil || x.Lag != 0 || a.Snapshot().SequencingLag != 0 {
+			return fmt.Errorf("lag not drained: %+v", x)
+		}
+		return nil
+	})
+}
+
+// A recreated consumer delivers old events again as first deliveries; the
+// service recognises them as recorded.
+func TestRecreatedConsumerDoesNotRenumber(t *testing.T) {
+	_, nc, js := natstest.Run(t)
+	runKeyworker(t, nc, js)
+	sc := auditlog.Scope{Kind: shared.AuditKindTenant, ID: "vpc-1"}
+	var evs []*shared.AuditEvent
+	for i := range 50 {
+		evs = append(evs, event(sc, "keyworker", i))
+	}
+	publishAsync(t, js, evs)
+	_, stop := runAudit(t, nc, js, Config{})
+	waitRecorded(t, js, sc, ids(evs))
+	stop()
+
+	ctx := context.Background()
+	if err := js.DeleteConsumer(ctx, shared.StreamAudit, shared.ConsumerAudit); err != nil {
+		t.Fatal(err)
+	}
+	more := []*shared.AuditEvent{event(sc, "keyworker", 1000), event(sc, "authn", 1000)}
+	publishAsync(t, js, more)
+	svc, _ := runAudit(t, nc, js, Config{})
+	all := ids(append(evs, more...))
+	waitRecorded(t, js, sc, all)
+	checkFor(t, 10*time.Second, 50*time.Millisecond, func() error {
+		if st := svc.Snapshot(); st.Duplicates < uint64(len(evs)) {
+			return fmt.Errorf("duplicates %d", st.Duplicates)
+		}
+		return nil
+	})
+	recs, err := recorded(ctx, js, sc)
+	if err != nil || len(recs) != len(all) {
+		t.Fatalf("%d records, want %d (%v)", len(recs), len(all), err)
+	}
+}
+
+// `sovkeys audit checkpoint` asks the service over NATS.
+func TestCheckpointOnDemand(t *testing.T) {
+	_, nc, js := natstest.Run(t)
+	runKeyworker(t, nc, js)
+	runAudit(t, nc, js, Config{CheckpointEvery: time.Second})
+	sc := auditlog.Scope{Kind: shared.AuditKindXKS, ID: "demand"}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+
+	req := func(sc auditlog.Scope) (*auditlog.Checkpoint, error) {
+		data, _ := jsonMarshal(auditlog.CheckpointRequest{Kind: sc.Kind, Scope: sc.ID})
+		m, err := nc.RequestWithContext(ctx, auditlog.SubjectControlPrefix+"."+auditlog.EndpointCheckpoint, data)
+		if err != nil {
+			return nil, err
+		}
+		if code := m.Header.Get("Nats-Service-Error-Code"); code != "" {
+			return nil, fmt.Errorf("%s: %s", code, m.Header.Get("Nats-Service-Error"))
+		}
+		return auditlog.ParseCheckpoint(m.Data)
+	}
+	if _, err := req(sc); err == nil {
+		t.Fatal("checkpoint of an empty log succeeded")
+	}
+	evs := []*shared.AuditEvent{event(sc, "keyworker", 1), event(sc, "keyworker", 2)}
+	publishAsync(t, js, evs)
+	waitRecorded(t, js, sc, ids(evs))
+	cp, err := req(sc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cp.Seq != 2 {
+		t.Fatalf("checkpoint at %d, want 2", cp.Seq)
+	}
+	if err := cp.Verify(auditKey(t, js)); err != nil {
+		t.Fatal(err)
+	}
+	stream, err := js.Stream(ctx, auditlog.StreamLog)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := stream.GetLastMsgForSubject(ctx, sc.CheckpointSubject()); err != nil {
+		t.Fatal(err)
+	}
+	// The log cannot be purged or have messages deleted.
+	if err := stream.Purge(ctx); err == nil {
+		t.Fatal("audit log purge allowed")
+	}
+	if err := stream.DeleteMsg(ctx, 1); err == nil {
+		t.Fatal("audit log message delete allowed")
+	}
+	if _, err := js.Stream(ctx, shared.StreamAudit); errors.Is(err, jetstream.ErrStreamNotFound) {
+		t.Fatal("event stream missing")
+	}
+}
