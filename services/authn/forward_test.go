@@ -2,6 +2,7 @@ package authn
 
 import (
 	"context"
+	"crypto/x509"
 	"io"
 	"log/slog"
 	"testing"
@@ -82,4 +83,25 @@ func policyOf(p, v, e []string) registry.Policy {
 
 func metadataOf(p, v, e string) xks.RequestMetadata {
 	return xks.RequestMetadata{AWSPrincipalArn: p, AWSSourceVpc: v, AWSSourceVpce: e}
+}
+
+func TestVerifiedCertCacheBounds(t *testing.T) {
+	now := time.Now()
+	leaf := &x509.Certificate{Raw: []byte("leaf"), NotAfter: now.Add(time.Minute)}
+	ca := &x509.Certificate{Raw: []byte("ca")}
+	other := &x509.Certificate{Raw: []byte("other ca")}
+	var v verifiedCerts
+	if v.check(leaf, ca, now) {
+		t.Fatal("unverified leaf reported verified")
+	}
+	v.remember(leaf, ca, now)
+	if !v.check(leaf, ca, now.Add(30*time.Second)) {
+		t.Fatal("verified leaf forgotten")
+	}
+	if v.check(leaf, other, now) {
+		t.Fatal("verification against one CA reused for another")
+	}
+	if v.check(leaf, ca, now.Add(2*time.Minute)) {
+		t.Fatal("cache outlived the certificate")
+	}
 }

@@ -96,6 +96,7 @@ type Service struct {
 	vsLimit   *ratelimit.Limiter
 	tenants   *registry.Cache[registry.Tenant]
 	cas       *caPool
+	verified  verifiedCerts
 	kill      *killswitch.Watcher
 	aws       *awsVerifier // nil unless AWS instance identity is configured (awsid.go)
 	awsDeps   Deps

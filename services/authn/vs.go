@@ -2,11 +2,13 @@ package authn
 
 import (
 	"context"
+	"crypto/sha256"
 	"crypto/x509"
 	"net/url"
 	"slices"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 
@@ -38,6 +40,45 @@ func instanceIdentity(c *x509.Certificate) (tenant, instance string, ok bool) {
 		tenant, instance = parts[0], parts[2]
 	}
 	return tenant, instance, found == 1 && registry.ValidTenantID(tenant) && vs.ValidID(instance)
+}
+
+// verifiedCerts remembers leaf certificates whose chain verified against a
+// given CA, for at most verifiedTTL and never past the leaf's NotAfter, so
+// a booting fleet does not pay a chain verification per call.
+type verifiedCerts struct {
+	mu sync.Mutex
+	m  map[[32]byte]time.Time // sha256(leaf || ca) -> valid until
+}
+
+const verifiedTTL = 5 * time.Minute
+
+func certKey(leaf, ca *x509.Certificate) [32]byte {
+	h := sha256.New()
+	h.Write(leaf.Raw)
+	h.Write(ca.Raw)
+	var k [32]byte
+	copy(k[:], h.Sum(nil))
+	return k
+}
+
+func (v *verifiedCerts) check(leaf, ca *x509.Certificate, now time.Time) bool {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	until, ok := v.m[certKey(leaf, ca)]
+	return ok && now.Before(until)
+}
+
+func (v *verifiedCerts) remember(leaf, ca *x509.Certificate, now time.Time) {
+	until := now.Add(verifiedTTL)
+	if leaf.NotAfter.Before(until) {
+		until = leaf.NotAfter
+	}
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if v.m == nil || len(v.m) >= 10000 {
+		v.m = map[[32]byte]time.Time{}
+	}
+	v.m[certKey(leaf, ca)] = until
 }
 
 // caPool mirrors the instance CA certificates the pools publish in KV.
@@ -119,10 +160,13 @@ func (s *Service) volumeSecret(ctx context.Context, env *shared.Envelope, ev *sh
 	if ca == nil {
 		return false, shared.NewError(shared.CodeDependencyTimeout, "instance CA of pool %q is not published yet", tn.Pool)
 	}
-	roots := x509.NewCertPool()
-	roots.AddCert(ca)
-	if _, err := leaf.Verify(x509.VerifyOptions{Roots: roots, CurrentTime: s.now(), KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}); err != nil {
-		return false, shared.NewError(shared.CodeAuthenticationFailed, "client certificate is not valid for this service")
+	if !s.verified.check(leaf, ca, s.now()) {
+		roots := x509.NewCertPool()
+		roots.AddCert(ca)
+		if _, err := leaf.Verify(x509.VerifyOptions{Roots: roots, CurrentTime: s.now(), KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}); err != nil {
+			return false, shared.NewError(shared.CodeAuthenticationFailed, "client certificate is not valid for this service")
+		}
+		s.verified.remember(leaf, ca, s.now())
 	}
 	ev.Scope, ev.CallerID = tn.ID, instance
 	if stopped, why := s.kill.Engaged(killswitch.ScopeTenant, tn.ID); stopped {
