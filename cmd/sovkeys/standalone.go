@@ -59,6 +59,7 @@ func runStandalone(ctx context.Context, args []string, getenv func(string) strin
 	if err != nil {
 		return err
 	}
+	startPprof(getenv("SOVKEYS_PPROF_LISTEN"), logger)
 	for _, sub := range []string{"", "nats", "trust", "creds", "hsm", "tls"} {
 		if err := os.MkdirAll(filepath.Join(dir, sub), 0o700); err != nil {
 			return err
