@@ -3,13 +3,10 @@ package vsclient
 import (
 	"context"
 	"crypto/sha256"
-	"crypto/tls"
-	"crypto/x509"
 	"encoding/hex"
 	"errors"
 	"fmt"
 	"net/http"
-	"os"
 	"strings"
 	"sync"
 	"time"
@@ -167,16 +164,9 @@ func NewAWS(cfg AWSConfig) (*Client, error) {
 	if cfg.Instance.Region == "" {
 		return nil, errors.New("vsclient: aws region is required")
 	}
-	tlsCfg := &tls.Config{MinVersion: tls.VersionTLS12}
-	if cfg.CAFile != "" {
-		pem, err := os.ReadFile(cfg.CAFile)
-		if err != nil {
-			return nil, fmt.Errorf("vsclient: ca: %w", err)
-		}
-		tlsCfg.RootCAs = x509.NewCertPool()
-		if !tlsCfg.RootCAs.AppendCertsFromPEM(pem) {
-			return nil, errors.New("vsclient: ca file holds no certificate")
-		}
+	tlsCfg, err := clientTLS(cfg.CAFile)
+	if err != nil {
+		return nil, err
 	}
 	pub, err := ParseSigningKey(cfg.SigningKeyDER)
 	if err != nil {

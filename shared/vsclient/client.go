@@ -63,17 +63,11 @@ func New(cfg Config) (*Client, error) {
 	if err != nil {
 		return nil, fmt.Errorf("vsclient: client certificate: %w", err)
 	}
-	tlsCfg := &tls.Config{MinVersion: tls.VersionTLS12, Certificates: []tls.Certificate{cert}}
-	if cfg.CAFile != "" {
-		pem, err := os.ReadFile(cfg.CAFile)
-		if err != nil {
-			return nil, fmt.Errorf("vsclient: ca: %w", err)
-		}
-		tlsCfg.RootCAs = x509.NewCertPool()
-		if !tlsCfg.RootCAs.AppendCertsFromPEM(pem) {
-			return nil, errors.New("vsclient: ca file holds no certificate")
-		}
+	tlsCfg, err := clientTLS(cfg.CAFile)
+	if err != nil {
+		return nil, err
 	}
+	tlsCfg.Certificates = []tls.Certificate{cert}
 	pub, err := ParseSigningKey(cfg.SigningKeyDER)
 	if err != nil {
 		return nil, err
@@ -83,6 +77,24 @@ func New(cfg Config) (*Client, error) {
 		HTTP:       &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{TLSClientConfig: tlsCfg}},
 		SigningKey: pub,
 	}, nil
+}
+
+// clientTLS is the TLS configuration of every client: TLS 1.2+, trusting
+// caFile when given (else the system roots).
+func clientTLS(caFile string) (*tls.Config, error) {
+	tlsCfg := &tls.Config{MinVersion: tls.VersionTLS12}
+	if caFile == "" {
+		return tlsCfg, nil
+	}
+	pem, err := os.ReadFile(caFile)
+	if err != nil {
+		return nil, fmt.Errorf("vsclient: ca: %w", err)
+	}
+	tlsCfg.RootCAs = x509.NewCertPool()
+	if !tlsCfg.RootCAs.AppendCertsFromPEM(pem) {
+		return nil, errors.New("vsclient: ca file holds no certificate")
+	}
+	return tlsCfg, nil
 }
 
 // ParseSigningKey parses a DER SPKI ECDSA public key.
