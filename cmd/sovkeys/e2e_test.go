@@ -533,6 +533,10 @@ func TestTenantCLI(t *testing.T) {
 func TestOperatorChangesAreAudited(t *testing.T) {
 	n := testNode
 	n.cli(t, nil, "tenant", "create", "--id", "vpc-oplog")
+	n.newKeystore(t, "/oplog")
+	n.cli(t, nil, "xks", "key", "create", "--keystore", "/oplog", "--id", "k")
+	n.cli(t, nil, "xks", "key", "disable", "--keystore", "/oplog", "--id", "k")
+	n.cli(t, nil, "xks", "keystore", "rotate-credential", "--prefix", "/oplog")
 	_, js := operatorJS(t)
 	ctx := context.Background()
 	stream, err := js.Stream(ctx, shared.StreamAudit)
@@ -544,6 +548,7 @@ func TestOperatorChangesAreAudited(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	seen := map[string]bool{}
 	checkFor(t, 10*time.Second, 50*time.Millisecond, func() error {
 		batch, err := cons.FetchNoWait(1000)
 		if err != nil {
@@ -551,11 +556,16 @@ func TestOperatorChangesAreAudited(t *testing.T) {
 		}
 		for m := range batch.Messages() {
 			ev, err := shared.UnmarshalAuditEvent(m.Data())
-			if err == nil && ev.API == "operator.tenant.create" && ev.Params["tenant"] == "vpc-oplog" && ev.Result == shared.ResultSuccess {
-				return nil
+			if err == nil && ev.Result == shared.ResultSuccess && (ev.Params["tenant"] == "vpc-oplog" || ev.Params["keystore"] == "oplog") {
+				seen[string(ev.API)] = true
 			}
 		}
-		return errors.New("no operator event for the tenant creation")
+		for _, api := range []string{"operator.tenant.create", "operator.keystore.create", "operator.key.create", "operator.key.disable", "operator.keystore.rotate_credential"} {
+			if !seen[api] {
+				return fmt.Errorf("no operator event %s (seen %v)", api, seen)
+			}
+		}
+		return nil
 	})
 }
 

@@ -141,7 +141,8 @@ func runXKS(ctx context.Context, args []string, getenv func(string) string, stdo
 			fs.StringVar(&label, "label", "", "HSM object label (default derived from key store and id)")
 			fs.BoolVar(&existing, "existing", false, "bind an AES-256 key already in the HSM under --label")
 		}, func(ctx context.Context, o *operator) error {
-			return o.keyCreate(ctx, prefix, keyID, usage, label, existing)
+			return o.audited(ctx, "key.create", map[string]string{"keystore": prefix, "key_id": keyID, "usage": usage, "label": label, "existing": fmt.Sprint(existing)},
+				func() error { return o.keyCreate(ctx, prefix, keyID, usage, label, existing) })
 		})
 	case "key disable", "key enable":
 		status := registry.StatusEnabled
