@@ -2,6 +2,7 @@ package shared
 
 import (
 	"encoding/base64"
+	"encoding/binary"
 	"encoding/json"
 	"fmt"
 	"time"
@@ -40,8 +41,9 @@ type Envelope struct {
 	KeyStore string    `json:"keystore,omitempty"`
 	KeyID    string    `json:"key_id,omitempty"`
 	Evidence Evidence  `json:"evidence"`
-	Body     []byte    `json:"body,omitempty"`
-	Authz    *Authz    `json:"authz,omitempty"`
+	Body     []byte    `json:"-"` // framed raw after the JSON header, never base64
+
+	Authz *Authz `json:"authz,omitempty"`
 }
 
 // Evidence is what the gateway saw of the caller. Header holds only the
@@ -86,13 +88,40 @@ func (e *Envelope) Expired(now time.Time) bool {
 	return !e.Deadline.IsZero() && !now.Before(e.Deadline)
 }
 
-// Marshal encodes the envelope for the wire.
-func (e *Envelope) Marshal() ([]byte, error) { return json.Marshal(e) }
+// envelopeMagic starts every framed envelope: "SKE" and the frame version.
+const envelopeMagic = "SKE1"
+
+// maxEnvelopeHeader bounds the JSON header of a framed envelope.
+const maxEnvelopeHeader = 1 << 20
+
+// Marshal frames the envelope for the wire: magic, the 4-byte big-endian
+// length of the JSON header, the header, then the raw body. The body is
+// carried as is: no base64, no JSON scanning of caller bytes on each hop.
+func (e *Envelope) Marshal() ([]byte, error) {
+	hdr, err := json.Marshal(e)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]byte, 0, len(envelopeMagic)+4+len(hdr)+len(e.Body))
+	out = append(out, envelopeMagic...)
+	out = binary.BigEndian.AppendUint32(out, uint32(len(hdr)))
+	out = append(out, hdr...)
+	return append(out, e.Body...), nil
+}
 
 // UnmarshalEnvelope decodes and sanity-checks an envelope from the wire.
+// Body aliases data.
 func UnmarshalEnvelope(data []byte) (*Envelope, error) {
+	if len(data) < len(envelopeMagic)+4 || string(data[:len(envelopeMagic)]) != envelopeMagic {
+		return nil, NewError(CodeInternal, "envelope: not a framed envelope")
+	}
+	n := binary.BigEndian.Uint32(data[len(envelopeMagic):])
+	rest := data[len(envelopeMagic)+4:]
+	if n > maxEnvelopeHeader || uint64(n) > uint64(len(rest)) {
+		return nil, NewError(CodeInternal, "envelope: header length out of range")
+	}
 	var e Envelope
-	if err := json.Unmarshal(data, &e); err != nil {
+	if err := json.Unmarshal(rest[:n], &e); err != nil {
 		return nil, fmt.Errorf("%w: envelope: %v", ErrValidation, err)
 	}
 	if e.Version != EnvelopeVersion {
@@ -100,6 +129,9 @@ func UnmarshalEnvelope(data []byte) (*Envelope, error) {
 	}
 	if e.ID == "" || e.API == "" || e.ReplyTo == "" {
 		return nil, NewError(CodeInternal, "envelope: missing id, api or reply subject")
+	}
+	if body := rest[n:]; len(body) > 0 {
+		e.Body = body
 	}
 	return &e, nil
 }
