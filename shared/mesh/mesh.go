@@ -95,12 +95,12 @@ type Topology struct {
 }
 
 // DefaultTopology is right for one node and a SoftHSM token. Queue depths
-// are sized so queued work clears well inside AWS KMS's 250 ms budget at
-// the ~2,000 req/s one such node serves (measured, docs/BENCHMARKS.md):
-// beyond them callers get an immediate ThrottlingException instead of a
-// late timeout.
+// are sized so a full work queue clears in about KMS's 250 ms budget at the
+// ~2,000 req/s one such node serves (measured, docs/BENCHMARKS.md): beyond
+// them callers get an immediate ThrottlingException instead of a late
+// timeout, while short stalls are absorbed.
 func DefaultTopology() Topology {
-	return Topology{Replicas: 1, RequestQueueDepth: 512, WorkQueueDepth: 256, WorkBudget: 64, AuditMaxAge: 7 * 24 * time.Hour}
+	return Topology{Replicas: 1, RequestQueueDepth: 1024, WorkQueueDepth: 512, WorkBudget: 64, AuditMaxAge: 7 * 24 * time.Hour}
 }
 
 // Validate checks the topology.
