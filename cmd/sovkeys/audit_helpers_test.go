@@ -10,49 +10,17 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
-	"go.opentelemetry.io/otel/trace/noop"
 
-	"github.com/sovkeys/sovkeys/services/keyworker"
 	"github.com/sovkeys/sovkeys/shared"
 	"github.com/sovkeys/sovkeys/shared/auditlog"
-	"github.com/sovkeys/sovkeys/shared/ektstore"
-	"github.com/sovkeys/sovkeys/shared/hsmtest"
-	"github.com/sovkeys/sovkeys/shared/kwadmin"
-	"github.com/sovkeys/sovkeys/shared/mesh"
+	"github.com/sovkeys/sovkeys/shared/keyworkertest"
 )
 
-// runAuditKeyworker runs a keyworker of pool "default" in this process on a
-// fresh SoftHSM token: the HSM that signs audit checkpoints.
+// runAuditKeyworker runs a keyworker of pool "default" on a fresh SoftHSM token: the
+// HSM that signs audit checkpoints.
 func runAuditKeyworker(t testing.TB, nc *nats.Conn, js jetstream.JetStream) {
 	t.Helper()
-	module, label, pin := hsmtest.NewToken(t)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	t.Cleanup(func() { cancel(); <-done })
-	logger := slog.New(slog.DiscardHandler)
-	h, err := keyworker.OpenHSM(ctx, keyworker.HSMConfig{ModulePath: module, TokenLabel: label, PIN: pin, Sessions: 4}, logger)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = h.Close() })
-	store, err := ektstore.NewJetStream(ctx, js, 1)
-	if err != nil {
-		t.Fatal(err)
-	}
-	kw, err := keyworker.New(keyworker.Config{Pool: "default", Model: "SoftHSMv2", Topology: mesh.DefaultTopology(), HealthTTL: time.Second},
-		keyworker.Deps{NC: nc, JS: js, HSM: h, EKTs: store, Logger: logger, Tracer: noop.NewTracerProvider(), Now: time.Now})
-	if err != nil {
-		t.Fatal(err)
-	}
-	go func() {
-		defer close(done)
-		if err := kw.Run(ctx); err != nil && ctx.Err() == nil {
-			t.Errorf("keyworker: %v", err)
-		}
-	}()
-	checkFor(t, 30*time.Second, 20*time.Millisecond, func() error {
-		return kwadmin.Call(ctx, nc, "default", kwadmin.EndpointHealth, struct{}{}, nil)
-	})
+	keyworkertest.Run(t, nc, js, slog.New(slog.DiscardHandler))
 }
 
 // auditEvent is the i-th event of sc as service svc audits it.

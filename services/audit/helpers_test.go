@@ -15,12 +15,9 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"go.opentelemetry.io/otel/trace/noop"
 
-	"github.com/sovkeys/sovkeys/services/keyworker"
 	"github.com/sovkeys/sovkeys/shared"
 	"github.com/sovkeys/sovkeys/shared/auditlog"
-	"github.com/sovkeys/sovkeys/shared/ektstore"
-	"github.com/sovkeys/sovkeys/shared/hsmtest"
-	"github.com/sovkeys/sovkeys/shared/kwadmin"
+	"github.com/sovkeys/sovkeys/shared/keyworkertest"
 	"github.com/sovkeys/sovkeys/shared/mesh"
 )
 
@@ -47,37 +44,11 @@ func testLogger(t testing.TB) *slog.Logger {
 	return slog.New(slog.DiscardHandler)
 }
 
-// runKeyworker runs a keyworker of pool "default" on a fresh SoftHSM token:
-// the HSM that signs checkpoints.
+// runKeyworker runs a keyworker of pool "default" on a fresh SoftHSM token: the
+// HSM that signs audit checkpoints.
 func runKeyworker(t testing.TB, nc *nats.Conn, js jetstream.JetStream) {
 	t.Helper()
-	module, label, pin := hsmtest.NewToken(t)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	t.Cleanup(func() { cancel(); <-done })
-	h, err := keyworker.OpenHSM(ctx, keyworker.HSMConfig{ModulePath: module, TokenLabel: label, PIN: pin, Sessions: 4}, testLogger(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = h.Close() })
-	store, err := ektstore.NewJetStream(ctx, js, 1)
-	if err != nil {
-		t.Fatal(err)
-	}
-	kw, err := keyworker.New(keyworker.Config{Pool: "default", Model: "SoftHSMv2", Topology: mesh.DefaultTopology(), HealthTTL: time.Second},
-		keyworker.Deps{NC: nc, JS: js, HSM: h, EKTs: store, Logger: testLogger(t), Tracer: noop.NewTracerProvider(), Now: time.Now})
-	if err != nil {
-		t.Fatal(err)
-	}
-	go func() {
-		defer close(done)
-		if err := kw.Run(ctx); err != nil && ctx.Err() == nil {
-			t.Errorf("keyworker: %v", err)
-		}
-	}()
-	checkFor(t, 30*time.Second, 20*time.Millisecond, func() error {
-		return kwadmin.Call(ctx, nc, "default", kwadmin.EndpointHealth, struct{}{}, nil)
-	})
+	keyworkertest.Run(t, nc, js, testLogger(t))
 }
 
 // runAudit runs an audit service in this process until the test ends (or
