@@ -269,33 +269,13 @@ func (t *vsTarget) unwrap(key wrapKey, wrapped, sig []byte) ([]byte, error) {
 // post sends one call as the instance and decodes a 200 answer into out;
 // any other status is a *vsclient.APIError.
 func (t *vsTarget) post(ctx context.Context, op vs.Op, body, out any) error {
-	data, err := json.Marshal(body)
-	if err != nil {
-		return err
-	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, t.baseURL+"/v1/encryption/"+t.instance+"/"+string(op), bytes.NewReader(data))
-	if err != nil {
-		return err
-	}
-	req.Header.Set("Content-Type", "application/json")
-	resp, err := t.http.Do(req)
-	if err != nil {
-		return err
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
-	if err != nil {
-		return err
-	}
-	if resp.StatusCode != http.StatusOK {
-		var e vs.ErrorResponse
-		_ = json.Unmarshal(b, &e)
-		return &vsclient.APIError{Status: resp.StatusCode, Message: e.Message}
-	}
-	if err := json.Unmarshal(b, out); err != nil {
+	err := vsclient.Post(ctx, t.http, t.baseURL, t.instance, op, body, out)
+	var se *json.SyntaxError
+	var ue *json.UnmarshalTypeError
+	if errors.As(err, &se) || errors.As(err, &ue) {
 		return fmt.Errorf("%w: %v", errBadResponse, err)
 	}
-	return nil
+	return err
 }
 
 // newVolumeUUID is a random (version 4) UUID: every generate-secret names a

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"io"
 	"net/http"
-	"strconv"
 
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
@@ -82,11 +81,7 @@ func (s *Service) handleVS(w http.ResponseWriter, r *http.Request) {
 		writeVSError(w, err)
 		return
 	}
-	w.Header().Set("Content-Type", "application/json")
-	w.Header().Set("Cache-Control", "no-store")
-	w.Header().Set("Content-Length", strconv.Itoa(len(reply.Data)))
-	w.WriteHeader(http.StatusOK)
-	_, _ = w.Write(reply.Data)
+	writeAnswer(w, reply.Data)
 }
 
 func (s *Service) auditVSFailure(ctx context.Context, env *shared.Envelope, err error) {

@@ -94,11 +94,7 @@ func (s *Service) handleXKS(w http.ResponseWriter, r *http.Request) {
 		writeXKSError(w, rerr)
 		return
 	}
-	w.Header().Set("Content-Type", "application/json")
-	w.Header().Set("Cache-Control", "no-store")
-	w.Header().Set("Content-Length", strconv.Itoa(len(reply.Data)))
-	w.WriteHeader(http.StatusOK)
-	_, _ = w.Write(reply.Data)
+	writeAnswer(w, reply.Data)
 }
 
 // roundTrip publishes env to authn and waits for the answer.
@@ -168,4 +164,14 @@ func sourceIP(r *http.Request) string {
 		return r.RemoteAddr
 	}
 	return host
+}
+
+// writeAnswer writes a service's JSON answer (which may carry plaintext or
+// secrets: never cached).
+func writeAnswer(w http.ResponseWriter, data []byte) {
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	w.Header().Set("Content-Length", strconv.Itoa(len(data)))
+	w.WriteHeader(http.StatusOK)
+	_, _ = w.Write(data)
 }

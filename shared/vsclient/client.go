@@ -166,16 +166,22 @@ func zero(k *rsa.PrivateKey) {
 }
 
 func (c *Client) post(ctx context.Context, instanceID string, op vs.Op, body, out any) error {
+	return Post(ctx, c.HTTP, c.BaseURL, instanceID, op, body, out)
+}
+
+// Post sends one volume-secret call as instanceID and decodes a 200 answer
+// into out; any other status is an *APIError. It does no signature checks.
+func Post(ctx context.Context, hc *http.Client, baseURL, instanceID string, op vs.Op, body, out any) error {
 	data, err := json.Marshal(body)
 	if err != nil {
 		return err
 	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, c.BaseURL+"/v1/encryption/"+instanceID+"/"+string(op), bytes.NewReader(data))
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, baseURL+"/v1/encryption/"+instanceID+"/"+string(op), bytes.NewReader(data))
 	if err != nil {
 		return err
 	}
 	req.Header.Set("Content-Type", "application/json")
-	return do(c.HTTP, req, out)
+	return do(hc, req, out)
 }
 
 func do(hc *http.Client, req *http.Request, out any) error {
