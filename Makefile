@@ -43,13 +43,13 @@ test: deps versitygw vet
 
 # Short fuzzing of every parser (not part of `make test`).
 fuzz: deps
-	$(GO) test ./shared/xks -run '^$$' -fuzz FuzzParseEncrypt -fuzztime 30s
-	$(GO) test ./shared/xks -run '^$$' -fuzz FuzzParseDecrypt -fuzztime 30s
-	$(GO) test ./shared/xks -run '^$$' -fuzz FuzzParsePath -fuzztime 30s
+	$(GO) test ./shared/api/xks -run '^$$' -fuzz FuzzParseEncrypt -fuzztime 30s
+	$(GO) test ./shared/api/xks -run '^$$' -fuzz FuzzParseDecrypt -fuzztime 30s
+	$(GO) test ./shared/api/xks -run '^$$' -fuzz FuzzParsePath -fuzztime 30s
 	$(GO) test ./services/authn -run '^$$' -fuzz FuzzParseAuthorization -fuzztime 30s
 	$(GO) test ./services/authn -run '^$$' -fuzz FuzzVerify -fuzztime 30s
-	$(GO) test ./shared/vs -run '^$$' -fuzz FuzzParseRequests -fuzztime 30s
-	$(GO) test ./shared/vs -run '^$$' -fuzz FuzzParseAWSIdentity -fuzztime 30s
+	$(GO) test ./shared/api/vs -run '^$$' -fuzz FuzzParseRequests -fuzztime 30s
+	$(GO) test ./shared/api/vs -run '^$$' -fuzz FuzzParseAWSIdentity -fuzztime 30s
 
 bench: deps
 	$(GO) test ./services/keyworker -run '^$$' -bench . -benchtime 3s

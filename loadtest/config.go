@@ -12,8 +12,8 @@ import (
 	"strings"
 	"time"
 
-	"github.com/sovkeys/sovkeys/shared/vs"
-	"github.com/sovkeys/sovkeys/shared/xks"
+	"github.com/sovkeys/sovkeys/shared/api/vs"
+	"github.com/sovkeys/sovkeys/shared/api/xks"
 )
 
 // ErrConfigValidation is wrapped by every configuration error.

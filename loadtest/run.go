@@ -8,7 +8,7 @@ import (
 	"io"
 	"time"
 
-	"github.com/sovkeys/sovkeys/shared/xksclient"
+	"github.com/sovkeys/sovkeys/shared/client/xksclient"
 )
 
 // run is the whole program: 0 when the run met its goal (or had none and no

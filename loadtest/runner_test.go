@@ -19,9 +19,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/sovkeys/sovkeys/shared/vsclient"
-	"github.com/sovkeys/sovkeys/shared/xks"
-	"github.com/sovkeys/sovkeys/shared/xksclient"
+	"github.com/sovkeys/sovkeys/shared/api/xks"
+	"github.com/sovkeys/sovkeys/shared/client/vsclient"
+	"github.com/sovkeys/sovkeys/shared/client/xksclient"
 )
 
 // fakeXKS is an XKS endpoint over real TLS whose "encryption" is the

@@ -16,9 +16,9 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/sovkeys/sovkeys/shared/vsclient"
-	"github.com/sovkeys/sovkeys/shared/xks"
-	"github.com/sovkeys/sovkeys/shared/xksclient"
+	"github.com/sovkeys/sovkeys/shared/api/xks"
+	"github.com/sovkeys/sovkeys/shared/client/vsclient"
+	"github.com/sovkeys/sovkeys/shared/client/xksclient"
 )
 
 // Errors a response can earn besides the gateway's own XKS errors.

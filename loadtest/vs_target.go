@@ -20,8 +20,8 @@ import (
 	"strings"
 	"time"
 
-	"github.com/sovkeys/sovkeys/shared/vs"
-	"github.com/sovkeys/sovkeys/shared/vsclient"
+	"github.com/sovkeys/sovkeys/shared/api/vs"
+	"github.com/sovkeys/sovkeys/shared/client/vsclient"
 )
 
 // Errors of a volume-secret answer that arrived but cannot be used.
@@ -53,7 +53,7 @@ type vsSealed struct {
 // vsTarget calls the volume-secret API as one instance, over mutual TLS, and
 // checks every answer as the instance would: signatures against the pinned
 // key, the wrapped secret unwrapped with the one-time key. It calls the HTTP
-// API itself with the shared/vs types because vsclient makes a new RSA key
+// API itself with the shared/api/vs types because vsclient makes a new RSA key
 // per call, which is the instance's cost and not what is measured here.
 type vsTarget struct {
 	http       *http.Client

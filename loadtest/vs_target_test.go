@@ -28,7 +28,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/sovkeys/sovkeys/shared/vs"
+	"github.com/sovkeys/sovkeys/shared/api/vs"
 )
 
 // fakeVS is a volume-secret endpoint over real mutual TLS with a real

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs versitygw (the S3 server the tests run on loopback) if it is
-# missing. Looks where shared/s3test looks, in the same order: PATH,
+# missing. Looks where shared/testkit/s3test looks, in the same order: PATH,
 # $(go env GOPATH)/bin, <repo>/bin. Builds from source with `go install`
 # (about 90 s the first time; the binary is then cached).
 #

@@ -19,9 +19,9 @@ import (
 
 	"github.com/sovkeys/sovkeys/services/audit"
 	"github.com/sovkeys/sovkeys/shared"
-	"github.com/sovkeys/sovkeys/shared/auditlog"
-	"github.com/sovkeys/sovkeys/shared/natstest"
-	"github.com/sovkeys/sovkeys/shared/s3test"
+	"github.com/sovkeys/sovkeys/shared/infra/auditlog"
+	"github.com/sovkeys/sovkeys/shared/testkit/natstest"
+	"github.com/sovkeys/sovkeys/shared/testkit/s3test"
 )
 
 // The operator and customer commands against a real export: an audit

@@ -11,9 +11,9 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/sovkeys/sovkeys/services/keyworker/keyworkertest"
 	"github.com/sovkeys/sovkeys/shared"
-	"github.com/sovkeys/sovkeys/shared/auditlog"
-	"github.com/sovkeys/sovkeys/shared/keyworkertest"
+	"github.com/sovkeys/sovkeys/shared/infra/auditlog"
 )
 
 // runAuditKeyworker runs a keyworker of pool "default" on a fresh SoftHSM token: the

@@ -19,10 +19,10 @@ import (
 
 	"github.com/sovkeys/sovkeys/services/audit"
 	"github.com/sovkeys/sovkeys/shared"
-	"github.com/sovkeys/sovkeys/shared/auditlog"
-	"github.com/sovkeys/sovkeys/shared/ektstore"
-	"github.com/sovkeys/sovkeys/shared/kwadmin"
-	"github.com/sovkeys/sovkeys/shared/mesh"
+	"github.com/sovkeys/sovkeys/shared/api/kwadmin"
+	"github.com/sovkeys/sovkeys/shared/infra/auditlog"
+	"github.com/sovkeys/sovkeys/shared/infra/mesh"
+	"github.com/sovkeys/sovkeys/shared/infra/writeonce"
 )
 
 // Audit operator commands:
@@ -174,7 +174,7 @@ func auditVerify(ctx context.Context, args []string, getenv func(string) string,
 		if pub == nil {
 			return fmt.Errorf("%w: verifying a bucket needs --public-key", shared.ErrConfigValidation)
 		}
-		b, err := auditlog.NewS3Bucket(ctx, ektstore.S3Config{
+		b, err := auditlog.NewS3Bucket(ctx, writeonce.S3Config{
 			Endpoint: s3Endpoint, Region: s3Region, Bucket: s3Bucket, Prefix: s3Prefix, UsePathStyle: s3PathStyle,
 			AccessKeyID: getenv("SOVKEYS_S3_ACCESS_KEY_ID"), SecretAccessKey: getenv("SOVKEYS_S3_SECRET_ACCESS_KEY"),
 		})
@@ -356,7 +356,7 @@ func (a *auditFlags) register(fs *flag.FlagSet) {
 // config builds the audit service configuration from the shared service
 // flags (topology, S3 endpoint and credentials) and the audit flags.
 func (a *auditFlags) config(f *serviceFlags) audit.Config {
-	s3cfg := ektstore.S3Config{
+	s3cfg := writeonce.S3Config{
 		Endpoint: f.s3Endpoint, Region: f.s3Region, Prefix: a.prefix, UsePathStyle: f.s3PathStyle,
 		AccessKeyID: f.s3AccessKeyID, SecretAccessKey: f.s3SecretAccessKey,
 	}

@@ -14,12 +14,12 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/sovkeys/sovkeys/shared"
-	"github.com/sovkeys/sovkeys/shared/awstest"
-	"github.com/sovkeys/sovkeys/shared/vsclient"
+	"github.com/sovkeys/sovkeys/shared/client/vsclient"
+	"github.com/sovkeys/sovkeys/shared/testkit/awstest"
 )
 
 // The test node's authn verifies AWS identities against a loopback STS+EC2
-// (shared/awstest) that checks every SigV4 signature it receives; its
+// (shared/testkit/awstest) that checks every SigV4 signature it receives; its
 // gateway trusts 127.0.0.1 as a proxy for X-Forwarded-For. startNode
 // passes this environment to the standalone (awsTestEnv).
 const (

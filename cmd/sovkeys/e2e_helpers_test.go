@@ -16,7 +16,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/sovkeys/sovkeys/shared/xksclient"
+	"github.com/sovkeys/sovkeys/shared/client/xksclient"
 )
 
 // node is one `sovkeys standalone` started in-process for the whole test

@@ -15,9 +15,9 @@ import (
 	"path/filepath"
 
 	"github.com/sovkeys/sovkeys/shared"
-	"github.com/sovkeys/sovkeys/shared/kwadmin"
-	"github.com/sovkeys/sovkeys/shared/mesh"
-	"github.com/sovkeys/sovkeys/shared/registry"
+	"github.com/sovkeys/sovkeys/shared/api/kwadmin"
+	"github.com/sovkeys/sovkeys/shared/infra/mesh"
+	"github.com/sovkeys/sovkeys/shared/infra/registry"
 )
 
 func runInstance(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {

@@ -10,7 +10,7 @@ import (
 	"time"
 
 	"github.com/sovkeys/sovkeys/shared"
-	"github.com/sovkeys/sovkeys/shared/killswitch"
+	"github.com/sovkeys/sovkeys/shared/infra/killswitch"
 )
 
 func runKillswitch(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {

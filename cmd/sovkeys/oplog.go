@@ -9,7 +9,7 @@ import (
 	"time"
 
 	"github.com/sovkeys/sovkeys/shared"
-	"github.com/sovkeys/sovkeys/shared/mesh"
+	"github.com/sovkeys/sovkeys/shared/infra/mesh"
 )
 
 // auditOp records a control-plane change (or a refused one) in the operator

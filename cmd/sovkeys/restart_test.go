@@ -9,8 +9,8 @@ import (
 	"path/filepath"
 	"testing"
 
-	"github.com/sovkeys/sovkeys/shared/shamir"
-	"github.com/sovkeys/sovkeys/shared/unseal"
+	"github.com/sovkeys/sovkeys/shared/crypto/shamir"
+	"github.com/sovkeys/sovkeys/shared/infra/unseal"
 )
 
 // A whole standalone restart (NATS, HSM token, every service) keeps every

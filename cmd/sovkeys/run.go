@@ -12,7 +12,7 @@ import (
 	"strings"
 
 	"github.com/sovkeys/sovkeys/shared"
-	"github.com/sovkeys/sovkeys/shared/mesh"
+	"github.com/sovkeys/sovkeys/shared/infra/mesh"
 )
 
 const usage = `sovkeys - hold-your-own-key service

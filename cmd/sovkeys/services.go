@@ -22,10 +22,10 @@ import (
 	"github.com/sovkeys/sovkeys/services/gateway"
 	"github.com/sovkeys/sovkeys/services/keyworker"
 	"github.com/sovkeys/sovkeys/shared"
-	"github.com/sovkeys/sovkeys/shared/ektstore"
-	"github.com/sovkeys/sovkeys/shared/mesh"
-	"github.com/sovkeys/sovkeys/shared/tracing"
-	"github.com/sovkeys/sovkeys/shared/unseal"
+	"github.com/sovkeys/sovkeys/shared/infra/mesh"
+	"github.com/sovkeys/sovkeys/shared/infra/tracing"
+	"github.com/sovkeys/sovkeys/shared/infra/unseal"
+	"github.com/sovkeys/sovkeys/shared/infra/writeonce"
 )
 
 // serviceFlags hold every service's settings; each service reads its own.
@@ -95,12 +95,12 @@ func (f *serviceFlags) register(fs *flag.FlagSet, getenv func(string) string) {
 }
 
 // ektStoreOf builds the keyworker's EKT store.
-func ektStoreOf(ctx context.Context, f *serviceFlags, js jetstream.JetStream) (ektstore.Store, error) {
+func ektStoreOf(ctx context.Context, f *serviceFlags, js jetstream.JetStream) (writeonce.Store, error) {
 	switch f.ektStore {
 	case "jetstream":
-		return ektstore.NewJetStream(ctx, js, f.topo.t.Replicas)
+		return writeonce.NewJetStream(ctx, js, f.topo.t.Replicas)
 	case "s3":
-		return ektstore.NewS3(ctx, ektstore.S3Config{
+		return writeonce.NewS3(ctx, writeonce.S3Config{
 			Endpoint: f.s3Endpoint, Region: f.s3Region, Bucket: f.s3Bucket, Prefix: f.s3KeyPrefix,
 			AccessKeyID: f.s3AccessKeyID, SecretAccessKey: f.s3SecretAccessKey, UsePathStyle: f.s3PathStyle,
 		})
@@ -193,7 +193,7 @@ func startService(ctx context.Context, name string, f *serviceFlags, hsm *keywor
 		return err
 	}
 	defer nc.Close()
-	var store ektstore.Store
+	var store writeonce.Store
 	if name == "keyworker" && hsm == nil {
 		if hsm, err = unsealHSM(ctx, f, js, logger); err != nil {
 			return err
@@ -215,7 +215,7 @@ func startService(ctx context.Context, name string, f *serviceFlags, hsm *keywor
 	return nil
 }
 
-func buildService(name string, f *serviceFlags, nc *nats.Conn, js jetstream.JetStream, hsm *keyworker.HSM, store ektstore.Store, tp *sdktrace.TracerProvider, logger *slog.Logger) (runner, error) {
+func buildService(name string, f *serviceFlags, nc *nats.Conn, js jetstream.JetStream, hsm *keyworker.HSM, store writeonce.Store, tp *sdktrace.TracerProvider, logger *slog.Logger) (runner, error) {
 	switch name {
 	case "gateway":
 		proxies, err := gateway.ParseCIDRs(f.aws.proxyCIDRs)

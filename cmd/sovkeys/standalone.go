@@ -22,9 +22,9 @@ import (
 	"github.com/sovkeys/sovkeys/services/gateway"
 	"github.com/sovkeys/sovkeys/services/keyworker"
 	"github.com/sovkeys/sovkeys/shared"
-	"github.com/sovkeys/sovkeys/shared/natsauth"
-	"github.com/sovkeys/sovkeys/shared/shamir"
-	"github.com/sovkeys/sovkeys/shared/unseal"
+	"github.com/sovkeys/sovkeys/shared/crypto/shamir"
+	"github.com/sovkeys/sovkeys/shared/infra/natsauth"
+	"github.com/sovkeys/sovkeys/shared/infra/unseal"
 )
 
 // standaloneTokenLabel is the SoftHSM token label of a standalone node.

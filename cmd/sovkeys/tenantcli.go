@@ -10,7 +10,7 @@ import (
 	"time"
 
 	"github.com/sovkeys/sovkeys/shared"
-	"github.com/sovkeys/sovkeys/shared/registry"
+	"github.com/sovkeys/sovkeys/shared/infra/registry"
 )
 
 // Authentication methods a tenant may allow for the volume-secret API.

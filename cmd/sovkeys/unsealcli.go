@@ -10,7 +10,7 @@ import (
 	"strings"
 
 	"github.com/sovkeys/sovkeys/shared"
-	"github.com/sovkeys/sovkeys/shared/unseal"
+	"github.com/sovkeys/sovkeys/shared/infra/unseal"
 )
 
 // runUnseal submits PIN shares for a sealed keyworker pool, or (split)

@@ -13,7 +13,7 @@ import (
 	"sync"
 	"testing"
 
-	"github.com/sovkeys/sovkeys/shared/vsclient"
+	"github.com/sovkeys/sovkeys/shared/client/vsclient"
 )
 
 // instanceClient issues a certificate for tenant/instance with the CLI and

@@ -17,10 +17,10 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/sovkeys/sovkeys/shared"
-	"github.com/sovkeys/sovkeys/shared/kwadmin"
-	"github.com/sovkeys/sovkeys/shared/mesh"
-	"github.com/sovkeys/sovkeys/shared/registry"
-	"github.com/sovkeys/sovkeys/shared/xks"
+	"github.com/sovkeys/sovkeys/shared/api/kwadmin"
+	"github.com/sovkeys/sovkeys/shared/api/xks"
+	"github.com/sovkeys/sovkeys/shared/infra/mesh"
+	"github.com/sovkeys/sovkeys/shared/infra/registry"
 )
 
 // operator is a connected operator CLI session.

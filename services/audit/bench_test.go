@@ -5,10 +5,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/sovkeys/sovkeys/shared/auditlog"
-	"github.com/sovkeys/sovkeys/shared/ektstore"
-	"github.com/sovkeys/sovkeys/shared/natstest"
-	"github.com/sovkeys/sovkeys/shared/s3test"
+	"github.com/sovkeys/sovkeys/shared/infra/auditlog"
+	"github.com/sovkeys/sovkeys/shared/infra/writeonce"
+	"github.com/sovkeys/sovkeys/shared/testkit/natstest"
+	"github.com/sovkeys/sovkeys/shared/testkit/s3test"
 )
 
 // BenchmarkAuditPipeline measures events numbered and exported per second
@@ -58,7 +58,7 @@ func BenchmarkAuditPipelineS3(b *testing.B) {
 	srv.CreateBucket(context.Background(), b, "bench-audit", false)
 	_, nc, js := natstest.Run(b)
 	runKeyworker(b, nc, js)
-	runAudit(b, nc, js, Config{CheckpointEvery: time.Second, Central: CentralConfig{Backend: BackendS3, S3: ektstore.S3Config{
+	runAudit(b, nc, js, Config{CheckpointEvery: time.Second, Central: CentralConfig{Backend: BackendS3, S3: writeonce.S3Config{
 		Endpoint: srv.Endpoint(), Region: s3test.Region, Bucket: "bench-audit", UsePathStyle: true,
 		AccessKeyID: s3test.AccessKey, SecretAccessKey: s3test.SecretKey,
 	}}})

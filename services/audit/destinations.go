@@ -10,8 +10,8 @@ import (
 	"time"
 
 	"github.com/sovkeys/sovkeys/shared"
-	"github.com/sovkeys/sovkeys/shared/auditlog"
-	"github.com/sovkeys/sovkeys/shared/registry"
+	"github.com/sovkeys/sovkeys/shared/infra/auditlog"
+	"github.com/sovkeys/sovkeys/shared/infra/registry"
 )
 
 // tenantCacheTTL bounds how long a tenant's audit bucket setting is reused.

@@ -14,12 +14,12 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/s3"
 
 	"github.com/sovkeys/sovkeys/shared"
-	"github.com/sovkeys/sovkeys/shared/auditlog"
-	"github.com/sovkeys/sovkeys/shared/ektstore"
-	"github.com/sovkeys/sovkeys/shared/mesh"
-	"github.com/sovkeys/sovkeys/shared/natstest"
-	"github.com/sovkeys/sovkeys/shared/registry"
-	"github.com/sovkeys/sovkeys/shared/s3test"
+	"github.com/sovkeys/sovkeys/shared/infra/auditlog"
+	"github.com/sovkeys/sovkeys/shared/infra/mesh"
+	"github.com/sovkeys/sovkeys/shared/infra/registry"
+	"github.com/sovkeys/sovkeys/shared/infra/writeonce"
+	"github.com/sovkeys/sovkeys/shared/testkit/natstest"
+	"github.com/sovkeys/sovkeys/shared/testkit/s3test"
 )
 
 // S3 export to the central bucket and to a tenant's own bucket survives an
@@ -47,7 +47,7 @@ func TestExportS3Outage(t *testing.T) {
 		t.Fatal(err)
 	}
 	store := auditlog.Scope{Kind: shared.AuditKindXKS, ID: "s3store"}
-	s3cfg := ektstore.S3Config{
+	s3cfg := writeonce.S3Config{
 		Endpoint: srv.Endpoint(), Region: s3test.Region, AccessKeyID: s3test.AccessKey,
 		SecretAccessKey: s3test.SecretKey, UsePathStyle: true, Prefix: DefaultPrefix,
 	}

@@ -8,8 +8,8 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/sovkeys/sovkeys/shared/auditlog"
-	"github.com/sovkeys/sovkeys/shared/mesh"
+	"github.com/sovkeys/sovkeys/shared/infra/auditlog"
+	"github.com/sovkeys/sovkeys/shared/infra/mesh"
 )
 
 // ensureLogStream declares SOVKEYS_AUDITLOG: record batches and checkpoints
@@ -165,10 +165,4 @@ func scanSince(ctx context.Context, stream jetstream.Stream, sc auditlog.Scope, 
 // cluster leader once the subject's last message is applied), or 10164
 // "wrong last sequence" (a cluster leader with a write to the subject
 // still in flight).
-func isConflict(err error) bool {
-	var apiErr *jetstream.APIError
-	if !errors.As(err, &apiErr) {
-		return false
-	}
-	return apiErr.ErrorCode == jetstream.ErrorCode(10071) || apiErr.ErrorCode == jetstream.ErrorCode(10164)
-}
+func isConflict(err error) bool { return mesh.IsWrongLastSequence(err) }

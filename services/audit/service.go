@@ -1,5 +1,5 @@
 // Package audit turns audit events into the customer-verifiable audit log
-// (shared/auditlog): it numbers every event per scope (tenant, XKS key
+// (shared/infra/auditlog): it numbers every event per scope (tenant, XKS key
 // store, operator log) without gaps or duplicates, links the records into a
 // hash chain, has the HSM sign the chain head every second, and exports
 // records and checkpoints to object storage. docs/audit.md explains why
@@ -20,9 +20,9 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/sovkeys/sovkeys/shared"
-	"github.com/sovkeys/sovkeys/shared/auditlog"
-	"github.com/sovkeys/sovkeys/shared/ektstore"
-	"github.com/sovkeys/sovkeys/shared/mesh"
+	"github.com/sovkeys/sovkeys/shared/infra/auditlog"
+	"github.com/sovkeys/sovkeys/shared/infra/mesh"
+	"github.com/sovkeys/sovkeys/shared/infra/writeonce"
 )
 
 // Export backends of the central bucket.
@@ -58,15 +58,15 @@ type Config struct {
 
 // CentralConfig selects the central export bucket.
 type CentralConfig struct {
-	Backend string            // BackendJetStream (default) or BackendS3
-	S3      ektstore.S3Config // with BackendS3; Prefix defaults to "audit/"
+	Backend string             // BackendJetStream (default) or BackendS3
+	S3      writeonce.S3Config // with BackendS3; Prefix defaults to "audit/"
 }
 
 // TenantExportConfig is the S3 access to tenants' own buckets; S3.Bucket is
 // ignored (each tenant names its own).
 type TenantExportConfig struct {
 	Enabled bool
-	S3      ektstore.S3Config
+	S3      writeonce.S3Config
 }
 
 // DefaultPrefix is the key prefix of exports in S3 buckets.

@@ -13,8 +13,8 @@ import (
 	"time"
 
 	"github.com/sovkeys/sovkeys/shared"
-	"github.com/sovkeys/sovkeys/shared/registry"
-	"github.com/sovkeys/sovkeys/shared/vs"
+	"github.com/sovkeys/sovkeys/shared/api/vs"
+	"github.com/sovkeys/sovkeys/shared/infra/registry"
 )
 
 // AWS instance identity (docs/aws-identity.md).

@@ -22,8 +22,8 @@ import (
 	smithyhttp "github.com/aws/smithy-go/transport/http"
 
 	"github.com/sovkeys/sovkeys/shared"
-	"github.com/sovkeys/sovkeys/shared/registry"
-	"github.com/sovkeys/sovkeys/shared/vs"
+	"github.com/sovkeys/sovkeys/shared/api/vs"
+	"github.com/sovkeys/sovkeys/shared/infra/registry"
 )
 
 // The AWS side of instance identity: every call goes through

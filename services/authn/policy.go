@@ -3,8 +3,8 @@ package authn
 import (
 	"strings"
 
-	"github.com/sovkeys/sovkeys/shared/registry"
-	"github.com/sovkeys/sovkeys/shared/xks"
+	"github.com/sovkeys/sovkeys/shared/api/xks"
+	"github.com/sovkeys/sovkeys/shared/infra/registry"
 )
 
 // checkPolicy applies a key store's secondary authorization to a request.

@@ -7,7 +7,7 @@ import (
 	"strings"
 
 	"github.com/sovkeys/sovkeys/shared"
-	"github.com/sovkeys/sovkeys/shared/vs"
+	"github.com/sovkeys/sovkeys/shared/api/vs"
 )
 
 // Trusted proxy mode (off by default; docs/aws-identity.md).

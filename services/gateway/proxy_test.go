@@ -9,7 +9,7 @@ import (
 	"testing"
 
 	"github.com/sovkeys/sovkeys/shared"
-	"github.com/sovkeys/sovkeys/shared/vs"
+	"github.com/sovkeys/sovkeys/shared/api/vs"
 )
 
 func proxyService(t *testing.T, c TrustedProxyConfig) (*Service, *bytes.Buffer) {

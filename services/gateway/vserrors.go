@@ -4,7 +4,7 @@ import (
 	"net/http"
 
 	"github.com/sovkeys/sovkeys/shared"
-	"github.com/sovkeys/sovkeys/shared/vs"
+	"github.com/sovkeys/sovkeys/shared/api/vs"
 )
 
 // vsStatus is the one table from error codes to HTTP statuses of the

@@ -14,11 +14,11 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/sovkeys/sovkeys/shared"
-	"github.com/sovkeys/sovkeys/shared/killswitch"
-	"github.com/sovkeys/sovkeys/shared/mesh"
-	"github.com/sovkeys/sovkeys/shared/registry"
-	"github.com/sovkeys/sovkeys/shared/tracing"
-	"github.com/sovkeys/sovkeys/shared/xks"
+	"github.com/sovkeys/sovkeys/shared/api/xks"
+	"github.com/sovkeys/sovkeys/shared/infra/killswitch"
+	"github.com/sovkeys/sovkeys/shared/infra/mesh"
+	"github.com/sovkeys/sovkeys/shared/infra/registry"
+	"github.com/sovkeys/sovkeys/shared/infra/tracing"
 )
 
 // handleXKS frames an XKS call. Authentication comes before payload

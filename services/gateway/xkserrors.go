@@ -6,7 +6,7 @@ import (
 	"strconv"
 
 	"github.com/sovkeys/sovkeys/shared"
-	"github.com/sovkeys/sovkeys/shared/xks"
+	"github.com/sovkeys/sovkeys/shared/api/xks"
 )
 
 // xksError is how the XKS API reports one shared.Code.

@@ -11,7 +11,7 @@ import (
 	"testing"
 
 	"github.com/sovkeys/sovkeys/shared"
-	"github.com/sovkeys/sovkeys/shared/xks"
+	"github.com/sovkeys/sovkeys/shared/api/xks"
 )
 
 // TestXKSStatus checks every row of the error table against the

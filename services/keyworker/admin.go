@@ -10,8 +10,8 @@ import (
 	"github.com/nats-io/nats.go/micro"
 
 	"github.com/sovkeys/sovkeys/shared"
-	"github.com/sovkeys/sovkeys/shared/auditlog"
-	"github.com/sovkeys/sovkeys/shared/kwadmin"
+	"github.com/sovkeys/sovkeys/shared/api/kwadmin"
+	"github.com/sovkeys/sovkeys/shared/infra/auditlog"
 )
 
 // adminTimeout bounds one admin request's HSM work.

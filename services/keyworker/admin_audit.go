@@ -11,8 +11,8 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/sovkeys/sovkeys/shared"
-	"github.com/sovkeys/sovkeys/shared/auditlog"
-	"github.com/sovkeys/sovkeys/shared/mesh"
+	"github.com/sovkeys/sovkeys/shared/infra/auditlog"
+	"github.com/sovkeys/sovkeys/shared/infra/mesh"
 )
 
 // The audit key: an ECDSA P-384 pair labelled auditlog.KeyLabel in the

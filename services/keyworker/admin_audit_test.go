@@ -17,12 +17,12 @@ import (
 	"go.opentelemetry.io/otel/trace/noop"
 
 	"github.com/sovkeys/sovkeys/shared"
-	"github.com/sovkeys/sovkeys/shared/auditlog"
-	"github.com/sovkeys/sovkeys/shared/ektstore"
-	"github.com/sovkeys/sovkeys/shared/hsmtest"
-	"github.com/sovkeys/sovkeys/shared/kwadmin"
-	"github.com/sovkeys/sovkeys/shared/mesh"
-	"github.com/sovkeys/sovkeys/shared/natstest"
+	"github.com/sovkeys/sovkeys/shared/api/kwadmin"
+	"github.com/sovkeys/sovkeys/shared/infra/auditlog"
+	"github.com/sovkeys/sovkeys/shared/infra/mesh"
+	"github.com/sovkeys/sovkeys/shared/infra/writeonce"
+	"github.com/sovkeys/sovkeys/shared/testkit/hsmtest"
+	"github.com/sovkeys/sovkeys/shared/testkit/natstest"
 )
 
 // runKeyworkers runs n keyworkers of pool "default" on ONE SoftHSM token
@@ -34,7 +34,7 @@ func runKeyworkers(t *testing.T, nc *nats.Conn, js jetstream.JetStream, n int) {
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
 	t.Cleanup(func() { cancel(); wg.Wait() })
-	store, err := ektstore.NewJetStream(ctx, js, 1)
+	store, err := writeonce.NewJetStream(ctx, js, 1)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -13,7 +13,7 @@ import (
 	"github.com/miekg/pkcs11"
 
 	"github.com/sovkeys/sovkeys/shared"
-	"github.com/sovkeys/sovkeys/shared/hsmtest"
+	"github.com/sovkeys/sovkeys/shared/testkit/hsmtest"
 )
 
 // newTestHSM opens an HSM on a fresh SoftHSM token, closed when t ends.

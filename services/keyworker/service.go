@@ -19,11 +19,11 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/sovkeys/sovkeys/shared"
-	"github.com/sovkeys/sovkeys/shared/ektstore"
-	"github.com/sovkeys/sovkeys/shared/killswitch"
-	"github.com/sovkeys/sovkeys/shared/mesh"
-	"github.com/sovkeys/sovkeys/shared/registry"
-	"github.com/sovkeys/sovkeys/shared/tracing"
+	"github.com/sovkeys/sovkeys/shared/infra/killswitch"
+	"github.com/sovkeys/sovkeys/shared/infra/mesh"
+	"github.com/sovkeys/sovkeys/shared/infra/registry"
+	"github.com/sovkeys/sovkeys/shared/infra/tracing"
+	"github.com/sovkeys/sovkeys/shared/infra/writeonce"
 )
 
 // Config is the keyworker's configuration.
@@ -52,7 +52,7 @@ type Deps struct {
 	JS  jetstream.JetStream
 	HSM *HSM
 	// EKTs is the write-once store of tenant master keys (volume secrets).
-	EKTs   ektstore.Store
+	EKTs   writeonce.Store
 	Logger *slog.Logger
 	Tracer trace.TracerProvider
 	Now    func() time.Time
@@ -64,7 +64,7 @@ type Service struct {
 	nc     *nats.Conn
 	js     jetstream.JetStream
 	hsm    *HSM
-	store  ektstore.Store
+	store  writeonce.Store
 	ekts   *ektCache
 	caCert *x509.Certificate
 	kill   *killswitch.Watcher

@@ -148,7 +148,7 @@ func ensureToken(ctx context.Context, mod *module, label, soPIN, userPIN string)
 		return err
 	}
 	// Another token creator in this process that does not share tokenMu
-	// (shared/hsmtest) can claim the free slot between our look and our
+	// (shared/testkit/hsmtest) can claim the free slot between our look and our
 	// C_InitToken; re-initialising its token then fails on the SO PIN (it
 	// uses random ones) and we try the next free slot.
 	var lastErr error

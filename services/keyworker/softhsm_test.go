@@ -11,7 +11,7 @@ import (
 	"testing"
 
 	"github.com/sovkeys/sovkeys/shared"
-	"github.com/sovkeys/sovkeys/shared/hsmtest"
+	"github.com/sovkeys/sovkeys/shared/testkit/hsmtest"
 )
 
 func TestFindSoftHSMModule(t *testing.T) {

@@ -7,8 +7,8 @@ import (
 	"sync"
 
 	"github.com/sovkeys/sovkeys/shared"
-	"github.com/sovkeys/sovkeys/shared/ektstore"
-	"github.com/sovkeys/sovkeys/shared/vs"
+	"github.com/sovkeys/sovkeys/shared/api/vs"
+	"github.com/sovkeys/sovkeys/shared/infra/writeonce"
 )
 
 // ektCache keeps EKTs (wrapped tenant keys, never clear key material) read
@@ -49,7 +49,7 @@ func (s *Service) ekt(ctx context.Context, name string, create bool) ([]byte, er
 		s.ekts.put(name, b)
 		return b, nil
 	}
-	if !errors.Is(err, ektstore.ErrNotFound) {
+	if !errors.Is(err, writeonce.ErrNotFound) {
 		s.log.Error("ekt store read failed", "ekt", name, "err", err)
 		return nil, shared.NewError(shared.CodeDependencyTimeout, "key store unavailable")
 	}
@@ -65,7 +65,7 @@ func (s *Service) ekt(ctx context.Context, name string, create bool) ([]byte, er
 		s.log.Info("tenant master key created", "ekt", name, "store", s.store.Backend())
 		s.ekts.put(name, fresh)
 		return fresh, nil
-	case errors.Is(err, ektstore.ErrExists):
+	case errors.Is(err, writeonce.ErrExists):
 		// Another caller won the race: use the stored EKT, discard ours.
 		b, gerr := s.store.Get(ctx, name)
 		if gerr != nil {

@@ -7,8 +7,8 @@ import (
 	"strconv"
 
 	"github.com/sovkeys/sovkeys/shared"
-	"github.com/sovkeys/sovkeys/shared/registry"
-	"github.com/sovkeys/sovkeys/shared/xks"
+	"github.com/sovkeys/sovkeys/shared/api/xks"
+	"github.com/sovkeys/sovkeys/shared/infra/registry"
 )
 
 func (s *Service) xksMetadata(ctx context.Context, env *shared.Envelope) ([]byte, error) {

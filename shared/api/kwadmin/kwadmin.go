@@ -1,0 +1,115 @@
+// Package kwadmin is the request/reply contract of a keyworker pool's admin
+// API (a nats micro service on sovkeys.kwadmin.<pool>.<endpoint>): HSM health,
+// key management and sealing of secrets with the pool's HSM. It holds the
+// message types and a small client.
+package kwadmin
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/micro"
+
+	"github.com/sovkeys/sovkeys/shared"
+)
+
+// Endpoint names.
+const (
+	EndpointHealth    = shared.EndpointHealth
+	EndpointKeyCreate = shared.EndpointKeyCreate
+	EndpointKeyInfo   = shared.EndpointKeyInfo
+	EndpointKeyList   = shared.EndpointKeyList
+	EndpointSeal      = shared.EndpointSeal
+	EndpointUnseal    = shared.EndpointUnseal
+	EndpointIssueCert = shared.EndpointIssueCert
+)
+
+// ServiceName is the micro service name every keyworker registers.
+const ServiceName = shared.ServiceKeyworker
+
+// Health statuses, as XKS reports them.
+const (
+	HealthActive      = "ACTIVE"
+	HealthDegraded    = "DEGRADED"
+	HealthUnavailable = "UNAVAILABLE"
+)
+
+// HealthResponse is one pool's HSM health.
+type HealthResponse struct {
+	Pool   string `json:"pool"`
+	Model  string `json:"model"`
+	Status string `json:"status"`
+	Detail string `json:"detail,omitempty"`
+}
+
+// KeyRequest names or creates a key.
+type KeyRequest struct {
+	Label   string `json:"label"`
+	Encrypt bool   `json:"encrypt,omitempty"`
+	Decrypt bool   `json:"decrypt,omitempty"`
+}
+
+// KeyInfo describes an HSM key.
+type KeyInfo struct {
+	Label   string `json:"label"`
+	Encrypt bool   `json:"encrypt"`
+	Decrypt bool   `json:"decrypt"`
+	KeySpec string `json:"key_spec"`
+}
+
+// SealRequest seals or unseals Data bound to AAD.
+type SealRequest struct {
+	Data []byte `json:"data"`
+	AAD  []byte `json:"aad"`
+}
+
+// SealResponse carries the sealed blob or the unsealed data.
+type SealResponse struct {
+	Data []byte `json:"data"`
+}
+
+// IssueCertRequest asks for an instance client certificate.
+type IssueCertRequest struct {
+	Tenant    string `json:"tenant"`
+	Instance  string `json:"instance"`
+	PublicKey []byte `json:"public_key"` // DER SubjectPublicKeyInfo
+	Days      int    `json:"days"`
+}
+
+// IssueCertResponse carries the certificate and the CA that signed it.
+type IssueCertResponse struct {
+	Certificate []byte `json:"certificate"` // DER
+	CA          []byte `json:"ca"`          // DER
+}
+
+// Call sends req to a pool's endpoint and decodes the answer into resp.
+// Errors carry the keyworker's stable code.
+func Call(ctx context.Context, nc *nats.Conn, pool, endpoint string, req, resp any) error {
+	data, err := json.Marshal(req)
+	if err != nil {
+		return fmt.Errorf("kwadmin: encode: %w", err)
+	}
+	msg, err := nc.RequestWithContext(ctx, shared.KeyworkerAdminSubject(pool, endpoint), data)
+	if err != nil {
+		if errors.Is(err, nats.ErrNoResponders) {
+			return shared.NewError(shared.CodeDependencyTimeout, "no keyworker serves pool %q", pool)
+		}
+		if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, nats.ErrTimeout) {
+			return shared.NewError(shared.CodeDependencyTimeout, "keyworker pool %q did not answer in time", pool)
+		}
+		return fmt.Errorf("kwadmin: %s: %w", endpoint, err)
+	}
+	if code := msg.Header.Get(micro.ErrorCodeHeader); code != "" {
+		return &shared.Error{Code: shared.Code(code), Message: msg.Header.Get(micro.ErrorHeader)}
+	}
+	if resp == nil {
+		return nil
+	}
+	if err := json.Unmarshal(msg.Data, resp); err != nil {
+		return fmt.Errorf("kwadmin: decode %s: %w", endpoint, err)
+	}
+	return nil
+}

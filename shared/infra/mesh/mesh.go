@@ -1,0 +1,263 @@
+// Package mesh connects a sovkeys service to NATS and declares the JetStream
+// streams, consumers and KV buckets it relies on. Every declaration takes the
+// replica count from Topology so the same code runs on an embedded
+// single-node server and on a 3-node cluster.
+package mesh
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/sovkeys/sovkeys/shared"
+)
+
+// ConnConfig says how a service reaches NATS.
+type ConnConfig struct {
+	URL       string // nats://host:4222[,nats://...]
+	CredsFile string // NATS .creds file (user JWT + seed)
+	Name      string // connection name shown by the server
+	CAFile    string // optional: trust anchor for NATS TLS
+}
+
+// Validate checks the connection settings.
+func (c ConnConfig) Validate() error {
+	if c.URL == "" {
+		return fmt.Errorf("%w: nats url is required", shared.ErrConfigValidation)
+	}
+	return nil
+}
+
+// Connect dials NATS with reconnects forever and returns the connection and
+// its JetStream handle.
+func Connect(ctx context.Context, cfg ConnConfig, logger *slog.Logger) (*nats.Conn, jetstream.JetStream, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, nil, err
+	}
+	opts := []nats.Option{
+		nats.Name(cfg.Name),
+		nats.MaxReconnects(-1),
+		nats.ReconnectWait(250 * time.Millisecond),
+		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
+			if err != nil {
+				logger.Warn("nats disconnected", "err", err)
+			}
+		}),
+		nats.ReconnectHandler(func(nc *nats.Conn) { logger.Info("nats reconnected", "url", nc.ConnectedUrlRedacted()) }),
+		nats.ErrorHandler(func(_ *nats.Conn, sub *nats.Subscription, err error) {
+			subj := ""
+			if sub != nil {
+				subj = sub.Subject
+			}
+			logger.Warn("nats async error", "subject", subj, "err", err)
+		}),
+	}
+	if cfg.CredsFile != "" {
+		opts = append(opts, nats.UserCredentials(cfg.CredsFile))
+	}
+	if cfg.CAFile != "" {
+		opts = append(opts, nats.RootCAs(cfg.CAFile))
+	}
+	nc, err := nats.Connect(cfg.URL, opts...)
+	if err != nil {
+		return nil, nil, fmt.Errorf("mesh: connect %s: %w", cfg.URL, err)
+	}
+	js, err := jetstream.New(nc)
+	if err != nil {
+		nc.Close()
+		return nil, nil, fmt.Errorf("mesh: jetstream: %w", err)
+	}
+	return nc, js, nil
+}
+
+// Topology sizes the streams and buckets.
+type Topology struct {
+	Replicas int // 1 for a single server, 3 in production
+	// RequestQueueDepth bounds the authn request stream; a full stream
+	// answers ThrottlingException at once.
+	RequestQueueDepth int
+	// WorkQueueDepth bounds each keyworker pool's stream.
+	WorkQueueDepth int
+	// WorkBudget is the MaxAckPending of a pool's consumer: the HSM's
+	// concurrency budget shared by every keyworker of the pool.
+	WorkBudget int
+	// AuditMaxAge bounds how long audit events stay in the stream.
+	AuditMaxAge time.Duration
+	// FileStorageWork stores request and work queues on disk; by default they
+	// live in memory (requests are short-lived; a lost one is retried by the caller).
+	FileStorageWork bool
+}
+
+// DefaultTopology is right for one node and a SoftHSM token. Queue depths
+// are sized so a full work queue clears in about KMS's 250 ms budget at the
+// ~2,000 req/s one such node serves (measured, docs/BENCHMARKS.md): beyond
+// them callers get an immediate ThrottlingException instead of a late
+// timeout, while short stalls are absorbed.
+func DefaultTopology() Topology {
+	return Topology{Replicas: 1, RequestQueueDepth: 1024, WorkQueueDepth: 512, WorkBudget: 64, AuditMaxAge: 7 * 24 * time.Hour}
+}
+
+// Validate checks the topology.
+func (t Topology) Validate() error {
+	switch {
+	case t.Replicas < 1 || t.Replicas > 5:
+		return fmt.Errorf("%w: replicas must be 1..5, got %d", shared.ErrConfigValidation, t.Replicas)
+	case t.RequestQueueDepth < 1 || t.WorkQueueDepth < 1:
+		return fmt.Errorf("%w: queue depths must be positive", shared.ErrConfigValidation)
+	case t.WorkBudget < 1:
+		return fmt.Errorf("%w: work budget must be positive", shared.ErrConfigValidation)
+	case t.AuditMaxAge < time.Minute:
+		return fmt.Errorf("%w: audit max age must be at least a minute", shared.ErrConfigValidation)
+	}
+	return nil
+}
+
+func (t Topology) workStorage() jetstream.StorageType {
+	if t.FileStorageWork {
+		return jetstream.FileStorage
+	}
+	return jetstream.MemoryStorage
+}
+
+// EnsureRequestStream declares the stream gateways publish to and authn consumes.
+func EnsureRequestStream(ctx context.Context, js jetstream.JetStream, t Topology) (jetstream.Stream, error) {
+	return ensureStream(ctx, js, jetstream.StreamConfig{
+		Name:        shared.StreamRequests,
+		Description: "sovkeys: requests from gateways to authn",
+		Subjects:    []string{shared.SubjectRequestPrefix + ">"},
+		Retention:   jetstream.WorkQueuePolicy,
+		Discard:     jetstream.DiscardNew,
+		MaxMsgs:     int64(t.RequestQueueDepth),
+		MaxAge:      time.Minute,
+		Storage:     t.workStorage(),
+		Replicas:    t.Replicas,
+		Duplicates:  30 * time.Second,
+	})
+}
+
+// EnsureWorkStream declares a keyworker pool's work queue.
+func EnsureWorkStream(ctx context.Context, js jetstream.JetStream, pool string, t Topology) (jetstream.Stream, error) {
+	if !shared.ValidPoolName(pool) {
+		return nil, fmt.Errorf("%w: pool name %q", shared.ErrConfigValidation, pool)
+	}
+	return ensureStream(ctx, js, jetstream.StreamConfig{
+		Name:        shared.WorkStream(pool),
+		Description: "sovkeys: HSM work for pool " + pool,
+		Subjects:    []string{shared.SubjectWorkPrefix + pool + ".>"},
+		Retention:   jetstream.WorkQueuePolicy,
+		Discard:     jetstream.DiscardNew,
+		MaxMsgs:     int64(t.WorkQueueDepth),
+		MaxAge:      time.Minute,
+		Storage:     t.workStorage(),
+		Replicas:    t.Replicas,
+		Duplicates:  30 * time.Second,
+	})
+}
+
+// EnsureAuditStream declares the durable audit event stream.
+func EnsureAuditStream(ctx context.Context, js jetstream.JetStream, t Topology) (jetstream.Stream, error) {
+	return ensureStream(ctx, js, jetstream.StreamConfig{
+		Name:        shared.StreamAudit,
+		Description: "sovkeys: audit events",
+		Subjects:    []string{shared.SubjectAuditPrefix + ">"},
+		Retention:   jetstream.LimitsPolicy,
+		MaxAge:      t.AuditMaxAge,
+		Storage:     jetstream.FileStorage,
+		Replicas:    t.Replicas,
+		Duplicates:  2 * time.Minute,
+	})
+}
+
+// declareRetries bounds retries of a declaration that raced another
+// process's: the server reports such races with several codes (name in use,
+// store creation failed while the other create finishes, cluster proposals).
+const declareRetries = 5
+
+func ensureStream(ctx context.Context, js jetstream.JetStream, cfg jetstream.StreamConfig) (jetstream.Stream, error) {
+	var err error
+	for attempt := range declareRetries {
+		var s jetstream.Stream
+		if s, err = js.CreateOrUpdateStream(ctx, cfg); err == nil {
+			return s, nil
+		}
+		if ctx.Err() != nil {
+			break
+		}
+		if s, lerr := js.Stream(ctx, cfg.Name); lerr == nil && attempt > 0 {
+			return s, nil // declared by the other party; its config wins this round
+		}
+		if werr := wait(ctx, attempt); werr != nil {
+			break
+		}
+	}
+	return nil, fmt.Errorf("mesh: stream %s: %w", cfg.Name, err)
+}
+
+func wait(ctx context.Context, attempt int) error {
+	t := time.NewTimer(time.Duration(attempt+1) * 50 * time.Millisecond)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
+	}
+}
+
+// EnsureBucket declares a KV bucket (idempotent, safe under races).
+func EnsureBucket(ctx context.Context, js jetstream.JetStream, name, description string, t Topology) (jetstream.KeyValue, error) {
+	cfg := jetstream.KeyValueConfig{
+		Bucket: name, Description: description, History: 5,
+		Storage: jetstream.FileStorage, Replicas: t.Replicas,
+	}
+	var err error
+	for attempt := range declareRetries {
+		var kv jetstream.KeyValue
+		kv, err = js.CreateKeyValue(ctx, cfg)
+		if errors.Is(err, jetstream.ErrBucketExists) || errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) || (err != nil && attempt > 0) {
+			if kv, lerr := js.KeyValue(ctx, name); lerr == nil {
+				return kv, nil
+			}
+		}
+		if err == nil {
+			return kv, nil
+		}
+		if ctx.Err() != nil || wait(ctx, attempt) != nil {
+			break
+		}
+	}
+	return nil, fmt.Errorf("mesh: kv %s: %w", name, err)
+}
+
+// IsQueueFull reports whether a JetStream publish failed because a bounded
+// stream is full (DiscardNew). Matched by API error code, which both
+// single-node and clustered servers use for this case.
+func IsQueueFull(err error) bool {
+	var apiErr *jetstream.APIError
+	if !errors.As(err, &apiErr) {
+		return false
+	}
+	// JSStreamStoreFailedF (10077) wraps the store's "maximum messages
+	// exceeded" / "maximum bytes exceeded".
+	return apiErr.ErrorCode == jetstream.ErrorCode(shared.JSErrCodeStoreFailed) && strings.Contains(apiErr.Description, "maximum")
+}
+
+// IsWrongLastSequence reports whether a publish or KV update failed its
+// expected-last-(subject-)sequence check: 10071 "wrong last sequence: N"
+// (single server, and a cluster leader once the subject's last message is
+// applied), or 10164 "wrong last sequence" (a cluster leader with a write to
+// the subject still in flight).
+func IsWrongLastSequence(err error) bool {
+	var apiErr *jetstream.APIError
+	if !errors.As(err, &apiErr) {
+		return false
+	}
+	return apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence ||
+		apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequenceConstant
+}

@@ -1,0 +1,191 @@
+// Package natsauth issues the NATS identities of a sovkeys deployment: an
+// operator, a system account, one application account with JetStream, and a
+// user JWT per service with its own subject permissions. The embedded server
+// of `sovkeys standalone` trusts the operator; a production cluster uses the
+// same kind of credentials made with nsc.
+package natsauth
+
+import (
+	"errors"
+	"fmt"
+	"github.com/sovkeys/sovkeys/shared"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/nats-io/jwt/v2"
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nkeys"
+)
+
+// ErrAuth is wrapped by every error of this package.
+var ErrAuth = errors.New("natsauth: failed")
+
+// Trust holds the operator and account keys of one deployment. Seeds are
+// infrastructure secrets: they live in files of mode 0600 under the data dir.
+type Trust struct {
+	operator nkeys.KeyPair
+	system   nkeys.KeyPair
+	account  nkeys.KeyPair
+
+	operatorJWT string
+	systemJWT   string
+	accountJWT  string
+}
+
+// LoadOrCreate reads the trust seeds from dir, creating them on first use.
+func LoadOrCreate(dir string) (*Trust, error) {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrAuth, err)
+	}
+	op, err := loadOrCreateKey(filepath.Join(dir, "operator.nk"), nkeys.CreateOperator)
+	if err != nil {
+		return nil, err
+	}
+	sys, err := loadOrCreateKey(filepath.Join(dir, "system.nk"), nkeys.CreateAccount)
+	if err != nil {
+		return nil, err
+	}
+	acc, err := loadOrCreateKey(filepath.Join(dir, "account.nk"), nkeys.CreateAccount)
+	if err != nil {
+		return nil, err
+	}
+	t := &Trust{operator: op, system: sys, account: acc}
+	if err := t.issueAccounts(); err != nil {
+		return nil, err
+	}
+	return t, nil
+}
+
+func loadOrCreateKey(path string, create func() (nkeys.KeyPair, error)) (nkeys.KeyPair, error) {
+	seed, err := os.ReadFile(path)
+	if err == nil {
+		kp, err := nkeys.FromSeed(seed)
+		if err != nil {
+			return nil, fmt.Errorf("%w: %s: %v", ErrAuth, filepath.Base(path), err)
+		}
+		return kp, nil
+	}
+	if !errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("%w: %v", ErrAuth, err)
+	}
+	kp, err := create()
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrAuth, err)
+	}
+	seed, err = kp.Seed()
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrAuth, err)
+	}
+	if err := os.WriteFile(path, seed, 0o600); err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrAuth, err)
+	}
+	return kp, nil
+}
+
+func (t *Trust) issueAccounts() error {
+	opPub, _ := t.operator.PublicKey()
+	sysPub, _ := t.system.PublicKey()
+	accPub, _ := t.account.PublicKey()
+
+	oc := jwt.NewOperatorClaims(opPub)
+	oc.Name = "sovkeys"
+	oc.SystemAccount = sysPub
+	var err error
+	if t.operatorJWT, err = oc.Encode(t.operator); err != nil {
+		return fmt.Errorf("%w: operator jwt: %v", ErrAuth, err)
+	}
+	sc := jwt.NewAccountClaims(sysPub)
+	sc.Name = "SYS"
+	if t.systemJWT, err = sc.Encode(t.operator); err != nil {
+		return fmt.Errorf("%w: system jwt: %v", ErrAuth, err)
+	}
+	ac := jwt.NewAccountClaims(accPub)
+	ac.Name = shared.AccountName
+	ac.Limits.JetStreamLimits = jwt.JetStreamLimits{
+		MemoryStorage: jwt.NoLimit, DiskStorage: jwt.NoLimit,
+		Streams: jwt.NoLimit, Consumer: jwt.NoLimit,
+	}
+	if t.accountJWT, err = ac.Encode(t.operator); err != nil {
+		return fmt.Errorf("%w: account jwt: %v", ErrAuth, err)
+	}
+	return nil
+}
+
+// Configure makes opts trust this deployment's operator and accounts.
+func (t *Trust) Configure(opts *server.Options) error {
+	oc, err := jwt.DecodeOperatorClaims(t.operatorJWT)
+	if err != nil {
+		return fmt.Errorf("%w: %v", ErrAuth, err)
+	}
+	sysPub, _ := t.system.PublicKey()
+	accPub, _ := t.account.PublicKey()
+	res := &server.MemAccResolver{}
+	if err := res.Store(sysPub, t.systemJWT); err != nil {
+		return fmt.Errorf("%w: %v", ErrAuth, err)
+	}
+	if err := res.Store(accPub, t.accountJWT); err != nil {
+		return fmt.Errorf("%w: %v", ErrAuth, err)
+	}
+	opts.TrustedOperators = []*jwt.OperatorClaims{oc}
+	opts.AccountResolver = res
+	opts.SystemAccount = sysPub
+	return nil
+}
+
+// Permissions lists the subjects a user may publish and subscribe. Empty
+// allow lists mean no restriction; deny lists always apply. Respond lets the
+// user answer requests it received (nats micro endpoints) without a
+// publish grant on the requesters' inboxes.
+type Permissions struct {
+	Pub     []string
+	Sub     []string
+	DenyPub []string
+	DenySub []string
+	Respond bool
+}
+
+// UserCreds issues a user of the application account and returns the
+// contents of a standard NATS .creds file (user JWT + seed).
+func (t *Trust) UserCreds(name string, perms Permissions) ([]byte, error) {
+	ukp, err := nkeys.CreateUser()
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrAuth, err)
+	}
+	upub, _ := ukp.PublicKey()
+	uc := jwt.NewUserClaims(upub)
+	uc.Name = name
+	uc.IssuerAccount = ""
+	uc.Permissions.Pub.Allow.Add(perms.Pub...)
+	uc.Permissions.Sub.Allow.Add(perms.Sub...)
+	uc.Permissions.Pub.Deny.Add(perms.DenyPub...)
+	uc.Permissions.Sub.Deny.Add(perms.DenySub...)
+	if perms.Respond {
+		uc.Permissions.Resp = &jwt.ResponsePermission{MaxMsgs: 1, Expires: time.Minute}
+	}
+	ujwt, err := uc.Encode(t.account)
+	if err != nil {
+		return nil, fmt.Errorf("%w: user jwt: %v", ErrAuth, err)
+	}
+	seed, err := ukp.Seed()
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrAuth, err)
+	}
+	creds, err := jwt.FormatUserConfig(ujwt, seed)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrAuth, err)
+	}
+	return creds, nil
+}
+
+// WriteUserCreds issues a user and writes its creds file with mode 0600.
+func (t *Trust) WriteUserCreds(path, name string, perms Permissions) error {
+	creds, err := t.UserCreds(name, perms)
+	if err != nil {
+		return err
+	}
+	if err := os.WriteFile(path, creds, 0o600); err != nil {
+		return fmt.Errorf("%w: %v", ErrAuth, err)
+	}
+	return nil
+}

@@ -1,0 +1,165 @@
+package shared
+
+import "strings"
+
+// The one table of names: every NATS subject, JetStream stream, consumer,
+// KV bucket and object store the mesh uses is declared here, so permissions
+// (shared/infra/natsauth builds them from these constants) and error matching
+// are reviewable in one place. Packages that own a name refer to it from here;
+// none types its own.
+const (
+	// SubjectRequestPrefix is where gateways publish normalised requests; authn
+	// consumes them. Full subject: sovkeys.req.<api>, e.g. sovkeys.req.xks.encrypt.
+	SubjectRequestPrefix = "sovkeys.req."
+	// SubjectWorkPrefix is where authn publishes authorised work for a keyworker
+	// pool: sovkeys.kw.<pool>.<api>.
+	SubjectWorkPrefix = "sovkeys.kw."
+	// SubjectAuditPrefix carries audit events: sovkeys.audit.<scope>.
+	SubjectAuditPrefix = "sovkeys.audit."
+	// SubjectReplyPrefix is the core-NATS inbox of one gateway: sovkeys.reply.<gateway-id>.
+	SubjectReplyPrefix = "sovkeys.reply."
+	// SubjectKeyworkerAdminPrefix is the request/reply (nats micro) API of a
+	// keyworker pool: sovkeys.kwadmin.<pool>.<endpoint>.
+	SubjectKeyworkerAdminPrefix = "sovkeys.kwadmin."
+
+	StreamRequests = "SOVKEYS_REQ"
+	StreamAudit    = "SOVKEYS_AUDIT"
+	// StreamWorkPrefix + pool name: one work-queue stream per keyworker pool,
+	// sized to that pool's HSM throughput.
+	StreamWorkPrefix = "SOVKEYS_KW_"
+
+	ConsumerAuthn = "authn"
+	ConsumerAudit = "audit"
+	// ConsumerWorkPrefix + pool: the one durable pull consumer all keyworkers
+	// of a pool share; its MaxAckPending is the HSM concurrency budget.
+	ConsumerWorkPrefix = "keyworker_"
+
+	BucketKeystores = "sovkeys_keystores"
+	BucketXKSKeys   = "sovkeys_xks_keys"
+	BucketPools     = "sovkeys_pools"
+	BucketTenants   = "sovkeys_tenants"
+	// BucketPKI holds public material each pool's keyworkers publish: the
+	// service signing key and the instance CA certificate.
+	BucketPKI = "sovkeys_pki"
+	// BucketKillSwitch holds the kill switches (all, per key store, per tenant).
+	BucketKillSwitch = "sovkeys_killswitch"
+	// BucketUnseal holds submitted unseal shares (memory storage, expiring).
+	BucketUnseal = "sovkeys_unseal"
+	// BucketEKTObjects and BucketEKTIndex are the JetStream write-once store
+	// of encrypted tenant keys: blobs in the object store, the committed
+	// name -> digest index in KV (shared/infra/writeonce).
+	BucketEKTObjects = "sovkeys_ekt"
+	BucketEKTIndex   = "sovkeys_ekt_index"
+
+	// StreamAuditLog holds record batches and checkpoints of every audit
+	// scope, the durable source every export is made from.
+	StreamAuditLog = "SOVKEYS_AUDITLOG"
+	// SubjectAuditRecordPrefix + <kind>.<scope token>: batches of records.
+	SubjectAuditRecordPrefix = "sovkeys.auditlog."
+	// SubjectAuditCheckpointPrefix + <kind>.<scope token>: signed checkpoints.
+	SubjectAuditCheckpointPrefix = "sovkeys.auditcp."
+	// SubjectAuditControlPrefix is the audit service's request/reply API
+	// (nats micro): sovkeys.auditctl.checkpoint. It is deliberately outside
+	// sovkeys.audit.>, which the event stream captures.
+	SubjectAuditControlPrefix = "sovkeys.auditctl"
+	// BucketAuditExport is the JetStream object store that receives audit
+	// exports when no S3 bucket is configured (standalone default).
+	BucketAuditExport = "sovkeys_auditlog"
+
+	// AccountName is the one NATS account of the mesh.
+	AccountName = "SOVKEYS"
+)
+
+// Keyworker admin endpoints (sovkeys.kwadmin.<pool>.<endpoint>).
+const (
+	EndpointHealth         = "health"
+	EndpointKeyCreate      = "key_create"
+	EndpointKeyInfo        = "key_info"
+	EndpointKeyList        = "key_list"
+	EndpointSeal           = "seal"
+	EndpointUnseal         = "unseal"
+	EndpointIssueCert      = "issue_cert"
+	EndpointAuditSign      = "audit_sign"
+	EndpointAuditPublicKey = "audit_public_key"
+)
+
+// JetStream API error codes the mesh matches on. nats.go names 10071 and
+// 10164 (jetstream.JSErrCodeStreamWrongLastSequence[Constant]); 10077 it
+// does not.
+const (
+	// JSErrCodeStoreFailed is JSStreamStoreFailedF: a DiscardNew stream at
+	// its limits answers it with "maximum messages/bytes exceeded".
+	JSErrCodeStoreFailed = 10077
+)
+
+// KVStream is the stream behind KV bucket b.
+func KVStream(b string) string { return "KV_" + b }
+
+// ObjectStream is the stream behind object store b.
+func ObjectStream(b string) string { return "OBJ_" + b }
+
+// KVSubjects is the subject space of KV bucket b's keys.
+func KVSubjects(b string) string { return "$KV." + b + ".>" }
+
+// ObjectSubjects is the subject space of object store b's chunks and metadata.
+func ObjectSubjects(b string) string { return "$O." + b + ".>" }
+
+// nats micro service names: every service registers one, so gateways'
+// readiness checks can ping $SRV.PING.<name>.
+const (
+	ServiceGateway   = "sovkeys-gateway"
+	ServiceAuthn     = "sovkeys-authn"
+	ServiceKeyworker = "sovkeys-keyworker"
+	ServiceAudit     = "sovkeys-audit"
+)
+
+// NATS headers used between services.
+const (
+	HeaderRequestID    = "Sovkeys-Request-Id"
+	HeaderErrorCode    = "Sovkeys-Error-Code"
+	HeaderErrorMessage = "Sovkeys-Error-Message"
+	// HeaderMsgID is JetStream's de-duplication header; set to the request id.
+	HeaderMsgID = "Nats-Msg-Id"
+)
+
+// PKISigningKey is the BucketPKI key of a pool's signing public key (DER SPKI).
+func PKISigningKey(pool string) string { return pool + ".signing_key" }
+
+// PKIInstanceCA is the BucketPKI key of a pool's instance CA certificate (DER).
+func PKIInstanceCA(pool string) string { return pool + ".instance_ca" }
+
+// RequestSubject returns the subject a gateway publishes api requests on.
+func RequestSubject(api API) string { return SubjectRequestPrefix + string(api) }
+
+// WorkSubject returns the subject of api work for a keyworker pool.
+func WorkSubject(pool string, api API) string {
+	return SubjectWorkPrefix + pool + "." + string(api)
+}
+
+// WorkStream returns the work-queue stream name of a pool.
+func WorkStream(pool string) string { return StreamWorkPrefix + strings.ToUpper(pool) }
+
+// WorkConsumer returns the durable consumer name of a pool.
+func WorkConsumer(pool string) string { return ConsumerWorkPrefix + pool }
+
+// KeyworkerAdminSubject returns the admin endpoint subject of a pool.
+func KeyworkerAdminSubject(pool, endpoint string) string {
+	return SubjectKeyworkerAdminPrefix + pool + "." + endpoint
+}
+
+// ValidPoolName reports whether p can name a keyworker pool: 1-32 characters
+// of [a-z0-9_], so it is safe in subjects and stream names.
+func ValidPoolName(p string) bool {
+	if p == "" || len(p) > 32 {
+		return false
+	}
+	for _, c := range p {
+		if !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '_') {
+			return false
+		}
+	}
+	return true
+}
+
+// Version is the sovkeys release reported by health endpoints.
+const Version = "0.1.0"
