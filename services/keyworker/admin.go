@@ -9,6 +9,7 @@ import (
 
 	"github.com/nats-io/nats.go/micro"
 
+	"github.com/sovkeys/sovkeys/services/keyworker/internal/hsm"
 	"github.com/sovkeys/sovkeys/shared"
 	"github.com/sovkeys/sovkeys/shared/api/kwadmin"
 	"github.com/sovkeys/sovkeys/shared/infra/auditlog"
@@ -79,7 +80,7 @@ func (s *Service) adminHealth(ctx context.Context, _ []byte) (any, error) {
 	return resp, nil
 }
 
-func info(k KeyInfo) kwadmin.KeyInfo {
+func info(k hsm.KeyInfo) kwadmin.KeyInfo {
 	return kwadmin.KeyInfo{Label: k.Label, Encrypt: k.Encrypt, Decrypt: k.Decrypt, KeySpec: k.KeySpec}
 }
 
@@ -92,7 +93,7 @@ func (s *Service) adminKeyCreate(ctx context.Context, data []byte) (any, error) 
 		return nil, shared.NewError(shared.CodeValidation, "key label must be 1-128 characters")
 	}
 	k, err := s.hsm.CreateAESKey(ctx, req.Label, req.Encrypt, req.Decrypt)
-	if errors.Is(err, ErrKeyExists) {
+	if errors.Is(err, hsm.ErrKeyExists) {
 		return nil, shared.NewError(shared.CodeInvalidState, "an hsm key labelled %q already exists", req.Label)
 	}
 	if err != nil {

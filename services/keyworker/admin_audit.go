@@ -7,9 +7,9 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/miekg/pkcs11"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/sovkeys/sovkeys/services/keyworker/internal/hsm"
 	"github.com/sovkeys/sovkeys/shared"
 	"github.com/sovkeys/sovkeys/shared/infra/auditlog"
 	"github.com/sovkeys/sovkeys/shared/infra/mesh"
@@ -69,7 +69,7 @@ func (s *Service) adminAuditPublicKey(ctx context.Context, _ []byte) (any, error
 // pair first if the token has none.
 func (s *Service) auditKey(ctx context.Context) ([]byte, error) {
 	spki, err := s.hsm.PublicKey(ctx, AuditKeyLabel)
-	if err == nil || !errors.Is(err, ErrHierarchyMissing) {
+	if err == nil || !errors.Is(err, hsm.ErrHierarchyMissing) {
 		return spki, err
 	}
 	kv, err := mesh.EnsureBucket(ctx, s.js, shared.BucketPKI, "sovkeys: public keys and CA certificates", s.cfg.Topology)
@@ -90,23 +90,16 @@ func (s *Service) auditKey(ctx context.Context) ([]byte, error) {
 			return nil, shared.NewError(shared.CodeDependencyTimeout, "the audit key of pool %q is being created; retry", s.cfg.Pool)
 		case <-time.After(100 * time.Millisecond):
 		}
-		if spki, err = s.hsm.PublicKey(ctx, AuditKeyLabel); err == nil || !errors.Is(err, ErrHierarchyMissing) {
+		if spki, err = s.hsm.PublicKey(ctx, AuditKeyLabel); err == nil || !errors.Is(err, hsm.ErrHierarchyMissing) {
 			return spki, err
 		}
 	}
 	defer release()
 	// Another keyworker may have created it before we took the lease.
-	if spki, err = s.hsm.PublicKey(ctx, AuditKeyLabel); err == nil || !errors.Is(err, ErrHierarchyMissing) {
+	if spki, err = s.hsm.PublicKey(ctx, AuditKeyLabel); err == nil || !errors.Is(err, hsm.ErrHierarchyMissing) {
 		return spki, err
 	}
-	p, err := s.hsm.hierP11()
-	if err != nil {
-		return nil, err
-	}
-	if err := s.hsm.withSessionExclusive(ctx, func(sh pkcs11.SessionHandle) error {
-		_, err := s.hsm.ensurePair(p, sh, AuditKeyLabel)
-		return err
-	}); err != nil {
+	if err := s.hsm.EnsureKeyPair(ctx, AuditKeyLabel); err != nil {
 		return nil, err
 	}
 	if spki, err = s.hsm.PublicKey(ctx, AuditKeyLabel); err != nil {

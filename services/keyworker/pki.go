@@ -15,6 +15,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/sovkeys/sovkeys/services/keyworker/internal/hsm"
 	"github.com/sovkeys/sovkeys/shared"
 	"github.com/sovkeys/sovkeys/shared/api/kwadmin"
 	"github.com/sovkeys/sovkeys/shared/api/vs"
@@ -33,14 +34,14 @@ func (s *Service) publishPKI(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	signing, err := s.hsm.PublicKey(ctx, SigningKeyLabel)
+	signing, err := s.hsm.PublicKey(ctx, hsm.SigningKeyLabel)
 	if err != nil {
 		return err
 	}
 	if _, err := kv.Put(ctx, shared.PKISigningKey(s.cfg.Pool), signing); err != nil {
 		return fmt.Errorf("keyworker: publish signing key: %w", err)
 	}
-	caPub, err := s.hsm.PublicKey(ctx, CAKeyLabel)
+	caPub, err := s.hsm.PublicKey(ctx, hsm.CAKeyLabel)
 	if err != nil {
 		return err
 	}
@@ -80,7 +81,7 @@ func serialNumber() *big.Int {
 }
 
 func (s *Service) selfSignCA(ctx context.Context) ([]byte, error) {
-	signer, err := s.hsm.Signer(ctx, CAKeyLabel)
+	signer, err := s.hsm.Signer(ctx, hsm.CAKeyLabel)
 	if err != nil {
 		return nil, err
 	}
@@ -121,7 +122,7 @@ func (s *Service) adminIssueCert(ctx context.Context, data []byte) (any, error) 
 	if s.caCert == nil {
 		return nil, shared.NewError(shared.CodeInvalidState, "instance CA not ready")
 	}
-	signer, err := s.hsm.Signer(ctx, CAKeyLabel)
+	signer, err := s.hsm.Signer(ctx, hsm.CAKeyLabel)
 	if err != nil {
 		return nil, err
 	}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"sync"
 
+	"github.com/sovkeys/sovkeys/services/keyworker/internal/hsm"
 	"github.com/sovkeys/sovkeys/shared"
 	"github.com/sovkeys/sovkeys/shared/api/vs"
 	"github.com/sovkeys/sovkeys/shared/infra/writeonce"
@@ -56,7 +57,7 @@ func (s *Service) ekt(ctx context.Context, name string, create bool) ([]byte, er
 	if !create {
 		return nil, shared.NewError(shared.CodeInvalidState, "no tenant key exists yet; call generate-secret first")
 	}
-	fresh, err := s.hsm.NewEKT(ctx, EKTContext(name))
+	fresh, err := s.hsm.NewEKT(ctx, hsm.EKTContext(name))
 	if err != nil {
 		return nil, err
 	}
@@ -80,7 +81,7 @@ func (s *Service) ekt(ctx context.Context, name string, create bool) ([]byte, er
 }
 
 func (s *Service) sign(ctx context.Context, blob []byte) ([]byte, error) {
-	return s.hsm.SignSHA256(ctx, SigningKeyLabel, blob)
+	return s.hsm.SignSHA256(ctx, hsm.SigningKeyLabel, blob)
 }
 
 func (s *Service) vsGenerate(ctx context.Context, env *shared.Envelope, params map[string]string) ([]byte, error) {
@@ -93,8 +94,8 @@ func (s *Service) vsGenerate(ctx context.Context, env *shared.Envelope, params m
 	if err != nil {
 		return nil, err
 	}
-	enc, wrapped, err := s.hsm.GenerateSecret(ctx, ekt, EKTContext(env.Authz.EKTName),
-		SecretContext(env.Authz.Tenant, env.Evidence.InstanceID, req.VolumeUUID), pub)
+	enc, wrapped, err := s.hsm.GenerateSecret(ctx, ekt, hsm.EKTContext(env.Authz.EKTName),
+		hsm.SecretContext(env.Authz.Tenant, env.Evidence.InstanceID, req.VolumeUUID), pub)
 	if err != nil {
 		return nil, err
 	}
@@ -118,8 +119,8 @@ func (s *Service) vsDecrypt(ctx context.Context, env *shared.Envelope, params ma
 	if err != nil {
 		return nil, err
 	}
-	wrapped, err := s.hsm.DecryptSecret(ctx, ekt, EKTContext(env.Authz.EKTName), req.EncryptedSecret,
-		SecretContext(env.Authz.Tenant, env.Evidence.InstanceID, req.VolumeUUID), pub)
+	wrapped, err := s.hsm.DecryptSecret(ctx, ekt, hsm.EKTContext(env.Authz.EKTName), req.EncryptedSecret,
+		hsm.SecretContext(env.Authz.Tenant, env.Evidence.InstanceID, req.VolumeUUID), pub)
 	if err != nil {
 		return nil, err
 	}
@@ -143,9 +144,9 @@ func (s *Service) vsConvert(ctx context.Context, env *shared.Envelope, params ma
 		return nil, err
 	}
 	// Same tenant only: both contexts name the caller's verified tenant.
-	enc, err := s.hsm.ConvertSecret(ctx, ekt, EKTContext(env.Authz.EKTName), req.EncryptedSecret,
-		SecretContext(env.Authz.Tenant, req.SourceInstanceID, req.VolumeUUID),
-		SecretContext(env.Authz.Tenant, env.Evidence.InstanceID, req.VolumeUUID))
+	enc, err := s.hsm.ConvertSecret(ctx, ekt, hsm.EKTContext(env.Authz.EKTName), req.EncryptedSecret,
+		hsm.SecretContext(env.Authz.Tenant, req.SourceInstanceID, req.VolumeUUID),
+		hsm.SecretContext(env.Authz.Tenant, env.Evidence.InstanceID, req.VolumeUUID))
 	if err != nil {
 		return nil, err
 	}

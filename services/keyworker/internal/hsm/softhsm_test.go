@@ -1,4 +1,4 @@
-package keyworker
+package hsm
 
 import (
 	"bytes"
@@ -60,9 +60,9 @@ func TestEnsureSoftHSMTokenInProcess(t *testing.T) {
 		if tok.ConfPath != conf || tok.TokenLabel != label {
 			t.Fatalf("call %d: %+v, want ConfPath %q", i+1, tok, conf)
 		}
-		h, err := OpenHSM(ctx, HSMConfig{ModulePath: tok.ModulePath, TokenLabel: tok.TokenLabel, PIN: "user-pin-1"}, nil)
+		h, err := Open(ctx, Config{ModulePath: tok.ModulePath, TokenLabel: tok.TokenLabel, PIN: "user-pin-1"}, nil)
 		if err != nil {
-			t.Fatalf("call %d: OpenHSM: %v", i+1, err) // also fails if the label were on two tokens
+			t.Fatalf("call %d: Open: %v", i+1, err) // also fails if the label were on two tokens
 		}
 		_, err = h.CreateAESKey(ctx, "k", true, true)
 		if want := i > 0; errors.Is(err, ErrKeyExists) != want {
@@ -116,7 +116,7 @@ func TestEnsureSoftHSMTokenChild(t *testing.T) {
 		t.Fatalf("module references after EnsureSoftHSMToken = %d, want 0", got)
 	}
 
-	h, err := OpenHSM(ctx, HSMConfig{ModulePath: tok.ModulePath, TokenLabel: label, PIN: pin}, nil)
+	h, err := Open(ctx, Config{ModulePath: tok.ModulePath, TokenLabel: label, PIN: pin}, nil)
 	if err != nil {
 		t.Fatal(err) // fails too when two tokens carry the label
 	}

@@ -1,28 +1,22 @@
-package keyworker
+package hsm
 
-// The volume-secret key hierarchy (docs/key-hierarchy.md), part one: the
-// token keys (domain key, signing and CA key pairs), ECDSA signing and the
-// context encodings. Wrapping, blobs and the CMK cache: hierarchy_wrap.go.
+// The volume-secret key hierarchy (docs/key-hierarchy.md): creating and
+// checking its token keys, the domain key and the ECDSA P-384 key pairs.
+// Signing: sign.go; EKTs and instance secrets: secrets.go; their blobs:
+// blob.go; the caller's RSA-OAEP wrap: oaep.go; the CMK cache: cmkcache.go.
 
 import (
-	"bytes"
 	"context"
 	"crypto"
 	"crypto/ecdsa"
 	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/sha256"
 	"crypto/x509"
 	"encoding/asn1"
-	"encoding/binary"
 	"errors"
 	"fmt"
-	"io"
-	"math/big"
-	"slices"
 	"sync"
 	"sync/atomic"
-	"time"
 
 	"github.com/miekg/pkcs11"
 )
@@ -38,31 +32,8 @@ const (
 // ErrHierarchyMissing is wrapped when a key of the hierarchy is absent.
 var ErrHierarchyMissing = errors.New("keyworker: key hierarchy not initialised (run EnsureHierarchy)")
 
-const (
-	p384SigSize = 96 // raw r || s from CKM_ECDSA
-	cmkCacheMax = 1024
-	cmkCacheTTL = 10 * time.Minute
-)
-
 // p384Params is CKA_EC_PARAMS for P-384: the DER OID 1.3.132.0.34.
 var p384Params = []byte{0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x22}
-
-// hierarchyP11 is what the hierarchy needs beyond P11. It is asserted on
-// h.p11 rather than added to P11, so fault-injecting P11 wrappers in other
-// tests keep compiling; *pkcs11.Ctx implements it.
-type hierarchyP11 interface {
-	P11
-	GenerateKeyPair(sh pkcs11.SessionHandle, m []*pkcs11.Mechanism, public, private []*pkcs11.Attribute) (pkcs11.ObjectHandle, pkcs11.ObjectHandle, error)
-	DeriveKey(sh pkcs11.SessionHandle, m []*pkcs11.Mechanism, base pkcs11.ObjectHandle, a []*pkcs11.Attribute) (pkcs11.ObjectHandle, error)
-	WrapKey(sh pkcs11.SessionHandle, m []*pkcs11.Mechanism, wrapping, key pkcs11.ObjectHandle) ([]byte, error)
-	UnwrapKey(sh pkcs11.SessionHandle, m []*pkcs11.Mechanism, unwrapping pkcs11.ObjectHandle, wrapped []byte, a []*pkcs11.Attribute) (pkcs11.ObjectHandle, error)
-	CreateObject(sh pkcs11.SessionHandle, temp []*pkcs11.Attribute) (pkcs11.ObjectHandle, error)
-	DestroyObject(sh pkcs11.SessionHandle, o pkcs11.ObjectHandle) error
-	SignInit(sh pkcs11.SessionHandle, m []*pkcs11.Mechanism, o pkcs11.ObjectHandle) error
-	Sign(sh pkcs11.SessionHandle, message []byte) ([]byte, error)
-}
-
-var _ hierarchyP11 = (*pkcs11.Ctx)(nil)
 
 // hierarchyState is the HSM's hierarchy bookkeeping; its zero value is ready.
 type hierarchyState struct {
@@ -90,21 +61,10 @@ func (s *hierarchyState) forgetTokenKeys() {
 	clear(s.pairs)
 }
 
-func (h *HSM) hierP11() (hierarchyP11, error) {
-	p, ok := h.p11.(hierarchyP11)
-	if !ok {
-		return nil, errors.New("keyworker: pkcs11 module wrapper lacks the key hierarchy functions")
-	}
-	return p, nil
-}
-
 // withHierarchy runs fn on a pooled session; after a stale handle (a key
 // destroyed behind the caches) it empties the caches and runs fn again.
-func (h *HSM) withHierarchy(ctx context.Context, fn func(hierarchyP11, pkcs11.SessionHandle) error) error {
-	p, err := h.hierP11()
-	if err != nil {
-		return err
-	}
+func (h *HSM) withHierarchy(ctx context.Context, fn func(P11, pkcs11.SessionHandle) error) error {
+	p := h.p11
 	return h.withSession(ctx, func(sh pkcs11.SessionHandle) error {
 		err := fn(p, sh)
 		if !isStaleHandle(err) {
@@ -123,12 +83,9 @@ func (h *HSM) withHierarchy(ctx context.Context, fn func(hierarchyP11, pkcs11.Se
 // not run it for the first time at once: PKCS#11 has no cross-process lock,
 // and two domain keys with one label make every later operation fail.
 func (h *HSM) EnsureHierarchy(ctx context.Context) error {
-	p, err := h.hierP11()
-	if err != nil {
-		return err
-	}
+	p := h.p11
 	var created []string // for the log
-	err = h.withSessionExclusive(ctx, func(sh pkcs11.SessionHandle) error {
+	err := h.withSessionExclusive(ctx, func(sh pkcs11.SessionHandle) error {
 		created = created[:0]
 		h.hier.forgetTokenKeys()
 		for _, label := range []string{DomainKeyLabel, SigningKeyLabel, CAKeyLabel} {
@@ -152,7 +109,7 @@ func (h *HSM) EnsureHierarchy(ctx context.Context) error {
 	return err
 }
 
-func (h *HSM) ensureDomainKey(p hierarchyP11, sh pkcs11.SessionHandle, _ string) (created bool, err error) {
+func (h *HSM) ensureDomainKey(p P11, sh pkcs11.SessionHandle, _ string) (created bool, err error) {
 	if _, err := h.domainKey(p, sh); !errors.Is(err, ErrHierarchyMissing) {
 		return false, err
 	}
@@ -164,8 +121,19 @@ func (h *HSM) ensureDomainKey(p hierarchyP11, sh pkcs11.SessionHandle, _ string)
 	return true, nil
 }
 
+// EnsureKeyPair creates the ECDSA P-384 key pair labelled label (such as
+// the audit key) unless it exists, while no other call uses the module.
+// The same cross-process caveat as for EnsureHierarchy applies: the caller
+// serialises creators in other processes.
+func (h *HSM) EnsureKeyPair(ctx context.Context, label string) error {
+	return h.withSessionExclusive(ctx, func(sh pkcs11.SessionHandle) error {
+		_, err := h.ensurePair(h.p11, sh, label)
+		return err
+	})
+}
+
 // ensurePair creates the ECDSA P-384 key pair labelled label unless it exists.
-func (h *HSM) ensurePair(p hierarchyP11, sh pkcs11.SessionHandle, label string) (created bool, err error) {
+func (h *HSM) ensurePair(p P11, sh pkcs11.SessionHandle, label string) (created bool, err error) {
 	if _, err := h.pair(p, sh, label); !errors.Is(err, ErrHierarchyMissing) {
 		return false, err
 	}
@@ -192,7 +160,7 @@ func (h *HSM) ensurePair(p hierarchyP11, sh pkcs11.SessionHandle, label string) 
 // refused is a key under its label that could leak derived keys, one
 // allowing encrypt (ECB of chosen data is exactly the KEK derivation),
 // wrap or extraction.
-func (h *HSM) domainKey(p hierarchyP11, sh pkcs11.SessionHandle) (pkcs11.ObjectHandle, error) {
+func (h *HSM) domainKey(p P11, sh pkcs11.SessionHandle) (pkcs11.ObjectHandle, error) {
 	h.hier.mu.Lock()
 	d, ok := h.hier.domain, h.hier.hasDom
 	h.hier.mu.Unlock()
@@ -229,7 +197,7 @@ func (h *HSM) domainKey(p hierarchyP11, sh pkcs11.SessionHandle) (pkcs11.ObjectH
 
 // pair returns the ECDSA key pair labelled label, found and checked once,
 // down to signing a probe and verifying it with the public half.
-func (h *HSM) pair(p hierarchyP11, sh pkcs11.SessionHandle, label string) (ecPair, error) {
+func (h *HSM) pair(p P11, sh pkcs11.SessionHandle, label string) (ecPair, error) {
 	h.hier.mu.Lock()
 	cached, ok := h.hier.pairs[label]
 	h.hier.mu.Unlock()
@@ -298,7 +266,7 @@ func (h *HSM) findOne(sh pkcs11.SessionHandle, temp []*pkcs11.Attribute) (pkcs11
 
 // readPair reads the public point; SoftHSM returns CKA_EC_POINT as a DER
 // OCTET STRING (as PKCS#11 says), some HSMs as the raw point.
-func (h *HSM) readPair(p hierarchyP11, sh pkcs11.SessionHandle, label string, priv, pub pkcs11.ObjectHandle) (ecPair, error) {
+func (h *HSM) readPair(p P11, sh pkcs11.SessionHandle, label string, priv, pub pkcs11.ObjectHandle) (ecPair, error) {
 	attrs, err := p.GetAttributeValue(sh, pub, []*pkcs11.Attribute{
 		pkcs11.NewAttribute(pkcs11.CKA_EC_PARAMS, nil), pkcs11.NewAttribute(pkcs11.CKA_EC_POINT, nil),
 	})
@@ -324,176 +292,9 @@ func (h *HSM) readPair(p hierarchyP11, sh pkcs11.SessionHandle, label string, pr
 	return ecPair{priv: priv, pub: pub, key: key, spki: spki}, nil
 }
 
-// PublicKey returns the DER SubjectPublicKeyInfo of the ECDSA key pair
-// labelled label (SigningKeyLabel or CAKeyLabel).
-func (h *HSM) PublicKey(ctx context.Context, label string) ([]byte, error) {
-	k, err := h.lookupPair(ctx, label)
-	return bytesOrNil(bytes.Clone(k.spki), err)
-}
-
-func (h *HSM) lookupPair(ctx context.Context, label string) (k ecPair, err error) {
-	err = h.withHierarchy(ctx, func(p hierarchyP11, sh pkcs11.SessionHandle) (err error) {
-		k, err = h.pair(p, sh, label)
-		return err
-	})
-	return k, err
-}
-
-// SignSHA256 signs SHA-256(msg) with the private key labelled label in the
-// HSM and returns the DER (ASN.1 SEQUENCE of r, s) signature.
-func (h *HSM) SignSHA256(ctx context.Context, label string, msg []byte) ([]byte, error) {
-	digest := sha256.Sum256(msg)
-	return h.signDigest(ctx, label, digest[:])
-}
-
-func (h *HSM) signDigest(ctx context.Context, label string, digest []byte) ([]byte, error) {
-	var sig []byte
-	err := h.withHierarchy(ctx, func(p hierarchyP11, sh pkcs11.SessionHandle) error {
-		k, err := h.pair(p, sh, label)
-		if err != nil {
-			return err
-		}
-		sig, err = signRaw(p, sh, k.priv, digest)
-		return err
-	})
-	return bytesOrNil(sig, err)
-}
-
-// signRaw runs CKM_ECDSA (the digest is computed by the caller, which
-// every HSM supports) and converts the raw r || s to DER.
-func signRaw(p hierarchyP11, sh pkcs11.SessionHandle, priv pkcs11.ObjectHandle, digest []byte) ([]byte, error) {
-	if err := p.SignInit(sh, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_ECDSA, nil)}, priv); err != nil {
-		return nil, fmt.Errorf("keyworker: ecdsa sign init: %w", err) // a stale handle stays detectable
-	}
-	raw, err := p.Sign(sh, digest)
-	if err != nil {
-		return nil, fmt.Errorf("keyworker: ecdsa sign: %w", err)
-	}
-	if len(raw) != p384SigSize {
-		return nil, fmt.Errorf("keyworker: ecdsa sign: hsm returned %d bytes, want %d", len(raw), p384SigSize)
-	}
-	n := len(raw) / 2
-	return asn1.Marshal(struct{ R, S *big.Int }{new(big.Int).SetBytes(raw[:n]), new(big.Int).SetBytes(raw[n:])})
-}
-
-// Signer returns a crypto.Signer backed by the key pair labelled label, for
-// x509.CreateCertificate with CAKeyLabel. Every Sign runs under ctx (its
-// deadline and cancellation), so hand it a context that lives as long as
-// the signer is used.
-func (h *HSM) Signer(ctx context.Context, label string) (crypto.Signer, error) {
-	k, err := h.lookupPair(ctx, label)
-	if err != nil {
-		return nil, err
-	}
-	return &hsmSigner{h: h, ctx: ctx, label: label, pub: k.key}, nil
-}
-
-type hsmSigner struct {
-	h     *HSM
-	ctx   context.Context //nolint:containedctx // crypto.Signer.Sign takes no context
-	label string
-	pub   *ecdsa.PublicKey
-}
-
-var _ crypto.Signer = (*hsmSigner)(nil)
-
-func (s *hsmSigner) Public() crypto.PublicKey { return s.pub }
-
-// Sign signs digest, which must be a SHA-256 or SHA-384 digest as opts says;
-// rand is unused (the HSM draws the nonce).
-func (s *hsmSigner) Sign(_ io.Reader, digest []byte, opts crypto.SignerOpts) ([]byte, error) {
-	if opts == nil {
-		opts = crypto.Hash(0)
-	}
-	switch hf := opts.HashFunc(); {
-	case hf != crypto.SHA256 && hf != crypto.SHA384:
-		return nil, fmt.Errorf("keyworker: hsm signer: unsupported hash %v (want SHA-256 or SHA-384)", hf)
-	case len(digest) != hf.Size():
-		return nil, fmt.Errorf("keyworker: hsm signer: digest is %d bytes, %v needs %d", len(digest), hf, hf.Size())
-	}
-	return s.h.signDigest(s.ctx, s.label, digest)
-}
-
-// EKTContext is the context an EKT is bound to: its EKT name.
-func EKTContext(ektName string) []byte {
-	return encodeContext("sovkeys/ekt-context/v1", ektName)
-}
-
-// SecretContext is the context an encrypted_secret is bound to.
-func SecretContext(tenant, instanceID, volumeUUID string) []byte {
-	return encodeContext("sovkeys/secret-context/v1", tenant, instanceID, volumeUUID)
-}
-
-// encodeContext is canonical and injective: each field (the kind first) is
-// a big-endian uint32 length and the bytes, so no two field lists encode
-// alike ("a","bc" differs from "ab","c").
-func encodeContext(kind string, fields ...string) []byte {
-	var b []byte
-	for _, f := range append([]string{kind}, fields...) {
-		b = binary.BigEndian.AppendUint32(b, uint32(len(f)))
-		b = append(b, f...)
-	}
-	return b
-}
-
 func ecKeyTemplate(class uint, label string) []*pkcs11.Attribute {
 	return []*pkcs11.Attribute{
 		pkcs11.NewAttribute(pkcs11.CKA_CLASS, class), pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, pkcs11.CKK_EC),
 		pkcs11.NewAttribute(pkcs11.CKA_TOKEN, true), pkcs11.NewAttribute(pkcs11.CKA_LABEL, label),
 	}
-}
-
-func attrBool(attrs []*pkcs11.Attribute, typ uint) bool {
-	v := attrString(attrs, typ)
-	return len(v) > 0 && v[0] != 0
-}
-
-func attrString(attrs []*pkcs11.Attribute, typ uint) string {
-	for _, a := range attrs {
-		if a.Type == typ {
-			return string(a.Value)
-		}
-	}
-	return ""
-}
-
-// bytesOrNil returns b, or nil and err.
-func bytesOrNil(b []byte, err error) ([]byte, error) {
-	if err != nil {
-		return nil, err
-	}
-	return b, nil
-}
-
-func randomID() []byte {
-	id := make([]byte, 16)
-	_, _ = rand.Read(id)
-	return id
-}
-
-// destroy removes a temporary session object; a failure leaves it to die
-// with its session.
-func destroy(p hierarchyP11, sh pkcs11.SessionHandle, o pkcs11.ObjectHandle) {
-	_ = p.DestroyObject(sh, o)
-}
-
-// aesTemplate: an AES key, private and sensitive, a token or session
-// object, extractable as given, with exactly the listed usages.
-func aesTemplate(token, extractable bool, usages ...uint) []*pkcs11.Attribute {
-	t := []*pkcs11.Attribute{
-		pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_SECRET_KEY), pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, pkcs11.CKK_AES),
-		pkcs11.NewAttribute(pkcs11.CKA_TOKEN, token), pkcs11.NewAttribute(pkcs11.CKA_PRIVATE, true),
-		pkcs11.NewAttribute(pkcs11.CKA_SENSITIVE, true), pkcs11.NewAttribute(pkcs11.CKA_EXTRACTABLE, extractable),
-	}
-	for _, a := range []uint{pkcs11.CKA_ENCRYPT, pkcs11.CKA_DECRYPT, pkcs11.CKA_WRAP, pkcs11.CKA_UNWRAP,
-		pkcs11.CKA_SIGN, pkcs11.CKA_VERIFY, pkcs11.CKA_DERIVE} {
-		t = append(t, pkcs11.NewAttribute(a, slices.Contains(usages, a)))
-	}
-	return t
-}
-
-// generateAES generates an AES-256 session key with no usage, to be wrapped.
-func generateAES(p hierarchyP11, sh pkcs11.SessionHandle, extractable bool) (pkcs11.ObjectHandle, error) {
-	return p.GenerateKey(sh, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_AES_KEY_GEN, nil)},
-		append(aesTemplate(false, extractable), pkcs11.NewAttribute(pkcs11.CKA_VALUE_LEN, hierKeySize)))
 }

@@ -1,4 +1,4 @@
-package keyworker
+package hsm
 
 import (
 	"fmt"
@@ -33,7 +33,7 @@ func BenchmarkDecryptSecret(b *testing.B) {
 }
 
 func BenchmarkSignSHA256(b *testing.B) {
-	h := newHierarchyHSM(b, func(c *HSMConfig) { c.Sessions = 1 })
+	h := newHierarchyHSM(b, func(c *Config) { c.Sessions = 1 })
 	msg := randBytes(57)
 	for b.Loop() {
 		if _, err := h.SignSHA256(b.Context(), SigningKeyLabel, msg); err != nil {
@@ -46,7 +46,7 @@ func benchHierarchy(b *testing.B, setup func(*testing.B, *HSM, []byte) func() er
 	for _, sessions := range []int{1, 4} {
 		for _, cache := range []bool{true, false} {
 			b.Run(fmt.Sprintf("sessions=%d/cmkcache=%t", sessions, cache), func(b *testing.B) {
-				h := newHierarchyHSM(b, func(c *HSMConfig) { c.Sessions = sessions })
+				h := newHierarchyHSM(b, func(c *Config) { c.Sessions = sessions })
 				if !cache {
 					h.hier.cmks.max = -1
 				}

@@ -1,4 +1,4 @@
-package keyworker
+package hsm
 
 import (
 	"bytes"
@@ -17,16 +17,16 @@ import (
 )
 
 // newTestHSM opens an HSM on a fresh SoftHSM token, closed when t ends.
-func newTestHSM(t testing.TB, mutate ...func(*HSMConfig)) *HSM {
+func newTestHSM(t testing.TB, mutate ...func(*Config)) *HSM {
 	t.Helper()
 	module, label, pin := hsmtest.NewToken(t)
-	cfg := HSMConfig{ModulePath: module, TokenLabel: label, PIN: pin}
+	cfg := Config{ModulePath: module, TokenLabel: label, PIN: pin}
 	for _, m := range mutate {
 		m(&cfg)
 	}
-	h, err := OpenHSM(t.Context(), cfg, slog.New(slog.DiscardHandler))
+	h, err := Open(t.Context(), cfg, slog.New(slog.DiscardHandler))
 	if err != nil {
-		t.Fatalf("OpenHSM: %v", err)
+		t.Fatalf("Open: %v", err)
 	}
 	t.Cleanup(func() {
 		if err := h.Close(); err != nil {
@@ -47,21 +47,21 @@ func moduleRefs() int {
 }
 
 func TestHSMConfigValidate(t *testing.T) {
-	ok := HSMConfig{ModulePath: "/m.so", TokenLabel: "tok", PIN: "1234"}
+	ok := Config{ModulePath: "/m.so", TokenLabel: "tok", PIN: "1234"}
 	tests := []struct {
 		name    string
-		mutate  func(*HSMConfig)
+		mutate  func(*Config)
 		wantErr bool
 	}{
-		{"valid", func(*HSMConfig) {}, false},
-		{"default sessions", func(c *HSMConfig) { c.Sessions = 0 }, false},
-		{"sessions set", func(c *HSMConfig) { c.Sessions = 16 }, false},
-		{"no module", func(c *HSMConfig) { c.ModulePath = "" }, true},
-		{"no label", func(c *HSMConfig) { c.TokenLabel = "" }, true},
-		{"label too long", func(c *HSMConfig) { c.TokenLabel = strings.Repeat("x", 33) }, true},
-		{"no pin", func(c *HSMConfig) { c.PIN = "" }, true},
-		{"negative sessions", func(c *HSMConfig) { c.Sessions = -1 }, true},
-		{"too many sessions", func(c *HSMConfig) { c.Sessions = maxSessions + 1 }, true},
+		{"valid", func(*Config) {}, false},
+		{"default sessions", func(c *Config) { c.Sessions = 0 }, false},
+		{"sessions set", func(c *Config) { c.Sessions = 16 }, false},
+		{"no module", func(c *Config) { c.ModulePath = "" }, true},
+		{"no label", func(c *Config) { c.TokenLabel = "" }, true},
+		{"label too long", func(c *Config) { c.TokenLabel = strings.Repeat("x", 33) }, true},
+		{"no pin", func(c *Config) { c.PIN = "" }, true},
+		{"negative sessions", func(c *Config) { c.Sessions = -1 }, true},
+		{"too many sessions", func(c *Config) { c.Sessions = maxSessions + 1 }, true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -79,7 +79,7 @@ func TestHSMConfigValidate(t *testing.T) {
 }
 
 func TestHSMConfigRedactsPIN(t *testing.T) {
-	cfg := HSMConfig{ModulePath: "/m.so", TokenLabel: "tok", PIN: "s3cret-pin"}
+	cfg := Config{ModulePath: "/m.so", TokenLabel: "tok", PIN: "s3cret-pin"}
 	var buf bytes.Buffer
 	slog.New(slog.NewTextHandler(&buf, nil)).Info("x", "hsm", cfg)
 	for name, out := range map[string]string{
@@ -100,20 +100,20 @@ func TestOpenHSMErrors(t *testing.T) {
 	module, label, pin := hsmtest.NewToken(t)
 	tests := []struct {
 		name string
-		cfg  HSMConfig
+		cfg  Config
 	}{
-		{"unknown token", HSMConfig{ModulePath: module, TokenLabel: "no-such-token", PIN: pin}},
-		{"wrong pin", HSMConfig{ModulePath: module, TokenLabel: label, PIN: "wrong-pin"}},
-		{"missing module", HSMConfig{ModulePath: "/nonexistent/libp11.so", TokenLabel: label, PIN: pin}},
-		{"invalid config", HSMConfig{ModulePath: module, TokenLabel: label}},
+		{"unknown token", Config{ModulePath: module, TokenLabel: "no-such-token", PIN: pin}},
+		{"wrong pin", Config{ModulePath: module, TokenLabel: label, PIN: "wrong-pin"}},
+		{"missing module", Config{ModulePath: "/nonexistent/libp11.so", TokenLabel: label, PIN: pin}},
+		{"invalid config", Config{ModulePath: module, TokenLabel: label}},
 	}
 	before := moduleRefs()
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			h, err := OpenHSM(t.Context(), tt.cfg, nil)
+			h, err := Open(t.Context(), tt.cfg, nil)
 			if err == nil {
 				h.Close()
-				t.Fatal("OpenHSM succeeded")
+				t.Fatal("Open succeeded")
 			}
 			if strings.Contains(err.Error(), pin) {
 				t.Errorf("error contains the PIN: %v", err)
@@ -128,7 +128,7 @@ func TestOpenHSMErrors(t *testing.T) {
 func TestCloseIdempotent(t *testing.T) {
 	module, label, pin := hsmtest.NewToken(t)
 	before := moduleRefs()
-	h, err := OpenHSM(t.Context(), HSMConfig{ModulePath: module, TokenLabel: label, PIN: pin, Sessions: 3}, nil)
+	h, err := Open(t.Context(), Config{ModulePath: module, TokenLabel: label, PIN: pin, Sessions: 3}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -179,7 +179,7 @@ func TestModuleShared(t *testing.T) {
 		t.Fatalf("HealthCheck on b after closing a: %v", err)
 	}
 	// Two HSMs on the same token: the second login finds the user logged in.
-	c, err := OpenHSM(t.Context(), b.cfg, nil)
+	c, err := Open(t.Context(), b.cfg, nil)
 	if err != nil {
 		t.Fatalf("second HSM on one token: %v", err)
 	}
@@ -195,7 +195,7 @@ func TestModuleShared(t *testing.T) {
 }
 
 func TestWithSessionRespectsContext(t *testing.T) {
-	h := newTestHSM(t, func(c *HSMConfig) { c.Sessions = 1 })
+	h := newTestHSM(t, func(c *Config) { c.Sessions = 1 })
 	if _, err := h.CreateAESKey(t.Context(), "k", true, true); err != nil {
 		t.Fatal(err)
 	}
@@ -234,7 +234,7 @@ func TestWithSessionRespectsContext(t *testing.T) {
 
 func TestCloseWaitsForInFlight(t *testing.T) {
 	module, label, pin := hsmtest.NewToken(t)
-	h, err := OpenHSM(t.Context(), HSMConfig{ModulePath: module, TokenLabel: label, PIN: pin, Sessions: 1}, nil)
+	h, err := Open(t.Context(), Config{ModulePath: module, TokenLabel: label, PIN: pin, Sessions: 1}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -260,7 +260,7 @@ func TestCloseWaitsForInFlight(t *testing.T) {
 
 // A session the HSM dropped is replaced transparently.
 func TestSessionReplaced(t *testing.T) {
-	h := newTestHSM(t, func(c *HSMConfig) { c.Sessions = 1 })
+	h := newTestHSM(t, func(c *Config) { c.Sessions = 1 })
 	if _, err := h.CreateAESKey(t.Context(), "k", true, true); err != nil {
 		t.Fatal(err)
 	}

@@ -1,4 +1,4 @@
-package keyworker
+package hsm
 
 // SoftHSMv2 token provisioning for `sovkeys standalone` and tests.
 //
@@ -25,13 +25,14 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"strings"
 
 	"github.com/miekg/pkcs11"
 
 	"github.com/sovkeys/sovkeys/shared"
 )
 
-// SoftHSMToken is a SoftHSMv2 token ready for HSMConfig.
+// SoftHSMToken is a SoftHSMv2 token ready for Config.
 type SoftHSMToken struct {
 	ModulePath string // the libsofthsm2.so found
 	ConfPath   string // the SOFTHSM2_CONF in effect for this process
@@ -64,7 +65,7 @@ func FindSoftHSMModule() (string, error) {
 // file backend, log level ERROR), sets SOFTHSM2_CONF for this process if it
 // is not yet set (SoftHSM reads it at C_Initialize, once per process), and
 // creates a token labelled label with the given PINs unless one exists, in
-// which case it is reused as it is (PINs unchecked: OpenHSM checks the user
+// which case it is reused as it is (PINs unchecked: Open checks the user
 // PIN). When SOFTHSM2_CONF was already set, that configuration is the one in
 // effect and the returned ConfPath names it.
 func EnsureSoftHSMToken(ctx context.Context, dir, label, soPIN, userPIN string) (SoftHSMToken, error) {
@@ -210,4 +211,10 @@ func initUserPIN(p P11, slot uint, label, soPIN, userPIN string) error {
 		return fmt.Errorf("keyworker: create token %q: init user pin: %w", label, err)
 	}
 	return nil
+}
+
+// isSoftHSM reports whether the token is a SoftHSMv2 one.
+func (h *HSM) isSoftHSM() bool {
+	info, err := h.p11.GetTokenInfo(h.slot)
+	return err == nil && strings.TrimSpace(info.ManufacturerID) == "SoftHSM project"
 }

@@ -1,4 +1,4 @@
-package keyworker
+package hsm
 
 import (
 	"bytes"
@@ -33,7 +33,7 @@ var testRSAKey = sync.OnceValue(func() *rsa.PrivateKey {
 })
 
 // newHierarchyHSM opens an HSM on a fresh token with the hierarchy created.
-func newHierarchyHSM(t testing.TB, mutate ...func(*HSMConfig)) *HSM {
+func newHierarchyHSM(t testing.TB, mutate ...func(*Config)) *HSM {
 	t.Helper()
 	h := newTestHSM(t, mutate...)
 	if err := h.EnsureHierarchy(t.Context()); err != nil {
@@ -146,7 +146,7 @@ func TestEnsureHierarchy(t *testing.T) {
 }
 
 func TestEnsureHierarchyConcurrent(t *testing.T) {
-	h := newTestHSM(t, func(c *HSMConfig) { c.Sessions = 4 })
+	h := newTestHSM(t, func(c *Config) { c.Sessions = 4 })
 	var wg sync.WaitGroup
 	errs := make(chan error, 8)
 	for range 8 {
@@ -187,7 +187,7 @@ func TestEnsureHierarchyIncompletePair(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	fresh, err := OpenHSM(t.Context(), h.cfg, nil) // no cached handles
+	fresh, err := Open(t.Context(), h.cfg, nil) // no cached handles
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -256,7 +256,7 @@ func TestSignSHA256(t *testing.T) {
 		t.Errorf("SignSHA256 with an unknown label = %v", err)
 	}
 	// Another HSM on the same token finds the same persistent key.
-	other, err := OpenHSM(ctx, h.cfg, nil)
+	other, err := Open(ctx, h.cfg, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -606,7 +606,7 @@ func TestCMKCache(t *testing.T) {
 	ctx := t.Context()
 	pub := &testRSAKey().PublicKey
 	clock := time.Unix(1_800_000_000, 0)
-	h := newHierarchyHSM(t, func(c *HSMConfig) { c.Sessions = 1 })
+	h := newHierarchyHSM(t, func(c *Config) { c.Sessions = 1 })
 	h.hier.cmks.now = func() time.Time { return clock }
 	ekts := [][]byte{newEKT(t, h, "a"), newEKT(t, h, "b"), newEKT(t, h, "c")}
 	names := []string{"a", "b", "c"}
@@ -682,7 +682,7 @@ func TestCMKCache(t *testing.T) {
 
 // More goroutines than sessions run every operation at once.
 func TestHierarchyConcurrent(t *testing.T) {
-	h := newHierarchyHSM(t, func(c *HSMConfig) { c.Sessions = 3 })
+	h := newHierarchyHSM(t, func(c *Config) { c.Sessions = 3 })
 	ctx := t.Context()
 	pub := &testRSAKey().PublicKey
 	const tenants, workers, rounds = 3, 12, 6

@@ -1,4 +1,4 @@
-package keyworker
+package hsm
 
 import (
 	"bytes"
@@ -265,7 +265,7 @@ func TestKeyUsageAndMissingKeys(t *testing.T) {
 // SoftHSM uses the IV it is given, so asking it for an HSM-generated IV
 // leaves the zero buffer: that must fail, never encrypt under a fixed IV.
 func TestIVFromHSMFailsClosedOnSoftHSM(t *testing.T) {
-	h := newTestHSM(t, func(c *HSMConfig) { c.IVFromHSM = true })
+	h := newTestHSM(t, func(c *Config) { c.IVFromHSM = true })
 	if _, err := h.CreateAESKey(t.Context(), "k", true, true); err != nil {
 		t.Fatal(err)
 	}
@@ -342,7 +342,7 @@ func TestHealthCheck(t *testing.T) {
 
 // More goroutines than sessions encrypt and decrypt at once.
 func TestConcurrentEncryptDecrypt(t *testing.T) {
-	h := newTestHSM(t, func(c *HSMConfig) { c.Sessions = 3 })
+	h := newTestHSM(t, func(c *Config) { c.Sessions = 3 })
 	ctx := t.Context()
 	for _, l := range []string{"k0", "k1"} {
 		if _, err := h.CreateAESKey(ctx, l, true, true); err != nil {
@@ -389,7 +389,7 @@ func TestConcurrentEncryptDecrypt(t *testing.T) {
 func BenchmarkEncryptGCM(b *testing.B) {
 	for _, sessions := range []int{1, 2, 4} {
 		b.Run(fmt.Sprintf("sessions=%d", sessions), func(b *testing.B) {
-			h := newTestHSM(b, func(c *HSMConfig) { c.Sessions = sessions })
+			h := newTestHSM(b, func(c *Config) { c.Sessions = sessions })
 			ctx := b.Context()
 			if _, err := h.CreateAESKey(ctx, "bench", true, true); err != nil {
 				b.Fatal(err)
@@ -424,7 +424,7 @@ func ExampleHSM_EncryptGCM() {
 		fmt.Println(err)
 		return
 	}
-	h, err := OpenHSM(ctx, HSMConfig{ModulePath: tok.ModulePath, TokenLabel: tok.TokenLabel, PIN: "user-pin-1234"}, nil)
+	h, err := Open(ctx, Config{ModulePath: tok.ModulePath, TokenLabel: tok.TokenLabel, PIN: "user-pin-1234"}, nil)
 	if err != nil {
 		fmt.Println(err)
 		return
