@@ -7,6 +7,7 @@ import (
 	"crypto/sha256"
 	"crypto/x509"
 	"errors"
+	"fmt"
 	"log/slog"
 	"sync"
 	"testing"
@@ -21,8 +22,15 @@ import (
 	"github.com/sovkeys/sovkeys/shared/infra/auditlog"
 	"github.com/sovkeys/sovkeys/shared/infra/mesh"
 	"github.com/sovkeys/sovkeys/shared/infra/writeonce"
+	"github.com/sovkeys/sovkeys/shared/testkit"
 	"github.com/sovkeys/sovkeys/shared/testkit/hsmtest"
 	"github.com/sovkeys/sovkeys/shared/testkit/natstest"
+)
+
+const (
+	readyWait   = 30 * time.Second      // for the keyworkers to answer
+	readyPoll   = 20 * time.Millisecond // between health calls
+	callTimeout = 30 * time.Second      // for a test's admin calls
 )
 
 // runKeyworkers runs n keyworkers of pool "default" on ONE SoftHSM token
@@ -57,24 +65,20 @@ func runKeyworkers(t *testing.T, nc *nats.Conn, js jetstream.JetStream, n int) {
 			}
 		}()
 	}
-	deadline := time.Now().Add(30 * time.Second)
-	for {
+	testkit.CheckFor(t, readyWait, readyPoll, func() error {
 		var resp kwadmin.HealthResponse
-		err := kwadmin.Call(ctx, nc, "default", kwadmin.EndpointHealth, struct{}{}, &resp)
-		if err == nil {
-			return
+		if err := kwadmin.Call(ctx, nc, "default", kwadmin.EndpointHealth, struct{}{}, &resp); err != nil {
+			return fmt.Errorf("keyworker admin not answering: %w", err)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("keyworker admin not answering: %v", err)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		return nil
+	})
 }
 
 func TestAdminAuditSign(t *testing.T) {
+	t.Parallel()
 	_, nc, js := natstest.Run(t)
 	runKeyworkers(t, nc, js, 2)
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), callTimeout)
 	defer cancel()
 
 	// First use from many callers at once, served by two keyworkers
@@ -139,6 +143,7 @@ func TestAdminAuditSign(t *testing.T) {
 }
 
 func TestAuditKeyMismatchFailsClosed(t *testing.T) {
+	t.Parallel()
 	_, nc, js := natstest.Run(t)
 	ctx := context.Background()
 	kv, err := mesh.EnsureBucket(ctx, js, shared.BucketPKI, "test", mesh.DefaultTopology())

@@ -4,6 +4,7 @@ package keyworkertest
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"testing"
 	"time"
@@ -16,7 +17,13 @@ import (
 	"github.com/sovkeys/sovkeys/shared/api/kwadmin"
 	"github.com/sovkeys/sovkeys/shared/infra/mesh"
 	"github.com/sovkeys/sovkeys/shared/infra/writeonce"
+	"github.com/sovkeys/sovkeys/shared/testkit"
 	"github.com/sovkeys/sovkeys/shared/testkit/hsmtest"
+)
+
+const (
+	readyWait = 30 * time.Second      // for the keyworker to answer
+	readyPoll = 20 * time.Millisecond // between health calls
 )
 
 // Run starts the keyworker, waits until it answers on the mesh, and stops
@@ -50,13 +57,10 @@ func Run(t testing.TB, nc *nats.Conn, js jetstream.JetStream, logger *slog.Logge
 			t.Errorf("keyworker: %v", err)
 		}
 	}()
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		if err := kwadmin.Call(ctx, nc, "default", kwadmin.EndpointHealth, struct{}{}, nil); err == nil {
-			return
-		} else if time.Now().After(deadline) {
-			t.Fatalf("keyworker not answering after 30s: %v", err)
+	testkit.CheckFor(t, readyWait, readyPoll, func() error {
+		if err := kwadmin.Call(ctx, nc, "default", kwadmin.EndpointHealth, struct{}{}, nil); err != nil {
+			return fmt.Errorf("keyworker not answering: %w", err)
 		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		return nil
+	})
 }

@@ -93,6 +93,7 @@ func sessionObjects(t testing.TB, h *HSM) int {
 }
 
 func TestEnsureHierarchy(t *testing.T) {
+	t.Parallel()
 	h := newTestHSM(t)
 	ctx := t.Context()
 	for i := range 2 {
@@ -146,6 +147,7 @@ func TestEnsureHierarchy(t *testing.T) {
 }
 
 func TestEnsureHierarchyConcurrent(t *testing.T) {
+	t.Parallel()
 	h := newTestHSM(t, func(c *Config) { c.Sessions = 4 })
 	var wg sync.WaitGroup
 	errs := make(chan error, 8)
@@ -165,6 +167,7 @@ func TestEnsureHierarchyConcurrent(t *testing.T) {
 }
 
 func TestEnsureHierarchyRejectsImpostor(t *testing.T) {
+	t.Parallel()
 	h := newTestHSM(t)
 	// An XKS-style key under the domain key's label would allow encryption.
 	if _, err := h.CreateAESKey(t.Context(), DomainKeyLabel, true, true); err != nil {
@@ -177,6 +180,7 @@ func TestEnsureHierarchyRejectsImpostor(t *testing.T) {
 
 // Half a key pair is an error, never a reason to create the other half.
 func TestEnsureHierarchyIncompletePair(t *testing.T) {
+	t.Parallel()
 	h := newHierarchyHSM(t)
 	sh := <-h.pool
 	pubs, err := h.findObjects(sh, ecKeyTemplate(pkcs11.CKO_PUBLIC_KEY, CAKeyLabel), 2)
@@ -204,6 +208,7 @@ func TestEnsureHierarchyIncompletePair(t *testing.T) {
 }
 
 func TestHierarchyMissing(t *testing.T) {
+	t.Parallel()
 	h := newTestHSM(t)
 	ctx := t.Context()
 	if _, err := h.NewEKT(ctx, EKTContext("t")); !errors.Is(err, ErrHierarchyMissing) {
@@ -215,6 +220,7 @@ func TestHierarchyMissing(t *testing.T) {
 }
 
 func TestSignSHA256(t *testing.T) {
+	t.Parallel()
 	h := newHierarchyHSM(t)
 	ctx := t.Context()
 	for _, label := range []string{SigningKeyLabel, CAKeyLabel} {
@@ -267,6 +273,7 @@ func TestSignSHA256(t *testing.T) {
 }
 
 func TestSignerCertificate(t *testing.T) {
+	t.Parallel()
 	h := newHierarchyHSM(t)
 	ctx := t.Context()
 	signer, err := h.Signer(ctx, CAKeyLabel)
@@ -331,6 +338,7 @@ func TestSignerCertificate(t *testing.T) {
 }
 
 func TestContextEncoding(t *testing.T) {
+	t.Parallel()
 	tests := []struct {
 		name string
 		a, b []byte
@@ -356,6 +364,7 @@ func TestContextEncoding(t *testing.T) {
 }
 
 func TestSecretLifecycle(t *testing.T) {
+	t.Parallel()
 	h := newHierarchyHSM(t)
 	ctx := t.Context()
 	pub := &testRSAKey().PublicKey
@@ -415,6 +424,7 @@ func TestSecretLifecycle(t *testing.T) {
 // Blobs moved to another context, or used under another EKT, fail; with
 // the CMK cache warm, which must not let a wrong EKT context through.
 func TestMovedContextFails(t *testing.T) {
+	t.Parallel()
 	h := newHierarchyHSM(t)
 	ctx := t.Context()
 	pub := &testRSAKey().PublicKey
@@ -459,6 +469,7 @@ func TestMovedContextFails(t *testing.T) {
 
 // Every byte of both blobs matters: version, nonce and wrapped key.
 func TestTamperedBlobs(t *testing.T) {
+	t.Parallel()
 	h := newHierarchyHSM(t)
 	ctx := t.Context()
 	pub := &testRSAKey().PublicKey
@@ -521,6 +532,7 @@ func TestTamperedBlobs(t *testing.T) {
 }
 
 func TestSecretArgumentValidation(t *testing.T) {
+	t.Parallel()
 	h := newHierarchyHSM(t)
 	ctx := t.Context()
 	ekt := newEKT(t, h, "t")
@@ -560,6 +572,7 @@ func TestSecretArgumentValidation(t *testing.T) {
 // SoftHSM 2.6 refuses OAEP with SHA-256, so the host path runs; the HSM
 // path is exercised with SHA-1, the one OAEP hash SoftHSM 2.6 wraps with.
 func TestOAEPWrapPaths(t *testing.T) {
+	t.Parallel()
 	ctx := t.Context()
 	t.Run("sha256", func(t *testing.T) {
 		h := newHierarchyHSM(t)
@@ -603,6 +616,7 @@ func TestOAEPWrapPaths(t *testing.T) {
 }
 
 func TestCMKCache(t *testing.T) {
+	t.Parallel()
 	ctx := t.Context()
 	pub := &testRSAKey().PublicKey
 	clock := time.Unix(1_800_000_000, 0)
@@ -682,6 +696,7 @@ func TestCMKCache(t *testing.T) {
 
 // More goroutines than sessions run every operation at once.
 func TestHierarchyConcurrent(t *testing.T) {
+	t.Parallel()
 	h := newHierarchyHSM(t, func(c *Config) { c.Sessions = 3 })
 	ctx := t.Context()
 	pub := &testRSAKey().PublicKey

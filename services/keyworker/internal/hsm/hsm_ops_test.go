@@ -25,6 +25,7 @@ func randBytes(n int) []byte {
 }
 
 func TestCreateAESKey(t *testing.T) {
+	t.Parallel()
 	h := newTestHSM(t)
 	ctx := t.Context()
 	tests := []struct {
@@ -100,6 +101,7 @@ func checkKeyProtected(t *testing.T, h *HSM, label string) {
 }
 
 func TestListAESKeys(t *testing.T) {
+	t.Parallel()
 	h := newTestHSM(t)
 	ctx := t.Context()
 	if keys, err := h.ListAESKeys(ctx); err != nil || len(keys) != 0 {
@@ -125,6 +127,7 @@ func TestListAESKeys(t *testing.T) {
 }
 
 func TestEncryptDecryptGCM(t *testing.T) {
+	t.Parallel()
 	h := newTestHSM(t)
 	ctx := t.Context()
 	if _, err := h.CreateAESKey(ctx, "k", true, true); err != nil {
@@ -162,6 +165,7 @@ func TestEncryptDecryptGCM(t *testing.T) {
 }
 
 func TestEncryptGCMFreshIVs(t *testing.T) {
+	t.Parallel()
 	h := newTestHSM(t)
 	if _, err := h.CreateAESKey(t.Context(), "k", true, true); err != nil {
 		t.Fatal(err)
@@ -180,6 +184,7 @@ func TestEncryptGCMFreshIVs(t *testing.T) {
 }
 
 func TestDecryptGCMRejectsTampering(t *testing.T) {
+	t.Parallel()
 	h := newTestHSM(t)
 	ctx := t.Context()
 	if _, err := h.CreateAESKey(ctx, "k", true, true); err != nil {
@@ -227,6 +232,7 @@ func TestDecryptGCMRejectsTampering(t *testing.T) {
 }
 
 func TestKeyUsageAndMissingKeys(t *testing.T) {
+	t.Parallel()
 	h := newTestHSM(t)
 	ctx := t.Context()
 	for _, k := range []struct {
@@ -265,6 +271,7 @@ func TestKeyUsageAndMissingKeys(t *testing.T) {
 // SoftHSM uses the IV it is given, so asking it for an HSM-generated IV
 // leaves the zero buffer: that must fail, never encrypt under a fixed IV.
 func TestIVFromHSMFailsClosedOnSoftHSM(t *testing.T) {
+	t.Parallel()
 	h := newTestHSM(t, func(c *Config) { c.IVFromHSM = true })
 	if _, err := h.CreateAESKey(t.Context(), "k", true, true); err != nil {
 		t.Fatal(err)
@@ -276,6 +283,7 @@ func TestIVFromHSMFailsClosedOnSoftHSM(t *testing.T) {
 }
 
 func TestSealUnseal(t *testing.T) {
+	t.Parallel()
 	h := newTestHSM(t)
 	ctx := t.Context()
 	secret, aad := []byte("nats-credentials"), []byte("kv:keystores/prod")
@@ -325,6 +333,7 @@ func TestSealUnseal(t *testing.T) {
 }
 
 func TestHealthCheck(t *testing.T) {
+	t.Parallel()
 	h := newTestHSM(t)
 	ctx := t.Context()
 	if _, err := h.KeyInfo(ctx, HealthKeyLabel); !errors.Is(err, shared.ErrKeyNotFound) {
@@ -342,6 +351,7 @@ func TestHealthCheck(t *testing.T) {
 
 // More goroutines than sessions encrypt and decrypt at once.
 func TestConcurrentEncryptDecrypt(t *testing.T) {
+	t.Parallel()
 	h := newTestHSM(t, func(c *Config) { c.Sessions = 3 })
 	ctx := t.Context()
 	for _, l := range []string{"k0", "k1"} {

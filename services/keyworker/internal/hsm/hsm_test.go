@@ -36,6 +36,17 @@ func newTestHSM(t testing.TB, mutate ...func(*Config)) *HSM {
 	return h
 }
 
+const (
+	// busyWait is how long a caller waits for the only, busy session.
+	busyWait = 20 * time.Millisecond
+	// stillBlocked is how long Close must go on waiting for an operation in
+	// flight; a pass proves nothing about later, a failure is a real bug.
+	stillBlocked = 50 * time.Millisecond
+)
+
+// moduleRefs counts references to loaded modules. Tests that compare counts
+// do not run in parallel: paused parallel tests open no HSM until the
+// sequential ones have finished.
 func moduleRefs() int {
 	modules.mu.Lock()
 	defer modules.mu.Unlock()
@@ -47,6 +58,7 @@ func moduleRefs() int {
 }
 
 func TestHSMConfigValidate(t *testing.T) {
+	t.Parallel()
 	ok := Config{ModulePath: "/m.so", TokenLabel: "tok", PIN: "1234"}
 	tests := []struct {
 		name    string
@@ -79,6 +91,7 @@ func TestHSMConfigValidate(t *testing.T) {
 }
 
 func TestHSMConfigRedactsPIN(t *testing.T) {
+	t.Parallel()
 	cfg := Config{ModulePath: "/m.so", TokenLabel: "tok", PIN: "s3cret-pin"}
 	var buf bytes.Buffer
 	slog.New(slog.NewTextHandler(&buf, nil)).Info("x", "hsm", cfg)
@@ -152,6 +165,7 @@ func TestCloseIdempotent(t *testing.T) {
 }
 
 func TestDefaultSessions(t *testing.T) {
+	t.Parallel()
 	h := newTestHSM(t)
 	if got := h.Sessions(); got != defaultSessions {
 		t.Errorf("Sessions() = %d, want %d", got, defaultSessions)
@@ -195,6 +209,7 @@ func TestModuleShared(t *testing.T) {
 }
 
 func TestWithSessionRespectsContext(t *testing.T) {
+	t.Parallel()
 	h := newTestHSM(t, func(c *Config) { c.Sessions = 1 })
 	if _, err := h.CreateAESKey(t.Context(), "k", true, true); err != nil {
 		t.Fatal(err)
@@ -211,7 +226,7 @@ func TestWithSessionRespectsContext(t *testing.T) {
 	}()
 	<-held
 
-	ctx, cancel := context.WithTimeout(t.Context(), 20*time.Millisecond)
+	ctx, cancel := context.WithTimeout(t.Context(), busyWait)
 	defer cancel()
 	_, _, _, err := h.EncryptGCM(ctx, "k", []byte("x"), nil)
 	if !errors.Is(err, context.DeadlineExceeded) || !errors.Is(err, shared.ErrDependencyTimeout) {
@@ -233,6 +248,7 @@ func TestWithSessionRespectsContext(t *testing.T) {
 }
 
 func TestCloseWaitsForInFlight(t *testing.T) {
+	t.Parallel()
 	module, label, pin := hsmtest.NewToken(t)
 	h, err := Open(t.Context(), Config{ModulePath: module, TokenLabel: label, PIN: pin, Sessions: 1}, nil)
 	if err != nil {
@@ -250,7 +266,7 @@ func TestCloseWaitsForInFlight(t *testing.T) {
 	select {
 	case err := <-closed:
 		t.Fatalf("Close returned (%v) while a session was in use", err)
-	case <-time.After(50 * time.Millisecond):
+	case <-time.After(stillBlocked):
 	}
 	close(release)
 	if err := <-closed; err != nil {
@@ -260,6 +276,7 @@ func TestCloseWaitsForInFlight(t *testing.T) {
 
 // A session the HSM dropped is replaced transparently.
 func TestSessionReplaced(t *testing.T) {
+	t.Parallel()
 	h := newTestHSM(t, func(c *Config) { c.Sessions = 1 })
 	if _, err := h.CreateAESKey(t.Context(), "k", true, true); err != nil {
 		t.Fatal(err)
@@ -285,6 +302,7 @@ func TestSessionReplaced(t *testing.T) {
 
 // A cached handle whose object was destroyed is looked up again.
 func TestStaleKeyHandle(t *testing.T) {
+	t.Parallel()
 	h := newTestHSM(t)
 	ctx := t.Context()
 	if _, err := h.CreateAESKey(ctx, "k", true, true); err != nil {
@@ -336,6 +354,7 @@ func TestStaleKeyHandle(t *testing.T) {
 }
 
 func TestKeyCacheBounded(t *testing.T) {
+	t.Parallel()
 	c := keyCache{max: 3}
 	for i := range 10 {
 		c.put(fmt.Sprint(i), cachedKey{handle: pkcs11.ObjectHandle(i)})

@@ -15,6 +15,7 @@ import (
 )
 
 func TestFindSoftHSMModule(t *testing.T) {
+	t.Parallel()
 	path, err := FindSoftHSMModule()
 	if err != nil {
 		t.Fatalf("FindSoftHSMModule: %v (install softhsm2)", err)
@@ -44,6 +45,9 @@ func TestEnsureSoftHSMTokenValidation(t *testing.T) {
 		})
 	}
 }
+
+// The EnsureSoftHSMToken tests run sequentially: they create tokens beside
+// hsmtest's, in the module every test shares, and count its references.
 
 // In a process whose SOFTHSM2_CONF is already set (here by hsmtest), the
 // token goes where that configuration says, and ConfPath names it.
