@@ -3,128 +3,15 @@ package hsm
 import (
 	"bytes"
 	"context"
-	"crypto/rand"
 	"errors"
 	"fmt"
 	"os"
-	"slices"
-	"strings"
 	"sync"
 	"testing"
 	"time"
 
-	"github.com/miekg/pkcs11"
-
 	"github.com/sovkeys/sovkeys/shared"
 )
-
-func randBytes(n int) []byte {
-	b := make([]byte, n)
-	_, _ = rand.Read(b)
-	return b
-}
-
-func TestCreateAESKey(t *testing.T) {
-	t.Parallel()
-	h := newTestHSM(t)
-	ctx := t.Context()
-	tests := []struct {
-		label            string
-		encrypt, decrypt bool
-	}{
-		{"both", true, true},
-		{"encrypt-only", true, false},
-		{"decrypt-only", false, true},
-		{"no-usage", false, false},
-	}
-	for _, tt := range tests {
-		t.Run(tt.label, func(t *testing.T) {
-			want := KeyInfo{Label: tt.label, Encrypt: tt.encrypt, Decrypt: tt.decrypt, KeySpec: "AES_256"}
-			got, err := h.CreateAESKey(ctx, tt.label, tt.encrypt, tt.decrypt)
-			if err != nil || got != want {
-				t.Fatalf("CreateAESKey = %+v, %v; want %+v", got, err, want)
-			}
-			h.keys.clear() // read back from the HSM, not the cache
-			if got, err := h.KeyInfo(ctx, tt.label); err != nil || got != want {
-				t.Fatalf("KeyInfo = %+v, %v; want %+v", got, err, want)
-			}
-			if _, err := h.CreateAESKey(ctx, tt.label, true, true); !errors.Is(err, ErrKeyExists) {
-				t.Fatalf("second CreateAESKey = %v, want ErrKeyExists", err)
-			}
-			checkKeyProtected(t, h, tt.label)
-		})
-	}
-	t.Run("invalid", func(t *testing.T) {
-		for _, label := range []string{"", strings.Repeat("x", maxKeyLabel+1), "bad\nlabel"} {
-			if _, err := h.CreateAESKey(ctx, label, true, false); !errors.Is(err, shared.ErrValidation) {
-				t.Errorf("CreateAESKey(%q) = %v, want ErrValidation", label, err)
-			}
-		}
-	})
-}
-
-// checkKeyProtected reads the key's attributes straight from the HSM.
-func checkKeyProtected(t *testing.T, h *HSM, label string) {
-	t.Helper()
-	err := h.withSession(t.Context(), func(sh pkcs11.SessionHandle) error {
-		k, err := h.findKey(sh, label)
-		if err != nil {
-			return err
-		}
-		attrs, err := h.p11.GetAttributeValue(sh, k.handle, []*pkcs11.Attribute{
-			pkcs11.NewAttribute(pkcs11.CKA_TOKEN, nil),
-			pkcs11.NewAttribute(pkcs11.CKA_SENSITIVE, nil),
-			pkcs11.NewAttribute(pkcs11.CKA_ALWAYS_SENSITIVE, nil),
-			pkcs11.NewAttribute(pkcs11.CKA_EXTRACTABLE, nil),
-			pkcs11.NewAttribute(pkcs11.CKA_NEVER_EXTRACTABLE, nil),
-			pkcs11.NewAttribute(pkcs11.CKA_WRAP, nil),
-			pkcs11.NewAttribute(pkcs11.CKA_UNWRAP, nil),
-		})
-		if err != nil {
-			return err
-		}
-		want := []bool{true, true, true, false, true, false, false}
-		for i, a := range attrs {
-			if got := a.Value[0] != 0; got != want[i] {
-				t.Errorf("attribute %#x = %t, want %t", a.Type, got, want[i])
-			}
-		}
-		_, err = h.p11.GetAttributeValue(sh, k.handle, []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_VALUE, nil)})
-		if !isCKR(err, pkcs11.CKR_ATTRIBUTE_SENSITIVE) {
-			t.Errorf("reading CKA_VALUE = %v, want CKR_ATTRIBUTE_SENSITIVE", err)
-		}
-		return nil
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-}
-
-func TestListAESKeys(t *testing.T) {
-	t.Parallel()
-	h := newTestHSM(t)
-	ctx := t.Context()
-	if keys, err := h.ListAESKeys(ctx); err != nil || len(keys) != 0 {
-		t.Fatalf("ListAESKeys on a new token = %v, %v", keys, err)
-	}
-	for _, l := range []string{"c", "a", "b"} {
-		if _, err := h.CreateAESKey(ctx, l, l != "b", true); err != nil {
-			t.Fatal(err)
-		}
-	}
-	keys, err := h.ListAESKeys(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	want := []KeyInfo{
-		{Label: "a", Encrypt: true, Decrypt: true, KeySpec: "AES_256"},
-		{Label: "b", Encrypt: false, Decrypt: true, KeySpec: "AES_256"},
-		{Label: "c", Encrypt: true, Decrypt: true, KeySpec: "AES_256"},
-	}
-	if !slices.Equal(keys, want) {
-		t.Fatalf("ListAESKeys = %+v, want %+v", keys, want)
-	}
-}
 
 func TestEncryptDecryptGCM(t *testing.T) {
 	t.Parallel()
@@ -280,56 +167,6 @@ func TestIVFromHSMFailsClosedOnSoftHSM(t *testing.T) {
 	if err == nil || iv != nil || ct != nil || tag != nil {
 		t.Fatalf("EncryptGCM = iv %x, ct %x, tag %x, %v; want an error and nothing else", iv, ct, tag, err)
 	}
-}
-
-func TestSealUnseal(t *testing.T) {
-	t.Parallel()
-	h := newTestHSM(t)
-	ctx := t.Context()
-	secret, aad := []byte("nats-credentials"), []byte("kv:keystores/prod")
-	blob, err := h.Seal(ctx, secret, aad)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if blob[0] != sealVersion || len(blob) != 1+12+len(secret)+16 {
-		t.Fatalf("blob: version %d, %d bytes", blob[0], len(blob))
-	}
-	if got, err := h.Unseal(ctx, blob, aad); err != nil || !bytes.Equal(got, secret) {
-		t.Fatalf("Unseal = %q, %v", got, err)
-	}
-	checkKeyProtected(t, h, SealKeyLabel)
-
-	flip := func(i int) []byte { c := bytes.Clone(blob); c[i] ^= 0x80; return c }
-	tests := []struct {
-		name      string
-		blob, aad []byte
-	}{
-		{"wrong aad", blob, []byte("kv:keystores/dev")},
-		{"no aad", blob, nil},
-		{"version", flip(0), aad},
-		{"iv", flip(1), aad},
-		{"ciphertext", flip(14), aad},
-		{"tag", flip(len(blob) - 1), aad},
-		{"truncated", blob[:len(blob)-1], aad},
-		{"too short", blob[:20], aad},
-		{"empty", nil, aad},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			if got, err := h.Unseal(ctx, tt.blob, tt.aad); !errors.Is(err, shared.ErrInvalidCiphertext) || got != nil {
-				t.Fatalf("Unseal = %q, %v; want ErrInvalidCiphertext", got, err)
-			}
-		})
-	}
-	t.Run("empty secret", func(t *testing.T) {
-		b, err := h.Seal(ctx, nil, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if got, err := h.Unseal(ctx, b, nil); err != nil || len(got) != 0 {
-			t.Fatalf("Unseal = %q, %v", got, err)
-		}
-	})
 }
 
 func TestHealthCheck(t *testing.T) {
