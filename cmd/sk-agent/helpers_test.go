@@ -330,3 +330,8 @@ func checkFor(t testing.TB, total, every time.Duration, f func() error) {
 	}
 	t.Fatalf("condition not met after %s: %v", total, err)
 }
+
+// execOutput runs a tool and returns its raw stdout.
+func execOutput(name string, args ...string) ([]byte, error) {
+	return exec.Command(name, args...).Output()
+}
