@@ -125,9 +125,7 @@ func TestVolumeLifecycle(t *testing.T) {
 		t.Fatal(err)
 	}
 	p1 := partLoop(t, img, data.Start, data.Size)
-	if v := run(t, nil, "cryptsetup", "luksDump", p1); !strings.Contains(v, "Version:       \t2") && !strings.Contains(v, "Version:") {
-		t.Fatalf("luksDump: %s", v)
-	} else if !strings.Contains(strings.Join(strings.Fields(v), " "), "Version: 2") {
+	if v := run(t, nil, "cryptsetup", "luksDump", p1); !strings.Contains(strings.Join(strings.Fields(v), " "), "Version: 2") {
 		t.Fatalf("not LUKS2: %s", v)
 	}
 	run(t, secret, "cryptsetup", "open", "--test-passphrase", "--key-file", "-", p1)

@@ -147,3 +147,22 @@ func TestRefusals(t *testing.T) {
 	want(t, i.agent(t, "status", blank), 4)
 	want(t, i.agent(t, "prep-dev", "--filesystem", "none", i.conf), 4, "not a block device")
 }
+
+// --delete-all-existing-data re-prepares a volume: a new GPT (new volume
+// uuid), a new secret; the old blob is gone.
+func TestDeleteAllExistingData(t *testing.T) {
+	needDevices(t)
+	node.sovkeys(t, "tenant", "create", "--id", "vpc-del")
+	i := enrol(t, "vpc-del", "i-0301")
+	dev, _ := loopDisk(t, diskSize)
+	want(t, i.agent(t, append([]string{"prep-dev", "--filesystem", "none", dev}, fastKDF...)...), 0, "Success")
+	before := statusOf(t, i, dev)
+	want(t, i.agent(t, append([]string{"prep-dev", "--filesystem", "none", dev}, fastKDF...)...), 4, "--delete-all-existing-data")
+	want(t, i.agent(t, "prep-dev", "--dry-run", "--delete-all-existing-data", "--filesystem", "none", dev), 0, "would ERASE")
+	want(t, i.agent(t, append([]string{"prep-dev", dev, "--filesystem", "none", "--delete-all-existing-data"}, fastKDF...)...), 0, "Success")
+	after := statusOf(t, i, dev)
+	if after.VolumeUUID == before.VolumeUUID || after.History != 1 || after.BlobSignature != "valid" {
+		t.Fatalf("before %+v after %+v", before, after)
+	}
+	want(t, i.agent(t, "mount", "--check", dev), 0, "opens")
+}

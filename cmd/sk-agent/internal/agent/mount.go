@@ -256,8 +256,8 @@ func (a *Agent) Umount(ctx context.Context, o UmountOptions) error {
 		v.Close()
 		mp, ok = a.mountedAt(name)
 	}
-	if name == "" || !strings.HasPrefix(name, "sk-") {
-		return fmt.Errorf("%w: %s is not a mounted sovkeys volume", ErrNotVolume, o.Target)
+	if name == "" || !a.isLUKSMapping(ctx, name) {
+		return fmt.Errorf("%w: %s is not a mounted sovkeys (LUKS) volume", ErrNotVolume, o.Target)
 	}
 	if a.DryRun {
 		if ok {
@@ -291,4 +291,12 @@ func (a *Agent) mountTargetOf(target string) (string, bool) {
 		}
 	}
 	return "", false
+}
+
+// isLUKSMapping reports whether name is an active LUKS mapping: sk-agent's
+// (sk-<uuid>) or the original agent's (a random name), never, say, an LVM
+// volume that happens to be mounted on the target.
+func (a *Agent) isLUKSMapping(ctx context.Context, name string) bool {
+	out, err := a.Exec.Run(ctx, nil, "cryptsetup", "status", name)
+	return err == nil && strings.Contains(string(out), "type:") && strings.Contains(string(out), "LUKS")
 }

@@ -42,8 +42,15 @@ func (r Retry) call(ctx context.Context, log *slog.Logger, sleep func(context.Co
 		cctx, cancel := context.WithTimeout(ctx, r.CallTimeout)
 		err = f(cctx)
 		cancel()
-		if err == nil || !transient(err) {
-			return err
+		if err == nil {
+			return nil
+		}
+		if !transient(err) {
+			var api *vsclient.APIError
+			if errors.As(err, &api) {
+				return fmt.Errorf("%s: the service refused the call: %w", what, err)
+			}
+			return fmt.Errorf("%s: %w", what, err)
 		}
 		if ctx.Err() != nil {
 			break
