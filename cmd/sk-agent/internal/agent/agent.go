@@ -52,7 +52,9 @@ type Agent struct {
 	HTTP *http.Client
 	// SysRoot and MountsFile locate sysfs and the mount table.
 	SysRoot, MountsFile string
-	DryRun              bool
+	// DMControl is the device-mapper control node (default /dev/mapper/control).
+	DMControl string
+	DryRun    bool
 
 	instanceID string
 }

@@ -188,8 +188,12 @@ func (a *Agent) testKeyslot(ctx context.Context, secret *secmem.Buffer, dev stri
 
 // haveDM reports whether device-mapper is usable (dm-crypt mappings).
 func (a *Agent) haveDM() error {
-	if _, err := os.Stat("/dev/mapper/control"); err != nil {
-		return fmt.Errorf("%w: no /dev/mapper/control in this kernel or container; a LUKS volume cannot be mapped here (`sk-agent mount --check` verifies the secret against the keyslot without mapping)", ErrNoDM)
+	ctl := a.DMControl
+	if ctl == "" {
+		ctl = "/dev/mapper/control"
+	}
+	if _, err := os.Stat(ctl); err != nil {
+		return fmt.Errorf("%w: no %s in this kernel or container; a LUKS volume cannot be mapped here (`sk-agent mount --check` verifies the secret against the keyslot without mapping)", ErrNoDM, ctl)
 	}
 	return nil
 }
