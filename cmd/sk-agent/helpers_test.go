@@ -109,6 +109,17 @@ func lookTool(name string) (string, error) {
 
 func fileExists(p string) bool { _, err := os.Stat(p); return err == nil }
 
+// dmUsable reports whether device-mapper works here: its control node
+// opens (cryptsetup creates the node even where the kernel has none).
+func dmUsable() bool {
+	f, err := os.OpenFile("/dev/mapper/control", os.O_RDWR, 0)
+	if err != nil {
+		return false
+	}
+	f.Close()
+	return true
+}
+
 func needDevices(t *testing.T) {
 	t.Helper()
 	if skipReason != "" {

@@ -117,7 +117,7 @@ func (a *Agent) PrepDev(ctx context.Context, o PrepOptions) error {
 		secret, err = secmem.From(raw)
 		return err
 	}); err != nil {
-		return err
+		return fmt.Errorf("%w (%s now holds an empty sovkeys layout and no data: rerun prep-dev with --delete-all-existing-data)", err, o.Device)
 	}
 	defer secret.Destroy()
 

@@ -186,14 +186,24 @@ func (a *Agent) testKeyslot(ctx context.Context, secret *secmem.Buffer, dev stri
 	return nil
 }
 
-// haveDM reports whether device-mapper is usable (dm-crypt mappings).
+// haveDM reports whether device-mapper is usable (dm-crypt mappings):
+// the control node opens. A node alone proves nothing (libdevmapper creates
+// it even where the kernel has no device-mapper); opening it loads dm_mod
+// where it is a module.
 func (a *Agent) haveDM() error {
 	ctl := a.DMControl
 	if ctl == "" {
 		ctl = "/dev/mapper/control"
 	}
-	if _, err := os.Stat(ctl); err != nil {
-		return fmt.Errorf("%w: no %s in this kernel or container; a LUKS volume cannot be mapped here (`sk-agent mount --check` verifies the secret against the keyslot without mapping)", ErrNoDM, ctl)
+	f, err := os.OpenFile(ctl, os.O_RDWR, 0)
+	if err == nil {
+		f.Close()
+		return nil
 	}
-	return nil
+	if errors.Is(err, os.ErrNotExist) && a.DMControl == "" {
+		if b, _ := os.ReadFile("/proc/misc"); strings.Contains(string(b), "device-mapper") {
+			return nil // registered; cryptsetup creates the node
+		}
+	}
+	return fmt.Errorf("%w: %s: %v; a LUKS volume cannot be mapped in this kernel or container (`sk-agent mount --check` verifies the secret against the keyslot without mapping)", ErrNoDM, ctl, err)
 }
