@@ -12,6 +12,8 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+
+	"golang.org/x/sys/unix"
 )
 
 // A volume made the original Sovereign Keys agent's way (sgdisk layout,
@@ -140,6 +142,18 @@ func TestRefusals(t *testing.T) {
 	want(t, wrong.agent(t, "check-key"), 8, "Keys DIFFER")
 	want(t, wrong.agent(t, "mount", "--check", dev), 8, "not issued by the service")
 	want(t, wrong.agent(t, "takeown", "-i", "i-0200", dev), 8)
+
+	// Another process working on the volume (holding the device lock, as
+	// another sk-agent run does) makes the agent wait, then refuse.
+	f, err := os.Open(dev)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX); err != nil {
+		t.Fatal(err)
+	}
+	want(t, i.agent(t, "takeown", "-i", "i-0200", dev), 4, "holds a lock")
+	f.Close()
 
 	// Not a sovkeys volume; a path that is not a block device.
 	blank, _ := loopDisk(t, diskSize)

@@ -35,7 +35,7 @@ func (a *Agent) Mount(ctx context.Context, o MountOptions) error {
 	if err := a.checkPlatform(ctx, o.IgnoreNitroCheck); err != nil {
 		return err
 	}
-	v, err := a.openVolume(o.Device, false)
+	v, err := a.openVolume(ctx, o.Device, false, true)
 	if err != nil {
 		return err
 	}
@@ -251,7 +251,7 @@ func (a *Agent) Umount(ctx context.Context, o UmountOptions) error {
 				name = a.mapperOf(m.source)
 			}
 		}
-	} else if v, err := a.openVolume(o.Target, false); err == nil {
+	} else if v, err := a.openVolume(ctx, o.Target, false, false); err == nil {
 		name = v.mapperName()
 		v.Close()
 		mp, ok = a.mountedAt(name)

@@ -55,7 +55,11 @@ func (a *Agent) PrepDev(ctx context.Context, o PrepOptions) error {
 	if err != nil {
 		return err
 	}
-	err = d.CheckNotInUse(a.SysRoot, a.MountsFile)
+	defer d.Close() // holds the lock until the volume is ready
+	err = d.Lock(ctx, lockWait)
+	if err == nil {
+		err = d.CheckNotInUse(a.SysRoot, a.MountsFile)
+	}
 	if err == nil && !o.DeleteAllExistingData {
 		if err = d.CheckEmpty(); err != nil {
 			err = fmt.Errorf("%w; sovkeys prepares empty volumes only: if you are SURE, --delete-all-existing-data ERASES it", err)
@@ -64,7 +68,6 @@ func (a *Agent) PrepDev(ctx context.Context, o PrepOptions) error {
 	if err == nil && d.Size < (dataFirstLBA+2048+34)*512 {
 		err = fmt.Errorf("%w: %s has %d bytes, too small for a sovkeys volume", ErrNotVolume, o.Device, d.Size)
 	}
-	d.Close()
 	if err != nil {
 		return err
 	}
@@ -92,7 +95,7 @@ func (a *Agent) PrepDev(ctx context.Context, o PrepOptions) error {
 	if err := a.partition(ctx, o); err != nil {
 		return err
 	}
-	v, err := a.openVolume(o.Device, true)
+	v, err := a.openVolume(ctx, o.Device, true, false) // locked through d
 	if err != nil {
 		return err
 	}

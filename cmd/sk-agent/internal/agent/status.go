@@ -63,7 +63,7 @@ func (a *Agent) Status(ctx context.Context, devices []string) error {
 
 func (a *Agent) status(ctx context.Context, dev string) (VolumeStatus, error) {
 	st := VolumeStatus{Device: dev}
-	v, err := a.openVolume(dev, false)
+	v, err := a.openVolume(ctx, dev, false, false)
 	if err != nil {
 		return st, err
 	}

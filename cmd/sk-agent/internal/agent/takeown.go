@@ -28,7 +28,7 @@ func (a *Agent) Takeown(ctx context.Context, o TakeownOptions) error {
 	if err := a.checkPlatform(ctx, o.IgnoreNitroCheck); err != nil {
 		return err
 	}
-	v, err := a.openVolume(o.Device, !a.DryRun)
+	v, err := a.openVolume(ctx, o.Device, !a.DryRun, true)
 	if err != nil {
 		return err
 	}

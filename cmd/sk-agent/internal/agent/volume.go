@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/sovkeys/sovkeys/cmd/sk-agent/internal/disk"
 	"github.com/sovkeys/sovkeys/cmd/sk-agent/internal/secmem"
@@ -42,10 +43,19 @@ func (v *volume) section() store.Section {
 func (v *volume) mapperName() string { return "sk-" + v.volumeUUID }
 
 // openVolume opens a device prepared by prep-dev (or the original agent).
-func (a *Agent) openVolume(path string, rw bool) (*volume, error) {
+// lockWait bounds the wait for another holder of a device's lock.
+const lockWait = 10 * time.Second
+
+func (a *Agent) openVolume(ctx context.Context, path string, rw, lock bool) (*volume, error) {
 	d, err := disk.Open(path, rw)
 	if err != nil {
 		return nil, err
+	}
+	if lock {
+		if err := d.Lock(ctx, lockWait); err != nil {
+			d.Close()
+			return nil, err
+		}
 	}
 	tbl, err := d.GPT()
 	if err != nil {

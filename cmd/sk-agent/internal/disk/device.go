@@ -3,6 +3,7 @@ package disk
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -10,6 +11,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -178,4 +180,31 @@ func (d *Disk) KernelPartition(sysRoot string, n int) string {
 		}
 	}
 	return ""
+}
+
+// Lock takes an exclusive BSD lock on the whole-disk device, as systemd's
+// block-device locking convention asks of tools that change a disk (udev
+// then does not probe it half-written), and so that two sk-agent runs do
+// not work on one volume at once. A holder that keeps it (another agent)
+// makes Lock fail with ErrInUse after wait; short holders (udev's probes)
+// are waited out. The lock goes with Close.
+func (d *Disk) Lock(ctx context.Context, wait time.Duration) error {
+	deadline := time.Now().Add(wait)
+	for {
+		err := unix.Flock(int(d.f.Fd()), unix.LOCK_EX|unix.LOCK_NB)
+		if err == nil {
+			return nil
+		}
+		if !errors.Is(err, unix.EWOULDBLOCK) {
+			return fmt.Errorf("disk: lock %s: %w", d.Path, err)
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%w: another process (another sk-agent?) holds a lock on %s", ErrInUse, d.Path)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
 }

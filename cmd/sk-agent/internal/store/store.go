@@ -125,16 +125,17 @@ func Read(part io.ReaderAt, size int64) (*Store, error) {
 	if _, err := part.ReadAt(head, 0); err != nil {
 		return nil, fmt.Errorf("store: read: %w", err)
 	}
-	switch {
-	case string(head[:len(magic)]) == magic:
-		return readV1(part)
-	case isFATBootSector(head):
+	if isFATBootSector(head) {
 		return readOriginal(part, size)
 	}
-	if bytes.Equal(head, make([]byte, len(head))) {
-		if s, err := readV1(part); err == nil { // slot 0 torn to zero, slot 1 intact
-			return s, nil
-		}
+	// v1, including a slot 0 torn to zero or garbage with slot 1 intact.
+	st, err := readV1(part)
+	switch {
+	case err == nil:
+		return st, nil
+	case string(head[:len(magic)]) == magic:
+		return nil, err
+	case bytes.Equal(head, make([]byte, len(head))):
 		return nil, ErrEmpty
 	}
 	return nil, fmt.Errorf("%w: unknown format", ErrCorrupt)

@@ -72,6 +72,14 @@ func TestV1RoundTripAndSlots(t *testing.T) {
 	if err != nil || prev.generation != got.generation-1 {
 		t.Fatalf("after a torn write: %v (generation %d, want %d)", err, prev.generation, got.generation-1)
 	}
+	// Garbage over slot 0's header still finds slot 1 when it holds a copy.
+	if newest == slotSize {
+		g := append(mem{}, part...)
+		copy(g, "garbage garbage garbage")
+		if s, err := Read(g, Size); err != nil || s.generation != got.generation {
+			t.Fatalf("slot 1 behind a garbled slot 0: %v", err)
+		}
+	}
 	// Zeroing slot 0 entirely (a torn Init) still finds slot 1.
 	if newest == slotSize {
 		z := append(mem{}, part...)
