@@ -88,8 +88,12 @@ func TestVolumeLifecycle(t *testing.T) {
 		t.Fatal("--dry-run wrote to the device")
 	}
 	// Without dm-crypt, a filesystem cannot be made: refused before anything is written.
+	// A missing mkfs is found before anything is written.
+	if _, err := lookTool("mkfs.xfs"); err != nil {
+		want(t, i1.agent(t, "prep-dev", dev), 2, "mkfs.xfs is not installed")
+	}
 	if !dmUsable() {
-		want(t, i1.agent(t, "prep-dev", dev), 9, "device-mapper")
+		want(t, i1.agent(t, "prep-dev", "-f", "ext4", dev), 9, "device-mapper")
 		if b, _ := os.ReadFile(img); !bytes.Equal(b[:1<<20], make([]byte, 1<<20)) {
 			t.Fatal("a refused prep-dev wrote to the device")
 		}

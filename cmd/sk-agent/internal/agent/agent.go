@@ -145,17 +145,9 @@ type SystemExec struct{}
 
 // Run runs name with args; the error carries the tool's stderr.
 func (SystemExec) Run(ctx context.Context, stdin *os.File, name string, args ...string) ([]byte, error) {
-	path, err := exec.LookPath(name)
+	path, err := toolPath(name)
 	if err != nil {
-		for _, dir := range []string{"/usr/sbin", "/sbin", "/usr/bin", "/bin"} {
-			if p := filepath.Join(dir, name); isExecutable(p) {
-				path, err = p, nil
-				break
-			}
-		}
-		if err != nil {
-			return nil, fmt.Errorf("%s is not installed: %w", name, err)
-		}
+		return nil, err
 	}
 	cmd := exec.CommandContext(ctx, path, args...)
 	if stdin != nil {
@@ -171,6 +163,19 @@ func (SystemExec) Run(ctx context.Context, stdin *os.File, name string, args ...
 		return stdout.Bytes(), &ToolError{Tool: name, Args: args, Err: err, Stderr: msg}
 	}
 	return stdout.Bytes(), nil
+}
+
+// toolPath finds a system tool in PATH, /usr/sbin, /sbin, /usr/bin, /bin.
+func toolPath(name string) (string, error) {
+	if p, err := exec.LookPath(name); err == nil {
+		return p, nil
+	}
+	for _, dir := range []string{"/usr/sbin", "/sbin", "/usr/bin", "/bin"} {
+		if p := filepath.Join(dir, name); isExecutable(p) {
+			return p, nil
+		}
+	}
+	return "", fmt.Errorf("%w: %s is not installed", ErrUsage, name)
 }
 
 func isExecutable(p string) bool {

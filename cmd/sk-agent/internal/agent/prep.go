@@ -71,6 +71,18 @@ func (a *Agent) PrepDev(ctx context.Context, o PrepOptions) error {
 	if err != nil {
 		return err
 	}
+	// Every tool is there before anything is destroyed.
+	tools := []string{"sgdisk", "cryptsetup", "losetup"}
+	if o.Filesystem != "none" {
+		tools = append(tools, "mkfs."+mkfsName(o.Filesystem))
+	}
+	if _, ok := a.Exec.(SystemExec); ok {
+		for _, tool := range tools {
+			if _, err := toolPath(tool); err != nil {
+				return fmt.Errorf("%w (Debian: cryptsetup, gdisk, xfsprogs, e2fsprogs, dosfstools)", err)
+			}
+		}
+	}
 	if o.Filesystem != "none" {
 		if err := a.haveDM(); err != nil { // before anything is destroyed
 			return fmt.Errorf("%w (--filesystem none prepares LUKS without a filesystem)", err)
@@ -218,9 +230,14 @@ func (a *Agent) mkfs(ctx context.Context, v *volume, dev string, secret *secmem.
 			a.Log.Warn("could not close the LUKS mapping", "name", name, "err", err)
 		}
 	}()
-	if fs == "fat" {
-		fs = "vfat"
-	}
-	_, err := a.Exec.Run(ctx, nil, "mkfs", "-t", fs, "/dev/mapper/"+name)
+	_, err := a.Exec.Run(ctx, nil, "mkfs", "-t", mkfsName(fs), "/dev/mapper/"+name)
 	return err
+}
+
+// mkfsName is the mkfs type of a --filesystem value.
+func mkfsName(fs string) string {
+	if fs == "fat" {
+		return "vfat"
+	}
+	return fs
 }
