@@ -14,6 +14,9 @@ BIN     := $(CURDIR)/bin/sovkeys
 deps:
 	@missing=""; \
 	command -v softhsm2-util >/dev/null 2>&1 || missing="$$missing softhsm2"; \
+	PATH="$$PATH:/usr/sbin:/sbin"; command -v cryptsetup >/dev/null 2>&1 || missing="$$missing cryptsetup"; \
+	command -v sgdisk >/dev/null 2>&1 || missing="$$missing gdisk"; \
+	command -v mkfs.fat >/dev/null 2>&1 || missing="$$missing dosfstools"; command -v mcopy >/dev/null 2>&1 || missing="$$missing mtools"; \
 	for t in curl jq openssl; do command -v $$t >/dev/null 2>&1 || missing="$$missing $$t"; done; \
 	if [ -n "$$missing" ]; then \
 		echo "installing:$$missing (apt)"; \
@@ -24,6 +27,7 @@ deps:
 
 build: deps
 	$(GO) build -o $(BIN) ./cmd/sovkeys
+	CGO_ENABLED=0 $(GO) build -o $(CURDIR)/bin/sk-agent ./cmd/sk-agent
 
 run: build
 	@echo "data dir: $(DATA)   (make run DATA=... LISTEN=... NATS=... to change)"
