@@ -12,7 +12,6 @@ import (
 // gives up with ErrConflict.
 const ModifyAttempts = 5
 
-
 // Modify reads the JSON entry key of kv, applies fn to it and writes it back
 // only if nobody changed it meanwhile (compare-and-set on the revision),
 // retrying with a fresh read on a conflict. It returns the value as written.
