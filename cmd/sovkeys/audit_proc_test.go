@@ -21,6 +21,8 @@ import (
 	"github.com/sovkeys/sovkeys/shared"
 	"github.com/sovkeys/sovkeys/shared/infra/auditlog"
 	"github.com/sovkeys/sovkeys/shared/testkit/natstest"
+
+	"github.com/sovkeys/sovkeys/shared/testkit"
 )
 
 // auditProc is one `sovkeys audit` child process.
@@ -90,7 +92,7 @@ func TestAuditProcessesKill9(t *testing.T) {
 	ctx := context.Background()
 	logStream := func() jetstream.Stream {
 		var s jetstream.Stream
-		checkFor(t, 30*time.Second, 50*time.Millisecond, func() (err error) {
+		testkit.CheckFor(t, 30*time.Second, 50*time.Millisecond, func() (err error) {
 			s, err = js.Stream(ctx, auditlog.StreamLog)
 			return err
 		})
@@ -110,7 +112,7 @@ func TestAuditProcessesKill9(t *testing.T) {
 		case 5:
 			// Kill -9 while it is numbering: wait until records flow.
 			s := logStream()
-			checkFor(t, 30*time.Second, 5*time.Millisecond, func() error {
+			testkit.CheckFor(t, 30*time.Second, 5*time.Millisecond, func() error {
 				info, err := s.Info(ctx)
 				if err != nil {
 					return err
@@ -142,7 +144,7 @@ func TestAuditProcessesKill9(t *testing.T) {
 		checkRecordedOnce(t, js, sc, want[sc])
 		n := uint64(len(want[sc]))
 		for _, src := range []auditlog.Source{auditlog.StreamSource{JS: js}, auditlog.BucketSource{Bucket: obs}} {
-			checkFor(t, 60*time.Second, 200*time.Millisecond, func() error {
+			testkit.CheckFor(t, 60*time.Second, 200*time.Millisecond, func() error {
 				rep, err := auditlog.Verify(ctx, src, sc, pub, auditlog.Options{})
 				if err != nil {
 					return err

@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"testing"
 	"time"
+
+	"github.com/sovkeys/sovkeys/shared/testkit"
 )
 
 func TestKillSwitch(t *testing.T) {
@@ -19,7 +21,7 @@ func TestKillSwitch(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	checkFor(t, 10*time.Second, 50*time.Millisecond, func() error {
+	testkit.CheckFor(t, 10*time.Second, 50*time.Millisecond, func() error {
 		_, _, err := vc.GenerateSecret(ctx, "i-killed", "vol-k")
 		return err
 	})
@@ -29,7 +31,7 @@ func TestKillSwitch(t *testing.T) {
 	effective := func(what string, f func() error) {
 		t.Helper()
 		start := time.Now()
-		checkFor(t, 10*time.Second, 5*time.Millisecond, f)
+		testkit.CheckFor(t, 10*time.Second, 5*time.Millisecond, f)
 		t.Logf("%s effective after %s", what, time.Since(start).Round(time.Millisecond))
 	}
 
