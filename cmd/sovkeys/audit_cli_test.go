@@ -38,7 +38,7 @@ func TestAuditCLI(t *testing.T) {
 	// The service configured as the binary's flags configure it.
 	fs := flag.NewFlagSet("audit", flag.ContinueOnError)
 	var f serviceConfig
-	auditService().flags(fs, func(string) string { return "" }, &f)
+	auditService().register(fs, func(string) string { return "" }, &f)
 	if err := fs.Parse([]string{"--audit-store", "s3", "--audit-s3-bucket", "cli-audit", "--s3-endpoint", srv.Endpoint()}); err != nil {
 		t.Fatal(err)
 	}
@@ -159,7 +159,7 @@ func TestAuditFlagsConfig(t *testing.T) {
 		fs := flag.NewFlagSet("audit", flag.ContinueOnError)
 		fs.SetOutput(io.Discard)
 		var f serviceConfig
-		auditService().flags(fs, func(string) string { return "" }, &f)
+		auditService().register(fs, func(string) string { return "" }, &f)
 		if err := fs.Parse(args); err != nil {
 			return err
 		}

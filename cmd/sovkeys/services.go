@@ -60,10 +60,9 @@ type runner interface {
 	Run(ctx context.Context) error
 }
 
-// services lists the services in start order (the keyworker first: the
-// others call it).
+// services lists the four services, front to back.
 func services() []service {
-	return []service{keyworkerService(), auditService(), authnService(), gatewayService()}
+	return []service{gatewayService(), authnService(), keyworkerService(), auditService()}
 }
 
 // serviceCommands are the rows of the command table that run services.
@@ -71,10 +70,7 @@ func serviceCommands() []command {
 	cmds := []command{standaloneCommand()}
 	for _, svc := range services() {
 		cmds = append(cmds, define(svc.name, svc.usage, svc.short, groupService,
-			func(fs *flag.FlagSet, getenv func(string) string, c *serviceConfig) {
-				c.common.register(fs, getenv)
-				svc.flags(fs, getenv, c)
-			},
+			svc.register,
 			func(ctx context.Context, c *serviceConfig, s stdio) error {
 				logger, err := newLogger(s.stderr, c.common.logLevel)
 				if err != nil {
@@ -95,6 +91,12 @@ func serviceCommands() []command {
 			}))
 	}
 	return cmds
+}
+
+// register binds the common flags and the service's own into c.
+func (svc service) register(fs *flag.FlagSet, getenv func(string) string, c *serviceConfig) {
+	c.common.register(fs, getenv)
+	svc.flags(fs, getenv, c)
 }
 
 // runService connects one service to NATS and runs it until ctx ends.
