@@ -95,7 +95,7 @@ func (c command) printHelp(fs *flag.FlagSet, w io.Writer) {
 }
 
 // errUsage marks an error in how a command was called: exit status 2.
-var errUsage = errors.New("usage")
+var errUsage = errors.New("see `sovkeys help`")
 
 // run is the whole program; main only supplies the process's environment.
 func run(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) int {

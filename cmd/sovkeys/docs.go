@@ -38,8 +38,8 @@ func readmeTables(cmds []command) string {
 		fmt.Fprintf(&b, "\n`sovkeys %s` also takes:\n\n", svc.name)
 		writeFlags(&b, flagsOf(svc.name), func(f *flag.Flag) bool { return !common[f.Name] })
 	}
-	sets := make([]string, 0, len(standaloneSets))
-	for n := range standaloneSets {
+	sets := []string{}
+	for n := range standaloneSets() {
 		sets = append(sets, "`--"+n+"`")
 	}
 	sort.Strings(sets)
@@ -50,7 +50,7 @@ func readmeTables(cmds []command) string {
 	}
 	writeFlags(&b, flagsOf("standalone"), func(f *flag.Flag) bool { return !all[f.Name] })
 	b.WriteString("\nFrom the environment only:\n\n| variable | meaning |\n| --- | --- |\n")
-	for _, e := range environment {
+	for _, e := range environment() {
 		fmt.Fprintf(&b, "| `%s` | %s |\n", cell(e.name), cell(e.meaning))
 	}
 	return b.String()

@@ -167,7 +167,11 @@ func keyworkerService() service {
 			r, err := keyworker.New(keyworker.Config{
 				Pool: c.pool, Model: c.model, Topology: c.common.topo.t, HealthTTL: c.keyworker.healthTTL,
 			}, keyworker.Deps{NC: d.nc, JS: d.js, HSM: hsm, EKTs: store, Logger: d.logger, Tracer: d.tp, Now: time.Now})
-			return r, closeFn, err
+			if err != nil {
+				closeFn()
+				return nil, nil, err
+			}
+			return r, closeFn, nil
 		},
 	}
 }

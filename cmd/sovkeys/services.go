@@ -205,10 +205,12 @@ func (s *s3Flags) register(fs *flag.FlagSet, getenv func(string) string) {
 
 // environment lists the settings read only from the environment (secrets
 // and process-wide switches), for the docs.
-var environment = []struct{ name, meaning string }{
-	{"SOVKEYS_HSM_PIN", "keyworker: HSM user PIN (else --hsm-pin-file; else the keyworker waits for `sovkeys unseal`); never logged"},
-	{"SOVKEYS_S3_ACCESS_KEY_ID, SOVKEYS_S3_SECRET_ACCESS_KEY", "keyworker and audit: S3 credentials (unset: the AWS default chain)"},
-	{"AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN", "authn: its own AWS credentials for STS/EC2 (unset: the AWS default chain)"},
-	{"OTEL_EXPORTER_OTLP_ENDPOINT", "every service: export traces over OTLP/gRPC when set"},
-	{"SOVKEYS_PPROF_LISTEN", "standalone: serve Go's profiler on this loopback address"},
+func environment() []struct{ name, meaning string } {
+	return []struct{ name, meaning string }{
+		{"SOVKEYS_HSM_PIN", "keyworker: HSM user PIN (else --hsm-pin-file; else the keyworker waits for `sovkeys unseal`); never logged"},
+		{"SOVKEYS_S3_ACCESS_KEY_ID, SOVKEYS_S3_SECRET_ACCESS_KEY", "keyworker and audit: S3 credentials (unset: the AWS default chain)"},
+		{"AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN", "authn: its own AWS credentials for STS/EC2 (unset: the AWS default chain)"},
+		{"OTEL_EXPORTER_OTLP_ENDPOINT", "every service: export traces over OTLP/gRPC when set"},
+		{"SOVKEYS_PPROF_LISTEN", "standalone: serve Go's profiler on this loopback address"},
+	}
 }

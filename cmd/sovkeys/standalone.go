@@ -43,7 +43,9 @@ type standaloneFlags struct {
 
 // standaloneSets are the service flags standalone decides itself: the
 // embedded NATS server and its credentials, the SoftHSM token under --data.
-var standaloneSets = map[string]bool{"nats": true, "creds": true, "hsm-module": true, "hsm-token-label": true, "hsm-pin-file": true}
+func standaloneSets() map[string]bool {
+	return map[string]bool{"nats": true, "creds": true, "hsm-module": true, "hsm-token-label": true, "hsm-pin-file": true}
+}
 
 func standaloneCommand() command {
 	return define("standalone", "--data DIR [--listen 127.0.0.1:8443] [--nats-listen 127.0.0.1:4222]",
@@ -59,8 +61,9 @@ func registerStandalone(fs *flag.FlagSet, getenv func(string) string, f *standal
 	for _, svc := range services() {
 		svc.flags(all, getenv, &f.svc)
 	}
+	sets := standaloneSets()
 	all.VisitAll(func(fl *flag.Flag) {
-		if !standaloneSets[fl.Name] {
+		if !sets[fl.Name] {
 			fs.Var(fl.Value, fl.Name, fl.Usage)
 		}
 	})
