@@ -35,11 +35,11 @@ func (o *operator) print(v any) error {
 	return enc.Encode(v)
 }
 
-// opFlags are an operator command's flags: the connection, the topology of
+// opFlags are an operator command's flags: the connection, the replicas of
 // the buckets it may declare, and its own (C).
 type opFlags[C any] struct {
 	conn connFlags
-	topo topologyFlags
+	topo mesh.Topology
 	own  C
 }
 
@@ -51,7 +51,8 @@ func operatorCommand[C any](name, usage, short string,
 	return define(name, usage, short, groupOperator,
 		func(fs *flag.FlagSet, getenv func(string) string, f *opFlags[C]) {
 			f.conn.register(fs, getenv)
-			f.topo.register(fs)
+			f.topo = mesh.DefaultTopology()
+			fs.IntVar(&f.topo.Replicas, "replicas", f.topo.Replicas, "JetStream replicas of a KV bucket this command declares (3 in a production cluster)")
 			flags(&f.own, fs)
 		},
 		func(ctx context.Context, f *opFlags[C], s stdio) error {
@@ -62,11 +63,11 @@ func operatorCommand[C any](name, usage, short string,
 				return err
 			}
 			defer nc.Close()
-			reg, err := registry.Open(ctx, js, f.topo.t)
+			reg, err := registry.Open(ctx, js, f.topo)
 			if err != nil {
 				return err
 			}
-			return fn(ctx, &operator{getenv: s.getenv, nc: nc, js: js, topo: f.topo.t, reg: reg, out: s.stdout, stdin: s.stdin}, &f.own)
+			return fn(ctx, &operator{getenv: s.getenv, nc: nc, js: js, topo: f.topo, reg: reg, out: s.stdout, stdin: s.stdin}, &f.own)
 		})
 }
 
