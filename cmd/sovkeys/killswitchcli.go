@@ -6,7 +6,6 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"os"
 	"strings"
 	"time"
 
@@ -97,8 +96,7 @@ func (o *operator) killswitchSet(ctx context.Context, verb string, f *killswitch
 	if err != nil {
 		return err
 	}
-	host, _ := os.Hostname() // best effort: the audit record names who, host may be unknown
-	sw := killswitch.Switch{Engaged: verb == "engage", Reason: f.reason, By: o.getenv("USER") + "@" + host, At: time.Now().UTC()}
+	sw := killswitch.Switch{Engaged: verb == "engage", Reason: f.reason, By: o.who(), At: time.Now().UTC()}
 	params := map[string]string{"scope": scope, "name": name, "reason": f.reason}
 	return o.audited(ctx, "killswitch."+verb, params, func() error {
 		if err := killswitch.Set(ctx, kv, scope, name, sw); err != nil {
