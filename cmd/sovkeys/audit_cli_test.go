@@ -20,10 +20,9 @@ import (
 	"github.com/sovkeys/sovkeys/services/audit"
 	"github.com/sovkeys/sovkeys/shared"
 	"github.com/sovkeys/sovkeys/shared/infra/auditlog"
+	"github.com/sovkeys/sovkeys/shared/testkit"
 	"github.com/sovkeys/sovkeys/shared/testkit/natstest"
 	"github.com/sovkeys/sovkeys/shared/testkit/s3test"
-
-	"github.com/sovkeys/sovkeys/shared/testkit"
 )
 
 // The operator and customer commands against a real export: an audit

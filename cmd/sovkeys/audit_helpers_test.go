@@ -14,7 +14,6 @@ import (
 	"github.com/sovkeys/sovkeys/services/keyworker/keyworkertest"
 	"github.com/sovkeys/sovkeys/shared"
 	"github.com/sovkeys/sovkeys/shared/infra/auditlog"
-
 	"github.com/sovkeys/sovkeys/shared/testkit"
 )
 

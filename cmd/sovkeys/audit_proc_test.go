@@ -20,9 +20,8 @@ import (
 	"github.com/sovkeys/sovkeys/services/audit"
 	"github.com/sovkeys/sovkeys/shared"
 	"github.com/sovkeys/sovkeys/shared/infra/auditlog"
-	"github.com/sovkeys/sovkeys/shared/testkit/natstest"
-
 	"github.com/sovkeys/sovkeys/shared/testkit"
+	"github.com/sovkeys/sovkeys/shared/testkit/natstest"
 )
 
 // auditProc is one `sovkeys audit` child process.

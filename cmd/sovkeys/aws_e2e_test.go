@@ -15,9 +15,8 @@ import (
 
 	"github.com/sovkeys/sovkeys/shared"
 	"github.com/sovkeys/sovkeys/shared/client/vsclient"
-	"github.com/sovkeys/sovkeys/shared/testkit/awstest"
-
 	"github.com/sovkeys/sovkeys/shared/testkit"
+	"github.com/sovkeys/sovkeys/shared/testkit/awstest"
 )
 
 // The test node's authn verifies AWS identities against a loopback STS+EC2

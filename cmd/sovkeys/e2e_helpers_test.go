@@ -17,7 +17,6 @@ import (
 	"time"
 
 	"github.com/sovkeys/sovkeys/shared/client/xksclient"
-
 	"github.com/sovkeys/sovkeys/shared/testkit"
 )
 

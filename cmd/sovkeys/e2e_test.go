@@ -20,7 +20,6 @@ import (
 	"github.com/sovkeys/sovkeys/shared"
 	"github.com/sovkeys/sovkeys/shared/api/xks"
 	"github.com/sovkeys/sovkeys/shared/client/xksclient"
-
 	"github.com/sovkeys/sovkeys/shared/testkit"
 )
 

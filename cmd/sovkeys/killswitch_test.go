@@ -3,10 +3,9 @@ package main
 import (
 	"context"
 	"fmt"
+	"github.com/sovkeys/sovkeys/shared/testkit"
 	"testing"
 	"time"
-
-	"github.com/sovkeys/sovkeys/shared/testkit"
 )
 
 func TestKillSwitch(t *testing.T) {

@@ -21,7 +21,6 @@ import (
 	"github.com/sovkeys/sovkeys/services/keyworker"
 	"github.com/sovkeys/sovkeys/shared/client/xksclient"
 	"github.com/sovkeys/sovkeys/shared/infra/natsauth"
-
 	"github.com/sovkeys/sovkeys/shared/testkit"
 )
 

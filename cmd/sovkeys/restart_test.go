@@ -1,8 +1,6 @@
 package main
 
 import (
-	"time"
-
 	"bytes"
 	"context"
 	"fmt"
@@ -10,10 +8,10 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+	"time"
 
 	"github.com/sovkeys/sovkeys/shared/crypto/shamir"
 	"github.com/sovkeys/sovkeys/shared/infra/unseal"
-
 	"github.com/sovkeys/sovkeys/shared/testkit"
 )
 

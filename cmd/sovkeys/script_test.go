@@ -1,13 +1,12 @@
 package main
 
 import (
-	"time"
-
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/sovkeys/sovkeys/shared/testkit"
 )

@@ -1,8 +1,6 @@
 package main
 
 import (
-	"time"
-
 	"bytes"
 	"context"
 	"crypto/tls"
@@ -14,9 +12,9 @@ import (
 	"path/filepath"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/sovkeys/sovkeys/shared/client/vsclient"
-
 	"github.com/sovkeys/sovkeys/shared/testkit"
 )
 
