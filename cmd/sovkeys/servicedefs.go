@@ -157,7 +157,7 @@ func keyworkerService() service {
 				if hsm, err = unsealHSM(ctx, c, d.js, d.logger); err != nil {
 					return nil, nil, err
 				}
-				closeFn = func() { _ = hsm.Close() }
+				closeFn = func() { closeHSM(hsm, d.logger) }
 			}
 			store, err := ektStoreOf(ctx, c, d.js)
 			if err != nil {

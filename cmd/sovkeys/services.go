@@ -84,7 +84,7 @@ func serviceCommands() []command {
 						if hsm, err = openHSM(ctx, c, pin, logger); err != nil {
 							return err
 						}
-						defer func() { _ = hsm.Close() }()
+						defer closeHSM(hsm, logger)
 					}
 				}
 				return runService(ctx, svc, c, hsm, s.getenv, logger)
@@ -107,7 +107,9 @@ func runService(ctx context.Context, svc service, c *serviceConfig, hsm *keywork
 	}
 	defer func() {
 		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
-		_ = tp.Shutdown(sctx)
+		if err := tp.Shutdown(sctx); err != nil {
+			logger.Warn("trace export at shutdown", "err", err)
+		}
 		cancel()
 	}()
 	nc, js, err := mesh.Connect(ctx, c.common.conn.config("sovkeys-"+svc.name), logger)
@@ -124,6 +126,13 @@ func runService(ctx context.Context, svc service, c *serviceConfig, hsm *keywork
 		return fmt.Errorf("%s: %w", svc.name, err)
 	}
 	return nil
+}
+
+// closeHSM closes the HSM at shutdown, reporting a failure.
+func closeHSM(hsm *keyworker.HSM, logger *slog.Logger) {
+	if err := hsm.Close(); err != nil {
+		logger.Warn("hsm close", "err", err)
+	}
 }
 
 // readPIN reads the HSM user PIN from the file or SOVKEYS_HSM_PIN; ok is

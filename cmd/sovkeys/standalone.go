@@ -116,7 +116,7 @@ func runStandalone(ctx context.Context, f *standaloneFlags, s stdio) error {
 		return err
 	}
 	if hsm != nil {
-		defer func() { _ = hsm.Close() }()
+		defer closeHSM(hsm, logger)
 	}
 	if f.svc.gateway.tlsCert == "" || f.svc.gateway.tlsKey == "" {
 		d, err := gateway.EnsureDevTLS(filepath.Join(dir, "tls"), time.Now())
