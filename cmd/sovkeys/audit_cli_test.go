@@ -20,6 +20,7 @@ import (
 	"github.com/sovkeys/sovkeys/services/audit"
 	"github.com/sovkeys/sovkeys/shared"
 	"github.com/sovkeys/sovkeys/shared/infra/auditlog"
+	"github.com/sovkeys/sovkeys/shared/testkit"
 	"github.com/sovkeys/sovkeys/shared/testkit/natstest"
 	"github.com/sovkeys/sovkeys/shared/testkit/s3test"
 )
@@ -35,14 +36,13 @@ func TestAuditCLI(t *testing.T) {
 
 	// The service configured as the binary's flags configure it.
 	fs := flag.NewFlagSet("audit", flag.ContinueOnError)
-	var f serviceFlags
-	f.register(fs, func(string) string { return "" })
-	af := &f.audit
+	var f serviceConfig
+	auditService().register(fs, func(string) string { return "" }, &f)
 	if err := fs.Parse([]string{"--audit-store", "s3", "--audit-s3-bucket", "cli-audit", "--s3-endpoint", srv.Endpoint()}); err != nil {
 		t.Fatal(err)
 	}
-	f.s3AccessKeyID, f.s3SecretAccessKey = s3test.AccessKey, s3test.SecretKey
-	cfg := af.config(&f)
+	f.s3.accessKeyID, f.s3.secretAccessKey = s3test.AccessKey, s3test.SecretKey
+	cfg := f.auditConfig()
 	cfg.CheckpointEvery = 100 * time.Millisecond
 	svc, err := audit.New(cfg, audit.Deps{NC: nc, JS: js, Logger: slog.New(slog.DiscardHandler), Tracer: noop.NewTracerProvider(), Now: time.Now})
 	if err != nil {
@@ -77,7 +77,7 @@ func TestAuditCLI(t *testing.T) {
 
 	dir := t.TempDir()
 	keyFile := filepath.Join(dir, "audit.pem")
-	checkFor(t, 30*time.Second, 100*time.Millisecond, func() error {
+	testkit.CheckFor(t, 30*time.Second, 100*time.Millisecond, func() error {
 		if code, _, stderr := cli("audit", "public-key", "--out", keyFile); code != 0 {
 			return errors.New(stderr)
 		}
@@ -92,14 +92,14 @@ func TestAuditCLI(t *testing.T) {
 		return cli("audit", "verify", flagName, value, "--s3-bucket", "cli-audit", "--public-key", keyFile)
 	}
 	for _, sc := range []auditlog.Scope{deleted, edited} {
-		checkFor(t, 60*time.Second, 200*time.Millisecond, func() error {
+		testkit.CheckFor(t, 60*time.Second, 200*time.Millisecond, func() error {
 			if code, out, stderr := verifyS3("--tenant", sc.ID); code != 0 || !strings.Contains(out, "records 1..40 ") {
 				return errors.New(out + stderr)
 			}
 			return nil
 		})
 	}
-	checkFor(t, 60*time.Second, 200*time.Millisecond, func() error {
+	testkit.CheckFor(t, 60*time.Second, 200*time.Millisecond, func() error {
 		if code, out, stderr := verifyS3("--keystore", "/cli/store/"); code != 0 || !strings.Contains(out, "records 1..40 ") {
 			return errors.New(out + stderr)
 		}
@@ -157,12 +157,12 @@ func TestAuditFlagsConfig(t *testing.T) {
 	parse := func(args ...string) error {
 		fs := flag.NewFlagSet("audit", flag.ContinueOnError)
 		fs.SetOutput(io.Discard)
-		var f serviceFlags
-		f.register(fs, func(string) string { return "" })
+		var f serviceConfig
+		auditService().register(fs, func(string) string { return "" }, &f)
 		if err := fs.Parse(args); err != nil {
 			return err
 		}
-		return f.audit.config(&f).Validate()
+		return f.auditConfig().Validate()
 	}
 	if err := parse(); err != nil {
 		t.Fatalf("defaults: %v", err)

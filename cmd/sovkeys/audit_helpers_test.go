@@ -14,6 +14,7 @@ import (
 	"github.com/sovkeys/sovkeys/services/keyworker/keyworkertest"
 	"github.com/sovkeys/sovkeys/shared"
 	"github.com/sovkeys/sovkeys/shared/infra/auditlog"
+	"github.com/sovkeys/sovkeys/shared/testkit"
 )
 
 // runAuditKeyworker runs a keyworker of pool "default" on a fresh SoftHSM token: the
@@ -67,7 +68,7 @@ func publishEvents(t testing.TB, js jetstream.JetStream, evs []*shared.AuditEven
 // want, each once, numbered 1..len(want).
 func checkRecordedOnce(t testing.TB, js jetstream.JetStream, sc auditlog.Scope, want map[string]bool) {
 	t.Helper()
-	checkFor(t, 90*time.Second, 200*time.Millisecond, func() error {
+	testkit.CheckFor(t, 90*time.Second, 200*time.Millisecond, func() error {
 		seen := map[string]uint64{}
 		var n uint64
 		err := auditlog.StreamSource{JS: js}.Records(context.Background(), sc, func(_ uint64, data []byte, err error) error {
@@ -105,7 +106,7 @@ func checkRecordedOnce(t testing.TB, js jetstream.JetStream, sc auditlog.Scope, 
 func publishedKey(t testing.TB, js jetstream.JetStream) []byte {
 	t.Helper()
 	var spki []byte
-	checkFor(t, 30*time.Second, 50*time.Millisecond, func() error {
+	testkit.CheckFor(t, 30*time.Second, 50*time.Millisecond, func() error {
 		kv, err := js.KeyValue(context.Background(), shared.BucketPKI)
 		if err != nil {
 			return err

@@ -20,6 +20,7 @@ import (
 	"github.com/sovkeys/sovkeys/services/audit"
 	"github.com/sovkeys/sovkeys/shared"
 	"github.com/sovkeys/sovkeys/shared/infra/auditlog"
+	"github.com/sovkeys/sovkeys/shared/testkit"
 	"github.com/sovkeys/sovkeys/shared/testkit/natstest"
 )
 
@@ -90,7 +91,7 @@ func TestAuditProcessesKill9(t *testing.T) {
 	ctx := context.Background()
 	logStream := func() jetstream.Stream {
 		var s jetstream.Stream
-		checkFor(t, 30*time.Second, 50*time.Millisecond, func() (err error) {
+		testkit.CheckFor(t, 30*time.Second, 50*time.Millisecond, func() (err error) {
 			s, err = js.Stream(ctx, auditlog.StreamLog)
 			return err
 		})
@@ -110,7 +111,7 @@ func TestAuditProcessesKill9(t *testing.T) {
 		case 5:
 			// Kill -9 while it is numbering: wait until records flow.
 			s := logStream()
-			checkFor(t, 30*time.Second, 5*time.Millisecond, func() error {
+			testkit.CheckFor(t, 30*time.Second, 5*time.Millisecond, func() error {
 				info, err := s.Info(ctx)
 				if err != nil {
 					return err
@@ -142,7 +143,7 @@ func TestAuditProcessesKill9(t *testing.T) {
 		checkRecordedOnce(t, js, sc, want[sc])
 		n := uint64(len(want[sc]))
 		for _, src := range []auditlog.Source{auditlog.StreamSource{JS: js}, auditlog.BucketSource{Bucket: obs}} {
-			checkFor(t, 60*time.Second, 200*time.Millisecond, func() error {
+			testkit.CheckFor(t, 60*time.Second, 200*time.Millisecond, func() error {
 				rep, err := auditlog.Verify(ctx, src, sc, pub, auditlog.Options{})
 				if err != nil {
 					return err

@@ -7,8 +7,6 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"io"
-	"log/slog"
 	"os"
 	"strings"
 	"time"
@@ -21,52 +19,50 @@ import (
 	"github.com/sovkeys/sovkeys/shared"
 	"github.com/sovkeys/sovkeys/shared/api/kwadmin"
 	"github.com/sovkeys/sovkeys/shared/infra/auditlog"
-	"github.com/sovkeys/sovkeys/shared/infra/mesh"
 	"github.com/sovkeys/sovkeys/shared/infra/writeonce"
 )
 
-// Audit operator commands:
-//
-//	sovkeys audit verify     --tenant T | --keystore P | --operator  [--public-key F] [--s3-bucket B ...] [--from nats|objects|s3]
-//	sovkeys audit checkpoint --tenant T | --keystore P | --operator
-//	sovkeys audit public-key [--pool default] [--out F]
-//	sovkeys audit bench      [--events N] [--scopes S] [--rate R]
-//
-// `sovkeys audit` with anything else runs the audit service.
-const auditUsage = `Audit log commands (NATS: --nats/--creds or SOVKEYS_NATS_URL/SOVKEYS_NATS_CREDS):
-  sovkeys audit verify --tenant T | --keystore PREFIX | --operator [--public-key FILE.pem] [--allow-unsigned-tail] [--json]
-        from NATS (default: the log stream; --from objects: the JetStream export),
-        or from a bucket: --s3-bucket B [--s3-endpoint URL] [--s3-region R] [--s3-prefix audit/]
-        (S3 credentials from SOVKEYS_S3_ACCESS_KEY_ID/SOVKEYS_S3_SECRET_ACCESS_KEY or the AWS default chain)
-  sovkeys audit checkpoint --tenant T | --keystore PREFIX | --operator
-  sovkeys audit public-key [--pool default] [--out FILE.pem]
-  sovkeys audit bench [--events 100000] [--scopes 20] [--rate 0]
-`
-
-// isAuditCommand reports whether `sovkeys audit <arg>` is an operator
-// command rather than the audit service.
-func isAuditCommand(arg string) bool {
-	switch arg {
-	case "verify", "checkpoint", "public-key", "bench", "help":
-		return true
-	}
-	return false
+// auditCmdFlags are the flags of the audit log commands.
+type auditCmdFlags struct {
+	conn                                     connFlags
+	scope                                    scopeFlags
+	keyFile, from, pool, out                 string
+	s3Endpoint, s3Region, s3Bucket, s3Prefix string
+	s3PathStyle, allowTail, asJSON           bool
+	timeout                                  time.Duration
 }
 
-// runAuditCommand runs `sovkeys audit <command> ...`.
-func runAuditCommand(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
-	switch args[0] {
-	case "verify":
-		return auditVerify(ctx, args[1:], getenv, stdout, stderr)
-	case "checkpoint":
-		return auditCheckpoint(ctx, args[1:], getenv, stdout, stderr)
-	case "public-key":
-		return auditPublicKey(ctx, args[1:], getenv, stdout, stderr)
-	case "bench":
-		return auditBench(ctx, args[1:], getenv, stdout, stderr)
+func auditCommands() []command {
+	return []command{
+		define("audit verify", "--tenant T | --keystore PREFIX | --operator [--public-key FILE.pem] [--from nats|objects | --s3-bucket B] [--json]",
+			"verify a log: gapless, hash-chained, signed (S3 credentials: SOVKEYS_S3_* or the AWS default chain)", groupOperator,
+			func(fs *flag.FlagSet, getenv func(string) string, f *auditCmdFlags) {
+				f.conn.register(fs, getenv)
+				f.scope.register(fs)
+				fs.StringVar(&f.keyFile, "public-key", "", "audit public key, PEM (from `sovkeys audit public-key` or GET /v1/audit-public-key)")
+				fs.StringVar(&f.from, "from", "", "nats (the log stream) | objects (the JetStream export) | s3; default s3 when --s3-bucket is set, else nats")
+				fs.StringVar(&f.pool, "pool", "default", "with NATS and no --public-key: the pool whose published audit key to use")
+				fs.StringVar(&f.s3Endpoint, "s3-endpoint", getenv("SOVKEYS_S3_ENDPOINT"), "S3 endpoint URL (env SOVKEYS_S3_ENDPOINT; empty: AWS)")
+				fs.StringVar(&f.s3Region, "s3-region", envOr(getenv, "SOVKEYS_S3_REGION", "us-east-1"), "S3 region (env SOVKEYS_S3_REGION)")
+				fs.StringVar(&f.s3Bucket, "s3-bucket", "", "verify the export in this bucket")
+				fs.StringVar(&f.s3Prefix, "s3-prefix", audit.DefaultPrefix, "key prefix of the export in the bucket")
+				fs.BoolVar(&f.s3PathStyle, "s3-path-style", true, "path-style S3 addressing")
+				fs.BoolVar(&f.allowTail, "allow-unsigned-tail", false, "accept records newer than the newest checkpoint")
+				fs.BoolVar(&f.asJSON, "json", false, "print the report as JSON")
+				fs.DurationVar(&f.timeout, "timeout", 10*time.Minute, "give up after this long")
+			}, auditVerify),
+		define("audit checkpoint", "--tenant T | --keystore PREFIX | --operator", "ask the audit service to sign a checkpoint now; prints it", groupOperator,
+			func(fs *flag.FlagSet, getenv func(string) string, f *auditCmdFlags) {
+				f.conn.register(fs, getenv)
+				f.scope.register(fs)
+			}, auditCheckpoint),
+		define("audit public-key", "[--pool default] [--out FILE.pem]", "print a pool's audit public key (PEM)", groupOperator,
+			func(fs *flag.FlagSet, getenv func(string) string, f *auditCmdFlags) {
+				f.conn.register(fs, getenv)
+				fs.StringVar(&f.pool, "pool", "default", "keyworker pool holding the audit key")
+				fs.StringVar(&f.out, "out", "", "write the PEM here instead of stdout")
+			}, auditPublicKey),
 	}
-	fmt.Fprint(stderr, auditUsage)
-	return errUsage
 }
 
 // scopeFlags select one log.
@@ -100,67 +96,22 @@ func (s *scopeFlags) scope() (auditlog.Scope, error) {
 	return sc, nil
 }
 
-// parseAudit parses a command's flags (no positional arguments).
-func parseAudit(name string, args []string, stderr io.Writer, define func(*flag.FlagSet)) error {
-	fs := flag.NewFlagSet("audit "+name, flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	define(fs)
-	if err := fs.Parse(args); err != nil {
-		return err
-	}
-	if fs.NArg() > 0 {
-		return fmt.Errorf("unexpected argument %q: %w", fs.Arg(0), errUsage)
-	}
-	return nil
-}
-
-func connectCLI(ctx context.Context, conn connFlags, stderr io.Writer) (*nats.Conn, jetstream.JetStream, error) {
-	logger := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	return mesh.Connect(ctx, conn.config("sovkeys-cli"), logger)
-}
-
-func auditVerify(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
-	var (
-		conn                                     connFlags
-		sf                                       scopeFlags
-		keyFile, from, pool                      string
-		s3Endpoint, s3Region, s3Bucket, s3Prefix string
-		s3PathStyle, allowTail, asJSON           bool
-		timeout                                  time.Duration
-	)
-	err := parseAudit("verify", args, stderr, func(fs *flag.FlagSet) {
-		conn.register(fs, getenv)
-		sf.register(fs)
-		fs.StringVar(&keyFile, "public-key", "", "audit public key, PEM (from `sovkeys audit public-key` or GET /v1/audit-public-key)")
-		fs.StringVar(&from, "from", "", "nats (the log stream) | objects (the JetStream export) | s3; default s3 when --s3-bucket is set, else nats")
-		fs.StringVar(&pool, "pool", "default", "with NATS and no --public-key: the pool whose published audit key to use")
-		fs.StringVar(&s3Endpoint, "s3-endpoint", getenv("SOVKEYS_S3_ENDPOINT"), "S3 endpoint URL (empty: AWS)")
-		fs.StringVar(&s3Region, "s3-region", envOr(getenv, "SOVKEYS_S3_REGION", "us-east-1"), "S3 region")
-		fs.StringVar(&s3Bucket, "s3-bucket", "", "verify the export in this bucket")
-		fs.StringVar(&s3Prefix, "s3-prefix", audit.DefaultPrefix, "key prefix of the export in the bucket")
-		fs.BoolVar(&s3PathStyle, "s3-path-style", true, "path-style S3 addressing")
-		fs.BoolVar(&allowTail, "allow-unsigned-tail", false, "accept records newer than the newest checkpoint")
-		fs.BoolVar(&asJSON, "json", false, "print the report as JSON")
-		fs.DurationVar(&timeout, "timeout", 10*time.Minute, "give up after this long")
-	})
+func auditVerify(ctx context.Context, f *auditCmdFlags, s stdio) error {
+	sc, err := f.scope.scope()
 	if err != nil {
 		return err
 	}
-	sc, err := sf.scope()
-	if err != nil {
-		return err
-	}
-	if from == "" {
-		from = "nats"
-		if s3Bucket != "" {
-			from = "s3"
+	if f.from == "" {
+		f.from = "nats"
+		if f.s3Bucket != "" {
+			f.from = "s3"
 		}
 	}
-	ctx, cancel := context.WithTimeout(ctx, timeout)
+	ctx, cancel := context.WithTimeout(ctx, f.timeout)
 	defer cancel()
 	var pub *ecdsa.PublicKey
-	if keyFile != "" {
-		data, err := os.ReadFile(keyFile)
+	if f.keyFile != "" {
+		data, err := os.ReadFile(f.keyFile)
 		if err != nil {
 			return fmt.Errorf("audit public key: %w", err)
 		}
@@ -169,38 +120,38 @@ func auditVerify(ctx context.Context, args []string, getenv func(string) string,
 		}
 	}
 	var src auditlog.Source
-	switch from {
+	switch f.from {
 	case "s3":
 		if pub == nil {
 			return fmt.Errorf("%w: verifying a bucket needs --public-key", shared.ErrConfigValidation)
 		}
 		b, err := auditlog.NewS3Bucket(ctx, writeonce.S3Config{
-			Endpoint: s3Endpoint, Region: s3Region, Bucket: s3Bucket, Prefix: s3Prefix, UsePathStyle: s3PathStyle,
-			AccessKeyID: getenv("SOVKEYS_S3_ACCESS_KEY_ID"), SecretAccessKey: getenv("SOVKEYS_S3_SECRET_ACCESS_KEY"),
+			Endpoint: f.s3Endpoint, Region: f.s3Region, Bucket: f.s3Bucket, Prefix: f.s3Prefix, UsePathStyle: f.s3PathStyle,
+			AccessKeyID: s.getenv("SOVKEYS_S3_ACCESS_KEY_ID"), SecretAccessKey: s.getenv("SOVKEYS_S3_SECRET_ACCESS_KEY"),
 		})
 		if err != nil {
 			return err
 		}
 		src = auditlog.BucketSource{Bucket: b}
 	case "nats", "objects":
-		nc, js, err := connectCLI(ctx, conn, stderr)
+		nc, js, err := connectCLI(ctx, f.conn, s.stderr)
 		if err != nil {
 			return err
 		}
 		defer nc.Close()
 		if pub == nil {
-			spki, err := publishedAuditKey(ctx, nc, js, pool)
+			spki, err := publishedAuditKey(ctx, nc, js, f.pool)
 			if err != nil {
 				return err
 			}
 			if pub, err = auditlog.ParsePublicKey(spki); err != nil {
 				return err
 			}
-			fmt.Fprintf(stderr, "using the audit key published for pool %s (sha256 %s); pass --public-key to check against a key you hold\n",
-				pool, auditlog.KeyID(spki))
+			fmt.Fprintf(s.stderr, "using the audit key published for pool %s (sha256 %s); pass --public-key to check against a key you hold\n",
+				f.pool, auditlog.KeyID(spki))
 		}
 		src = auditlog.StreamSource{JS: js}
-		if from == "objects" {
+		if f.from == "objects" {
 			b, err := auditlog.OpenObjectBucket(ctx, js)
 			if err != nil {
 				return err
@@ -208,21 +159,21 @@ func auditVerify(ctx context.Context, args []string, getenv func(string) string,
 			src = auditlog.BucketSource{Bucket: b}
 		}
 	default:
-		return fmt.Errorf("--from %q: want nats, objects or s3: %w", from, errUsage)
+		return fmt.Errorf("--from %q: want nats, objects or s3: %w", f.from, errUsage)
 	}
-	rep, err := auditlog.Verify(ctx, src, sc, pub, auditlog.Options{AllowUnsignedTail: allowTail})
+	rep, err := auditlog.Verify(ctx, src, sc, pub, auditlog.Options{AllowUnsignedTail: f.allowTail})
 	if err != nil {
 		return err
 	}
-	if asJSON {
-		enc := json.NewEncoder(stdout)
+	if f.asJSON {
+		enc := json.NewEncoder(s.stdout)
 		enc.SetIndent("", "  ")
 		return enc.Encode(rep)
 	}
-	fmt.Fprintf(stdout, "verified %s from %s: records %d..%d gapless, hash-chained and signed (%d checkpoints, newest signed %s, head %s)\n",
+	fmt.Fprintf(s.stdout, "verified %s from %s: records %d..%d gapless, hash-chained and signed (%d checkpoints, newest signed %s, head %s)\n",
 		sc, rep.Source, rep.First, rep.Last, rep.Checkpoints, rep.SignedAt, rep.Head)
 	if rep.UnsignedTail > 0 {
-		fmt.Fprintf(stdout, "not yet covered by a checkpoint: records %d..%d\n", rep.Last+1, rep.Last+rep.UnsignedTail)
+		fmt.Fprintf(s.stdout, "not yet covered by a checkpoint: records %d..%d\n", rep.Last+1, rep.Last+rep.UnsignedTail)
 	}
 	return nil
 }
@@ -249,56 +200,42 @@ func publishedAuditKey(ctx context.Context, nc *nats.Conn, js jetstream.JetStrea
 	return resp.PublicKey, nil
 }
 
-func auditPublicKey(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
-	var conn connFlags
-	var pool, out string
-	if err := parseAudit("public-key", args, stderr, func(fs *flag.FlagSet) {
-		conn.register(fs, getenv)
-		fs.StringVar(&pool, "pool", "default", "keyworker pool holding the audit key")
-		fs.StringVar(&out, "out", "", "write the PEM here instead of stdout")
-	}); err != nil {
-		return err
-	}
-	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+func auditPublicKey(ctx context.Context, f *auditCmdFlags, s stdio) error {
+	ctx, cancel := context.WithTimeout(ctx, operatorTimeout)
 	defer cancel()
-	nc, js, err := connectCLI(ctx, conn, stderr)
+	nc, js, err := connectCLI(ctx, f.conn, s.stderr)
 	if err != nil {
 		return err
 	}
 	defer nc.Close()
-	spki, err := publishedAuditKey(ctx, nc, js, pool)
+	spki, err := publishedAuditKey(ctx, nc, js, f.pool)
 	if err != nil {
 		return err
 	}
 	pemBytes := auditlog.PublicKeyPEM(spki)
-	if out == "" {
-		_, err := stdout.Write(pemBytes)
+	if f.out == "" {
+		_, err := s.stdout.Write(pemBytes)
 		return err
 	}
-	return os.WriteFile(out, pemBytes, 0o644)
+	return os.WriteFile(f.out, pemBytes, 0o644)
 }
 
-func auditCheckpoint(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
-	var conn connFlags
-	var sf scopeFlags
-	if err := parseAudit("checkpoint", args, stderr, func(fs *flag.FlagSet) {
-		conn.register(fs, getenv)
-		sf.register(fs)
-	}); err != nil {
-		return err
-	}
-	sc, err := sf.scope()
+func auditCheckpoint(ctx context.Context, f *auditCmdFlags, s stdio) error {
+	sc, err := f.scope.scope()
 	if err != nil {
 		return err
 	}
-	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	ctx, cancel := context.WithTimeout(ctx, operatorTimeout)
 	defer cancel()
-	nc, _, err := connectCLI(ctx, conn, stderr)
+	nc, _, err := connectCLI(ctx, f.conn, s.stderr)
 	if err != nil {
 		return err
 	}
 	defer nc.Close()
-	req, _ := json.Marshal(auditlog.CheckpointRequest{Kind: sc.Kind, Scope: sc.ID})
+	req, err := json.Marshal(auditlog.CheckpointRequest{Kind: sc.Kind, Scope: sc.ID})
+	if err != nil {
+		return err
+	}
 	m, err := nc.RequestWithContext(ctx, auditlog.SubjectControlPrefix+"."+auditlog.EndpointCheckpoint, req)
 	if errors.Is(err, nats.ErrNoResponders) {
 		return errors.New("audit checkpoint: no audit service is running")
@@ -309,62 +246,6 @@ func auditCheckpoint(ctx context.Context, args []string, getenv func(string) str
 	if code := m.Header.Get(micro.ErrorCodeHeader); code != "" {
 		return fmt.Errorf("audit checkpoint: %s", m.Header.Get(micro.ErrorHeader))
 	}
-	_, err = fmt.Fprintf(stdout, "%s\n", m.Data)
+	_, err = fmt.Fprintf(s.stdout, "%s\n", m.Data)
 	return err
-}
-
-func auditBench(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
-	var conn connFlags
-	var cfg audit.LoadConfig
-	if err := parseAudit("bench", args, stderr, func(fs *flag.FlagSet) {
-		conn.register(fs, getenv)
-		fs.IntVar(&cfg.Events, "events", 100000, "audit events to publish")
-		fs.IntVar(&cfg.Scopes, "scopes", 20, "distinct key stores the events are spread over")
-		fs.IntVar(&cfg.Rate, "rate", 0, "events/s offered (0: as fast as possible)")
-		fs.DurationVar(&cfg.Wait, "wait", 5*time.Minute, "how long to wait for sequencing and export")
-	}); err != nil {
-		return err
-	}
-	nc, js, err := connectCLI(ctx, conn, stderr)
-	if err != nil {
-		return err
-	}
-	defer nc.Close()
-	res, err := audit.RunLoad(ctx, js, cfg, time.Now)
-	if err != nil {
-		return err
-	}
-	enc := json.NewEncoder(stdout)
-	enc.SetIndent("", "  ")
-	return enc.Encode(res)
-}
-
-// auditFlags are the audit service's own settings, part of serviceFlags.
-type auditFlags struct {
-	store, bucket, prefix, signPool string
-	tenantExport                    bool
-}
-
-func (a *auditFlags) register(fs *flag.FlagSet) {
-	fs.StringVar(&a.store, "audit-store", audit.BackendJetStream, "audit: central export: jetstream (object store) | s3 (uses --s3-endpoint/--s3-region and SOVKEYS_S3_* credentials)")
-	fs.StringVar(&a.bucket, "audit-s3-bucket", "", "audit: central S3 bucket (with --audit-store s3)")
-	fs.StringVar(&a.prefix, "audit-s3-prefix", audit.DefaultPrefix, "audit: key prefix in S3 buckets (central and tenants')")
-	fs.StringVar(&a.signPool, "audit-sign-pool", "default", "audit: keyworker pool whose HSM signs checkpoints")
-	fs.BoolVar(&a.tenantExport, "audit-tenant-export", false, "audit: also export to each tenant's own bucket (tenant --audit-bucket) through the same S3 endpoint")
-}
-
-// config builds the audit service configuration from the shared service
-// flags (topology, S3 endpoint and credentials) and the audit flags.
-func (a *auditFlags) config(f *serviceFlags) audit.Config {
-	s3cfg := writeonce.S3Config{
-		Endpoint: f.s3Endpoint, Region: f.s3Region, Prefix: a.prefix, UsePathStyle: f.s3PathStyle,
-		AccessKeyID: f.s3AccessKeyID, SecretAccessKey: f.s3SecretAccessKey,
-	}
-	central := s3cfg
-	central.Bucket = a.bucket
-	return audit.Config{
-		Topology: f.topo.t, SignPool: a.signPool,
-		Central:      audit.CentralConfig{Backend: a.store, S3: central},
-		TenantExport: audit.TenantExportConfig{Enabled: a.tenantExport, S3: s3cfg},
-	}
 }

@@ -15,6 +15,7 @@ import (
 
 	"github.com/sovkeys/sovkeys/shared"
 	"github.com/sovkeys/sovkeys/shared/client/vsclient"
+	"github.com/sovkeys/sovkeys/shared/testkit"
 	"github.com/sovkeys/sovkeys/shared/testkit/awstest"
 )
 
@@ -126,7 +127,7 @@ func TestAWSInstanceIdentity(t *testing.T) {
 
 	var secret, enc []byte
 	var err error
-	checkFor(t, 10*time.Second, 50*time.Millisecond, func() error { // the tenant reaches authn's cache asynchronously
+	testkit.CheckFor(t, 10*time.Second, 50*time.Millisecond, func() error { // the tenant reaches authn's cache asynchronously
 		secret, enc, err = c.GenerateSecret(ctx, "i-0e2e0000000000001", "vol-1")
 		return err
 	})
@@ -193,7 +194,7 @@ func TestAWSInstanceIdentity(t *testing.T) {
 			t.Fatal(err)
 		}
 		var denied bool
-		checkFor(t, 10*time.Second, 50*time.Millisecond, func() error {
+		testkit.CheckFor(t, 10*time.Second, 50*time.Millisecond, func() error {
 			batch, err := cons.FetchNoWait(100)
 			if err != nil {
 				return err
@@ -228,7 +229,7 @@ func TestAWSInstanceIdentitySourceIP(t *testing.T) {
 	awsTenant(t, n, vpc, "--check-source-ip")
 	c := awsInstance(t, n, vpc, "i-0e2e0000000000011", "10.0.3.9", "app-role")
 	viaProxy := withHeader(c, "X-Forwarded-For", "198.51.100.7, 10.0.3.9")
-	checkFor(t, 10*time.Second, 50*time.Millisecond, func() error {
+	testkit.CheckFor(t, 10*time.Second, 50*time.Millisecond, func() error {
 		_, _, err := viaProxy.GenerateSecret(ctx, "i-0e2e0000000000011", "vol-1")
 		return err
 	})
@@ -251,7 +252,7 @@ func TestAWSInstanceIdentityTimeout(t *testing.T) {
 	const vpc = "vpc-0e2e0000000000003"
 	awsTenant(t, n, vpc)
 	c := awsInstance(t, n, vpc, "i-0e2e0000000000021", "10.0.4.9", "app-role")
-	checkFor(t, 10*time.Second, 50*time.Millisecond, func() error {
+	testkit.CheckFor(t, 10*time.Second, 50*time.Millisecond, func() error {
 		_, _, err := c.GenerateSecret(ctx, "i-0e2e0000000000021", "vol-1")
 		return err
 	})

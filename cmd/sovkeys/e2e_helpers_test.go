@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/sovkeys/sovkeys/shared/client/xksclient"
+	"github.com/sovkeys/sovkeys/shared/testkit"
 )
 
 // node is one `sovkeys standalone` started in-process for the whole test
@@ -93,41 +94,38 @@ func startNode(dir string, shares []string) (*node, error) {
 	go func() { n.done <- run(ctx, args, getenv, n.stdout, n.stderr) }()
 
 	// Trust only the node's own CA, as a client would.
-	var pool *x509.CertPool
-	deadline := time.Now().Add(60 * time.Second)
-	for time.Now().Before(deadline) {
-		if pem, err := os.ReadFile(filepath.Join(dir, "tls", "ca.pem")); err == nil {
-			pool = x509.NewCertPool()
-			pool.AppendCertsFromPEM(pem)
-			break
-		}
+	exited := func() error {
 		select {
 		case code := <-n.done:
-			return nil, fmt.Errorf("standalone exited %d: %s", code, n.stderr.String())
-		case <-time.After(50 * time.Millisecond):
+			n.done <- code
+			return fmt.Errorf("standalone exited %d: %s", code, n.stderr.String())
+		default:
+			return nil
 		}
 	}
-	if pool == nil {
+	var pool *x509.CertPool
+	if err := setupCheckFor(nodeStartTimeout, 50*time.Millisecond, func() error {
+		if err := exited(); err != nil {
+			return err
+		}
+		pem, err := os.ReadFile(filepath.Join(dir, "tls", "ca.pem"))
+		if err != nil {
+			return fmt.Errorf("no tls/ca.pem: %v", err)
+		}
+		pool = x509.NewCertPool()
+		pool.AppendCertsFromPEM(pem)
+		return nil
+	}); err != nil {
 		cancel()
-		return nil, fmt.Errorf("no tls/ca.pem after 60s: %s", n.stderr.String())
+		return nil, err
 	}
 	if shares != nil {
 		n.shares = shares
-		args := append([]string{"unseal"}, func() []string {
-			var a []string
-			for _, s := range shares[:2] {
-				a = append(a, "--share", s)
-			}
-			return a
-		}()...)
-		var err error
-		for time.Now().Before(deadline) {
-			if err = n.cliErr(nil, args...); err == nil {
-				break
-			}
-			time.Sleep(100 * time.Millisecond)
+		args := []string{"unseal"}
+		for _, s := range shares[:2] {
+			args = append(args, "--share", s)
 		}
-		if err != nil {
+		if err := setupCheckFor(nodeStartTimeout, 100*time.Millisecond, func() error { return n.cliErr(nil, args...) }); err != nil {
 			cancel()
 			return nil, fmt.Errorf("unseal: %v", err)
 		}
@@ -145,22 +143,24 @@ func startNode(dir string, shares []string) (*node, error) {
 	n.http = &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
 		TLSClientConfig: &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}, MaxIdleConnsPerHost: 64,
 	}}
-	for time.Now().Before(deadline) {
+	if err := setupCheckFor(nodeStartTimeout, 100*time.Millisecond, func() error {
+		if err := exited(); err != nil {
+			return err
+		}
 		resp, err := n.http.Get(n.gateway + "/healthz")
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return n, nil
-			}
+		if err != nil {
+			return err
 		}
-		select {
-		case code := <-n.done:
-			return nil, fmt.Errorf("standalone exited %d: %s", code, n.stderr.String())
-		case <-time.After(100 * time.Millisecond):
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			return fmt.Errorf("healthz %d", resp.StatusCode)
 		}
+		return nil
+	}); err != nil {
+		cancel()
+		return nil, fmt.Errorf("%v: %s", err, n.stderr.String())
 	}
-	cancel()
-	return nil, fmt.Errorf("healthz not ready after 60s: %s", n.stderr.String())
+	return n, nil
 }
 
 func (n *node) shutdown() int {
@@ -222,16 +222,24 @@ func (n *node) client(c keystoreCreds) *xksclient.Client {
 	return &xksclient.Client{BaseURL: n.gateway, Prefix: c.URIPrefix, AccessKeyID: c.AccessKeyID, Secret: c.SecretAccessKey, HTTP: n.http}
 }
 
-// checkFor polls f until it returns nil or total elapses.
-func checkFor(t testing.TB, total, every time.Duration, f func() error) {
-	t.Helper()
-	deadline := time.Now().Add(total)
-	var err error
-	for time.Now().Before(deadline) {
-		if err = f(); err == nil {
-			return
-		}
-		time.Sleep(every)
-	}
-	t.Fatalf("condition not met after %s: %v", total, err)
+// nodeStartTimeout bounds each step of starting a standalone node.
+const nodeStartTimeout = 60 * time.Second
+
+// setupTB lets testkit.CheckFor run where there is no test yet (TestMain):
+// Fatalf records the error instead of stopping a test.
+type setupTB struct {
+	testing.TB
+	err error
+}
+
+func (s *setupTB) Helper() {}
+func (s *setupTB) Fatalf(format string, args ...any) {
+	s.err = fmt.Errorf(format, args...)
+}
+
+// setupCheckFor is testkit.CheckFor returning its failure as an error.
+func setupCheckFor(total, every time.Duration, f func() error) error {
+	tb := &setupTB{}
+	testkit.CheckFor(tb, total, every, f)
+	return tb.err
 }

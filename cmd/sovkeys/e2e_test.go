@@ -20,6 +20,7 @@ import (
 	"github.com/sovkeys/sovkeys/shared"
 	"github.com/sovkeys/sovkeys/shared/api/xks"
 	"github.com/sovkeys/sovkeys/shared/client/xksclient"
+	"github.com/sovkeys/sovkeys/shared/testkit"
 )
 
 func TestMain(m *testing.M) {
@@ -66,7 +67,7 @@ func randBytes(t testing.TB, n int) []byte {
 // watches propagate asynchronously).
 func waitUsable(t testing.TB, c *xksclient.Client) {
 	t.Helper()
-	checkFor(t, 10*time.Second, 20*time.Millisecond, func() error {
+	testkit.CheckFor(t, 10*time.Second, 20*time.Millisecond, func() error {
 		_, err := c.Health(context.Background())
 		return err
 	})
@@ -181,7 +182,7 @@ func TestXKSKeyUsageAndStatus(t *testing.T) {
 
 	// A disabled key says so and refuses crypto; enabling restores it.
 	n.cli(t, nil, "xks", "key", "disable", "--keystore", "/usage", "--id", "both")
-	checkFor(t, 5*time.Second, 20*time.Millisecond, func() error {
+	testkit.CheckFor(t, 5*time.Second, 20*time.Millisecond, func() error {
 		_, err := c.Encrypt(ctx, "both", []byte("p"), nil, false)
 		if xksErrName(err) != "InvalidStateException" {
 			return fmt.Errorf("encrypt on disabled key: %v", err)
@@ -196,7 +197,7 @@ func TestXKSKeyUsageAndStatus(t *testing.T) {
 		t.Fatalf("metadata of disabled key: %+v %v", md, err)
 	}
 	n.cli(t, nil, "xks", "key", "enable", "--keystore", "/usage", "--id", "both")
-	checkFor(t, 5*time.Second, 20*time.Millisecond, func() error {
+	testkit.CheckFor(t, 5*time.Second, 20*time.Millisecond, func() error {
 		_, err := c.Decrypt(ctx, "both", both, nil)
 		return err
 	})
@@ -329,7 +330,7 @@ func TestXKSPolicyAndCredentialRotation(t *testing.T) {
 
 	n.cli(t, nil, "xks", "keystore", "policy", "set", "--prefix", "/policy",
 		"--allow-principal", "arn:aws:iam::999999999999:*", "--allow-vpc", "vpc-1")
-	checkFor(t, 5*time.Second, 20*time.Millisecond, func() error {
+	testkit.CheckFor(t, 5*time.Second, 20*time.Millisecond, func() error {
 		_, err := c.Encrypt(ctx, "k", []byte("p"), nil, false)
 		if xksStatusOf(err) != 403 || xksErrName(err) != "AccessDeniedException" {
 			return fmt.Errorf("want AccessDeniedException, got %v", err)
@@ -341,7 +342,7 @@ func TestXKSPolicyAndCredentialRotation(t *testing.T) {
 		t.Fatalf("health under a deny policy: %v", err)
 	}
 	n.cli(t, nil, "xks", "keystore", "policy", "set", "--prefix", "/policy")
-	checkFor(t, 5*time.Second, 20*time.Millisecond, func() error {
+	testkit.CheckFor(t, 5*time.Second, 20*time.Millisecond, func() error {
 		_, err := c.Encrypt(ctx, "k", []byte("p"), nil, false)
 		return err
 	})
@@ -350,7 +351,7 @@ func TestXKSPolicyAndCredentialRotation(t *testing.T) {
 	var second keystoreCreds
 	n.cli(t, &second, "xks", "keystore", "rotate-credential", "--prefix", "/policy")
 	c2 := n.client(second)
-	checkFor(t, 5*time.Second, 20*time.Millisecond, func() error {
+	testkit.CheckFor(t, 5*time.Second, 20*time.Millisecond, func() error {
 		_, err := c2.Encrypt(ctx, "k", []byte("p"), nil, false)
 		return err
 	})
@@ -358,7 +359,7 @@ func TestXKSPolicyAndCredentialRotation(t *testing.T) {
 		t.Fatalf("first credential after rotation: %v", err)
 	}
 	n.cli(t, nil, "xks", "keystore", "retire-credential", "--prefix", "/policy", "--access-key-id", first.AccessKeyID)
-	checkFor(t, 5*time.Second, 20*time.Millisecond, func() error {
+	testkit.CheckFor(t, 5*time.Second, 20*time.Millisecond, func() error {
 		_, err := c.Encrypt(ctx, "k", []byte("p"), nil, false)
 		if xksErrName(err) != "AuthenticationFailedException" {
 			return fmt.Errorf("retired credential: %v", err)
@@ -422,7 +423,7 @@ func TestAuditEventsAndTracing(t *testing.T) {
 	}
 	var success, denied int
 	var traced bool
-	checkFor(t, 10*time.Second, 50*time.Millisecond, func() error {
+	testkit.CheckFor(t, 10*time.Second, 50*time.Millisecond, func() error {
 		batch, err := cons.FetchNoWait(100)
 		if err != nil {
 			return err
@@ -479,7 +480,7 @@ func TestExpiredWorkNeverReachesHSM(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	checkFor(t, 10*time.Second, 50*time.Millisecond, func() error {
+	testkit.CheckFor(t, 10*time.Second, 50*time.Millisecond, func() error {
 		batch, err := cons.FetchNoWait(10)
 		if err != nil {
 			return err
@@ -549,7 +550,7 @@ func TestOperatorChangesAreAudited(t *testing.T) {
 		t.Fatal(err)
 	}
 	seen := map[string]bool{}
-	checkFor(t, 10*time.Second, 50*time.Millisecond, func() error {
+	testkit.CheckFor(t, 10*time.Second, 50*time.Millisecond, func() error {
 		batch, err := cons.FetchNoWait(1000)
 		if err != nil {
 			return err
@@ -571,7 +572,7 @@ func TestOperatorChangesAreAudited(t *testing.T) {
 
 func TestAuditPublicKeyServed(t *testing.T) {
 	n := testNode
-	checkFor(t, 15*time.Second, 100*time.Millisecond, func() error {
+	testkit.CheckFor(t, 15*time.Second, 100*time.Millisecond, func() error {
 		resp, err := n.http.Get(n.gateway + "/v1/audit-public-key?format=pem")
 		if err != nil {
 			return err

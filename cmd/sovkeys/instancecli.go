@@ -10,7 +10,6 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"io"
 	"os"
 	"path/filepath"
 
@@ -20,21 +19,24 @@ import (
 	"github.com/sovkeys/sovkeys/shared/infra/registry"
 )
 
-func runInstance(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
-	if len(args) < 1 || args[0] != "issue-cert" {
-		return errUsage
-	}
-	var tenant, instance, out string
-	var days int
-	return withOperator(ctx, "instance issue-cert", args[1:], getenv, stdout, stderr, func(fs *flag.FlagSet) {
-		fs.StringVar(&tenant, "tenant", "", "tenant id")
-		fs.StringVar(&instance, "instance", "", "instance id (the {InstanceId} the instance will call with)")
-		fs.StringVar(&out, "out", "", "directory for cert.pem, key.pem, signing-key.pem, instance-ca.pem")
-		fs.IntVar(&days, "days", 365, "validity in days")
-	}, func(ctx context.Context, o *operator) error {
-		return o.audited(ctx, "instance.issue_cert", map[string]string{"tenant": tenant, "instance": instance, "days": fmt.Sprint(days)},
-			func() error { return issueCert(ctx, o, tenant, instance, out, days) })
-	})
+// instanceFlags are the flags of `instance issue-cert`.
+type instanceFlags struct {
+	tenant, instance, out string
+	days                  int
+}
+
+func instanceCommands() []command {
+	return []command{operatorCommand("instance issue-cert", "--tenant TENANT --instance INSTANCE_ID --out DIR [--days 365]",
+		"issue an instance's client certificate (CA key in the HSM)",
+		func(f *instanceFlags, fs *flag.FlagSet) {
+			fs.StringVar(&f.tenant, "tenant", "", "tenant id")
+			fs.StringVar(&f.instance, "instance", "", "instance id (the {InstanceId} the instance will call with)")
+			fs.StringVar(&f.out, "out", "", "directory for cert.pem, key.pem, signing-key.pem, instance-ca.pem")
+			fs.IntVar(&f.days, "days", 365, "validity in days")
+		}, func(ctx context.Context, o *operator, f *instanceFlags) error {
+			return o.audited(ctx, "instance.issue_cert", map[string]string{"tenant": f.tenant, "instance": f.instance, "days": fmt.Sprint(f.days)},
+				func() error { return issueCert(ctx, o, f.tenant, f.instance, f.out, f.days) })
+		})}
 }
 
 func issueCert(ctx context.Context, o *operator, tenant, instance, out string, days int) error {

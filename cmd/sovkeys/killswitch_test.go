@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"github.com/sovkeys/sovkeys/shared/testkit"
 	"testing"
 	"time"
 )
@@ -19,7 +20,7 @@ func TestKillSwitch(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	checkFor(t, 10*time.Second, 50*time.Millisecond, func() error {
+	testkit.CheckFor(t, 10*time.Second, 50*time.Millisecond, func() error {
 		_, _, err := vc.GenerateSecret(ctx, "i-killed", "vol-k")
 		return err
 	})
@@ -29,7 +30,7 @@ func TestKillSwitch(t *testing.T) {
 	effective := func(what string, f func() error) {
 		t.Helper()
 		start := time.Now()
-		checkFor(t, 10*time.Second, 5*time.Millisecond, f)
+		testkit.CheckFor(t, 10*time.Second, 5*time.Millisecond, f)
 		t.Logf("%s effective after %s", what, time.Since(start).Round(time.Millisecond))
 	}
 

@@ -21,6 +21,7 @@ import (
 	"github.com/sovkeys/sovkeys/services/keyworker"
 	"github.com/sovkeys/sovkeys/shared/client/xksclient"
 	"github.com/sovkeys/sovkeys/shared/infra/natsauth"
+	"github.com/sovkeys/sovkeys/shared/testkit"
 )
 
 // TestSeparateProcesses runs one NATS server and the four services as
@@ -131,7 +132,7 @@ func TestSeparateProcesses(t *testing.T) {
 	pool := x509.NewCertPool()
 	pool.AppendCertsFromPEM(caPEM)
 	hc := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}}}
-	checkFor(t, 60*time.Second, 100*time.Millisecond, func() error {
+	testkit.CheckFor(t, 60*time.Second, 100*time.Millisecond, func() error {
 		resp, err := hc.Get("https://" + gwAddr + "/healthz")
 		if err != nil {
 			return err
@@ -165,7 +166,7 @@ func TestSeparateProcesses(t *testing.T) {
 
 	c := &xksclient.Client{BaseURL: "https://" + gwAddr, Prefix: ks.URIPrefix, AccessKeyID: ks.AccessKeyID, Secret: ks.SecretAccessKey, HTTP: hc}
 	ctx := context.Background()
-	checkFor(t, 10*time.Second, 50*time.Millisecond, func() error {
+	testkit.CheckFor(t, 10*time.Second, 50*time.Millisecond, func() error {
 		_, err := c.Health(ctx)
 		return err
 	})

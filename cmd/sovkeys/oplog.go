@@ -17,15 +17,10 @@ import (
 func (o *operator) auditOp(ctx context.Context, api string, start time.Time, params map[string]string, opErr error) error {
 	var b [16]byte
 	_, _ = rand.Read(b[:])
-	user := o.getenv("USER")
-	if user == "" {
-		user = "unknown"
-	}
-	host, _ := os.Hostname()
 	ev := &shared.AuditEvent{
 		RequestID: "op-" + hex.EncodeToString(b[:]), Kind: shared.AuditKindOperator, Scope: "",
 		API: shared.API("operator." + api), Service: "cli", Start: start, End: time.Now(),
-		CallerType: "operator", CallerID: user + "@" + host, Result: shared.ResultSuccess, Params: params,
+		CallerType: "operator", CallerID: o.who(), Result: shared.ResultSuccess, Params: params,
 	}
 	if opErr != nil {
 		ev.Result, ev.Code, ev.Reason = shared.ResultFailure, shared.CodeOf(opErr), opErr.Error()
@@ -44,4 +39,18 @@ func (o *operator) audited(ctx context.Context, api string, params map[string]st
 		return aerr
 	}
 	return err
+}
+
+// who names the operator in audit records and kill switches: USER@host,
+// "unknown" for a part the system does not tell.
+func (o *operator) who() string {
+	user := o.getenv("USER")
+	if user == "" {
+		user = "unknown"
+	}
+	host, err := os.Hostname()
+	if err != nil || host == "" {
+		host = "unknown"
+	}
+	return user + "@" + host
 }

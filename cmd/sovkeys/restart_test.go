@@ -8,9 +8,11 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+	"time"
 
 	"github.com/sovkeys/sovkeys/shared/crypto/shamir"
 	"github.com/sovkeys/sovkeys/shared/infra/unseal"
+	"github.com/sovkeys/sovkeys/shared/testkit"
 )
 
 // A whole standalone restart (NATS, HSM token, every service) keeps every
@@ -22,7 +24,7 @@ func TestRestartKeepsState(t *testing.T) {
 	n.cli(t, nil, "tenant", "create", "--id", "vpc-restart")
 	vc := n.instanceClient(t, "vpc-restart", "i-restart")
 	var secret, enc []byte
-	checkFor(t, 10e9, 50e6, func() (err error) {
+	testkit.CheckFor(t, 10*time.Second, 50*time.Millisecond, func() (err error) {
 		secret, enc, err = vc.GenerateSecret(ctx, "i-restart", "vol-r")
 		return err
 	})

@@ -6,6 +6,9 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/sovkeys/sovkeys/shared/testkit"
 )
 
 // The documented curl + openssl flow works against a real node.
@@ -20,7 +23,7 @@ func TestVolumeSecretShellScript(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "cert")
 	n.cli(t, nil, "instance", "issue-cert", "--tenant", "vpc-script", "--instance", "i-script", "--out", dir)
 	var out []byte
-	checkFor(t, 10e9, 100e6, func() error {
+	testkit.CheckFor(t, 10*time.Second, 100*time.Millisecond, func() error {
 		cmd := exec.Command("bash", "../../docs/examples/volume-secret.sh")
 		cmd.Env = append(os.Environ(), "GATEWAY="+n.gateway, "TLS_CA="+filepath.Join(n.dir, "tls", "ca.pem"),
 			"CERT_DIR="+dir, "INSTANCE=i-script", "VOLUME=vol-script")

@@ -9,6 +9,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"os"
 	"path/filepath"
@@ -30,54 +31,113 @@ import (
 // standaloneTokenLabel is the SoftHSM token label of a standalone node.
 const standaloneTokenLabel = "sovkeys"
 
+// standaloneFlags are standalone's own flags; it also takes every service's
+// flags except those it sets itself (standaloneSets).
+type standaloneFlags struct {
+	svc                 serviceConfig
+	dataDir, natsListen string
+	natsCert, natsKey   string
+	nShares, kShares    int
+	devUnseal           string
+}
+
+// standaloneSets are the service flags standalone decides itself: the
+// embedded NATS server and its credentials, the SoftHSM token under --data.
+func standaloneSets() map[string]bool {
+	return map[string]bool{"nats": true, "creds": true, "hsm-module": true, "hsm-token-label": true, "hsm-pin-file": true}
+}
+
+func standaloneCommand() command {
+	return define("standalone", "--data DIR [--listen 127.0.0.1:8443] [--nats-listen 127.0.0.1:4222]",
+		"everything in one process: embedded NATS JetStream, a SoftHSM token and the four services (development, small sites)",
+		groupService, registerStandalone, runStandalone)
+}
+
+func registerStandalone(fs *flag.FlagSet, getenv func(string) string, f *standaloneFlags) {
+	// Every service's flags, registered on a scratch set and copied over
+	// but for the ones standalone sets itself.
+	all := flag.NewFlagSet("", flag.ContinueOnError)
+	f.svc.common.register(all, getenv)
+	for _, svc := range services() {
+		svc.flags(all, getenv, &f.svc)
+	}
+	sets := standaloneSets()
+	all.VisitAll(func(fl *flag.Flag) {
+		if !sets[fl.Name] {
+			fs.Var(fl.Value, fl.Name, fl.Usage)
+		}
+	})
+	fs.StringVar(&f.dataDir, "data", "", "data directory (created if missing)")
+	fs.StringVar(&f.natsListen, "nats-listen", "127.0.0.1:4222", "embedded NATS listen address")
+	fs.StringVar(&f.natsCert, "nats-tls-cert", "", "serve NATS over TLS with this certificate (PEM); services then need --nats-ca")
+	fs.StringVar(&f.natsKey, "nats-tls-key", "", "private key of --nats-tls-cert")
+	fs.IntVar(&f.nShares, "unseal-shares", 3, "HSM PIN shares made when the token is created")
+	fs.IntVar(&f.kShares, "unseal-threshold", 2, "shares needed to unseal after a restart")
+	fs.StringVar(&f.devUnseal, "dev-unseal-file", "", "DEVELOPMENT ONLY: keep the unseal shares in this file (outside --data) and unseal from it at start; as unsafe as a PIN on disk")
+}
+
 // runStandalone runs an embedded NATS JetStream server, a SoftHSM token and
 // all four services in one process. The services talk to each other only
 // over NATS, with their own credentials, exactly as separate processes do.
-func runStandalone(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("standalone", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	var f serviceFlags
-	f.register(fs, getenv)
-	dataDir := fs.String("data", "", "data directory (created if missing)")
-	natsListen := fs.String("nats-listen", "127.0.0.1:4222", "embedded NATS listen address")
-	natsCert := fs.String("nats-tls-cert", "", "serve NATS over TLS with this certificate (PEM); services then need --nats-ca")
-	natsKey := fs.String("nats-tls-key", "", "private key of --nats-tls-cert")
-	nShares := fs.Int("unseal-shares", 3, "HSM PIN shares made when the token is created")
-	kShares := fs.Int("unseal-threshold", 2, "shares needed to unseal after a restart")
-	devUnseal := fs.String("dev-unseal-file", "", "DEVELOPMENT ONLY: keep the unseal shares in this file (outside --data) and unseal from it at start; as unsafe as a PIN on disk")
-	if err := fs.Parse(args); err != nil {
-		return err
-	}
-	if *dataDir == "" {
+func runStandalone(ctx context.Context, f *standaloneFlags, s stdio) error {
+	if f.dataDir == "" {
 		return fmt.Errorf("%w: --data is required", shared.ErrConfigValidation)
 	}
-	dir, err := filepath.Abs(*dataDir)
+	dir, err := filepath.Abs(f.dataDir)
 	if err != nil {
 		return err
 	}
-	logger, err := newLogger(stderr, f.logLevel)
+	logger, err := newLogger(s.stderr, f.svc.common.logLevel)
 	if err != nil {
 		return err
 	}
-	startPprof(getenv("SOVKEYS_PPROF_LISTEN"), logger)
+	startPprof(s.getenv("SOVKEYS_PPROF_LISTEN"), logger)
 	for _, sub := range []string{"", "nats", "trust", "creds", "hsm", "tls"} {
 		if err := os.MkdirAll(filepath.Join(dir, sub), 0o700); err != nil {
 			return err
 		}
 	}
-
-	// NATS: operator-signed accounts, one user per service.
 	trust, err := natsauth.LoadOrCreate(filepath.Join(dir, "trust"))
 	if err != nil {
 		return err
 	}
-	host, portStr, err := net.SplitHostPort(*natsListen)
+	ns, err := startNATS(f, dir, trust)
 	if err != nil {
-		return fmt.Errorf("%w: --nats-listen: %v", shared.ErrConfigValidation, err)
+		return err
+	}
+	defer func() { ns.Shutdown(); ns.WaitForShutdown() }()
+	f.svc.common.conn.url = ns.ClientURL()
+	credsOf, err := writeCreds(trust, dir, f.svc.pool)
+	if err != nil {
+		return err
+	}
+	hsm, err := openStandaloneHSM(ctx, f, dir, s.stdout, logger)
+	if err != nil {
+		return err
+	}
+	if hsm != nil {
+		defer closeHSM(hsm, logger)
+	}
+	if f.svc.gateway.tlsCert == "" || f.svc.gateway.tlsKey == "" {
+		d, err := gateway.EnsureDevTLS(filepath.Join(dir, "tls"), time.Now())
+		if err != nil {
+			return err
+		}
+		f.svc.gateway.tlsCert, f.svc.gateway.tlsKey = d.CertFile, d.KeyFile
+	}
+	return serveAll(ctx, f, dir, credsOf, hsm, s, logger)
+}
+
+// startNATS starts the embedded JetStream server: operator-signed accounts,
+// one user per service.
+func startNATS(f *standaloneFlags, dir string, trust *natsauth.Trust) (*server.Server, error) {
+	host, portStr, err := net.SplitHostPort(f.natsListen)
+	if err != nil {
+		return nil, fmt.Errorf("%w: --nats-listen: %v", shared.ErrConfigValidation, err)
 	}
 	port, err := strconv.Atoi(portStr)
 	if err != nil {
-		return fmt.Errorf("%w: --nats-listen port: %v", shared.ErrConfigValidation, err)
+		return nil, fmt.Errorf("%w: --nats-listen port: %v", shared.ErrConfigValidation, err)
 	}
 	opts := &server.Options{
 		ServerName: "sovkeys-standalone", Host: host, Port: port,
@@ -87,115 +147,122 @@ func runStandalone(ctx context.Context, args []string, getenv func(string) strin
 		MaxControlLine: 64 << 10,
 	}
 	if err := trust.Configure(opts); err != nil {
-		return err
+		return nil, err
 	}
-	if *natsCert != "" || *natsKey != "" {
-		tc, err := server.GenTLSConfig(&server.TLSConfigOpts{CertFile: *natsCert, KeyFile: *natsKey})
+	if f.natsCert != "" || f.natsKey != "" {
+		tc, err := server.GenTLSConfig(&server.TLSConfigOpts{CertFile: f.natsCert, KeyFile: f.natsKey})
 		if err != nil {
-			return fmt.Errorf("%w: nats tls: %v", shared.ErrConfigValidation, err)
+			return nil, fmt.Errorf("%w: nats tls: %v", shared.ErrConfigValidation, err)
 		}
 		tc.MinVersion = tls.VersionTLS12
 		opts.TLSConfig, opts.TLS = tc, true
 	}
 	ns, err := server.NewServer(opts)
 	if err != nil {
-		return fmt.Errorf("embedded nats: %w", err)
+		return nil, fmt.Errorf("embedded nats: %w", err)
 	}
 	ns.Start()
-	defer func() { ns.Shutdown(); ns.WaitForShutdown() }()
 	if !ns.ReadyForConnections(30 * time.Second) {
-		return errors.New("embedded nats: not ready after 30s")
+		ns.Shutdown()
+		return nil, errors.New("embedded nats: not ready after 30s")
 	}
-	natsURL := ns.ClientURL()
-	f.conn.url = natsURL
+	return ns, nil
+}
+
+// writeCreds writes the operator's credentials and one user per service,
+// each with only its own permissions; it returns the services' files.
+func writeCreds(trust *natsauth.Trust, dir, pool string) (map[string]string, error) {
 	if err := trust.WriteUserCreds(filepath.Join(dir, "operator.creds"), "operator", natsauth.Permissions{}); err != nil {
-		return err
+		return nil, err
 	}
 	credsOf := map[string]string{}
-	for _, name := range []string{"gateway", "authn", "keyworker", "audit"} {
-		p := filepath.Join(dir, "creds", name+".creds")
-		if err := trust.WriteUserCreds(p, name, natsauth.ServicePermissions(name, []string{f.pool})); err != nil {
-			return err
+	for _, svc := range services() {
+		p := filepath.Join(dir, "creds", svc.name+".creds")
+		if err := trust.WriteUserCreds(p, svc.name, natsauth.ServicePermissions(svc.name, []string{pool})); err != nil {
+			return nil, err
 		}
-		credsOf[name] = p
+		credsOf[svc.name] = p
 	}
+	return credsOf, nil
+}
 
-	// HSM: a SoftHSM token under dir, found by label. Its PINs are never
-	// stored: the SO PIN is discarded after creation and the user PIN leaves
-	// only as Shamir shares printed once (docs/operations.md, "Unseal").
+// openStandaloneHSM makes (once) a SoftHSM token under dir and opens it, or
+// returns nil when the node is sealed. Its PINs are never stored: the SO
+// PIN is discarded after creation and the user PIN leaves only as Shamir
+// shares printed once (docs/operations.md, "Unseal").
+func openStandaloneHSM(ctx context.Context, f *standaloneFlags, dir string, stdout io.Writer, logger *slog.Logger) (*keyworker.HSM, error) {
 	hsmDir := filepath.Join(dir, "hsm")
 	fresh := !tokenDirUsed(filepath.Join(hsmDir, "tokens"))
-	pin := randomHex(16)
-	tok, err := keyworker.EnsureSoftHSMToken(ctx, hsmDir, standaloneTokenLabel, randomHex(16), pin)
+	soPIN, err := randomHex(16)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	f.hsmModule, f.hsmToken = tok.ModulePath, tok.TokenLabel
+	pin, err := randomHex(16)
+	if err != nil {
+		return nil, err
+	}
+	tok, err := keyworker.EnsureSoftHSMToken(ctx, hsmDir, standaloneTokenLabel, soPIN, pin)
+	if err != nil {
+		return nil, err
+	}
+	f.svc.keyworker.hsmModule, f.svc.keyworker.hsmToken = tok.ModulePath, tok.TokenLabel
 	if fresh {
-		shares, err := unseal.SplitPIN(pin, f.pool, *nShares, *kShares)
+		shares, err := unseal.SplitPIN(pin, f.svc.pool, f.nShares, f.kShares)
 		if err != nil {
-			return fmt.Errorf("%w: unseal shares: %v", shared.ErrConfigValidation, err)
+			return nil, fmt.Errorf("%w: unseal shares: %v", shared.ErrConfigValidation, err)
 		}
-		printShares(stdout, shares, *kShares)
-		if *devUnseal != "" {
-			if err := writeDevShares(*devUnseal, dir, shares); err != nil {
-				return err
+		printShares(stdout, shares, f.kShares)
+		if f.devUnseal != "" {
+			if err := writeDevShares(f.devUnseal, dir, shares); err != nil {
+				return nil, err
 			}
 		}
 	} else {
 		pin = ""
-		if *devUnseal != "" {
-			if pin, err = readDevShares(*devUnseal); err != nil {
-				return err
+		if f.devUnseal != "" {
+			if pin, err = readDevShares(f.devUnseal); err != nil {
+				return nil, err
 			}
 		}
 	}
-	var hsm *keyworker.HSM
-	if pin != "" {
-		if hsm, err = keyworker.OpenHSM(ctx, f.hsmConfig(pin), logger); err != nil {
-			return err
-		}
-		defer func() { _ = hsm.Close() }()
-	} else {
-		fmt.Fprintf(stdout, "HSM sealed: run `sovkeys unseal --share SHARE` with %d shares to start the keyworker\n", *kShares)
+	if pin == "" {
+		fmt.Fprintf(stdout, "HSM sealed: run `sovkeys unseal --share SHARE` with %d shares to start the keyworker\n", f.kShares)
+		return nil, nil
 	}
+	return openHSM(ctx, &f.svc, pin, logger)
+}
 
-	// TLS for the gateway.
-	if f.tlsCert == "" || f.tlsKey == "" {
-		d, err := gateway.EnsureDevTLS(filepath.Join(dir, "tls"), time.Now())
-		if err != nil {
-			return err
-		}
-		f.tlsCert, f.tlsKey = d.CertFile, d.KeyFile
-	}
-
+// serveAll runs the four services, each with its own NATS user, until ctx
+// ends or one of them fails.
+func serveAll(ctx context.Context, f *standaloneFlags, dir string, credsOf map[string]string, hsm *keyworker.HSM, s stdio, logger *slog.Logger) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var wg sync.WaitGroup
-	errc := make(chan error, 4)
-	for _, name := range []string{"keyworker", "audit", "authn", "gateway"} {
-		sf := f
-		sf.conn.creds = credsOf[name]
+	svcs := services()
+	errc := make(chan error, len(svcs))
+	for _, svc := range svcs {
+		c := f.svc
+		c.common.conn.creds = credsOf[svc.name]
+		var h *keyworker.HSM
+		if svc.opensHSM {
+			h = hsm
+		}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			var h *keyworker.HSM
-			if name == "keyworker" {
-				h = hsm
-			}
-			if err := startService(ctx, name, &sf, h, getenv, logger.With("node", "standalone")); err != nil {
+			if err := runService(ctx, svc, &c, h, s.getenv, logger.With("node", "standalone")); err != nil {
 				errc <- err
 			}
 		}()
 	}
-	fmt.Fprintf(stdout, `sovkeys standalone
+	natsURL, opCreds, listen := f.svc.common.conn.url, filepath.Join(dir, "operator.creds"), f.svc.gateway.listen
+	fmt.Fprintf(s.stdout, `sovkeys standalone
   gateway     https://%s  (trust anchor %s)
   readiness   https://%s/healthz
   nats        %s  (operator credentials %s)
   try:        export SOVKEYS_NATS_URL=%s SOVKEYS_NATS_CREDS=%s
               sovkeys xks keystore create --prefix /example
-`, f.listen, filepath.Join(dir, "tls", "ca.pem"), f.listen, natsURL, filepath.Join(dir, "operator.creds"),
-		natsURL, filepath.Join(dir, "operator.creds"))
+`, listen, filepath.Join(dir, "tls", "ca.pem"), listen, natsURL, opCreds, natsURL, opCreds)
 	var runErr error
 	select {
 	case <-ctx.Done():
@@ -258,8 +325,10 @@ func readDevShares(path string) (string, error) {
 	return string(pin), nil
 }
 
-func randomHex(n int) string {
+func randomHex(n int) (string, error) {
 	b := make([]byte, n)
-	_, _ = rand.Read(b)
-	return hex.EncodeToString(b)
+	if _, err := rand.Read(b); err != nil {
+		return "", fmt.Errorf("random: %w", err)
+	}
+	return hex.EncodeToString(b), nil
 }

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"io"
 	"strings"
 	"time"
 
@@ -19,44 +18,46 @@ const (
 	authAWS  = "aws"
 )
 
-func runTenant(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
-	if len(args) < 1 {
-		return errUsage
+// tenantFlags are the flags of the tenant commands.
+type tenantFlags struct {
+	id, ekt, bucket, account, role, pool string
+	methods                              listFlag
+	aws                                  awsTenantOptions
+}
+
+func (f *tenantFlags) idFlag(fs *flag.FlagSet) {
+	fs.StringVar(&f.id, "id", "", "tenant id (1-64 chars of [A-Za-z0-9_-], e.g. a VPC id)")
+}
+
+func tenantCommands() []command {
+	setStatus := func(verb, status string) command {
+		return operatorCommand("tenant "+verb, "--id TENANT", verb+" a tenant's volume secrets",
+			(*tenantFlags).idFlag, func(ctx context.Context, o *operator, f *tenantFlags) error {
+				return o.audited(ctx, "tenant."+verb, map[string]string{"tenant": f.id}, func() error { return o.tenantSetStatus(ctx, f.id, status) })
+			})
 	}
-	cmd, rest := args[0], args[1:]
-	var id, ekt, bucket, account, role, pool string
-	var methods listFlag
-	var awsOpt awsTenantOptions
-	idFlag := func(fs *flag.FlagSet) {
-		fs.StringVar(&id, "id", "", "tenant id (1-64 chars of [A-Za-z0-9_-], e.g. a VPC id)")
-	}
-	run := func(define func(*flag.FlagSet), fn func(context.Context, *operator, *registry.Tenants) error) error {
-		return withOperator(ctx, "tenant "+cmd, rest, getenv, stdout, stderr, define, func(ctx context.Context, o *operator) error {
-			tenants, err := registry.OpenTenants(ctx, o.js, o.topo)
+	return []command{
+		operatorCommand("tenant create", "--id TENANT [--ekt-name NAME] [--audit-bucket B] [--auth mtls|aws] [--account A --role-arn R --region R --check-source-ip]",
+			"create a volume-secret tenant (AWS identity: docs/aws-identity.md)",
+			func(f *tenantFlags, fs *flag.FlagSet) {
+				f.idFlag(fs)
+				fs.StringVar(&f.ekt, "ekt-name", "", "name of the tenant master key's EKT (default: the tenant id; tenants may share one)")
+				fs.StringVar(&f.bucket, "audit-bucket", "", "the tenant's own S3 bucket for audit export")
+				fs.StringVar(&f.account, "account", "", "the tenant's AWS account id (AWS instance identity)")
+				fs.StringVar(&f.role, "role-arn", "", "cross-account role sovkeys assumes (AWS instance identity)")
+				fs.StringVar(&f.pool, "pool", "default", "keyworker pool holding the tenant's hierarchy")
+				fs.Var(&f.methods, "auth", "allowed caller authentication: mtls (default), aws")
+				fs.StringVar(&f.aws.region, "region", "", "AWS region of the tenant's instances (default: authn's --aws-region)")
+				fs.BoolVar(&f.aws.checkSourceIP, "check-source-ip", false, "AWS identity: the caller's source IP must be one of the instance's private addresses")
+			}, func(ctx context.Context, o *operator, f *tenantFlags) error {
+				return o.audited(ctx, "tenant.create", map[string]string{"tenant": f.id, "ekt_name": f.ekt, "pool": f.pool, "auth": f.methods.String()},
+					func() error { return o.tenantCreate(ctx, f) })
+			}),
+		operatorCommand("tenant list", "", "list tenants", none, func(ctx context.Context, o *operator, _ *struct{}) error {
+			r, err := registry.OpenTenants(ctx, o.js, o.topo)
 			if err != nil {
 				return err
 			}
-			return fn(ctx, o, tenants)
-		})
-	}
-	switch cmd {
-	case "create":
-		return run(func(fs *flag.FlagSet) {
-			idFlag(fs)
-			fs.StringVar(&ekt, "ekt-name", "", "name of the tenant master key's EKT (default: the tenant id; tenants may share one)")
-			fs.StringVar(&bucket, "audit-bucket", "", "the tenant's own S3 bucket for audit export")
-			fs.StringVar(&account, "account", "", "the tenant's AWS account id (AWS instance identity)")
-			fs.StringVar(&role, "role-arn", "", "cross-account role sovkeys assumes (AWS instance identity)")
-			fs.StringVar(&pool, "pool", "default", "keyworker pool holding the tenant's hierarchy")
-			fs.Var(&methods, "auth", "allowed caller authentication: mtls (default), aws")
-			fs.StringVar(&awsOpt.region, "region", "", "AWS region of the tenant's instances (default: authn's --aws-region)")
-			fs.BoolVar(&awsOpt.checkSourceIP, "check-source-ip", false, "AWS identity: the caller's source IP must be one of the instance's private addresses")
-		}, func(ctx context.Context, o *operator, r *registry.Tenants) error {
-			return o.audited(ctx, "tenant.create", map[string]string{"tenant": id, "ekt_name": ekt, "pool": pool, "auth": methods.String()},
-				func() error { return tenantCreate(ctx, o, r, id, ekt, bucket, account, role, pool, methods, awsOpt) })
-		})
-	case "list":
-		return run(func(*flag.FlagSet) {}, func(ctx context.Context, o *operator, r *registry.Tenants) error {
 			tenants, err := r.List(ctx)
 			if err != nil {
 				return err
@@ -65,31 +66,28 @@ func runTenant(ctx context.Context, args []string, getenv func(string) string, s
 				tenants = []registry.Tenant{}
 			}
 			return o.print(tenants)
-		})
-	case "show":
-		return run(idFlag, func(ctx context.Context, o *operator, r *registry.Tenants) error {
-			tn, _, err := r.Get(ctx, id)
+		}),
+		operatorCommand("tenant show", "--id TENANT", "show one tenant", (*tenantFlags).idFlag, func(ctx context.Context, o *operator, f *tenantFlags) error {
+			r, err := registry.OpenTenants(ctx, o.js, o.topo)
+			if err != nil {
+				return err
+			}
+			tn, _, err := r.Get(ctx, f.id)
 			if errors.Is(err, registry.ErrNotFound) {
-				return fmt.Errorf("no tenant %q", id)
+				return fmt.Errorf("no tenant %q", f.id)
 			}
 			if err != nil {
 				return err
 			}
 			return o.print(tn)
-		})
-	case "disable", "enable":
-		status := registry.TenantEnabled
-		if cmd == "disable" {
-			status = registry.TenantDisabled
-		}
-		return run(idFlag, func(ctx context.Context, o *operator, r *registry.Tenants) error {
-			return o.audited(ctx, "tenant."+cmd, map[string]string{"tenant": id}, func() error { return tenantSetStatus(ctx, o, r, id, status) })
-		})
+		}),
+		setStatus("disable", registry.TenantDisabled),
+		setStatus("enable", registry.TenantEnabled),
 	}
-	return fmt.Errorf("unknown command tenant %s: %w", cmd, errUsage)
 }
 
-func tenantCreate(ctx context.Context, o *operator, r *registry.Tenants, id, ekt, bucket, account, role, pool string, methods []string, awsOpt awsTenantOptions) error {
+func (o *operator) tenantCreate(ctx context.Context, f *tenantFlags) error {
+	id, ekt, methods := f.id, f.ekt, []string(f.methods)
 	if !registry.ValidTenantID(id) {
 		return fmt.Errorf("%w: tenant id must be 1-64 characters of [A-Za-z0-9_-]", shared.ErrConfigValidation)
 	}
@@ -99,8 +97,8 @@ func tenantCreate(ctx context.Context, o *operator, r *registry.Tenants, id, ekt
 	if !registry.ValidTenantID(ekt) {
 		return fmt.Errorf("%w: ekt name must be 1-64 characters of [A-Za-z0-9_-]", shared.ErrConfigValidation)
 	}
-	if !shared.ValidPoolName(pool) {
-		return fmt.Errorf("%w: pool %q", shared.ErrConfigValidation, pool)
+	if !shared.ValidPoolName(f.pool) {
+		return fmt.Errorf("%w: pool %q", shared.ErrConfigValidation, f.pool)
 	}
 	if len(methods) == 0 {
 		methods = []string{authMTLS}
@@ -109,19 +107,23 @@ func tenantCreate(ctx context.Context, o *operator, r *registry.Tenants, id, ekt
 		if m != authMTLS && m != authAWS {
 			return fmt.Errorf("%w: auth method %q (mtls, aws)", shared.ErrConfigValidation, m)
 		}
-		if m == authAWS && (account == "" || role == "") {
+		if m == authAWS && (f.account == "" || f.role == "") {
 			return fmt.Errorf("%w: --auth aws needs --account and --role-arn", shared.ErrConfigValidation)
 		}
 		if m == authAWS {
-			if err := awsOpt.validate(id, account, role); err != nil {
+			if err := f.aws.validate(id, f.account, f.role); err != nil {
 				return err
 			}
 		}
 	}
+	r, err := registry.OpenTenants(ctx, o.js, o.topo)
+	if err != nil {
+		return err
+	}
 	tn := &registry.Tenant{
-		ID: id, EKTName: ekt, Pool: pool, AuditBucket: bucket, Account: account, RoleARN: role,
+		ID: id, EKTName: ekt, Pool: f.pool, AuditBucket: f.bucket, Account: f.account, RoleARN: f.role,
 		AuthMethods: methods, Status: registry.TenantEnabled, Created: time.Now().UTC(),
-		Region: awsOpt.region, CheckSourceIP: awsOpt.checkSourceIP,
+		Region: f.aws.region, CheckSourceIP: f.aws.checkSourceIP,
 	}
 	if err := r.Create(ctx, tn); err != nil {
 		if errors.Is(err, registry.ErrExists) {
@@ -132,26 +134,19 @@ func tenantCreate(ctx context.Context, o *operator, r *registry.Tenants, id, ekt
 	return o.print(tn)
 }
 
-func tenantSetStatus(ctx context.Context, o *operator, r *registry.Tenants, id, status string) error {
-	for range 5 {
-		tn, rev, err := r.Get(ctx, id)
-		if errors.Is(err, registry.ErrNotFound) {
-			return fmt.Errorf("no tenant %q", id)
-		}
-		if err != nil {
-			return err
-		}
-		tn.Status = status
-		err = r.Update(ctx, tn, rev)
-		if errors.Is(err, registry.ErrConflict) {
-			continue
-		}
-		if err != nil {
-			return err
-		}
-		return o.print(tn)
+func (o *operator) tenantSetStatus(ctx context.Context, id, status string) error {
+	r, err := registry.OpenTenants(ctx, o.js, o.topo)
+	if err != nil {
+		return err
 	}
-	return fmt.Errorf("tenant %q: too many concurrent updates, retry", id)
+	tn, err := r.Modify(ctx, id, func(tn *registry.Tenant) error { tn.Status = status; return nil })
+	if errors.Is(err, registry.ErrNotFound) {
+		return fmt.Errorf("no tenant %q", id)
+	}
+	if err != nil {
+		return err
+	}
+	return o.print(tn)
 }
 
 // awsTenantOptions are the AWS instance identity settings of a tenant

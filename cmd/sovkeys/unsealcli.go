@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -13,63 +14,73 @@ import (
 	"github.com/sovkeys/sovkeys/shared/infra/unseal"
 )
 
-// runUnseal submits PIN shares for a sealed keyworker pool, or (split)
-// makes shares of a PIN read from standard input.
-func runUnseal(ctx context.Context, args []string, getenv func(string) string, stdin io.Reader, stdout, stderr io.Writer) error {
-	if len(args) > 0 && args[0] == "split" {
-		fs := flag.NewFlagSet("unseal split", flag.ContinueOnError)
-		fs.SetOutput(stderr)
-		pool := fs.String("pool", "default", "keyworker pool")
-		n := fs.Int("shares", 3, "shares to make")
-		k := fs.Int("threshold", 2, "shares needed to unseal")
-		if err := fs.Parse(args[1:]); err != nil {
-			return err
-		}
-		line, err := bufio.NewReader(stdin).ReadString('\n')
-		if err != nil && err != io.EOF {
-			return err
-		}
-		pin := strings.TrimRight(line, "\r\n")
-		if pin == "" {
-			return fmt.Errorf("%w: give the HSM user PIN on standard input", shared.ErrConfigValidation)
-		}
-		shares, err := unseal.SplitPIN(pin, *pool, *n, *k)
-		if err != nil {
-			return fmt.Errorf("%w: %v", shared.ErrConfigValidation, err)
-		}
-		printShares(stdout, shares, *k)
-		return nil
+// splitFlags are the flags of `unseal split`.
+type splitFlags struct {
+	pool string
+	n, k int
+}
+
+func unsealCommands() []command {
+	return []command{
+		operatorCommand("unseal", "[--share SHARE]...", "give a sealed keyworker pool its HSM PIN shares (one per line on stdin without --share)",
+			func(lines *listFlag, fs *flag.FlagSet) {
+				fs.Var(lines, "share", "a share line (repeatable); without --share, one share per line on standard input")
+			}, func(ctx context.Context, o *operator, lines *listFlag) error { return o.unseal(ctx, *lines) }),
+		define("unseal split", "--pool P --shares N --threshold K", "make Shamir shares of an HSM PIN read from stdin", groupOperator,
+			func(fs *flag.FlagSet, _ func(string) string, f *splitFlags) {
+				fs.StringVar(&f.pool, "pool", "default", "keyworker pool")
+				fs.IntVar(&f.n, "shares", 3, "shares to make")
+				fs.IntVar(&f.k, "threshold", 2, "shares needed to unseal")
+			}, unsealSplit),
 	}
-	var lines listFlag
-	return withOperator(ctx, "unseal", args, getenv, stdout, stderr, func(fs *flag.FlagSet) {
-		fs.Var(&lines, "share", "a share line (repeatable); without --share, one share per line on standard input")
-	}, func(ctx context.Context, o *operator) error {
-		if len(lines) == 0 {
-			sc := bufio.NewScanner(stdin)
-			for sc.Scan() {
-				if l := strings.TrimSpace(sc.Text()); l != "" {
-					lines = append(lines, l)
-				}
+}
+
+func unsealSplit(_ context.Context, f *splitFlags, s stdio) error {
+	line, err := bufio.NewReader(s.stdin).ReadString('\n')
+	if err != nil && !errors.Is(err, io.EOF) {
+		return err
+	}
+	pin := strings.TrimRight(line, "\r\n")
+	if pin == "" {
+		return fmt.Errorf("%w: give the HSM user PIN on standard input", shared.ErrConfigValidation)
+	}
+	shares, err := unseal.SplitPIN(pin, f.pool, f.n, f.k)
+	if err != nil {
+		return fmt.Errorf("%w: %v", shared.ErrConfigValidation, err)
+	}
+	printShares(s.stdout, shares, f.k)
+	return nil
+}
+
+func (o *operator) unseal(ctx context.Context, lines []string) error {
+	if len(lines) == 0 {
+		sc := bufio.NewScanner(o.stdin)
+		for sc.Scan() {
+			if l := strings.TrimSpace(sc.Text()); l != "" {
+				lines = append(lines, l)
 			}
 		}
-		if len(lines) == 0 {
-			return fmt.Errorf("%w: no share given", shared.ErrConfigValidation)
+		if err := sc.Err(); err != nil {
+			return fmt.Errorf("reading shares: %w", err)
 		}
-		kv, err := unseal.Open(ctx, o.js, o.topo)
+	}
+	if len(lines) == 0 {
+		return fmt.Errorf("%w: no share given", shared.ErrConfigValidation)
+	}
+	kv, err := unseal.Open(ctx, o.js, o.topo)
+	if err != nil {
+		return err
+	}
+	for _, l := range lines {
+		s, err := unseal.Parse(l)
 		if err != nil {
 			return err
 		}
-		for _, l := range lines {
-			s, err := unseal.Parse(l)
-			if err != nil {
-				return err
-			}
-			params := map[string]string{"pool": s.Pool, "share_index": strconv.Itoa(int(s.Share.X))}
-			if err := o.audited(ctx, "unseal.submit", params, func() error { return unseal.Submit(ctx, kv, s) }); err != nil {
-				return err
-			}
-			fmt.Fprintf(o.out, "share %d of pool %q submitted (%d needed)\n", s.Share.X, s.Pool, s.Threshold)
+		params := map[string]string{"pool": s.Pool, "share_index": strconv.Itoa(int(s.Share.X))}
+		if err := o.audited(ctx, "unseal.submit", params, func() error { return unseal.Submit(ctx, kv, s) }); err != nil {
+			return err
 		}
-		return nil
-	})
+		fmt.Fprintf(o.out, "share %d of pool %q submitted (%d needed)\n", s.Share.X, s.Pool, s.Threshold)
+	}
+	return nil
 }

@@ -12,8 +12,10 @@ import (
 	"path/filepath"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/sovkeys/sovkeys/shared/client/vsclient"
+	"github.com/sovkeys/sovkeys/shared/testkit"
 )
 
 // instanceClient issues a certificate for tenant/instance with the CLI and
@@ -66,7 +68,7 @@ func TestVolumeSecrets(t *testing.T) {
 
 	// The original's functional check: generate -> convert -> decrypt = same 32 bytes.
 	var secret, enc []byte
-	checkFor(t, 10e9, 50e6, func() error { // tenant and CA reach authn's caches asynchronously
+	testkit.CheckFor(t, 10*time.Second, 50*time.Millisecond, func() error { // tenant and CA reach authn's caches asynchronously
 		secret, enc, err = i1.GenerateSecret(ctx, "i-0001", "vol-1")
 		return err
 	})
@@ -146,7 +148,7 @@ func TestVolumeSecrets(t *testing.T) {
 	})
 	t.Run("disabled tenant", func(t *testing.T) {
 		n.cli(t, nil, "tenant", "disable", "--id", "vpc-b")
-		checkFor(t, 5e9, 20e6, func() error {
+		testkit.CheckFor(t, 5*time.Second, 20*time.Millisecond, func() error {
 			_, _, err := other.GenerateSecret(ctx, "i-0009", "vol-9")
 			if vsStatus(err) != 403 {
 				return fmt.Errorf("got %v", err)
@@ -176,7 +178,7 @@ func TestVolumeSecretsConcurrentFirstUse(t *testing.T) {
 	ctx := context.Background()
 	n.cli(t, nil, "tenant", "create", "--id", "vpc-race")
 	c := n.instanceClient(t, "vpc-race", "i-race")
-	checkFor(t, 10e9, 50e6, func() error {
+	testkit.CheckFor(t, 10*time.Second, 50*time.Millisecond, func() error {
 		_, err := c.DecryptSecret(ctx, "i-race", "probe", []byte{1})
 		if vsStatus(err) == 401 || vsStatus(err) == 403 || vsStatus(err) == 503 {
 			return err // not yet visible to authn

@@ -1,0 +1,80 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"flag"
+	"io"
+	"log/slog"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/sovkeys/sovkeys/shared/infra/mesh"
+	"github.com/sovkeys/sovkeys/shared/infra/registry"
+)
+
+// operatorTimeout bounds one operator command.
+const operatorTimeout = 30 * time.Second
+
+// operator is a connected operator CLI session.
+type operator struct {
+	getenv func(string) string
+	nc     *nats.Conn
+	js     jetstream.JetStream
+	topo   mesh.Topology
+	reg    *registry.Registry
+	out    io.Writer
+	stdin  io.Reader
+}
+
+func (o *operator) print(v any) error {
+	enc := json.NewEncoder(o.out)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
+
+// opFlags are an operator command's flags: the connection, the replicas of
+// the buckets it may declare, and its own (C).
+type opFlags[C any] struct {
+	conn connFlags
+	topo mesh.Topology
+	own  C
+}
+
+// operatorCommand makes an operator command: it connects to NATS with the
+// common flags, opens the registry and runs fn within operatorTimeout.
+func operatorCommand[C any](name, usage, short string,
+	flags func(c *C, fs *flag.FlagSet),
+	fn func(ctx context.Context, o *operator, c *C) error) command {
+	return define(name, usage, short, groupOperator,
+		func(fs *flag.FlagSet, getenv func(string) string, f *opFlags[C]) {
+			f.conn.register(fs, getenv)
+			f.topo = mesh.DefaultTopology()
+			fs.IntVar(&f.topo.Replicas, "replicas", f.topo.Replicas, "JetStream replicas of a KV bucket this command declares (3 in a production cluster)")
+			flags(&f.own, fs)
+		},
+		func(ctx context.Context, f *opFlags[C], s stdio) error {
+			ctx, cancel := context.WithTimeout(ctx, operatorTimeout)
+			defer cancel()
+			nc, js, err := connectCLI(ctx, f.conn, s.stderr)
+			if err != nil {
+				return err
+			}
+			defer nc.Close()
+			reg, err := registry.Open(ctx, js, f.topo)
+			if err != nil {
+				return err
+			}
+			return fn(ctx, &operator{getenv: s.getenv, nc: nc, js: js, topo: f.topo, reg: reg, out: s.stdout, stdin: s.stdin}, &f.own)
+		})
+}
+
+// none is the flags function of an operator command without flags of its own.
+func none(*struct{}, *flag.FlagSet) {}
+
+func connectCLI(ctx context.Context, conn connFlags, stderr io.Writer) (*nats.Conn, jetstream.JetStream, error) {
+	logger := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	return mesh.Connect(ctx, conn.config("sovkeys-cli"), logger)
+}
