@@ -23,6 +23,12 @@ import (
 // exports the log to the central store (services/audit destinations.go).
 const auditExportConsumer = "audit_export"
 
+// maxAuditWindow bounds the async publishes in flight well below nats.go's
+// default PublishAsyncMaxPending (4,000): at that limit PublishMsgAsync
+// stalls and, when the server is slower than 200 ms to ack, fails the run
+// with "stalled with too many outstanding async published messages".
+const maxAuditWindow = 2048
+
 // auditLoad drives runAuditLoad: audit events published straight to the
 // event stream, as gateways, authn and keyworkers publish them, against
 // whatever audit services are running.
@@ -59,8 +65,8 @@ func runAuditLoad(ctx context.Context, js jetstream.JetStream, cfg auditLoad, no
 	if cfg.Events < 1 || cfg.Scopes < 1 || cfg.Scopes > cfg.Events {
 		return AuditReport{}, fmt.Errorf("%w: need 1 <= scopes <= events", ErrConfigValidation)
 	}
-	if cfg.Window < 1 {
-		cfg.Window = 4096
+	if cfg.Window < 1 || cfg.Window > maxAuditWindow {
+		cfg.Window = maxAuditWindow
 	}
 	if cfg.Wait <= 0 {
 		cfg.Wait = 5 * time.Minute
