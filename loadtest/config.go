@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/url"
 	"os"
+	"slices"
 	"strings"
 	"time"
 
@@ -23,6 +24,10 @@ var ErrConfigValidation = errors.New("loadtest: invalid configuration")
 const (
 	APIXKS = "xks" // AWS KMS External Key Store proxy API, SigV4
 	APIVS  = "vs"  // instance volume secrets, mutual TLS
+	// APIAudit publishes audit events straight to the event stream, as the
+	// services do, and measures how fast the running audit services number
+	// and export them.
+	APIAudit = "audit"
 )
 
 // Operations the generator can drive. decrypt and mixed exist in both APIs;
@@ -32,6 +37,7 @@ const (
 	OpDecrypt  = "decrypt"
 	OpMixed    = "mixed"
 	OpGenerate = "generate"
+	OpPublish  = "publish" // audit: the only operation
 )
 
 // Bounds that keep a run finite whatever the flags say.
@@ -62,6 +68,14 @@ type Config struct {
 	WrapKeys       int    // one-time RSA wrapping keys made before the run and rotated through
 	RSABits        int    // their size
 	KeepAlive      bool   // reuse TLS connections (default: a new one per call, as booting instances do)
+
+	// Audit: the NATS connection of the services and the events to publish.
+	NATSURL   string        // nats://127.0.0.1:4222
+	NATSCreds string        // credentials file
+	NATSCA    string        // CA file for NATS TLS
+	Scopes    int           // distinct key stores the events are spread over
+	Events    int           // events to publish; 0 = Rate x Duration
+	AuditWait time.Duration // how long to wait for sequencing and export after publishing
 
 	Op       string // xks: encrypt | decrypt | mixed; vs: generate | decrypt | mixed
 	Size     int    // plaintext bytes
@@ -94,7 +108,7 @@ type credsFile struct {
 	SecretAccessKey string `json:"secretAccessKey"`
 }
 
-const usageHeader = `loadtest - XKS or volume-secret load against a sovkeys gateway
+const usageHeader = `loadtest - XKS or volume-secret load against a sovkeys gateway, or audit load
 
   loadtest -ca DATA/tls/ca.pem -creds-json ks.json -key KEYID [-op encrypt|decrypt|mixed]
            (-concurrency N | -rate R) [-duration 60s] [-warmup 5s] [-json out.json]
@@ -102,6 +116,8 @@ const usageHeader = `loadtest - XKS or volume-secret load against a sovkeys gate
   loadtest -api vs -ca DATA/tls/ca.pem -cert DIR/cert.pem -key DIR/key.pem
            -signing-key DIR/signing-key.pem -instance ID [-op generate|decrypt|mixed]
            (-concurrency N | -rate R) [-wrap-keys 8] [-rsa-bits 3072] [-keepalive] ...
+  loadtest -api audit [-nats nats://127.0.0.1:4222] [-nats-creds FILE] [-nats-ca FILE]
+           -rate 5000 -scopes 200 -duration 60s | -events 100000 -scopes 20 [-wait 5m]
 
 Closed loop (-concurrency) keeps N requests outstanding; open loop (-rate)
 sends R requests/s on a fixed schedule and measures latency from each
@@ -116,6 +132,12 @@ made before the run (-wrap-keys of -rsa-bits) and rotated through: key
 generation is the instance's cost, not the service's. Each call opens a new
 TLS connection unless -keepalive.
 
+-api audit publishes audit events over NATS (to the event stream, as the
+services do; fresh scopes each run) at -rate events/s for -duration (or
+-events as fast as one publisher can) and reports how fast the running audit
+services number them and export them to the central store, and their largest
+lags. Only loopback NATS URLs unless -allow-remote.
+
 Flags:
 `
 
@@ -129,7 +151,7 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (C
 	}
 	var c Config
 	var credsJSON, key string
-	fs.StringVar(&c.API, "api", APIXKS, "xks (SigV4 XKS proxy API) | vs (volume secrets over mutual TLS)")
+	fs.StringVar(&c.API, "api", APIXKS, "xks (SigV4 XKS proxy API) | vs (volume secrets over mutual TLS) | audit (audit events over NATS)")
 	fs.StringVar(&c.URL, "url", "https://127.0.0.1:8443", "gateway base URL")
 	fs.StringVar(&c.CAFile, "ca", "", "PEM file of the gateway's trust anchor (e.g. DATA/tls/ca.pem)")
 	fs.StringVar(&c.Prefix, "prefix", "", "key store URI prefix (default: uriPrefix of -creds-json)")
@@ -143,6 +165,12 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (C
 	fs.IntVar(&c.WrapKeys, "wrap-keys", 8, "vs: one-time RSA wrapping keys made before the run and rotated through")
 	fs.IntVar(&c.RSABits, "rsa-bits", 3072, "vs: size of the wrapping keys (2048-4096)")
 	fs.BoolVar(&c.KeepAlive, "keepalive", false, "vs: reuse TLS connections instead of one new connection per call")
+	fs.StringVar(&c.NATSURL, "nats", envOr(getenv, "SOVKEYS_NATS_URL", "nats://127.0.0.1:4222"), "audit: NATS server URL(s), comma separated (env SOVKEYS_NATS_URL)")
+	fs.StringVar(&c.NATSCreds, "nats-creds", getenv("SOVKEYS_NATS_CREDS"), "audit: NATS credentials `FILE` (env SOVKEYS_NATS_CREDS)")
+	fs.StringVar(&c.NATSCA, "nats-ca", getenv("SOVKEYS_NATS_CA"), "audit: CA `FILE` for NATS TLS (env SOVKEYS_NATS_CA)")
+	fs.IntVar(&c.Scopes, "scopes", 20, "audit: distinct key stores the events are spread over")
+	fs.IntVar(&c.Events, "events", 0, "audit: events to publish (default: -rate x -duration; without -rate, as fast as possible)")
+	fs.DurationVar(&c.AuditWait, "wait", 5*time.Minute, "audit: how long to wait for sequencing and export after publishing")
 	fs.StringVar(&c.Op, "op", "", "xks: encrypt (default) | decrypt | mixed; vs: generate (default) | decrypt | mixed; mixed = half each")
 	fs.IntVar(&c.Size, "size", 1024, "plaintext bytes")
 	fs.IntVar(&c.AADSize, "aad", 0, "additionalAuthenticatedData bytes")
@@ -179,6 +207,11 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (C
 		if c.Op == "" {
 			c.Op = OpGenerate
 		}
+	case APIAudit:
+		c.Op = OpPublish
+		if c.Events == 0 && c.Rate > 0 {
+			c.Events = int(c.Rate * c.Duration.Seconds())
+		}
 	default:
 		c.KeyID = key
 		if c.Op == "" {
@@ -196,19 +229,28 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (C
 // Flags that belong to one API only; giving one to the other is a mistake
 // worth stopping for (it would be silently ignored).
 var (
-	xksOnlyFlags = []string{"creds-json", "prefix", "access-key-id", "secret", "size", "aad"}
-	vsOnlyFlags  = []string{"cert", "signing-key", "instance", "wrap-keys", "rsa-bits", "keepalive"}
+	xksOnlyFlags   = []string{"creds-json", "prefix", "access-key-id", "secret", "size", "aad"}
+	vsOnlyFlags    = []string{"cert", "signing-key", "instance", "wrap-keys", "rsa-bits", "keepalive"}
+	auditOnlyFlags = []string{"nats", "nats-creds", "nats-ca", "scopes", "events", "wait"}
+	// httpOnlyFlags are the flags of the HTTPS APIs (xks and vs), which
+	// mean nothing to -api audit.
+	httpOnlyFlags = []string{"url", "ca", "key", "op", "pool", "concurrency", "max-inflight", "warmup",
+		"max-requests", "timeout", "goal-rps", "goal-p99"}
 )
 
 func checkAPIFlags(api string, set map[string]bool) error {
-	other, name := vsOnlyFlags, APIXKS
+	var other []string
 	switch api {
 	case APIXKS:
+		other = slices.Concat(vsOnlyFlags, auditOnlyFlags)
 	case APIVS:
-		other, name = xksOnlyFlags, APIVS
+		other = slices.Concat(xksOnlyFlags, auditOnlyFlags)
+	case APIAudit:
+		other = slices.Concat(xksOnlyFlags, vsOnlyFlags, httpOnlyFlags)
 	default:
-		return fmt.Errorf("%w: -api must be xks or vs", ErrConfigValidation)
+		return fmt.Errorf("%w: -api must be xks, vs or audit", ErrConfigValidation)
 	}
+	name := api
 	for _, f := range other {
 		if set[f] {
 			return fmt.Errorf("%w: -%s does not apply to -api %s", ErrConfigValidation, f, name)
@@ -244,6 +286,9 @@ func (c Config) Validate() error {
 	bad := func(format string, args ...any) error {
 		return fmt.Errorf("%w: "+format, append([]any{ErrConfigValidation}, args...)...)
 	}
+	if c.API == APIAudit {
+		return c.validateAudit()
+	}
 	u, err := url.Parse(c.URL)
 	switch {
 	case err != nil:
@@ -266,7 +311,7 @@ func (c Config) Validate() error {
 			return err
 		}
 	default:
-		return bad("-api must be xks or vs")
+		return bad("-api must be xks, vs or audit")
 	}
 	switch {
 	case c.Op != OpEncrypt && c.Op != OpGenerate && (c.PoolSize < 1 || c.PoolSize > 100_000):
@@ -344,6 +389,61 @@ func (c Config) validateVS() error {
 		return bad("-op must be generate, decrypt or mixed with -api vs")
 	}
 	return nil
+}
+
+// Bounds of an audit run.
+const (
+	maxAuditEvents = 10_000_000
+	maxAuditWait   = time.Hour
+)
+
+func (c Config) validateAudit() error {
+	bad := func(format string, args ...any) error {
+		return fmt.Errorf("%w: "+format, append([]any{ErrConfigValidation}, args...)...)
+	}
+	if len(splitURLs(c.NATSURL)) == 0 {
+		return bad("-nats: a NATS URL is required")
+	}
+	for _, raw := range splitURLs(c.NATSURL) {
+		u, err := url.Parse(raw)
+		if err != nil || u.Hostname() == "" {
+			return bad("-nats %q is not a URL like nats://127.0.0.1:4222", raw)
+		}
+		if !c.AllowRemote && !isLoopbackHost(u.Hostname()) {
+			return bad("-nats host %q is not a loopback address; pass -allow-remote to load a remote NATS", u.Hostname())
+		}
+	}
+	switch {
+	case c.Rate < 0 || c.Rate > maxRate:
+		return bad("-rate must be in [0, %d]", maxRate)
+	case c.Duration <= 0 || c.Duration > maxDuration:
+		return bad("-duration must be in (0, %s]", maxDuration)
+	case c.Events < 1 || c.Events > maxAuditEvents:
+		return bad("-api audit needs -rate (events = rate x duration) or -events, at most %d events", maxAuditEvents)
+	case c.Scopes < 1 || c.Scopes > c.Events:
+		return bad("-scopes must be in [1, events]")
+	case c.AuditWait <= 0 || c.AuditWait > maxAuditWait:
+		return bad("-wait must be in (0, %s]", maxAuditWait)
+	}
+	return nil
+}
+
+// splitURLs splits a comma-separated list of URLs, dropping blanks.
+func splitURLs(s string) []string {
+	var out []string
+	for _, p := range strings.Split(s, ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+func envOr(getenv func(string) string, key, def string) string {
+	if v := getenv(key); v != "" {
+		return v
+	}
+	return def
 }
 
 // opNames are the operations a run of c can send, the first being the one

@@ -11,6 +11,7 @@ import (
 )
 
 func TestParseConfig(t *testing.T) {
+	t.Parallel()
 	creds := filepath.Join(t.TempDir(), "ks.json")
 	if err := os.WriteFile(creds, []byte(`{"uriPrefix":"/bench","uriPath":"/bench/kms/xks/v1",
 		"accessKeyId":"ABCDEFGHIJKLMNOPQRST","secretAccessKey":"c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0cw=="}`), 0o600); err != nil {
@@ -96,6 +97,26 @@ func TestParseConfig(t *testing.T) {
 		{name: "xks op generate", args: append([]string{"-op", "generate"}, base...), wantErr: "-op"},
 		{name: "vs small wrapping keys", args: append([]string{"-rsa-bits", "1024"}, vsBase...), wantErr: "-rsa-bits"},
 		{name: "vs no wrapping keys", args: append([]string{"-wrap-keys", "0"}, vsBase...), wantErr: "-wrap-keys"},
+		{name: "audit events from rate and duration", args: []string{"-api", "audit", "-rate", "5000", "-scopes", "200", "-duration", "60s"},
+			check: func(t *testing.T, c Config) {
+				if c.Events != 300_000 || c.Scopes != 200 || c.NATSURL != "nats://127.0.0.1:4222" || c.Op != OpPublish {
+					t.Errorf("audit config: %+v", c)
+				}
+			}},
+		{name: "audit nats from env", args: []string{"-api", "audit", "-events", "100"},
+			env: map[string]string{"SOVKEYS_NATS_URL": "nats://[::1]:4222", "SOVKEYS_NATS_CREDS": "svc.creds"}, check: func(t *testing.T, c Config) {
+				if c.NATSURL != "nats://[::1]:4222" || c.NATSCreds != "svc.creds" || c.Events != 100 {
+					t.Errorf("audit env: %+v", c)
+				}
+			}},
+		{name: "audit needs rate or events", args: []string{"-api", "audit"}, wantErr: "-rate"},
+		{name: "audit more scopes than events", args: []string{"-api", "audit", "-events", "10", "-scopes", "11"}, wantErr: "-scopes"},
+		{name: "audit remote nats refused", args: []string{"-api", "audit", "-events", "10", "-nats", "nats://127.0.0.1:4222,nats://10.0.0.1:4222"}, wantErr: "not a loopback"},
+		{name: "audit remote nats with allow-remote", args: []string{"-api", "audit", "-events", "100", "-nats", "nats://nats.example.com:4222", "-allow-remote"}},
+		{name: "audit refuses xks flags", args: []string{"-api", "audit", "-events", "10", "-creds-json", creds}, wantErr: "-creds-json does not apply"},
+		{name: "audit refuses http flags", args: []string{"-api", "audit", "-events", "10", "-concurrency", "4"}, wantErr: "-concurrency does not apply"},
+		{name: "xks refuses audit flags", args: append([]string{"-scopes", "4"}, base...), wantErr: "-scopes does not apply"},
+		{name: "vs refuses audit flags", args: append([]string{"-nats", "nats://127.0.0.1:4222"}, vsBase...), wantErr: "-nats does not apply"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

@@ -9,6 +9,7 @@ import (
 )
 
 func TestParseProcStat(t *testing.T) {
+	t.Parallel()
 	tests := []struct {
 		name, line string
 		want       time.Duration
@@ -31,6 +32,7 @@ func TestParseProcStat(t *testing.T) {
 }
 
 func TestRunReportsCPU(t *testing.T) {
+	t.Parallel()
 	if _, err := os.Stat("/proc/self/stat"); err != nil {
 		t.Skip("no /proc")
 	}

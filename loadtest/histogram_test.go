@@ -9,6 +9,7 @@ import (
 )
 
 func TestBucketRoundTrip(t *testing.T) {
+	t.Parallel()
 	r := rand.New(rand.NewPCG(1, 2))
 	values := []uint64{0, 1, 255, 256, 257, 511, 512, 1 << 20, math.MaxInt64, math.MaxUint64}
 	for range 10000 {
@@ -30,6 +31,7 @@ func TestBucketRoundTrip(t *testing.T) {
 }
 
 func TestHistogramQuantiles(t *testing.T) {
+	t.Parallel()
 	var h histogram
 	if h.Quantile(0.99) != 0 || h.Max() != 0 || h.Mean() != 0 {
 		t.Fatal("empty histogram must report zeros")
@@ -61,6 +63,7 @@ func TestHistogramQuantiles(t *testing.T) {
 }
 
 func TestHistogramSmallExact(t *testing.T) {
+	t.Parallel()
 	var h histogram
 	for i := 1; i <= 100; i++ {
 		h.Record(time.Duration(i))

@@ -2,7 +2,8 @@
 // against a running sovkeys gateway, as AWS KMS would, or (-api vs)
 // volume-secret generate-secret and decrypt-secret calls over mutual TLS, as
 // booting instances would, and reports throughput, latency percentiles and
-// errors by class.
+// errors by class; or (-api audit) publishes audit events over NATS, as the
+// services do, and reports how fast the audit services number and export them.
 //
 // Closed loop (a fixed number of callers, each sending its next request when
 // the previous one answers):
@@ -21,6 +22,11 @@
 //
 //	go run ./loadtest -api vs -ca DATA/tls/ca.pem -cert DIR/cert.pem -key DIR/key.pem \
 //	    -signing-key DIR/signing-key.pem -instance i-0123 -op decrypt -rate 100 -duration 30s
+//
+// Audit events, 5,000/s for a minute over 200 key stores (NATS from -nats,
+// -nats-creds, -nats-ca or SOVKEYS_NATS_URL, SOVKEYS_NATS_CREDS, SOVKEYS_NATS_CA):
+//
+//	go run ./loadtest -api audit -rate 5000 -scopes 200 -duration 60s
 //
 // Runs are bounded in time and count and refuse non-loopback targets unless
 // -allow-remote is given.

@@ -45,6 +45,7 @@ type Report struct {
 	Target         string              `json:"target"`
 	KeyID          string              `json:"keyId,omitempty"`
 	VS             *VSReport           `json:"vs,omitempty"`
+	Audit          *AuditReport        `json:"audit,omitempty"`
 	Op             string              `json:"op"`
 	Mode           string              `json:"mode"` // closed | open
 	Concurrency    int                 `json:"concurrency,omitempty"`
@@ -193,6 +194,10 @@ func goalText(cfg Config) string {
 
 // writeText prints the report for people.
 func (rep Report) writeText(w io.Writer) {
+	if rep.Audit != nil {
+		rep.writeAuditText(w)
+		return
+	}
 	if rep.VS != nil {
 		conn := "a new TLS connection per call"
 		if !rep.VS.NewConnEach {

@@ -42,6 +42,9 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 
 // execute prepares the target, sends the load and builds the report.
 func execute(ctx context.Context, cfg Config, progress io.Writer, now func() time.Time) (Report, error) {
+	if cfg.API == APIAudit {
+		return executeAudit(ctx, cfg, progress, now)
+	}
 	t, closeIdle, err := newLoadTarget(ctx, cfg, progress)
 	if err != nil {
 		return Report{}, err

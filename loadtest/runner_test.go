@@ -119,6 +119,7 @@ func runReport(t *testing.T, ctx context.Context, args []string) (Report, int, s
 }
 
 func TestRunClosedLoopCountsErrorsByName(t *testing.T) {
+	t.Parallel()
 	f := newFakeXKS(t)
 	f.throttleEvery = 5
 	rep, code, text := runReport(t, t.Context(), f.args(40, "-concurrency", "4"))
@@ -155,6 +156,7 @@ func TestRunClosedLoopCountsErrorsByName(t *testing.T) {
 }
 
 func TestRunOpenLoopDecryptChecksPlaintext(t *testing.T) {
+	t.Parallel()
 	f := newFakeXKS(t)
 	rep, _, _ := runReport(t, t.Context(), f.args(30, "-op", "decrypt", "-rate", "5000", "-pool", "8", "-aad", "16"))
 	if rep.Mode != "open" || rep.OfferedRate != 5000 || rep.ScheduleLag == nil {
@@ -175,6 +177,7 @@ func TestRunOpenLoopDecryptChecksPlaintext(t *testing.T) {
 }
 
 func TestRunMixedSplitsOperations(t *testing.T) {
+	t.Parallel()
 	f := newFakeXKS(t)
 	rep, _, _ := runReport(t, t.Context(), f.args(20, "-op", "mixed", "-concurrency", "2", "-pool", "4"))
 	if rep.ByOp["encrypt"].Requests != 10 || rep.ByOp["decrypt"].Requests != 10 {
@@ -183,6 +186,7 @@ func TestRunMixedSplitsOperations(t *testing.T) {
 }
 
 func TestRunGoalVerdicts(t *testing.T) {
+	t.Parallel()
 	f := newFakeXKS(t)
 	// A capped run never passes a goal: it did not run its course.
 	rep, code, _ := runReport(t, t.Context(), f.args(5, "-goal-rps", "1", "-goal-p99", "1h"))
@@ -192,6 +196,7 @@ func TestRunGoalVerdicts(t *testing.T) {
 }
 
 func TestRunInterrupted(t *testing.T) {
+	t.Parallel()
 	f := newFakeXKS(t)
 	f.block = make(chan struct{})
 	ctx, cancel := context.WithCancel(t.Context())
@@ -206,6 +211,7 @@ func TestRunInterrupted(t *testing.T) {
 }
 
 func TestRunRefusesBadTargetBeforeLoad(t *testing.T) {
+	t.Parallel()
 	f := newFakeXKS(t)
 	var out, errb bytes.Buffer
 	code := run(t.Context(), f.args(10, "-key", "missing", "-prefix", "/nope"), func(string) string { return "" }, &out, &errb)
@@ -218,6 +224,7 @@ func TestRunRefusesBadTargetBeforeLoad(t *testing.T) {
 }
 
 func TestClassify(t *testing.T) {
+	t.Parallel()
 	tests := []struct {
 		err  error
 		want string
@@ -243,6 +250,7 @@ func TestClassify(t *testing.T) {
 }
 
 func TestVerdict(t *testing.T) {
+	t.Parallel()
 	closed := Config{Concurrency: 32, GoalRPS: 1800, GoalP99: 25 * time.Millisecond}
 	open := Config{Rate: 1800, GoalRPS: 1800, GoalP99: 25 * time.Millisecond}
 	rep := func(rps, p99 float64, errs uint64) Report {
@@ -277,6 +285,7 @@ func TestVerdict(t *testing.T) {
 }
 
 func TestScheduledIn(t *testing.T) {
+	t.Parallel()
 	tests := []struct {
 		name string
 		cfg  Config

@@ -6,6 +6,7 @@ import (
 )
 
 func TestTimeline(t *testing.T) {
+	t.Parallel()
 	tl := newTimeline(2500 * time.Millisecond) // 3 slots
 	tl.record(100*time.Millisecond, 5*time.Millisecond, false)
 	tl.record(900*time.Millisecond, 9*time.Millisecond, false)

@@ -184,6 +184,7 @@ func (f *fakeVS) args(n int, extra ...string) []string {
 }
 
 func TestVSGenerateChecksEveryAnswer(t *testing.T) {
+	t.Parallel()
 	f := newFakeVS(t)
 	f.forbidUntil.Store(3) // the preflight waits for authn to see the tenant
 	rep, _, text := runReport(t, t.Context(), f.args(30, "-concurrency", "4"))
@@ -220,6 +221,7 @@ func TestVSGenerateChecksEveryAnswer(t *testing.T) {
 }
 
 func TestVSDecryptOpenLoopWithKeepAlive(t *testing.T) {
+	t.Parallel()
 	f := newFakeVS(t)
 	rep, _, _ := runReport(t, t.Context(), f.args(40, "-op", "decrypt", "-rate", "2000", "-pool", "5", "-keepalive", "-max-inflight", "4"))
 	if rep.Mode != "open" || rep.Requests != 40 || rep.ErrorCount != 0 || rep.Unsent != 0 {
@@ -234,6 +236,7 @@ func TestVSDecryptOpenLoopWithKeepAlive(t *testing.T) {
 }
 
 func TestVSMixedAndBadSignatures(t *testing.T) {
+	t.Parallel()
 	f := newFakeVS(t)
 	f.badSigEvery = 7
 	// The preflight generate is the 1st; the pool needs no more (-pool 1).
@@ -252,6 +255,7 @@ func TestVSMixedAndBadSignatures(t *testing.T) {
 }
 
 func TestVSPreflightRefusesOtherSigningKey(t *testing.T) {
+	t.Parallel()
 	f := newFakeVS(t)
 	other, _ := ecdsa.GenerateKey(elliptic.P384(), rand.Reader)
 	der, _ := x509.MarshalPKIXPublicKey(&other.PublicKey)
@@ -270,6 +274,7 @@ func TestVSPreflightRefusesOtherSigningKey(t *testing.T) {
 }
 
 func TestVSWrongVolumeIsAnError(t *testing.T) {
+	t.Parallel()
 	f := newFakeVS(t)
 	// A decrypt presented for another volume than the blob's: the service's
 	// 400 is counted as such, not hidden.
@@ -299,6 +304,7 @@ func TestVSWrongVolumeIsAnError(t *testing.T) {
 }
 
 func TestNewVolumeUUID(t *testing.T) {
+	t.Parallel()
 	a, b := newVolumeUUID(), newVolumeUUID()
 	if a == b || len(a) != 36 || a[14] != '4' || !vs.ValidID(a) {
 		t.Errorf("uuids %q %q", a, b)

@@ -7,6 +7,7 @@ import (
 )
 
 func TestEnvelopeFraming(t *testing.T) {
+	t.Parallel()
 	e := &Envelope{Version: EnvelopeVersion, ID: "r1", API: APIXKSEncrypt, ReplyTo: "sovkeys.reply.g",
 		Deadline: time.Unix(100, 0).UTC(), KeyStore: "a/b", Body: []byte(`{"plaintext":"aGk="}`)}
 	data, err := e.Marshal()

@@ -10,6 +10,10 @@
 # and after decrypt-secret; they must be equal.
 set -euo pipefail
 : "${GATEWAY:?}" "${TLS_CA:?}" "${CERT_DIR:?}" "${INSTANCE:?}" "${VOLUME:?}"
+# Relative paths are the caller's: resolve them before changing directory.
+abs() { case "$1" in /*) printf '%s\n' "$1" ;; *) printf '%s\n' "$PWD/$1" ;; esac; }
+TLS_CA=$(abs "$TLS_CA")
+CERT_DIR=$(abs "$CERT_DIR")
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 cd "$work"

@@ -18,6 +18,7 @@ import (
 	"github.com/sovkeys/sovkeys/shared/infra/mesh"
 	"github.com/sovkeys/sovkeys/shared/infra/registry"
 	"github.com/sovkeys/sovkeys/shared/infra/writeonce"
+	"github.com/sovkeys/sovkeys/shared/testkit"
 	"github.com/sovkeys/sovkeys/shared/testkit/natstest"
 	"github.com/sovkeys/sovkeys/shared/testkit/s3test"
 )
@@ -28,6 +29,7 @@ import (
 // public key. Then a deleted or edited object fails verification naming
 // its sequence number.
 func TestExportS3Outage(t *testing.T) {
+	t.Parallel()
 	srv := s3test.RunServer(t)
 	ctx := context.Background()
 	srv.CreateBucket(ctx, t, "central-audit", true)
@@ -87,7 +89,7 @@ func TestExportS3Outage(t *testing.T) {
 	srv.Stop()
 	burst(100, 300)
 	waitRecorded(t, js, tenant, ids(evs[tenant]))
-	checkFor(t, 30*time.Second, 50*time.Millisecond, func() error {
+	testkit.CheckFor(t, statsWait, pollEvery, func() error {
 		st := svc.Snapshot()
 		c := st.Export["central"]
 		if c.Failures == 0 || c.Lag == 0 || c.LastError == "" {
@@ -108,7 +110,7 @@ func TestExportS3Outage(t *testing.T) {
 	if _, err := auditlog.Verify(ctx, auditlog.BucketSource{Bucket: ownBucket}, store, pub, auditlog.Options{}); err == nil {
 		t.Fatal("a key store's log was exported to a tenant's bucket")
 	}
-	checkFor(t, 20*time.Second, 100*time.Millisecond, func() error {
+	testkit.CheckFor(t, drainWait, slowPoll, func() error {
 		for name, x := range svc.Snapshot().Export {
 			if x.Lag != 0 {
 				return fmt.Errorf("%s lag %d", name, x.Lag)

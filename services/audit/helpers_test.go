@@ -19,23 +19,19 @@ import (
 	"github.com/sovkeys/sovkeys/shared"
 	"github.com/sovkeys/sovkeys/shared/infra/auditlog"
 	"github.com/sovkeys/sovkeys/shared/infra/mesh"
+	"github.com/sovkeys/sovkeys/shared/testkit"
 )
 
-// checkFor polls f every `every` until it returns nil or total passes.
-func checkFor(t testing.TB, total, every time.Duration, f func() error) {
-	t.Helper()
-	deadline := time.Now().Add(total)
-	var err error
-	for {
-		if err = f(); err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("condition not met after %s: %v", total, err)
-		}
-		time.Sleep(every)
-	}
-}
+// How long the tests wait for the services' asynchronous work, and how
+// often they look. Generous: the machine is shared, and a test must not
+// depend on its speed.
+const (
+	recordWait = time.Minute            // events numbered, logs verified
+	statsWait  = 30 * time.Second       // published key, stats after an outage
+	drainWait  = 20 * time.Second       // export lag back to zero
+	pollEvery  = 50 * time.Millisecond  // between polls
+	slowPoll   = 100 * time.Millisecond // between polls that read a whole log
+)
 
 func testLogger(t testing.TB) *slog.Logger {
 	if os.Getenv("SOVKEYS_TEST_LOG") != "" {
@@ -145,7 +141,7 @@ func recorded(ctx context.Context, js jetstream.JetStream, sc auditlog.Scope) ([
 func waitRecorded(t testing.TB, js jetstream.JetStream, sc auditlog.Scope, want map[string]bool) {
 	t.Helper()
 	ctx := context.Background()
-	checkFor(t, 60*time.Second, 50*time.Millisecond, func() error {
+	testkit.CheckFor(t, recordWait, pollEvery, func() error {
 		recs, err := recorded(ctx, js, sc)
 		if err != nil {
 			return err
@@ -174,7 +170,7 @@ func waitRecorded(t testing.TB, js jetstream.JetStream, sc auditlog.Scope, want 
 func auditKey(t testing.TB, js jetstream.JetStream) *ecdsa.PublicKey {
 	t.Helper()
 	var pub *ecdsa.PublicKey
-	checkFor(t, 30*time.Second, 50*time.Millisecond, func() error {
+	testkit.CheckFor(t, statsWait, pollEvery, func() error {
 		kv, err := js.KeyValue(context.Background(), shared.BucketPKI)
 		if err != nil {
 			return err
@@ -194,7 +190,7 @@ func auditKey(t testing.TB, js jetstream.JetStream) *ecdsa.PublicKey {
 func verified(t testing.TB, src auditlog.Source, sc auditlog.Scope, pub *ecdsa.PublicKey, records uint64) *auditlog.Report {
 	t.Helper()
 	var rep *auditlog.Report
-	checkFor(t, 60*time.Second, 100*time.Millisecond, func() error {
+	testkit.CheckFor(t, recordWait, slowPoll, func() error {
 		var err error
 		rep, err = auditlog.Verify(context.Background(), src, sc, pub, auditlog.Options{})
 		if err != nil {

@@ -12,10 +12,12 @@ import (
 	"github.com/sovkeys/sovkeys/shared"
 	"github.com/sovkeys/sovkeys/shared/infra/auditlog"
 	"github.com/sovkeys/sovkeys/shared/infra/mesh"
+	"github.com/sovkeys/sovkeys/shared/testkit"
 	"github.com/sovkeys/sovkeys/shared/testkit/natstest"
 )
 
 func TestConfigValidate(t *testing.T) {
+	t.Parallel()
 	ok := Config{Topology: mesh.DefaultTopology()}
 	if err := ok.Validate(); err != nil {
 		t.Fatalf("defaults: %v", err)
@@ -42,6 +44,7 @@ func TestConfigValidate(t *testing.T) {
 // once: every scope is gapless, every event is recorded once, the chains
 // verify with the HSM key from the stream and from the exported objects.
 func TestSequenceCheckpointExport(t *testing.T) {
+	t.Parallel()
 	_, nc, js := natstest.Run(t)
 	runKeyworker(t, nc, js)
 	a, _ := runAudit(t, nc, js, Config{})
@@ -85,7 +88,7 @@ func TestSequenceCheckpointExport(t *testing.T) {
 	if sa.Checkpoints+sb.Checkpoints == 0 {
 		t.Fatal("no checkpoints counted")
 	}
-	checkFor(t, 10*time.Second, 100*time.Millisecond, func() error {
+	testkit.CheckFor(t, drainWait, slowPoll, func() error {
 		x := a.Snapshot().Export["central"]
 		if x == nil || x.Lag != 0 || a.Snapshot().SequencingLag != 0 {
 			return fmt.Errorf("lag not drained: %+v", x)
@@ -97,6 +100,7 @@ func TestSequenceCheckpointExport(t *testing.T) {
 // A recreated consumer delivers old events again as first deliveries; the
 // service recognises them as recorded.
 func TestRecreatedConsumerDoesNotRenumber(t *testing.T) {
+	t.Parallel()
 	_, nc, js := natstest.Run(t)
 	runKeyworker(t, nc, js)
 	sc := auditlog.Scope{Kind: shared.AuditKindTenant, ID: "vpc-1"}
@@ -118,7 +122,7 @@ func TestRecreatedConsumerDoesNotRenumber(t *testing.T) {
 	svc, _ := runAudit(t, nc, js, Config{})
 	all := ids(append(evs, more...))
 	waitRecorded(t, js, sc, all)
-	checkFor(t, 10*time.Second, 50*time.Millisecond, func() error {
+	testkit.CheckFor(t, drainWait, pollEvery, func() error {
 		if st := svc.Snapshot(); st.Duplicates < uint64(len(evs)) {
 			return fmt.Errorf("duplicates %d", st.Duplicates)
 		}
@@ -132,6 +136,7 @@ func TestRecreatedConsumerDoesNotRenumber(t *testing.T) {
 
 // `sovkeys audit checkpoint` asks the service over NATS.
 func TestCheckpointOnDemand(t *testing.T) {
+	t.Parallel()
 	_, nc, js := natstest.Run(t)
 	runKeyworker(t, nc, js)
 	runAudit(t, nc, js, Config{CheckpointEvery: time.Second})

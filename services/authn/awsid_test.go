@@ -158,6 +158,7 @@ func wantAWSErr(t *testing.T, err error, kind error, code shared.Code) {
 }
 
 func TestAWSIdentityVerifies(t *testing.T) {
+	t.Parallel()
 	f := newAWSFixture(t, AWSConfig{})
 	inst := f.aws.InstanceCredentials(testAccount, testRole, testInstance)
 	tn, ev, err := f.verify(envFor(f.sign(t, inst, testServerID, testVPC, time.Now()), testInstance, "10.0.1.5"))
@@ -193,6 +194,7 @@ func TestAWSIdentityVerifies(t *testing.T) {
 // client controls but the signature headers reaches STS, and identities
 // that cannot verify here are refused before any AWS call.
 func TestAWSIdentityRebuild(t *testing.T) {
+	t.Parallel()
 	f := newAWSFixture(t, AWSConfig{})
 	inst := f.aws.InstanceCredentials(testAccount, testRole, testInstance)
 	evil := awstest.Start(t)
@@ -261,6 +263,7 @@ func withCRLF(header string) string {
 }
 
 func TestAWSIdentityChecks(t *testing.T) {
+	t.Parallel()
 	f := newAWSFixture(t, AWSConfig{})
 	profile := "arn:aws:iam::" + testAccount + ":instance-profile/" + testRole
 	n := 0
@@ -402,6 +405,7 @@ func TestAWSIdentityChecks(t *testing.T) {
 }
 
 func TestAWSIdentityCache(t *testing.T) {
+	t.Parallel()
 	f := newAWSFixture(t, AWSConfig{ServerID: testServerID, Timeout: 2 * time.Second, CacheTTL: time.Minute, CacheSize: 3})
 	inst := f.aws.InstanceCredentials(testAccount, testRole, testInstance)
 	header := f.sign(t, inst, testServerID, testVPC, time.Now())
@@ -452,6 +456,7 @@ func TestAWSIdentityCache(t *testing.T) {
 }
 
 func TestAWSIdentityCacheDisabled(t *testing.T) {
+	t.Parallel()
 	f := newAWSFixture(t, AWSConfig{ServerID: testServerID, Timeout: 2 * time.Second, CacheTTL: 0, CacheSize: 10})
 	header := f.sign(t, f.aws.InstanceCredentials(testAccount, testRole, testInstance), testServerID, testVPC, time.Now())
 	for range 2 {

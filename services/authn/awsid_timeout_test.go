@@ -15,6 +15,7 @@ import (
 // spent; the test only requires that verify returns (a hang fails it by
 // the test timeout), never measures wall-clock time.
 func TestAWSIdentityTimeouts(t *testing.T) {
+	t.Parallel()
 	cfg := AWSConfig{ServerID: testServerID, Timeout: 200 * time.Millisecond, CacheTTL: time.Minute, CacheSize: 10}
 	for _, action := range []string{"GetCallerIdentity", "AssumeRole", "DescribeInstances"} {
 		t.Run(action+" stalls", func(t *testing.T) {
@@ -76,6 +77,7 @@ func wantTimeout(t *testing.T, err error) {
 }
 
 func TestAWSConfigValidate(t *testing.T) {
+	t.Parallel()
 	good := AWSConfig{ServerID: "prod-eu", Region: "eu-west-1", Timeout: 2 * time.Second, CacheTTL: time.Minute, CacheSize: 10}
 	if err := good.Validate(); err != nil {
 		t.Fatal(err)
@@ -104,6 +106,7 @@ func TestAWSConfigValidate(t *testing.T) {
 }
 
 func TestAWSDisabled(t *testing.T) {
+	t.Parallel()
 	s := &Service{}
 	env := envFor("x", testInstance, "")
 	_, err := s.volumeSecretAWS(context.Background(), env, &shared.AuditEvent{})
@@ -111,6 +114,7 @@ func TestAWSDisabled(t *testing.T) {
 }
 
 func TestParseCaller(t *testing.T) {
+	t.Parallel()
 	for arn, ok := range map[string]bool{
 		"arn:aws:sts::111122223333:assumed-role/app/i-0123":        true,
 		"arn:aws-us-gov:sts::111122223333:assumed-role/app/i-0123": true,
@@ -126,6 +130,7 @@ func TestParseCaller(t *testing.T) {
 }
 
 func TestTTLCache(t *testing.T) {
+	t.Parallel()
 	c := newTTLCache[int, int](10)
 	now := time.Now()
 	c.put(1, 1, now, now.Add(time.Second))

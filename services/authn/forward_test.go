@@ -20,6 +20,7 @@ import (
 // A full pool queue answers ThrottlingException at once instead of queueing
 // work the HSM cannot reach before its deadline.
 func TestForwardThrottlesWhenPoolQueueIsFull(t *testing.T) {
+	t.Parallel()
 	_, nc, js := natstest.Run(t)
 	ctx := context.Background()
 	topo := mesh.DefaultTopology()
@@ -54,6 +55,7 @@ func TestForwardThrottlesWhenPoolQueueIsFull(t *testing.T) {
 }
 
 func TestCheckPolicy(t *testing.T) {
+	t.Parallel()
 	for _, tc := range []struct {
 		name                    string
 		principals, vpcs, vpces []string
@@ -86,6 +88,7 @@ func metadataOf(p, v, e string) xks.RequestMetadata {
 }
 
 func TestVerifiedCertCacheBounds(t *testing.T) {
+	t.Parallel()
 	now := time.Now()
 	leaf := &x509.Certificate{Raw: []byte("leaf"), NotAfter: now.Add(time.Minute)}
 	ca := &x509.Certificate{Raw: []byte("ca")}

@@ -125,6 +125,7 @@ func checkAuthErr(t *testing.T, err error, wantMsg string) {
 }
 
 func TestVerify(t *testing.T) {
+	t.Parallel()
 	base := kmsRequest(t, Credential{testAK1, testSK1})
 	base2 := kmsRequest(t, Credential{testAK2, testSK2})
 	if got := http.Header(base.Header).Get("Authorization"); !strings.Contains(got, "SignedHeaders=host;x-amz-date,") {
@@ -256,6 +257,7 @@ func TestVerify(t *testing.T) {
 }
 
 func TestVerifyZeroValueDefaults(t *testing.T) {
+	t.Parallel()
 	in := kmsRequest(t, Credential{testAK1, testSK1})
 	if _, err := (SigV4Verifier{Now: func() time.Time { return signTime }}).Verify(in, allCreds); err != nil {
 		t.Fatal(err)
@@ -268,6 +270,7 @@ func TestVerifyZeroValueDefaults(t *testing.T) {
 // TestVerifyPaths checks the canonical URI against the SDK signer with and
 // without its own path escaping, for XKS paths with and without a prefix.
 func TestVerifyPaths(t *testing.T) {
+	t.Parallel()
 	disable := func(o *v4.SignerOptions) { o.DisableURIPathEscaping = true }
 	tests := []struct {
 		name, path string
@@ -306,6 +309,7 @@ func TestVerifyPaths(t *testing.T) {
 // what the server sees, as the gateway will. KMS signs host;x-amz-date; the
 // SDK signs content-length too when the request has a known length.
 func TestVerifyOverHTTP(t *testing.T) {
+	t.Parallel()
 	got := make(chan SigV4Input, 1)
 	srv := httptest.NewServer(captureHandler(got))
 	defer srv.Close()
@@ -362,6 +366,7 @@ func captureHandler(got chan<- SigV4Input) http.HandlerFunc {
 // TestVerifyCurl runs the real curl --aws-sigv4 against a local server and
 // verifies the captured request. curl uses the wall clock, so Now is real.
 func TestVerifyCurl(t *testing.T) {
+	t.Parallel()
 	curl, err := exec.LookPath("curl")
 	if err != nil {
 		t.Skip("curl not installed")
@@ -414,6 +419,7 @@ func TestVerifyCurl(t *testing.T) {
 // access key id AKIDEXAMPLE fails the XKS format rule, so the steps after
 // parsing run directly.
 func TestAWSTestSuite(t *testing.T) {
+	t.Parallel()
 	const prefix = "AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/20150830/us-east-1/service/aws4_request, SignedHeaders=host;x-amz-date, Signature="
 	creds := []Credential{{"AKIDEXAMPLE", "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY"}}
 	at := time.Date(2015, 8, 30, 12, 36, 0, 0, time.UTC)
@@ -445,6 +451,7 @@ func TestAWSTestSuite(t *testing.T) {
 // X-Amz-Date, so the signature comes from the same steps Verify uses; the
 // steps themselves are checked against the SDK and AWS vectors above.
 func TestVerifyDateHeader(t *testing.T) {
+	t.Parallel()
 	in := SigV4Input{Method: "POST", RawPath: encryptPath, Host: testHost, Body: []byte(`{}`),
 		Header: map[string][]string{"Date": {"Sat, 14 Mar 2026 15:09:26 GMT"}}}
 	a := Authorization{AccessKeyID: testAK1, Date: "20260314", Region: "us-east-1", Service: testService,
@@ -466,6 +473,7 @@ func TestVerifyDateHeader(t *testing.T) {
 }
 
 func TestCanonicalHeaderValues(t *testing.T) {
+	t.Parallel()
 	in := SigV4Input{Host: " h.example  ", Header: map[string][]string{
 		"X-A":  {"  a   b  c ", "\td"},
 		"x-a":  {"e"},
@@ -483,6 +491,7 @@ func TestCanonicalHeaderValues(t *testing.T) {
 }
 
 func TestParseAuthorization(t *testing.T) {
+	t.Parallel()
 	const sig = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
 	good := "AWS4-HMAC-SHA256 Credential=" + testAK1 + "/20260314/us-east-1/kms-xks-proxy/aws4_request, SignedHeaders=content-type;host;x-amz-date, Signature=" + sig
 	a, err := ParseAuthorization(good)
@@ -535,6 +544,7 @@ func TestParseAuthorization(t *testing.T) {
 }
 
 func TestAccessKeyIDOf(t *testing.T) {
+	t.Parallel()
 	base := kmsRequest(t, Credential{testAK2, testSK2})
 	if id, err := AccessKeyIDOf(base); err != nil || id != testAK2 {
 		t.Fatalf("AccessKeyIDOf = %q, %v", id, err)

@@ -33,6 +33,7 @@ func request(peer string, hdr map[string][]string) *http.Request {
 }
 
 func TestOrigin(t *testing.T) {
+	t.Parallel()
 	cidrs, err := ParseCIDRs("10.0.0.0/24, 192.0.2.7, 2001:db8::/32")
 	if err != nil {
 		t.Fatal(err)
@@ -77,6 +78,7 @@ func TestOrigin(t *testing.T) {
 }
 
 func TestTrustedProxyConfig(t *testing.T) {
+	t.Parallel()
 	cidrs, _ := ParseCIDRs("10.0.0.0/8")
 	for name, c := range map[string]TrustedProxyConfig{
 		"headers without cidrs": {SourceIPHeader: "X-Forwarded-For"},
@@ -99,6 +101,7 @@ func TestTrustedProxyConfig(t *testing.T) {
 }
 
 func TestAWSIdentityHeader(t *testing.T) {
+	t.Parallel()
 	if v, err := awsIdentityHeader(request("1.2.3.4:5", nil)); v != "" || err != nil {
 		t.Fatal(v, err)
 	}

@@ -17,6 +17,7 @@ import (
 // TestXKSStatus checks every row of the error table against the
 // specification's error codes.
 func TestXKSStatus(t *testing.T) {
+	t.Parallel()
 	for _, tc := range []struct {
 		code   shared.Code
 		status int
@@ -51,6 +52,7 @@ func TestXKSStatus(t *testing.T) {
 }
 
 func TestWriteXKSError(t *testing.T) {
+	t.Parallel()
 	for _, tc := range []struct {
 		name    string
 		err     error
@@ -102,6 +104,7 @@ func TestWriteXKSError(t *testing.T) {
 }
 
 func TestXKSErrorMessage(t *testing.T) {
+	t.Parallel()
 	long := strings.Repeat("x", 600)
 	for _, tc := range []struct{ in, want string }{
 		{"", ""},
@@ -124,6 +127,7 @@ func TestXKSErrorMessage(t *testing.T) {
 }
 
 func TestWriteJSON(t *testing.T) {
+	t.Parallel()
 	rec := httptest.NewRecorder()
 	writeJSON(rec, http.StatusOK, xks.DecryptResponse{Plaintext: []byte("Hello World!")})
 	res := rec.Result()

@@ -10,6 +10,7 @@ import (
 )
 
 func TestAWSIdentityRoundTrip(t *testing.T) {
+	t.Parallel()
 	in := AWSIdentity{Version: AWSIdentityVersion, Tenant: "vpc-0abc", Authorization: "AWS4-HMAC-SHA256 Credential=x",
 		AmzDate: "20261123T120000Z", SecurityToken: "tok", ServerID: "prod-eu"}
 	out, err := ParseAWSIdentity(in.Encode())
@@ -19,6 +20,7 @@ func TestAWSIdentityRoundTrip(t *testing.T) {
 }
 
 func TestParseAWSIdentityRefuses(t *testing.T) {
+	t.Parallel()
 	enc := func(s string) string { return base64.StdEncoding.EncodeToString([]byte(s)) }
 	good := `"authorization":"a","x_amz_date":"d","server_id":"s"`
 	for name, h := range map[string]string{
@@ -44,6 +46,7 @@ func TestParseAWSIdentityRefuses(t *testing.T) {
 }
 
 func TestSTSURL(t *testing.T) {
+	t.Parallel()
 	for in, want := range map[string]string{
 		"https://sts.eu-west-1.amazonaws.com":    "https://sts.eu-west-1.amazonaws.com/",
 		"http://127.0.0.1:9000/":                 "http://127.0.0.1:9000/",

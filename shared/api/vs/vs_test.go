@@ -26,6 +26,7 @@ func rsaDER(t testing.TB, bits int) []byte {
 }
 
 func TestParseGenerate(t *testing.T) {
+	t.Parallel()
 	good := base64.StdEncoding.EncodeToString(rsaDER(t, 2048))
 	small := base64.StdEncoding.EncodeToString(rsaDER(t, 1024))
 	for _, tc := range []struct {
@@ -59,6 +60,7 @@ func TestParseGenerate(t *testing.T) {
 }
 
 func TestParseDecryptAndConvert(t *testing.T) {
+	t.Parallel()
 	key := base64.StdEncoding.EncodeToString(rsaDER(t, 2048))
 	if _, _, err := ParseDecrypt([]byte(`{"encrypted_secret":"AQID","rsa_wrapping_key":"` + key + `","volume_uuid":"v"}`)); err != nil {
 		t.Fatal(err)
@@ -75,6 +77,7 @@ func TestParseDecryptAndConvert(t *testing.T) {
 }
 
 func TestParsePath(t *testing.T) {
+	t.Parallel()
 	for _, tc := range []struct {
 		path, id string
 		op       Op

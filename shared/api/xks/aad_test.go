@@ -10,6 +10,7 @@ import (
 )
 
 func TestEncodeAAD(t *testing.T) {
+	t.Parallel()
 	long := bytes.Repeat([]byte{'a'}, 0x1234)
 	for _, tc := range []struct {
 		name      string
@@ -37,6 +38,7 @@ func TestEncodeAAD(t *testing.T) {
 // TestEncodeAADSeparatesFields is the specification's reason for the
 // lengths: moving bytes between AAD and metadata must change the encoding.
 func TestEncodeAADSeparatesFields(t *testing.T) {
+	t.Parallel()
 	pairs := [][2][]byte{
 		{[]byte("x"), nil}, {nil, []byte("x")},
 		{[]byte("xy"), []byte("z")}, {[]byte("x"), []byte("yz")},
@@ -53,6 +55,7 @@ func TestEncodeAADSeparatesFields(t *testing.T) {
 }
 
 func TestEncodeAADPanicsOnUnencodable(t *testing.T) {
+	t.Parallel()
 	for name, args := range map[string][2][]byte{
 		"AAD over 65535":    {make([]byte, 0x10000), nil},
 		"metadata over 255": {nil, make([]byte, 0x100)},
@@ -71,6 +74,7 @@ func TestEncodeAADPanicsOnUnencodable(t *testing.T) {
 // TestCDIVSpecExample checks the worked example of the specification's
 // Appendix C byte for byte.
 func TestCDIVSpecExample(t *testing.T) {
+	t.Parallel()
 	hexBytes := func(s string) []byte {
 		b, err := hex.DecodeString(strings.ReplaceAll(s, " ", ""))
 		if err != nil {
@@ -126,6 +130,7 @@ func TestCDIVSpecExample(t *testing.T) {
 // TestCDIVAbsentFields: an absent field is the empty string in the
 // concatenation (Appendix C), whichever field it is.
 func TestCDIVAbsentFields(t *testing.T) {
+	t.Parallel()
 	iv, ct, tag := []byte("iviviviviviv"), []byte("ct"), bytes.Repeat([]byte{9}, 16)
 	all := func(parts ...[]byte) []byte { return CDIV(bytes.Join(parts, nil), nil, nil, nil, nil) }
 	for _, tc := range []struct {

@@ -168,6 +168,7 @@ func runErrCases(t *testing.T, parse parseFunc, cases []errCase) {
 
 // TestParseBodyErrors covers the rules every operation shares.
 func TestParseBodyErrors(t *testing.T) {
+	t.Parallel()
 	for op, parse := range parsers {
 		t.Run(op, func(t *testing.T) {
 			valid := validBodies[op]
@@ -208,6 +209,7 @@ func TestParseBodyErrors(t *testing.T) {
 // TestParseAcceptsForwardCompatible: unknown members and unknown
 // kmsOperation values are accepted by every operation.
 func TestParseAcceptsForwardCompatible(t *testing.T) {
+	t.Parallel()
 	for op, parse := range parsers {
 		t.Run(op, func(t *testing.T) {
 			for name, b := range map[string][]byte{
@@ -230,6 +232,7 @@ func TestParseAcceptsForwardCompatible(t *testing.T) {
 }
 
 func TestParseEncrypt(t *testing.T) {
+	t.Parallel()
 	r, err := ParseEncrypt(mustJSON(t, encryptBody()))
 	if err != nil {
 		t.Fatal(err)
@@ -257,6 +260,7 @@ func TestParseEncrypt(t *testing.T) {
 }
 
 func TestParseEncryptAccepts(t *testing.T) {
+	t.Parallel()
 	for _, tc := range []struct {
 		name string
 		body []byte
@@ -283,6 +287,7 @@ func TestParseEncryptAccepts(t *testing.T) {
 }
 
 func TestParseEncryptErrors(t *testing.T) {
+	t.Parallel()
 	b := encryptBody
 	runErrCases(t, func(body []byte) error { _, err := ParseEncrypt(body); return err }, []errCase{
 		{"awsPrincipalArn missing", with(t, b(), "requestMetadata.awsPrincipalArn", del), shared.CodeValidation, "requestMetadata.awsPrincipalArn is required"},
@@ -317,6 +322,7 @@ func TestParseEncryptErrors(t *testing.T) {
 }
 
 func TestParseDecrypt(t *testing.T) {
+	t.Parallel()
 	r, err := ParseDecrypt(mustJSON(t, decryptBody()))
 	if err != nil {
 		t.Fatal(err)
@@ -330,6 +336,7 @@ func TestParseDecrypt(t *testing.T) {
 }
 
 func TestParseDecryptAccepts(t *testing.T) {
+	t.Parallel()
 	for _, tc := range []struct {
 		name string
 		body []byte
@@ -350,6 +357,7 @@ func TestParseDecryptAccepts(t *testing.T) {
 }
 
 func TestParseDecryptErrors(t *testing.T) {
+	t.Parallel()
 	b := decryptBody
 	runErrCases(t, func(body []byte) error { _, err := ParseDecrypt(body); return err }, []errCase{
 		{"awsPrincipalArn missing", with(t, b(), "requestMetadata.awsPrincipalArn", del), shared.CodeValidation, "requestMetadata.awsPrincipalArn is required"},
@@ -380,6 +388,7 @@ func TestParseDecryptErrors(t *testing.T) {
 }
 
 func TestParseMetadata(t *testing.T) {
+	t.Parallel()
 	// kmsKeyArn is absent when KMS calls GetKeyMetadata during CreateKey.
 	createKey := with(t, metadataBody(), "requestMetadata.kmsKeyArn", del)
 	r, err := ParseMetadata(createKey)
@@ -401,6 +410,7 @@ func TestParseMetadata(t *testing.T) {
 }
 
 func TestParseHealth(t *testing.T) {
+	t.Parallel()
 	// The specification's example, with the comma it is missing.
 	r, err := ParseHealth([]byte(`{"requestMetadata": {"kmsRequestId": "4112f4d6-db54-4af4-ae30-c55a22a8dfae",
 		"kmsOperation": "CreateCustomKeyStore"}}`))
@@ -424,6 +434,7 @@ func TestParseHealth(t *testing.T) {
 // them are not valid JSON as published (a comma is missing); they are fixed
 // here and the unfixed ones must be rejected, not guessed at.
 func TestSpecExamples(t *testing.T) {
+	t.Parallel()
 	metadata := `{"requestMetadata": {"awsPrincipalArn": "arn:aws:iam::123456789012:user/Alice",
 		"kmsKeyArn": "arn:aws:kms:us-east-2:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab"
 		"kmsOperation": "DescribeKey", "kmsRequestId": "4112f4d6-db54-4af4-ae30-c55a22a8dfae", "kmsViaService": "ebs"}}`
@@ -461,6 +472,7 @@ func TestSpecExamples(t *testing.T) {
 // maximal plaintext and AAD, 2048-character ARNs (the specification's
 // minimum), long optional metadata and room to spare.
 func TestLargestRequestFits(t *testing.T) {
+	t.Parallel()
 	arn := "arn:aws:iam::123456789012:role/" + strings.Repeat("r", 2048-31)
 	md := RequestMetadata{
 		AWSPrincipalArn: arn, KMSKeyArn: arn, KMSOperation: "GenerateDataKeyWithoutPlaintext",
@@ -491,6 +503,7 @@ func TestLargestRequestFits(t *testing.T) {
 // TestRoundTrip: a parsed request marshals (with the struct tags) back to a
 // body that parses to the same request, so the types can be sent by clients.
 func TestRoundTrip(t *testing.T) {
+	t.Parallel()
 	e, err := ParseEncrypt(mustJSON(t, encryptBody()))
 	if err != nil {
 		t.Fatal(err)
@@ -516,6 +529,7 @@ func TestRoundTrip(t *testing.T) {
 }
 
 func TestValidateDirect(t *testing.T) {
+	t.Parallel()
 	var e EncryptRequest
 	checkErr(t, e.Validate(), shared.CodeValidation, "requestMetadata.awsPrincipalArn is required")
 	var d DecryptRequest

@@ -8,6 +8,7 @@ import (
 )
 
 func TestParsePath(t *testing.T) {
+	t.Parallel()
 	long := strings.Repeat("p", MaxPrefixLen)
 	keyID := strings.Repeat("k", MaxKeyIDLen)
 	for _, tc := range []struct {
@@ -47,6 +48,7 @@ func TestParsePath(t *testing.T) {
 }
 
 func TestParsePathInvalidURIPath(t *testing.T) {
+	t.Parallel()
 	for _, path := range []string{
 		"",
 		"/",
@@ -93,6 +95,7 @@ func TestParsePathInvalidURIPath(t *testing.T) {
 // TestParsePathInvalidKeyID: a well-formed path with an impossible key id is
 // KeyNotFound, and the route still names the key store and operation.
 func TestParsePathInvalidKeyID(t *testing.T) {
+	t.Parallel()
 	for _, tc := range []struct {
 		path string
 		want Route
@@ -118,6 +121,7 @@ func TestParsePathInvalidKeyID(t *testing.T) {
 }
 
 func TestValidPrefix(t *testing.T) {
+	t.Parallel()
 	for p, want := range map[string]bool{
 		"":                             true,
 		"a":                            true,
@@ -146,6 +150,7 @@ func TestValidPrefix(t *testing.T) {
 }
 
 func TestValidKeyID(t *testing.T) {
+	t.Parallel()
 	for id, want := range map[string]bool{
 		"foo":                                  true,
 		"b42c7fbf-de61-441c-ae24-123456789012": true,
@@ -169,6 +174,7 @@ func TestValidKeyID(t *testing.T) {
 }
 
 func TestURIPath(t *testing.T) {
+	t.Parallel()
 	for prefix, uriPath := range map[string]string{
 		"":     "/kms/xks/v1",
 		"path": "/path/kms/xks/v1",
@@ -193,6 +199,7 @@ func TestURIPath(t *testing.T) {
 }
 
 func TestOpAPI(t *testing.T) {
+	t.Parallel()
 	for op, api := range map[Op]shared.API{
 		OpMetadata: shared.APIXKSMetadata, OpEncrypt: shared.APIXKSEncrypt,
 		OpDecrypt: shared.APIXKSDecrypt, OpHealth: shared.APIXKSHealth, "sign": "",

@@ -11,6 +11,7 @@ import (
 // TestResponseJSON checks the wire names of every response against the
 // specification's response examples.
 func TestResponseJSON(t *testing.T) {
+	t.Parallel()
 	for name, tc := range map[string]struct {
 		v    any
 		want string
@@ -61,6 +62,7 @@ func TestResponseJSON(t *testing.T) {
 }
 
 func TestResponseValidate(t *testing.T) {
+	t.Parallel()
 	okEncrypt := func() EncryptResponse {
 		return EncryptResponse{Ciphertext: []byte{1}, InitializationVector: make([]byte, IVBytes), AuthenticationTag: make([]byte, TagBytes)}
 	}

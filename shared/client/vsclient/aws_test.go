@@ -21,6 +21,7 @@ import (
 // rebuilt from nothing but the service's configuration and the identity's
 // headers, as authn does.
 func TestSignedIdentityVerifiesAtSTS(t *testing.T) {
+	t.Parallel()
 	s := awstest.Start(t)
 	c := s.InstanceCredentials("111122223333", "app-role", "i-0123456789abcdef0")
 	creds := aws.Credentials{AccessKeyID: c.AccessKeyID, SecretAccessKey: c.SecretAccessKey, SessionToken: c.SessionToken}
@@ -55,6 +56,7 @@ func TestSignedIdentityVerifiesAtSTS(t *testing.T) {
 }
 
 func TestIdentityHeaderReuse(t *testing.T) {
+	t.Parallel()
 	now := time.Now()
 	key := atomic.Value{}
 	key.Store("ASIAAAAAAAAAAAAAAAA1")
@@ -89,6 +91,7 @@ func TestIdentityHeaderReuse(t *testing.T) {
 }
 
 func TestAWSTransportAddsHeader(t *testing.T) {
+	t.Parallel()
 	var got atomic.Value
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		got.Store(r.Header.Get(vs.HeaderAWSIdentity))
@@ -114,6 +117,7 @@ func TestAWSTransportAddsHeader(t *testing.T) {
 }
 
 func TestNewAWSRefuses(t *testing.T) {
+	t.Parallel()
 	ok := func() *AWSInstance {
 		return &AWSInstance{STSEndpoint: "https://sts.eu-west-1.amazonaws.com", Region: "eu-west-1", ServerID: "prod"}
 	}

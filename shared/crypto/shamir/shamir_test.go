@@ -6,6 +6,7 @@ import (
 )
 
 func TestSplitCombine(t *testing.T) {
+	t.Parallel()
 	secret := []byte("0123456789abcdef0123456789abcdef")
 	for _, tc := range []struct{ n, k int }{{2, 2}, {3, 2}, {5, 3}, {10, 10}} {
 		shares, err := Split(secret, tc.n, tc.k)
@@ -28,6 +29,7 @@ func TestSplitCombine(t *testing.T) {
 }
 
 func TestInvalid(t *testing.T) {
+	t.Parallel()
 	if _, err := Split([]byte("x"), 2, 3); err == nil {
 		t.Fatal("k > n accepted")
 	}
@@ -44,6 +46,7 @@ func TestInvalid(t *testing.T) {
 }
 
 func TestGF(t *testing.T) {
+	t.Parallel()
 	for a := 1; a < 256; a++ {
 		if gfMul(byte(a), gfInv(byte(a))) != 1 {
 			t.Fatalf("inverse of %d", a)

@@ -20,6 +20,7 @@ import (
 )
 
 func TestCanonical(t *testing.T) {
+	t.Parallel()
 	for _, tc := range []struct {
 		name string
 		in   any
@@ -67,6 +68,7 @@ func testEvent(i int) *shared.AuditEvent {
 }
 
 func TestRecordRoundTrip(t *testing.T) {
+	t.Parallel()
 	r := FromEvent(testEvent(1), 1, Genesis)
 	data, err := r.Encode()
 	if err != nil {
@@ -104,6 +106,7 @@ func TestRecordRoundTrip(t *testing.T) {
 }
 
 func TestFromEventCleansText(t *testing.T) {
+	t.Parallel()
 	ev := testEvent(1)
 	ev.Reason = strings.Repeat("é", MaxFieldLen) + "\xff"
 	r := FromEvent(ev, 3, Genesis)
@@ -116,6 +119,7 @@ func TestFromEventCleansText(t *testing.T) {
 }
 
 func TestScopeNames(t *testing.T) {
+	t.Parallel()
 	s := Scope{Kind: shared.AuditKindXKS, ID: "a/b"}
 	if got := s.RecordKey(42); got != "xks/YS9i/00000000000000000042.json" {
 		t.Fatalf("RecordKey = %s", got)
@@ -262,6 +266,7 @@ func writeLog(t testing.TB, b Bucket, signer *softSigner, sc Scope, n int, cps .
 
 // The direct record encoder and the generic JCS encoder agree.
 func TestRecordEncodeMatchesCanonical(t *testing.T) {
+	t.Parallel()
 	texts := []string{"", "a", "é", "\U0001F600", "\uFB33", "q\"\\\n\x01", "<&>", "\u2028"}
 	pick := func(i, j int) string { return texts[(i*7+j*3)%len(texts)] }
 	for i := range 200 {

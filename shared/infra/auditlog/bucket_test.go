@@ -15,6 +15,7 @@ import (
 // Both real backends: write-once/idempotent Put, Get, List by directory,
 // and a log that verifies from each.
 func TestBuckets(t *testing.T) {
+	t.Parallel()
 	ctx := context.Background()
 	srv := s3test.RunServer(t)
 	srv.CreateBucket(ctx, t, "audit-central", true)

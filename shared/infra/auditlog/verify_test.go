@@ -11,6 +11,7 @@ import (
 )
 
 func TestVerify(t *testing.T) {
+	t.Parallel()
 	sc := Scope{Kind: shared.AuditKindTenant, ID: "vpc-1"}
 	signer := newSoftSigner(t)
 	pub, err := ParsePublicKey(PublicKeyPEM(signer.spki))
@@ -125,6 +126,7 @@ func TestVerify(t *testing.T) {
 }
 
 func TestVerifyEmptyLog(t *testing.T) {
+	t.Parallel()
 	signer := newSoftSigner(t)
 	pub, _ := ParsePublicKey(signer.spki)
 	_, err := Verify(context.Background(), BucketSource{Bucket: newMemBucket()}, Scope{Kind: "tenant", ID: "x"}, pub, Options{})

@@ -10,6 +10,7 @@ import (
 )
 
 func TestQueueFullIsDetected(t *testing.T) {
+	t.Parallel()
 	_, _, js := natstest.Run(t)
 	ctx := context.Background()
 	topo := DefaultTopology()
@@ -33,6 +34,7 @@ func TestQueueFullIsDetected(t *testing.T) {
 }
 
 func TestEnsureIsIdempotent(t *testing.T) {
+	t.Parallel()
 	_, _, js := natstest.Run(t)
 	ctx := context.Background()
 	topo := DefaultTopology()
@@ -53,6 +55,7 @@ func TestEnsureIsIdempotent(t *testing.T) {
 }
 
 func TestTopologyValidate(t *testing.T) {
+	t.Parallel()
 	for _, tc := range []struct {
 		name string
 		mut  func(*Topology)

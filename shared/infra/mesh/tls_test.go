@@ -16,6 +16,7 @@ import (
 
 // With NATS TLS configured, services connect only when they trust the CA.
 func TestConnectOverTLS(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	files, err := gateway.EnsureDevTLS(dir, time.Now())
 	if err != nil {

@@ -10,6 +10,7 @@ import (
 )
 
 func TestIssuedCredentialsAndPermissions(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	trust, err := LoadOrCreate(dir)
 	if err != nil {

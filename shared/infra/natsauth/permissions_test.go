@@ -18,6 +18,7 @@ import (
 // A stolen gateway credential cannot reach the HSM queue, read queued
 // plaintext, or read the EKT store; authn can queue work.
 func TestGatewayCredentialCannotReachTheHSM(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	trust, err := LoadOrCreate(dir)
 	if err != nil {

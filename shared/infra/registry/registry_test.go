@@ -3,16 +3,19 @@ package registry
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"testing"
 	"time"
 
 	"github.com/sovkeys/sovkeys/shared/infra/mesh"
+	"github.com/sovkeys/sovkeys/shared/testkit"
 	"github.com/sovkeys/sovkeys/shared/testkit/natstest"
 )
 
 func TestKeystoreCompareAndSet(t *testing.T) {
+	t.Parallel()
 	_, _, js := natstest.Run(t)
 	ctx := context.Background()
 	reg, err := Open(ctx, js, mesh.DefaultTopology())
@@ -53,6 +56,7 @@ func TestKeystoreCompareAndSet(t *testing.T) {
 }
 
 func TestCacheFollowsBucket(t *testing.T) {
+	t.Parallel()
 	_, _, js := natstest.Run(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
@@ -76,12 +80,17 @@ func TestCacheFollowsBucket(t *testing.T) {
 	if err := reg.UpdateKey(ctx, k, rev); err != nil {
 		t.Fatal(err)
 	}
-	deadline := time.Now().Add(5 * time.Second)
-	for time.Now().Before(deadline) {
-		if k, _ := c.Get(KeyKey("s", "k1")); k.Status == StatusDisabled {
-			return
+	testkit.CheckFor(t, cacheWait, cachePoll, func() error {
+		if k, _ := c.Get(KeyKey("s", "k1")); k.Status != StatusDisabled {
+			return fmt.Errorf("cache did not follow the update: status %q", k.Status)
 		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	t.Fatal("cache did not follow the update")
+		return nil
+	})
 }
+
+// How long a watched cache may take to follow the bucket, and how often the
+// test looks.
+const (
+	cacheWait = 5 * time.Second
+	cachePoll = 10 * time.Millisecond
+)

@@ -8,6 +8,7 @@ import (
 )
 
 func TestTraceContextTravelsInLowercaseHeader(t *testing.T) {
+	t.Parallel()
 	tp, err := Setup(context.Background(), "test", func(string) string { return "" })
 	if err != nil {
 		t.Fatal(err)

@@ -11,6 +11,7 @@ import (
 )
 
 func TestValidName(t *testing.T) {
+	t.Parallel()
 	tests := []struct {
 		name string
 		ok   bool
@@ -191,6 +192,7 @@ func (e errStore) Get(context.Context, string) ([]byte, error)  { return e.data,
 func (e errStore) Backend() string                              { return "test" }
 
 func TestCreateOrGetErrors(t *testing.T) {
+	t.Parallel()
 	boom := errors.New("boom")
 	tests := []struct {
 		label string

@@ -22,12 +22,14 @@ func newTestJetStreamStore(t *testing.T) (*JetStreamStore, jetstream.JetStream) 
 }
 
 func TestJetStreamStore(t *testing.T) {
+	t.Parallel()
 	testStore(t, func(t *testing.T) Store { s, _ := newTestJetStreamStore(t); return s })
 }
 
 // Two processes declaring the store at once, and again later, get the same
 // buckets; a blob written through one is visible through the other.
 func TestNewJetStreamIdempotent(t *testing.T) {
+	t.Parallel()
 	_, _, js := natstest.Run(t)
 	ctx := t.Context()
 	stores := make([]*JetStreamStore, 4)
@@ -66,6 +68,7 @@ func TestNewJetStreamIdempotent(t *testing.T) {
 // caller going around the store (kv.Put, kv.Delete, purge) cannot overwrite
 // or free a name.
 func TestJetStreamIndexIsServerEnforced(t *testing.T) {
+	t.Parallel()
 	s, js := newTestJetStreamStore(t)
 	ctx := t.Context()
 	if err := s.Create(ctx, "tenant.a", []byte("ekt")); err != nil {
@@ -99,6 +102,7 @@ func TestJetStreamIndexIsServerEnforced(t *testing.T) {
 
 // A blob changed behind the index's back is reported, never returned.
 func TestJetStreamCorrupt(t *testing.T) {
+	t.Parallel()
 	s, _ := newTestJetStreamStore(t)
 	ctx := t.Context()
 	for _, name := range []string{"replaced", "deleted"} {
@@ -129,6 +133,7 @@ func TestJetStreamCorrupt(t *testing.T) {
 // Losers of a race leave no staged objects behind: the object store holds
 // exactly one object per committed name.
 func TestJetStreamLosersCleanUp(t *testing.T) {
+	t.Parallel()
 	s, _ := newTestJetStreamStore(t)
 	ctx := t.Context()
 	done := make(chan error)

@@ -38,6 +38,7 @@ func newTestS3Store(t *testing.T, srv *s3test.Server, versioned bool, prefix str
 }
 
 func TestS3Store(t *testing.T) {
+	t.Parallel()
 	srv := s3test.RunServer(t)
 	for _, tc := range []struct {
 		label     string
@@ -58,6 +59,7 @@ func TestS3Store(t *testing.T) {
 // second If-None-Match "*" put with 412 and keeps the first object; on a
 // versioned bucket the rejected put leaves no version behind.
 func TestVersitygwEnforcesIfNoneMatch(t *testing.T) {
+	t.Parallel()
 	endpoint, access, secret, stop := s3test.Run(t)
 	defer stop()
 	ctx := t.Context()
@@ -110,6 +112,7 @@ func TestVersitygwEnforcesIfNoneMatch(t *testing.T) {
 // ETag, answers 200 to a conditional put over an existing key and
 // overwrites it. The store's probe must detect that and refuse to write.
 func TestS3RefusesServerIgnoringIfNoneMatch(t *testing.T) {
+	t.Parallel()
 	srv := s3test.RunServer(t, "--nometa")
 	s := newTestS3Store(t, srv, false, "")
 	ctx := t.Context()
@@ -125,6 +128,7 @@ func TestS3RefusesServerIgnoringIfNoneMatch(t *testing.T) {
 }
 
 func TestS3Corrupt(t *testing.T) {
+	t.Parallel()
 	srv := s3test.RunServer(t)
 	s := newTestS3Store(t, srv, false, "")
 	ctx := t.Context()
@@ -143,6 +147,7 @@ func TestS3Corrupt(t *testing.T) {
 // that are neither ErrExists nor ErrNotFound; after a restart on the same
 // address and data the blob is still there and still write-once.
 func TestS3Outage(t *testing.T) {
+	t.Parallel()
 	srv := s3test.RunServer(t)
 	s := newTestS3Store(t, srv, true, "")
 	ctx := t.Context()
@@ -173,6 +178,7 @@ func TestS3Outage(t *testing.T) {
 }
 
 func TestS3ConfigValidate(t *testing.T) {
+	t.Parallel()
 	good := S3Config{Endpoint: "http://127.0.0.1:7070", Region: "us-east-1", Bucket: "sovkeys-ekt", Prefix: "ekt/", UsePathStyle: true}
 	tests := []struct {
 		label string

@@ -46,6 +46,7 @@ func apiCode(err error) string {
 }
 
 func TestGetCallerIdentity(t *testing.T) {
+	t.Parallel()
 	s := Start(t)
 	inst := s.InstanceCredentials(account, "app-role", "i-0123456789abcdef0")
 	ctx := context.Background()
@@ -106,6 +107,7 @@ func TestGetCallerIdentity(t *testing.T) {
 // server checks the signature over method, path, query, signed headers and
 // body.
 func TestTamperedRequests(t *testing.T) {
+	t.Parallel()
 	s := Start(t)
 	inst := s.InstanceCredentials(account, "app-role", "i-0123456789abcdef0")
 	const body = "Action=GetCallerIdentity&Version=2011-06-15"
@@ -160,6 +162,7 @@ func TestTamperedRequests(t *testing.T) {
 }
 
 func TestAssumeRoleAndDescribeInstances(t *testing.T) {
+	t.Parallel()
 	s := Start(t)
 	ctx := context.Background()
 	self := s.AddUser("999988887777", "sovkeys")
@@ -253,6 +256,7 @@ func TestAssumeRoleAndDescribeInstances(t *testing.T) {
 
 // A stalled action never answers; the caller's deadline ends the call.
 func TestStall(t *testing.T) {
+	t.Parallel()
 	s := Start(t)
 	inst := s.InstanceCredentials(account, "app-role", "i-0123456789abcdef0")
 	s.Stall("GetCallerIdentity", true)

@@ -1,10 +1,13 @@
-package audit
+package main
 
 import (
 	"context"
 	"crypto/rand"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"io"
+	"log/slog"
 	"strings"
 	"time"
 
@@ -13,12 +16,23 @@ import (
 
 	"github.com/sovkeys/sovkeys/shared"
 	"github.com/sovkeys/sovkeys/shared/infra/auditlog"
+	"github.com/sovkeys/sovkeys/shared/infra/mesh"
 )
 
-// LoadConfig drives RunLoad: audit events published straight to the event
-// stream, as gateways, authn and keyworkers publish them, against whatever
-// audit services are running.
-type LoadConfig struct {
+// auditExportConsumer is the durable through which the audit service
+// exports the log to the central store (services/audit destinations.go).
+const auditExportConsumer = "audit_export"
+
+// maxAuditWindow bounds the async publishes in flight well below nats.go's
+// default PublishAsyncMaxPending (4,000): at that limit PublishMsgAsync
+// stalls and, when the server is slower than 200 ms to ack, fails the run
+// with "stalled with too many outstanding async published messages".
+const maxAuditWindow = 2048
+
+// auditLoad drives runAuditLoad: audit events published straight to the
+// event stream, as gateways, authn and keyworkers publish them, against
+// whatever audit services are running.
+type auditLoad struct {
 	Events int           // total events
 	Scopes int           // distinct scopes (XKS key stores), events spread evenly
 	Rate   int           // events/s offered; 0 = as fast as the publisher can
@@ -26,8 +40,8 @@ type LoadConfig struct {
 	Wait   time.Duration // how long to wait for sequencing and export after publishing
 }
 
-// LoadResult are the figures of one run.
-type LoadResult struct {
+// AuditReport are the figures of one -api audit run.
+type AuditReport struct {
 	Events      int     `json:"events"`
 	Scopes      int     `json:"scopes"`
 	PublishSecs float64 `json:"publish_seconds"`
@@ -45,36 +59,36 @@ type LoadResult struct {
 	MaxExportLag     uint64 `json:"max_export_lag"`
 }
 
-// RunLoad publishes cfg.Events events over cfg.Scopes fresh scopes and
+// runAuditLoad publishes cfg.Events events over cfg.Scopes fresh scopes and
 // measures how fast the running audit services number and export them.
-func RunLoad(ctx context.Context, js jetstream.JetStream, cfg LoadConfig, now func() time.Time) (LoadResult, error) {
+func runAuditLoad(ctx context.Context, js jetstream.JetStream, cfg auditLoad, now func() time.Time) (AuditReport, error) {
 	if cfg.Events < 1 || cfg.Scopes < 1 || cfg.Scopes > cfg.Events {
-		return LoadResult{}, fmt.Errorf("%w: load: need 1 <= scopes <= events", shared.ErrConfigValidation)
+		return AuditReport{}, fmt.Errorf("%w: need 1 <= scopes <= events", ErrConfigValidation)
 	}
-	if cfg.Window < 1 {
-		cfg.Window = 4096
+	if cfg.Window < 1 || cfg.Window > maxAuditWindow {
+		cfg.Window = maxAuditWindow
 	}
 	if cfg.Wait <= 0 {
 		cfg.Wait = 5 * time.Minute
 	}
 	auditCons, err := js.Consumer(ctx, shared.StreamAudit, shared.ConsumerAudit)
 	if err != nil {
-		return LoadResult{}, fmt.Errorf("load: is an audit service running? %w", err)
+		return AuditReport{}, fmt.Errorf("load: is an audit service running? %w", err)
 	}
-	exportCons, err := js.Consumer(ctx, auditlog.StreamLog, "audit_export")
+	exportCons, err := js.Consumer(ctx, auditlog.StreamLog, auditExportConsumer)
 	if err != nil {
-		return LoadResult{}, fmt.Errorf("load: is an audit service running? %w", err)
+		return AuditReport{}, fmt.Errorf("load: is an audit service running? %w", err)
 	}
 	logStream, err := js.Stream(ctx, auditlog.StreamLog)
 	if err != nil {
-		return LoadResult{}, err
+		return AuditReport{}, err
 	}
 	run := strings.ToLower(rand.Text())[:8]
 	scopes := make([]auditlog.Scope, cfg.Scopes)
 	for i := range scopes {
 		scopes[i] = auditlog.Scope{Kind: shared.AuditKindXKS, ID: fmt.Sprintf("loadtest/%s/%d", run, i)}
 	}
-	res := LoadResult{Events: cfg.Events, Scopes: cfg.Scopes}
+	res := AuditReport{Events: cfg.Events, Scopes: cfg.Scopes}
 	sctx, stopSampling := context.WithCancel(ctx)
 	sampled := make(chan [2]uint64, 1)
 	go func() { sampled <- sampleLags(sctx, auditCons, exportCons) }()
@@ -102,15 +116,15 @@ func RunLoad(ctx context.Context, js jetstream.JetStream, cfg LoadConfig, now fu
 	}
 	for i, sc := range scopes { // wait until every scope's head is its last event
 		for {
-			h, err := loadHead(ctx, logStream, sc)
+			seq, err := headSeq(ctx, logStream, sc)
 			if err != nil {
 				return res, err
 			}
-			if h.seq >= perScope(i) {
+			if seq >= perScope(i) {
 				break
 			}
 			if now().After(deadline) {
-				return res, fmt.Errorf("load: %s numbered %d of %d events after %s", sc, h.seq, perScope(i), cfg.Wait)
+				return res, fmt.Errorf("load: %s numbered %d of %d events after %s", sc, seq, perScope(i), cfg.Wait)
 			}
 			if err := sleep(ctx, 20*time.Millisecond); err != nil {
 				return res, err
@@ -141,7 +155,7 @@ func RunLoad(ctx context.Context, js jetstream.JetStream, cfg LoadConfig, now fu
 	return res, nil
 }
 
-func publishLoad(ctx context.Context, js jetstream.JetStream, cfg LoadConfig, scopes []auditlog.Scope, run string, start time.Time, now func() time.Time) error {
+func publishLoad(ctx context.Context, js jetstream.JetStream, cfg auditLoad, scopes []auditlog.Scope, run string, start time.Time, now func() time.Time) error {
 	inflight := make(chan jetstream.PubAckFuture, cfg.Window)
 	errc := make(chan error, 1)
 	go func() {
@@ -207,6 +221,27 @@ func publishLoad(ctx context.Context, js jetstream.JetStream, cfg LoadConfig, sc
 	return perr
 }
 
+// headSeq is the sequence number of the newest record of sc in the audit
+// log: 0 before its first.
+func headSeq(ctx context.Context, stream jetstream.Stream, sc auditlog.Scope) (uint64, error) {
+	m, err := stream.GetLastMsgForSubject(ctx, sc.RecordSubject())
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, fmt.Errorf("load: head of %s: %w", sc, err)
+	}
+	lines := auditlog.SplitBatch(m.Data)
+	if len(lines) == 0 {
+		return 0, fmt.Errorf("load: %s: empty batch at stream sequence %d", sc, m.Sequence)
+	}
+	r, err := auditlog.ParseRecord(lines[len(lines)-1])
+	if err != nil {
+		return 0, fmt.Errorf("load: %s at stream sequence %d: %w", sc, m.Sequence, err)
+	}
+	return r.Seq, nil
+}
+
 // sampleLags returns the largest sequencing and export lags seen.
 func sampleLags(ctx context.Context, auditCons, exportCons jetstream.Consumer) [2]uint64 {
 	var maxLag [2]uint64
@@ -236,4 +271,49 @@ func sleep(ctx context.Context, d time.Duration) error {
 	case <-t.C:
 		return nil
 	}
+}
+
+// executeAudit connects to NATS as cfg says, runs the audit load and builds
+// the report: it passes when every event was numbered and exported in time.
+func executeAudit(ctx context.Context, cfg Config, progress io.Writer, now func() time.Time) (Report, error) {
+	logger := slog.New(slog.NewTextHandler(progress, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	nc, js, err := mesh.Connect(ctx, mesh.ConnConfig{URL: cfg.NATSURL, CredsFile: cfg.NATSCreds, CAFile: cfg.NATSCA, Name: "sovkeys-loadtest"}, logger)
+	if err != nil {
+		return Report{}, err
+	}
+	defer nc.Close()
+	load := auditLoad{Events: cfg.Events, Scopes: cfg.Scopes, Rate: int(cfg.Rate), Wait: cfg.AuditWait}
+	mode, offered := "burst", "as fast as one publisher can"
+	if load.Rate > 0 {
+		mode, offered = "open", fmt.Sprintf("%d events/s", load.Rate)
+	}
+	fmt.Fprintf(progress, "loadtest: audit %d events over %d scopes, %s\n", load.Events, load.Scopes, offered)
+	started := now()
+	res, err := runAuditLoad(ctx, js, load, now)
+	if err != nil {
+		return Report{}, err
+	}
+	rep := Report{
+		Started: started.UTC(), API: APIAudit, Target: nc.ConnectedUrlRedacted(), Op: OpPublish, Mode: mode,
+		OfferedRate: cfg.Rate, Duration: cfg.Duration.String(), WindowSeconds: res.ExportedSecs,
+		Requests: uint64(res.Events), Succeeded: uint64(res.Events), Throughput: res.ExportedPerSec,
+		Errors: []errorCount{}, Timeline: []Second{}, Audit: &res, Pass: true,
+		Verdict: fmt.Sprintf("PASS: %d events numbered and exported, %.0f/s exported", res.Events, res.ExportedPerSec),
+	}
+	return rep, nil
+}
+
+// writeAuditText prints an audit run for people.
+func (rep Report) writeAuditText(w io.Writer) {
+	a := rep.Audit
+	fmt.Fprintf(w, "target      %s  %d audit events over %d scopes\n", rep.Target, a.Events, a.Scopes)
+	if rep.Mode == "open" {
+		fmt.Fprintf(w, "load        %.0f events/s offered, published in %.1f s\n", rep.OfferedRate, a.PublishSecs)
+	} else {
+		fmt.Fprintf(w, "load        burst (as fast as one publisher can), published in %.1f s\n", a.PublishSecs)
+	}
+	fmt.Fprintf(w, "sequenced   all after %.1f s: %.0f events/s\n", a.SequencedSecs, a.SequencedPerSec)
+	fmt.Fprintf(w, "exported    all after %.1f s: %.0f events/s; drained %.1f s after the last publish\n", a.ExportedSecs, a.ExportedPerSec, a.DrainSecs)
+	fmt.Fprintf(w, "max lag     %d events not yet numbered, %d log messages not yet exported\n", a.MaxSequencingLag, a.MaxExportLag)
+	fmt.Fprintf(w, "verdict     %s\n", rep.Verdict)
 }
