@@ -83,7 +83,10 @@ func startNode(dir string, shares []string) (*node, error) {
 		stop: cancel, done: make(chan int, 1), stderr: &syncBuffer{}, stdout: &syncBuffer{},
 	}
 	args := []string{"standalone", "--data", dir, "--listen", fmt.Sprintf("127.0.0.1:%d", gwPort),
-		"--nats-listen", fmt.Sprintf("127.0.0.1:%d", natsPort), "--log-level", "warn"}
+		"--nats-listen", fmt.Sprintf("127.0.0.1:%d", natsPort), "--log-level", "warn",
+		// A generous deadline: the suite shares small, busy machines and must
+		// not turn a slow scheduler into a failed assertion.
+		"--request-timeout", testRequestTimeout.String()}
 	env := awsTestEnv() // aws_e2e_test.go: the loopback STS/EC2 (and trusted proxy) this node uses
 	getenv := func(k string) string {
 		if v, ok := env[k]; ok {
@@ -224,6 +227,9 @@ func (n *node) client(c keystoreCreds) *xksclient.Client {
 
 // nodeStartTimeout bounds each step of starting a standalone node.
 const nodeStartTimeout = 60 * time.Second
+
+// testRequestTimeout is the end-to-end request deadline of test nodes.
+const testRequestTimeout = 5 * time.Second
 
 // setupTB lets testkit.CheckFor run where there is no test yet (TestMain):
 // Fatalf records the error instead of stopping a test.
