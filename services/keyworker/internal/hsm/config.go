@@ -5,6 +5,7 @@ package hsm
 import (
 	"fmt"
 	"log/slog"
+	"time"
 
 	"github.com/miekg/pkcs11"
 
@@ -25,6 +26,8 @@ type Config struct {
 	PIN        string // user PIN; never logged
 	Sessions   int    // size of the session pool (= this keyworker's in-flight budget); default 4
 	IVFromHSM  bool   // true: HSM generates the GCM IV (Luna/CloudHSM style); false: host generates 12 random bytes (SoftHSM)
+	// Now is the clock (key-version cache, version creation dates); default time.Now.
+	Now func() time.Time
 }
 
 // Validate reports the first problem with c, wrapping shared.ErrConfigValidation.
@@ -67,6 +70,9 @@ func (c Config) LogValue() slog.Value {
 func (c Config) withDefaults() Config {
 	if c.Sessions == 0 {
 		c.Sessions = defaultSessions
+	}
+	if c.Now == nil {
+		c.Now = time.Now
 	}
 	return c
 }

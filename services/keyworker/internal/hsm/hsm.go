@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"time"
 
 	"github.com/miekg/pkcs11"
 
@@ -34,8 +35,10 @@ type HSM struct {
 	pool chan pkcs11.SessionHandle // exactly cfg.Sessions handles circulate
 	done chan struct{}             // closed by Close
 
-	keys keyCache
-	hier hierarchyState // key hierarchy handles and CMK cache (hierarchy.go)
+	keys     keyCache
+	versions versionCache // newest version per key label (versions.go)
+	now      func() time.Time
+	hier     hierarchyState // key hierarchy handles and CMK cache (hierarchy.go)
 
 	closeOnce sync.Once
 	closeErr  error
@@ -66,6 +69,7 @@ func Open(ctx context.Context, cfg Config, logger *slog.Logger) (*HSM, error) {
 		pool:   make(chan pkcs11.SessionHandle, cfg.Sessions),
 		done:   make(chan struct{}),
 		keys:   keyCache{max: maxCachedKeys},
+		now:    cfg.Now,
 	}
 	if err := h.open(ctx); err != nil {
 		for len(h.pool) > 0 {
