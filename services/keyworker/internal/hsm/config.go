@@ -28,6 +28,8 @@ type Config struct {
 	IVFromHSM  bool   // true: HSM generates the GCM IV (Luna/CloudHSM style); false: host generates 12 random bytes (SoftHSM)
 	// Now is the clock (key-version cache, version creation dates); default time.Now.
 	Now func() time.Time
+	// WrapP11, when set, wraps the module (tests inject faults with FaultP11).
+	WrapP11 func(P11) P11
 }
 
 // Validate reports the first problem with c, wrapping shared.ErrConfigValidation.

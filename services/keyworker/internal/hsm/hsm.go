@@ -61,11 +61,15 @@ func Open(ctx context.Context, cfg Config, logger *slog.Logger) (*HSM, error) {
 	if err != nil {
 		return nil, err
 	}
+	var p11 P11 = mod.ctx
+	if cfg.WrapP11 != nil {
+		p11 = cfg.WrapP11(p11)
+	}
 	h := &HSM{
 		cfg:    cfg,
 		logger: logger,
 		mod:    mod,
-		p11:    mod.ctx,
+		p11:    p11,
 		pool:   make(chan pkcs11.SessionHandle, cfg.Sessions),
 		done:   make(chan struct{}),
 		keys:   keyCache{max: maxCachedKeys},
