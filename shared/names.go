@@ -81,6 +81,7 @@ const (
 	EndpointIssueCert      = "issue_cert"
 	EndpointAuditSign      = "audit_sign"
 	EndpointAuditPublicKey = "audit_public_key"
+	EndpointKeyVersion     = "key_version"
 )
 
 // JetStream API error codes the mesh matches on. nats.go names 10071 and

@@ -33,6 +33,8 @@ Operator commands (--nats/--creds or SOVKEYS_NATS_URL/SOVKEYS_NATS_CREDS):
   sovkeys xks key create --keystore PREFIX --id KEYID --usage encrypt,decrypt|encrypt|decrypt|none [--label L] [--existing]
   sovkeys xks key disable|enable --keystore PREFIX --id KEYID
   sovkeys xks key list --keystore PREFIX
+  sovkeys xks key rotate --keystore PREFIX --id KEYID
+  sovkeys xks key version list|decrypt-only|disable|enable|destroy --keystore PREFIX --id KEYID [--version N] [--confirm CODE]
   sovkeys tenant create --id TENANT [--ekt-name NAME] [--audit-bucket B] [--auth mtls|aws]
                         [--account A --role-arn R --region R --check-source-ip]   (aws)
   sovkeys tenant list | show --id T | disable --id T | enable --id T
@@ -79,6 +81,9 @@ func dispatch(ctx context.Context, args []string, getenv func(string) string, st
 		}
 		return runService(ctx, args[0], args[1:], getenv, stderr)
 	case "xks":
+		if isXKSKeyVersionCommand(args[1:]) { // xks_rotate_cli.go
+			return runXKSKeyVersion(ctx, args[1:], stdout, stderr, getenv)
+		}
 		return runXKS(ctx, args[1:], getenv, stdout, stderr)
 	case "tenant":
 		return runTenant(ctx, args[1:], getenv, stdout, stderr)

@@ -40,6 +40,7 @@ func (s *Service) startAdmin() (micro.Service, error) {
 		kwadmin.EndpointIssueCert: s.adminIssueCert,
 		auditlog.EndpointSign:     s.adminAuditSign, auditlog.EndpointPublicKey: s.adminAuditPublicKey,
 	}
+	endpoints[kwadmin.EndpointKeyVersion] = s.adminKeyVersion // admin_versions.go
 	for name, fn := range endpoints {
 		if err := g.AddEndpoint(name, s.adminHandler(name, fn)); err != nil {
 			_ = svc.Stop()
