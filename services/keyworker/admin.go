@@ -77,6 +77,11 @@ func (s *Service) adminHealth(ctx context.Context, _ []byte) (any, error) {
 	resp := kwadmin.HealthResponse{Pool: s.cfg.Pool, Model: s.cfg.Model, Status: kwadmin.HealthActive}
 	if err := s.health(ctx); err != nil {
 		resp.Status, resp.Detail = kwadmin.HealthUnavailable, "hsm round trip failed"
+		return resp, nil
+	}
+	// The round trip worked; the session pool may still be recovering.
+	if st, detail := s.hsm.SessionHealth(); st != hsm.HealthActive {
+		resp.Status, resp.Detail = st, detail
 	}
 	return resp, nil
 }

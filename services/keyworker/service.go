@@ -135,6 +135,8 @@ func (s *Service) Run(ctx context.Context) error {
 	sessions := s.hsm.Sessions()
 	sem := make(chan struct{}, sessions)
 	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() { defer wg.Done(); s.keepAlive(ctx) }()
 	cc, err := cons.Consume(func(m jetstream.Msg) {
 		sem <- struct{}{}
 		wg.Add(1)
@@ -156,6 +158,28 @@ func (s *Service) Run(ctx context.Context) error {
 	<-cc.Closed()
 	wg.Wait()
 	return nil
+}
+
+// keepAliveEvery: how often idle HSM sessions are checked (and kept from
+// HSM idle timeouts, which are minutes long on the HSMs we know).
+const keepAliveEvery = 30 * time.Second
+
+// keepAlive checks idle sessions until ctx ends.
+func (s *Service) keepAlive(ctx context.Context) {
+	t := time.NewTicker(keepAliveEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		if n, err := s.hsm.KeepAlive(ctx); err != nil {
+			s.log.Warn("hsm keep-alive: sessions could not be replaced", "err", err)
+		} else if n > 0 {
+			s.log.Warn("hsm keep-alive replaced lost idle sessions", "replaced", n)
+		}
+	}
 }
 
 // registerPool records the pool in KV so XKS health lists it.

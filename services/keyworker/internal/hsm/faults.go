@@ -20,6 +20,7 @@ type Fault struct {
 	CKR    uint
 	Times  int
 	Mutate func([]byte) []byte
+	After  int // let this many matching calls through first
 }
 
 // FaultP11 wraps a P11. Refused mechanisms answer CKR_MECHANISM_INVALID
@@ -69,6 +70,10 @@ func (f *FaultP11) take(op string) (Fault, bool) {
 	if i < 0 {
 		return Fault{}, false
 	}
+	if f.faults[i].After > 0 {
+		f.faults[i].After--
+		return Fault{}, false
+	}
 	fl := f.faults[i]
 	if fl.Times > 0 {
 		f.faults[i].Times--
@@ -101,6 +106,13 @@ func (f *FaultP11) OpenSession(slot uint, flags uint) (pkcs11.SessionHandle, err
 		return 0, err
 	}
 	return f.P11.OpenSession(slot, flags)
+}
+
+func (f *FaultP11) GetSessionInfo(sh pkcs11.SessionHandle) (pkcs11.SessionInfo, error) {
+	if _, err := f.fail("GetSessionInfo"); err != nil {
+		return pkcs11.SessionInfo{}, err
+	}
+	return f.P11.GetSessionInfo(sh)
 }
 
 func (f *FaultP11) GetMechanismInfo(slot uint, m []*pkcs11.Mechanism) (pkcs11.MechanismInfo, error) {

@@ -32,10 +32,12 @@ type HSM struct {
 	p11    P11
 	slot   uint
 
-	pool chan pkcs11.SessionHandle // exactly cfg.Sessions handles circulate
-	done chan struct{}             // closed by Close
+	pool  chan pkcs11.SessionHandle // exactly nsess handles circulate
+	nsess int                       // cfg.Sessions, or fewer when the token's session limit was reached (sessions.go)
+	done  chan struct{}             // closed by Close
 
 	keys     keyCache
+	state    sessionState // losses and recoveries, for health (sessions.go)
 	versions versionCache // newest version per key label (versions.go)
 	now      func() time.Time
 	hier     hierarchyState // key hierarchy handles and CMK cache (hierarchy.go)
@@ -103,10 +105,18 @@ func (h *HSM) open(ctx context.Context) error {
 			return fmt.Errorf("keyworker: open hsm: %w", err)
 		}
 		sh, err := h.openSession()
+		if isCKR(err, pkcs11.CKR_SESSION_COUNT) && h.nsess > 0 {
+			// Bounded opening: the token allows fewer sessions than asked
+			// (other processes hold some). Run with what we have.
+			h.logger.WarnContext(ctx, "hsm session limit reached; running with fewer sessions",
+				"token", h.cfg.TokenLabel, "sessions", h.nsess, "wanted", h.cfg.Sessions)
+			break
+		}
 		if err != nil {
 			return err
 		}
 		h.pool <- sh
+		h.nsess++
 	}
 	return nil
 }
@@ -154,7 +164,7 @@ func findTokenSlot(p P11, label string) (slot uint, found bool, err error) {
 
 // Sessions is the size of the session pool: how many operations this HSM
 // runs at once.
-func (h *HSM) Sessions() int { return h.cfg.Sessions }
+func (h *HSM) Sessions() int { return h.nsess }
 
 // Close waits for in-flight operations, closes the sessions and releases the
 // module (finalizing it when this was the last user). It is idempotent.
@@ -164,7 +174,7 @@ func (h *HSM) Close() error {
 	h.closeOnce.Do(func() {
 		close(h.done)
 		var errs []error
-		for range h.cfg.Sessions {
+		for range h.nsess {
 			sh := <-h.pool
 			if err := h.p11.CloseSession(sh); err != nil && !isSessionLost(err) {
 				errs = append(errs, fmt.Errorf("keyworker: close session: %w", err))
@@ -226,18 +236,7 @@ func (h *HSM) session(ctx context.Context, exclusive bool, fn func(pkcs11.Sessio
 	if !isSessionLost(err) {
 		return err
 	}
-	h.logger.WarnContext(ctx, "hsm session lost, replacing it", "token", h.cfg.TokenLabel, "err", err)
-	nsh, oerr := h.openSession()
-	if oerr != nil {
-		// Keep the old handle in the pool; the next user retries the
-		// replacement. It is not closed yet: a closed handle number could be
-		// reused by another session of this process.
-		return fmt.Errorf("keyworker: hsm session lost: %w", errors.Join(err, oerr))
-	}
-	_ = h.p11.CloseSession(sh) // frees a stuck operation; fails harmlessly on a dead handle
-	sh = nsh
-	h.keys.clear() // handles may not have survived whatever broke the session
-	return fn(sh)
+	return h.recoverSession(ctx, &sh, err, fn) // sessions.go
 }
 
 func sessionWaitError(err error) error {

@@ -21,6 +21,7 @@ type P11 interface {
 	InitPIN(sh pkcs11.SessionHandle, pin string) error
 	OpenSession(slotID uint, flags uint) (pkcs11.SessionHandle, error)
 	CloseSession(sh pkcs11.SessionHandle) error
+	GetSessionInfo(sh pkcs11.SessionHandle) (pkcs11.SessionInfo, error) // idle keep-alive (sessions.go)
 	Login(sh pkcs11.SessionHandle, userType uint, pin string) error
 	Logout(sh pkcs11.SessionHandle) error
 	FindObjectsInit(sh pkcs11.SessionHandle, temp []*pkcs11.Attribute) error
@@ -71,6 +72,7 @@ func isSessionLost(err error) bool {
 		pkcs11.CKR_OPERATION_ACTIVE,
 		pkcs11.CKR_TOKEN_NOT_PRESENT,
 		pkcs11.CKR_DEVICE_REMOVED,
+		pkcs11.CKR_DEVICE_ERROR,
 	)
 }
 
