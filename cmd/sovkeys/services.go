@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"flag"
@@ -48,6 +49,7 @@ type serviceFlags struct {
 	pool, hsmModule, hsmToken, hsmPinFile, model string
 	sessions                                     int
 	ivFromHSM                                    bool
+	hsmProfile                                   string
 	healthTTL                                    time.Duration
 
 	ektStore                                    string
@@ -82,6 +84,7 @@ func (f *serviceFlags) register(fs *flag.FlagSet, getenv func(string) string) {
 	fs.StringVar(&f.model, "hsm-model", "SoftHSMv2", "keyworker: HSM model reported by XKS health")
 	fs.IntVar(&f.sessions, "sessions", 8, "keyworker: PKCS#11 sessions = operations in flight in this process")
 	fs.BoolVar(&f.ivFromHSM, "iv-from-hsm", false, "keyworker: let the HSM generate GCM IVs (Luna/CloudHSM)")
+	fs.StringVar(&f.hsmProfile, "hsm-profile", "", "keyworker: HSM family softhsm|cloudhsm|luna|proteccio|nshield (default: from --hsm-model; docs/hsm.md)")
 	fs.DurationVar(&f.healthTTL, "health-ttl", 10*time.Second, "keyworker: reuse an HSM health result this long (max 60s)")
 	fs.StringVar(&f.ektStore, "ekt-store", "jetstream", "keyworker: write-once store of tenant keys (EKTs): jetstream | s3")
 	fs.StringVar(&f.s3Endpoint, "s3-endpoint", getenv("SOVKEYS_S3_ENDPOINT"), "keyworker: S3 endpoint URL (env SOVKEYS_S3_ENDPOINT; empty = AWS)")
@@ -150,7 +153,8 @@ func readPIN(file string, getenv func(string) string) (string, error) {
 }
 
 func (f *serviceFlags) hsmConfig(pin string) keyworker.HSMConfig {
-	return keyworker.HSMConfig{ModulePath: f.hsmModule, TokenLabel: f.hsmToken, PIN: pin, Sessions: f.sessions, IVFromHSM: f.ivFromHSM}
+	return keyworker.HSMConfig{ModulePath: f.hsmModule, TokenLabel: f.hsmToken, PIN: pin, Sessions: f.sessions, IVFromHSM: f.ivFromHSM,
+		Profile: cmp.Or(f.hsmProfile, keyworker.ProfileForModel(f.model))}
 }
 
 // unsealHSM waits for k PIN shares in the memory-only unseal bucket and

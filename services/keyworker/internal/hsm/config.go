@@ -28,6 +28,9 @@ type Config struct {
 	IVFromHSM  bool   // true: HSM generates the GCM IV (Luna/CloudHSM style); false: host generates 12 random bytes (SoftHSM)
 	// Now is the clock (key-version cache, version creation dates); default time.Now.
 	Now func() time.Time
+	// Profile names the HSM family (profiles.go): a profile name or an HSM
+	// model string; empty is SoftHSM. A profile that needs IVFromHSM sets it.
+	Profile string
 	// WrapP11, when set, wraps the module (tests inject faults with FaultP11).
 	WrapP11 func(P11) P11
 }
@@ -55,8 +58,8 @@ func (c Config) Validate() error {
 
 // String omits the PIN so a config printed with %v or %+v never leaks it.
 func (c Config) String() string {
-	return fmt.Sprintf("{ModulePath:%s TokenLabel:%s PIN:[redacted] Sessions:%d IVFromHSM:%t}",
-		c.ModulePath, c.TokenLabel, c.Sessions, c.IVFromHSM)
+	return fmt.Sprintf("{ModulePath:%s TokenLabel:%s PIN:[redacted] Sessions:%d IVFromHSM:%t Profile:%s}",
+		c.ModulePath, c.TokenLabel, c.Sessions, c.IVFromHSM, c.Profile)
 }
 
 // LogValue omits the PIN so a config passed to slog never leaks it.
@@ -66,6 +69,7 @@ func (c Config) LogValue() slog.Value {
 		slog.String("token", c.TokenLabel),
 		slog.Int("sessions", c.Sessions),
 		slog.Bool("iv_from_hsm", c.IVFromHSM),
+		slog.String("profile", c.Profile),
 	)
 }
 

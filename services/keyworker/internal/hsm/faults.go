@@ -5,8 +5,11 @@ package hsm
 // (Config.WrapP11). It is inert unless a test installs rules.
 
 import (
+	"crypto/rand"
+	"reflect"
 	"slices"
 	"sync"
+	"unsafe"
 
 	"github.com/miekg/pkcs11"
 )
@@ -31,6 +34,49 @@ type FaultP11 struct {
 	faults  []Fault
 	refused map[uint]bool
 	calls   map[string]int
+	hsmIV   bool
+}
+
+// EmulateHSMIV makes C_EncryptInit with CKM_AES_GCM act as CloudHSM and
+// Luna do: the caller's IV buffer must be zeroed (else
+// CKR_MECHANISM_PARAM_INVALID), and the "HSM" chooses a fresh random IV,
+// which the caller reads back with GCMParams.IV after C_Encrypt. SoftHSM
+// then encrypts under that IV. miekg/pkcs11 v1.1.2 serialises the GCM
+// parameters inside EncryptInit, so the emulation swaps the IV of the
+// unexported *GCMParams before that (reflection; test use only).
+func (f *FaultP11) EmulateHSMIV() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.hsmIV = true
+}
+
+func (f *FaultP11) fillHSMIV(m []*pkcs11.Mechanism) error {
+	f.mu.Lock()
+	on := f.hsmIV
+	f.mu.Unlock()
+	if !on || len(m) == 0 || m[0].Mechanism != pkcs11.CKM_AES_GCM {
+		return nil
+	}
+	gen := reflect.ValueOf(m[0]).Elem().FieldByName("generator")
+	if !gen.IsValid() || gen.Kind() != reflect.Interface || gen.IsNil() {
+		return pkcs11.Error(pkcs11.CKR_MECHANISM_PARAM_INVALID)
+	}
+	params, ok := (*(*any)(unsafe.Pointer(gen.UnsafeAddr()))).(*pkcs11.GCMParams)
+	if !ok {
+		return pkcs11.Error(pkcs11.CKR_MECHANISM_PARAM_INVALID)
+	}
+	ivField := reflect.ValueOf(params).Elem().FieldByName("iv")
+	if !ivField.IsValid() || ivField.Type() != reflect.TypeFor[[]byte]() {
+		return pkcs11.Error(pkcs11.CKR_GENERAL_ERROR) // miekg/pkcs11 changed: update the emulation
+	}
+	iv := (*[]byte)(unsafe.Pointer(ivField.UnsafeAddr()))
+	if len(*iv) == 0 || slices.ContainsFunc(*iv, func(b byte) bool { return b != 0 }) {
+		return pkcs11.Error(pkcs11.CKR_MECHANISM_PARAM_INVALID) // a host-chosen IV
+	}
+	fresh := make([]byte, len(*iv))
+	_, _ = rand.Read(fresh)
+	*iv = fresh // a new slice: the caller's zeroed buffer stays zero, as on the HSM
+	return nil
 }
 
 // NewFaultP11 wraps p.
@@ -134,6 +180,9 @@ func (f *FaultP11) EncryptInit(sh pkcs11.SessionHandle, m []*pkcs11.Mechanism, o
 		return errMechanismInvalid
 	}
 	if _, err := f.fail("EncryptInit"); err != nil {
+		return err
+	}
+	if err := f.fillHSMIV(m); err != nil {
 		return err
 	}
 	return f.P11.EncryptInit(sh, m, o)

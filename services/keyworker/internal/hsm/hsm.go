@@ -40,6 +40,7 @@ type HSM struct {
 	state    sessionState // losses and recoveries, for health (sessions.go)
 	versions versionCache // newest version per key label (versions.go)
 	now      func() time.Time
+	profile  Profile        // mechanisms and quirks of this HSM family (profiles.go)
 	hier     hierarchyState // key hierarchy handles and CMK cache (hierarchy.go)
 
 	closeOnce sync.Once
@@ -53,6 +54,11 @@ func Open(ctx context.Context, cfg Config, logger *slog.Logger) (*HSM, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
+	profile, err := LookupProfile(cfg.Profile)
+	if err != nil {
+		return nil, err
+	}
+	cfg.IVFromHSM = cfg.IVFromHSM || profile.IVFromHSM
 	if err := ctx.Err(); err != nil {
 		return nil, fmt.Errorf("keyworker: open hsm: %w", err)
 	}
@@ -68,14 +74,15 @@ func Open(ctx context.Context, cfg Config, logger *slog.Logger) (*HSM, error) {
 		p11 = cfg.WrapP11(p11)
 	}
 	h := &HSM{
-		cfg:    cfg,
-		logger: logger,
-		mod:    mod,
-		p11:    p11,
-		pool:   make(chan pkcs11.SessionHandle, cfg.Sessions),
-		done:   make(chan struct{}),
-		keys:   keyCache{max: maxCachedKeys},
-		now:    cfg.Now,
+		cfg:     cfg,
+		logger:  logger,
+		mod:     mod,
+		p11:     p11,
+		pool:    make(chan pkcs11.SessionHandle, cfg.Sessions),
+		done:    make(chan struct{}),
+		keys:    keyCache{max: maxCachedKeys},
+		now:     cfg.Now,
+		profile: profile,
 	}
 	if err := h.open(ctx); err != nil {
 		for len(h.pool) > 0 {
