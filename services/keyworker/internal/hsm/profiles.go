@@ -37,7 +37,7 @@ var profiles = map[string]Profile{
 	"cloudhsm":  {Name: "cloudhsm", IVFromHSM: true, OAEPSHA256: true, Lacks: []uint{pkcs11.CKM_AES_ECB_ENCRYPT_DATA, pkcs11.CKM_AES_CBC_ENCRYPT_DATA}},
 	"luna":      {Name: "luna", IVFromHSM: true, OAEPSHA256: true, Lacks: []uint{pkcs11.CKM_AES_ECB_ENCRYPT_DATA}},
 	"proteccio": {Name: "proteccio", OAEPSHA256: true, Lacks: []uint{pkcs11.CKM_AES_ECB_ENCRYPT_DATA}},
-	"nshield":   {Name: "nshield", OAEPSHA256: true, Lacks: []uint{pkcs11.CKM_AES_ECB_ENCRYPT_DATA}},
+	"nshield":   {Name: "nshield", ECBDerive: true, OAEPSHA256: true},
 }
 
 // modelHints maps words of an --hsm-model to a profile.
