@@ -33,7 +33,7 @@ Operator commands (--nats/--creds or SOVKEYS_NATS_URL/SOVKEYS_NATS_CREDS):
   sovkeys xks key create --keystore PREFIX --id KEYID --usage encrypt,decrypt|encrypt|decrypt|none [--label L] [--existing]
   sovkeys xks key disable|enable --keystore PREFIX --id KEYID
   sovkeys xks key list --keystore PREFIX
-  sovkeys xks key rotate --keystore PREFIX --id KEYID
+  sovkeys xks key rotate --keystore PREFIX --id KEYID [--every DURATION]
   sovkeys xks key version list|decrypt-only|disable|enable|destroy --keystore PREFIX --id KEYID [--version N] [--confirm CODE]
   sovkeys tenant create --id TENANT [--ekt-name NAME] [--audit-bucket B] [--auth mtls|aws]
                         [--account A --role-arn R --region R --check-source-ip]   (aws)

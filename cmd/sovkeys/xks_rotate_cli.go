@@ -25,6 +25,7 @@ import (
 
 const xksKeyVersionUsage = `usage:
   sovkeys xks key rotate --keystore PREFIX --id KEYID
+  sovkeys xks key rotate --keystore PREFIX --id KEYID --every 2160h   (rotate automatically; --every 0 stops)
   sovkeys xks key version list --keystore PREFIX --id KEYID
   sovkeys xks key version decrypt-only|disable|enable --keystore PREFIX --id KEYID --version N
   sovkeys xks key version destroy --keystore PREFIX --id KEYID --version N [--confirm CODE]
@@ -66,6 +67,7 @@ func runXKSKeyVersion(ctx context.Context, args []string, stdout, stderr io.Writ
 	keyID := fs.String("id", "", "XKS key id")
 	version := fs.Int("version", 0, "key version (decrypt-only, disable, enable, destroy)")
 	confirm := fs.String("confirm", "", "destroy: the code the first step printed")
+	every := fs.Duration("every", -1, "rotate: set the automatic rotation period instead of rotating now (e.g. 2160h; 0 stops)")
 	if err := fs.Parse(rest); err != nil {
 		return err
 	}
@@ -82,6 +84,14 @@ func runXKSKeyVersion(ctx context.Context, args []string, stdout, stderr io.Writ
 		return fmt.Errorf("%w: --version applies to old versions only", shared.ErrConfigValidation)
 	case action != kwadmin.VersionDestroy && *confirm != "":
 		return fmt.Errorf("%w: --confirm applies to destroy only", shared.ErrConfigValidation)
+	case *every >= 0 && action != kwadmin.VersionRotate:
+		return fmt.Errorf("%w: --every applies to rotate only", shared.ErrConfigValidation)
+	case *every > 0 && *every%time.Second != 0:
+		return fmt.Errorf("%w: --every must be whole seconds", shared.ErrConfigValidation)
+	}
+	var everySeconds int64
+	if *every >= 0 {
+		action, everySeconds = kwadmin.VersionSchedule, int64(*every/time.Second)
 	}
 	store := strings.Trim(*prefix, "/")
 
@@ -108,7 +118,7 @@ func runXKSKeyVersion(ctx context.Context, args []string, stdout, stderr io.Writ
 	if err != nil {
 		return err
 	}
-	req := kwadmin.KeyVersionRequest{Label: key.Label, Action: action, Version: *version, Confirm: *confirm,
+	req := kwadmin.KeyVersionRequest{Label: key.Label, Action: action, Version: *version, Confirm: *confirm, EverySeconds: everySeconds,
 		Keystore: store, KeyID: *keyID, Operator: operatorName(getenv)}
 	var resp kwadmin.KeyVersionResponse
 	if err := kwadmin.Call(ctx, nc, ks.Pool, kwadmin.EndpointKeyVersion, req, &resp); err != nil {
@@ -121,7 +131,8 @@ func runXKSKeyVersion(ctx context.Context, args []string, stdout, stderr io.Writ
 	enc := json.NewEncoder(stdout)
 	enc.SetIndent("", "  ")
 	return enc.Encode(xksKeyVersionsOut{KeyID: *keyID, Keystore: "/" + store, Label: resp.Label, Versions: resp.Versions,
-		Changed: resp.Changed, Confirm: resp.Confirm, Destroyed: resp.Destroyed})
+		Changed: resp.Changed, Confirm: resp.Confirm, Destroyed: resp.Destroyed,
+		RotateEvery: time.Duration(resp.RotateEverySeconds * int64(time.Second)).String(), NextRotation: resp.NextRotation})
 }
 
 type xksKeyVersionsOut struct {
@@ -132,6 +143,9 @@ type xksKeyVersionsOut struct {
 	Changed   int                      `json:"changed,omitempty"`
 	Confirm   string                   `json:"confirm,omitempty"`
 	Destroyed bool                     `json:"destroyed,omitempty"`
+	// RotateEvery is "0s" when the key has no automatic rotation.
+	RotateEvery  string `json:"rotateEvery"`
+	NextRotation string `json:"nextRotation,omitempty"`
 }
 
 // operatorName is who the audit record names: user@host.

@@ -73,6 +73,22 @@ func TestXKSKeyRotationCLI(t *testing.T) {
 	if got, err := c.Decrypt(ctx, "rk", cts[0], aad); err != nil || !bytes.Equal(got, pt) {
 		t.Fatalf("version 1 after destroying 2: %v", err)
 	}
+	// An automatic rotation period is stored and shown; 0 clears it.
+	n.cli(t, &out, "xks", "key", "rotate", "--keystore", "/rotation", "--id", "rk", "--every", "2160h")
+	if out.RotateEvery != "2160h0m0s" || out.NextRotation == "" || len(out.Versions) != 2 {
+		t.Fatalf("rotate --every: %+v", out)
+	}
+	n.cli(t, &out, "xks", "key", "version", "list", "--keystore", "/rotation", "--id", "rk")
+	if out.RotateEvery != "2160h0m0s" {
+		t.Fatalf("list after --every: %+v", out)
+	}
+	if err := n.cliErr(nil, "xks", "key", "rotate", "--keystore", "/rotation", "--id", "rk", "--every", "1m"); err == nil {
+		t.Fatal("a one-minute rotation period was accepted")
+	}
+	n.cli(t, &out, "xks", "key", "rotate", "--keystore", "/rotation", "--id", "rk", "--every", "0")
+	if out.RotateEvery != "0s" {
+		t.Fatalf("rotate --every 0: %+v", out)
+	}
 }
 
 // encryptNewest encrypts until a keyworker answers with version want (the

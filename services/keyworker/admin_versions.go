@@ -60,6 +60,8 @@ func (s *Service) changeVersion(ctx context.Context, req kwadmin.KeyVersionReque
 			kwadmin.VersionEnable: hsm.SetEnabled}[req.Action]
 		_, err = s.hsm.SetVersionState(ctx, req.Label, req.Version, change)
 		resp.Changed = req.Version
+	case kwadmin.VersionSchedule:
+		resp, err = s.schedule(ctx, req)
 	case kwadmin.VersionDestroy:
 		resp.Confirm, resp.Destroyed, err = s.hsm.DestroyVersion(ctx, req.Label, req.Version, req.Confirm)
 		resp.Changed = req.Version
@@ -84,6 +86,9 @@ func (s *Service) versionView(ctx context.Context, label string, resp kwadmin.Ke
 		return resp, err
 	}
 	resp.Label = label
+	if resp.RotateEverySeconds == 0 {
+		s.rotationView(ctx, label, &resp)
+	}
 	for _, v := range vs {
 		resp.Versions = append(resp.Versions, kwadmin.KeyVersionInfo{Version: v.Version, State: v.State, Encrypt: v.Encrypt, Decrypt: v.Decrypt})
 	}
@@ -104,6 +109,9 @@ func (s *Service) auditVersionChange(ctx context.Context, req kwadmin.KeyVersion
 	}
 	if req.Action == kwadmin.VersionDestroy {
 		ev.Params["destroyed"] = strconv.FormatBool(resp.Destroyed)
+	}
+	if req.Action == kwadmin.VersionSchedule {
+		ev.Params["rotate_every_seconds"] = strconv.FormatInt(req.EverySeconds, 10)
 	}
 	if opErr != nil {
 		ev.Result, ev.Code, ev.Reason = shared.ResultFailure, shared.CodeOf(opErr), shared.MessageOf(opErr)

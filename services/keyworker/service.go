@@ -137,6 +137,8 @@ func (s *Service) Run(ctx context.Context) error {
 	var wg sync.WaitGroup
 	wg.Add(1)
 	go func() { defer wg.Done(); s.keepAlive(ctx) }()
+	wg.Add(1)
+	go func() { defer wg.Done(); s.autoRotate(ctx) }() // rotation.go
 	cc, err := cons.Consume(func(m jetstream.Msg) {
 		sem <- struct{}{}
 		wg.Add(1)

@@ -13,6 +13,9 @@ const (
 	VersionDisable     = "disable"      // an older version stops decrypting too
 	VersionEnable      = "enable"       // a disabled version decrypts again
 	VersionDestroy     = "destroy"      // a disabled version: first without Confirm, then with the code returned
+	// VersionSchedule sets (Every > 0) or clears (Every = 0) the key's
+	// automatic rotation period; the pool's keyworkers then rotate it.
+	VersionSchedule = "schedule"
 )
 
 // KeyVersionRequest acts on the versions of the key labelled Label.
@@ -21,6 +24,8 @@ type KeyVersionRequest struct {
 	Action  string `json:"action"`
 	Version int    `json:"version,omitempty"` // not for list and rotate
 	Confirm string `json:"confirm,omitempty"` // destroy, second step
+	// Every is the automatic rotation period (schedule), in whole seconds.
+	EverySeconds int64 `json:"every_seconds,omitempty"`
 	// Audit context, recorded by the keyworker with the version.
 	Keystore string `json:"keystore,omitempty"`
 	KeyID    string `json:"key_id,omitempty"`
@@ -43,4 +48,8 @@ type KeyVersionResponse struct {
 	Changed   int              `json:"changed,omitempty"` // the version made or changed
 	Confirm   string           `json:"confirm,omitempty"`
 	Destroyed bool             `json:"destroyed,omitempty"`
+	// RotateEverySeconds and NextRotation describe the automatic rotation
+	// (absent: none).
+	RotateEverySeconds int64  `json:"rotate_every_seconds,omitempty"`
+	NextRotation       string `json:"next_rotation,omitempty"` // RFC 3339
 }
