@@ -301,6 +301,11 @@ func (s *Service) execute(ctx context.Context, env *shared.Envelope, params map[
 	return nil, shared.NewError(shared.CodeUnsupportedOperation, "unsupported operation %q", env.API)
 }
 
+// healthCheckTimeout bounds the HSM round trip of a health check, below
+// what authn waits for a pool's answer (2 s), so a dead HSM is reported
+// UNAVAILABLE rather than not at all.
+const healthCheckTimeout = 1500 * time.Millisecond
+
 // health runs (or reuses, within HealthTTL) a real HSM round trip.
 func (s *Service) health(ctx context.Context) error {
 	s.healthMu.Lock()
@@ -308,7 +313,9 @@ func (s *Service) health(ctx context.Context) error {
 	if !s.healthAt.IsZero() && s.now().Sub(s.healthAt) < s.cfg.HealthTTL {
 		return s.healthErr
 	}
-	s.healthErr = s.hsm.HealthCheck(ctx)
+	hctx, cancel := context.WithTimeout(ctx, healthCheckTimeout)
+	s.healthErr = s.hsm.HealthCheck(hctx)
+	cancel()
 	s.healthAt = s.now()
 	if s.healthErr != nil {
 		s.log.Error("hsm health check failed", "err", s.healthErr)

@@ -170,3 +170,21 @@ func TestKeepAliveReplacesDeadIdleSessions(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestTokenMovedToAnotherSlot: when the token is no longer in its slot
+// (removed and put back elsewhere), recovery finds it again by label.
+func TestTokenMovedToAnotherSlot(t *testing.T) {
+	t.Parallel()
+	h, f := newFaultHSM(t, 1)
+	if _, err := h.CreateAESKey(t.Context(), "k", true, true); err != nil {
+		t.Fatal(err)
+	}
+	right := h.slot.Swap(0xfffff) // a slot SoftHSM does not have
+	f.Inject(Fault{Op: "Encrypt", CKR: pkcs11.CKR_DEVICE_REMOVED, Times: 1})
+	if _, _, _, err := h.EncryptGCM(t.Context(), "k", []byte("pt"), nil); err != nil {
+		t.Fatalf("encrypt after the token moved: %v", err)
+	}
+	if got := h.slot.Load(); got != right {
+		t.Fatalf("slot %d after recovery, want %d", got, right)
+	}
+}

@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/miekg/pkcs11"
@@ -30,7 +31,7 @@ type HSM struct {
 	logger *slog.Logger
 	mod    *module
 	p11    P11
-	slot   uint
+	slot   atomic.Uint64 // the token's slot; re-found when the token moves (sessions.go)
 
 	pool  chan pkcs11.SessionHandle // exactly nsess handles circulate
 	nsess int                       // cfg.Sessions, or fewer when the token's session limit was reached (sessions.go)
@@ -90,7 +91,7 @@ func Open(ctx context.Context, cfg Config, logger *slog.Logger) (*HSM, error) {
 		}
 		return nil, errors.Join(err, modules.release(mod))
 	}
-	logger.InfoContext(ctx, "hsm opened", "hsm", cfg, "slot", h.slot)
+	logger.InfoContext(ctx, "hsm opened", "hsm", cfg, "slot", h.slot.Load())
 	return h, nil
 }
 
@@ -102,7 +103,7 @@ func (h *HSM) open(ctx context.Context) error {
 	if !found {
 		return fmt.Errorf("keyworker: token %q not found in module %q", h.cfg.TokenLabel, h.cfg.ModulePath)
 	}
-	h.slot = slot
+	h.slot.Store(uint64(slot))
 	gcm := []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_AES_GCM, nil)}
 	if _, err := h.p11.GetMechanismInfo(slot, gcm); err != nil {
 		return fmt.Errorf("keyworker: token %q does not support CKM_AES_GCM: %w", h.cfg.TokenLabel, err)
@@ -135,7 +136,7 @@ func (h *HSM) open(ctx context.Context) error {
 // process holds the same token). The long-lived pooled sessions keep the
 // login, and with it the object handles, valid.
 func (h *HSM) openSession() (pkcs11.SessionHandle, error) {
-	sh, err := h.p11.OpenSession(h.slot, sessionFlags)
+	sh, err := h.p11.OpenSession(uint(h.slot.Load()), sessionFlags)
 	if err != nil {
 		return 0, fmt.Errorf("keyworker: open session on token %q: %w", h.cfg.TokenLabel, err)
 	}

@@ -109,6 +109,9 @@ func (h *HSM) recoverSession(ctx context.Context, sh *pkcs11.SessionHandle, lost
 			continue
 		}
 		h.noteLoss(oerr, true)
+		if isCKR(oerr, pkcs11.CKR_SLOT_ID_INVALID, pkcs11.CKR_TOKEN_NOT_PRESENT, pkcs11.CKR_DEVICE_REMOVED) {
+			h.refindSlot(ctx)
+		}
 		if attempt >= recoverAttempts {
 			return fmt.Errorf("keyworker: hsm unavailable after %d attempts: %w: %w", attempt, shared.ErrDependencyTimeout, errors.Join(err, oerr))
 		}
@@ -123,6 +126,20 @@ func (h *HSM) recoverSession(ctx context.Context, sh *pkcs11.SessionHandle, lost
 		case <-t.C:
 		}
 		backoff = min(2*backoff, recoverBackoffMax)
+	}
+}
+
+// refindSlot looks for the token again by label: a token that was removed
+// and put back (or an HSM partition that was re-attached) may come back in
+// another slot. The module itself is not re-initialised: other HSMs in the
+// process share it.
+func (h *HSM) refindSlot(ctx context.Context) {
+	slot, found, err := findTokenSlot(h.p11, h.cfg.TokenLabel)
+	if err != nil || !found {
+		return
+	}
+	if old := h.slot.Swap(uint64(slot)); old != uint64(slot) {
+		h.logger.WarnContext(ctx, "hsm token found in another slot", "token", h.cfg.TokenLabel, "old_slot", old, "slot", slot)
 	}
 }
 
