@@ -114,6 +114,11 @@ func (s *Service) adminKeyInfo(ctx context.Context, data []byte) (any, error) {
 	if err := decode(data, &req); err != nil {
 		return nil, err
 	}
+	if hsm.IsVersionLabel(req.Label) {
+		// A key version belongs to its key: binding it to another XKS key
+		// (key create --existing) would share one HSM object between two.
+		return nil, shared.NewError(shared.CodeValidation, "label %q names a version of another key", req.Label)
+	}
 	k, err := s.hsm.KeyInfo(ctx, req.Label)
 	if err != nil {
 		return nil, err

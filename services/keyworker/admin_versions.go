@@ -72,7 +72,7 @@ func (s *Service) changeVersion(ctx context.Context, req kwadmin.KeyVersionReque
 		return resp, shared.NewError(shared.CodeValidation, "unknown key version action %q", req.Action)
 	}
 	switch {
-	case errors.Is(err, hsm.ErrNewestVersion), errors.Is(err, hsm.ErrNotDisabled), errors.Is(err, hsm.ErrConfirm):
+	case errors.Is(err, hsm.ErrNewestVersion), errors.Is(err, hsm.ErrNotDisabled), errors.Is(err, hsm.ErrConfirm), errors.Is(err, hsm.ErrConcurrentRotation):
 		return resp, shared.NewError(shared.CodeInvalidState, "%s", err.Error())
 	case errors.Is(err, hsm.ErrNoSuchVersion):
 		return resp, shared.NewError(shared.CodeKeyNotFound, "%s", err.Error())

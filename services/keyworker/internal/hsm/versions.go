@@ -54,6 +54,8 @@ var (
 	ErrNoSuchVersion = errors.New("keyworker: no such key version")
 	// ErrConfirm: a destroy named the wrong confirmation code (or none).
 	ErrConfirm = errors.New("keyworker: destroy needs the confirmation code from the first step")
+	// ErrConcurrentRotation: another process made the same version at once; retry.
+	ErrConcurrentRotation = errors.New("keyworker: the key was rotated concurrently; list its versions and retry")
 	// ErrNotDisabled: only a disabled version can be destroyed.
 	ErrNotDisabled = errors.New("keyworker: disable the version before destroying it")
 )
@@ -88,6 +90,10 @@ func isVersionLabel(label string) bool {
 	}
 	return true
 }
+
+// IsVersionLabel reports whether label names a key version (N >= 2) rather
+// than a key.
+func IsVersionLabel(label string) bool { return isVersionLabel(label) }
 
 // versionCache remembers the newest version of recently used keys.
 type versionCache struct {
@@ -247,6 +253,19 @@ func (h *HSM) RotateKey(ctx context.Context, label string) (KeyVersion, error) {
 		handle, err := h.p11.GenerateKey(sh, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_AES_KEY_GEN, nil)}, attrs)
 		if err != nil {
 			return fmt.Errorf("keyworker: rotate key %q: %w", label, err)
+		}
+		// PKCS#11 has no cross-process lock: a keyworker in another process
+		// may have made the same version at the same moment. Two objects for
+		// one version would stop the key, so the loser removes its own.
+		same, err := h.findObjects(sh, aesKeyTemplate(vl), 3)
+		if err != nil {
+			return err
+		}
+		if len(same) > 1 {
+			if derr := h.p11.DestroyObject(sh, handle); derr != nil {
+				return fmt.Errorf("keyworker: rotate key %q: concurrent rotation, and removing ours failed: %w", label, derr)
+			}
+			return ErrConcurrentRotation
 		}
 		if made, err = h.readVersion(sh, handle, n); err != nil {
 			return err

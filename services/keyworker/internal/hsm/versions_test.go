@@ -5,6 +5,8 @@ import (
 	"errors"
 	"testing"
 
+	"github.com/miekg/pkcs11"
+
 	"github.com/sovkeys/sovkeys/shared"
 )
 
@@ -130,5 +132,37 @@ func TestVersionLabelsReserved(t *testing.T) {
 	// keyVersions' prefix check; a missing key is KeyNotFound.
 	if _, err := h.RotateKey(ctx, "missing"); !errors.Is(err, shared.ErrKeyNotFound) {
 		t.Fatalf("RotateKey(missing) = %v, want ErrKeyNotFound", err)
+	}
+}
+
+// twinP11 makes a second object for every key version it generates, as a
+// keyworker in another process rotating the same key at the same moment.
+type twinP11 struct{ P11 }
+
+func (p twinP11) GenerateKey(sh pkcs11.SessionHandle, m []*pkcs11.Mechanism, temp []*pkcs11.Attribute) (pkcs11.ObjectHandle, error) {
+	o, err := p.P11.GenerateKey(sh, m, temp)
+	if err == nil && isVersionLabel(attrString(temp, pkcs11.CKA_LABEL)) {
+		_, err = p.P11.GenerateKey(sh, m, temp)
+	}
+	return o, err
+}
+
+func TestConcurrentRotationLeavesOneVersion(t *testing.T) {
+	t.Parallel()
+	h := newTestHSM(t, func(c *Config) { c.WrapP11 = func(p P11) P11 { return twinP11{p} } })
+	ctx := t.Context()
+	if _, err := h.CreateAESKey(ctx, "race", true, true); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := h.RotateKey(ctx, "race"); !errors.Is(err, ErrConcurrentRotation) {
+		t.Fatalf("RotateKey racing another process = %v, want ErrConcurrentRotation", err)
+	}
+	// The loser removed its object: one version 2 remains and the key works.
+	vs, err := h.KeyVersions(ctx, "race")
+	if err != nil || len(vs) != 2 {
+		t.Fatalf("versions = %+v, %v; want 1 and one 2", vs, err)
+	}
+	if _, _, _, err := h.EncryptGCM(ctx, VersionLabel("race", 2), []byte("pt"), nil); err != nil {
+		t.Fatal(err)
 	}
 }
