@@ -15,7 +15,7 @@ import (
 )
 
 // Fault is one injected failure: the next Times calls of Op (a P11 method
-// name, e.g. "Decrypt") return CKR without reaching the module (Times < 0:
+// name, e.g. "Decrypt") return CKR without reaching the module (Times <= 0:
 // every call). Mutate, when set instead of CKR, lets the call through and
 // rewrites its output (Encrypt, Decrypt).
 type Fault struct {

@@ -21,7 +21,9 @@ type Profile struct {
 	// blobs are written in format v1. Without it they are written in v2
 	// (SP 800-108 counter-mode KDF over CKM_SHA256_HMAC, then AES key wrap).
 	ECBDerive bool
-	// OAEPSHA256: C_WrapKey with CKM_RSA_PKCS_OAEP, SHA-256 and MGF1-SHA-256.
+	// OAEPSHA256: C_WrapKey with CKM_RSA_PKCS_OAEP, SHA-256 and MGF1-SHA-256
+	// (documentation; oaep.go always tries the HSM first and lets only
+	// SoftHSM fall back to wrapping in keyworker memory).
 	OAEPSHA256 bool
 	// Lacks lists mechanisms sovkeys could use but this family does not
 	// offer; the profile's test suite refuses them on SoftHSM.
