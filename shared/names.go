@@ -38,6 +38,9 @@ const (
 	BucketXKSKeys   = "sovkeys_xks_keys"
 	BucketPools     = "sovkeys_pools"
 	BucketTenants   = "sovkeys_tenants"
+	// BucketXKSRotation holds the automatic rotation period of XKS keys;
+	// the keyworkers of the key's pool rotate them (services/keyworker).
+	BucketXKSRotation = "sovkeys_xks_rotation"
 	// BucketPKI holds public material each pool's keyworkers publish: the
 	// service signing key and the instance CA certificate.
 	BucketPKI = "sovkeys_pki"
@@ -81,6 +84,7 @@ const (
 	EndpointIssueCert      = "issue_cert"
 	EndpointAuditSign      = "audit_sign"
 	EndpointAuditPublicKey = "audit_public_key"
+	EndpointKeyVersion     = "key_version"
 )
 
 // JetStream API error codes the mesh matches on. nats.go names 10071 and

@@ -59,6 +59,7 @@ func noFlags[C any](*flag.FlagSet, func(string) string, *C) {}
 func commands() []command {
 	cmds := serviceCommands()
 	cmds = append(cmds, xksCommands()...)
+	cmds = append(cmds, xksKeyVersionCommands()...)
 	cmds = append(cmds, tenantCommands()...)
 	cmds = append(cmds, instanceCommands()...)
 	cmds = append(cmds, killswitchCommands()...)

@@ -26,6 +26,7 @@ type operator struct {
 	topo   mesh.Topology
 	reg    *registry.Registry
 	out    io.Writer
+	errOut io.Writer
 	stdin  io.Reader
 }
 
@@ -67,7 +68,7 @@ func operatorCommand[C any](name, usage, short string,
 			if err != nil {
 				return err
 			}
-			return fn(ctx, &operator{getenv: s.getenv, nc: nc, js: js, topo: f.topo, reg: reg, out: s.stdout, stdin: s.stdin}, &f.own)
+			return fn(ctx, &operator{getenv: s.getenv, nc: nc, js: js, topo: f.topo, reg: reg, out: s.stdout, errOut: s.stderr, stdin: s.stdin}, &f.own)
 		})
 }
 

@@ -124,6 +124,7 @@ func authnService() service {
 // keyworkerFlags: the HSM and the write-once store of tenant keys (EKTs).
 type keyworkerFlags struct {
 	hsmModule, hsmToken, pinFile string
+	hsmProfile                   string
 	sessions                     int
 	ivFromHSM                    bool
 	healthTTL                    time.Duration
@@ -142,6 +143,7 @@ func keyworkerService() service {
 			fs.StringVar(&k.hsmToken, "hsm-token-label", envOr(getenv, "SOVKEYS_HSM_TOKEN_LABEL", "sovkeys"), "token, found by label (env SOVKEYS_HSM_TOKEN_LABEL)")
 			fs.StringVar(&k.pinFile, "hsm-pin-file", "", "file holding the user PIN (else env SOVKEYS_HSM_PIN, else wait for unseal shares)")
 			c.registerModel(fs)
+			fs.StringVar(&k.hsmProfile, "hsm-profile", "", "HSM family softhsm|cloudhsm|luna|proteccio|nshield (default: from --hsm-model; docs/hsm.md)")
 			fs.IntVar(&k.sessions, "sessions", 8, "PKCS#11 sessions = operations in flight in this process")
 			fs.BoolVar(&k.ivFromHSM, "iv-from-hsm", false, "let the HSM generate GCM IVs (Luna/CloudHSM); checked to be 12 non-zero bytes")
 			fs.DurationVar(&k.healthTTL, "health-ttl", 10*time.Second, "reuse an HSM health result this long (max 60s)")

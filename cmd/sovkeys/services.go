@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"flag"
@@ -156,6 +157,7 @@ func openHSM(ctx context.Context, c *serviceConfig, pin string, logger *slog.Log
 	k := c.keyworker
 	return keyworker.OpenHSM(ctx, keyworker.HSMConfig{
 		ModulePath: k.hsmModule, TokenLabel: k.hsmToken, PIN: pin, Sessions: k.sessions, IVFromHSM: k.ivFromHSM,
+		Profile: cmp.Or(k.hsmProfile, keyworker.ProfileForModel(c.model)),
 	}, logger)
 }
 

@@ -4,6 +4,9 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"slices"
+	"sync"
+	"time"
 
 	"github.com/sovkeys/sovkeys/shared"
 	"github.com/sovkeys/sovkeys/shared/api/kwadmin"
@@ -113,6 +116,9 @@ func parseMetadata(api shared.API, body []byte) (xks.RequestMetadata, error) {
 	return xks.RequestMetadata{}, shared.NewError(shared.CodeUnsupportedOperation, "unsupported operation %q", api)
 }
 
+// poolHealthWait bounds one pool's health answer.
+const poolHealthWait = 2 * time.Second
+
 // health asks every registered keyworker pool for a real HSM check.
 func (s *Service) health(ctx context.Context) ([]byte, error) {
 	resp := xks.HealthResponse{
@@ -126,18 +132,37 @@ func (s *Service) health(ctx context.Context) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	for _, pool := range pools {
-		d := xks.EkmFleetDetail{ID: pool, Model: "unknown", HealthStatus: kwadmin.HealthUnavailable}
-		var h kwadmin.HealthResponse
-		if s.kill.AllEngaged() {
-			d.Model = "kill switch engaged"
-		} else if err := kwadmin.Call(ctx, s.nc, pool, kwadmin.EndpointHealth, struct{}{}, &h); err == nil {
-			d.Model, d.HealthStatus = h.Model, h.Status
-		} else {
-			s.log.Warn("keyworker pool health failed", "pool", pool, "err", err)
-		}
-		resp.EkmFleetDetails = append(resp.EkmFleetDetails, d)
+	// Every pool is asked at once, each within poolHealthWait, so one dead
+	// pool never delays the answer about the others. Each keyworker answers
+	// from its last real HSM round trip (at most its HealthTTL, <= 60 s, old).
+	slices.Sort(pools)
+	if len(pools) > xks.MaxEkmFleetDetails {
+		s.log.Warn("more keyworker pools than xks health can list", "pools", len(pools), "listed", xks.MaxEkmFleetDetails)
+		pools = pools[:xks.MaxEkmFleetDetails]
 	}
+	details := make([]xks.EkmFleetDetail, len(pools))
+	var wg sync.WaitGroup
+	for i, pool := range pools {
+		details[i] = xks.EkmFleetDetail{ID: pool, Model: "unknown", HealthStatus: kwadmin.HealthUnavailable}
+		if s.kill.AllEngaged() {
+			details[i].Model = "kill switch engaged"
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			pctx, cancel := context.WithTimeout(ctx, poolHealthWait)
+			defer cancel()
+			var h kwadmin.HealthResponse
+			if err := kwadmin.Call(pctx, s.nc, pool, kwadmin.EndpointHealth, struct{}{}, &h); err != nil {
+				s.log.Warn("keyworker pool health failed", "pool", pool, "err", err)
+				return
+			}
+			details[i].Model, details[i].HealthStatus = h.Model, h.Status
+		}()
+	}
+	wg.Wait()
+	resp.EkmFleetDetails = append(resp.EkmFleetDetails, details...)
 	b, err := json.Marshal(resp)
 	if err != nil {
 		return nil, fmt.Errorf("authn: encode health: %w", err)

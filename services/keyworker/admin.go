@@ -40,6 +40,7 @@ func (s *Service) startAdmin() (micro.Service, error) {
 		kwadmin.EndpointIssueCert: s.adminIssueCert,
 		auditlog.EndpointSign:     s.adminAuditSign, auditlog.EndpointPublicKey: s.adminAuditPublicKey,
 	}
+	endpoints[kwadmin.EndpointKeyVersion] = s.adminKeyVersion // admin_versions.go
 	for name, fn := range endpoints {
 		if err := g.AddEndpoint(name, s.adminHandler(name, fn)); err != nil {
 			_ = svc.Stop()
@@ -76,6 +77,11 @@ func (s *Service) adminHealth(ctx context.Context, _ []byte) (any, error) {
 	resp := kwadmin.HealthResponse{Pool: s.cfg.Pool, Model: s.cfg.Model, Status: kwadmin.HealthActive}
 	if err := s.health(ctx); err != nil {
 		resp.Status, resp.Detail = kwadmin.HealthUnavailable, "hsm round trip failed"
+		return resp, nil
+	}
+	// The round trip worked; the session pool may still be recovering.
+	if st, detail := s.hsm.SessionHealth(); st != hsm.HealthActive {
+		resp.Status, resp.Detail = st, detail
 	}
 	return resp, nil
 }
@@ -107,6 +113,11 @@ func (s *Service) adminKeyInfo(ctx context.Context, data []byte) (any, error) {
 	var req kwadmin.KeyRequest
 	if err := decode(data, &req); err != nil {
 		return nil, err
+	}
+	if hsm.IsVersionLabel(req.Label) {
+		// A key version belongs to its key: binding it to another XKS key
+		// (key create --existing) would share one HSM object between two.
+		return nil, shared.NewError(shared.CodeValidation, "label %q names a version of another key", req.Label)
 	}
 	k, err := s.hsm.KeyInfo(ctx, req.Label)
 	if err != nil {

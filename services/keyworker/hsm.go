@@ -34,3 +34,13 @@ func FindSoftHSMModule() (string, error) { return hsm.FindSoftHSMModule() }
 func EnsureSoftHSMToken(ctx context.Context, dir, label, soPIN, userPIN string) (SoftHSMToken, error) {
 	return hsm.EnsureSoftHSMToken(ctx, dir, label, soPIN, userPIN)
 }
+
+// ProfileForModel names the HSM profile an --hsm-model string implies, or
+// "" (SoftHSM) when it names none. An explicit --hsm-profile wins.
+func ProfileForModel(model string) string {
+	p, err := hsm.LookupProfile(model)
+	if err != nil {
+		return ""
+	}
+	return p.Name
+}

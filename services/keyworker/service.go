@@ -135,6 +135,10 @@ func (s *Service) Run(ctx context.Context) error {
 	sessions := s.hsm.Sessions()
 	sem := make(chan struct{}, sessions)
 	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() { defer wg.Done(); s.keepAlive(ctx) }()
+	wg.Add(1)
+	go func() { defer wg.Done(); s.autoRotate(ctx) }() // rotation.go
 	cc, err := cons.Consume(func(m jetstream.Msg) {
 		sem <- struct{}{}
 		wg.Add(1)
@@ -156,6 +160,28 @@ func (s *Service) Run(ctx context.Context) error {
 	<-cc.Closed()
 	wg.Wait()
 	return nil
+}
+
+// keepAliveEvery: how often idle HSM sessions are checked (and kept from
+// HSM idle timeouts, which are minutes long on the HSMs we know).
+const keepAliveEvery = 30 * time.Second
+
+// keepAlive checks idle sessions until ctx ends.
+func (s *Service) keepAlive(ctx context.Context) {
+	t := time.NewTicker(keepAliveEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		if n, err := s.hsm.KeepAlive(ctx); err != nil {
+			s.log.Warn("hsm keep-alive: sessions could not be replaced", "err", err)
+		} else if n > 0 {
+			s.log.Warn("hsm keep-alive replaced lost idle sessions", "replaced", n)
+		}
+	}
 }
 
 // registerPool records the pool in KV so XKS health lists it.
@@ -275,6 +301,11 @@ func (s *Service) execute(ctx context.Context, env *shared.Envelope, params map[
 	return nil, shared.NewError(shared.CodeUnsupportedOperation, "unsupported operation %q", env.API)
 }
 
+// healthCheckTimeout bounds the HSM round trip of a health check, below
+// what authn waits for a pool's answer (2 s), so a dead HSM is reported
+// UNAVAILABLE rather than not at all.
+const healthCheckTimeout = 1500 * time.Millisecond
+
 // health runs (or reuses, within HealthTTL) a real HSM round trip.
 func (s *Service) health(ctx context.Context) error {
 	s.healthMu.Lock()
@@ -282,7 +313,9 @@ func (s *Service) health(ctx context.Context) error {
 	if !s.healthAt.IsZero() && s.now().Sub(s.healthAt) < s.cfg.HealthTTL {
 		return s.healthErr
 	}
-	s.healthErr = s.hsm.HealthCheck(ctx)
+	hctx, cancel := context.WithTimeout(ctx, healthCheckTimeout)
+	s.healthErr = s.hsm.HealthCheck(hctx)
+	cancel()
 	s.healthAt = s.now()
 	if s.healthErr != nil {
 		s.log.Error("hsm health check failed", "err", s.healthErr)

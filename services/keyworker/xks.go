@@ -2,17 +2,24 @@ package keyworker
 
 import (
 	"context"
+	"crypto/subtle"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"strconv"
 
+	"github.com/sovkeys/sovkeys/services/keyworker/internal/hsm"
 	"github.com/sovkeys/sovkeys/shared"
 	"github.com/sovkeys/sovkeys/shared/api/xks"
 	"github.com/sovkeys/sovkeys/shared/infra/registry"
 )
 
 func (s *Service) xksMetadata(ctx context.Context, env *shared.Envelope) ([]byte, error) {
-	k, err := s.hsm.KeyInfo(ctx, env.Authz.KeyLabel)
+	v, err := s.hsm.NewestVersion(ctx, env.Authz.KeyLabel)
+	if err != nil {
+		return nil, err
+	}
+	k, err := s.hsm.KeyInfo(ctx, hsm.VersionLabel(env.Authz.KeyLabel, v))
 	if err != nil {
 		return nil, err
 	}
@@ -48,16 +55,80 @@ func (s *Service) xksEncrypt(ctx context.Context, env *shared.Envelope, params m
 	defer clear(req.Plaintext)
 	params["plaintext_bytes"] = strconv.Itoa(len(req.Plaintext))
 	params["aad_bytes"] = strconv.Itoa(len(req.AdditionalAuthenticatedData))
-	iv, ct, tag, err := s.hsm.EncryptGCM(ctx, env.Authz.KeyLabel, req.Plaintext, xks.EncodeAAD(req.AdditionalAuthenticatedData, nil))
+	label := env.Authz.KeyLabel
+	version, err := s.hsm.NewestVersion(ctx, label)
 	if err != nil {
 		return nil, err
 	}
-	resp := xks.EncryptResponse{AuthenticationTag: tag, Ciphertext: ct, InitializationVector: iv}
-	if req.CiphertextDataIntegrityValueAlgorithm != "" {
-		resp.CiphertextDataIntegrityValue = xks.CDIV(req.AdditionalAuthenticatedData, nil, iv, ct, tag)
+	params["key_version"] = strconv.Itoa(version)
+	vlabel := hsm.VersionLabel(label, version)
+	cdiv := req.CiphertextDataIntegrityValueAlgorithm != ""
+	if cdiv {
+		// The check decrypts what was encrypted: a key that cannot decrypt
+		// cannot give a CDIV (Appendix C).
+		k, err := s.hsm.KeyInfo(ctx, vlabel)
+		if err != nil {
+			return nil, err
+		}
+		if !k.Decrypt {
+			return nil, shared.NewError(shared.CodeInvalidKeyUsage, "key %q cannot decrypt, so no ciphertextDataIntegrityValue can be checked", env.KeyID)
+		}
 		params["cdiv"] = req.CiphertextDataIntegrityValueAlgorithm
 	}
-	return marshal(resp)
+	md := xks.EncodeKeyVersion(version)
+	aad := xks.EncodeAAD(req.AdditionalAuthenticatedData, md)
+	for attempt := 1; ; attempt++ {
+		iv, ct, tag, err := s.hsm.EncryptGCM(ctx, vlabel, req.Plaintext, aad)
+		if err != nil {
+			return nil, err
+		}
+		resp := xks.EncryptResponse{AuthenticationTag: tag, Ciphertext: ct, InitializationVector: iv, CiphertextMetadata: md}
+		if !cdiv {
+			return marshal(resp)
+		}
+		// Appendix C: the CDIV is computed from the HSM's output first, then
+		// that output is decrypted through the HSM and must give back the
+		// plaintext; only then is the answer released.
+		resp.CiphertextDataIntegrityValue = xks.CDIV(req.AdditionalAuthenticatedData, md, iv, ct, tag)
+		verr := s.checkRoundTrip(ctx, vlabel, iv, ct, tag, aad, req.Plaintext)
+		if verr == nil {
+			params["cdiv_verified"] = "true"
+			params["cdiv_attempts"] = strconv.Itoa(attempt)
+			return marshal(resp)
+		}
+		if errors.Is(verr, errCDIVMismatch) && attempt < cdivAttempts {
+			s.log.Warn("cdiv check: decrypt of fresh ciphertext differs; encrypting again", "key_version", version)
+			continue
+		}
+		params["cdiv_verified"] = "false"
+		params["cdiv_attempts"] = strconv.Itoa(attempt)
+		if errors.Is(verr, errCDIVMismatch) {
+			return nil, shared.NewError(shared.CodeInternal, "ciphertext integrity check failed")
+		}
+		return nil, verr
+	}
+}
+
+// cdivAttempts: a failed CDIV check is retried once, then InternalException.
+const cdivAttempts = 2
+
+var errCDIVMismatch = errors.New("keyworker: cdiv check: round trip does not give back the plaintext")
+
+// checkRoundTrip decrypts a fresh ciphertext through the HSM and compares
+// it with the plaintext in constant time.
+func (s *Service) checkRoundTrip(ctx context.Context, label string, iv, ct, tag, aad, plaintext []byte) error {
+	got, err := s.hsm.DecryptGCM(ctx, label, iv, ct, tag, aad)
+	if shared.CodeOf(err) == shared.CodeInvalidCiphertext {
+		return errCDIVMismatch
+	}
+	if err != nil {
+		return err
+	}
+	defer clear(got)
+	if subtle.ConstantTimeCompare(got, plaintext) != 1 {
+		return errCDIVMismatch
+	}
+	return nil
 }
 
 func (s *Service) xksDecrypt(ctx context.Context, env *shared.Envelope, params map[string]string) ([]byte, error) {
@@ -70,8 +141,22 @@ func (s *Service) xksDecrypt(ctx context.Context, env *shared.Envelope, params m
 	}
 	params["ciphertext_bytes"] = strconv.Itoa(len(req.Ciphertext))
 	params["aad_bytes"] = strconv.Itoa(len(req.AdditionalAuthenticatedData))
-	pt, err := s.hsm.DecryptGCM(ctx, env.Authz.KeyLabel, req.InitializationVector, req.Ciphertext, req.AuthenticationTag,
+	// The version comes from ciphertextMetadata, which is also bound into
+	// the AAD: a changed version byte selects a key that fails the tag.
+	version, err := xks.DecodeKeyVersion(req.CiphertextMetadata)
+	if err != nil {
+		return nil, shared.NewError(shared.CodeInvalidCiphertext, "ciphertextMetadata was not written by this proxy")
+	}
+	params["key_version"] = strconv.Itoa(version)
+	pt, err := s.hsm.DecryptGCM(ctx, hsm.VersionLabel(env.Authz.KeyLabel, version), req.InitializationVector, req.Ciphertext, req.AuthenticationTag,
 		xks.EncodeAAD(req.AdditionalAuthenticatedData, req.CiphertextMetadata))
+	if err != nil && shared.CodeOf(err) == shared.CodeKeyNotFound {
+		if _, nerr := s.hsm.NewestVersion(ctx, env.Authz.KeyLabel); nerr == nil {
+			// The key exists; this version of it does not (never made, or
+			// destroyed): the ciphertext cannot be opened.
+			return nil, shared.NewError(shared.CodeInvalidCiphertext, "ciphertext names a key version that does not exist")
+		}
+	}
 	if err != nil {
 		return nil, err
 	}

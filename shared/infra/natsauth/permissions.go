@@ -109,6 +109,7 @@ func ServicePermissions(service string, pools []string) Permissions {
 				objStore(shared.BucketEKTObjects),
 				workStreams(jsStreamConsume), jsStreamDeclare(shared.StreamAudit),
 				kvWrite(shared.BucketPools), kvWrite(shared.BucketPKI), kvWrite(shared.BucketEKTIndex), kvWrite(shared.BucketUnseal),
+				kvWrite(shared.BucketXKSRotation),
 				kvRead(shared.BucketTenants), kvRead(shared.BucketKillSwitch)),
 			Sub:     join(commonSub, []string{shared.SubjectKeyworkerAdminPrefix + ">"}),
 			Respond: true,

@@ -2,11 +2,28 @@ package hsm
 
 // Context-bound blobs (docs/key-hierarchy.md):
 //
-//	version (1 byte, 1) | nonce (16 bytes) | AES-KW(KEK, key) (40 bytes)
+//	version (1 byte) | nonce (16 bytes) | AES-KW(KEK, key) (40 bytes)
 //
-// KEK = CKM_AES_ECB_ENCRYPT_DATA(parent, SHA-256(label | 0 | version | nonce
-// | context)), a one-time session key derived in the HSM: change the
-// version, nonce or context and the RFC 3394 integrity check fails.
+// Version 1: KEK = CKM_AES_ECB_ENCRYPT_DATA(parent, SHA-256(label | 0 |
+// version | nonce | context)), a one-time session key derived in the HSM
+// from an AES parent with CKA_DERIVE.
+//
+// Version 2, for HSMs without CKM_AES_ECB_ENCRYPT_DATA (CloudHSM, and any
+// HSM that exposes no AES derivation): KEK = the SP 800-108 counter-mode KDF
+// with HMAC-SHA256 as PRF, one block:
+//
+//	KEK = HMAC-SHA256(parent, be32(1) | label | 0 | version | nonce | context | be32(256))
+//
+// computed by the HSM (C_Sign, CKM_SHA256_HMAC) under a generic-secret
+// parent with only CKA_SIGN, and imported as a one-time session AES key
+// that can only wrap or only unwrap. The KEK passes through keyworker
+// memory for that import (and is cleared); the parents and the wrapped
+// keys never do. Only the mechanisms every supported HSM has are used:
+// CKM_SHA256_HMAC, C_CreateObject, CKM_AES_KEY_WRAP.
+//
+// In both, change the version, nonce or context and the RFC 3394
+// integrity check fails. The parent's kind follows the version (an EKT v2
+// unwraps to a generic-secret CMK), so secrets have their EKT's version.
 
 import (
 	"crypto/rand"
@@ -23,7 +40,8 @@ import (
 )
 
 const (
-	blobVersion    = 1
+	blobV1         = 1
+	blobV2         = 2
 	blobNonceSize  = 16
 	kwOverhead     = 8 // RFC 3394 integrity block
 	blobSize       = 1 + blobNonceSize + hierKeySize + kwOverhead
@@ -33,9 +51,9 @@ const (
 
 // wrapBound wraps key under a one-time KEK derived from parent, label, a
 // fresh nonce and bctx, and returns the versioned blob.
-func wrapBound(p P11, sh pkcs11.SessionHandle, parent, key pkcs11.ObjectHandle, label string, bctx []byte) ([]byte, error) {
+func wrapBound(p P11, sh pkcs11.SessionHandle, version byte, parent, key pkcs11.ObjectHandle, label string, bctx []byte) ([]byte, error) {
 	blob := make([]byte, 1+blobNonceSize, blobSize)
-	blob[0] = blobVersion
+	blob[0] = version
 	_, _ = rand.Read(blob[1:]) // never fails; the runtime crashes rather than return short
 	kek, err := deriveKEK(p, sh, parent, label, blob[:1+blobNonceSize], bctx, pkcs11.CKA_WRAP)
 	if err != nil {
@@ -55,9 +73,9 @@ func wrapBound(p P11, sh pkcs11.SessionHandle, parent, key pkcs11.ObjectHandle, 
 // unwrapBound checks blob's shape and unwraps it, under the KEK its header
 // and bctx select, into a session object made from template. Every failure
 // that can stem from the blob or the context is CodeInvalidCiphertext.
-func unwrapBound(p P11, sh pkcs11.SessionHandle, parent pkcs11.ObjectHandle, blob []byte, label string, bctx []byte, template []*pkcs11.Attribute) (pkcs11.ObjectHandle, error) {
+func unwrapBound(p P11, sh pkcs11.SessionHandle, version byte, parent pkcs11.ObjectHandle, blob []byte, label string, bctx []byte, template []*pkcs11.Attribute) (pkcs11.ObjectHandle, error) {
 	what := map[string]string{kdfLabelEKT: "ekt", kdfLabelSecret: "encrypted secret"}[label]
-	if len(blob) != blobSize || blob[0] != blobVersion {
+	if len(blob) != blobSize || blob[0] != version {
 		return 0, shared.NewError(shared.CodeInvalidCiphertext, "keyworker: %s is malformed or of an unknown version", what)
 	}
 	kek, err := deriveKEK(p, sh, parent, label, blob[:1+blobNonceSize], bctx, pkcs11.CKA_UNWRAP)
@@ -81,6 +99,9 @@ func unwrapBound(p P11, sh pkcs11.SessionHandle, parent pkcs11.ObjectHandle, blo
 // (CKA_WRAP or CKA_UNWRAP), with CKM_AES_ECB_ENCRYPT_DATA: the KEK is
 // AES-ECB(parent, SHA-256(label | 0 | header | bctx)), two blocks.
 func deriveKEK(p P11, sh pkcs11.SessionHandle, parent pkcs11.ObjectHandle, label string, header, bctx []byte, usage uint) (pkcs11.ObjectHandle, error) {
+	if header[0] == blobV2 {
+		return deriveKEKv2(p, sh, parent, label, header, bctx, usage)
+	}
 	d := sha256.Sum256(append(append(append([]byte(label), 0), header...), bctx...))
 	data := d[:]
 	var pin runtime.Pinner
@@ -109,4 +130,28 @@ func derivationStringData(data []byte, pin *runtime.Pinner) ([]byte, error) {
 	pin.Pin(&data[0])
 	b := binary.NativeEndian.AppendUint64(nil, uint64(uintptr(unsafe.Pointer(&data[0]))))
 	return binary.NativeEndian.AppendUint64(b, uint64(len(data))), nil
+}
+
+// deriveKEKv2 is the version 2 KEK: SP 800-108 counter mode, HMAC-SHA256,
+// one 256-bit block, imported as a one-time session key for usage.
+func deriveKEKv2(p P11, sh pkcs11.SessionHandle, parent pkcs11.ObjectHandle, label string, header, bctx []byte, usage uint) (pkcs11.ObjectHandle, error) {
+	msg := binary.BigEndian.AppendUint32(nil, 1)
+	msg = append(append(append(append(msg, label...), 0), header...), bctx...)
+	msg = binary.BigEndian.AppendUint32(msg, hierKeySize*8)
+	if err := p.SignInit(sh, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_SHA256_HMAC, nil)}, parent); err != nil {
+		return 0, fmt.Errorf("keyworker: derive kek (hmac): %w", err)
+	}
+	mac, err := p.Sign(sh, msg)
+	if err != nil {
+		return 0, fmt.Errorf("keyworker: derive kek (hmac): %w", err)
+	}
+	defer clear(mac)
+	if len(mac) != hierKeySize {
+		return 0, fmt.Errorf("keyworker: derive kek (hmac): hsm returned %d bytes", len(mac))
+	}
+	kek, err := p.CreateObject(sh, append(aesTemplate(false, false, usage), pkcs11.NewAttribute(pkcs11.CKA_VALUE, mac)))
+	if err != nil {
+		return 0, fmt.Errorf("keyworker: import kek: %w", err)
+	}
+	return kek, nil
 }

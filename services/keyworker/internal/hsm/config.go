@@ -5,6 +5,7 @@ package hsm
 import (
 	"fmt"
 	"log/slog"
+	"time"
 
 	"github.com/miekg/pkcs11"
 
@@ -25,6 +26,13 @@ type Config struct {
 	PIN        string // user PIN; never logged
 	Sessions   int    // size of the session pool (= this keyworker's in-flight budget); default 4
 	IVFromHSM  bool   // true: HSM generates the GCM IV (Luna/CloudHSM style); false: host generates 12 random bytes (SoftHSM)
+	// Now is the clock (key-version cache, version creation dates); default time.Now.
+	Now func() time.Time
+	// Profile names the HSM family (profiles.go): a profile name or an HSM
+	// model string; empty is SoftHSM. A profile that needs IVFromHSM sets it.
+	Profile string
+	// WrapP11, when set, wraps the module (tests inject faults with FaultP11).
+	WrapP11 func(P11) P11
 }
 
 // Validate reports the first problem with c, wrapping shared.ErrConfigValidation.
@@ -50,8 +58,8 @@ func (c Config) Validate() error {
 
 // String omits the PIN so a config printed with %v or %+v never leaks it.
 func (c Config) String() string {
-	return fmt.Sprintf("{ModulePath:%s TokenLabel:%s PIN:[redacted] Sessions:%d IVFromHSM:%t}",
-		c.ModulePath, c.TokenLabel, c.Sessions, c.IVFromHSM)
+	return fmt.Sprintf("{ModulePath:%s TokenLabel:%s PIN:[redacted] Sessions:%d IVFromHSM:%t Profile:%s}",
+		c.ModulePath, c.TokenLabel, c.Sessions, c.IVFromHSM, c.Profile)
 }
 
 // LogValue omits the PIN so a config passed to slog never leaks it.
@@ -61,12 +69,16 @@ func (c Config) LogValue() slog.Value {
 		slog.String("token", c.TokenLabel),
 		slog.Int("sessions", c.Sessions),
 		slog.Bool("iv_from_hsm", c.IVFromHSM),
+		slog.String("profile", c.Profile),
 	)
 }
 
 func (c Config) withDefaults() Config {
 	if c.Sessions == 0 {
 		c.Sessions = defaultSessions
+	}
+	if c.Now == nil {
+		c.Now = time.Now
 	}
 	return c
 }

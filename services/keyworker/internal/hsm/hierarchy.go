@@ -24,9 +24,12 @@ import (
 // Labels of the hierarchy's token objects. ListAESKeys returns the domain
 // key too; callers listing customer keys filter out the "sovkeys-" prefix.
 const (
-	DomainKeyLabel  = "sovkeys-domain-v1"
-	SigningKeyLabel = "sovkeys-signing-v1" // ECDSA P-384 key pair
-	CAKeyLabel      = "sovkeys-ca-v1"      // ECDSA P-384 key pair
+	DomainKeyLabel = "sovkeys-domain-v1"
+	// DomainKeyV2Label: the HMAC parent of blob format v2 (blob.go), a
+	// generic secret that can only sign.
+	DomainKeyV2Label = "sovkeys-domain-v2"
+	SigningKeyLabel  = "sovkeys-signing-v1" // ECDSA P-384 key pair
+	CAKeyLabel       = "sovkeys-ca-v1"      // ECDSA P-384 key pair
 )
 
 // ErrHierarchyMissing is wrapped when a key of the hierarchy is absent.
@@ -40,9 +43,12 @@ type hierarchyState struct {
 	mu     sync.Mutex
 	domain pkcs11.ObjectHandle // valid when hasDom
 	hasDom bool
-	pairs  map[string]ecPair
-	cmks   cmkCache
-	oaep   atomic.Int32 // oaepUnknown, oaepInHSM or oaepInHost
+	// domain2: the v2 domain key, valid when hasDom2.
+	domain2 pkcs11.ObjectHandle
+	hasDom2 bool
+	pairs   map[string]ecPair
+	cmks    cmkCache
+	oaep    atomic.Int32 // oaepUnknown, oaepInHSM or oaepInHost
 	// oaepHash is the OAEP hash; zero means SHA-256. Tests set SHA-1 to run
 	// the in-HSM wrap path on SoftHSM 2.6, which only does OAEP with SHA-1.
 	oaepHash crypto.Hash
@@ -57,7 +63,7 @@ type ecPair struct {
 func (s *hierarchyState) forgetTokenKeys() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.hasDom = false
+	s.hasDom, s.hasDom2 = false, false
 	clear(s.pairs)
 }
 
@@ -88,10 +94,13 @@ func (h *HSM) EnsureHierarchy(ctx context.Context) error {
 	err := h.withSessionExclusive(ctx, func(sh pkcs11.SessionHandle) error {
 		created = created[:0]
 		h.hier.forgetTokenKeys()
-		for _, label := range []string{DomainKeyLabel, SigningKeyLabel, CAKeyLabel} {
+		for _, label := range []string{DomainKeyLabel, DomainKeyV2Label, SigningKeyLabel, CAKeyLabel} {
 			ensure := h.ensurePair
-			if label == DomainKeyLabel {
+			switch label {
+			case DomainKeyLabel:
 				ensure = h.ensureDomainKey
+			case DomainKeyV2Label:
+				ensure = h.ensureDomainKeyV2
 			}
 			made, err := ensure(p, sh, label)
 			if err != nil {
@@ -119,6 +128,66 @@ func (h *HSM) ensureDomainKey(p P11, sh pkcs11.SessionHandle, _ string) (created
 		return false, fmt.Errorf("keyworker: create domain key: %w", err)
 	}
 	return true, nil
+}
+
+func (h *HSM) ensureDomainKeyV2(p P11, sh pkcs11.SessionHandle, _ string) (created bool, err error) {
+	if _, err := h.domainKeyV2(p, sh); !errors.Is(err, ErrHierarchyMissing) {
+		return false, err
+	}
+	_, err = p.GenerateKey(sh, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_GENERIC_SECRET_KEY_GEN, nil)}, append(genericTemplate(true, false, pkcs11.CKA_SIGN),
+		pkcs11.NewAttribute(pkcs11.CKA_VALUE_LEN, hierKeySize), pkcs11.NewAttribute(pkcs11.CKA_LABEL, DomainKeyV2Label)))
+	if err != nil {
+		return false, fmt.Errorf("keyworker: create domain key v2: %w", err)
+	}
+	return true, nil
+}
+
+// domainKeyFor returns the domain key of blob format version.
+func (h *HSM) domainKeyFor(p P11, sh pkcs11.SessionHandle, version byte) (pkcs11.ObjectHandle, error) {
+	if version == blobV2 {
+		return h.domainKeyV2(p, sh)
+	}
+	return h.domainKey(p, sh)
+}
+
+// domainKeyV2 returns the v2 domain key, found and checked once: a 256-bit
+// generic secret that signs (HMAC) and does nothing else, never extractable.
+func (h *HSM) domainKeyV2(p P11, sh pkcs11.SessionHandle) (pkcs11.ObjectHandle, error) {
+	h.hier.mu.Lock()
+	d, ok := h.hier.domain2, h.hier.hasDom2
+	h.hier.mu.Unlock()
+	if ok {
+		return d, nil
+	}
+	d, err := h.findOne(sh, []*pkcs11.Attribute{
+		pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_SECRET_KEY), pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, pkcs11.CKK_GENERIC_SECRET),
+		pkcs11.NewAttribute(pkcs11.CKA_TOKEN, true), pkcs11.NewAttribute(pkcs11.CKA_LABEL, DomainKeyV2Label),
+	})
+	if err != nil {
+		return 0, err
+	}
+	want := map[uint]bool{
+		pkcs11.CKA_SIGN: true, pkcs11.CKA_SENSITIVE: true, pkcs11.CKA_EXTRACTABLE: false, pkcs11.CKA_DERIVE: false,
+		pkcs11.CKA_ENCRYPT: false, pkcs11.CKA_DECRYPT: false, pkcs11.CKA_WRAP: false, pkcs11.CKA_UNWRAP: false,
+	}
+	query := []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_VALUE_LEN, nil)}
+	for a := range want {
+		query = append(query, pkcs11.NewAttribute(a, nil))
+	}
+	attrs, err := p.GetAttributeValue(sh, d, query)
+	if err != nil {
+		return 0, fmt.Errorf("keyworker: read domain key v2 attributes: %w", err)
+	}
+	for _, a := range attrs {
+		if a.Type == pkcs11.CKA_VALUE_LEN && keySpec(a.Value) != "AES_256" ||
+			a.Type != pkcs11.CKA_VALUE_LEN && attrBool(attrs, a.Type) != want[a.Type] {
+			return 0, fmt.Errorf("keyworker: key %q has the wrong attribute %#x: not a domain key", DomainKeyV2Label, a.Type)
+		}
+	}
+	h.hier.mu.Lock()
+	h.hier.domain2, h.hier.hasDom2 = d, true
+	h.hier.mu.Unlock()
+	return d, nil
 }
 
 // EnsureKeyPair creates the ECDSA P-384 key pair labelled label (such as

@@ -13,6 +13,8 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
+	"time"
 
 	"github.com/miekg/pkcs11"
 
@@ -29,13 +31,18 @@ type HSM struct {
 	logger *slog.Logger
 	mod    *module
 	p11    P11
-	slot   uint
+	slot   atomic.Uint64 // the token's slot; re-found when the token moves (sessions.go)
 
-	pool chan pkcs11.SessionHandle // exactly cfg.Sessions handles circulate
-	done chan struct{}             // closed by Close
+	pool  chan pkcs11.SessionHandle // exactly nsess handles circulate
+	nsess int                       // cfg.Sessions, or fewer when the token's session limit was reached (sessions.go)
+	done  chan struct{}             // closed by Close
 
-	keys keyCache
-	hier hierarchyState // key hierarchy handles and CMK cache (hierarchy.go)
+	keys     keyCache
+	state    sessionState // losses and recoveries, for health (sessions.go)
+	versions versionCache // newest version per key label (versions.go)
+	now      func() time.Time
+	profile  Profile        // mechanisms and quirks of this HSM family (profiles.go)
+	hier     hierarchyState // key hierarchy handles and CMK cache (hierarchy.go)
 
 	closeOnce sync.Once
 	closeErr  error
@@ -48,6 +55,11 @@ func Open(ctx context.Context, cfg Config, logger *slog.Logger) (*HSM, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
+	profile, err := LookupProfile(cfg.Profile)
+	if err != nil {
+		return nil, err
+	}
+	cfg.IVFromHSM = cfg.IVFromHSM || profile.IVFromHSM
 	if err := ctx.Err(); err != nil {
 		return nil, fmt.Errorf("keyworker: open hsm: %w", err)
 	}
@@ -58,14 +70,20 @@ func Open(ctx context.Context, cfg Config, logger *slog.Logger) (*HSM, error) {
 	if err != nil {
 		return nil, err
 	}
+	var p11 P11 = mod.ctx
+	if cfg.WrapP11 != nil {
+		p11 = cfg.WrapP11(p11)
+	}
 	h := &HSM{
-		cfg:    cfg,
-		logger: logger,
-		mod:    mod,
-		p11:    mod.ctx,
-		pool:   make(chan pkcs11.SessionHandle, cfg.Sessions),
-		done:   make(chan struct{}),
-		keys:   keyCache{max: maxCachedKeys},
+		cfg:     cfg,
+		logger:  logger,
+		mod:     mod,
+		p11:     p11,
+		pool:    make(chan pkcs11.SessionHandle, cfg.Sessions),
+		done:    make(chan struct{}),
+		keys:    keyCache{max: maxCachedKeys},
+		now:     cfg.Now,
+		profile: profile,
 	}
 	if err := h.open(ctx); err != nil {
 		for len(h.pool) > 0 {
@@ -73,7 +91,7 @@ func Open(ctx context.Context, cfg Config, logger *slog.Logger) (*HSM, error) {
 		}
 		return nil, errors.Join(err, modules.release(mod))
 	}
-	logger.InfoContext(ctx, "hsm opened", "hsm", cfg, "slot", h.slot)
+	logger.InfoContext(ctx, "hsm opened", "hsm", cfg, "slot", h.slot.Load())
 	return h, nil
 }
 
@@ -85,7 +103,7 @@ func (h *HSM) open(ctx context.Context) error {
 	if !found {
 		return fmt.Errorf("keyworker: token %q not found in module %q", h.cfg.TokenLabel, h.cfg.ModulePath)
 	}
-	h.slot = slot
+	h.slot.Store(uint64(slot))
 	gcm := []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_AES_GCM, nil)}
 	if _, err := h.p11.GetMechanismInfo(slot, gcm); err != nil {
 		return fmt.Errorf("keyworker: token %q does not support CKM_AES_GCM: %w", h.cfg.TokenLabel, err)
@@ -95,10 +113,18 @@ func (h *HSM) open(ctx context.Context) error {
 			return fmt.Errorf("keyworker: open hsm: %w", err)
 		}
 		sh, err := h.openSession()
+		if isCKR(err, pkcs11.CKR_SESSION_COUNT) && h.nsess > 0 {
+			// Bounded opening: the token allows fewer sessions than asked
+			// (other processes hold some). Run with what we have.
+			h.logger.WarnContext(ctx, "hsm session limit reached; running with fewer sessions",
+				"token", h.cfg.TokenLabel, "sessions", h.nsess, "wanted", h.cfg.Sessions)
+			break
+		}
 		if err != nil {
 			return err
 		}
 		h.pool <- sh
+		h.nsess++
 	}
 	return nil
 }
@@ -110,7 +136,7 @@ func (h *HSM) open(ctx context.Context) error {
 // process holds the same token). The long-lived pooled sessions keep the
 // login, and with it the object handles, valid.
 func (h *HSM) openSession() (pkcs11.SessionHandle, error) {
-	sh, err := h.p11.OpenSession(h.slot, sessionFlags)
+	sh, err := h.p11.OpenSession(uint(h.slot.Load()), sessionFlags)
 	if err != nil {
 		return 0, fmt.Errorf("keyworker: open session on token %q: %w", h.cfg.TokenLabel, err)
 	}
@@ -146,7 +172,7 @@ func findTokenSlot(p P11, label string) (slot uint, found bool, err error) {
 
 // Sessions is the size of the session pool: how many operations this HSM
 // runs at once.
-func (h *HSM) Sessions() int { return h.cfg.Sessions }
+func (h *HSM) Sessions() int { return h.nsess }
 
 // Close waits for in-flight operations, closes the sessions and releases the
 // module (finalizing it when this was the last user). It is idempotent.
@@ -156,7 +182,7 @@ func (h *HSM) Close() error {
 	h.closeOnce.Do(func() {
 		close(h.done)
 		var errs []error
-		for range h.cfg.Sessions {
+		for range h.nsess {
 			sh := <-h.pool
 			if err := h.p11.CloseSession(sh); err != nil && !isSessionLost(err) {
 				errs = append(errs, fmt.Errorf("keyworker: close session: %w", err))
@@ -218,18 +244,7 @@ func (h *HSM) session(ctx context.Context, exclusive bool, fn func(pkcs11.Sessio
 	if !isSessionLost(err) {
 		return err
 	}
-	h.logger.WarnContext(ctx, "hsm session lost, replacing it", "token", h.cfg.TokenLabel, "err", err)
-	nsh, oerr := h.openSession()
-	if oerr != nil {
-		// Keep the old handle in the pool; the next user retries the
-		// replacement. It is not closed yet: a closed handle number could be
-		// reused by another session of this process.
-		return fmt.Errorf("keyworker: hsm session lost: %w", errors.Join(err, oerr))
-	}
-	_ = h.p11.CloseSession(sh) // frees a stuck operation; fails harmlessly on a dead handle
-	sh = nsh
-	h.keys.clear() // handles may not have survived whatever broke the session
-	return fn(sh)
+	return h.recoverSession(ctx, &sh, err, fn) // sessions.go
 }
 
 func sessionWaitError(err error) error {

@@ -26,6 +26,9 @@ const (
 
 const maxKeyLabel = 128 // XKS key ids are at most 128 characters
 
+// maxVersionedLabel: a key label with its version suffix (#v and up to 7 digits).
+const maxVersionedLabel = maxKeyLabel + 9
+
 // ErrKeyExists is returned by CreateAESKey when the label is taken.
 var ErrKeyExists = errors.New("keyworker: key already exists")
 
@@ -58,6 +61,9 @@ func (h *HSM) CreateAESKey(ctx context.Context, label string, encrypt, decrypt b
 	if err := validateKeyLabel(label); err != nil {
 		return KeyInfo{}, err
 	}
+	if len(label) > maxKeyLabel || isVersionLabel(label) {
+		return KeyInfo{}, shared.NewError(shared.CodeValidation, "keyworker: key label must be at most %d characters and not end in %q and digits (reserved for key versions)", maxKeyLabel, versionSep)
+	}
 	// A key with neither usage is allowed: XKS reports it and answers
 	// InvalidKeyUsageException to both operations (a key parked by the operator).
 	var info KeyInfo
@@ -71,23 +77,7 @@ func (h *HSM) CreateAESKey(ctx context.Context, label string, encrypt, decrypt b
 		}
 		handle, err := h.p11.GenerateKey(sh,
 			[]*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_AES_KEY_GEN, nil)},
-			[]*pkcs11.Attribute{
-				pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_SECRET_KEY),
-				pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, pkcs11.CKK_AES),
-				pkcs11.NewAttribute(pkcs11.CKA_VALUE_LEN, 32),
-				pkcs11.NewAttribute(pkcs11.CKA_LABEL, label),
-				pkcs11.NewAttribute(pkcs11.CKA_TOKEN, true),
-				pkcs11.NewAttribute(pkcs11.CKA_PRIVATE, true),
-				pkcs11.NewAttribute(pkcs11.CKA_SENSITIVE, true),
-				pkcs11.NewAttribute(pkcs11.CKA_EXTRACTABLE, false),
-				pkcs11.NewAttribute(pkcs11.CKA_ENCRYPT, encrypt),
-				pkcs11.NewAttribute(pkcs11.CKA_DECRYPT, decrypt),
-				pkcs11.NewAttribute(pkcs11.CKA_WRAP, false),
-				pkcs11.NewAttribute(pkcs11.CKA_UNWRAP, false),
-				pkcs11.NewAttribute(pkcs11.CKA_SIGN, false),
-				pkcs11.NewAttribute(pkcs11.CKA_VERIFY, false),
-				pkcs11.NewAttribute(pkcs11.CKA_DERIVE, false),
-			})
+			aesKeyAttributes(label, encrypt, decrypt))
 		if err != nil {
 			return fmt.Errorf("keyworker: create key %q: %w", label, err)
 		}
@@ -236,6 +226,28 @@ func (h *HSM) readKey(sh pkcs11.SessionHandle, handle pkcs11.ObjectHandle) (cach
 	return cachedKey{handle: handle, info: info}, nil
 }
 
+// aesKeyAttributes is the template of a new AES-256 token key that never
+// leaves the HSM (CKA_SENSITIVE, not extractable, no wrap/unwrap).
+func aesKeyAttributes(label string, encrypt, decrypt bool) []*pkcs11.Attribute {
+	return []*pkcs11.Attribute{
+		pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_SECRET_KEY),
+		pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, pkcs11.CKK_AES),
+		pkcs11.NewAttribute(pkcs11.CKA_VALUE_LEN, 32),
+		pkcs11.NewAttribute(pkcs11.CKA_LABEL, label),
+		pkcs11.NewAttribute(pkcs11.CKA_TOKEN, true),
+		pkcs11.NewAttribute(pkcs11.CKA_PRIVATE, true),
+		pkcs11.NewAttribute(pkcs11.CKA_SENSITIVE, true),
+		pkcs11.NewAttribute(pkcs11.CKA_EXTRACTABLE, false),
+		pkcs11.NewAttribute(pkcs11.CKA_ENCRYPT, encrypt),
+		pkcs11.NewAttribute(pkcs11.CKA_DECRYPT, decrypt),
+		pkcs11.NewAttribute(pkcs11.CKA_WRAP, false),
+		pkcs11.NewAttribute(pkcs11.CKA_UNWRAP, false),
+		pkcs11.NewAttribute(pkcs11.CKA_SIGN, false),
+		pkcs11.NewAttribute(pkcs11.CKA_VERIFY, false),
+		pkcs11.NewAttribute(pkcs11.CKA_DERIVE, false),
+	}
+}
+
 func aesKeyTemplate(label string) []*pkcs11.Attribute {
 	t := []*pkcs11.Attribute{
 		pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_SECRET_KEY),
@@ -269,7 +281,7 @@ func keySpec(v []byte) string {
 }
 
 func validateKeyLabel(label string) error {
-	if label == "" || len(label) > maxKeyLabel || !utf8.ValidString(label) ||
+	if label == "" || len(label) > maxVersionedLabel || !utf8.ValidString(label) ||
 		strings.ContainsFunc(label, unicode.IsControl) {
 		return shared.NewError(shared.CodeValidation, "keyworker: key label must be 1 to %d printable characters", maxKeyLabel)
 	}

@@ -60,6 +60,21 @@ func aesTemplate(token, extractable bool, usages ...uint) []*pkcs11.Attribute {
 	return t
 }
 
+// genericTemplate is aesTemplate for a CKK_GENERIC_SECRET key (the HMAC
+// parents of blob format v2).
+func genericTemplate(token, extractable bool, usages ...uint) []*pkcs11.Attribute {
+	t := aesTemplate(token, extractable, usages...)
+	t[1] = pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, pkcs11.CKK_GENERIC_SECRET)
+	return t
+}
+
+// generateGeneric generates a 256-bit generic-secret session key that can
+// only HMAC-sign (a v2 CMK), to be wrapped.
+func generateGeneric(p P11, sh pkcs11.SessionHandle, extractable bool) (pkcs11.ObjectHandle, error) {
+	return p.GenerateKey(sh, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_GENERIC_SECRET_KEY_GEN, nil)},
+		append(genericTemplate(false, extractable, pkcs11.CKA_SIGN), pkcs11.NewAttribute(pkcs11.CKA_VALUE_LEN, hierKeySize)))
+}
+
 // generateAES generates an AES-256 session key with no usage, to be wrapped.
 func generateAES(p P11, sh pkcs11.SessionHandle, extractable bool) (pkcs11.ObjectHandle, error) {
 	return p.GenerateKey(sh, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_AES_KEY_GEN, nil)},

@@ -26,16 +26,21 @@ func (h *HSM) NewEKT(ctx context.Context, ektCtx []byte) ([]byte, error) {
 	}
 	var ekt []byte
 	err := h.withHierarchy(ctx, func(p P11, sh pkcs11.SessionHandle) error {
-		dom, err := h.domainKey(p, sh)
+		version := h.blobVersionToWrite()
+		dom, err := h.domainKeyFor(p, sh, version)
 		if err != nil {
 			return err
 		}
-		cmk, err := generateAES(p, sh, true) // extractable only to be wrapped, here, once
+		gen := generateAES
+		if version == blobV2 {
+			gen = generateGeneric // the v2 CMK is an HMAC parent
+		}
+		cmk, err := gen(p, sh, true) // extractable only to be wrapped, here, once
 		if err != nil {
 			return fmt.Errorf("keyworker: generate cmk: %w", err)
 		}
 		defer destroy(p, sh, cmk)
-		ekt, err = wrapBound(p, sh, dom, cmk, kdfLabelEKT, ektCtx)
+		ekt, err = wrapBound(p, sh, version, dom, cmk, kdfLabelEKT, ektCtx)
 		return err
 	})
 	return bytesOrNil(ekt, err)
@@ -55,7 +60,7 @@ func (h *HSM) GenerateSecret(ctx context.Context, ekt, ektCtx, secretCtx []byte,
 			return fmt.Errorf("keyworker: generate secret: %w", err)
 		}
 		defer destroy(p, sh, secret)
-		if encryptedSecret, err = wrapBound(p, sh, cmk, secret, kdfLabelSecret, secretCtx); err != nil {
+		if encryptedSecret, err = wrapBound(p, sh, ekt[0], cmk, secret, kdfLabelSecret, secretCtx); err != nil {
 			return err
 		}
 		wrappedSecret, err = h.wrapForCaller(p, sh, secret, rsaPub)
@@ -75,7 +80,7 @@ func (h *HSM) DecryptSecret(ctx context.Context, ekt, ektCtx, encryptedSecret, s
 	}
 	var wrapped []byte
 	err := h.withCMK(ctx, ekt, ektCtx, func(p P11, sh pkcs11.SessionHandle, cmk pkcs11.ObjectHandle) error {
-		secret, err := unwrapBound(p, sh, cmk, encryptedSecret, kdfLabelSecret, secretCtx, aesTemplate(false, true))
+		secret, err := unwrapBound(p, sh, ekt[0], cmk, encryptedSecret, kdfLabelSecret, secretCtx, aesTemplate(false, true))
 		if err != nil {
 			return err
 		}
@@ -94,12 +99,12 @@ func (h *HSM) ConvertSecret(ctx context.Context, ekt, ektCtx, encryptedSecret, f
 	}
 	var out []byte
 	err := h.withCMK(ctx, ekt, ektCtx, func(p P11, sh pkcs11.SessionHandle, cmk pkcs11.ObjectHandle) error {
-		secret, err := unwrapBound(p, sh, cmk, encryptedSecret, kdfLabelSecret, fromCtx, aesTemplate(false, true))
+		secret, err := unwrapBound(p, sh, ekt[0], cmk, encryptedSecret, kdfLabelSecret, fromCtx, aesTemplate(false, true))
 		if err != nil {
 			return err
 		}
 		defer destroy(p, sh, secret)
-		out, err = wrapBound(p, sh, cmk, secret, kdfLabelSecret, toCtx)
+		out, err = wrapBound(p, sh, ekt[0], cmk, secret, kdfLabelSecret, toCtx)
 		return err
 	})
 	return bytesOrNil(out, err)
@@ -113,14 +118,19 @@ func (h *HSM) withCMK(ctx context.Context, ekt, ektCtx []byte, fn func(P11, pkcs
 		if cmk, ok := h.hier.cmks.get(p, sh, key); ok {
 			return fn(p, sh, cmk)
 		}
-		dom, err := h.domainKey(p, sh)
+		version := ekt[0] // checked by validateSecretArgs
+		dom, err := h.domainKeyFor(p, sh, version)
 		if err != nil {
 			return err
 		}
 		id := randomID()
-		// Not extractable: an unwrapped CMK only derives KEKs.
-		cmk, err := unwrapBound(p, sh, dom, ekt, kdfLabelEKT, ektCtx,
-			append(aesTemplate(false, false, pkcs11.CKA_DERIVE), pkcs11.NewAttribute(pkcs11.CKA_ID, id)))
+		// Not extractable: an unwrapped CMK only derives KEKs (v1: AES
+		// CKA_DERIVE; v2: generic secret, CKA_SIGN for the HMAC KDF).
+		template := aesTemplate(false, false, pkcs11.CKA_DERIVE)
+		if version == blobV2 {
+			template = genericTemplate(false, false, pkcs11.CKA_SIGN)
+		}
+		cmk, err := unwrapBound(p, sh, version, dom, ekt, kdfLabelEKT, ektCtx, append(template, pkcs11.NewAttribute(pkcs11.CKA_ID, id)))
 		if err != nil {
 			return err
 		}
@@ -137,7 +147,7 @@ func validateSecretArgs(ekt, ektCtx, secretCtx []byte, rsaPub *rsa.PublicKey, wa
 	if err := errors.Join(validateContext("ekt", ektCtx), validateContext("secret", secretCtx)); err != nil {
 		return err
 	}
-	if len(ekt) != blobSize || ekt[0] != blobVersion {
+	if len(ekt) != blobSize || (ekt[0] != blobV1 && ekt[0] != blobV2) {
 		return shared.NewError(shared.CodeInvalidCiphertext, "keyworker: ekt is malformed or of an unknown version")
 	}
 	if !wantRSA {

@@ -21,15 +21,15 @@ func TestSecretLifecycle(t *testing.T) {
 	pub := &testRSAKey().PublicKey
 	ektCtx := EKTContext("vpc-1")
 	ekt := newEKT(t, h, "vpc-1")
-	if len(ekt) != blobSize || ekt[0] != blobVersion {
-		t.Fatalf("ekt is %d bytes, version %d; want %d, %d", len(ekt), ekt[0], blobSize, blobVersion)
+	if len(ekt) != blobSize || ekt[0] != blobV1 {
+		t.Fatalf("ekt is %d bytes, version %d; want %d, %d", len(ekt), ekt[0], blobSize, blobV1)
 	}
 	ctxA := SecretContext("vpc-1", "i-aaa", "vol-1")
 	enc, wrapped, err := h.GenerateSecret(ctx, ekt, ektCtx, ctxA, pub)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(enc) != blobSize || enc[0] != blobVersion {
+	if len(enc) != blobSize || enc[0] != blobV1 {
 		t.Fatalf("encrypted_secret is %d bytes, version %d", len(enc), enc[0])
 	}
 	secret := openWrapped(t, wrapped)

@@ -215,6 +215,6 @@ func initUserPIN(p P11, slot uint, label, soPIN, userPIN string) error {
 
 // isSoftHSM reports whether the token is a SoftHSMv2 one.
 func (h *HSM) isSoftHSM() bool {
-	info, err := h.p11.GetTokenInfo(h.slot)
+	info, err := h.p11.GetTokenInfo(uint(h.slot.Load()))
 	return err == nil && strings.TrimSpace(info.ManufacturerID) == "SoftHSM project"
 }
