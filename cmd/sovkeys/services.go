@@ -114,6 +114,7 @@ func runService(ctx context.Context, name string, args []string, getenv func(str
 	fs.SetOutput(stderr)
 	var f serviceFlags
 	f.register(fs, getenv)
+	metricsListen := fs.String("metrics-listen", getenv("SOVKEYS_METRICS_LISTEN"), metricsFlagUsage)
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -121,6 +122,11 @@ func runService(ctx context.Context, name string, args []string, getenv func(str
 	if err != nil {
 		return err
 	}
+	stopMetrics, err := startMetrics(*metricsListen, logger)
+	if err != nil {
+		return err
+	}
+	defer stopMetrics()
 	var hsm *keyworker.HSM
 	if name == "keyworker" {
 		// Without a PIN the keyworker starts sealed and waits for

@@ -44,6 +44,7 @@ func runStandalone(ctx context.Context, args []string, getenv func(string) strin
 	natsKey := fs.String("nats-tls-key", "", "private key of --nats-tls-cert")
 	nShares := fs.Int("unseal-shares", 3, "HSM PIN shares made when the token is created")
 	kShares := fs.Int("unseal-threshold", 2, "shares needed to unseal after a restart")
+	metricsListen := fs.String("metrics-listen", getenv("SOVKEYS_METRICS_LISTEN"), metricsFlagUsage)
 	devUnseal := fs.String("dev-unseal-file", "", "DEVELOPMENT ONLY: keep the unseal shares in this file (outside --data) and unseal from it at start; as unsafe as a PIN on disk")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -60,6 +61,11 @@ func runStandalone(ctx context.Context, args []string, getenv func(string) strin
 		return err
 	}
 	startPprof(getenv("SOVKEYS_PPROF_LISTEN"), logger)
+	stopMetrics, err := startMetrics(*metricsListen, logger)
+	if err != nil {
+		return err
+	}
+	defer stopMetrics()
 	for _, sub := range []string{"", "nats", "trust", "creds", "hsm", "tls"} {
 		if err := os.MkdirAll(filepath.Join(dir, sub), 0o700); err != nil {
 			return err
