@@ -72,15 +72,15 @@ var (
 
 // HSMOperation records one work item of pool; c is "" on success.
 func HSMOperation(pool string, a shared.API, c shared.Code, d time.Duration) {
-	hsmOps.WithLabelValues(name(pool), api(a), code(c)).Inc()
-	hsmDuration.WithLabelValues(name(pool), api(a)).Observe(seconds(d))
+	hsmOps.WithLabelValues(poolLabel(pool), api(a), code(c)).Inc()
+	hsmDuration.WithLabelValues(poolLabel(pool), api(a)).Observe(seconds(d))
 	if c == shared.CodeThrottling {
 		Throttled("keyworker")
 	}
 }
 
 // HSMSessions records how many HSM sessions a keyworker holds for pool.
-func HSMSessions(pool string, n int) { hsmSessions.WithLabelValues(name(pool)).Set(float64(n)) }
+func HSMSessions(pool string, n int) { hsmSessions.WithLabelValues(poolLabel(pool)).Set(float64(n)) }
 
 // ConsumerInfo is the part of a JetStream consumer the watchers read.
 type ConsumerInfo interface {
@@ -109,7 +109,7 @@ func WatchWorkQueue(ctx context.Context, pool string, cons ConsumerInfo, interva
 
 // ObserveWorkQueue records one sample of pool's work consumer.
 func ObserveWorkQueue(pool string, info *jetstream.ConsumerInfo) {
-	p := name(pool)
+	p := poolLabel(pool)
 	hsmQueueDepth.WithLabelValues(p).Set(float64(info.NumPending))
 	hsmInFlight.WithLabelValues(p).Set(float64(info.NumAckPending))
 	hsmBudget.WithLabelValues(p).Set(float64(info.Config.MaxAckPending))
@@ -191,8 +191,8 @@ func AuditCheckpoints(now time.Time, total uint64) {
 // AuditExport records an exporter's lag (log messages) and its running
 // count of write-once conflicts.
 func AuditExport(destination string, lag, conflicts uint64) {
-	exportLag.WithLabelValues(name(destination)).Set(float64(lag))
-	exportConflicts.set(name(destination), float64(conflicts))
+	exportLag.WithLabelValues(bounded(knownDestinations, destination)).Set(float64(lag))
+	exportConflicts.set(bounded(knownDestinations, destination), float64(conflicts))
 }
 
 // NATS connections.

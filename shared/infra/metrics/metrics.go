@@ -146,10 +146,18 @@ func code(c shared.Code) string {
 	return bounded(knownCodes, string(c))
 }
 
-// name bounds an operator-chosen name (pool, destination): such names are
-// configuration, but a label must never grow without limit, so only
-// names that look like identifiers are kept.
-func name(v string) string {
+// maxPools caps the distinct pool labels of a process.
+const maxPools = 32
+
+var (
+	poolMu sync.Mutex
+	pools  = map[string]bool{}
+)
+
+// poolLabel bounds a pool label. Pool names are operator configuration (one per
+// HSM or partition), but a label must never grow without limit: only names
+// that look like identifiers are kept, and at most maxPools of them.
+func poolLabel(v string) string {
 	if v == "" || len(v) > 64 {
 		return "other"
 	}
@@ -158,8 +166,19 @@ func name(v string) string {
 			return "other"
 		}
 	}
+	poolMu.Lock()
+	defer poolMu.Unlock()
+	if !pools[v] {
+		if len(pools) >= maxPools {
+			return "other"
+		}
+		pools[v] = true
+	}
 	return v
 }
+
+// knownDestinations are the audit exporters' names (services/audit).
+var knownDestinations = set("central", "tenant")
 
 func statusClass(status int) string {
 	if status < 100 || status > 599 {
