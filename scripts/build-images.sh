@@ -12,6 +12,9 @@
 #   sovkeys-nats:local     a static nats-server built from the module
 #                          version pinned in go.mod, on scratch
 #                          (deploy/compose/Dockerfile.nats).
+#   sovkeys-jaeger:local   the Jaeger binary `make jaeger` caches, on scratch
+#                          (deploy/compose/Dockerfile.jaeger); skipped when
+#                          that binary is absent.
 #
 # A machine with registry access can skip debootstrap and start from an
 # upstream image instead:  BASE_IMAGE=debian:bookworm-slim scripts/build-images.sh
@@ -27,6 +30,7 @@ BASE_IMAGE=${BASE_IMAGE:-$BASE_TAG}
 SUITE=bookworm
 SOVKEYS_IMAGE=${SOVKEYS_IMAGE:-sovkeys:local}
 NATS_IMAGE=${NATS_IMAGE:-sovkeys-nats:local}
+JAEGER_IMAGE=${JAEGER_IMAGE:-sovkeys-jaeger:local}
 
 say() { echo "build-images: $*"; }
 die() { echo "build-images: $*" >&2; exit 1; }
@@ -119,8 +123,29 @@ build_nats() {
 	say "built $NATS_IMAGE (nats-server $version)"
 }
 
+# build_jaeger packages the Jaeger binary scripts/install-jaeger.sh caches
+# (where shared/testkit/jaegertest finds it); skipped when it is absent.
+build_jaeger() {
+	local bin="" ctx candidate
+	for candidate in "$(command -v jaeger || true)" "$("$GO" env GOPATH | cut -d: -f1)/bin/jaeger" "$REPO/bin/jaeger"; do
+		if [ -n "$candidate" ] && [ -x "$candidate" ]; then bin=$candidate; break; fi
+	done
+	if [ -z "$bin" ]; then
+		say "no jaeger binary: run \`make jaeger\` first for $JAEGER_IMAGE (skipped)"
+		return
+	fi
+	ctx=$(mktemp -d)
+	cp "$bin" "$ctx/jaeger"
+	cp "$REPO/deploy/compose/Dockerfile.jaeger" "$ctx/Dockerfile"
+	cp "$REPO/deploy/compose/jaeger.yaml" "$ctx/jaeger.yaml"
+	docker build -q -t "$JAEGER_IMAGE" "$ctx" >/dev/null
+	rm -rf "$ctx"
+	say "built $JAEGER_IMAGE from $bin"
+}
+
 if [ "$BASE_IMAGE" = "$BASE_TAG" ]; then
 	build_base
 fi
 build_sovkeys
 build_nats
+build_jaeger

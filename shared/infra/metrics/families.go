@@ -18,7 +18,7 @@ var (
 	gatewayDuration = histogramVec("gateway_request_duration_seconds",
 		"Time from request received to answer written, by API.", latencyBuckets, "api")
 	throttled = counterVec("throttled_total",
-		"Requests answered 429/ThrottlingException, by the service that refused them.", "service")
+		"Requests refused for load (429/ThrottlingException): gateway counts every 429 it answers, authn and keyworker those they decided.", "service")
 )
 
 // GatewayRequest records one answered HTTP request.
