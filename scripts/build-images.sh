@@ -105,7 +105,7 @@ build_sovkeys() {
 	ctx=$(mktemp -d)
 	cp "$REPO/deploy/compose/Dockerfile" "$ctx/Dockerfile"
 	say "go build sovkeys (host toolchain; same Debian release as the base image)"
-	(cd "$REPO" && CGO_ENABLED=1 "$GO" build -trimpath -o "$ctx/sovkeys" ./cmd/sovkeys)
+	(cd "$REPO" && CGO_ENABLED=1 "$GO" build -trimpath -ldflags "-s -w" -o "$ctx/sovkeys" ./cmd/sovkeys)
 	docker build -q --build-arg "BASE_IMAGE=$BASE_IMAGE" -t "$SOVKEYS_IMAGE" "$ctx" >/dev/null
 	rm -rf "$ctx"
 	say "built $SOVKEYS_IMAGE from $BASE_IMAGE"
