@@ -32,7 +32,7 @@ else
 fi
 
 if [ -n "$found" ]; then
-	have=$("$GO" version -m "$found" 2>/dev/null | awk -v m="$MODULE" '$1 == "dep" && $2 == m {print $3}')
+	have=$("$GO" version -m "$found" 2>/dev/null | awk -v m="$MODULE" '($1 == "mod" || $1 == "dep") && $2 == m {print $3}')
 	if [ "$have" != "$VERSION" ]; then
 		echo "install-jaeger: warning: $found is ${have:-of unknown version}, tests expect $VERSION" >&2
 	fi
