@@ -153,7 +153,7 @@ var (
 	auditBehind = gauge("audit_lag_seconds",
 		"How long the oldest waiting audit event has waited: seconds since the audit consumer's ack floor last moved, 0 when none waits.")
 	auditCheckpoint = gauge("audit_checkpoint_timestamp_seconds",
-		"Unix time this process last saw the audit service sign a checkpoint (age: time() - this).")
+		"Unix time this process last saw the audit service sign a checkpoint, 0 until then (age: time() - this).")
 	auditCheckpoints = totalsVec("audit_checkpoints_total",
 		"Checkpoints the audit service signed.", "service")
 	exportLag = gaugeVec("audit_export_lag",
