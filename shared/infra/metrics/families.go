@@ -3,6 +3,7 @@ package metrics
 import (
 	"context"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -119,7 +120,7 @@ func ObserveWorkQueue(pool string, info *jetstream.ConsumerInfo) {
 var (
 	killSwitches = gaugeVec("kill_switches_engaged",
 		"Kill switches engaged, by scope kind (all, keystore, tenant).", "scope")
-	killMu      = make(chan struct{}, 1)
+	killMu      sync.Mutex
 	killEngaged = map[string]bool{}
 )
 
@@ -127,8 +128,8 @@ var (
 // killswitch KV key: "all", "keystore.<token>", "tenant.<token>"). Only
 // the scope kind becomes a label.
 func KillSwitch(key string, engaged bool) {
-	killMu <- struct{}{}
-	defer func() { <-killMu }()
+	killMu.Lock()
+	defer killMu.Unlock()
 	if engaged {
 		killEngaged[key] = true
 	} else {
@@ -160,10 +161,9 @@ var (
 		"Audit log messages not yet exported, per destination.", "destination")
 	exportConflicts = totalsVec("audit_export_conflicts_total",
 		"Exports that found a different object already written (write-once conflict), per destination.", "destination")
-	lastCheckpoints = make(chan uint64, 1)
+	checkpointMu    sync.Mutex
+	lastCheckpoints uint64
 )
-
-func init() { lastCheckpoints <- 0 }
 
 // AuditSequencing records a sample of the audit consumer at now.
 func AuditSequencing(now time.Time, info *jetstream.ConsumerInfo) {
@@ -180,11 +180,12 @@ func AuditSequencing(now time.Time, info *jetstream.ConsumerInfo) {
 // checkpoints; when it grew since the last call, the checkpoint time is
 // now (resolution: the caller's sampling interval).
 func AuditCheckpoints(now time.Time, total uint64) {
-	last := <-lastCheckpoints
-	if total > last || (total > 0 && last == 0) {
+	checkpointMu.Lock()
+	if total > lastCheckpoints {
 		auditCheckpoint.Set(float64(now.UnixNano()) / 1e9)
 	}
-	lastCheckpoints <- total
+	lastCheckpoints = total
+	checkpointMu.Unlock()
 	auditCheckpoints.set("audit", float64(total))
 }
 
