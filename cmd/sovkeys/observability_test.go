@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"os"
 	"strings"
 	"testing"
 	"time"
@@ -28,20 +27,17 @@ func startObservedNode(t *testing.T, env map[string]string) *node {
 	for k, v := range env {
 		t.Setenv(k, v)
 	}
-	dir, err := os.MkdirTemp("", "sovkeys-obs-")
-	if err != nil {
-		t.Fatal(err)
-	}
+	// t.TempDir, not a /tmp/sovkeys-* directory: on a shared machine
+	// something else removed such directories under a running node.
+	dir := t.TempDir()
 	n, err := startNode(dir, nil)
 	if err != nil {
-		_ = os.RemoveAll(dir)
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
 		if c := n.shutdown(); c != 0 {
 			t.Errorf("standalone exited %d: %s", c, n.stderr.String())
 		}
-		_ = os.RemoveAll(dir)
 	})
 	return n
 }
