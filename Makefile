@@ -7,9 +7,10 @@ GO      ?= go
 DATA    ?= $(CURDIR)/.data
 LISTEN  ?= 127.0.0.1:8443
 NATS    ?= 127.0.0.1:4222
+METRICS ?= 127.0.0.1:9464
 BIN     := $(CURDIR)/bin/sovkeys
 
-.PHONY: run test build deps vet fuzz bench loadtest clean
+.PHONY: run test build deps vet fuzz bench loadtest clean images
 
 deps:
 	@missing=""; \
@@ -30,19 +31,31 @@ build: deps
 	CGO_ENABLED=0 $(GO) build -o $(CURDIR)/bin/sk-agent ./cmd/sk-agent
 
 run: build
-	@echo "data dir: $(DATA)   (make run DATA=... LISTEN=... NATS=... to change)"
-	$(BIN) standalone --data $(DATA) --listen $(LISTEN) --nats-listen $(NATS) --dev-unseal-file $(CURDIR)/.unseal-shares
+	@echo "data dir: $(DATA)   (make run DATA=... LISTEN=... NATS=... METRICS=... to change)"
+	$(BIN) standalone --data $(DATA) --listen $(LISTEN) --nats-listen $(NATS) --metrics-listen $(METRICS) --dev-unseal-file $(CURDIR)/.unseal-shares
 
 .PHONY: versitygw
 # S3 server for the tests (real versitygw on loopback); built once, then cached.
 versitygw:
 	@GO="$(GO)" ./scripts/install-versitygw.sh
 
+.PHONY: jaeger
+# Trace store for the end-to-end trace test (real Jaeger on loopback); built
+# once (about 7 min on 2 cores), then cached.
+jaeger:
+	@GO="$(GO)" ./scripts/install-jaeger.sh
+
+# Container images for deploy/compose, built without any registry
+# (docs/observability.md, "Images"). BASE_IMAGE=debian:bookworm-slim to use
+# an upstream base instead.
+images: deps
+	@GO="$(GO)" ./scripts/build-images.sh
+
 vet:
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo "gofmt needed"; exit 1; }
 	$(GO) vet ./...
 
-test: deps versitygw vet
+test: deps versitygw jaeger vet
 	$(GO) test -count=1 -timeout 15m ./...
 
 # Short fuzzing of every parser (not part of `make test`).

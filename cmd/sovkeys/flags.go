@@ -44,15 +44,17 @@ func (tf *topologyFlags) register(fs *flag.FlagSet) {
 // commonFlags are the flags of every service: NATS connection, stream
 // topology and logging.
 type commonFlags struct {
-	conn     connFlags
-	topo     topologyFlags
-	logLevel string
+	conn          connFlags
+	topo          topologyFlags
+	logLevel      string
+	metricsListen string
 }
 
 func (c *commonFlags) register(fs *flag.FlagSet, getenv func(string) string) {
 	c.conn.register(fs, getenv)
 	c.topo.register(fs)
 	fs.StringVar(&c.logLevel, "log-level", envOr(getenv, "SOVKEYS_LOG_LEVEL", "info"), "debug|info|warn|error (env SOVKEYS_LOG_LEVEL)")
+	fs.StringVar(&c.metricsListen, "metrics-listen", getenv("SOVKEYS_METRICS_LISTEN"), metricsFlagUsage)
 }
 
 // commonFlagNames lists the flags commonFlags registers, for the docs.

@@ -77,6 +77,11 @@ func serviceCommands() []command {
 				if err != nil {
 					return err
 				}
+				stopMetrics, err := startMetrics(c.common.metricsListen, logger)
+				if err != nil {
+					return err
+				}
+				defer stopMetrics()
 				var hsm *keyworker.HSM
 				if svc.opensHSM {
 					if pin, ok, err := readPIN(c.keyworker.pinFile, s.getenv); err != nil {

@@ -92,6 +92,11 @@ func runStandalone(ctx context.Context, f *standaloneFlags, s stdio) error {
 		return err
 	}
 	startPprof(s.getenv("SOVKEYS_PPROF_LISTEN"), logger)
+	stopMetrics, err := startMetrics(f.svc.common.metricsListen, logger)
+	if err != nil {
+		return err
+	}
+	defer stopMetrics()
 	for _, sub := range []string{"", "nats", "trust", "creds", "hsm", "tls"} {
 		if err := os.MkdirAll(filepath.Join(dir, sub), 0o700); err != nil {
 			return err

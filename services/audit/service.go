@@ -22,6 +22,8 @@ import (
 	"github.com/sovkeys/sovkeys/shared"
 	"github.com/sovkeys/sovkeys/shared/infra/auditlog"
 	"github.com/sovkeys/sovkeys/shared/infra/mesh"
+	"github.com/sovkeys/sovkeys/shared/infra/metrics"
+	"github.com/sovkeys/sovkeys/shared/infra/tracing"
 	"github.com/sovkeys/sovkeys/shared/infra/writeonce"
 )
 
@@ -304,7 +306,10 @@ func (s *Service) Run(ctx context.Context) error {
 			go e.run(loops)
 		}
 	}
-	cc, err := s.auditCons.Consume(func(m jetstream.Msg) { s.dispatch(loops, m) },
+	cc, err := s.auditCons.Consume(func(m jetstream.Msg) {
+		tracing.Received(loops, s.tracer, "audit receive", nats.Header(m.Headers())) // joins the request's trace
+		s.dispatch(loops, m)
+	},
 		jetstream.PullMaxMessages(1024),
 		jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) {
 			if !errors.Is(err, jetstream.ErrNoHeartbeat) {
@@ -383,7 +388,9 @@ func (s *Service) watchLag(ctx context.Context) {
 		}
 		if info, err := s.auditCons.Info(ctx); err == nil {
 			s.count(func(st *Stats) { st.SequencingLag = info.NumPending + uint64(info.NumAckPending) })
+			metrics.AuditSequencing(s.now(), info)
 		}
+		metrics.AuditCheckpoints(s.now(), s.Snapshot().Checkpoints)
 		for _, e := range s.exporters {
 			info, err := e.cons.Info(ctx)
 			if err != nil {
@@ -391,6 +398,7 @@ func (s *Service) watchLag(ctx context.Context) {
 			}
 			lag := info.NumPending + uint64(info.NumAckPending)
 			s.countExport(e.name, func(x *ExportStats) { x.Lag = lag })
+			metrics.AuditExport(e.name, lag, s.Snapshot().Export[e.name].Conflicts)
 		}
 	}
 }

@@ -23,6 +23,7 @@ import (
 	"github.com/sovkeys/sovkeys/shared"
 	"github.com/sovkeys/sovkeys/shared/infra/killswitch"
 	"github.com/sovkeys/sovkeys/shared/infra/mesh"
+	"github.com/sovkeys/sovkeys/shared/infra/metrics"
 	"github.com/sovkeys/sovkeys/shared/infra/ratelimit"
 	"github.com/sovkeys/sovkeys/shared/infra/registry"
 	"github.com/sovkeys/sovkeys/shared/infra/tracing"
@@ -244,7 +245,11 @@ func (s *Service) handle(ctx context.Context, m jetstream.Msg) {
 		} else {
 			forwarded, body, err = s.xks(ctx, env, ev)
 		}
+		if ev.KMSRequestID != "" {
+			span.SetAttributes(attribute.String("sovkeys.kms_request_id", ev.KMSRequestID))
+		}
 		if forwarded {
+			metrics.AuthnRequest(env.API, "", s.now().Sub(start))
 			_ = m.Ack()
 			return
 		}
@@ -270,6 +275,11 @@ func (s *Service) handle(ctx context.Context, m jetstream.Msg) {
 	if aerr := mesh.PublishAudit(ctx, s.js, ev); aerr != nil {
 		log.Error("audit publish failed; withholding answer", "err", aerr)
 		body, err = nil, shared.NewError(shared.CodeInternal, "audit unavailable")
+	}
+	if err != nil {
+		metrics.AuthnRequest(env.API, shared.CodeOf(err), s.now().Sub(start))
+	} else {
+		metrics.AuthnRequest(env.API, "", s.now().Sub(start))
 	}
 	if perr := s.nc.PublishMsg(mesh.NewReply(env.ReplyTo, env.ID, body, err)); perr != nil {
 		log.Error("reply failed", "err", perr)

@@ -219,7 +219,7 @@ func (s *Service) routes() http.Handler {
 	mux.HandleFunc("/v1/encryption/", s.handleVS)
 	mux.HandleFunc("/", s.handleXKS)
 	limiter := ratelimit.New(s.cfg.RatePerIP, s.cfg.BurstPerIP)
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	return instrument(s.now, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if ip, _ := s.origin(r); !limiter.Allow(ip) {
 			err := shared.NewError(shared.CodeThrottling, "too many requests from this address, retry later")
 			if strings.HasPrefix(r.URL.Path, "/v1/") {
@@ -230,7 +230,7 @@ func (s *Service) routes() http.Handler {
 			return
 		}
 		mux.ServeHTTP(w, r)
-	})
+	}))
 }
 
 // ready reports, cached for a second, whether authn, a keyworker and audit

@@ -45,6 +45,7 @@ func (s *Service) handleVS(w http.ResponseWriter, r *http.Request) {
 	}
 	srcIP, srcVPC := s.origin(r) // trusted proxy mode, proxy.go
 	api := op.API()
+	noteAPI(w, api)
 	env := &shared.Envelope{
 		Version: shared.EnvelopeVersion, ID: id, API: api,
 		Received: start, Deadline: start.Add(s.cfg.RequestTimeout),
@@ -60,6 +61,7 @@ func (s *Service) handleVS(w http.ResponseWriter, r *http.Request) {
 		if env.API == "" {
 			env.API = "vs.unknown"
 		}
+		noteAPI(w, env.API)
 		s.auditVSFailure(r.Context(), env, err)
 		writeVSError(w, err)
 		return

@@ -28,6 +28,7 @@ var vsStatus = map[shared.Code]int{
 // writeVSError answers a volume-secret call with err's status and message.
 func writeVSError(w http.ResponseWriter, err error) {
 	status, ok := vsStatus[shared.CodeOf(err)]
+	noteError(w, shared.CodeOf(err), "")
 	if !ok {
 		status = http.StatusInternalServerError
 	}

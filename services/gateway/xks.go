@@ -35,6 +35,7 @@ func (s *Service) handleXKS(w http.ResponseWriter, r *http.Request) {
 		err = nil
 	}
 	api := route.Op.API()
+	noteAPI(w, api)
 	if err == nil && r.Method != http.MethodPost {
 		err = shared.NewError(shared.CodeMethodNotAllowed, "method %s not allowed; use POST", r.Method)
 		w.Header().Set("Allow", http.MethodPost)
@@ -128,6 +129,7 @@ func (s *Service) reject(ctx context.Context, w http.ResponseWriter, r *http.Req
 	if api == "" {
 		api = "xks.unknown"
 	}
+	noteAPI(w, api)
 	env := &shared.Envelope{ID: id, API: api, KeyStore: route.Prefix, KeyID: route.KeyID,
 		Evidence: shared.Evidence{SourceIP: sourceIP(r)}}
 	s.auditFailure(ctx, env, err)

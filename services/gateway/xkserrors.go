@@ -59,6 +59,7 @@ const maxXKSErrorMessage = 511
 func writeXKSError(w http.ResponseWriter, err error) {
 	code := shared.CodeOf(err)
 	status, name := xksStatus(code)
+	noteError(w, code, name)
 	if status == http.StatusMethodNotAllowed {
 		w.Header().Set("Allow", http.MethodPost)
 	}

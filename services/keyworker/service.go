@@ -21,6 +21,7 @@ import (
 	"github.com/sovkeys/sovkeys/shared"
 	"github.com/sovkeys/sovkeys/shared/infra/killswitch"
 	"github.com/sovkeys/sovkeys/shared/infra/mesh"
+	"github.com/sovkeys/sovkeys/shared/infra/metrics"
 	"github.com/sovkeys/sovkeys/shared/infra/registry"
 	"github.com/sovkeys/sovkeys/shared/infra/tracing"
 	"github.com/sovkeys/sovkeys/shared/infra/writeonce"
@@ -155,6 +156,8 @@ func (s *Service) Run(ctx context.Context) error {
 		return fmt.Errorf("keyworker: consume: %w", err)
 	}
 	s.log.Info("keyworker ready", "sessions", sessions, "budget", s.cfg.Topology.WorkBudget)
+	metrics.HSMSessions(s.cfg.Pool, sessions)
+	go metrics.WatchWorkQueue(ctx, s.cfg.Pool, cons, 2*time.Second)
 	<-ctx.Done()
 	cc.Drain()
 	<-cc.Closed()
@@ -250,6 +253,7 @@ func (s *Service) handle(ctx context.Context, m jetstream.Msg) {
 			log.Error("operation failed", "err", opErr)
 		}
 	}
+	metrics.HSMOperation(s.cfg.Pool, env.API, ev.Code, ev.End.Sub(start))
 	if err := mesh.PublishAudit(ctx, s.js, ev); err != nil {
 		// Fail closed: no durable audit record, no answer.
 		log.Error("audit publish failed; withholding result", "err", err)

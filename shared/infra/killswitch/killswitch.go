@@ -16,6 +16,7 @@ import (
 
 	"github.com/sovkeys/sovkeys/shared"
 	"github.com/sovkeys/sovkeys/shared/infra/mesh"
+	"github.com/sovkeys/sovkeys/shared/infra/metrics"
 	"github.com/sovkeys/sovkeys/shared/infra/registry"
 )
 
@@ -75,6 +76,7 @@ func Watch(ctx context.Context, js jetstream.JetStream, t mesh.Topology, logger 
 		return nil, err
 	}
 	c, err := registry.WatchBucket[Switch](ctx, kv, logger, func(key string, sw Switch) {
+		metrics.KillSwitch(key, sw.Engaged)
 		if sw.Engaged {
 			logger.Warn("kill switch engaged", "scope", key, "reason", sw.Reason, "by", sw.By)
 		} else {

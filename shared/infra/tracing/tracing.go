@@ -7,12 +7,15 @@ import (
 	"fmt"
 
 	"github.com/nats-io/nats.go"
+	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/exporters/otlp/otlptrace/otlptracegrpc"
 	"go.opentelemetry.io/otel/propagation"
 	"go.opentelemetry.io/otel/sdk/resource"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	semconv "go.opentelemetry.io/otel/semconv/v1.26.0"
 	"go.opentelemetry.io/otel/trace"
+
+	"github.com/sovkeys/sovkeys/shared"
 )
 
 // Setup returns a tracer provider for service. Spans are always created (so
@@ -68,6 +71,19 @@ func Extract(ctx context.Context, h nats.Header) context.Context {
 		return ctx
 	}
 	return propagator.Extract(ctx, headerCarrier(h))
+}
+
+// Received records a consumer span, ended at once, for a message that
+// carries trace context in h: the receiving service then appears in the
+// sender's trace even when its real work is batched across many messages.
+// The span carries the message id header only, never the payload.
+func Received(ctx context.Context, tracer trace.Tracer, name string, h nats.Header) {
+	if h == nil || h.Get("traceparent") == "" {
+		return
+	}
+	_, span := tracer.Start(Extract(ctx, h), name, trace.WithSpanKind(trace.SpanKindConsumer),
+		trace.WithAttributes(attribute.String("messaging.message.id", h.Get(shared.HeaderMsgID))))
+	span.End()
 }
 
 // TraceID returns the trace id of the span in ctx, or "".

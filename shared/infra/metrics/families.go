@@ -1,0 +1,222 @@
+package metrics
+
+import (
+	"context"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/sovkeys/sovkeys/shared"
+)
+
+// Gateway: every HTTP request, by API, status class, error code and XKS
+// errorName (empty for success and for the volume-secret API).
+var (
+	gatewayRequests = counterVec("gateway_requests_total",
+		"HTTP requests answered by the gateway.", "api", "status_class", "code", "error_name")
+	gatewayDuration = histogramVec("gateway_request_duration_seconds",
+		"Time from request received to answer written, by API.", latencyBuckets, "api")
+	throttled = counterVec("throttled_total",
+		"Requests refused for load (429/ThrottlingException): gateway counts every 429 it answers, authn and keyworker those they decided.", "service")
+)
+
+// GatewayRequest records one answered HTTP request.
+func GatewayRequest(a shared.API, status int, c shared.Code, errorName string, d time.Duration) {
+	if !strings.HasSuffix(errorName, "Exception") || len(errorName) > 48 {
+		errorName = ""
+	}
+	gatewayRequests.WithLabelValues(api(a), statusClass(status), code(c), errorName).Inc()
+	gatewayDuration.WithLabelValues(api(a)).Observe(seconds(d))
+}
+
+// Throttled counts one request refused for load by service ("gateway",
+// "authn", "keyworker").
+func Throttled(service string) {
+	throttled.WithLabelValues(bounded(set(knownServices...), service)).Inc()
+}
+
+// Authn: every request authn decided, by API and result code.
+var (
+	authnRequests = counterVec("authn_requests_total",
+		"Requests authn handled, by API and code (ok when forwarded or answered).", "api", "code")
+	authnDuration = histogramVec("authn_duration_seconds",
+		"Time authn spent on a request (authentication, authorization, forwarding).", latencyBuckets, "api")
+)
+
+// AuthnRequest records one request authn handled; c is "" when it was
+// forwarded or answered without error.
+func AuthnRequest(a shared.API, c shared.Code, d time.Duration) {
+	authnRequests.WithLabelValues(api(a), code(c)).Inc()
+	authnDuration.WithLabelValues(api(a)).Observe(seconds(d))
+	if c == shared.CodeThrottling {
+		Throttled("authn")
+	}
+}
+
+// Keyworker: HSM work per pool.
+var (
+	hsmOps = counterVec("hsm_operations_total",
+		"Work items a keyworker executed against its HSM, by pool, API and code.", "pool", "api", "code")
+	hsmDuration = histogramVec("hsm_operation_duration_seconds",
+		"Time a keyworker spent on one work item (HSM calls included), by pool and API.", hsmBuckets, "pool", "api")
+	hsmQueueDepth = gaugeVec("hsm_queue_depth",
+		"Work items waiting in a pool's queue (not yet delivered to a keyworker).", "pool")
+	hsmInFlight = gaugeVec("hsm_inflight",
+		"Work items delivered to the pool's keyworkers and not yet acknowledged (mesh-wide).", "pool")
+	hsmBudget = gaugeVec("hsm_inflight_budget",
+		"The pool's concurrency budget (MaxAckPending of its consumer).", "pool")
+	hsmSessions = gaugeVec("hsm_sessions",
+		"HSM sessions this keyworker process holds for the pool.", "pool")
+)
+
+// HSMOperation records one work item of pool; c is "" on success.
+func HSMOperation(pool string, a shared.API, c shared.Code, d time.Duration) {
+	hsmOps.WithLabelValues(poolLabel(pool), api(a), code(c)).Inc()
+	hsmDuration.WithLabelValues(poolLabel(pool), api(a)).Observe(seconds(d))
+	if c == shared.CodeThrottling {
+		Throttled("keyworker")
+	}
+}
+
+// HSMSessions records how many HSM sessions a keyworker holds for pool.
+func HSMSessions(pool string, n int) { hsmSessions.WithLabelValues(poolLabel(pool)).Set(float64(n)) }
+
+// ConsumerInfo is the part of a JetStream consumer the watchers read.
+type ConsumerInfo interface {
+	Info(ctx context.Context) (*jetstream.ConsumerInfo, error)
+}
+
+var _ ConsumerInfo = (jetstream.Consumer)(nil)
+
+// WatchWorkQueue samples pool's work consumer every interval until ctx
+// ends: queue depth, mesh-wide in-flight and the budget. Run it in its own
+// goroutine.
+func WatchWorkQueue(ctx context.Context, pool string, cons ConsumerInfo, interval time.Duration) {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		if info, err := cons.Info(ctx); err == nil {
+			ObserveWorkQueue(pool, info)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// ObserveWorkQueue records one sample of pool's work consumer.
+func ObserveWorkQueue(pool string, info *jetstream.ConsumerInfo) {
+	p := poolLabel(pool)
+	hsmQueueDepth.WithLabelValues(p).Set(float64(info.NumPending))
+	hsmInFlight.WithLabelValues(p).Set(float64(info.NumAckPending))
+	hsmBudget.WithLabelValues(p).Set(float64(info.Config.MaxAckPending))
+}
+
+// Kill switches: how many are engaged, per scope kind.
+var (
+	killSwitches = gaugeVec("kill_switches_engaged",
+		"Kill switches engaged, by scope kind (all, keystore, tenant).", "scope")
+	killMu      sync.Mutex
+	killEngaged = map[string]bool{}
+)
+
+// KillSwitch records the state of the kill switch stored under key (a
+// killswitch KV key: "all", "keystore.<token>", "tenant.<token>"). Only
+// the scope kind becomes a label.
+func KillSwitch(key string, engaged bool) {
+	killMu.Lock()
+	defer killMu.Unlock()
+	if engaged {
+		killEngaged[key] = true
+	} else {
+		delete(killEngaged, key)
+	}
+	counts := map[string]int{"all": 0, "keystore": 0, "tenant": 0}
+	for k := range killEngaged {
+		kind, _, _ := strings.Cut(k, ".")
+		if _, ok := counts[kind]; ok {
+			counts[kind]++
+		}
+	}
+	for kind, n := range counts {
+		killSwitches.WithLabelValues(kind).Set(float64(n))
+	}
+}
+
+// Audit: sequencing backlog, checkpoints, export.
+var (
+	auditWaiting = gauge("audit_events_waiting",
+		"Audit events published and not yet numbered into the log (mesh-wide).")
+	auditBehind = gauge("audit_lag_seconds",
+		"How long the oldest waiting audit event has waited: seconds since the audit consumer's ack floor last moved, 0 when none waits.")
+	auditCheckpoint = gauge("audit_checkpoint_timestamp_seconds",
+		"Unix time this process last saw the audit service sign a checkpoint, 0 until then (age: time() - this).")
+	auditCheckpoints = totalsVec("audit_checkpoints_total",
+		"Checkpoints the audit service signed.", "service")
+	exportLag = gaugeVec("audit_export_lag",
+		"Audit log messages not yet exported, per destination.", "destination")
+	exportConflicts = totalsVec("audit_export_conflicts_total",
+		"Exports that found a different object already written (write-once conflict), per destination.", "destination")
+	checkpointMu    sync.Mutex
+	lastCheckpoints uint64
+)
+
+// AuditSequencing records a sample of the audit consumer at now.
+func AuditSequencing(now time.Time, info *jetstream.ConsumerInfo) {
+	waiting := info.NumPending + uint64(info.NumAckPending)
+	auditWaiting.Set(float64(waiting))
+	behind := 0.0
+	if waiting > 0 && info.AckFloor.Last != nil {
+		behind = max(0, now.Sub(*info.AckFloor.Last).Seconds())
+	}
+	auditBehind.Set(behind)
+}
+
+// AuditCheckpoints records the audit service's running count of signed
+// checkpoints; when it grew since the last call, the checkpoint time is
+// now (resolution: the caller's sampling interval).
+func AuditCheckpoints(now time.Time, total uint64) {
+	checkpointMu.Lock()
+	if total > lastCheckpoints {
+		auditCheckpoint.Set(float64(now.UnixNano()) / 1e9)
+	}
+	lastCheckpoints = total
+	checkpointMu.Unlock()
+	auditCheckpoints.set("audit", float64(total))
+}
+
+// AuditExport records an exporter's lag (log messages) and its running
+// count of write-once conflicts.
+func AuditExport(destination string, lag, conflicts uint64) {
+	exportLag.WithLabelValues(bounded(knownDestinations, destination)).Set(float64(lag))
+	exportConflicts.set(bounded(knownDestinations, destination), float64(conflicts))
+}
+
+// NATS connections.
+var (
+	natsReconnects = counterVec("nats_reconnects_total",
+		"Times a service's NATS connection was re-established.", "service")
+	natsDisconnects = counterVec("nats_disconnects_total",
+		"Times a service's NATS connection was lost.", "service")
+)
+
+// connName turns a connection name ("sovkeys-gateway") into a service label.
+func connName(conn string) string {
+	return bounded(set(knownServices...), strings.TrimPrefix(conn, "sovkeys-"))
+}
+
+// NATSConnected makes the NATS series of conn appear (at zero).
+func NATSConnected(conn string) {
+	natsReconnects.WithLabelValues(connName(conn))
+	natsDisconnects.WithLabelValues(connName(conn))
+}
+
+// NATSReconnected counts a reconnect of conn.
+func NATSReconnected(conn string) { natsReconnects.WithLabelValues(connName(conn)).Inc() }
+
+// NATSDisconnected counts a lost connection of conn.
+func NATSDisconnected(conn string) { natsDisconnects.WithLabelValues(connName(conn)).Inc() }
