@@ -86,12 +86,16 @@ func NewJetStream(ctx context.Context, js jetstream.JetStream, replicas int) (*J
 }
 
 func ensureObjectStore(ctx context.Context, js jetstream.JetStream, replicas int) (jetstream.ObjectStore, error) {
-	_, err := js.CreateObjectStore(ctx, jetstream.ObjectStoreConfig{
-		Bucket:      ObjectBucket,
-		Description: "sovkeys: write-once blobs (EKTs); names committed in " + IndexBucket,
-		Storage:     jetstream.FileStorage,
-		Replicas:    replicas,
-	})
+	// Bind first: services may not declare (mesh.Bootstrap does).
+	_, err := js.ObjectStore(ctx, ObjectBucket)
+	if err != nil {
+		_, err = js.CreateObjectStore(ctx, jetstream.ObjectStoreConfig{
+			Bucket:      ObjectBucket,
+			Description: "sovkeys: write-once blobs (EKTs); names committed in " + IndexBucket,
+			Storage:     jetstream.FileStorage,
+			Replicas:    replicas,
+		})
+	}
 	if err != nil && !errors.Is(err, jetstream.ErrBucketExists) && !errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) {
 		return nil, fmt.Errorf("ektstore: object store %s: %w", ObjectBucket, err)
 	}
@@ -109,13 +113,16 @@ func ensureObjectStore(ctx context.Context, js jetstream.JetStream, replicas int
 }
 
 func ensureIndex(ctx context.Context, js jetstream.JetStream, replicas int) (jetstream.KeyValue, error) {
-	_, err := js.CreateKeyValue(ctx, jetstream.KeyValueConfig{
-		Bucket:      IndexBucket,
-		Description: "sovkeys: write-once index of " + ObjectBucket + " (name -> object, sha256)",
-		History:     1,
-		Storage:     jetstream.FileStorage,
-		Replicas:    replicas,
-	})
+	_, err := js.KeyValue(ctx, IndexBucket)
+	if err != nil {
+		_, err = js.CreateKeyValue(ctx, jetstream.KeyValueConfig{
+			Bucket:      IndexBucket,
+			Description: "sovkeys: write-once index of " + ObjectBucket + " (name -> object, sha256)",
+			History:     1,
+			Storage:     jetstream.FileStorage,
+			Replicas:    replicas,
+		})
+	}
 	if err != nil && !errors.Is(err, jetstream.ErrBucketExists) && !errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) {
 		return nil, fmt.Errorf("ektstore: kv %s: %w", IndexBucket, err)
 	}
