@@ -208,7 +208,7 @@ func OperatorPermissions() Permissions {
 		deny = append(deny, shared.JSStreamPurge+s, shared.JSStreamMsgDelete+s, shared.JSStreamUpdate+s)
 	}
 	deny = append(deny, otherAuditPrefixes(shared.AuditServiceOperator)...)
-	return Permissions{DenyPub: deny, Respond: true}
+	return Permissions{DenyPub: deny}
 }
 
 // BootstrapPermissions is the declaring identity: create and update streams
