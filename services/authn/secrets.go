@@ -5,7 +5,6 @@ import (
 	"sync"
 	"time"
 
-
 	"github.com/sovkeys/sovkeys/shared"
 	"github.com/sovkeys/sovkeys/shared/api/kwadmin"
 	"github.com/sovkeys/sovkeys/shared/infra/registry"
