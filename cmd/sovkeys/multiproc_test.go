@@ -19,8 +19,8 @@ import (
 
 	"github.com/sovkeys/sovkeys/services/gateway"
 	"github.com/sovkeys/sovkeys/services/keyworker"
-	"github.com/sovkeys/sovkeys/shared/client/xksclient"
 	"github.com/sovkeys/sovkeys/shared"
+	"github.com/sovkeys/sovkeys/shared/client/xksclient"
 	"github.com/sovkeys/sovkeys/shared/infra/natsauth"
 	"github.com/sovkeys/sovkeys/shared/testkit"
 )
