@@ -50,9 +50,11 @@ type AuditEvent struct {
 	Params       map[string]string `json:"params,omitempty"`
 }
 
-// Subject returns the audit subject of the event: sovkeys.audit.<kind>.<scope token>.
+// Subject returns the audit subject of the event:
+// sovkeys.audit.<service>.<kind>.<scope token>; each service's NATS user may
+// publish only under its own AuditSubjectPrefix.
 func (a *AuditEvent) Subject() string {
-	return SubjectAuditPrefix + a.Kind + "." + ScopeToken(a.Scope)
+	return AuditSubjectPrefix(a.Service) + a.Kind + "." + ScopeToken(a.Scope)
 }
 
 // Validate checks the fields every audit event must carry.

@@ -96,6 +96,89 @@ const (
 	JSErrCodeStoreFailed = 10077
 )
 
+// NATS identities: the user names natsauth mints. A gateway instance's user
+// is UserGateway or UserGateway + "_" + <instance> (cluster init mints one per
+// gateway); its inbox and reply prefixes follow from the name.
+const (
+	UserGateway   = "gateway"
+	UserAuthn     = "authn"
+	UserKeyworker = "keyworker"
+	UserAudit     = "audit"
+	// UserOperator is the administrator's identity (the CLI).
+	UserOperator = "operator"
+	// UserBootstrap declares streams, consumers and buckets; services only bind.
+	UserBootstrap = "bootstrap"
+
+	// InboxPrefixBase + user is a user's private inbox prefix (core request
+	// replies, JetStream API replies, consumer deliveries): _INBOX_<user>.
+	InboxPrefixBase = "_INBOX_"
+	// SubjectSysInboxAll is the default, shared inbox space nobody may use.
+	SubjectSysInboxAll = "_INBOX.>"
+
+	// NATS JetStream API subjects natsauth grants or denies.
+	JSAPIPrefix         = "$JS.API."
+	JSAPIInfo           = "$JS.API.INFO"
+	JSStreamCreate      = "$JS.API.STREAM.CREATE."
+	JSStreamUpdate      = "$JS.API.STREAM.UPDATE."
+	JSStreamDelete      = "$JS.API.STREAM.DELETE."
+	JSStreamPurge       = "$JS.API.STREAM.PURGE."
+	JSStreamInfo        = "$JS.API.STREAM.INFO."
+	JSStreamNames       = "$JS.API.STREAM.NAMES"
+	JSStreamList        = "$JS.API.STREAM.LIST"
+	JSStreamMsgGet      = "$JS.API.STREAM.MSG.GET."
+	JSStreamMsgDelete   = "$JS.API.STREAM.MSG.DELETE."
+	JSDirectGet         = "$JS.API.DIRECT.GET."
+	JSConsumerCreate    = "$JS.API.CONSUMER.CREATE."
+	JSConsumerDurable   = "$JS.API.CONSUMER.DURABLE.CREATE."
+	JSConsumerDelete    = "$JS.API.CONSUMER.DELETE."
+	JSConsumerInfo      = "$JS.API.CONSUMER.INFO."
+	JSConsumerNext      = "$JS.API.CONSUMER.MSG.NEXT."
+	JSConsumerNames     = "$JS.API.CONSUMER.NAMES."
+	JSConsumerList      = "$JS.API.CONSUMER.LIST."
+	JSAckPrefix         = "$JS.ACK."
+	JSFlowPrefix        = "$JS.FC."
+	SubjectMicroAll     = "$SRV.>"
+	SubjectKVPrefix     = "$KV."
+	SubjectObjectPrefix = "$O."
+)
+
+// InboxPrefix is user's private inbox prefix, as nats.CustomInboxPrefix
+// takes it (no trailing dot): _INBOX_<user>.
+func InboxPrefix(user string) string { return InboxPrefixBase + user }
+
+// InboxSubjects is the subject space of user's inboxes.
+func InboxSubjects(user string) string { return InboxPrefix(user) + ".>" }
+
+// ReplySubjectPrefix is the prefix of the core-NATS reply subjects of the
+// gateway instance logged in as user: sovkeys.reply.<user>.<instance id>.
+func ReplySubjectPrefix(user string) string { return SubjectReplyPrefix + user + "." }
+
+// AuditSubjectPrefix is where service publishes its audit events:
+// sovkeys.audit.<service>.>; each service user may publish only there.
+func AuditSubjectPrefix(service string) string { return SubjectAuditPrefix + service + "." }
+
+// Audit event services (the <service> token of AuditSubjectPrefix).
+const (
+	AuditServiceGateway   = "gateway"
+	AuditServiceAuthn     = "authn"
+	AuditServiceKeyworker = "keyworker"
+	AuditServiceOperator  = "operator"
+)
+
+// ValidUserName reports whether u can name a NATS user of the mesh: 1-64
+// characters of [a-z0-9_-], safe as a subject token.
+func ValidUserName(u string) bool {
+	if u == "" || len(u) > 64 {
+		return false
+	}
+	for _, c := range u {
+		if !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '_' || c == '-') {
+			return false
+		}
+	}
+	return true
+}
+
 // KVStream is the stream behind KV bucket b.
 func KVStream(b string) string { return "KV_" + b }
 

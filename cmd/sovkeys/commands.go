@@ -58,6 +58,7 @@ func noFlags[C any](*flag.FlagSet, func(string) string, *C) {}
 // commands is the command table.
 func commands() []command {
 	cmds := serviceCommands()
+	cmds = append(cmds, initCommand())
 	cmds = append(cmds, xksCommands()...)
 	cmds = append(cmds, xksKeyVersionCommands()...)
 	cmds = append(cmds, tenantCommands()...)

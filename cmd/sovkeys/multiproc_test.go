@@ -19,6 +19,7 @@ import (
 
 	"github.com/sovkeys/sovkeys/services/gateway"
 	"github.com/sovkeys/sovkeys/services/keyworker"
+	"github.com/sovkeys/sovkeys/shared"
 	"github.com/sovkeys/sovkeys/shared/client/xksclient"
 	"github.com/sovkeys/sovkeys/shared/infra/natsauth"
 	"github.com/sovkeys/sovkeys/shared/testkit"
@@ -59,7 +60,7 @@ func TestSeparateProcesses(t *testing.T) {
 		p := filepath.Join(dir, name+".creds")
 		perms := natsauth.ServicePermissions(name, []string{"default"})
 		if name == "operator" {
-			perms = natsauth.Permissions{}
+			perms = natsauth.OperatorPermissions()
 		}
 		if err := trust.WriteUserCreds(p, name, perms); err != nil {
 			t.Fatal(err)
@@ -118,6 +119,14 @@ func TestSeparateProcesses(t *testing.T) {
 				t.Logf("%s stderr:\n%s", name, stderr.String())
 			}
 		})
+	}
+	// The bootstrap identity declares the mesh; the services only bind.
+	boot := filepath.Join(dir, "bootstrap.creds")
+	if err := trust.WriteUserCreds(boot, shared.UserBootstrap, natsauth.BootstrapPermissions()); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command(bin, "init", "--nats", url, "--creds", boot, "--pools", "default").CombinedOutput(); err != nil {
+		t.Fatalf("sovkeys init: %v\n%s", err, out)
 	}
 	start("keyworker", []string{"SOFTHSM2_CONF=" + conf, "SOVKEYS_HSM_PIN=user-pin-1234"},
 		"--hsm-module", module, "--hsm-token-label", "mp", "--sessions", "4")

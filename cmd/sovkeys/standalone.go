@@ -24,6 +24,7 @@ import (
 	"github.com/sovkeys/sovkeys/services/keyworker"
 	"github.com/sovkeys/sovkeys/shared"
 	"github.com/sovkeys/sovkeys/shared/crypto/shamir"
+	"github.com/sovkeys/sovkeys/shared/infra/mesh"
 	"github.com/sovkeys/sovkeys/shared/infra/natsauth"
 	"github.com/sovkeys/sovkeys/shared/infra/unseal"
 )
@@ -116,6 +117,9 @@ func runStandalone(ctx context.Context, f *standaloneFlags, s stdio) error {
 	if err != nil {
 		return err
 	}
+	if err := bootstrapMesh(ctx, f, dir, logger); err != nil {
+		return err
+	}
 	hsm, err := openStandaloneHSM(ctx, f, dir, s.stdout, logger)
 	if err != nil {
 		return err
@@ -174,10 +178,14 @@ func startNATS(f *standaloneFlags, dir string, trust *natsauth.Trust) (*server.S
 	return ns, nil
 }
 
-// writeCreds writes the operator's credentials and one user per service,
-// each with only its own permissions; it returns the services' files.
+// writeCreds writes the operator's credentials, the bootstrap identity's
+// (with the trust seeds: no running service holds it) and one user per
+// service, each with only its own permissions; it returns the services' files.
 func writeCreds(trust *natsauth.Trust, dir, pool string) (map[string]string, error) {
-	if err := trust.WriteUserCreds(filepath.Join(dir, "operator.creds"), "operator", natsauth.Permissions{}); err != nil {
+	if err := trust.WriteUserCreds(filepath.Join(dir, "operator.creds"), shared.UserOperator, natsauth.OperatorPermissions()); err != nil {
+		return nil, err
+	}
+	if err := trust.WriteUserCreds(bootstrapCreds(dir), shared.UserBootstrap, natsauth.BootstrapPermissions()); err != nil {
 		return nil, err
 	}
 	credsOf := map[string]string{}
@@ -189,6 +197,22 @@ func writeCreds(trust *natsauth.Trust, dir, pool string) (map[string]string, err
 		credsOf[svc.name] = p
 	}
 	return credsOf, nil
+}
+
+// bootstrapCreds is the bootstrap identity's creds file of a standalone node.
+func bootstrapCreds(dir string) string { return filepath.Join(dir, "trust", "bootstrap.creds") }
+
+// bootstrapMesh declares every stream and bucket with the final
+// configuration, as `sovkeys init` does, before any service binds.
+func bootstrapMesh(ctx context.Context, f *standaloneFlags, dir string, logger *slog.Logger) error {
+	c := f.svc.common.conn
+	c.creds = bootstrapCreds(dir)
+	nc, js, err := mesh.Connect(ctx, c.config("sovkeys-init"), logger)
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	return mesh.Bootstrap(ctx, js, f.svc.common.topo.t, []string{f.svc.pool})
 }
 
 // openStandaloneHSM makes (once) a SoftHSM token under dir and opens it, or

@@ -30,6 +30,10 @@ func ensureLogStream(ctx context.Context, js jetstream.JetStream, t mesh.Topolog
 		DenyPurge:   true,
 		AllowDirect: false,
 	}
+	// Bind first: services may not declare or update (mesh.Bootstrap does).
+	if s, err := js.Stream(ctx, cfg.Name); err == nil {
+		return s, nil
+	}
 	s, err := js.CreateOrUpdateStream(ctx, cfg)
 	if errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) {
 		s, err = js.CreateOrUpdateStream(ctx, cfg)

@@ -5,8 +5,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/nats-io/nats.go"
-
 	"github.com/sovkeys/sovkeys/shared"
 	"github.com/sovkeys/sovkeys/shared/api/kwadmin"
 	"github.com/sovkeys/sovkeys/shared/infra/registry"
@@ -73,7 +71,7 @@ func (s *Service) credentials(ctx context.Context, ks *registry.Keystore, akid s
 
 // fleetSize counts the gateways answering a micro ping within a short window.
 func (s *Service) fleetSize(ctx context.Context) int {
-	inbox := nats.NewInbox()
+	inbox := s.nc.NewInbox() // under this user's own inbox prefix
 	sub, err := s.nc.SubscribeSync(inbox)
 	if err != nil {
 		return 1

@@ -1,9 +1,11 @@
 package authn
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"crypto/x509"
+	"fmt"
 	"net/url"
 	"slices"
 	"strings"
@@ -15,6 +17,7 @@ import (
 	"github.com/sovkeys/sovkeys/shared"
 	"github.com/sovkeys/sovkeys/shared/api/vs"
 	"github.com/sovkeys/sovkeys/shared/infra/killswitch"
+	"github.com/sovkeys/sovkeys/shared/infra/mesh"
 	"github.com/sovkeys/sovkeys/shared/infra/registry"
 )
 
@@ -81,18 +84,24 @@ func (v *verifiedCerts) remember(leaf, ca *x509.Certificate, now time.Time) {
 	v.m[certKey(leaf, ca)] = until
 }
 
-// caPool mirrors the instance CA certificates the pools publish in KV.
+// caPool mirrors the instance CA certificates the pools publish in KV. An
+// instance CA is write-once: the first one published for a pool is pinned
+// (the watch replays the key's history), and a pool whose CA is later
+// replaced or removed is refused until an operator looks (fail closed,
+// logged, audited): a rewritten CA would let its holder mint instance
+// certificates for any tenant of the pool.
 type caPool struct {
-	mu    sync.RWMutex
-	certs map[string]*x509.Certificate // pool -> CA
+	mu      sync.RWMutex
+	certs   map[string]*x509.Certificate // pool -> CA
+	refused map[string]bool              // pool -> its published CA changed
 }
 
 func watchCAs(ctx context.Context, kv jetstream.KeyValue, s *Service) (*caPool, error) {
-	w, err := kv.Watch(ctx, "*.instance_ca")
+	w, err := kv.Watch(ctx, "*.instance_ca", jetstream.IncludeHistory())
 	if err != nil {
 		return nil, err
 	}
-	p := &caPool{certs: map[string]*x509.Certificate{}}
+	p := &caPool{certs: map[string]*x509.Certificate{}, refused: map[string]bool{}}
 	go func() {
 		defer func() { _ = w.Stop() }()
 		for {
@@ -106,31 +115,74 @@ func watchCAs(ctx context.Context, kv jetstream.KeyValue, s *Service) (*caPool, 
 				if e == nil {
 					continue
 				}
-				pool := strings.TrimSuffix(e.Key(), ".instance_ca")
-				if e.Operation() != jetstream.KeyValuePut {
-					p.mu.Lock()
-					delete(p.certs, pool)
-					p.mu.Unlock()
-					continue
-				}
-				c, err := x509.ParseCertificate(e.Value())
-				if err != nil {
-					s.log.Error("undecodable instance CA certificate", "pool", pool, "err", err)
-					continue
-				}
-				p.mu.Lock()
-				p.certs[pool] = c
-				p.mu.Unlock()
+				p.update(ctx, s, e)
 			}
 		}
 	}()
 	return p, nil
 }
 
+// update applies one KV entry: the first CA of a pool is pinned; any other
+// value, a delete or a purge after it refuses the pool.
+func (p *caPool) update(ctx context.Context, s *Service, e jetstream.KeyValueEntry) {
+	pool := strings.TrimSuffix(e.Key(), ".instance_ca")
+	p.mu.Lock()
+	pinned, had := p.certs[pool]
+	switch {
+	case p.refused[pool]:
+		p.mu.Unlock()
+		return
+	case e.Operation() == jetstream.KeyValuePut && had && bytes.Equal(pinned.Raw, e.Value()):
+		p.mu.Unlock()
+		return
+	case e.Operation() == jetstream.KeyValuePut && !had:
+		c, err := x509.ParseCertificate(e.Value())
+		if err != nil {
+			p.refused[pool] = true
+			p.mu.Unlock()
+			s.log.Error("undecodable instance CA certificate; pool refused", "pool", pool, "err", err)
+			s.auditCAChange(ctx, pool, e.Revision(), "undecodable instance CA certificate")
+			return
+		}
+		p.certs[pool] = c
+		p.mu.Unlock()
+		return
+	case !had && e.Operation() != jetstream.KeyValuePut:
+		p.mu.Unlock()
+		return
+	}
+	// A pinned CA was replaced or removed.
+	delete(p.certs, pool)
+	p.refused[pool] = true
+	p.mu.Unlock()
+	s.log.Error("instance CA of pool changed after it was published; refusing the pool's instances until an operator checks it",
+		"pool", pool, "revision", e.Revision(), "operation", e.Operation().String())
+	s.auditCAChange(ctx, pool, e.Revision(), "published instance CA changed")
+}
+
+// auditCAChange records a refused instance CA change.
+func (s *Service) auditCAChange(ctx context.Context, pool string, rev uint64, reason string) {
+	now := s.now()
+	ev := &shared.AuditEvent{
+		RequestID: fmt.Sprintf("instance-ca-%s-%d", pool, rev), Kind: shared.AuditKindOperator, Scope: pool,
+		API: shared.API("authn.instance_ca_changed"), Service: shared.AuditServiceAuthn,
+		Start: now, End: now, Result: shared.ResultDenied, Code: shared.CodeAccessDenied, Reason: reason,
+	}
+	if err := mesh.PublishAudit(ctx, s.js, ev); err != nil {
+		s.log.Error("audit of an instance CA change failed", "pool", pool, "err", err)
+	}
+}
+
 func (p *caPool) get(pool string) *x509.Certificate {
 	p.mu.RLock()
 	defer p.mu.RUnlock()
 	return p.certs[pool]
+}
+
+func (p *caPool) isRefused(pool string) bool {
+	p.mu.RLock()
+	defer p.mu.RUnlock()
+	return p.refused[pool]
 }
 
 // volumeSecret authenticates an instance by its client certificate and
@@ -155,6 +207,9 @@ func (s *Service) volumeSecret(ctx context.Context, env *shared.Envelope, ev *sh
 	tn, ok := s.tenants.Get(tenantID)
 	if !ok {
 		return false, shared.NewError(shared.CodeAccessDenied, "tenant %q is not registered", tenantID)
+	}
+	if s.cas.isRefused(tn.Pool) {
+		return false, shared.NewError(shared.CodeAccessDenied, "the instance CA of pool %q changed after it was published; refused", tn.Pool)
 	}
 	ca := s.cas.get(tn.Pool)
 	if ca == nil {

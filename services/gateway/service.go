@@ -135,7 +135,9 @@ func (s *Service) Addr(ctx context.Context) (string, error) {
 	}
 }
 
-func (s *Service) replySubject() string { return shared.SubjectReplyPrefix + s.id }
+// replySubject is this instance's inbox: sovkeys.reply.<nats user>.<id>,
+// under the prefix its NATS user alone may subscribe to.
+func (s *Service) replySubject() string { return mesh.ReplySubjectPrefix(s.nc) + s.id }
 
 // Run serves HTTPS until ctx ends.
 func (s *Service) Run(ctx context.Context) error {

@@ -143,12 +143,27 @@ func (s *Service) adminSeal(ctx context.Context, data []byte) (any, error) {
 	if err := decode(data, &req); err != nil {
 		return nil, err
 	}
+	if len(req.ReplyKey) == 0 || req.RequestID == "" {
+		clear(req.Data)
+		return nil, shared.NewError(shared.CodeValidation, "seal requests carry a reply key and request id")
+	}
 	blob, err := s.hsm.Seal(ctx, req.Data, req.AAD)
 	clear(req.Data)
 	if err != nil {
 		return nil, err
 	}
-	return kwadmin.SealResponse{Data: blob}, nil
+	return boxReply(req, kwadmin.EndpointSeal, blob)
+}
+
+// boxReply answers a seal or unseal encrypted to the requester's key
+// (shared/api/kwadmin, "Secrets on the wire"), then clears data.
+func boxReply(req kwadmin.SealRequest, endpoint string, data []byte) (any, error) {
+	box, err := kwadmin.SealReply(req.ReplyKey, endpoint, req.RequestID, data)
+	clear(data)
+	if err != nil {
+		return nil, shared.NewError(shared.CodeValidation, "bad reply key")
+	}
+	return kwadmin.SealResponse{Box: box}, nil
 }
 
 func (s *Service) adminUnseal(ctx context.Context, data []byte) (any, error) {
@@ -156,9 +171,13 @@ func (s *Service) adminUnseal(ctx context.Context, data []byte) (any, error) {
 	if err := decode(data, &req); err != nil {
 		return nil, err
 	}
+	if len(req.ReplyKey) == 0 || req.RequestID == "" {
+		// Fail closed: a secret never leaves in clear.
+		return nil, shared.NewError(shared.CodeValidation, "unseal requests carry a reply key and request id")
+	}
 	pt, err := s.hsm.Unseal(ctx, req.Data, req.AAD)
 	if err != nil {
 		return nil, err
 	}
-	return kwadmin.SealResponse{Data: pt}, nil
+	return boxReply(req, kwadmin.EndpointUnseal, pt)
 }

@@ -6,6 +6,7 @@ package kwadmin
 
 import (
 	"context"
+	"crypto/rand"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -60,15 +61,22 @@ type KeyInfo struct {
 	KeySpec string `json:"key_spec"`
 }
 
-// SealRequest seals or unseals Data bound to AAD.
+// SealRequest seals or unseals Data bound to AAD. Call fills ReplyKey and
+// RequestID: the keyworker answers only in a ReplyBox encrypted to ReplyKey.
 type SealRequest struct {
 	Data []byte `json:"data"`
 	AAD  []byte `json:"aad"`
+	// ReplyKey is the requester's ephemeral X25519 public key.
+	ReplyKey []byte `json:"reply_key,omitempty"`
+	// RequestID binds the encrypted answer to this request.
+	RequestID string `json:"request_id,omitempty"`
 }
 
-// SealResponse carries the sealed blob or the unsealed data.
+// SealResponse carries the sealed blob or the unsealed data: on the wire
+// only in Box; Call opens it into Data.
 type SealResponse struct {
-	Data []byte `json:"data"`
+	Data []byte    `json:"data,omitempty"`
+	Box  *ReplyBox `json:"box,omitempty"`
 }
 
 // IssueCertRequest asks for an instance client certificate.
@@ -88,6 +96,37 @@ type IssueCertResponse struct {
 // Call sends req to a pool's endpoint and decodes the answer into resp.
 // Errors carry the keyworker's stable code.
 func Call(ctx context.Context, nc *nats.Conn, pool, endpoint string, req, resp any) error {
+	if sr, ok := req.(SealRequest); ok {
+		return callSealed(ctx, nc, pool, endpoint, sr, resp)
+	}
+	return call(ctx, nc, pool, endpoint, req, resp)
+}
+
+// callSealed asks for a seal or unseal answered in a box only this call can
+// open, and opens it into resp (a *SealResponse).
+func callSealed(ctx context.Context, nc *nats.Conn, pool, endpoint string, req SealRequest, resp any) error {
+	out, ok := resp.(*SealResponse)
+	if !ok {
+		return fmt.Errorf("kwadmin: %s answers a *SealResponse", endpoint)
+	}
+	key, err := NewReplyKey()
+	if err != nil {
+		return err
+	}
+	req.ReplyKey, req.RequestID = key.PublicKey().Bytes(), rand.Text()
+	var boxed SealResponse
+	if err := call(ctx, nc, pool, endpoint, req, &boxed); err != nil {
+		return err
+	}
+	data, err := OpenReply(key, endpoint, req.RequestID, boxed.Box)
+	if err != nil {
+		return err
+	}
+	*out = SealResponse{Data: data}
+	return nil
+}
+
+func call(ctx context.Context, nc *nats.Conn, pool, endpoint string, req, resp any) error {
 	data, err := json.Marshal(req)
 	if err != nil {
 		return fmt.Errorf("kwadmin: encode: %w", err)

@@ -146,10 +146,14 @@ func NewObjectBucket(ctx context.Context, js jetstream.JetStream, replicas int) 
 	if replicas < 1 || replicas > 5 {
 		return nil, fmt.Errorf("%w: auditlog: replicas must be 1..5", shared.ErrConfigValidation)
 	}
-	obs, err := js.CreateObjectStore(ctx, jetstream.ObjectStoreConfig{
-		Bucket: ObjectBucket, Description: "sovkeys: exported audit records and checkpoints",
-		Storage: jetstream.FileStorage, Replicas: replicas,
-	})
+	// Bind first: services may not declare (mesh.Bootstrap does).
+	obs, err := js.ObjectStore(ctx, ObjectBucket)
+	if err != nil {
+		obs, err = js.CreateObjectStore(ctx, jetstream.ObjectStoreConfig{
+			Bucket: ObjectBucket, Description: "sovkeys: exported audit records and checkpoints",
+			Storage: jetstream.FileStorage, Replicas: replicas,
+		})
+	}
 	if errors.Is(err, jetstream.ErrBucketExists) || errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) {
 		obs, err = js.ObjectStore(ctx, ObjectBucket)
 	}

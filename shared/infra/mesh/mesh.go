@@ -64,7 +64,13 @@ func Connect(ctx context.Context, cfg ConnConfig, logger *slog.Logger) (*nats.Co
 		}),
 	}
 	if cfg.CredsFile != "" {
-		opts = append(opts, nats.UserCredentials(cfg.CredsFile))
+		user, err := CredsUser(cfg.CredsFile)
+		if err != nil {
+			return nil, nil, err
+		}
+		// A private inbox space: the user's permissions allow subscribing
+		// only there, so no one reads another's replies.
+		opts = append(opts, nats.UserCredentials(cfg.CredsFile), nats.CustomInboxPrefix(shared.InboxPrefix(user)))
 	}
 	if cfg.CAFile != "" {
 		opts = append(opts, nats.RootCAs(cfg.CAFile))
@@ -131,9 +137,9 @@ func (t Topology) workStorage() jetstream.StorageType {
 	return jetstream.MemoryStorage
 }
 
-// EnsureRequestStream declares the stream gateways publish to and authn consumes.
-func EnsureRequestStream(ctx context.Context, js jetstream.JetStream, t Topology) (jetstream.Stream, error) {
-	return ensureStream(ctx, js, jetstream.StreamConfig{
+// RequestStreamConfig is the stream gateways publish to and authn consumes.
+func RequestStreamConfig(t Topology) jetstream.StreamConfig {
+	return jetstream.StreamConfig{
 		Name:        shared.StreamRequests,
 		Description: "sovkeys: requests from gateways to authn",
 		Subjects:    []string{shared.SubjectRequestPrefix + ">"},
@@ -144,15 +150,12 @@ func EnsureRequestStream(ctx context.Context, js jetstream.JetStream, t Topology
 		Storage:     t.workStorage(),
 		Replicas:    t.Replicas,
 		Duplicates:  30 * time.Second,
-	})
+	}
 }
 
-// EnsureWorkStream declares a keyworker pool's work queue.
-func EnsureWorkStream(ctx context.Context, js jetstream.JetStream, pool string, t Topology) (jetstream.Stream, error) {
-	if !shared.ValidPoolName(pool) {
-		return nil, fmt.Errorf("%w: pool name %q", shared.ErrConfigValidation, pool)
-	}
-	return ensureStream(ctx, js, jetstream.StreamConfig{
+// WorkStreamConfig is a keyworker pool's work queue.
+func WorkStreamConfig(pool string, t Topology) jetstream.StreamConfig {
+	return jetstream.StreamConfig{
 		Name:        shared.WorkStream(pool),
 		Description: "sovkeys: HSM work for pool " + pool,
 		Subjects:    []string{shared.SubjectWorkPrefix + pool + ".>"},
@@ -163,12 +166,12 @@ func EnsureWorkStream(ctx context.Context, js jetstream.JetStream, pool string, 
 		Storage:     t.workStorage(),
 		Replicas:    t.Replicas,
 		Duplicates:  30 * time.Second,
-	})
+	}
 }
 
-// EnsureAuditStream declares the durable audit event stream.
-func EnsureAuditStream(ctx context.Context, js jetstream.JetStream, t Topology) (jetstream.Stream, error) {
-	return ensureStream(ctx, js, jetstream.StreamConfig{
+// AuditStreamConfig is the durable audit event stream.
+func AuditStreamConfig(t Topology) jetstream.StreamConfig {
+	return jetstream.StreamConfig{
 		Name:        shared.StreamAudit,
 		Description: "sovkeys: audit events",
 		Subjects:    []string{shared.SubjectAuditPrefix + ">"},
@@ -177,7 +180,25 @@ func EnsureAuditStream(ctx context.Context, js jetstream.JetStream, t Topology) 
 		Storage:     jetstream.FileStorage,
 		Replicas:    t.Replicas,
 		Duplicates:  2 * time.Minute,
-	})
+	}
+}
+
+// EnsureRequestStream binds (or, with create rights, declares) the request stream.
+func EnsureRequestStream(ctx context.Context, js jetstream.JetStream, t Topology) (jetstream.Stream, error) {
+	return ensureStream(ctx, js, RequestStreamConfig(t))
+}
+
+// EnsureWorkStream binds (or, with create rights, declares) a pool's work queue.
+func EnsureWorkStream(ctx context.Context, js jetstream.JetStream, pool string, t Topology) (jetstream.Stream, error) {
+	if !shared.ValidPoolName(pool) {
+		return nil, fmt.Errorf("%w: pool name %q", shared.ErrConfigValidation, pool)
+	}
+	return ensureStream(ctx, js, WorkStreamConfig(pool, t))
+}
+
+// EnsureAuditStream binds (or, with create rights, declares) the audit event stream.
+func EnsureAuditStream(ctx context.Context, js jetstream.JetStream, t Topology) (jetstream.Stream, error) {
+	return ensureStream(ctx, js, AuditStreamConfig(t))
 }
 
 // declareRetries bounds retries of a declaration that raced another
@@ -185,7 +206,56 @@ func EnsureAuditStream(ctx context.Context, js jetstream.JetStream, t Topology) 
 // store creation failed while the other create finishes, cluster proposals).
 const declareRetries = 5
 
+// Services bind; Bootstrap declares. A service that finds a stream or
+// bucket missing tries to create it (a test server, a user with create
+// rights) and otherwise waits, looking it up again, until the bootstrap
+// identity has declared it: bindAttempts tries, each create bounded by
+// createTimeout (a denied request is never answered).
+const (
+	bindAttempts  = 120
+	createTimeout = 2 * time.Second
+	maxBindWait   = time.Second
+)
+
+// ensureStream binds the stream, creating it (never updating it) if it is
+// missing and the user may.
 func ensureStream(ctx context.Context, js jetstream.JetStream, cfg jetstream.StreamConfig) (jetstream.Stream, error) {
+	var err error
+	for attempt := range bindAttempts {
+		var s jetstream.Stream
+		if s, err = js.Stream(ctx, cfg.Name); err == nil {
+			return s, nil
+		}
+		cctx, cancel := context.WithTimeout(ctx, createTimeout)
+		s, err = js.CreateStream(cctx, cfg)
+		cancel()
+		if err == nil {
+			return s, nil
+		}
+		if werr := waitCapped(ctx, attempt); werr != nil {
+			break
+		}
+	}
+	return nil, fmt.Errorf("mesh: stream %s (not declared; run sovkeys init): %w", cfg.Name, err)
+}
+
+func waitCapped(ctx context.Context, attempt int) error {
+	d := time.Duration(attempt+1) * 50 * time.Millisecond
+	if d > maxBindWait {
+		d = maxBindWait
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
+	}
+}
+
+// declareStream creates or updates the stream to cfg.
+func declareStream(ctx context.Context, js jetstream.JetStream, cfg jetstream.StreamConfig) (jetstream.Stream, error) {
 	var err error
 	for attempt := range declareRetries {
 		var s jetstream.Stream
@@ -216,29 +286,60 @@ func wait(ctx context.Context, attempt int) error {
 	}
 }
 
-// EnsureBucket declares a KV bucket (idempotent, safe under races).
+// EnsureBucket binds a KV bucket, declaring it when it does not exist yet
+// (idempotent, safe under races; only identities with create rights can).
 func EnsureBucket(ctx context.Context, js jetstream.JetStream, name, description string, t Topology) (jetstream.KeyValue, error) {
-	cfg := jetstream.KeyValueConfig{
-		Bucket: name, Description: description, History: 5,
-		Storage: jetstream.FileStorage, Replicas: t.Replicas,
-	}
+	return BindKV(ctx, js, bucketConfig(name, description, t))
+}
+
+// BindKV binds KV bucket cfg.Bucket, creating it with cfg if it is missing
+// and the user may, else waiting for Bootstrap to declare it.
+func BindKV(ctx context.Context, js jetstream.JetStream, cfg jetstream.KeyValueConfig) (jetstream.KeyValue, error) {
 	var err error
-	for attempt := range declareRetries {
+	for attempt := range bindAttempts {
 		var kv jetstream.KeyValue
-		kv, err = js.CreateKeyValue(ctx, cfg)
-		if errors.Is(err, jetstream.ErrBucketExists) || errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) || (err != nil && attempt > 0) {
-			if kv, lerr := js.KeyValue(ctx, name); lerr == nil {
-				return kv, nil
-			}
+		if kv, err = js.KeyValue(ctx, cfg.Bucket); err == nil {
+			return kv, nil
 		}
+		cctx, cancel := context.WithTimeout(ctx, createTimeout)
+		kv, err = js.CreateKeyValue(cctx, cfg)
+		cancel()
 		if err == nil {
 			return kv, nil
 		}
-		if ctx.Err() != nil || wait(ctx, attempt) != nil {
+		if werr := waitCapped(ctx, attempt); werr != nil {
 			break
 		}
 	}
-	return nil, fmt.Errorf("mesh: kv %s: %w", name, err)
+	return nil, fmt.Errorf("mesh: kv %s (not declared; run sovkeys init): %w", cfg.Bucket, err)
+}
+
+// BindObjectStore binds object store cfg.Bucket like BindKV.
+func BindObjectStore(ctx context.Context, js jetstream.JetStream, cfg jetstream.ObjectStoreConfig) (jetstream.ObjectStore, error) {
+	var err error
+	for attempt := range bindAttempts {
+		var obs jetstream.ObjectStore
+		if obs, err = js.ObjectStore(ctx, cfg.Bucket); err == nil {
+			return obs, nil
+		}
+		cctx, cancel := context.WithTimeout(ctx, createTimeout)
+		obs, err = js.CreateObjectStore(cctx, cfg)
+		cancel()
+		if err == nil {
+			return obs, nil
+		}
+		if werr := waitCapped(ctx, attempt); werr != nil {
+			break
+		}
+	}
+	return nil, fmt.Errorf("mesh: object store %s (not declared; run sovkeys init): %w", cfg.Bucket, err)
+}
+
+func bucketConfig(name, description string, t Topology) jetstream.KeyValueConfig {
+	return jetstream.KeyValueConfig{
+		Bucket: name, Description: description, History: 5,
+		Storage: jetstream.FileStorage, Replicas: t.Replicas,
+	}
 }
 
 // IsQueueFull reports whether a JetStream publish failed because a bounded

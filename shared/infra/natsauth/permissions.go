@@ -4,55 +4,71 @@ import (
 	"github.com/sovkeys/sovkeys/shared"
 )
 
-// Least privilege on the mesh: what each service's NATS user may publish and
-// subscribe. Request and work queues carry plaintext (XKS encrypt bodies),
-// so only their one consumer may read them; only authn may queue HSM work.
-// Production clusters use the same lists in nsc-made user JWTs
-// (docs/operations.md).
+// Least privilege on the mesh (docs/security.md, "Rights per service"):
+// services publish and consume, they never administer. Streams, consumers'
+// streams and buckets are declared by the bootstrap identity; a service user
+// may look them up, publish where its job says, read what it must, and
+// nothing else: no stream create, update, delete or purge, no KV writes
+// outside its own keys, no subscription outside its own inbox
+// (_INBOX_<user>.>), its own service subjects and, for a gateway, its own
+// reply subjects. Every name comes from shared/names.go. Production clusters
+// use the same lists (sovkeys cluster init mints them).
 
-// jsStreamConsume lets a user declare a stream and consume it with a durable
-// pull consumer.
-func jsStreamConsume(stream string) []string {
+// all is the subject wildcard matching one or more trailing tokens.
+const all = ">"
+
+// any1 matches exactly one token.
+const any1 = "*"
+
+func under(prefix string) string { return prefix + all }
+
+// streamLookup lets a user bind a stream (STREAM.INFO) and nothing more.
+func streamLookup(stream string) []string {
+	return []string{shared.JSStreamInfo + stream}
+}
+
+// consume lets a user bind stream and pull from its durable consumer,
+// declaring that one consumer if needed (never the stream).
+func consume(stream, durable string) []string {
+	c := stream + "." + durable
 	return []string{
-		"$JS.API.STREAM.CREATE." + stream, "$JS.API.STREAM.UPDATE." + stream, "$JS.API.STREAM.INFO." + stream,
-		"$JS.API.CONSUMER.CREATE." + stream, "$JS.API.CONSUMER.CREATE." + stream + ".>",
-		"$JS.API.CONSUMER.DURABLE.CREATE." + stream + ".>", "$JS.API.CONSUMER.INFO." + stream + ".>",
-		"$JS.API.CONSUMER.MSG.NEXT." + stream + ".>", "$JS.ACK." + stream + ".>", "$JS.FC." + stream + ".>",
+		shared.JSStreamInfo + stream,
+		shared.JSConsumerCreate + c, shared.JSConsumerCreate + c + "." + all, shared.JSConsumerDurable + c,
+		shared.JSConsumerInfo + c, shared.JSConsumerNext + c,
+		shared.JSAckPrefix + c + "." + all, shared.JSFlowPrefix + stream + "." + all,
 	}
 }
 
-// objStore lets a user declare, read and write object store b, including
-// purging it (the object store API purges a replaced object's chunks).
-func objStore(b string) []string {
-	s := shared.ObjectStream(b)
+// readStream lets a user read a stream's messages: lookups, direct and
+// leader gets, and ephemeral (ordered) consumers it may also remove.
+func readStream(s string) []string {
 	return []string{
-		"$JS.API.STREAM.CREATE." + s, "$JS.API.STREAM.INFO." + s, "$JS.API.STREAM.UPDATE." + s,
-		"$JS.API.STREAM.MSG.GET." + s, "$JS.API.STREAM.PURGE." + s,
-		"$JS.API.DIRECT.GET." + s, "$JS.API.DIRECT.GET." + s + ".>",
-		"$JS.API.CONSUMER.CREATE." + s, "$JS.API.CONSUMER.CREATE." + s + ".>",
-		"$JS.API.CONSUMER.DELETE." + s + ".>", "$JS.API.CONSUMER.INFO." + s + ".>", "$JS.FC." + s + ".>",
+		shared.JSStreamInfo + s, shared.JSStreamMsgGet + s,
+		shared.JSDirectGet + s, shared.JSDirectGet + s + "." + all,
+		shared.JSConsumerCreate + s, shared.JSConsumerCreate + s + "." + all,
+		shared.JSConsumerDelete + s + "." + all, shared.JSConsumerInfo + s + "." + all,
+		shared.JSConsumerNext + s + "." + all, shared.JSAckPrefix + s + "." + all,
+		shared.JSFlowPrefix + s + "." + all,
 	}
 }
 
-// jsStreamDeclare lets a user declare a stream it publishes to.
-func jsStreamDeclare(stream string) []string {
-	return []string{"$JS.API.STREAM.CREATE." + stream, "$JS.API.STREAM.UPDATE." + stream, "$JS.API.STREAM.INFO." + stream}
-}
+// kvRead lets a user bind, read and watch KV bucket b.
+func kvRead(b string) []string { return readStream(shared.KVStream(b)) }
 
-// kvRead lets a user declare, read and watch a KV bucket.
-func kvRead(bucket string) []string {
-	s := shared.KVStream(bucket)
-	return []string{
-		"$JS.API.STREAM.CREATE." + s, "$JS.API.STREAM.INFO." + s, "$JS.API.STREAM.MSG.GET." + s,
-		"$JS.API.DIRECT.GET." + s, "$JS.API.DIRECT.GET." + s + ".>",
-		"$JS.API.CONSUMER.CREATE." + s, "$JS.API.CONSUMER.CREATE." + s + ".>",
-		"$JS.API.CONSUMER.DELETE." + s + ".>", "$JS.API.CONSUMER.INFO." + s + ".>", "$JS.FC." + s + ".>",
+// kvWrite lets a user read bucket b and write the keys matching each of
+// keys (KV key patterns, wildcards allowed).
+func kvWrite(b string, keys ...string) []string {
+	out := kvRead(b)
+	for _, k := range keys {
+		out = append(out, shared.SubjectKVPrefix+b+"."+k)
 	}
+	return out
 }
 
-// kvWrite adds writes to kvRead.
-func kvWrite(bucket string) []string {
-	return append(kvRead(bucket), shared.KVSubjects(bucket), "$JS.API.STREAM.UPDATE."+shared.KVStream(bucket))
+// objReadWrite lets a user read object store b and add objects to it:
+// never purge it (its stream denies message deletes).
+func objReadWrite(b string) []string {
+	return append(readStream(shared.ObjectStream(b)), shared.ObjectSubjects(b))
 }
 
 func join(lists ...[]string) []string {
@@ -63,87 +79,148 @@ func join(lists ...[]string) []string {
 	return out
 }
 
-// common is what every service needs: JetStream account info, replies to its
-// own requests, and nats micro discovery.
-var commonPub = []string{"$JS.API.INFO", "$SRV.>"}
-var commonSub = []string{"_INBOX.>", "$SRV.>"}
+// common is what every service user has: JetStream account info, nats micro
+// discovery and its private inbox.
+func common(user string) (pub, sub []string) {
+	return []string{shared.JSAPIInfo, shared.SubjectMicroAll},
+		[]string{shared.InboxSubjects(user), shared.SubjectMicroAll}
+}
 
-// ServicePermissions returns the permissions of a service's user. pools
-// names the keyworker pools of the deployment (their work streams).
+// denyAlways is denied to every service user on top of its allow list, so a
+// later broadening of an allow list cannot silently grant the dangerous
+// rights: administering streams, and the shared inbox space.
+func denyAlways() (pub, sub []string) {
+	return []string{
+			shared.JSStreamCreate + all, shared.JSStreamUpdate + all, shared.JSStreamDelete + all,
+			shared.JSStreamPurge + all, shared.JSStreamMsgDelete + all,
+		},
+		[]string{shared.SubjectSysInboxAll}
+}
+
+// Services of the mesh, as ServicePermissions takes them.
+const (
+	ServiceGateway   = shared.UserGateway
+	ServiceAuthn     = shared.UserAuthn
+	ServiceKeyworker = shared.UserKeyworker
+	ServiceAudit     = shared.UserAudit
+)
+
+// ServicePermissions returns the permissions of the user named service
+// (one user per service, as a standalone node has). pools names the
+// keyworker pools of the deployment.
 func ServicePermissions(service string, pools []string) Permissions {
-	workStreams := func(f func(string) []string) []string {
-		var out []string
-		for _, p := range pools {
-			out = append(out, f(shared.WorkStream(p))...)
-		}
-		return out
+	return UserPermissions(service, service, pools)
+}
+
+// UserPermissions returns the permissions of NATS user user playing
+// service: the user name scopes its inbox and, for a gateway, its reply
+// subjects (sovkeys.reply.<user>.>), so cluster init can mint one user per
+// gateway instance.
+func UserPermissions(user, service string, pools []string) Permissions {
+	if !shared.ValidUserName(user) {
+		return none()
 	}
+	pub, sub := common(user)
+	denyPub, denySub := denyAlways()
+	perms := Permissions{DenyPub: denyPub, DenySub: denySub, Respond: true}
+	perAuditPrefix := func(svc string) []string { return []string{under(shared.AuditSubjectPrefix(svc))} }
 	switch service {
-	case "gateway":
-		return Permissions{
-			Pub: join(commonPub,
-				[]string{shared.SubjectRequestPrefix + ">", shared.SubjectAuditPrefix + ">"},
-				jsStreamDeclare(shared.StreamRequests), jsStreamDeclare(shared.StreamAudit),
-				kvRead(shared.BucketKeystores), kvRead(shared.BucketXKSKeys), kvRead(shared.BucketPKI), kvRead(shared.BucketKillSwitch)),
-			Sub:     join(commonSub, []string{shared.SubjectReplyPrefix + ">"}),
-			DenyPub: []string{shared.SubjectWorkPrefix + ">", shared.SubjectKeyworkerAdminPrefix + ">"},
-			Respond: true,
+	case ServiceGateway:
+		perms.Pub = join(pub,
+			[]string{under(shared.SubjectRequestPrefix)}, perAuditPrefix(shared.AuditServiceGateway),
+			streamLookup(shared.StreamRequests), streamLookup(shared.StreamAudit),
+			kvRead(shared.BucketKeystores), kvRead(shared.BucketXKSKeys), kvRead(shared.BucketPKI), kvRead(shared.BucketKillSwitch))
+		perms.Sub = join(sub, []string{under(shared.ReplySubjectPrefix(user))})
+	case ServiceAuthn:
+		perms.Pub = join(pub,
+			[]string{under(shared.SubjectWorkPrefix), under(shared.SubjectReplyPrefix)}, perAuditPrefix(shared.AuditServiceAuthn),
+			[]string{shared.KeyworkerAdminSubject(any1, shared.EndpointUnseal), shared.KeyworkerAdminSubject(any1, shared.EndpointHealth)},
+			consume(shared.StreamRequests, shared.ConsumerAuthn), streamLookup(shared.StreamAudit),
+			kvRead(shared.BucketKeystores), kvRead(shared.BucketXKSKeys), kvRead(shared.BucketTenants),
+			kvRead(shared.BucketPKI), kvRead(shared.BucketPools), kvRead(shared.BucketKillSwitch))
+		for _, p := range pools {
+			perms.Pub = append(perms.Pub, streamLookup(shared.WorkStream(p))...)
 		}
-	case "authn":
-		return Permissions{
-			Pub: join(commonPub,
-				[]string{shared.SubjectWorkPrefix + ">", shared.SubjectAuditPrefix + ">", shared.SubjectReplyPrefix + ">",
-					shared.SubjectKeyworkerAdminPrefix + "*." + shared.EndpointUnseal, shared.SubjectKeyworkerAdminPrefix + "*." + shared.EndpointHealth},
-				jsStreamConsume(shared.StreamRequests), jsStreamDeclare(shared.StreamAudit), workStreams(jsStreamDeclare),
-				kvRead(shared.BucketKeystores), kvRead(shared.BucketXKSKeys), kvRead(shared.BucketTenants),
-				kvRead(shared.BucketPKI), kvRead(shared.BucketPools), kvRead(shared.BucketKillSwitch)),
-			Sub:     commonSub,
-			Respond: true,
+		perms.Sub = sub
+	case ServiceKeyworker:
+		// The HSM sidecar: its pools' work queues and admin subjects, the
+		// EKT store (add only), its pools' PKI entries and registration.
+		perms.Pub = join(pub,
+			[]string{under(shared.SubjectReplyPrefix)}, perAuditPrefix(shared.AuditServiceKeyworker),
+			objReadWrite(shared.BucketEKTObjects), kvWrite(shared.BucketEKTIndex, all),
+			streamLookup(shared.StreamAudit),
+			kvRead(shared.BucketTenants), kvRead(shared.BucketKillSwitch))
+		perms.Sub = sub
+		for _, p := range pools {
+			perms.Pub = join(perms.Pub, consume(shared.WorkStream(p), shared.WorkConsumer(p)),
+				kvWrite(shared.BucketPools, p), kvWrite(shared.BucketPKI, p+"."+all), kvWrite(shared.BucketUnseal, p+"."+all),
+				kvWrite(shared.BucketXKSRotation, p+"."+all))
+			perms.Sub = append(perms.Sub, shared.KeyworkerAdminSubject(p, all))
 		}
-	case "keyworker":
-		// The HSM sidecar: its own work queues, the EKT store, PKI and pool
-		// registration; it never reads requests or publishes new work.
-		return Permissions{
-			Pub: join(commonPub,
-				[]string{shared.SubjectAuditPrefix + ">", shared.SubjectReplyPrefix + ">", shared.ObjectSubjects(shared.BucketEKTObjects)},
-				objStore(shared.BucketEKTObjects),
-				workStreams(jsStreamConsume), jsStreamDeclare(shared.StreamAudit),
-				kvWrite(shared.BucketPools), kvWrite(shared.BucketPKI), kvWrite(shared.BucketEKTIndex), kvWrite(shared.BucketUnseal),
-				kvWrite(shared.BucketXKSRotation),
-				kvRead(shared.BucketTenants), kvRead(shared.BucketKillSwitch)),
-			Sub:     join(commonSub, []string{shared.SubjectKeyworkerAdminPrefix + ">"}),
-			Respond: true,
-		}
-	case "audit":
-		// The audit service sequences, signs and exports: broad JetStream
-		// access, but never the request/work queues (they carry plaintext)
-		// and never new work.
-		deny := []string{shared.SubjectWorkPrefix + ">", shared.SubjectRequestPrefix + ">"}
-		for _, s := range append([]string{shared.StreamRequests}, func() []string {
-			var ws []string
-			for _, p := range pools {
-				ws = append(ws, shared.WorkStream(p))
-			}
-			return ws
-		}()...) {
-			deny = append(deny, "$JS.API.CONSUMER.*."+s, "$JS.API.CONSUMER.*."+s+".>", "$JS.API.CONSUMER.*.*."+s+".>",
-				"$JS.API.STREAM.MSG.GET."+s, "$JS.API.DIRECT.GET."+s, "$JS.API.DIRECT.GET."+s+".>")
-		}
-		// Nor the unseal shares.
-		unsealStream := shared.KVStream(shared.BucketUnseal)
-		deny = append(deny, "$JS.API.*.*."+unsealStream, "$JS.API.*.*."+unsealStream+".>", "$JS.API.DIRECT.GET."+unsealStream+".>",
-			shared.KVSubjects(shared.BucketUnseal))
-		return Permissions{
-			Pub: join(commonPub, []string{"$JS.API.>", "$JS.ACK.>", "$JS.FC.>", "$KV.>", "$O.>",
-				shared.SubjectAuditPrefix + ">", shared.SubjectAuditRecordPrefix + ">", shared.SubjectAuditCheckpointPrefix + ">",
-				shared.SubjectAuditControlPrefix + ".>",
-				shared.SubjectKeyworkerAdminPrefix + "*." + shared.EndpointAuditSign, shared.SubjectKeyworkerAdminPrefix + "*." + shared.EndpointAuditPublicKey}),
-			Sub:     []string{">"},
-			DenyPub: deny,
-			DenySub: []string{shared.SubjectWorkPrefix + ">", shared.SubjectRequestPrefix + ">", shared.SubjectReplyPrefix + ">"},
-			Respond: true,
+	case ServiceAudit:
+		// Sequences, signs and exports: consumes the event stream, appends
+		// to the audit log (which denies deletes and purges), exports to its
+		// object store, asks keyworkers to sign. Never the request or work
+		// queues, the unseal shares, the EKT store, or anyone's inbox.
+		perms.Pub = join(pub,
+			[]string{under(shared.SubjectAuditRecordPrefix), under(shared.SubjectAuditCheckpointPrefix),
+				shared.KeyworkerAdminSubject(any1, shared.EndpointAuditSign), shared.KeyworkerAdminSubject(any1, shared.EndpointAuditPublicKey)},
+			readStream(shared.StreamAudit), consume(shared.StreamAudit, shared.ConsumerAudit),
+			readStream(shared.StreamAuditLog), []string{shared.JSConsumerDurable + shared.StreamAuditLog + "." + all},
+			objReadWrite(shared.BucketAuditExport),
+			kvRead(shared.BucketTenants), kvRead(shared.BucketPKI))
+		perms.Sub = join(sub, []string{shared.SubjectAuditControlPrefix + "." + all})
+	default:
+		return none()
+	}
+	perms.DenyPub = append(perms.DenyPub, otherAuditPrefixes(service)...)
+	return perms
+}
+
+// otherAuditPrefixes are the audit subjects of every service but svc.
+func otherAuditPrefixes(svc string) []string {
+	var out []string
+	for _, s := range []string{shared.AuditServiceGateway, shared.AuditServiceAuthn, shared.AuditServiceKeyworker, shared.AuditServiceOperator} {
+		if s != svc {
+			out = append(out, under(shared.AuditSubjectPrefix(s)))
 		}
 	}
-	// Unknown service: nothing.
-	return Permissions{Pub: []string{"_sovkeys.none"}, Sub: []string{"_sovkeys.none"}}
+	return out
+}
+
+// none grants nothing (an unknown service).
+func none() Permissions {
+	return Permissions{Pub: []string{shared.JSAPIInfo}, Sub: []string{shared.SubjectSysInboxAll}, DenySub: []string{all}, DenyPub: []string{all}}
+}
+
+// protectedStreams are the write-once stores: nobody may delete, purge or
+// reconfigure them once bootstrapped.
+func protectedStreams() []string {
+	return []string{shared.ObjectStream(shared.BucketEKTObjects), shared.KVStream(shared.BucketEKTIndex), shared.StreamAuditLog}
+}
+
+// OperatorPermissions is the administrator's (CLI) user: it manages key
+// stores, tenants, kill switches and keys, but may not delete any stream,
+// purge, delete from or reconfigure the write-once stores, queue HSM work,
+// forge gateway replies, or publish another service's audit events.
+func OperatorPermissions() Permissions {
+	deny := []string{shared.JSStreamDelete + all, under(shared.SubjectWorkPrefix), under(shared.SubjectReplyPrefix)}
+	for _, s := range protectedStreams() {
+		deny = append(deny, shared.JSStreamPurge+s, shared.JSStreamMsgDelete+s, shared.JSStreamUpdate+s)
+	}
+	deny = append(deny, otherAuditPrefixes(shared.AuditServiceOperator)...)
+	return Permissions{DenyPub: deny}
+}
+
+// BootstrapPermissions is the declaring identity: create and update streams
+// (and so KV buckets and object stores), look them up; it reads and writes
+// no message, and may delete or purge nothing. It runs `sovkeys init`, is
+// kept with the trust seeds, and no running service holds it.
+func BootstrapPermissions() Permissions {
+	return Permissions{
+		Pub: []string{shared.JSAPIInfo, shared.JSStreamCreate + all, shared.JSStreamUpdate + all, shared.JSStreamInfo + all,
+			shared.JSStreamNames, shared.JSStreamList},
+		Sub:     []string{shared.InboxSubjects(shared.UserBootstrap)},
+		DenyPub: []string{shared.JSStreamDelete + all, shared.JSStreamPurge + all, shared.JSStreamMsgDelete + all},
+	}
 }

@@ -43,7 +43,7 @@ func TestGatewayCredentialCannotReachTheHSM(t *testing.T) {
 			t.Fatal(err)
 		}
 		errs := make(chan error, 16)
-		nc, err := nats.Connect(ns.ClientURL(), nats.UserCredentials(p), nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) { errs <- err }))
+		nc, err := nats.Connect(ns.ClientURL(), nats.UserCredentials(p), nats.CustomInboxPrefix(shared.InboxPrefix(name)), nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) { errs <- err }))
 		if err != nil {
 			t.Fatal(err)
 		}

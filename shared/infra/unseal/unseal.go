@@ -12,7 +12,6 @@ import (
 	"log/slog"
 	"strconv"
 	"strings"
-	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 
@@ -75,13 +74,7 @@ func SplitPIN(pin, pool string, n, k int) ([]Share, error) {
 
 // Open declares (if needed) the memory-storage share bucket.
 func Open(ctx context.Context, js jetstream.JetStream, t mesh.Topology) (jetstream.KeyValue, error) {
-	kv, err := js.CreateKeyValue(ctx, jetstream.KeyValueConfig{
-		Bucket: Bucket, Description: "sovkeys: submitted HSM unseal shares (memory only)",
-		Storage: jetstream.MemoryStorage, Replicas: t.Replicas, History: 1, TTL: time.Hour,
-	})
-	if errors.Is(err, jetstream.ErrBucketExists) || errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) {
-		kv, err = js.KeyValue(ctx, Bucket)
-	}
+	kv, err := mesh.BindKV(ctx, js, mesh.UnsealBucketConfig(t))
 	if err != nil {
 		return nil, fmt.Errorf("unseal: bucket: %w", err)
 	}

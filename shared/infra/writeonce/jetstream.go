@@ -63,6 +63,9 @@ type indexRecord struct {
 type JetStreamStore struct {
 	obs jetstream.ObjectStore
 	kv  jetstream.KeyValue
+	// noDelete: the object stream denies deletes (mesh.Bootstrap declared
+	// it), so no user may purge it either; never try.
+	noDelete bool
 }
 
 var _ Store = (*JetStreamStore)(nil)
@@ -82,16 +85,24 @@ func NewJetStream(ctx context.Context, js jetstream.JetStream, replicas int) (*J
 	if err != nil {
 		return nil, err
 	}
-	return &JetStreamStore{obs: obs, kv: kv}, nil
+	st, err := js.Stream(ctx, shared.ObjectStream(ObjectBucket))
+	if err != nil {
+		return nil, fmt.Errorf("ektstore: stream: %w", err)
+	}
+	return &JetStreamStore{obs: obs, kv: kv, noDelete: st.CachedInfo().Config.DenyDelete}, nil
 }
 
 func ensureObjectStore(ctx context.Context, js jetstream.JetStream, replicas int) (jetstream.ObjectStore, error) {
-	_, err := js.CreateObjectStore(ctx, jetstream.ObjectStoreConfig{
-		Bucket:      ObjectBucket,
-		Description: "sovkeys: write-once blobs (EKTs); names committed in " + IndexBucket,
-		Storage:     jetstream.FileStorage,
-		Replicas:    replicas,
-	})
+	// Bind first: services may not declare (mesh.Bootstrap does).
+	_, err := js.ObjectStore(ctx, ObjectBucket)
+	if err != nil {
+		_, err = js.CreateObjectStore(ctx, jetstream.ObjectStoreConfig{
+			Bucket:      ObjectBucket,
+			Description: "sovkeys: write-once blobs (EKTs); names committed in " + IndexBucket,
+			Storage:     jetstream.FileStorage,
+			Replicas:    replicas,
+		})
+	}
 	if err != nil && !errors.Is(err, jetstream.ErrBucketExists) && !errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) {
 		return nil, fmt.Errorf("ektstore: object store %s: %w", ObjectBucket, err)
 	}
@@ -109,13 +120,16 @@ func ensureObjectStore(ctx context.Context, js jetstream.JetStream, replicas int
 }
 
 func ensureIndex(ctx context.Context, js jetstream.JetStream, replicas int) (jetstream.KeyValue, error) {
-	_, err := js.CreateKeyValue(ctx, jetstream.KeyValueConfig{
-		Bucket:      IndexBucket,
-		Description: "sovkeys: write-once index of " + ObjectBucket + " (name -> object, sha256)",
-		History:     1,
-		Storage:     jetstream.FileStorage,
-		Replicas:    replicas,
-	})
+	_, err := js.KeyValue(ctx, IndexBucket)
+	if err != nil {
+		_, err = js.CreateKeyValue(ctx, jetstream.KeyValueConfig{
+			Bucket:      IndexBucket,
+			Description: "sovkeys: write-once index of " + ObjectBucket + " (name -> object, sha256)",
+			History:     1,
+			Storage:     jetstream.FileStorage,
+			Replicas:    replicas,
+		})
+	}
 	if err != nil && !errors.Is(err, jetstream.ErrBucketExists) && !errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) {
 		return nil, fmt.Errorf("ektstore: kv %s: %w", IndexBucket, err)
 	}
@@ -200,8 +214,12 @@ func (s *JetStreamStore) Create(ctx context.Context, name string, data []byte) e
 	case err == nil && got.Object == rec.Object:
 		return nil // our commit landed; only its ack was lost
 	case err == nil:
-		// Another writer committed first; ours can never land now.
-		_ = s.obs.Delete(ctx, rec.Object)
+		// Another writer committed first; ours can never land now. A
+		// bootstrapped store (deny delete: nobody holds purge rights on
+		// it) keeps the unreferenced blob.
+		if !s.noDelete {
+			_ = s.obs.Delete(ctx, rec.Object)
+		}
 		return fmt.Errorf("%w: %q", ErrExists, name)
 	default:
 		return fmt.Errorf("ektstore: commit %q: %w", name, createErr)

@@ -1,0 +1,71 @@
+package keyworker
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"testing"
+
+	"github.com/nats-io/nats.go/micro"
+
+	"github.com/sovkeys/sovkeys/shared"
+	"github.com/sovkeys/sovkeys/shared/api/kwadmin"
+	"github.com/sovkeys/sovkeys/shared/testkit/natstest"
+)
+
+// Secrets never leave the keyworker in clear: seal and unseal answer only
+// in a box encrypted to the requester's ephemeral key, and a request
+// without one is refused.
+func TestSealUnsealAnswersAreEncryptedToTheRequester(t *testing.T) {
+	_, nc, js := natstest.Run(t)
+	runKeyworkers(t, nc, js, 1)
+	ctx, cancel := context.WithTimeout(context.Background(), callTimeout)
+	defer cancel()
+	secret := []byte("SIGV4-SECRET-must-stay-in-the-box")
+	aad := []byte("keystore=/x;akid=AKID")
+
+	var sealed kwadmin.SealResponse
+	if err := kwadmin.Call(ctx, nc, "default", kwadmin.EndpointSeal, kwadmin.SealRequest{Data: bytes.Clone(secret), AAD: aad}, &sealed); err != nil {
+		t.Fatal(err)
+	}
+	var opened kwadmin.SealResponse
+	if err := kwadmin.Call(ctx, nc, "default", kwadmin.EndpointUnseal, kwadmin.SealRequest{Data: sealed.Data, AAD: aad}, &opened); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(opened.Data, secret) {
+		t.Fatalf("unsealed %q", opened.Data)
+	}
+
+	// What a reader of the reply subject sees: a box, never the secret.
+	key, err := kwadmin.NewReplyKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw, _ := json.Marshal(kwadmin.SealRequest{Data: sealed.Data, AAD: aad, ReplyKey: key.PublicKey().Bytes(), RequestID: "r1"})
+	msg, err := nc.RequestWithContext(ctx, shared.KeyworkerAdminSubject("default", shared.EndpointUnseal), raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if bytes.Contains(msg.Data, secret) {
+		t.Fatal("the unseal answer carries the secret in clear")
+	}
+	var boxed kwadmin.SealResponse
+	if err := json.Unmarshal(msg.Data, &boxed); err != nil || boxed.Box == nil || len(boxed.Data) != 0 {
+		t.Fatalf("answer is not a box: %s", msg.Data)
+	}
+	if pt, err := kwadmin.OpenReply(key, shared.EndpointUnseal, "r1", boxed.Box); err != nil || !bytes.Equal(pt, secret) {
+		t.Fatalf("box does not open to the secret: %v", err)
+	}
+
+	// Without a reply key: refused, nothing unsealed.
+	for _, ep := range []string{shared.EndpointUnseal, shared.EndpointSeal} {
+		raw, _ = json.Marshal(kwadmin.SealRequest{Data: sealed.Data, AAD: aad})
+		msg, err = nc.RequestWithContext(ctx, shared.KeyworkerAdminSubject("default", ep), raw)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if msg.Header.Get(micro.ErrorCodeHeader) != string(shared.CodeValidation) || bytes.Contains(msg.Data, secret) {
+			t.Fatalf("%s without a reply key answered: %q %q", ep, msg.Header, msg.Data)
+		}
+	}
+}
