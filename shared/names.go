@@ -14,7 +14,9 @@ const (
 	// SubjectWorkPrefix is where authn publishes authorised work for a keyworker
 	// pool: sovkeys.kw.<pool>.<api>.
 	SubjectWorkPrefix = "sovkeys.kw."
-	// SubjectAuditPrefix carries audit events: sovkeys.audit.<scope>.
+	// SubjectAuditPrefix carries audit events:
+	// sovkeys.audit.<service>.<kind>.<scope token>; each service may publish
+	// only under its own AuditSubjectPrefix.
 	SubjectAuditPrefix = "sovkeys.audit."
 	// SubjectReplyPrefix is the core-NATS inbox of one gateway: sovkeys.reply.<gateway-id>.
 	SubjectReplyPrefix = "sovkeys.reply."
@@ -127,6 +129,10 @@ func PKISigningKey(pool string) string { return pool + ".signing_key" }
 
 // PKIInstanceCA is the BucketPKI key of a pool's instance CA certificate (DER).
 func PKIInstanceCA(pool string) string { return pool + ".instance_ca" }
+
+// AuditSubjectPrefix is the subject space one service publishes its audit
+// events in: sovkeys.audit.<service>.
+func AuditSubjectPrefix(service string) string { return SubjectAuditPrefix + service + "." }
 
 // RequestSubject returns the subject a gateway publishes api requests on.
 func RequestSubject(api API) string { return SubjectRequestPrefix + string(api) }

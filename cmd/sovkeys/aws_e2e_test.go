@@ -189,7 +189,7 @@ func TestAWSInstanceIdentity(t *testing.T) {
 			t.Fatal(err)
 		}
 		cons, err := stream.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{
-			FilterSubjects: []string{shared.SubjectAuditPrefix + shared.AuditKindTenant + "." + shared.ScopeToken(vpc)}})
+			FilterSubjects: []string{shared.SubjectAuditPrefix + "*." + shared.AuditKindTenant + "." + shared.ScopeToken(vpc)}})
 		if err != nil {
 			t.Fatal(err)
 		}

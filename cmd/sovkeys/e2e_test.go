@@ -417,7 +417,7 @@ func TestAuditEventsAndTracing(t *testing.T) {
 		t.Fatal(err)
 	}
 	cons, err := stream.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{
-		FilterSubjects: []string{shared.SubjectAuditPrefix + "xks." + shared.ScopeToken("audited")}})
+		FilterSubjects: []string{shared.SubjectAuditPrefix + "*.xks." + shared.ScopeToken("audited")}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -476,7 +476,7 @@ func TestExpiredWorkNeverReachesHSM(t *testing.T) {
 		t.Fatal(err)
 	}
 	cons, err := stream.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{
-		FilterSubjects: []string{shared.SubjectAuditPrefix + "xks." + shared.ScopeToken("/expired")}})
+		FilterSubjects: []string{shared.SubjectAuditPrefix + "*.xks." + shared.ScopeToken("/expired")}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -545,7 +545,7 @@ func TestOperatorChangesAreAudited(t *testing.T) {
 		t.Fatal(err)
 	}
 	cons, err := stream.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{
-		FilterSubjects: []string{shared.SubjectAuditPrefix + shared.AuditKindOperator + ".>"}})
+		FilterSubjects: []string{shared.SubjectAuditPrefix + "*." + shared.AuditKindOperator + ".>"}})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -79,7 +79,16 @@ type scopeQueue struct {
 
 // dispatch queues one delivery of an audit event.
 func (s *Service) dispatch(ctx context.Context, m jetstream.Msg) {
+	md, err := m.Metadata()
+	if err != nil {
+		s.log.Error("audit event without metadata", "subject", m.Subject(), "err", err)
+		_ = m.Nak()
+		return
+	}
 	ev, err := shared.UnmarshalAuditEvent(m.Data())
+	if err == nil {
+		ev, _ = s.verifyOrigin(m, md, ev) // origin.go
+	}
 	var sc auditlog.Scope
 	if err == nil {
 		sc = auditlog.ScopeOfEvent(ev)
@@ -89,12 +98,6 @@ func (s *Service) dispatch(ctx context.Context, m jetstream.Msg) {
 		s.count(func(st *Stats) { st.Malformed++ })
 		s.log.Error("malformed audit event kept in stream for inspection", "subject", m.Subject(), "err", err)
 		_ = m.Term()
-		return
-	}
-	md, err := m.Metadata()
-	if err != nil {
-		s.log.Error("audit event without metadata", "subject", m.Subject(), "err", err)
-		_ = m.Nak()
 		return
 	}
 	now := s.now()

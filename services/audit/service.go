@@ -154,8 +154,10 @@ type Deps struct {
 // Stats are the service's counters (this process) and lags (the mesh),
 // served as the micro service's stats.
 type Stats struct {
-	Events    uint64            `json:"events"`
-	Malformed uint64            `json:"malformed"`
+	Events    uint64 `json:"events"`
+	Malformed uint64 `json:"malformed"`
+	// Forgeries are events whose body did not match their publisher (origin.go).
+	Forgeries uint64            `json:"forgeries"`
 	ByResult  map[string]uint64 `json:"by_result"`
 	LastEvent time.Time         `json:"last_event"`
 	// Records committed, in Batches; Duplicates are redelivered events

@@ -269,7 +269,7 @@ func (s *Service) handle(ctx context.Context, m jetstream.Msg) {
 	}
 	if aerr := mesh.PublishAudit(ctx, s.js, ev); aerr != nil {
 		log.Error("audit publish failed; withholding answer", "err", aerr)
-		body, err = nil, shared.NewError(shared.CodeInternal, "audit unavailable")
+		body, err = nil, shared.NewError(shared.CodeDependencyTimeout, "audit unavailable")
 	}
 	if perr := s.nc.PublishMsg(mesh.NewReply(env.ReplyTo, env.ID, body, err)); perr != nil {
 		log.Error("reply failed", "err", perr)
