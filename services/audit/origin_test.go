@@ -36,15 +36,21 @@ func TestOriginMismatch(t *testing.T) {
 		{name: "scope differs from subject", forged: true,
 			subject: func(ev *shared.AuditEvent) string { return shared.AuditSubject(ev.Service, ev.Kind, "store/b") }},
 		{name: "kind differs from subject", forged: true,
-			subject: func(ev *shared.AuditEvent) string { return shared.AuditSubject(ev.Service, shared.AuditKindTenant, ev.Scope) }},
+			subject: func(ev *shared.AuditEvent) string {
+				return shared.AuditSubject(ev.Service, shared.AuditKindTenant, ev.Scope)
+			}},
 		{name: "keyworker writes the operator log", forged: true,
 			mutate: func(ev *shared.AuditEvent) { ev.Kind, ev.Scope = shared.AuditKindOperator, "" }},
 		{name: "another service's dedupe id", forged: true,
 			msgID: func(ev *shared.AuditEvent) string { return shared.AuditMsgID("authn", ev.RequestID) }},
 		{name: "legacy subject without service", forged: true,
-			subject: func(ev *shared.AuditEvent) string { return shared.SubjectAuditPrefix + ev.Kind + "." + shared.ScopeToken(ev.Scope) }},
+			subject: func(ev *shared.AuditEvent) string {
+				return shared.SubjectAuditPrefix + ev.Kind + "." + shared.ScopeToken(ev.Scope)
+			}},
 		{name: "unauthenticated with a scope", forged: true,
-			mutate: func(ev *shared.AuditEvent) { ev.Service, ev.Kind = shared.AuditServiceGateway, shared.AuditKindUnauthenticated }},
+			mutate: func(ev *shared.AuditEvent) {
+				ev.Service, ev.Kind = shared.AuditServiceGateway, shared.AuditKindUnauthenticated
+			}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			ev := good()
