@@ -127,10 +127,32 @@ func watchCAs(ctx context.Context, kv jetstream.KeyValue, s *Service) (*caPool, 
 	return p, nil
 }
 
-func (p *caPool) get(pool string) *x509.Certificate {
+// all returns every pool's instance CA.
+func (p *caPool) all() map[string]*x509.Certificate {
 	p.mu.RLock()
 	defer p.mu.RUnlock()
-	return p.certs[pool]
+	out := make(map[string]*x509.Certificate, len(p.certs))
+	for k, v := range p.certs {
+		out[k] = v
+	}
+	return out
+}
+
+// verifyInstanceChain returns the pool whose instance CA issued leaf.
+func (s *Service) verifyInstanceChain(leaf *x509.Certificate) (string, bool) {
+	now := s.now()
+	for pool, ca := range s.cas.all() {
+		if s.verified.check(leaf, ca, now) {
+			return pool, true
+		}
+		roots := x509.NewCertPool()
+		roots.AddCert(ca)
+		if _, err := leaf.Verify(x509.VerifyOptions{Roots: roots, CurrentTime: now, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}); err == nil {
+			s.verified.remember(leaf, ca, now)
+			return pool, true
+		}
+	}
+	return "", false
 }
 
 // volumeSecret authenticates an instance by its client certificate and
@@ -152,21 +174,15 @@ func (s *Service) volumeSecret(ctx context.Context, env *shared.Envelope, ev *sh
 	if !ok {
 		return false, shared.NewError(shared.CodeAuthenticationFailed, "client certificate names no sovkeys instance")
 	}
-	tn, ok := s.tenants.Get(tenantID)
+	// The chain is verified before the tenant is looked up, so a stranger
+	// cannot learn which tenant ids exist from the answers.
+	pool, ok := s.verifyInstanceChain(leaf)
 	if !ok {
+		return false, shared.NewError(shared.CodeAuthenticationFailed, "client certificate is not valid for this service")
+	}
+	tn, ok := s.tenants.Get(tenantID)
+	if !ok || tn.Pool != pool {
 		return false, shared.NewError(shared.CodeAccessDenied, "tenant %q is not registered", tenantID)
-	}
-	ca := s.cas.get(tn.Pool)
-	if ca == nil {
-		return false, shared.NewError(shared.CodeDependencyTimeout, "instance CA of pool %q is not published yet", tn.Pool)
-	}
-	if !s.verified.check(leaf, ca, s.now()) {
-		roots := x509.NewCertPool()
-		roots.AddCert(ca)
-		if _, err := leaf.Verify(x509.VerifyOptions{Roots: roots, CurrentTime: s.now(), KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}); err != nil {
-			return false, shared.NewError(shared.CodeAuthenticationFailed, "client certificate is not valid for this service")
-		}
-		s.verified.remember(leaf, ca, s.now())
 	}
 	ev.Scope, ev.CallerID = tn.ID, instance
 	if stopped, why := s.kill.Engaged(killswitch.ScopeTenant, tn.ID); stopped {

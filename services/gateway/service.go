@@ -233,15 +233,15 @@ func (s *Service) routes() http.Handler {
 	})
 }
 
-// ready reports, cached for a second, whether authn, a keyworker and audit
-// answer pings on the mesh.
+// ready reports, cached for a second, whether the gateway's state is
+// current and authn, a keyworker and audit answer pings on the mesh.
 func (s *Service) ready(ctx context.Context) bool {
 	s.readyMu.Lock()
 	defer s.readyMu.Unlock()
 	if !s.readyAt.IsZero() && s.now().Sub(s.readyAt) < time.Second {
 		return s.readyOK
 	}
-	ok := s.nc.IsConnected()
+	ok := s.nc.IsConnected() && s.fresh() == nil
 	for _, name := range []string{shared.ServiceAuthn, shared.ServiceKeyworker, shared.ServiceAudit} {
 		if !ok {
 			break

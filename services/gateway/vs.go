@@ -26,6 +26,9 @@ func (s *Service) handleVS(w http.ResponseWriter, r *http.Request) {
 	if err == nil && r.Method != http.MethodPost {
 		err = shared.NewError(shared.CodeMethodNotAllowed, "method %s not allowed; use POST", r.Method)
 	}
+	if err == nil {
+		err = s.fresh() // stale.go
+	}
 	if err == nil && s.kill.AllEngaged() {
 		_, why := s.kill.Engaged(killswitch.ScopeAll, "")
 		err = shared.NewError(shared.CodeAccessDenied, "kill switch engaged (%s)", why)

@@ -40,6 +40,9 @@ func (s *Service) handleXKS(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Allow", http.MethodPost)
 	}
 	if err == nil {
+		err = s.fresh() // stale.go
+	}
+	if err == nil {
 		if _, ok := s.keystores.Get(registry.KeystoreKey(route.Prefix)); !ok {
 			err = shared.NewError(shared.CodeInvalidURIPath, "no key store at this uri prefix")
 		}
