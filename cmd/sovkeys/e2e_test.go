@@ -498,6 +498,19 @@ func TestExpiredWorkNeverReachesHSM(t *testing.T) {
 	})
 }
 
+// A second rotation would retire the credential KMS may still use: refused
+// unless --force (or the older one is retired first).
+func TestRotateCredentialRefusesLive(t *testing.T) {
+	n := testNode
+	n.newKeystore(t, "/rotate")
+	n.cli(t, nil, "xks", "keystore", "rotate-credential", "--prefix", "/rotate")
+	err := n.cliErr(nil, "xks", "keystore", "rotate-credential", "--prefix", "/rotate")
+	if err == nil || !strings.Contains(err.Error(), "two live credentials") {
+		t.Fatalf("second rotation: %v", err)
+	}
+	n.cli(t, nil, "xks", "keystore", "rotate-credential", "--prefix", "/rotate", "--force")
+}
+
 func TestTenantCLI(t *testing.T) {
 	n := testNode
 	var tn map[string]any
@@ -511,6 +524,14 @@ func TestTenantCLI(t *testing.T) {
 	}
 	if err := n.cliErr(nil, "tenant", "create", "--id", "bad id!"); err == nil {
 		t.Fatal("invalid id accepted")
+	}
+	// An id with upper case could never get an EKT (lowercase names only):
+	// refused at create, and nothing is stored.
+	if err := n.cliErr(nil, "tenant", "create", "--id", "VPC-Upper"); err == nil || !strings.Contains(err.Error(), "ekt name") {
+		t.Fatalf("upper-case tenant id: %v", err)
+	}
+	if err := n.cliErr(nil, "tenant", "show", "--id", "VPC-Upper"); err == nil {
+		t.Fatal("refused tenant was stored")
 	}
 	if err := n.cliErr(nil, "tenant", "create", "--id", "aws1", "--auth", "aws"); err == nil {
 		t.Fatal("aws auth without role accepted")
