@@ -124,7 +124,7 @@ func authnService() service {
 // keyworkerFlags: the HSM and the write-once store of tenant keys (EKTs).
 type keyworkerFlags struct {
 	hsmModule, hsmToken, pinFile string
-	sessions                     int
+	sessions, unsealThreshold    int
 	ivFromHSM                    bool
 	healthTTL                    time.Duration
 	ektStore, s3Bucket, s3Prefix string
@@ -141,6 +141,7 @@ func keyworkerService() service {
 			fs.StringVar(&k.hsmModule, "hsm-module", getenv("SOVKEYS_HSM_MODULE"), "PKCS#11 module path (env SOVKEYS_HSM_MODULE)")
 			fs.StringVar(&k.hsmToken, "hsm-token-label", envOr(getenv, "SOVKEYS_HSM_TOKEN_LABEL", "sovkeys"), "token, found by label (env SOVKEYS_HSM_TOKEN_LABEL)")
 			fs.StringVar(&k.pinFile, "hsm-pin-file", "", "file holding the user PIN (else env SOVKEYS_HSM_PIN, else wait for unseal shares)")
+			fs.IntVar(&k.unsealThreshold, "unseal-threshold", 2, "shares needed to unseal: the threshold the PIN was split with (shares claiming another are refused)")
 			c.registerModel(fs)
 			fs.IntVar(&k.sessions, "sessions", 8, "PKCS#11 sessions = operations in flight in this process")
 			fs.BoolVar(&k.ivFromHSM, "iv-from-hsm", false, "let the HSM generate GCM IVs (Luna/CloudHSM); checked to be 12 non-zero bytes")

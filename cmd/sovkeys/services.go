@@ -167,7 +167,7 @@ func unsealHSM(ctx context.Context, c *serviceConfig, js jetstream.JetStream, lo
 		return nil, err
 	}
 	var hsm *keyworker.HSM
-	err = unseal.Await(ctx, kv, c.pool, logger, func(pin string) error {
+	err = unseal.Await(ctx, kv, c.pool, c.keyworker.unsealThreshold, logger, func(pin string) error {
 		h, err := openHSM(ctx, c, pin, logger)
 		if err != nil {
 			return err
