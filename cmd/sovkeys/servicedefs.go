@@ -45,6 +45,7 @@ func gatewayService() service {
 			fs.StringVar(&g.sourceIPHeader, "source-ip-header", getenv("SOVKEYS_SOURCE_IP_HEADER"), "header with the caller's address from a trusted proxy, last hop used, e.g. X-Forwarded-For (env SOVKEYS_SOURCE_IP_HEADER)")
 			fs.StringVar(&g.vpcIDHeader, "vpc-id-header", getenv("SOVKEYS_VPC_ID_HEADER"), "header with the caller's VPC id from a trusted proxy (env SOVKEYS_VPC_ID_HEADER)")
 			c.registerPool(fs)
+			c.registerAuditSignPool(fs)
 		},
 		build: func(_ context.Context, c *serviceConfig, d serviceDeps) (runner, func(), error) {
 			g := c.gateway
@@ -54,7 +55,7 @@ func gatewayService() service {
 			}
 			r, err := gateway.New(gateway.Config{
 				Listen: g.listen, CertFile: g.tlsCert, KeyFile: g.tlsKey,
-				RequestTimeout: g.requestTimeout, Topology: c.common.topo.t, VolumePool: c.pool,
+				RequestTimeout: g.requestTimeout, Topology: c.common.topo.t, VolumePool: c.pool, AuditSignPool: c.audit.signPool,
 				RatePerIP: g.ratePerIP, BurstPerIP: g.burstPerIP,
 				TrustedProxy: gateway.TrustedProxyConfig{CIDRs: proxies, SourceIPHeader: g.sourceIPHeader, VPCIDHeader: g.vpcIDHeader},
 			}, gateway.Deps{NC: d.nc, JS: d.js, Logger: d.logger, Tracer: d.tp, Now: time.Now})
@@ -207,7 +208,7 @@ func auditService() service {
 			fs.StringVar(&a.store, "audit-store", audit.BackendJetStream, "central export: jetstream (object store) | s3 (uses --s3-endpoint/--s3-region and SOVKEYS_S3_* credentials)")
 			fs.StringVar(&a.bucket, "audit-s3-bucket", "", "central S3 bucket (with --audit-store s3)")
 			fs.StringVar(&a.prefix, "audit-s3-prefix", audit.DefaultPrefix, "key prefix in S3 buckets (central and tenants')")
-			fs.StringVar(&a.signPool, "audit-sign-pool", "default", "keyworker pool whose HSM signs checkpoints")
+			c.registerAuditSignPool(fs)
 			fs.BoolVar(&a.tenantExport, "audit-tenant-export", false, "also export to each tenant's own bucket (tenant --audit-bucket) through the same S3 endpoint")
 			c.s3.register(fs, getenv)
 		},

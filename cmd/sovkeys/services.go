@@ -180,6 +180,14 @@ func unsealHSM(ctx context.Context, c *serviceConfig, js jetstream.JetStream, lo
 
 // Flags several services share; each registers them once per FlagSet.
 
+// registerAuditSignPool: the audit service signs with this pool's HSM; the
+// gateway serves that pool's audit key.
+func (c *serviceConfig) registerAuditSignPool(fs *flag.FlagSet) {
+	if fs.Lookup("audit-sign-pool") == nil {
+		fs.StringVar(&c.audit.signPool, "audit-sign-pool", "default", "keyworker pool whose HSM signs audit checkpoints (the gateway serves its key at /v1/audit-public-key)")
+	}
+}
+
 func (c *serviceConfig) registerPool(fs *flag.FlagSet) {
 	if fs.Lookup("pool") == nil {
 		fs.StringVar(&c.pool, "pool", "default", "keyworker pool name (one HSM or partition); on the gateway, the pool whose signing key /v1/public-signing-key serves")

@@ -42,6 +42,10 @@ type Config struct {
 	// VolumePool is the keyworker pool whose signing key
 	// /v1/public-signing-key serves.
 	VolumePool string
+	// AuditSignPool is the keyworker pool whose HSM signs audit checkpoints
+	// (the audit service's SignPool): /v1/audit-public-key serves its key.
+	// Empty means "default", the audit service's default.
+	AuditSignPool string
 	// RatePerIP and BurstPerIP bound requests per source address before
 	// any work is done (0 disables). AWS KMS sends up to 1,800 req/s per key
 	// store, from several addresses.
@@ -61,6 +65,8 @@ func (c Config) Validate() error {
 		return fmt.Errorf("%w: gateway tls certificate and key are required", shared.ErrConfigValidation)
 	case !shared.ValidPoolName(c.VolumePool):
 		return fmt.Errorf("%w: volume pool %q", shared.ErrConfigValidation, c.VolumePool)
+	case c.AuditSignPool != "" && !shared.ValidPoolName(c.AuditSignPool):
+		return fmt.Errorf("%w: audit sign pool %q", shared.ErrConfigValidation, c.AuditSignPool)
 	case c.RequestTimeout < 10*time.Millisecond || c.RequestTimeout > time.Minute:
 		return fmt.Errorf("%w: request timeout must be in [10ms, 1m]", shared.ErrConfigValidation)
 	}

@@ -119,6 +119,14 @@ func (s *Service) handlePublicSigningKey(w http.ResponseWriter, r *http.Request)
 	writeJSON(w, http.StatusOK, vs.PublicKeyResponse{PublicKey: der})
 }
 
+// auditSignPool is the pool whose HSM signs audit checkpoints.
+func (s *Service) auditSignPool() string {
+	if s.cfg.AuditSignPool == "" {
+		return "default"
+	}
+	return s.cfg.AuditSignPool
+}
+
 // handleAuditPublicKey serves the audit checkpoint key (DER SPKI in JSON;
 // ?format=pem for PEM), so customers can verify exported audit logs.
 func (s *Service) handleAuditPublicKey(w http.ResponseWriter, r *http.Request) {
@@ -126,7 +134,7 @@ func (s *Service) handleAuditPublicKey(w http.ResponseWriter, r *http.Request) {
 		writeVSError(w, shared.NewError(shared.CodeMethodNotAllowed, "method %s not allowed; use GET", r.Method))
 		return
 	}
-	e, err := s.pki.Get(r.Context(), auditlog.PKIKey(s.cfg.VolumePool))
+	e, err := s.pki.Get(r.Context(), auditlog.PKIKey(s.auditSignPool()))
 	if err != nil {
 		writeVSError(w, shared.NewError(shared.CodeDependencyTimeout, "audit key not published yet"))
 		return
