@@ -20,13 +20,22 @@ import (
 func deriveXKS(env *shared.Envelope, ev *shared.AuditEvent) error {
 	route, err := xks.ParsePath(env.Evidence.Path)
 	if err != nil && shared.CodeOf(err) != shared.CodeKeyNotFound {
+		unauthenticatedScope(ev)
 		return err
 	}
 	ev.Scope, ev.KeyID = route.Prefix, route.KeyID
 	if route.Prefix != env.KeyStore || route.KeyID != env.KeyID || route.Op.API() != env.API {
+		unauthenticatedScope(ev)
 		return shared.NewError(shared.CodeValidation, "request routing does not match the signed request path")
 	}
 	return nil
+}
+
+// unauthenticatedScope moves the audit event of a request refused before
+// it could be tied to an existing key store or tenant into the ONE
+// unauthenticated scope, so callers cannot create scopes by naming them.
+func unauthenticatedScope(ev *shared.AuditEvent) {
+	ev.Kind, ev.Scope, ev.KeyID = shared.AuditKindUnauthenticated, "", ""
 }
 
 // deriveVS checks env's API and instance id against its path.

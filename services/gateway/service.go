@@ -103,6 +103,7 @@ type Service struct {
 	keystores *registry.Cache[registry.Keystore]
 	pki       jetstream.KeyValue
 	kill      *killswitch.Watcher
+	noise     *mesh.NoiseAuditor // refusals before authentication
 
 	readyMu sync.Mutex
 	readyAt time.Time
@@ -158,6 +159,11 @@ func (s *Service) Run(ctx context.Context) error {
 	if s.kill, err = killswitch.Watch(ctx, s.js, s.cfg.Topology, s.log); err != nil {
 		return err
 	}
+	s.noise = mesh.NewNoiseAuditor(s.js, shared.AuditServiceGateway, 0, s.log, s.now)
+	nctx, stopNoise := context.WithCancel(ctx)
+	noiseDone := make(chan struct{})
+	go func() { defer close(noiseDone); s.noise.Run(nctx) }()
+	defer func() { stopNoise(); <-noiseDone }()
 	sub, err := s.nc.Subscribe(s.replySubject(), s.replies.deliver)
 	if err != nil {
 		return fmt.Errorf("gateway: reply subscription: %w", err)

@@ -63,7 +63,7 @@ func (s *Service) handleVS(w http.ResponseWriter, r *http.Request) {
 		if env.API == "" {
 			env.API = "vs.unknown"
 		}
-		s.auditVSFailure(r.Context(), env, err)
+		s.noise.Add(env.API, shared.CodeOf(err), srcIP) // refused before authentication
 		writeVSError(w, err)
 		return
 	}
