@@ -63,16 +63,18 @@ func PublishAudit(ctx context.Context, js jetstream.JetStream, ev *shared.AuditE
 	m.Data = data
 	m.Header.Set(shared.HeaderMsgID, shared.AuditMsgID(ev.Service, ev.RequestID))
 	tracing.Inject(ctx, m.Header)
+	mayBeStored := false // an earlier attempt of this call may have landed
 	for attempt := 1; ; attempt++ {
 		ack, err := js.PublishMsg(ctx, m)
 		switch {
-		case err == nil && ack.Duplicate && attempt == 1:
+		case err == nil && ack.Duplicate && !mayBeStored:
 			return fmt.Errorf("%w: %s", ErrAuditDuplicate, m.Header.Get(shared.HeaderMsgID))
 		case err == nil:
 			return nil
-		case attempt < auditAttempts && ctx.Err() == nil &&
-			(errors.Is(err, context.DeadlineExceeded) || errors.Is(err, nats.ErrTimeout) || errors.Is(err, jetstream.ErrNoStreamResponse)):
-			continue // outcome unknown: the same id again is stored at most once
+		case attempt < auditAttempts && ctx.Err() == nil && (errors.Is(err, context.DeadlineExceeded) || errors.Is(err, nats.ErrTimeout)):
+			mayBeStored = true // outcome unknown: the same id again is stored at most once
+		case attempt < auditAttempts && ctx.Err() == nil && errors.Is(err, jetstream.ErrNoStreamResponse):
+			// No stream answered: nothing was stored; try again.
 		default:
 			return fmt.Errorf("mesh: publish audit event: %w", err)
 		}
