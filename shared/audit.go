@@ -3,6 +3,7 @@ package shared
 import (
 	"encoding/json"
 	"fmt"
+	"strings"
 	"time"
 )
 
@@ -14,12 +15,59 @@ const (
 	ResultExpired = "expired"
 )
 
-// Audit scope kinds: the first token after SubjectAuditPrefix.
+// Audit scope kinds: the token after the service in an audit subject.
 const (
 	AuditKindXKS      = "xks"
 	AuditKindOperator = "operator"
 	AuditKindTenant   = "tenant"
+	// AuditKindUnauthenticated is the ONE scope of requests refused before
+	// any credential was verified (aggregated counts, never one scope per
+	// URL a stranger makes up).
+	AuditKindUnauthenticated = "unauthenticated"
 )
+
+// Audit event publishers: the service token of an audit subject. Each NATS
+// user may publish only under AuditSubjectPrefix of its own service.
+const (
+	AuditServiceGateway   = "gateway"
+	AuditServiceAuthn     = "authn"
+	AuditServiceKeyworker = "keyworker"
+	AuditServiceCLI       = "cli"
+	AuditServiceAudit     = "audit"
+)
+
+// AuditKindAllowed reports whether service may write events of kind: the
+// audit service records an event of any other kind as a forgery attempt.
+func AuditKindAllowed(service, kind string) bool {
+	switch service {
+	case AuditServiceGateway, AuditServiceAuthn:
+		return kind == AuditKindXKS || kind == AuditKindTenant || kind == AuditKindUnauthenticated
+	case AuditServiceKeyworker:
+		return kind == AuditKindXKS || kind == AuditKindTenant
+	case AuditServiceCLI, AuditServiceAudit:
+		return kind == AuditKindOperator
+	}
+	return false
+}
+
+// AuditSubject is the subject an event of service, kind and scope is
+// published on: sovkeys.audit.<service>.<kind>.<scope token>.
+func AuditSubject(service, kind, scope string) string {
+	return AuditSubjectPrefix(service) + kind + "." + ScopeToken(scope)
+}
+
+// ParseAuditSubject splits an audit subject into service, kind and scope.
+func ParseAuditSubject(subject string) (service, kind, scope string, err error) {
+	rest, ok := strings.CutPrefix(subject, SubjectAuditPrefix)
+	parts := strings.Split(rest, ".")
+	if !ok || len(parts) != 3 || parts[0] == "" || parts[1] == "" {
+		return "", "", "", fmt.Errorf("%w: audit subject %q", ErrValidation, subject)
+	}
+	if scope, err = ParseScopeToken(parts[2]); err != nil {
+		return "", "", "", fmt.Errorf("%w: audit subject %q", ErrValidation, subject)
+	}
+	return parts[0], parts[1], scope, nil
+}
 
 // AuditEventVersion is the version of AuditEvent this build writes.
 const AuditEventVersion = 1
@@ -51,11 +99,11 @@ type AuditEvent struct {
 }
 
 // Subject returns the audit subject of the event:
-// sovkeys.audit.<service>.<kind>.<scope token>; each service's NATS user may
-// publish only under its own AuditSubjectPrefix.
-func (a *AuditEvent) Subject() string {
-	return AuditSubjectPrefix(a.Service) + a.Kind + "." + ScopeToken(a.Scope)
-}
+// sovkeys.audit.<service>.<kind>.<scope token>.
+func (a *AuditEvent) Subject() string { return AuditSubject(a.Service, a.Kind, a.Scope) }
+
+// AuditMsgID is the JetStream de-duplication id of an event.
+func AuditMsgID(service, requestID string) string { return service + ":" + requestID }
 
 // Validate checks the fields every audit event must carry.
 func (a *AuditEvent) Validate() error {

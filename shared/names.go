@@ -14,7 +14,9 @@ const (
 	// SubjectWorkPrefix is where authn publishes authorised work for a keyworker
 	// pool: sovkeys.kw.<pool>.<api>.
 	SubjectWorkPrefix = "sovkeys.kw."
-	// SubjectAuditPrefix carries audit events: sovkeys.audit.<scope>.
+	// SubjectAuditPrefix carries audit events:
+	// sovkeys.audit.<service>.<kind>.<scope token>; each service may publish
+	// only under its own AuditSubjectPrefix.
 	SubjectAuditPrefix = "sovkeys.audit."
 	// SubjectReplyPrefix is the core-NATS inbox of one gateway: sovkeys.reply.<gateway-id>.
 	SubjectReplyPrefix = "sovkeys.reply."
@@ -156,14 +158,6 @@ func ReplySubjectPrefix(user string) string { return SubjectReplyPrefix + user +
 // AuditSubjectPrefix is where service publishes its audit events:
 // sovkeys.audit.<service>.>; each service user may publish only there.
 func AuditSubjectPrefix(service string) string { return SubjectAuditPrefix + service + "." }
-
-// Audit event services (the <service> token of AuditSubjectPrefix).
-const (
-	AuditServiceGateway   = "gateway"
-	AuditServiceAuthn     = "authn"
-	AuditServiceKeyworker = "keyworker"
-	AuditServiceOperator  = "operator"
-)
 
 // ValidUserName reports whether u can name a NATS user of the mesh: 1-64
 // characters of [a-z0-9_-], safe as a subject token.

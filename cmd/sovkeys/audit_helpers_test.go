@@ -27,8 +27,13 @@ func runAuditKeyworker(t testing.TB, nc *nats.Conn, js jetstream.JetStream) {
 // auditEvent is the i-th event of sc as service svc audits it.
 func auditEvent(sc auditlog.Scope, svc string, i int) *shared.AuditEvent {
 	now := time.Now()
+	id := fmt.Sprintf("%s-%s-%d", sc.Kind, sc.Token(), i)
+	if sc.Kind == shared.AuditKindOperator {
+		// Only the operator CLI may write the operator log.
+		id, svc = id+"-"+svc, shared.AuditServiceCLI
+	}
 	return &shared.AuditEvent{
-		Version: shared.AuditEventVersion, RequestID: fmt.Sprintf("%s-%s-%d", sc.Kind, sc.Token(), i),
+		Version: shared.AuditEventVersion, RequestID: id,
 		Kind: sc.Kind, Scope: sc.ID, API: shared.APIVSDecrypt, Service: svc, Start: now, End: now,
 		CallerType: "instance", CallerID: "i-0123", SourceIP: "10.1.2.3", Result: shared.ResultSuccess,
 	}

@@ -182,6 +182,23 @@ func TestAWSInstanceIdentity(t *testing.T) {
 		})
 	}
 
+	// The tenant kill switch stops AWS-identified callers as it stops
+	// certificate-identified ones.
+	t.Run("tenant kill switch", func(t *testing.T) {
+		n.cli(t, nil, "killswitch", "engage", "--tenant", vpc, "--reason", "aws test")
+		testkit.CheckFor(t, 10*time.Second, 20*time.Millisecond, func() error {
+			if _, _, err := c.GenerateSecret(ctx, "i-0e2e0000000000001", "v-kill"); vsStatus(err) != 403 || !strings.Contains(err.Error(), "kill switch") {
+				return fmt.Errorf("engaged: %v", err)
+			}
+			return nil
+		})
+		n.cli(t, nil, "killswitch", "release", "--tenant", vpc)
+		testkit.CheckFor(t, 10*time.Second, 20*time.Millisecond, func() error {
+			_, _, err := c.GenerateSecret(ctx, "i-0e2e0000000000001", "v-kill")
+			return err
+		})
+	})
+
 	t.Run("denials are audited without credentials", func(t *testing.T) {
 		_, js := operatorJS(t)
 		stream, err := js.Stream(ctx, shared.StreamAudit)

@@ -10,7 +10,6 @@ import (
 	"io"
 	"net/http"
 	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -418,7 +417,7 @@ func TestAuditEventsAndTracing(t *testing.T) {
 		t.Fatal(err)
 	}
 	cons, err := stream.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{
-		FilterSubjects: []string{shared.SubjectAuditPrefix + "*." + "xks." + shared.ScopeToken("audited")}})
+		FilterSubjects: []string{shared.SubjectAuditPrefix + "*.xks." + shared.ScopeToken("audited")}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -459,17 +458,6 @@ func TestAuditEventsAndTracing(t *testing.T) {
 
 func TestExpiredWorkNeverReachesHSM(t *testing.T) {
 	_, js := operatorJS(t)
-	// Only authn may queue HSM work: publish it with authn's credential.
-	authnCreds := filepath.Join(filepath.Dir(testNode.creds), "creds", "authn.creds")
-	anc, err := nats.Connect(testNode.natsURL, nats.UserCredentials(authnCreds), nats.CustomInboxPrefix(shared.InboxPrefix(shared.UserAuthn)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer anc.Close()
-	authnJS, err := jetstream.New(anc)
-	if err != nil {
-		t.Fatal(err)
-	}
 	ctx := context.Background()
 	id := "expired-" + fmt.Sprint(time.Now().UnixNano())
 	env := &shared.Envelope{
@@ -480,7 +468,7 @@ func TestExpiredWorkNeverReachesHSM(t *testing.T) {
 		Authz: &shared.Authz{CallerType: "test", CallerID: "test", Pool: "default", KeyLabel: "no-such-label", KeyStatus: "ENABLED"},
 	}
 	data, _ := env.Marshal()
-	if _, err := authnJS.Publish(ctx, shared.WorkSubject("default", shared.APIXKSEncrypt), data); err != nil {
+	if _, err := js.Publish(ctx, shared.WorkSubject("default", shared.APIXKSEncrypt), data); err != nil {
 		t.Fatal(err)
 	}
 	stream, err := js.Stream(ctx, shared.StreamAudit)
@@ -488,7 +476,7 @@ func TestExpiredWorkNeverReachesHSM(t *testing.T) {
 		t.Fatal(err)
 	}
 	cons, err := stream.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{
-		FilterSubjects: []string{shared.SubjectAuditPrefix + "*." + "xks." + shared.ScopeToken("/expired")}})
+		FilterSubjects: []string{shared.SubjectAuditPrefix + "*.xks." + shared.ScopeToken("/expired")}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -510,6 +498,19 @@ func TestExpiredWorkNeverReachesHSM(t *testing.T) {
 	})
 }
 
+// A second rotation would retire the credential KMS may still use: refused
+// unless --force (or the older one is retired first).
+func TestRotateCredentialRefusesLive(t *testing.T) {
+	n := testNode
+	n.newKeystore(t, "/rotate")
+	n.cli(t, nil, "xks", "keystore", "rotate-credential", "--prefix", "/rotate")
+	err := n.cliErr(nil, "xks", "keystore", "rotate-credential", "--prefix", "/rotate")
+	if err == nil || !strings.Contains(err.Error(), "two live credentials") {
+		t.Fatalf("second rotation: %v", err)
+	}
+	n.cli(t, nil, "xks", "keystore", "rotate-credential", "--prefix", "/rotate", "--force")
+}
+
 func TestTenantCLI(t *testing.T) {
 	n := testNode
 	var tn map[string]any
@@ -523,6 +524,14 @@ func TestTenantCLI(t *testing.T) {
 	}
 	if err := n.cliErr(nil, "tenant", "create", "--id", "bad id!"); err == nil {
 		t.Fatal("invalid id accepted")
+	}
+	// An id with upper case could never get an EKT (lowercase names only):
+	// refused at create, and nothing is stored.
+	if err := n.cliErr(nil, "tenant", "create", "--id", "VPC-Upper"); err == nil || !strings.Contains(err.Error(), "ekt name") {
+		t.Fatalf("upper-case tenant id: %v", err)
+	}
+	if err := n.cliErr(nil, "tenant", "show", "--id", "VPC-Upper"); err == nil {
+		t.Fatal("refused tenant was stored")
 	}
 	if err := n.cliErr(nil, "tenant", "create", "--id", "aws1", "--auth", "aws"); err == nil {
 		t.Fatal("aws auth without role accepted")

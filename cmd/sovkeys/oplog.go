@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"os"
 	"time"
@@ -12,31 +13,51 @@ import (
 	"github.com/sovkeys/sovkeys/shared/infra/mesh"
 )
 
-// auditOp records a control-plane change (or a refused one) in the operator
-// log, durably, before the command reports success.
-func (o *operator) auditOp(ctx context.Context, api string, start time.Time, params map[string]string, opErr error) error {
-	var b [16]byte
-	_, _ = rand.Read(b[:])
+// Operator log phases: every change is audited twice, its intent before it
+// is applied and its result after.
+const (
+	phaseIntent = "intent"
+	phaseResult = "result"
+)
+
+// errIntentNotAudited: the change was not applied because its intent could
+// not be recorded first.
+var errIntentNotAudited = errors.New("sovkeys: the change was NOT applied: its intent could not be audited")
+
+// auditOp records one phase of a control-plane change in the operator log,
+// durably (JetStream ack), under the operation id opID.
+func (o *operator) auditOp(ctx context.Context, opID, phase, api string, start time.Time, params map[string]string, opErr error) error {
+	p := make(map[string]string, len(params)+2)
+	for k, v := range params {
+		p[k] = v
+	}
+	p["phase"], p["op_id"] = phase, opID
 	ev := &shared.AuditEvent{
-		RequestID: "op-" + hex.EncodeToString(b[:]), Kind: shared.AuditKindOperator, Scope: "",
-		API: shared.API("operator." + api), Service: "cli", Start: start, End: time.Now(),
-		CallerType: "operator", CallerID: o.who(), Result: shared.ResultSuccess, Params: params,
+		RequestID: opID + "." + phase, Kind: shared.AuditKindOperator, Scope: "",
+		API: shared.API("operator." + api), Service: shared.AuditServiceCLI, Start: start, End: time.Now(),
+		CallerType: "operator", CallerID: o.who(), Result: shared.ResultSuccess, Params: p,
 	}
 	if opErr != nil {
 		ev.Result, ev.Code, ev.Reason = shared.ResultFailure, shared.CodeOf(opErr), opErr.Error()
 	}
-	if err := mesh.PublishAudit(ctx, o.js, ev); err != nil {
-		return fmt.Errorf("the change was made but could not be audited: %w", err)
-	}
-	return nil
+	return mesh.PublishAudit(ctx, o.js, ev)
 }
 
-// audited runs fn and records it in the operator log.
+// audited records the intent of a change, applies it (fn) only once the
+// intent is durable, and records the result. A change whose intent cannot
+// be audited is not applied; a change whose result cannot be audited is
+// reported as such (its intent is on record).
 func (o *operator) audited(ctx context.Context, api string, params map[string]string, fn func() error) error {
+	var b [16]byte
+	_, _ = rand.Read(b[:])
+	opID := "op-" + hex.EncodeToString(b[:])
 	start := time.Now()
+	if err := o.auditOp(ctx, opID, phaseIntent, api, start, params, nil); err != nil {
+		return fmt.Errorf("%w: %w", errIntentNotAudited, err)
+	}
 	err := fn()
-	if aerr := o.auditOp(ctx, api, start, params, err); aerr != nil && err == nil {
-		return aerr
+	if aerr := o.auditOp(ctx, opID, phaseResult, api, start, params, err); aerr != nil && err == nil {
+		return fmt.Errorf("the change was made (its intent is audited as %s) but its result could not be audited: %w", opID, aerr)
 	}
 	return err
 }

@@ -45,6 +45,7 @@ func gatewayService() service {
 			fs.StringVar(&g.sourceIPHeader, "source-ip-header", getenv("SOVKEYS_SOURCE_IP_HEADER"), "header with the caller's address from a trusted proxy, last hop used, e.g. X-Forwarded-For (env SOVKEYS_SOURCE_IP_HEADER)")
 			fs.StringVar(&g.vpcIDHeader, "vpc-id-header", getenv("SOVKEYS_VPC_ID_HEADER"), "header with the caller's VPC id from a trusted proxy (env SOVKEYS_VPC_ID_HEADER)")
 			c.registerPool(fs)
+			c.registerAuditSignPool(fs)
 		},
 		build: func(_ context.Context, c *serviceConfig, d serviceDeps) (runner, func(), error) {
 			g := c.gateway
@@ -54,7 +55,7 @@ func gatewayService() service {
 			}
 			r, err := gateway.New(gateway.Config{
 				Listen: g.listen, CertFile: g.tlsCert, KeyFile: g.tlsKey,
-				RequestTimeout: g.requestTimeout, Topology: c.common.topo.t, VolumePool: c.pool,
+				RequestTimeout: g.requestTimeout, Topology: c.common.topo.t, VolumePool: c.pool, AuditSignPool: c.audit.signPool,
 				RatePerIP: g.ratePerIP, BurstPerIP: g.burstPerIP,
 				TrustedProxy: gateway.TrustedProxyConfig{CIDRs: proxies, SourceIPHeader: g.sourceIPHeader, VPCIDHeader: g.vpcIDHeader},
 			}, gateway.Deps{NC: d.nc, JS: d.js, Logger: d.logger, Tracer: d.tp, Now: time.Now})
@@ -125,7 +126,7 @@ func authnService() service {
 type keyworkerFlags struct {
 	hsmModule, hsmToken, pinFile string
 	hsmProfile                   string
-	sessions                     int
+	sessions, unsealThreshold    int
 	ivFromHSM                    bool
 	healthTTL                    time.Duration
 	ektStore, s3Bucket, s3Prefix string
@@ -142,6 +143,7 @@ func keyworkerService() service {
 			fs.StringVar(&k.hsmModule, "hsm-module", getenv("SOVKEYS_HSM_MODULE"), "PKCS#11 module path (env SOVKEYS_HSM_MODULE)")
 			fs.StringVar(&k.hsmToken, "hsm-token-label", envOr(getenv, "SOVKEYS_HSM_TOKEN_LABEL", "sovkeys"), "token, found by label (env SOVKEYS_HSM_TOKEN_LABEL)")
 			fs.StringVar(&k.pinFile, "hsm-pin-file", "", "file holding the user PIN (else env SOVKEYS_HSM_PIN, else wait for unseal shares)")
+			fs.IntVar(&k.unsealThreshold, "unseal-threshold", 2, "shares needed to unseal: the threshold the PIN was split with (shares claiming another are refused)")
 			c.registerModel(fs)
 			fs.StringVar(&k.hsmProfile, "hsm-profile", "", "HSM family softhsm|cloudhsm|luna|proteccio|nshield (default: from --hsm-model; docs/hsm.md)")
 			fs.IntVar(&k.sessions, "sessions", 8, "PKCS#11 sessions = operations in flight in this process")
@@ -208,7 +210,7 @@ func auditService() service {
 			fs.StringVar(&a.store, "audit-store", audit.BackendJetStream, "central export: jetstream (object store) | s3 (uses --s3-endpoint/--s3-region and SOVKEYS_S3_* credentials)")
 			fs.StringVar(&a.bucket, "audit-s3-bucket", "", "central S3 bucket (with --audit-store s3)")
 			fs.StringVar(&a.prefix, "audit-s3-prefix", audit.DefaultPrefix, "key prefix in S3 buckets (central and tenants')")
-			fs.StringVar(&a.signPool, "audit-sign-pool", "default", "keyworker pool whose HSM signs checkpoints")
+			c.registerAuditSignPool(fs)
 			fs.BoolVar(&a.tenantExport, "audit-tenant-export", false, "also export to each tenant's own bucket (tenant --audit-bucket) through the same S3 endpoint")
 			c.s3.register(fs, getenv)
 		},

@@ -174,7 +174,7 @@ func unsealHSM(ctx context.Context, c *serviceConfig, js jetstream.JetStream, lo
 		return nil, err
 	}
 	var hsm *keyworker.HSM
-	err = unseal.Await(ctx, kv, c.pool, logger, func(pin string) error {
+	err = unseal.Await(ctx, kv, c.pool, c.keyworker.unsealThreshold, logger, func(pin string) error {
 		h, err := openHSM(ctx, c, pin, logger)
 		if err != nil {
 			return err
@@ -186,6 +186,14 @@ func unsealHSM(ctx context.Context, c *serviceConfig, js jetstream.JetStream, lo
 }
 
 // Flags several services share; each registers them once per FlagSet.
+
+// registerAuditSignPool: the audit service signs with this pool's HSM; the
+// gateway serves that pool's audit key.
+func (c *serviceConfig) registerAuditSignPool(fs *flag.FlagSet) {
+	if fs.Lookup("audit-sign-pool") == nil {
+		fs.StringVar(&c.audit.signPool, "audit-sign-pool", "default", "keyworker pool whose HSM signs audit checkpoints (the gateway serves its key at /v1/audit-public-key)")
+	}
+}
 
 func (c *serviceConfig) registerPool(fs *flag.FlagSet) {
 	if fs.Lookup("pool") == nil {

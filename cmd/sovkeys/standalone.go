@@ -38,7 +38,7 @@ type standaloneFlags struct {
 	svc                 serviceConfig
 	dataDir, natsListen string
 	natsCert, natsKey   string
-	nShares, kShares    int
+	nShares             int
 	devUnseal           string
 }
 
@@ -73,7 +73,6 @@ func registerStandalone(fs *flag.FlagSet, getenv func(string) string, f *standal
 	fs.StringVar(&f.natsCert, "nats-tls-cert", "", "serve NATS over TLS with this certificate (PEM); services then need --nats-ca")
 	fs.StringVar(&f.natsKey, "nats-tls-key", "", "private key of --nats-tls-cert")
 	fs.IntVar(&f.nShares, "unseal-shares", 3, "HSM PIN shares made when the token is created")
-	fs.IntVar(&f.kShares, "unseal-threshold", 2, "shares needed to unseal after a restart")
 	fs.StringVar(&f.devUnseal, "dev-unseal-file", "", "DEVELOPMENT ONLY: keep the unseal shares in this file (outside --data) and unseal from it at start; as unsafe as a PIN on disk")
 }
 
@@ -236,11 +235,11 @@ func openStandaloneHSM(ctx context.Context, f *standaloneFlags, dir string, stdo
 	}
 	f.svc.keyworker.hsmModule, f.svc.keyworker.hsmToken = tok.ModulePath, tok.TokenLabel
 	if fresh {
-		shares, err := unseal.SplitPIN(pin, f.svc.pool, f.nShares, f.kShares)
+		shares, err := unseal.SplitPIN(pin, f.svc.pool, f.nShares, f.svc.keyworker.unsealThreshold)
 		if err != nil {
 			return nil, fmt.Errorf("%w: unseal shares: %v", shared.ErrConfigValidation, err)
 		}
-		printShares(stdout, shares, f.kShares)
+		printShares(stdout, shares, f.svc.keyworker.unsealThreshold)
 		if f.devUnseal != "" {
 			if err := writeDevShares(f.devUnseal, dir, shares); err != nil {
 				return nil, err
@@ -255,7 +254,7 @@ func openStandaloneHSM(ctx context.Context, f *standaloneFlags, dir string, stdo
 		}
 	}
 	if pin == "" {
-		fmt.Fprintf(stdout, "HSM sealed: run `sovkeys unseal --share SHARE` with %d shares to start the keyworker\n", f.kShares)
+		fmt.Fprintf(stdout, "HSM sealed: run `sovkeys unseal --share SHARE` with %d shares to start the keyworker\n", f.svc.keyworker.unsealThreshold)
 		return nil, nil
 	}
 	return openHSM(ctx, &f.svc, pin, logger)

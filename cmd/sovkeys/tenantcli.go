@@ -10,6 +10,7 @@ import (
 
 	"github.com/sovkeys/sovkeys/shared"
 	"github.com/sovkeys/sovkeys/shared/infra/registry"
+	"github.com/sovkeys/sovkeys/shared/infra/writeonce"
 )
 
 // Authentication methods a tenant may allow for the volume-secret API.
@@ -94,8 +95,10 @@ func (o *operator) tenantCreate(ctx context.Context, f *tenantFlags) error {
 	if ekt == "" {
 		ekt = id
 	}
-	if !registry.ValidTenantID(ekt) {
-		return fmt.Errorf("%w: ekt name must be 1-64 characters of [A-Za-z0-9_-]", shared.ErrConfigValidation)
+	if !registry.ValidTenantID(ekt) || !writeonce.ValidName(ekt) {
+		// The EKT store takes lowercase names only: a tenant whose EKT
+		// name has upper case could never get its key hierarchy.
+		return fmt.Errorf("%w: ekt name (default: the tenant id) %q must be 1-64 characters of [a-z0-9_-]", shared.ErrConfigValidation, ekt)
 	}
 	if !shared.ValidPoolName(f.pool) {
 		return fmt.Errorf("%w: pool %q", shared.ErrConfigValidation, f.pool)

@@ -18,7 +18,7 @@ import (
 // ones it uses.
 type xksFlags struct {
 	prefix, pool, keyID, usage, label, akid string
-	existing                                bool
+	existing, force                         bool
 	principals, vpcs, vpces                 listFlag
 }
 
@@ -60,11 +60,14 @@ func xksCommands() []command {
 			}),
 		operatorCommand("xks keystore list", "", "list key stores", none,
 			func(ctx context.Context, o *operator, _ *struct{}) error { return o.keystoreList(ctx) }),
-		operatorCommand("xks keystore rotate-credential", "--prefix PREFIX", "add a second live credential (printed once); the oldest beyond two is retired",
-			(*xksFlags).prefixFlag, func(ctx context.Context, o *operator, f *xksFlags) error {
+		operatorCommand("xks keystore rotate-credential", "--prefix PREFIX [--force]", "add a second live credential (printed once); refused while two are live unless --force retires the oldest",
+			func(f *xksFlags, fs *flag.FlagSet) {
+				f.prefixFlag(fs)
+				fs.BoolVar(&f.force, "force", false, "with two live credentials, retire the oldest (KMS must no longer use it)")
+			}, func(ctx context.Context, o *operator, f *xksFlags) error {
 				p := f.storePrefix()
-				return o.audited(ctx, "keystore.rotate_credential", map[string]string{"keystore": p},
-					func() error { return o.rotateCredential(ctx, p) })
+				return o.audited(ctx, "keystore.rotate_credential", map[string]string{"keystore": p, "force": fmt.Sprint(f.force)},
+					func() error { return o.rotateCredential(ctx, p, f.force) })
 			}),
 		operatorCommand("xks keystore retire-credential", "--prefix PREFIX --access-key-id ID", "retire a credential (never the last)",
 			func(f *xksFlags, fs *flag.FlagSet) {
@@ -176,16 +179,20 @@ func (o *operator) modifyKeystore(ctx context.Context, prefix string, fn func(*r
 	return ks, err
 }
 
-func (o *operator) rotateCredential(ctx context.Context, prefix string) error {
+func (o *operator) rotateCredential(ctx context.Context, prefix string, force bool) error {
 	ks, _, err := o.reg.Keystore(ctx, prefix)
 	if err != nil {
 		return fmt.Errorf("key store %q: %w", prefix, err)
+	}
+	if len(ks.Credentials) >= registry.MaxCredentials && !force {
+		// Checked before minting too, so a refused rotation seals nothing.
+		return ks.AddCredential(registry.Credential{}, false)
 	}
 	cred, secret, err := registry.MintCredential(ctx, registry.KWAdminSealer(o.nc), prefix, ks.Pool, time.Now())
 	if err != nil {
 		return err
 	}
-	if _, err := o.modifyKeystore(ctx, prefix, func(ks *registry.Keystore) error { ks.AddCredential(cred); return nil }); err != nil {
+	if _, err := o.modifyKeystore(ctx, prefix, func(ks *registry.Keystore) error { return ks.AddCredential(cred, force) }); err != nil {
 		return err
 	}
 	return o.print(credentialView(prefix, cred, secret))

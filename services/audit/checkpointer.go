@@ -13,6 +13,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"golang.org/x/time/rate"
 
 	"github.com/sovkeys/sovkeys/shared"
 	"github.com/sovkeys/sovkeys/shared/api/kwadmin"
@@ -38,7 +39,8 @@ const (
 )
 
 type checkpointer struct {
-	s *Service
+	s      *Service
+	budget *rate.Limiter // budget.go
 
 	mu    sync.Mutex
 	dirty map[auditlog.Scope]bool
@@ -49,7 +51,7 @@ type checkpointer struct {
 }
 
 func newCheckpointer(s *Service) *checkpointer {
-	return &checkpointer{s: s, dirty: make(map[auditlog.Scope]bool)}
+	return &checkpointer{s: s, dirty: make(map[auditlog.Scope]bool), budget: newSignBudget(s.cfg.SignsPerSecond)}
 }
 
 // mark records that the scope's head moved.
@@ -157,6 +159,9 @@ func (c *checkpointer) checkpoint(ctx context.Context, sc auditlog.Scope) ([]byt
 	cp := auditlog.NewCheckpoint(sc, h.seq, h.hash, c.s.now(), spki)
 	msg, err := cp.SignedBytes()
 	if err != nil {
+		return nil, err
+	}
+	if err := c.spendSign(ctx); err != nil { // budget.go
 		return nil, err
 	}
 	var resp auditlog.SignResponse

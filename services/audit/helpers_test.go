@@ -79,8 +79,13 @@ func runAudit(t testing.TB, nc *nats.Conn, js jetstream.JetStream, cfg Config) (
 // event returns the i-th test event of scope sc from service svc.
 func event(sc auditlog.Scope, svc string, i int) *shared.AuditEvent {
 	now := time.Now()
+	id := fmt.Sprintf("req-%s-%s-%06d", sc.Kind, sc.Token(), i)
+	if sc.Kind == shared.AuditKindOperator {
+		// Only the operator CLI may write the operator log (origin.go).
+		id, svc = id+"-"+svc, shared.AuditServiceCLI
+	}
 	return &shared.AuditEvent{
-		Version: shared.AuditEventVersion, RequestID: fmt.Sprintf("req-%s-%s-%06d", sc.Kind, sc.Token(), i), Kind: sc.Kind, Scope: sc.ID,
+		Version: shared.AuditEventVersion, RequestID: id, Kind: sc.Kind, Scope: sc.ID,
 		API: shared.APIXKSEncrypt, Service: svc, Start: now.Add(-time.Millisecond), End: now,
 		CallerType: "sigv4", CallerID: "AKIAEXAMPLE", SourceIP: "192.0.2.10", KeyID: "key-1",
 		Result: shared.ResultSuccess, Params: map[string]string{"plaintext_bytes": "32"},

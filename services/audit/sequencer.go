@@ -70,6 +70,8 @@ type scopeQueue struct {
 	items   []*pending
 	byID    map[string]*pending // queued or being committed
 	running bool
+	idle    time.Time // when the last drain ended (idle.go)
+	freed   bool      // removed from Service.queues; dispatch takes a new one
 
 	// Owned by the running worker.
 	head   head
@@ -79,7 +81,16 @@ type scopeQueue struct {
 
 // dispatch queues one delivery of an audit event.
 func (s *Service) dispatch(ctx context.Context, m jetstream.Msg) {
+	md, err := m.Metadata()
+	if err != nil {
+		s.log.Error("audit event without metadata", "subject", m.Subject(), "err", err)
+		_ = m.Nak()
+		return
+	}
 	ev, err := shared.UnmarshalAuditEvent(m.Data())
+	if err == nil {
+		ev, _ = s.verifyOrigin(m, md, ev) // origin.go
+	}
 	var sc auditlog.Scope
 	if err == nil {
 		sc = auditlog.ScopeOfEvent(ev)
@@ -89,12 +100,6 @@ func (s *Service) dispatch(ctx context.Context, m jetstream.Msg) {
 		s.count(func(st *Stats) { st.Malformed++ })
 		s.log.Error("malformed audit event kept in stream for inspection", "subject", m.Subject(), "err", err)
 		_ = m.Term()
-		return
-	}
-	md, err := m.Metadata()
-	if err != nil {
-		s.log.Error("audit event without metadata", "subject", m.Subject(), "err", err)
-		_ = m.Nak()
 		return
 	}
 	now := s.now()
@@ -110,6 +115,11 @@ func (s *Service) dispatch(ctx context.Context, m jetstream.Msg) {
 	})
 	q := s.queueOf(sc)
 	q.mu.Lock()
+	for q.freed { // freed while idle (idle.go): use the scope's new queue
+		q.mu.Unlock()
+		q = s.queueOf(sc)
+		q.mu.Lock()
+	}
 	defer q.mu.Unlock()
 	if ex, ok := q.byID[p.id]; ok {
 		ex.msgs = append(ex.msgs, m)
@@ -143,7 +153,7 @@ func (s *Service) drain(ctx context.Context, q *scopeQueue) {
 	for {
 		q.mu.Lock()
 		if len(q.items) == 0 || ctx.Err() != nil {
-			q.running = false
+			q.running, q.idle = false, s.now()
 			q.mu.Unlock()
 			return
 		}
@@ -446,6 +456,7 @@ func (s *Service) keepalive(ctx context.Context) {
 		case <-t.C:
 		}
 		now := s.now()
+		s.freeIdle(now) // idle.go
 		s.qmu.Lock()
 		queues := make([]*scopeQueue, 0, len(s.queues))
 		for _, q := range s.queues {

@@ -46,6 +46,8 @@ type Config struct {
 	AckWait time.Duration
 	// MaxBatch bounds the records committed in one message.
 	MaxBatch int
+	// SignsPerSecond bounds this process's checkpoint signatures (budget.go).
+	SignsPerSecond float64
 	// Central is where every record and checkpoint is exported.
 	Central CentralConfig
 	// TenantExport, when Enabled, also exports a tenant's records to the
@@ -87,6 +89,9 @@ func (c Config) withDefaults() Config {
 	if c.MaxBatch == 0 {
 		c.MaxBatch = 512
 	}
+	if c.SignsPerSecond == 0 {
+		c.SignsPerSecond = DefaultSignsPerSecond
+	}
 	if c.Central.Backend == "" {
 		c.Central.Backend = BackendJetStream
 	}
@@ -120,6 +125,8 @@ func (c Config) Validate() error {
 		return bad("ack wait must be at least 3s")
 	case c.MaxBatch < 1 || c.MaxBatch > 4096:
 		return bad("max batch must be 1..4096")
+	case c.SignsPerSecond < 1 || c.SignsPerSecond > 10000:
+		return bad("signs per second must be 1..10000")
 	case c.ExportConcurrency < 1 || c.ExportConcurrency > 1024:
 		return bad("export concurrency must be 1..1024")
 	case c.MaxExportBackoff < 100*time.Millisecond:
@@ -156,8 +163,10 @@ type Deps struct {
 // Stats are the service's counters (this process) and lags (the mesh),
 // served as the micro service's stats.
 type Stats struct {
-	Events    uint64            `json:"events"`
-	Malformed uint64            `json:"malformed"`
+	Events    uint64 `json:"events"`
+	Malformed uint64 `json:"malformed"`
+	// Forgeries are events whose body did not match their publisher (origin.go).
+	Forgeries uint64            `json:"forgeries"`
 	ByResult  map[string]uint64 `json:"by_result"`
 	LastEvent time.Time         `json:"last_event"`
 	// Records committed, in Batches; Duplicates are redelivered events

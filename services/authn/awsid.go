@@ -14,6 +14,7 @@ import (
 
 	"github.com/sovkeys/sovkeys/shared"
 	"github.com/sovkeys/sovkeys/shared/api/vs"
+	"github.com/sovkeys/sovkeys/shared/infra/killswitch"
 	"github.com/sovkeys/sovkeys/shared/infra/registry"
 )
 
@@ -371,6 +372,9 @@ func (s *Service) volumeSecretAWS(ctx context.Context, env *shared.Envelope, ev 
 	tn, err := s.aws.verify(ctx, env, s.tenants.Get, ev)
 	if err != nil {
 		return false, err
+	}
+	if stopped, why := s.kill.Engaged(killswitch.ScopeTenant, tn.ID); stopped {
+		return false, shared.NewError(shared.CodeAccessDenied, "kill switch engaged (%s)", why)
 	}
 	if err := s.admitVS(env, ev); err != nil {
 		return false, err

@@ -238,11 +238,13 @@ func (s *Service) handle(ctx context.Context, m jetstream.Msg) {
 	if env.Expired(start) {
 		err = shared.NewError(shared.CodeDependencyTimeout, "request expired before authentication")
 		ev.Result = shared.ResultExpired
-	} else {
+	} else if err = s.fresh(); err == nil { // stale.go
 		var forwarded bool
 		if strings.HasPrefix(string(env.API), "vs.") {
-			forwarded, err = s.volumeSecret(ctx, env, ev)
-		} else {
+			if err = deriveVS(env); err == nil { // derive.go
+				forwarded, err = s.volumeSecret(ctx, env, ev)
+			}
+		} else if err = deriveXKS(env, ev); err == nil {
 			forwarded, body, err = s.xks(ctx, env, ev)
 		}
 		if ev.KMSRequestID != "" {
@@ -274,7 +276,7 @@ func (s *Service) handle(ctx context.Context, m jetstream.Msg) {
 	}
 	if aerr := mesh.PublishAudit(ctx, s.js, ev); aerr != nil {
 		log.Error("audit publish failed; withholding answer", "err", aerr)
-		body, err = nil, shared.NewError(shared.CodeInternal, "audit unavailable")
+		body, err = nil, shared.NewError(shared.CodeDependencyTimeout, "audit unavailable")
 	}
 	if err != nil {
 		metrics.AuthnRequest(env.API, shared.CodeOf(err), s.now().Sub(start))

@@ -179,6 +179,34 @@ func (p *caPool) get(pool string) *x509.Certificate {
 	return p.certs[pool]
 }
 
+// all returns every pool's instance CA.
+func (p *caPool) all() map[string]*x509.Certificate {
+	p.mu.RLock()
+	defer p.mu.RUnlock()
+	out := make(map[string]*x509.Certificate, len(p.certs))
+	for k, v := range p.certs {
+		out[k] = v
+	}
+	return out
+}
+
+// verifyInstanceChain returns the pool whose instance CA issued leaf.
+func (s *Service) verifyInstanceChain(leaf *x509.Certificate) (string, bool) {
+	now := s.now()
+	for pool, ca := range s.cas.all() {
+		if s.verified.check(leaf, ca, now) {
+			return pool, true
+		}
+		roots := x509.NewCertPool()
+		roots.AddCert(ca)
+		if _, err := leaf.Verify(x509.VerifyOptions{Roots: roots, CurrentTime: now, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}); err == nil {
+			s.verified.remember(leaf, ca, now)
+			return pool, true
+		}
+	}
+	return "", false
+}
+
 func (p *caPool) isRefused(pool string) bool {
 	p.mu.RLock()
 	defer p.mu.RUnlock()
@@ -204,24 +232,18 @@ func (s *Service) volumeSecret(ctx context.Context, env *shared.Envelope, ev *sh
 	if !ok {
 		return false, shared.NewError(shared.CodeAuthenticationFailed, "client certificate names no sovkeys instance")
 	}
-	tn, ok := s.tenants.Get(tenantID)
+	// The chain is verified before the tenant is looked up, so a stranger
+	// cannot learn which tenant ids exist from the answers.
+	pool, ok := s.verifyInstanceChain(leaf)
 	if !ok {
+		return false, shared.NewError(shared.CodeAuthenticationFailed, "client certificate is not valid for this service")
+	}
+	tn, ok := s.tenants.Get(tenantID)
+	if !ok || tn.Pool != pool {
 		return false, shared.NewError(shared.CodeAccessDenied, "tenant %q is not registered", tenantID)
 	}
-	if s.cas.isRefused(tn.Pool) {
-		return false, shared.NewError(shared.CodeAccessDenied, "the instance CA of pool %q changed after it was published; refused", tn.Pool)
-	}
-	ca := s.cas.get(tn.Pool)
-	if ca == nil {
-		return false, shared.NewError(shared.CodeDependencyTimeout, "instance CA of pool %q is not published yet", tn.Pool)
-	}
-	if !s.verified.check(leaf, ca, s.now()) {
-		roots := x509.NewCertPool()
-		roots.AddCert(ca)
-		if _, err := leaf.Verify(x509.VerifyOptions{Roots: roots, CurrentTime: s.now(), KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}); err != nil {
-			return false, shared.NewError(shared.CodeAuthenticationFailed, "client certificate is not valid for this service")
-		}
-		s.verified.remember(leaf, ca, s.now())
+	if s.cas.isRefused(pool) {
+		return false, shared.NewError(shared.CodeAccessDenied, "the instance CA of pool %q changed after it was published; refused", pool)
 	}
 	ev.Scope, ev.CallerID = tn.ID, instance
 	if stopped, why := s.kill.Engaged(killswitch.ScopeTenant, tn.ID); stopped {

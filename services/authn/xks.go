@@ -21,6 +21,7 @@ import (
 func (s *Service) xks(ctx context.Context, env *shared.Envelope, ev *shared.AuditEvent) (forwarded bool, body []byte, err error) {
 	ks, ok := s.keystores.Get(registry.KeystoreKey(env.KeyStore))
 	if !ok {
+		unauthenticatedScope(ev) // never a scope per made-up prefix
 		return false, nil, shared.NewError(shared.CodeInvalidURIPath, "no key store at this uri prefix")
 	}
 	in := SigV4Input{

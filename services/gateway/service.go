@@ -42,6 +42,10 @@ type Config struct {
 	// VolumePool is the keyworker pool whose signing key
 	// /v1/public-signing-key serves.
 	VolumePool string
+	// AuditSignPool is the keyworker pool whose HSM signs audit checkpoints
+	// (the audit service's SignPool): /v1/audit-public-key serves its key.
+	// Empty means "default", the audit service's default.
+	AuditSignPool string
 	// RatePerIP and BurstPerIP bound requests per source address before
 	// any work is done (0 disables). AWS KMS sends up to 1,800 req/s per key
 	// store, from several addresses.
@@ -61,6 +65,8 @@ func (c Config) Validate() error {
 		return fmt.Errorf("%w: gateway tls certificate and key are required", shared.ErrConfigValidation)
 	case !shared.ValidPoolName(c.VolumePool):
 		return fmt.Errorf("%w: volume pool %q", shared.ErrConfigValidation, c.VolumePool)
+	case c.AuditSignPool != "" && !shared.ValidPoolName(c.AuditSignPool):
+		return fmt.Errorf("%w: audit sign pool %q", shared.ErrConfigValidation, c.AuditSignPool)
 	case c.RequestTimeout < 10*time.Millisecond || c.RequestTimeout > time.Minute:
 		return fmt.Errorf("%w: request timeout must be in [10ms, 1m]", shared.ErrConfigValidation)
 	}
@@ -97,6 +103,7 @@ type Service struct {
 	keystores *registry.Cache[registry.Keystore]
 	pki       jetstream.KeyValue
 	kill      *killswitch.Watcher
+	noise     *mesh.NoiseAuditor // refusals before authentication
 
 	readyMu sync.Mutex
 	readyAt time.Time
@@ -154,6 +161,11 @@ func (s *Service) Run(ctx context.Context) error {
 	if s.kill, err = killswitch.Watch(ctx, s.js, s.cfg.Topology, s.log); err != nil {
 		return err
 	}
+	s.noise = mesh.NewNoiseAuditor(s.js, shared.AuditServiceGateway, 0, s.log, s.now)
+	nctx, stopNoise := context.WithCancel(ctx)
+	noiseDone := make(chan struct{})
+	go func() { defer close(noiseDone); s.noise.Run(nctx) }()
+	defer func() { stopNoise(); <-noiseDone }()
 	sub, err := s.nc.Subscribe(s.replySubject(), s.replies.deliver)
 	if err != nil {
 		return fmt.Errorf("gateway: reply subscription: %w", err)
@@ -235,15 +247,15 @@ func (s *Service) routes() http.Handler {
 	}))
 }
 
-// ready reports, cached for a second, whether authn, a keyworker and audit
-// answer pings on the mesh.
+// ready reports, cached for a second, whether the gateway's state is
+// current and authn, a keyworker and audit answer pings on the mesh.
 func (s *Service) ready(ctx context.Context) bool {
 	s.readyMu.Lock()
 	defer s.readyMu.Unlock()
 	if !s.readyAt.IsZero() && s.now().Sub(s.readyAt) < time.Second {
 		return s.readyOK
 	}
-	ok := s.nc.IsConnected()
+	ok := s.nc.IsConnected() && s.fresh() == nil
 	for _, name := range []string{shared.ServiceAuthn, shared.ServiceKeyworker, shared.ServiceAudit} {
 		if !ok {
 			break

@@ -26,6 +26,9 @@ func (s *Service) handleVS(w http.ResponseWriter, r *http.Request) {
 	if err == nil && r.Method != http.MethodPost {
 		err = shared.NewError(shared.CodeMethodNotAllowed, "method %s not allowed; use POST", r.Method)
 	}
+	if err == nil {
+		err = s.fresh() // stale.go
+	}
 	if err == nil && s.kill.AllEngaged() {
 		_, why := s.kill.Engaged(killswitch.ScopeAll, "")
 		err = shared.NewError(shared.CodeAccessDenied, "kill switch engaged (%s)", why)
@@ -62,7 +65,7 @@ func (s *Service) handleVS(w http.ResponseWriter, r *http.Request) {
 			env.API = "vs.unknown"
 		}
 		noteAPI(w, env.API)
-		s.auditVSFailure(r.Context(), env, err)
+		s.noise.Add(env.API, shared.CodeOf(err), srcIP) // refused before authentication
 		writeVSError(w, err)
 		return
 	}
@@ -118,6 +121,14 @@ func (s *Service) handlePublicSigningKey(w http.ResponseWriter, r *http.Request)
 	writeJSON(w, http.StatusOK, vs.PublicKeyResponse{PublicKey: der})
 }
 
+// auditSignPool is the pool whose HSM signs audit checkpoints.
+func (s *Service) auditSignPool() string {
+	if s.cfg.AuditSignPool == "" {
+		return "default"
+	}
+	return s.cfg.AuditSignPool
+}
+
 // handleAuditPublicKey serves the audit checkpoint key (DER SPKI in JSON;
 // ?format=pem for PEM), so customers can verify exported audit logs.
 func (s *Service) handleAuditPublicKey(w http.ResponseWriter, r *http.Request) {
@@ -125,7 +136,7 @@ func (s *Service) handleAuditPublicKey(w http.ResponseWriter, r *http.Request) {
 		writeVSError(w, shared.NewError(shared.CodeMethodNotAllowed, "method %s not allowed; use GET", r.Method))
 		return
 	}
-	e, err := s.pki.Get(r.Context(), auditlog.PKIKey(s.cfg.VolumePool))
+	e, err := s.pki.Get(r.Context(), auditlog.PKIKey(s.auditSignPool()))
 	if err != nil {
 		writeVSError(w, shared.NewError(shared.CodeDependencyTimeout, "audit key not published yet"))
 		return

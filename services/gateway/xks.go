@@ -41,6 +41,9 @@ func (s *Service) handleXKS(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Allow", http.MethodPost)
 	}
 	if err == nil {
+		err = s.fresh() // stale.go
+	}
+	if err == nil {
 		if _, ok := s.keystores.Get(registry.KeystoreKey(route.Prefix)); !ok {
 			err = shared.NewError(shared.CodeInvalidURIPath, "no key store at this uri prefix")
 		}
@@ -124,15 +127,15 @@ func (s *Service) roundTrip(ctx context.Context, env *shared.Envelope) (*nats.Ms
 	return reply, nil
 }
 
-// reject answers a request refused before it entered the mesh, and audits it.
-func (s *Service) reject(ctx context.Context, w http.ResponseWriter, r *http.Request, id string, route xks.Route, api shared.API, err error) {
+// reject answers a request refused before it entered the mesh (before any
+// credential was verified): it is counted in the unauthenticated summary,
+// never audited in a scope named by its URL (mesh.NoiseAuditor).
+func (s *Service) reject(_ context.Context, w http.ResponseWriter, r *http.Request, id string, route xks.Route, api shared.API, err error) {
 	if api == "" {
 		api = "xks.unknown"
 	}
 	noteAPI(w, api)
-	env := &shared.Envelope{ID: id, API: api, KeyStore: route.Prefix, KeyID: route.KeyID,
-		Evidence: shared.Evidence{SourceIP: sourceIP(r)}}
-	s.auditFailure(ctx, env, err)
+	s.noise.Add(api, shared.CodeOf(err), sourceIP(r))
 	s.log.Info("xks request rejected", "request_id", id, "method", r.Method, "code", shared.CodeOf(err), "reason", shared.MessageOf(err))
 	writeXKSError(w, err)
 }
@@ -144,7 +147,7 @@ func (s *Service) auditFailure(ctx context.Context, env *shared.Envelope, err er
 // publishRejection audits a request the gateway answered itself (refused
 // before the mesh, or timed out in it), before the answer is written.
 func (s *Service) publishRejection(ctx context.Context, env *shared.Envelope, ev *shared.AuditEvent, err error) {
-	ev.RequestID, ev.API, ev.Service = env.ID, env.API, "gateway"
+	ev.RequestID, ev.API, ev.Service = env.ID, env.API, shared.AuditServiceGateway
 	ev.Start, ev.End, ev.SourceIP = env.Received, s.now(), env.Evidence.SourceIP
 	ev.Result, ev.Code, ev.Reason, ev.TraceID = shared.ResultDenied, shared.CodeOf(err), shared.MessageOf(err), tracing.TraceID(ctx)
 	if ev.Start.IsZero() {

@@ -97,8 +97,18 @@ func Watch(ctx context.Context, js jetstream.JetStream, t mesh.Topology, logger 
 // ErrEngaged is wrapped by Check's errors.
 var ErrEngaged = errors.New("killswitch: engaged")
 
+// Fresh returns nil while the switches are known current, else an error
+// wrapping registry.ErrStale: the watch ended or lags the bucket. Callers
+// stop serving crypto (DependencyTimeout) while it is not nil.
+func (w *Watcher) Fresh() error { return w.cache.Fresh() }
+
 // Engaged reports whether scope/name (or everything) is stopped, and why.
+// Switch state that may be stale counts as engaged: a released switch is
+// never assumed.
 func (w *Watcher) Engaged(scope, name string) (bool, string) {
+	if err := w.cache.Fresh(); err != nil {
+		return true, "kill switch state unknown: " + err.Error()
+	}
 	if sw, ok := w.cache.Get(ScopeAll); ok && sw.Engaged {
 		return true, "all operations stopped: " + sw.Reason
 	}
@@ -111,8 +121,12 @@ func (w *Watcher) Engaged(scope, name string) (bool, string) {
 	return false, ""
 }
 
-// AllEngaged reports whether the global switch is engaged.
+// AllEngaged reports whether the global switch is engaged (or its state
+// may be stale).
 func (w *Watcher) AllEngaged() bool {
+	if w.cache.Fresh() != nil {
+		return true
+	}
 	sw, ok := w.cache.Get(ScopeAll)
 	return ok && sw.Engaged
 }

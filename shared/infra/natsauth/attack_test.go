@@ -324,7 +324,7 @@ func TestAttackServicesDoNotAdminister(t *testing.T) {
 func TestAttackAuditSubjectsPerService(t *testing.T) {
 	t.Parallel()
 	m := startMesh(t)
-	owners := []string{shared.AuditServiceGateway, shared.AuditServiceAuthn, shared.AuditServiceKeyworker, shared.AuditServiceOperator}
+	owners := []string{shared.AuditServiceGateway, shared.AuditServiceAuthn, shared.AuditServiceKeyworker, shared.AuditServiceCLI, shared.AuditServiceAudit}
 	for _, user := range append(services, shared.UserOperator) {
 		for _, owner := range owners {
 			if owner == user {

@@ -180,7 +180,7 @@ func UserPermissions(user, service string, pools []string) Permissions {
 // otherAuditPrefixes are the audit subjects of every service but svc.
 func otherAuditPrefixes(svc string) []string {
 	var out []string
-	for _, s := range []string{shared.AuditServiceGateway, shared.AuditServiceAuthn, shared.AuditServiceKeyworker, shared.AuditServiceOperator} {
+	for _, s := range []string{shared.AuditServiceGateway, shared.AuditServiceAuthn, shared.AuditServiceKeyworker, shared.AuditServiceCLI, shared.AuditServiceAudit} {
 		if s != svc {
 			out = append(out, under(shared.AuditSubjectPrefix(s)))
 		}
@@ -208,7 +208,7 @@ func OperatorPermissions() Permissions {
 	for _, s := range protectedStreams() {
 		deny = append(deny, shared.JSStreamPurge+s, shared.JSStreamMsgDelete+s, shared.JSStreamUpdate+s)
 	}
-	deny = append(deny, otherAuditPrefixes(shared.AuditServiceOperator)...)
+	deny = append(deny, otherAuditPrefixes(shared.AuditServiceCLI)...)
 	return Permissions{DenyPub: deny}
 }
 

@@ -18,6 +18,8 @@ var (
 	ErrNoCredential = errors.New("registry: no such credential")
 	// ErrLastCredential: retiring would leave the key store without a credential.
 	ErrLastCredential = errors.New("registry: refusing to retire the last credential; rotate first")
+	// ErrCredentialsFull: a rotation would retire a credential that may be live.
+	ErrCredentialsFull = errors.New("registry: key store already has two live credentials")
 )
 
 const akidAlphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567"
@@ -65,12 +67,20 @@ func MintCredential(ctx context.Context, seal Sealer, prefix, pool string, now t
 	return Credential{AccessKeyID: akid, SealedSecret: sealed, Created: now.UTC()}, secret, nil
 }
 
-// AddCredential adds c, retiring the oldest credentials beyond MaxCredentials.
-func (ks *Keystore) AddCredential(c Credential) {
+// AddCredential adds c. A key store already holding MaxCredentials live
+// credentials refuses (ErrCredentialsFull): the oldest may still be the one
+// KMS uses, and retiring it silently would take the store offline. With
+// force the oldest beyond MaxCredentials are retired.
+func (ks *Keystore) AddCredential(c Credential, force bool) error {
+	if len(ks.Credentials) >= MaxCredentials && !force {
+		return fmt.Errorf("%w: key store %q: retire %s first (after KMS uses the newer one), or force",
+			ErrCredentialsFull, ks.Prefix, ks.Credentials[0].AccessKeyID)
+	}
 	ks.Credentials = append(ks.Credentials, c)
 	if len(ks.Credentials) > MaxCredentials {
 		ks.Credentials = ks.Credentials[len(ks.Credentials)-MaxCredentials:]
 	}
+	return nil
 }
 
 // RetireCredential removes the credential akid; ErrNoCredential if there is

@@ -114,7 +114,25 @@ func TestMintAndRetireCredentials(t *testing.T) {
 			t.Fatalf("sealed %q aad %q", c.SealedSecret, gotAAD)
 		}
 		secrets = append(secrets, secret)
-		ks.AddCredential(c)
+		err = ks.AddCredential(c, false)
+		switch full := len(secrets) > MaxCredentials; {
+		case full && !errors.Is(err, ErrCredentialsFull):
+			t.Fatalf("third credential without force: %v", err)
+		case full:
+			// An attacker-free operator mistake: a second rotation must not
+			// silently retire the credential KMS may still use.
+			if len(ks.Credentials) != MaxCredentials || string(ks.Credentials[0].SealedSecret) != "sealed:"+secrets[0] {
+				t.Fatalf("refused rotation changed the credentials")
+			}
+			if err := ks.AddCredential(c, true); err != nil {
+				t.Fatal(err)
+			}
+			if ks.Credentials[0].AccessKeyID == "" || string(ks.Credentials[0].SealedSecret) == "sealed:"+secrets[0] {
+				t.Fatalf("forced rotation kept the oldest credential")
+			}
+		case err != nil:
+			t.Fatal(err)
+		}
 	}
 	if len(ks.Credentials) != MaxCredentials || secrets[0] == secrets[1] {
 		t.Fatalf("credentials: %d", len(ks.Credentials))

@@ -89,11 +89,20 @@ func Submit(ctx context.Context, kv jetstream.KeyValue, s Share) error {
 	return nil
 }
 
-// Await waits until k shares of pool are submitted, combines them in memory
-// and calls try with the PIN. On success the shares are purged and Await
-// returns; on failure (wrong shares) they are purged and Await waits for new
-// ones. The PIN buffer is cleared after try.
-func Await(ctx context.Context, kv jetstream.KeyValue, pool string, logger *slog.Logger, try func(pin string) error) error {
+// Await waits until threshold shares of pool are submitted, combines them
+// in memory and calls try with the PIN. On success the shares are purged
+// and Await returns; on failure (wrong shares) they are purged and Await
+// waits for new ones. The PIN buffer is cleared after try.
+//
+// threshold is the keyworker's configuration (the k the PIN was split
+// with), never the number a share claims: one share holder claiming a
+// lower k would otherwise make the keyworker try PINs combined from too
+// few shares, each a failed HSM login towards the token's lockout. A share
+// claiming another threshold is refused.
+func Await(ctx context.Context, kv jetstream.KeyValue, pool string, threshold int, logger *slog.Logger, try func(pin string) error) error {
+	if threshold < 2 || threshold > 255 {
+		return fmt.Errorf("%w: unseal threshold %d must be 2..255", shared.ErrConfigValidation, threshold)
+	}
 	w, err := kv.Watch(ctx, pool+".*")
 	if err != nil {
 		return fmt.Errorf("unseal: watch: %w", err)
@@ -117,8 +126,13 @@ func Await(ctx context.Context, kv jetstream.KeyValue, pool string, logger *slog
 				logger.Warn("ignoring an unusable unseal share", "key", e.Key())
 				continue
 			}
+			if s.Threshold != threshold {
+				logger.Warn("refusing an unseal share made for another threshold", "key", e.Key(), "share_threshold", s.Threshold, "threshold", threshold)
+				_ = kv.Purge(ctx, e.Key())
+				continue
+			}
 			shares[s.Share.X] = s
-			k := s.Threshold
+			k := threshold
 			logger.Info("unseal share received", "pool", pool, "have", len(shares), "need", k)
 			if len(shares) < k {
 				continue
