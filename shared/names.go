@@ -30,6 +30,9 @@ const (
 
 	ConsumerAuthn = "authn"
 	ConsumerAudit = "audit"
+	// ConsumerAuditTlog is the audit service's consumer that builds the
+	// transparency log tiles from the record batches.
+	ConsumerAuditTlog = "audit_tlog"
 	// ConsumerWorkPrefix + pool: the one durable pull consumer all keyworkers
 	// of a pool share; its MaxAckPending is the HSM concurrency budget.
 	ConsumerWorkPrefix = "keyworker_"
@@ -65,6 +68,9 @@ const (
 	// BucketAuditExport is the JetStream object store that receives audit
 	// exports when no S3 bucket is configured (standalone default).
 	BucketAuditExport = "sovkeys_auditlog"
+	// BucketAuditSigner holds, per audit log, the last checkpoint the HSM
+	// signed: written only by keyworkers, read by the audit service.
+	BucketAuditSigner = "sovkeys_audit_signer"
 
 	// AccountName is the one NATS account of the mesh.
 	AccountName = "SOVKEYS"

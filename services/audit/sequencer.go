@@ -325,6 +325,10 @@ func (s *Service) build(h head, batch []*pending) ([]byte, head, error) {
 		seq++
 		r := auditlog.FromEvent(p.ev, seq, prev)
 		line, err := r.Encode()
+		if err == nil && len(line) > auditlog.MaxEntrySize {
+			r.Shrink() // one entry of the transparency log holds at most 64 KiB
+			line, err = r.Encode()
+		}
 		if err != nil {
 			return nil, head{}, fmt.Errorf("audit: encode record: %w", err)
 		}
@@ -369,7 +373,6 @@ func (s *Service) committed(q *scopeQueue, batch []*pending, h head) {
 		st.Batches++
 		st.Records += uint64(len(batch))
 	})
-	s.cp.mark(q.scope)
 }
 
 // dropRecorded acks and removes the events ids says are recorded.

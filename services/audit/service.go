@@ -54,6 +54,10 @@ type Config struct {
 	ExportConcurrency int
 	// MaxExportBackoff caps the delay between export retries of a message.
 	MaxExportBackoff time.Duration
+	// Deployment names this deployment in every checkpoint's origin line
+	// ("<deployment>/audit/<kind>/<token>") and the audit key's note name
+	// ("<deployment>/audit"); verifiers must be told it. Default "sovkeys".
+	Deployment string
 }
 
 // CentralConfig selects the central export bucket.
@@ -68,6 +72,9 @@ type TenantExportConfig struct {
 	Enabled bool
 	S3      writeonce.S3Config
 }
+
+// DefaultDeployment is the default origin prefix of checkpoints.
+const DefaultDeployment = "sovkeys"
 
 // DefaultPrefix is the key prefix of exports in S3 buckets.
 const DefaultPrefix = "audit/"
@@ -100,6 +107,9 @@ func (c Config) withDefaults() Config {
 	if c.MaxExportBackoff == 0 {
 		c.MaxExportBackoff = 10 * time.Second
 	}
+	if c.Deployment == "" {
+		c.Deployment = DefaultDeployment
+	}
 	return c
 }
 
@@ -122,6 +132,8 @@ func (c Config) Validate() error {
 		return bad("export concurrency must be 1..1024")
 	case c.MaxExportBackoff < 100*time.Millisecond:
 		return bad("max export backoff must be at least 100ms")
+	case !auditlog.ValidDeployment(c.Deployment):
+		return bad("deployment %q: want a schema-less URL such as sovkeys.example", c.Deployment)
 	}
 	switch c.Central.Backend {
 	case BackendJetStream:
@@ -196,8 +208,8 @@ type Service struct {
 
 	logStream     jetstream.Stream
 	suspectBefore time.Time // events published earlier are suspect (consumer younger than them)
-	cp            *checkpointer
-	exporters     []*exporter
+	signer        *signer
+	tlog          *tlogExporter
 	auditCons     jetstream.Consumer
 
 	qmu    sync.Mutex
@@ -224,7 +236,7 @@ func New(cfg Config, deps Deps) (*Service, error) {
 		queues: make(map[auditlog.Scope]*scopeQueue),
 		stats:  Stats{ByResult: map[string]uint64{}, Export: map[string]*ExportStats{}},
 	}
-	s.cp = newCheckpointer(s)
+	s.signer = &signer{s: s}
 	return s, nil
 }
 
@@ -271,7 +283,7 @@ func (s *Service) Run(ctx context.Context) error {
 	if s.logStream, err = ensureLogStream(ctx, s.js, s.cfg.Topology); err != nil {
 		return err
 	}
-	if err := s.setupExporters(ctx); err != nil {
+	if err := s.setupExporter(ctx); err != nil {
 		return err
 	}
 	s.auditCons, err = events.CreateOrUpdateConsumer(ctx, jetstream.ConsumerConfig{
@@ -295,15 +307,11 @@ func (s *Service) Run(ctx context.Context) error {
 	defer func() { _ = svc.Stop() }()
 
 	loops, stopLoops := context.WithCancel(context.WithoutCancel(ctx))
-	s.wg.Add(3 + exportWorkers*len(s.exporters))
-	go s.cp.run(loops)
+	s.wg.Add(4)
+	go s.tlog.run(loops)
+	go s.publishKey(loops)
 	go s.keepalive(loops)
 	go s.watchLag(loops)
-	for _, e := range s.exporters {
-		for range exportWorkers {
-			go e.run(loops)
-		}
-	}
 	cc, err := s.auditCons.Consume(func(m jetstream.Msg) { s.dispatch(loops, m) },
 		jetstream.PullMaxMessages(1024),
 		jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) {
@@ -316,7 +324,7 @@ func (s *Service) Run(ctx context.Context) error {
 		s.wg.Wait()
 		return fmt.Errorf("audit: consume: %w", err)
 	}
-	s.log.Info("audit ready", "central", s.exporters[0].destName(), "sign_pool", s.cfg.SignPool)
+	s.log.Info("audit ready", "central", s.tlog.central.String(), "sign_pool", s.cfg.SignPool, "deployment", s.cfg.Deployment)
 	<-ctx.Done()
 	cc.Stop()
 	<-cc.Closed()
@@ -358,7 +366,7 @@ func (s *Service) handleCheckpoint(ctx context.Context, req micro.Request) {
 	}
 	cctx, cancel := context.WithTimeout(ctx, checkpointTimeout)
 	defer cancel()
-	data, err := s.cp.checkpoint(cctx, sc)
+	data, err := s.signer.checkpoint(cctx, sc)
 	switch {
 	case errors.Is(err, errNoRecords):
 		_ = req.Error(string(shared.CodeKeyNotFound), "the audit log "+sc.String()+" has no records", nil)
@@ -384,13 +392,25 @@ func (s *Service) watchLag(ctx context.Context) {
 		if info, err := s.auditCons.Info(ctx); err == nil {
 			s.count(func(st *Stats) { st.SequencingLag = info.NumPending + uint64(info.NumAckPending) })
 		}
-		for _, e := range s.exporters {
-			info, err := e.cons.Info(ctx)
-			if err != nil {
-				continue
-			}
+		if info, err := s.tlog.cons.Info(ctx); err == nil {
 			lag := info.NumPending + uint64(info.NumAckPending)
-			s.countExport(e.name, func(x *ExportStats) { x.Lag = lag })
+			s.countExport("central", func(x *ExportStats) { x.Lag = lag })
 		}
+	}
+}
+
+// publishKey makes sure the audit key exists and is published (so the
+// gateway serves it before the first checkpoint), retrying until it is.
+func (s *Service) publishKey(ctx context.Context) {
+	defer s.wg.Done()
+	for attempt := 0; ctx.Err() == nil; attempt++ {
+		kctx, cancel := context.WithTimeout(ctx, checkpointTimeout)
+		_, _, err := s.signer.key(kctx)
+		cancel()
+		if err == nil {
+			return
+		}
+		s.log.Debug("audit key not available yet", "pool", s.cfg.SignPool, "err", err)
+		s.backoff(ctx, 6, err)
 	}
 }

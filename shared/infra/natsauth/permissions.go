@@ -109,6 +109,7 @@ func ServicePermissions(service string, pools []string) Permissions {
 				objStore(shared.BucketEKTObjects),
 				workStreams(jsStreamConsume), jsStreamDeclare(shared.StreamAudit),
 				kvWrite(shared.BucketPools), kvWrite(shared.BucketPKI), kvWrite(shared.BucketEKTIndex), kvWrite(shared.BucketUnseal),
+				kvWrite(shared.BucketAuditSigner),
 				kvRead(shared.BucketTenants), kvRead(shared.BucketKillSwitch)),
 			Sub:     join(commonSub, []string{shared.SubjectKeyworkerAdminPrefix + ">"}),
 			Respond: true,
@@ -132,6 +133,12 @@ func ServicePermissions(service string, pools []string) Permissions {
 		unsealStream := shared.KVStream(shared.BucketUnseal)
 		deny = append(deny, "$JS.API.*.*."+unsealStream, "$JS.API.*.*."+unsealStream+".>", "$JS.API.DIRECT.GET."+unsealStream+".>",
 			shared.KVSubjects(shared.BucketUnseal))
+		// The HSM signer's record of what it signed is read-only here: the
+		// audit service must not be able to roll it back.
+		signerStream := shared.KVStream(shared.BucketAuditSigner)
+		deny = append(deny, "$JS.API.STREAM.CREATE."+signerStream, "$JS.API.STREAM.UPDATE."+signerStream,
+			"$JS.API.STREAM.DELETE."+signerStream, "$JS.API.STREAM.PURGE."+signerStream,
+			"$JS.API.STREAM.MSG.DELETE."+signerStream, shared.KVSubjects(shared.BucketAuditSigner))
 		return Permissions{
 			Pub: join(commonPub, []string{"$JS.API.>", "$JS.ACK.>", "$JS.FC.>", "$KV.>", "$O.>",
 				shared.SubjectAuditPrefix + ">", shared.SubjectAuditRecordPrefix + ">", shared.SubjectAuditCheckpointPrefix + ">",
