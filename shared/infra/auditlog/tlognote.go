@@ -201,7 +201,7 @@ func CosignerVKey(name string, pub ed25519.PublicKey) string {
 
 // ParseCosignerVKey reads a CosignerVKey string.
 func ParseCosignerVKey(vkey string) (note.Verifier, error) {
-	parts := strings.Split(vkey, "+")
+	parts := strings.SplitN(vkey, "+", 3)
 	if len(parts) != 3 {
 		return nil, fmt.Errorf("%w: witness key %q: want name+id+key", ErrTlog, vkey)
 	}

@@ -194,23 +194,38 @@ func (w *chainWalker) record(seq uint64, entry []byte) error {
 	return nil
 }
 
-// whole rebuilds the tree from every entry bundle and compares roots.
+// whole checks every record against the signed tree through the tiles
+// (which names an altered record exactly), rebuilds the tree from the
+// entry bundles, and checks every earlier checkpoint against it.
 func (w *chainWalker) whole(ctx context.Context, bucket Bucket, th TreeHead) error {
 	history, err := w.history(ctx, bucket, th)
 	if err != nil {
 		return err
 	}
+	hr := tlog.TileHashReader(tlog.Tree{N: th.Size, Hash: th.Root}, &bucketTiles{ctx: ctx, bucket: bucket, prefix: w.scope.TlogPrefix()})
 	g := Genesis
 	w.prev = &g
 	var b Builder
 	for n := int64(0); n*TileWidth < th.Size; n++ {
 		width := int(min(th.Size-n*TileWidth, TileWidth))
+		first := uint64(n*TileWidth) + 1
 		entries, err := readBundle(ctx, bucket, w.scope.TlogPrefix(), n, width)
 		if err != nil {
-			return w.fail(uint64(n*TileWidth)+1, false, "entry bundle %s: %v", BundlePath(n, width), err)
+			return w.fail(first, false, "entry bundle %s: %v", BundlePath(n, width), err)
+		}
+		idx := make([]int64, width)
+		for j := range idx {
+			idx[j] = tlog.StoredHashIndex(0, n*TileWidth+int64(j))
+		}
+		leaves, err := hr.ReadHashes(idx)
+		if err != nil {
+			return w.fail(first, false, "tiles do not match the signed tree: %v", err)
 		}
 		for j, e := range entries {
-			seq := uint64(n*TileWidth) + uint64(j) + 1
+			seq := first + uint64(j)
+			if tlog.RecordHash(e) != leaves[j] {
+				return w.fail(seq, false, "altered: the record is not the one the signed tree holds")
+			}
 			if err := w.record(seq, e); err != nil {
 				return err
 			}
