@@ -30,9 +30,9 @@ const (
 
 	ConsumerAuthn = "authn"
 	ConsumerAudit = "audit"
-	// ConsumerAuditTlog is the audit service's consumer that builds the
-	// transparency log tiles from the record batches.
-	ConsumerAuditTlog = "audit_tlog"
+	// ConsumerAuditExport is the audit service's consumer on the log stream
+	// that builds the transparency log tiles from the record batches.
+	ConsumerAuditExport = "audit_export"
 	// ConsumerWorkPrefix + pool: the one durable pull consumer all keyworkers
 	// of a pool share; its MaxAckPending is the HSM concurrency budget.
 	ConsumerWorkPrefix = "keyworker_"

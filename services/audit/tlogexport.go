@@ -67,8 +67,20 @@ type tlogExporter struct {
 }
 
 func (e *tlogExporter) consumer(ctx context.Context) error {
+	// Version 1 exported one object per record through consumers of the
+	// same name without a priority group: the tree needs every record from
+	// 1, so they are replaced by a consumer that starts at the beginning.
+	for _, name := range []string{shared.ConsumerAuditExport, "audit_export_tenant"} {
+		c, err := e.s.logStream.Consumer(ctx, name)
+		if err == nil && len(c.CachedInfo().Config.PriorityGroups) == 0 {
+			if err := e.s.logStream.DeleteConsumer(ctx, name); err != nil && !errors.Is(err, jetstream.ErrConsumerNotFound) {
+				return fmt.Errorf("audit: replace version-1 export consumer %s: %w", name, err)
+			}
+			e.s.log.Info("version-1 export consumer replaced by the transparency log exporter", "consumer", name)
+		}
+	}
 	cons, err := e.s.logStream.CreateOrUpdateConsumer(ctx, jetstream.ConsumerConfig{
-		Durable:        shared.ConsumerAuditTlog,
+		Durable:        shared.ConsumerAuditExport,
 		Description:    "sovkeys: audit transparency log tiles",
 		FilterSubjects: []string{auditlog.SubjectRecordPrefix + ">"},
 		AckPolicy:      jetstream.AckExplicitPolicy,
