@@ -6,11 +6,13 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net/http"
 	"sync"
 	"time"
 
 	"github.com/sovkeys/sovkeys/shared"
 	"github.com/sovkeys/sovkeys/shared/infra/auditlog"
+	"github.com/sovkeys/sovkeys/shared/infra/auditlog/witness"
 	"github.com/sovkeys/sovkeys/shared/infra/registry"
 )
 
@@ -36,6 +38,9 @@ func (s *Service) setupExporter(ctx context.Context) error {
 		central = b
 	}
 	e := &tlogExporter{s: s, central: central}
+	for _, u := range s.cfg.Witnesses {
+		e.witnesses = append(e.witnesses, witness.Client{URL: u, HTTP: &http.Client{Timeout: 10 * time.Second}})
+	}
 	s.countExport("central", func(x *ExportStats) { x.Destination = central.String() })
 	if s.cfg.TenantExport.Enabled {
 		tenants, err := registry.OpenTenants(ctx, s.js, s.cfg.Topology)

@@ -54,6 +54,11 @@ type Config struct {
 	ExportConcurrency int
 	// MaxExportBackoff caps the delay between export retries of a message.
 	MaxExportBackoff time.Duration
+	// Witnesses are C2SP tlog-witness URLs asked to cosign every
+	// checkpoint; their cosignatures are added to the published checkpoint
+	// (verifiers may require k of them). A witness that is down delays no
+	// export: the checkpoint is published with the cosignatures obtained.
+	Witnesses []string
 	// Deployment names this deployment in every checkpoint's origin line
 	// ("<deployment>/audit/<kind>/<token>") and the audit key's note name
 	// ("<deployment>/audit"); verifiers must be told it. Default "sovkeys".
@@ -132,6 +137,8 @@ func (c Config) Validate() error {
 		return bad("export concurrency must be 1..1024")
 	case c.MaxExportBackoff < 100*time.Millisecond:
 		return bad("max export backoff must be at least 100ms")
+	case len(c.Witnesses) > 16:
+		return bad("at most 16 witnesses")
 	case !auditlog.ValidDeployment(c.Deployment):
 		return bad("deployment %q: want a schema-less URL such as sovkeys.example", c.Deployment)
 	}

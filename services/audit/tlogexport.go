@@ -10,9 +10,11 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"golang.org/x/mod/sumdb/tlog"
 
 	"github.com/sovkeys/sovkeys/shared"
 	"github.com/sovkeys/sovkeys/shared/infra/auditlog"
+	"github.com/sovkeys/sovkeys/shared/infra/auditlog/witness"
 )
 
 // Export: the transparency log
@@ -50,6 +52,7 @@ type tlogScope struct {
 	full       []auditlog.Object // full tiles and bundles not yet written
 	since      time.Time         // first append not yet signed
 	gaps       int
+	witnessed  []int64 // per witness: the size it last cosigned, as far as known
 }
 
 type tlogExporter struct {
@@ -60,6 +63,7 @@ type tlogExporter struct {
 
 	scopes    map[auditlog.Scope]*tlogScope
 	keepalive time.Time
+	witnesses []witness.Client
 
 	mu         sync.Mutex
 	failing    bool
@@ -180,7 +184,7 @@ func (e *tlogExporter) load(ctx context.Context, sc auditlog.Scope) (*tlogScope,
 			return nil, err
 		}
 	}
-	return &tlogScope{sc: sc, b: b, signedSize: ss.Size}, nil
+	return &tlogScope{sc: sc, b: b, signedSize: ss.Size, witnessed: make([]int64, len(e.witnesses))}, nil
 }
 
 // add appends one record batch to its scope's tree.
@@ -346,6 +350,7 @@ func (e *tlogExporter) publish(ctx context.Context, st *tlogScope) error {
 			e.s.log.Warn("checkpoint failed", "scope", st.sc.String(), "err", err)
 			return err
 		}
+		cp = append(cp, e.cosign(cctx, st, cp)...)
 		if err := e.writeCheckpoint(cctx, st.sc, size, cp); err != nil {
 			return err
 		}
@@ -357,6 +362,57 @@ func (e *tlogExporter) publish(ctx context.Context, st *tlogScope) error {
 	}
 	st.held, st.since = nil, time.Time{}
 	return nil
+}
+
+// cosign asks every witness to cosign the checkpoint of st's tree and
+// returns the cosignature lines obtained. A witness that last saw another
+// size answers with it; the proof is rebuilt from there once.
+func (e *tlogExporter) cosign(ctx context.Context, st *tlogScope, cp []byte) []byte {
+	var out []byte
+	for i, w := range e.witnesses {
+		old := st.witnessed[i]
+		var sigs []byte
+		var err error
+		for attempt := 0; attempt < 2; attempt++ {
+			var proof [][]byte
+			if proof, err = e.proof(ctx, st, old); err != nil {
+				break
+			}
+			sigs, err = w.AddCheckpoint(ctx, old, proof, cp)
+			var conflict *witness.ConflictError
+			if !errors.As(err, &conflict) || conflict.Size > st.b.Size() {
+				break
+			}
+			old = conflict.Size
+		}
+		if err != nil {
+			e.s.log.Warn("witness did not cosign", "witness", w.URL, "scope", st.sc.String(), "err", err)
+			continue
+		}
+		st.witnessed[i] = st.b.Size()
+		out = append(out, sigs...)
+	}
+	return out
+}
+
+// proof is the consistency proof of st's tree from size old.
+func (e *tlogExporter) proof(ctx context.Context, st *tlogScope, old int64) ([][]byte, error) {
+	if old == 0 || old >= st.b.Size() {
+		return nil, nil
+	}
+	hr, err := st.b.HashReader(ctx, e.central, st.sc)
+	if err != nil {
+		return nil, err
+	}
+	p, err := tlog.ProveTree(st.b.Size(), old, hr)
+	if err != nil {
+		return nil, err
+	}
+	out := make([][]byte, len(p))
+	for i := range p {
+		out[i] = p[i][:]
+	}
+	return out, nil
 }
 
 // writeCheckpoint stores a signed checkpoint in the history (write-once)
