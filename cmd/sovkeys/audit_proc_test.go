@@ -141,18 +141,16 @@ func TestAuditProcessesKill9(t *testing.T) {
 	for _, sc := range scopes {
 		checkRecordedOnce(t, js, sc, want[sc])
 		n := uint64(len(want[sc]))
-		for _, src := range []auditlog.Source{auditlog.StreamSource{JS: js}, auditlog.BucketSource{Bucket: obs}} {
-			checkFor(t, 60*time.Second, 200*time.Millisecond, func() error {
-				rep, err := auditlog.Verify(ctx, src, sc, pub, auditlog.Options{})
-				if err != nil {
-					return err
-				}
-				if rep.Last != n {
-					return fmt.Errorf("%s: verified up to %d of %d", sc, rep.Last, n)
-				}
-				return nil
-			})
-		}
+		checkFor(t, 60*time.Second, 200*time.Millisecond, func() error {
+			rep, err := auditlog.VerifyTlog(ctx, obs, sc, auditlog.Trust{Deployment: audit.DefaultDeployment, LogKey: pub}, auditlog.TlogOptions{})
+			if err != nil {
+				return err
+			}
+			if rep.Last != n {
+				return fmt.Errorf("%s: verified up to %d of %d", sc, rep.Last, n)
+			}
+			return nil
+		})
 	}
 	// For the record: what the surviving processes saw (micro stats).
 	inbox := nats.NewInbox()

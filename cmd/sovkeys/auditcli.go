@@ -38,6 +38,8 @@ const auditUsage = `Audit log commands (NATS: --nats/--creds or SOVKEYS_NATS_URL
         from NATS (default: the log stream; --from objects: the JetStream export),
         or from a bucket: --s3-bucket B [--s3-endpoint URL] [--s3-region R] [--s3-prefix audit/]
         (S3 credentials from SOVKEYS_S3_ACCESS_KEY_ID/SOVKEYS_S3_SECRET_ACCESS_KEY or the AWS default chain)
+  sovkeys audit prove --tenant T | --keystore PREFIX | --operator --seq N [bucket flags] [--public-key FILE.pem]
+        (verify: the transparency log; --first/--last, --checkpoint FILE, --proof FILE, --witness KEY --quorum K; --v1: the hash chain)
   sovkeys audit checkpoint --tenant T | --keystore PREFIX | --operator
   sovkeys audit public-key [--pool default] [--out FILE.pem]
   sovkeys audit bench [--events 100000] [--scopes 20] [--rate 0]
@@ -47,7 +49,7 @@ const auditUsage = `Audit log commands (NATS: --nats/--creds or SOVKEYS_NATS_URL
 // command rather than the audit service.
 func isAuditCommand(arg string) bool {
 	switch arg {
-	case "verify", "checkpoint", "public-key", "bench", "help":
+	case "verify", "prove", "checkpoint", "public-key", "bench", "help":
 		return true
 	}
 	return false
@@ -57,7 +59,9 @@ func isAuditCommand(arg string) bool {
 func runAuditCommand(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
 	switch args[0] {
 	case "verify":
-		return auditVerify(ctx, args[1:], getenv, stdout, stderr)
+		return auditTlogVerify(ctx, args[1:], stdout, stderr, getenv)
+	case "prove":
+		return auditProve(ctx, args[1:], stdout, stderr, getenv)
 	case "checkpoint":
 		return auditCheckpoint(ctx, args[1:], getenv, stdout, stderr)
 	case "public-key":
@@ -343,6 +347,8 @@ func auditBench(ctx context.Context, args []string, getenv func(string) string, 
 type auditFlags struct {
 	store, bucket, prefix, signPool string
 	tenantExport                    bool
+	deployment                      string
+	witnesses                       multiFlag
 }
 
 func (a *auditFlags) register(fs *flag.FlagSet) {
@@ -350,6 +356,8 @@ func (a *auditFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&a.bucket, "audit-s3-bucket", "", "audit: central S3 bucket (with --audit-store s3)")
 	fs.StringVar(&a.prefix, "audit-s3-prefix", audit.DefaultPrefix, "audit: key prefix in S3 buckets (central and tenants')")
 	fs.StringVar(&a.signPool, "audit-sign-pool", "default", "audit: keyworker pool whose HSM signs checkpoints")
+	fs.StringVar(&a.deployment, "audit-deployment", audit.DefaultDeployment, "audit: deployment name in every checkpoint's origin line (verifiers need it)")
+	fs.Var(&a.witnesses, "audit-witness", "audit: URL of a C2SP tlog-witness to cosign checkpoints (`sovkeys witness`); repeatable")
 	fs.BoolVar(&a.tenantExport, "audit-tenant-export", false, "audit: also export to each tenant's own bucket (tenant --audit-bucket) through the same S3 endpoint")
 }
 
@@ -366,5 +374,6 @@ func (a *auditFlags) config(f *serviceFlags) audit.Config {
 		Topology: f.topo.t, SignPool: a.signPool,
 		Central:      audit.CentralConfig{Backend: a.store, S3: central},
 		TenantExport: audit.TenantExportConfig{Enabled: a.tenantExport, S3: s3cfg},
+		Deployment:   a.deployment, Witnesses: a.witnesses,
 	}
 }

@@ -88,6 +88,8 @@ func dispatch(ctx context.Context, args []string, getenv func(string) string, st
 		return runKillswitch(ctx, args[1:], getenv, stdout, stderr)
 	case "unseal":
 		return runUnseal(ctx, args[1:], getenv, os.Stdin, stdout, stderr)
+	case "witness":
+		return runWitness(ctx, args[1:], stdout, stderr, getenv)
 	case "help", "-h", "--help":
 		return errUsage
 	}
