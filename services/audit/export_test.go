@@ -27,7 +27,7 @@ import (
 // back, the lag shows meanwhile, and both buckets verify with only the
 // public key. Then a deleted or edited object fails verification naming
 // its sequence number.
-func TestExportS3Outage(t *testing.T) {
+func TestAuditExportS3Outage(t *testing.T) {
 	srv := s3test.RunServer(t)
 	ctx := context.Background()
 	srv.CreateBucket(ctx, t, "central-audit", true)

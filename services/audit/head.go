@@ -12,23 +12,28 @@ import (
 	"github.com/sovkeys/sovkeys/shared/infra/mesh"
 )
 
-// ensureLogStream declares SOVKEYS_AUDITLOG: record batches and checkpoints
-// of every scope, kept until deleted by hand (no age or size limit: the
-// head of every scope must survive for numbering to continue). Deletes and
-// purges are denied; reads go to the stream leader (no direct get) so a
-// head is never read from a lagging replica.
-func ensureLogStream(ctx context.Context, js jetstream.JetStream, t mesh.Topology) (jetstream.Stream, error) {
+// ensureLogStream declares SOVKEYS_AUDITLOG: record batches (and the
+// version-1 checkpoints) of every scope. Each scope keeps its newest
+// keepBatches batches (MaxMsgsPerSubject, so the head every commit builds
+// on always survives); the sequencer never lets a scope's unexported
+// records reach that many (see exportBehind), so nothing is dropped before
+// it is in the bucket under a signed checkpoint. Deletes and purges are
+// denied; reads go to the stream leader (no direct get) so a head is never
+// read from a lagging replica.
+func ensureLogStream(ctx context.Context, js jetstream.JetStream, t mesh.Topology, keepBatches int64) (jetstream.Stream, error) {
 	cfg := jetstream.StreamConfig{
-		Name:        auditlog.StreamLog,
-		Description: "sovkeys: sequenced, hash-chained audit records and signed checkpoints",
-		Subjects:    []string{auditlog.SubjectRecordPrefix + ">", auditlog.SubjectCheckpointPrefix + ">"},
-		Retention:   jetstream.LimitsPolicy,
-		Storage:     jetstream.FileStorage,
-		Replicas:    t.Replicas,
-		Duplicates:  2 * time.Minute,
-		DenyDelete:  true,
-		DenyPurge:   true,
-		AllowDirect: false,
+		Name:              auditlog.StreamLog,
+		Description:       "sovkeys: sequenced, hash-chained audit records (exported as a transparency log)",
+		Subjects:          []string{auditlog.SubjectRecordPrefix + ">", auditlog.SubjectCheckpointPrefix + ">"},
+		Retention:         jetstream.LimitsPolicy,
+		Storage:           jetstream.FileStorage,
+		Replicas:          t.Replicas,
+		Duplicates:        2 * time.Minute,
+		MaxMsgsPerSubject: keepBatches,
+		Discard:           jetstream.DiscardOld,
+		DenyDelete:        true,
+		DenyPurge:         true,
+		AllowDirect:       false,
 	}
 	s, err := js.CreateOrUpdateStream(ctx, cfg)
 	if errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) {

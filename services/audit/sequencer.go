@@ -3,6 +3,7 @@ package audit
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"strconv"
 	"sync"
@@ -75,6 +76,7 @@ type scopeQueue struct {
 	head   head
 	loaded bool
 	scan   scanCache
+	signed uint64 // records of the scope under a signed checkpoint, as last read
 }
 
 // dispatch queues one delivery of an audit event.
@@ -173,7 +175,7 @@ func (s *Service) commit(ctx context.Context, q *scopeQueue, batch []*pending) {
 			return
 		}
 		lastErr = err
-		if !isConflict(err) {
+		if !isConflict(err) && !errors.Is(err, errExportBehind) {
 			log.Warn("audit commit failed; retrying", "attempt", attempt+1, "events", len(batch), "err", err)
 		}
 	}
@@ -201,6 +203,9 @@ func (s *Service) tryCommit(ctx context.Context, q *scopeQueue, batchp *[]*pendi
 	s.dropStale(q, batchp)
 	if len(*batchp) == 0 {
 		return true, nil
+	}
+	if err := s.exportRoom(ctx, q, len(*batchp)); err != nil {
+		return false, err
 	}
 	body, last, err := s.build(q.head, *batchp)
 	if err != nil {
@@ -244,6 +249,31 @@ func (s *Service) tryCommit(ctx context.Context, q *scopeQueue, batchp *[]*pendi
 	// Whatever another writer recorded meanwhile is not numbered again.
 	s.dropRecorded(q, batchp, ids)
 	return len(*batchp) == 0, err
+}
+
+// errExportBehind: committing would leave more unexported records in the
+// scope than the log stream keeps batches of it.
+var errExportBehind = errors.New("audit: the scope's export is too far behind; numbering waits")
+
+// exportRoom makes sure committing n more records keeps the scope's
+// unexported records (numbered, not yet under a signed checkpoint in the
+// bucket) below LogKeepBatches: each batch holds at least one record, so
+// the stream's per-scope limit then never drops an unexported batch.
+func (s *Service) exportRoom(ctx context.Context, q *scopeQueue, n int) error {
+	limit := uint64(s.cfg.LogKeepBatches - 1)
+	if q.head.seq+uint64(n) <= q.signed+limit {
+		return nil
+	}
+	st, err := s.signer.state(ctx, q.scope)
+	if err != nil {
+		return err
+	}
+	q.signed = uint64(st.Size)
+	if q.head.seq+uint64(n) > q.signed+limit {
+		s.count(func(st *Stats) { st.ExportBehind++ })
+		return fmt.Errorf("%w: %d records numbered, %d exported", errExportBehind, q.head.seq, q.signed)
+	}
+	return nil
 }
 
 // dedupeSuspects drops the batch's suspect events that a batch committed

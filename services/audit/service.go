@@ -54,6 +54,15 @@ type Config struct {
 	ExportConcurrency int
 	// MaxExportBackoff caps the delay between export retries of a message.
 	MaxExportBackoff time.Duration
+	// LogKeepBatches is how many record batches of each scope the log
+	// stream keeps (default 10,000): the window in which a redelivered
+	// event is recognised as numbered, and the bound on a scope's
+	// unexported records (sequencing of a scope pauses there until export
+	// catches up).
+	LogKeepBatches int
+	// EventPurgeEvery is how often numbered events are purged from the
+	// event stream (below the audit consumer's ack floor); default 10 s.
+	EventPurgeEvery time.Duration
 	// Witnesses are C2SP tlog-witness URLs asked to cosign every
 	// checkpoint; their cosignatures are added to the published checkpoint
 	// (verifiers may require k of them). A witness that is down delays no
@@ -115,6 +124,12 @@ func (c Config) withDefaults() Config {
 	if c.Deployment == "" {
 		c.Deployment = DefaultDeployment
 	}
+	if c.LogKeepBatches == 0 {
+		c.LogKeepBatches = 10_000
+	}
+	if c.EventPurgeEvery == 0 {
+		c.EventPurgeEvery = 10 * time.Second
+	}
 	return c
 }
 
@@ -137,6 +152,10 @@ func (c Config) Validate() error {
 		return bad("export concurrency must be 1..1024")
 	case c.MaxExportBackoff < 100*time.Millisecond:
 		return bad("max export backoff must be at least 100ms")
+	case c.LogKeepBatches <= c.MaxBatch || c.LogKeepBatches > 10_000_000:
+		return bad("log keep batches must exceed the max batch and be at most 10,000,000")
+	case c.EventPurgeEvery < 100*time.Millisecond:
+		return bad("event purge cadence must be at least 100ms")
 	case len(c.Witnesses) > 16:
 		return bad("at most 16 witnesses")
 	case !auditlog.ValidDeployment(c.Deployment):
@@ -183,6 +202,9 @@ type Stats struct {
 	Batches    uint64 `json:"batches"`
 	Duplicates uint64 `json:"duplicates"`
 	Conflicts  uint64 `json:"conflicts"`
+	// ExportBehind counts commits held back because a scope's unexported
+	// records reached LogKeepBatches.
+	ExportBehind uint64 `json:"export_behind"`
 	// SequencingLag is the events not yet numbered (whole mesh).
 	SequencingLag       uint64                  `json:"sequencing_lag"`
 	Checkpoints         uint64                  `json:"checkpoints"`
@@ -287,7 +309,7 @@ func (s *Service) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	if s.logStream, err = ensureLogStream(ctx, s.js, s.cfg.Topology); err != nil {
+	if s.logStream, err = ensureLogStream(ctx, s.js, s.cfg.Topology, int64(s.cfg.LogKeepBatches)); err != nil {
 		return err
 	}
 	if err := s.setupExporter(ctx); err != nil {
@@ -314,8 +336,9 @@ func (s *Service) Run(ctx context.Context) error {
 	defer func() { _ = svc.Stop() }()
 
 	loops, stopLoops := context.WithCancel(context.WithoutCancel(ctx))
-	s.wg.Add(4)
+	s.wg.Add(5)
 	go s.tlog.run(loops)
+	go s.purgeEvents(loops, events)
 	go s.publishKey(loops)
 	go s.keepalive(loops)
 	go s.watchLag(loops)
@@ -419,5 +442,36 @@ func (s *Service) publishKey(ctx context.Context) {
 		}
 		s.log.Debug("audit key not available yet", "pool", s.cfg.SignPool, "err", err)
 		s.backoff(ctx, 6, err)
+	}
+}
+
+// purgeEvents removes numbered events from the event stream: every event
+// at or below the audit consumer's ack floor is recorded in the log (acks
+// are sent only after the commit), so the stream holds only what is still
+// to be numbered. One purge request per round, not one delete per event.
+func (s *Service) purgeEvents(ctx context.Context, events jetstream.Stream) {
+	defer s.wg.Done()
+	t := time.NewTicker(s.cfg.EventPurgeEvery)
+	defer t.Stop()
+	var done uint64
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		info, err := s.auditCons.Info(ctx)
+		if err != nil {
+			continue
+		}
+		floor := info.AckFloor.Stream
+		if floor <= done {
+			continue
+		}
+		if err := events.Purge(ctx, jetstream.WithPurgeSequence(floor+1)); err != nil {
+			s.log.Warn("purge numbered audit events", "err", err)
+			continue
+		}
+		done = floor
 	}
 }

@@ -15,7 +15,7 @@ import (
 	"github.com/sovkeys/sovkeys/shared/testkit/natstest"
 )
 
-func TestConfigValidate(t *testing.T) {
+func TestAuditConfigValidate(t *testing.T) {
 	ok := Config{Topology: mesh.DefaultTopology()}
 	if err := ok.Validate(); err != nil {
 		t.Fatalf("defaults: %v", err)
@@ -41,7 +41,7 @@ func TestConfigValidate(t *testing.T) {
 // Two audit services sequence a burst across the three kinds of scope at
 // once: every scope is gapless, every event is recorded once, the chains
 // verify with the HSM key from the stream and from the exported objects.
-func TestSequenceCheckpointExport(t *testing.T) {
+func TestAuditSequenceCheckpointExport(t *testing.T) {
 	_, nc, js := natstest.Run(t)
 	runKeyworker(t, nc, js)
 	a, _ := runAudit(t, nc, js, Config{})
@@ -95,7 +95,7 @@ func TestSequenceCheckpointExport(t *testing.T) {
 
 // A recreated consumer delivers old events again as first deliveries; the
 // service recognises them as recorded.
-func TestRecreatedConsumerDoesNotRenumber(t *testing.T) {
+func TestAuditRecreatedConsumerDoesNotRenumber(t *testing.T) {
 	_, nc, js := natstest.Run(t)
 	runKeyworker(t, nc, js)
 	sc := auditlog.Scope{Kind: shared.AuditKindTenant, ID: "vpc-1"}
@@ -130,7 +130,7 @@ func TestRecreatedConsumerDoesNotRenumber(t *testing.T) {
 }
 
 // `sovkeys audit checkpoint` asks the service over NATS.
-func TestCheckpointOnDemand(t *testing.T) {
+func TestAuditCheckpointOnDemand(t *testing.T) {
 	_, nc, js := natstest.Run(t)
 	runKeyworker(t, nc, js)
 	runAudit(t, nc, js, Config{CheckpointEvery: time.Second})

@@ -20,7 +20,7 @@ import (
 
 // Two witnesses cosign every checkpoint; a verifier requiring both accepts
 // the log, one requiring a third does not.
-func TestWitnessCosignatures(t *testing.T) {
+func TestAuditWitnessCosignatures(t *testing.T) {
 	_, nc, js := natstest.Run(t)
 	runKeyworker(t, nc, js)
 	var pk auditlog.PublicKeyResponse
@@ -57,10 +57,12 @@ func TestWitnessCosignatures(t *testing.T) {
 		evs = append(evs, event(sc, "keyworker", i))
 	}
 	publishAsync(t, js, evs[:100])
-	obs, err := auditlog.OpenObjectBucket(context.Background(), js)
-	if err != nil {
-		t.Fatal(err)
-	}
+	var obs auditlog.Bucket
+	checkFor(t, 30*time.Second, 50*time.Millisecond, func() error {
+		b, err := auditlog.OpenObjectBucket(context.Background(), js)
+		obs = b
+		return err
+	})
 	tr := auditlog.Trust{Deployment: DefaultDeployment, LogKey: pub, Witnesses: vs, Quorum: 2}
 	wait := func(n int64) {
 		checkFor(t, 60*time.Second, 100*time.Millisecond, func() error {

@@ -132,7 +132,7 @@ func mth(leaves [][]byte) []byte {
 // TestTilesAgainstIndependentVerifier: the tree, its inclusion proofs and
 // its consistency proofs are accepted by github.com/transparency-dev/merkle
 // (not our code), for sizes around tile boundaries.
-func TestTilesAgainstIndependentVerifier(t *testing.T) {
+func TestAuditTilesAgainstIndependentVerifier(t *testing.T) {
 	f := newTlogFixture(t)
 	sizes := []int{1, 2, 3, 255, 256, 257, 511, 1000, 65536 + 300}
 	roots := map[int64]tlog.Hash{}
@@ -188,7 +188,7 @@ func TestTilesAgainstIndependentVerifier(t *testing.T) {
 	}
 }
 
-func TestVerifyTlog(t *testing.T) {
+func TestAuditVerifyTlog(t *testing.T) {
 	ctx := context.Background()
 	f := newTlogFixture(t)
 	for _, n := range []int{10, 300, 3} {
@@ -214,7 +214,7 @@ func TestVerifyTlog(t *testing.T) {
 
 // TestVerifyTlogTampering: every alteration a bucket owner could make is
 // refused, naming the record.
-func TestVerifyTlogTampering(t *testing.T) {
+func TestAuditVerifyTlogTampering(t *testing.T) {
 	ctx := context.Background()
 	other, _ := ecdsa.GenerateKey(elliptic.P384(), rand.Reader)
 	for _, tc := range []struct {
@@ -338,7 +338,7 @@ func (f *tlogFixture) editBundle(n int64, w int, edit func([][]byte)) {
 	f.bucket.objects[key] = nb
 }
 
-func TestProofTampering(t *testing.T) {
+func TestAuditProofTampering(t *testing.T) {
 	f := newTlogFixture(t)
 	f.grow(20)
 	p, err := Prove(context.Background(), f.bucket, testScope, 7, nil)
@@ -369,7 +369,7 @@ func TestProofTampering(t *testing.T) {
 	}
 }
 
-func TestCosignatureQuorum(t *testing.T) {
+func TestAuditCosignatureQuorum(t *testing.T) {
 	f := newTlogFixture(t)
 	var wits []*Cosigner
 	var vs []note.Verifier
@@ -403,7 +403,7 @@ func TestCosignatureQuorum(t *testing.T) {
 	}
 }
 
-func TestCheckAdvance(t *testing.T) {
+func TestAuditCheckAdvance(t *testing.T) {
 	var b Builder
 	roots := map[int64]tlog.Hash{}
 	for i := range 20 {

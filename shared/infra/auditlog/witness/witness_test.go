@@ -80,7 +80,7 @@ func proof(t *testing.T, b *auditlog.Builder, old int64) [][]byte {
 	return out
 }
 
-func TestWitnessAddCheckpoint(t *testing.T) {
+func TestAuditWitnessAddCheckpoint(t *testing.T) {
 	logKey, _ := ecdsa.GenerateKey(elliptic.P384(), rand.Reader)
 	otherKey, _ := ecdsa.GenerateKey(elliptic.P384(), rand.Reader)
 	_, wkey, _ := ed25519.GenerateKey(rand.Reader)
