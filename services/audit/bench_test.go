@@ -34,20 +34,21 @@ func BenchmarkAuditPipeline(b *testing.B) {
 		return err
 	})
 	for _, bc := range []struct {
-		name string
-		rate int
-	}{{"burst", 0}, {"rate5000", 5000}} {
+		name         string
+		rate, scopes int
+		events       int
+	}{{"burst", 0, 20, 50000}, {"rate5000", 5000, 20, 50000}, {"rate1800x200scopes", 1800, 200, 36000}} {
 		b.Run(bc.name, func(b *testing.B) {
 			var seq, exp float64
 			var lagSeq, lagExp uint64
 			var events int
 			before := svc.Snapshot().Export["central"].Objects
 			for b.Loop() {
-				res, err := RunLoad(context.Background(), js, LoadConfig{Events: 50000, Scopes: 20, Rate: bc.rate}, time.Now)
+				res, err := RunLoad(context.Background(), js, LoadConfig{Events: bc.events, Scopes: bc.scopes, Rate: bc.rate}, time.Now)
 				if err != nil {
 					b.Fatal(err)
 				}
-				events += 50000
+				events += bc.events
 				seq, exp = res.SequencedPerSec, res.ExportedPerSec
 				lagSeq, lagExp = max(lagSeq, res.MaxSequencingLag), max(lagExp, res.MaxExportLag)
 			}

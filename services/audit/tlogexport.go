@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -53,7 +54,12 @@ type tlogScope struct {
 	since      time.Time         // first append not yet signed
 	gaps       int
 	witnessed  []int64 // per witness: the size it last cosigned, as far as known
+	used       time.Time
 }
+
+// idleScope is how long a scope's edge stays in memory without records;
+// it is reloaded from the bucket when records come again.
+const idleScope = time.Minute
 
 type tlogExporter struct {
 	s       *Service
@@ -117,10 +123,13 @@ func (e *tlogExporter) run(ctx context.Context) {
 		switch {
 		case err == nil, errors.Is(err, jetstream.ErrNoMessages), errors.Is(err, nats.ErrTimeout):
 		case errors.Is(err, jetstream.ErrPinIDMismatch):
-			// Another process holds the pin: forget everything held here,
-			// JetStream redelivers it there.
-			e.reset()
-			e.s.backoff(ctx, 4, err)
+			// The pin moved (this loop was busy longer than tlogPinnedTTL,
+			// or another process took over). What is held here stays valid:
+			// acks need no pin, keepalives keep it from being redelivered,
+			// and a process that gets later batches of such a scope waits
+			// (gap) until these are acked. The next fetch asks to be
+			// pinned again.
+			e.s.log.Debug("audit tlog: pin moved", "err", err)
 		case ctx.Err() == nil:
 			e.s.log.Warn("audit tlog fetch", "err", err)
 			e.s.backoff(ctx, 4, err)
@@ -128,14 +137,6 @@ func (e *tlogExporter) run(ctx context.Context) {
 		e.flushDue(ctx, false)
 		e.keepAlive()
 	}
-}
-
-// reset drops this process's trees and held batches (not acked, not naked).
-func (e *tlogExporter) reset() {
-	if len(e.scopes) > 0 {
-		e.s.log.Info("audit tlog: another process builds the trees now")
-	}
-	e.scopes = map[auditlog.Scope]*tlogScope{}
 }
 
 // keepAlive tells JetStream held batches are being worked on.
@@ -184,7 +185,7 @@ func (e *tlogExporter) load(ctx context.Context, sc auditlog.Scope) (*tlogScope,
 			return nil, err
 		}
 	}
-	return &tlogScope{sc: sc, b: b, signedSize: ss.Size, witnessed: make([]int64, len(e.witnesses))}, nil
+	return &tlogScope{sc: sc, b: b, signedSize: ss.Size, witnessed: make([]int64, len(e.witnesses)), used: e.s.now()}, nil
 }
 
 // add appends one record batch to its scope's tree.
@@ -241,6 +242,7 @@ func (e *tlogExporter) add(ctx context.Context, m jetstream.Msg) {
 		}
 	}
 	st.gaps = 0
+	st.used = e.s.now()
 	st.held = append(st.held, m)
 	if st.since.IsZero() {
 		st.since = e.s.now()
@@ -262,7 +264,11 @@ func batchFirst(h string) (uint64, bool) {
 func (e *tlogExporter) flushDue(ctx context.Context, force bool) {
 	now := e.s.now()
 	var due []*tlogScope
-	for _, st := range e.scopes {
+	for sc, st := range e.scopes {
+		if len(st.held) == 0 && st.b.Size() == st.signedSize && len(st.full) == 0 && now.Sub(st.used) > idleScope {
+			delete(e.scopes, sc) // bounded memory: idle edges are reloaded on demand
+			continue
+		}
 		grown := st.b.Size() > st.signedSize
 		if !grown && len(st.held) > 0 {
 			due = append(due, st) // held batches of an already signed size
@@ -275,6 +281,8 @@ func (e *tlogExporter) flushDue(ctx context.Context, force bool) {
 	if len(due) == 0 {
 		return
 	}
+	// Oldest first: a round that runs out of time leaves the newest.
+	slices.SortFunc(due, func(a, b *tlogScope) int { return a.since.Compare(b.since) })
 	// 1. Tiles and bundles of every due scope, to every destination.
 	var objs []exportObject
 	for _, st := range due {
@@ -306,12 +314,16 @@ func (e *tlogExporter) flushDue(ctx context.Context, force bool) {
 	var wg sync.WaitGroup
 	var mu sync.Mutex
 	var lastErr error
+	budget := now.Add(tlogPinnedTTL / 3)
 	for _, st := range due {
 		if failed[st] != nil {
 			lastErr = failed[st]
 			continue
 		}
 		st.full = nil
+		if e.s.now().After(budget) {
+			continue // the rest next round: keep fetching, keep the pin
+		}
 		sem <- struct{}{}
 		wg.Add(1)
 		go func() {
