@@ -28,7 +28,7 @@ import (
 func BenchmarkAuditPipeline(b *testing.B) {
 	_, nc, js := natstest.Run(b)
 	runKeyworker(b, nc, js)
-	svc, _ := runAudit(b, nc, js, Config{CheckpointEvery: time.Second, EventPurgeEvery: time.Second})
+	svc, _ := runAudit(b, nc, js, Config{CheckpointEvery: time.Second, EventPurgeEvery: time.Second, EventKeep: time.Millisecond})
 	checkFor(b, 30*time.Second, 20*time.Millisecond, func() error {
 		_, err := js.Consumer(context.Background(), auditlog.StreamLog, "audit_export")
 		return err
@@ -68,7 +68,7 @@ func BenchmarkAuditPipelineS3(b *testing.B) {
 	srv.CreateBucket(context.Background(), b, "bench-audit", false)
 	_, nc, js := natstest.Run(b)
 	runKeyworker(b, nc, js)
-	svc, _ := runAudit(b, nc, js, Config{CheckpointEvery: time.Second, EventPurgeEvery: time.Second, Central: CentralConfig{Backend: BackendS3, S3: writeonce.S3Config{
+	svc, _ := runAudit(b, nc, js, Config{CheckpointEvery: time.Second, EventPurgeEvery: time.Second, EventKeep: time.Millisecond, Central: CentralConfig{Backend: BackendS3, S3: writeonce.S3Config{
 		Endpoint: srv.Endpoint(), Region: s3test.Region, Bucket: "bench-audit", UsePathStyle: true,
 		AccessKeyID: s3test.AccessKey, SecretAccessKey: s3test.SecretKey,
 	}}})

@@ -20,7 +20,7 @@ func TestAuditBoundedStorage(t *testing.T) {
 	_, nc, js := natstest.Run(t)
 	runKeyworker(t, nc, js)
 	const keep = 40
-	svc, _ := runAudit(t, nc, js, Config{MaxBatch: 5, LogKeepBatches: keep, EventPurgeEvery: 100 * time.Millisecond})
+	svc, _ := runAudit(t, nc, js, Config{MaxBatch: 5, LogKeepBatches: keep, EventPurgeEvery: 100 * time.Millisecond, EventKeep: time.Millisecond})
 	sc := auditlog.Scope{Kind: shared.AuditKindXKS, ID: "bounded"}
 	var evs []*shared.AuditEvent
 	for i := range 1500 {

@@ -63,6 +63,9 @@ type Config struct {
 	// EventPurgeEvery is how often numbered events are purged from the
 	// event stream (below the audit consumer's ack floor); default 10 s.
 	EventPurgeEvery time.Duration
+	// EventKeep is how long an event stays in the event stream after it
+	// was numbered; default 1 minute.
+	EventKeep time.Duration
 	// Witnesses are C2SP tlog-witness URLs asked to cosign every
 	// checkpoint; their cosignatures are added to the published checkpoint
 	// (verifiers may require k of them). A witness that is down delays no
@@ -130,6 +133,9 @@ func (c Config) withDefaults() Config {
 	if c.EventPurgeEvery == 0 {
 		c.EventPurgeEvery = 10 * time.Second
 	}
+	if c.EventKeep == 0 {
+		c.EventKeep = time.Minute
+	}
 	return c
 }
 
@@ -154,8 +160,8 @@ func (c Config) Validate() error {
 		return bad("max export backoff must be at least 100ms")
 	case c.LogKeepBatches <= c.MaxBatch || c.LogKeepBatches > 10_000_000:
 		return bad("log keep batches must exceed the max batch and be at most 10,000,000")
-	case c.EventPurgeEvery < 100*time.Millisecond:
-		return bad("event purge cadence must be at least 100ms")
+	case c.EventPurgeEvery < 100*time.Millisecond || c.EventKeep < 0:
+		return bad("event purge cadence must be at least 100ms, event keep not negative")
 	case len(c.Witnesses) > 16:
 		return bad("at most 16 witnesses")
 	case !auditlog.ValidDeployment(c.Deployment):
@@ -447,12 +453,18 @@ func (s *Service) publishKey(ctx context.Context) {
 
 // purgeEvents removes numbered events from the event stream: every event
 // at or below the audit consumer's ack floor is recorded in the log (acks
-// are sent only after the commit), so the stream holds only what is still
-// to be numbered. One purge request per round, not one delete per event.
+// are sent only after the commit). Events stay EventKeep after they were
+// numbered (operators and tests read recent events), then go: one purge
+// request per round, not one delete per event.
 func (s *Service) purgeEvents(ctx context.Context, events jetstream.Stream) {
 	defer s.wg.Done()
 	t := time.NewTicker(s.cfg.EventPurgeEvery)
 	defer t.Stop()
+	type mark struct {
+		at    time.Time
+		floor uint64
+	}
+	var marks []mark // ack floors observed, oldest first
 	var done uint64
 	for {
 		select {
@@ -460,11 +472,14 @@ func (s *Service) purgeEvents(ctx context.Context, events jetstream.Stream) {
 			return
 		case <-t.C:
 		}
-		info, err := s.auditCons.Info(ctx)
-		if err != nil {
-			continue
+		now := s.now()
+		if info, err := s.auditCons.Info(ctx); err == nil {
+			marks = append(marks, mark{now, info.AckFloor.Stream})
 		}
-		floor := info.AckFloor.Stream
+		var floor uint64
+		for len(marks) > 0 && now.Sub(marks[0].at) >= s.cfg.EventKeep {
+			floor, marks = marks[0].floor, marks[1:]
+		}
 		if floor <= done {
 			continue
 		}
