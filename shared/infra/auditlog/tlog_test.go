@@ -394,6 +394,19 @@ func TestAuditCosignatureQuorum(t *testing.T) {
 	if _, _, err := tr.OpenCheckpoint(cp, testScope); err == nil {
 		t.Fatal("quorum of 3 met by 2 cosignatures")
 	}
+	// A newer checkpoint without cosignatures (witnesses down): a verifier
+	// requiring them uses the newest one that has them.
+	f.wits = nil
+	f.grow(3)
+	tr.Quorum = 2
+	rep, err := VerifyTlog(context.Background(), f.bucket, testScope, tr, TlogOptions{})
+	if err != nil || rep.Size != 5 || len(rep.Cosigners) != 2 {
+		t.Fatalf("fallback to the cosigned checkpoint: %v %+v", err, rep)
+	}
+	tr.Quorum = 0
+	if rep, err := VerifyTlog(context.Background(), f.bucket, testScope, tr, TlogOptions{}); err != nil || rep.Size != 8 {
+		t.Fatalf("without quorum: %v %+v", err, rep)
+	}
 	// The same witness twice does not count twice.
 	dup := append(cp, cp[bytes.LastIndex(cp[:len(cp)-1], []byte("\n"))+1:]...)
 	tr.Quorum = 2

@@ -8,6 +8,7 @@ import (
 	"crypto/x509"
 	"encoding/base64"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"strconv"
 	"strings"
@@ -216,6 +217,9 @@ func ParseCosignerVKey(vkey string) (note.Verifier, error) {
 	return v, nil
 }
 
+// errQuorum: too few witness cosignatures.
+var errQuorum = errors.New("witness quorum not met")
+
 // Trust is what a verifier of checkpoints is configured with.
 type Trust struct {
 	Deployment string           // origin prefix and key name of the log
@@ -262,7 +266,7 @@ func (tr Trust) OpenCheckpoint(signed []byte, s Scope) (TreeHead, []string, erro
 		return TreeHead{}, nil, fmt.Errorf("%w: checkpoint origin %q, want %q", ErrSignature, th.Origin, want)
 	}
 	if len(cosigners) < tr.Quorum {
-		return TreeHead{}, nil, fmt.Errorf("%w: %d witness cosignatures, %d required", ErrSignature, len(cosigners), tr.Quorum)
+		return TreeHead{}, nil, fmt.Errorf("%w: %w: %d witness cosignatures, %d required", ErrSignature, errQuorum, len(cosigners), tr.Quorum)
 	}
 	return th, cosigners, nil
 }

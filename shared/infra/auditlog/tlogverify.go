@@ -107,6 +107,11 @@ func VerifyTlog(ctx context.Context, bucket Bucket, s Scope, tr Trust, opts Tlog
 		}
 	}
 	th, cosigners, err := tr.OpenCheckpoint(signed, s)
+	if errors.Is(err, errQuorum) && opts.Checkpoint == nil {
+		// The newest checkpoint may not have its cosignatures yet (a
+		// witness was down): use the newest one that has them.
+		signed, th, cosigners, err = newestWithQuorum(ctx, bucket, s, tr)
+	}
 	if err != nil {
 		return nil, fail(0, true, "%v", err)
 	}
@@ -326,4 +331,29 @@ func (w *chainWalker) rangeOf(ctx context.Context, bucket Bucket, th TreeHead, f
 		}
 	}
 	return nil
+}
+
+// newestWithQuorum returns the newest checkpoint in the history that
+// carries the cosignatures tr requires.
+func newestWithQuorum(ctx context.Context, bucket Bucket, s Scope, tr Trust) ([]byte, TreeHead, []string, error) {
+	var names []string
+	if err := bucket.List(ctx, s.CheckpointHistoryDir(), func(n string) error { names = append(names, n); return nil }); err != nil {
+		return nil, TreeHead{}, nil, err
+	}
+	slices.Sort(names)
+	lastErr := fmt.Errorf("%w: no checkpoint has the %d witness cosignatures required", ErrSignature, tr.Quorum)
+	for i := len(names) - 1; i >= 0 && i >= len(names)-1000; i-- {
+		data, err := bucket.Get(ctx, s.CheckpointHistoryDir()+"/"+names[i])
+		if err != nil {
+			return nil, TreeHead{}, nil, err
+		}
+		th, cos, err := tr.OpenCheckpoint(data, s)
+		if err == nil {
+			return data, th, cos, nil
+		}
+		if !errors.Is(err, errQuorum) {
+			return nil, TreeHead{}, nil, err
+		}
+	}
+	return nil, TreeHead{}, nil, lastErr
 }
