@@ -36,7 +36,7 @@ import (
 
 const (
 	tlogFetch        = 1024
-	tlogAckWait      = 30 * time.Second
+	tlogAckWait      = 15 * time.Second
 	tlogPinnedTTL    = 10 * time.Second
 	tlogGroup        = "tlog"
 	tlogMaxUnflushed = 16384 // records of one scope before a flush regardless of cadence
@@ -130,12 +130,24 @@ func (e *tlogExporter) run(ctx context.Context) {
 			// (gap) until these are acked. The next fetch asks to be
 			// pinned again.
 			e.s.log.Debug("audit tlog: pin moved", "err", err)
+			e.s.backoff(ctx, 4, err) // another process is pinned: ask again in a while
 		case ctx.Err() == nil:
 			e.s.log.Warn("audit tlog fetch", "err", err)
 			e.s.backoff(ctx, 4, err)
 		}
 		e.flushDue(ctx, false)
 		e.keepAlive()
+	}
+}
+
+// drop forgets a scope's tree (it is reloaded from the signer's state on
+// its next batch) and hands its held batches back for redelivery now.
+func (e *tlogExporter) drop(sc auditlog.Scope) {
+	if st, ok := e.scopes[sc]; ok {
+		for _, m := range st.held {
+			_ = m.Nak()
+		}
+		delete(e.scopes, sc)
 	}
 }
 
@@ -224,19 +236,22 @@ func (e *tlogExporter) add(ctx context.Context, m jetstream.Msg) {
 		st.held = append(st.held, m)
 		return
 	case first > size+1:
-		// A batch before this one has not come (yet): redeliveries after a
-		// takeover may arrive out of order.
-		st.gaps++
-		if st.gaps > 10 {
-			delete(e.scopes, sc) // reload from the signer's state
-		}
+		// A batch before this one has not come (yet): after a takeover,
+		// batches the previous process held come back after AckWait.
+		// If another process got further meanwhile, reload from the
+		// signer's state; else wait for the missing batch.
 		_ = m.NakWithDelay(500 * time.Millisecond)
+		if st.gaps++; st.gaps%10 == 0 {
+			if ss, err := e.s.signer.state(ctx, sc); err == nil && ss.Size > st.b.Size() {
+				e.drop(sc)
+			}
+		}
 		return
 	}
 	for _, line := range lines[size+1-first:] {
 		if err := st.b.Append(line); err != nil {
 			e.s.log.Error("audit tlog: record cannot be logged", "scope", sc.String(), "err", err)
-			delete(e.scopes, sc)
+			e.drop(sc)
 			_ = m.NakWithDelay(10 * time.Second)
 			return
 		}
@@ -338,7 +353,7 @@ func (e *tlogExporter) flushDue(ctx context.Context, force bool) {
 	wg.Wait()
 	for _, st := range due {
 		if st.b.Size() < st.signedSize {
-			delete(e.scopes, st.sc) // the signer is ahead: reload
+			e.drop(st.sc) // the signer is ahead: reload
 		}
 	}
 	e.report(len(objs), lastErr)
