@@ -35,6 +35,14 @@ func ensureLogStream(ctx context.Context, js jetstream.JetStream, t mesh.Topolog
 		DenyPurge:         true,
 		AllowDirect:       false,
 	}
+	// A version-1 log (no per-scope limit, records in it) must be tiled
+	// from record 1 before old batches may go: the limit is applied later
+	// by applyLogLimit, once the tlog exporter has caught up.
+	if old, err := js.Stream(ctx, cfg.Name); err == nil {
+		if info := old.CachedInfo(); info.Config.MaxMsgsPerSubject <= 0 && info.State.Msgs > 0 {
+			cfg.MaxMsgsPerSubject = -1
+		}
+	}
 	s, err := js.CreateOrUpdateStream(ctx, cfg)
 	if errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) {
 		s, err = js.CreateOrUpdateStream(ctx, cfg)
@@ -43,6 +51,40 @@ func ensureLogStream(ctx context.Context, js jetstream.JetStream, t mesh.Topolog
 		return nil, fmt.Errorf("audit: stream %s: %w", cfg.Name, err)
 	}
 	return s, nil
+}
+
+// applyLogLimit sets the per-scope batch limit on a log stream that was
+// declared without it (a version-1 log), once the tlog exporter has no
+// batch left to tile: from then on the sequencer's back-pressure keeps
+// every unexported batch within the limit.
+func (s *Service) applyLogLimit(ctx context.Context) {
+	defer s.wg.Done()
+	if s.logStream.CachedInfo().Config.MaxMsgsPerSubject > 0 {
+		s.logLimited.Store(true)
+		return
+	}
+	t := time.NewTicker(10 * time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		info, err := s.tlog.cons.Info(ctx)
+		if err != nil || info.NumPending != 0 || info.NumAckPending != 0 {
+			continue
+		}
+		cfg := s.logStream.CachedInfo().Config
+		cfg.MaxMsgsPerSubject = int64(s.cfg.LogKeepBatches)
+		if _, err := s.js.UpdateStream(ctx, cfg); err != nil {
+			s.log.Warn("audit log stream: per-scope limit not applied yet", "err", err)
+			continue
+		}
+		s.logLimited.Store(true)
+		s.log.Info("audit log stream: the version-1 log is tiled; per-scope batch limit applied", "batches", cfg.MaxMsgsPerSubject)
+		return
+	}
 }
 
 // head is the last committed record of a scope.

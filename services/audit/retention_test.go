@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/sovkeys/sovkeys/shared"
@@ -64,4 +65,63 @@ func TestAuditBoundedStorage(t *testing.T) {
 	if svc.Snapshot().ExportBehind == 0 {
 		t.Log("numbering never waited for export (export kept up)")
 	}
+}
+
+// A version-1 log (stream without the per-scope limit, records in it) is
+// tiled from record 1 before the limit is applied, and numbering goes on.
+func TestAuditUpgradeFromVersion1(t *testing.T) {
+	_, nc, js := natstest.Run(t)
+	runKeyworker(t, nc, js)
+	ctx := context.Background()
+	if _, err := js.CreateStream(ctx, jetstream.StreamConfig{
+		Name: auditlog.StreamLog, Subjects: []string{auditlog.SubjectRecordPrefix + ">", auditlog.SubjectCheckpointPrefix + ">"},
+		Storage: jetstream.FileStorage, Duplicates: 2 * time.Minute, DenyDelete: true, DenyPurge: true,
+	}); err != nil {
+		t.Fatal(err)
+	}
+	sc := auditlog.Scope{Kind: shared.AuditKindTenant, ID: "vpc-v1"}
+	old := []*shared.AuditEvent{event(sc, "keyworker", 0), event(sc, "keyworker", 1)}
+	prev := auditlog.Genesis
+	var body []byte
+	for i, ev := range old {
+		r := auditlog.FromEvent(ev, uint64(i+1), prev)
+		line, err := r.Encode()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if i > 0 {
+			body = append(body, '\n')
+		}
+		body = append(body, line...)
+		prev = auditlog.HashOf(line)
+	}
+	m := nats.NewMsg(sc.RecordSubject())
+	m.Data = body
+	m.Header.Set(auditlog.HeaderBatch, "1-2")
+	if _, err := js.PublishMsg(ctx, m); err != nil {
+		t.Fatal(err)
+	}
+	svc, _ := runAudit(t, nc, js, Config{})
+	more := []*shared.AuditEvent{event(sc, "keyworker", 2), event(sc, "gateway", 2)}
+	publishAsync(t, js, more)
+	var obs auditlog.Bucket
+	checkFor(t, 30*time.Second, 50*time.Millisecond, func() error {
+		b, err := auditlog.OpenObjectBucket(ctx, js)
+		obs = b
+		return err
+	})
+	rep := verified(t, obs, sc, auditKey(t, js), 4)
+	if rep.First != 1 {
+		t.Fatalf("report %+v", rep)
+	}
+	checkFor(t, 30*time.Second, 200*time.Millisecond, func() error {
+		s, err := js.Stream(ctx, auditlog.StreamLog)
+		if err != nil {
+			return err
+		}
+		if got := s.CachedInfo().Config.MaxMsgsPerSubject; got != int64(svc.cfg.LogKeepBatches) {
+			return fmt.Errorf("per-scope limit %d", got)
+		}
+		return nil
+	})
 }

@@ -261,7 +261,7 @@ var errExportBehind = errors.New("audit: the scope's export is too far behind; n
 // the stream's per-scope limit then never drops an unexported batch.
 func (s *Service) exportRoom(ctx context.Context, q *scopeQueue, n int) error {
 	limit := uint64(s.cfg.LogKeepBatches - 1)
-	if q.head.seq+uint64(n) <= q.signed+limit {
+	if !s.logLimited.Load() || q.head.seq+uint64(n) <= q.signed+limit {
 		return nil
 	}
 	st, err := s.signer.state(ctx, q.scope)

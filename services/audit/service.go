@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -242,6 +243,7 @@ type Service struct {
 	now    func() time.Time
 
 	logStream     jetstream.Stream
+	logLimited    atomic.Bool // the log stream drops old batches per scope (LogKeepBatches)
 	suspectBefore time.Time // events published earlier are suspect (consumer younger than them)
 	signer        *signer
 	tlog          *tlogExporter
@@ -318,6 +320,7 @@ func (s *Service) Run(ctx context.Context) error {
 	if s.logStream, err = ensureLogStream(ctx, s.js, s.cfg.Topology, int64(s.cfg.LogKeepBatches)); err != nil {
 		return err
 	}
+	s.logLimited.Store(s.logStream.CachedInfo().Config.MaxMsgsPerSubject > 0)
 	if err := s.setupExporter(ctx); err != nil {
 		return err
 	}
@@ -342,7 +345,8 @@ func (s *Service) Run(ctx context.Context) error {
 	defer func() { _ = svc.Stop() }()
 
 	loops, stopLoops := context.WithCancel(context.WithoutCancel(ctx))
-	s.wg.Add(5)
+	s.wg.Add(6)
+	go s.applyLogLimit(loops)
 	go s.tlog.run(loops)
 	go s.purgeEvents(loops, events)
 	go s.publishKey(loops)
