@@ -244,7 +244,7 @@ type Service struct {
 
 	logStream     jetstream.Stream
 	logLimited    atomic.Bool // the log stream drops old batches per scope (LogKeepBatches)
-	suspectBefore time.Time // events published earlier are suspect (consumer younger than them)
+	suspectBefore time.Time   // events published earlier are suspect (consumer younger than them)
 	signer        *signer
 	tlog          *tlogExporter
 	auditCons     jetstream.Consumer
