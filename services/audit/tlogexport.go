@@ -36,7 +36,7 @@ import (
 
 const (
 	tlogFetch        = 1024
-	tlogAckWait      = 15 * time.Second
+	tlogAckWait      = 30 * time.Second
 	tlogPinnedTTL    = 10 * time.Second
 	tlogGroup        = "tlog"
 	tlogMaxUnflushed = 16384 // records of one scope before a flush regardless of cadence
@@ -154,7 +154,7 @@ func (e *tlogExporter) drop(sc auditlog.Scope) {
 // keepAlive tells JetStream held batches are being worked on.
 func (e *tlogExporter) keepAlive() {
 	now := e.s.now()
-	if now.Sub(e.keepalive) < tlogAckWait/3 {
+	if now.Sub(e.keepalive) < tlogAckWait/6 {
 		return
 	}
 	e.keepalive = now
