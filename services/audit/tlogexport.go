@@ -36,7 +36,7 @@ import (
 
 const (
 	tlogFetch        = 1024
-	tlogAckWait      = 30 * time.Second
+	tlogAckWait      = 20 * time.Second
 	tlogPinnedTTL    = 10 * time.Second
 	tlogGroup        = "tlog"
 	tlogMaxUnflushed = 16384 // records of one scope before a flush regardless of cadence
