@@ -21,7 +21,7 @@ import (
 
 // auditExportConsumer is the durable through which the audit service
 // exports the log to the central store (services/audit destinations.go).
-const auditExportConsumer = "audit_export"
+const auditExportConsumer = shared.ConsumerAuditExport
 
 // maxAuditWindow bounds the async publishes in flight well below nats.go's
 // default PublishAsyncMaxPending (4,000): at that limit PublishMsgAsync

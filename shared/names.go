@@ -32,6 +32,9 @@ const (
 
 	ConsumerAuthn = "authn"
 	ConsumerAudit = "audit"
+	// ConsumerAuditExport is the audit service's consumer on the log stream
+	// that builds the transparency log tiles from the record batches.
+	ConsumerAuditExport = "audit_export"
 	// ConsumerWorkPrefix + pool: the one durable pull consumer all keyworkers
 	// of a pool share; its MaxAckPending is the HSM concurrency budget.
 	ConsumerWorkPrefix = "keyworker_"
@@ -70,6 +73,9 @@ const (
 	// BucketAuditExport is the JetStream object store that receives audit
 	// exports when no S3 bucket is configured (standalone default).
 	BucketAuditExport = "sovkeys_auditlog"
+	// BucketAuditSigner holds, per audit log, the last checkpoint the HSM
+	// signed: written only by keyworkers, read by the audit service.
+	BucketAuditSigner = "sovkeys_audit_signer"
 
 	// AccountName is the one NATS account of the mesh.
 	AccountName = "SOVKEYS"
@@ -244,3 +250,9 @@ func ValidPoolName(p string) bool {
 
 // Version is the sovkeys release reported by health endpoints.
 const Version = "0.1.0"
+
+// KVBuckets lists every KV bucket of the mesh.
+func KVBuckets() []string {
+	return []string{BucketKeystores, BucketXKSKeys, BucketPools, BucketTenants, BucketPKI, BucketKillSwitch,
+		BucketUnseal, BucketEKTIndex, BucketXKSRotation, BucketAuditSigner}
+}

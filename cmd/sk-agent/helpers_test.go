@@ -8,6 +8,7 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"github.com/sovkeys/sovkeys/shared/testkit"
 	"net"
 	"net/http"
 	"os"
@@ -216,7 +217,7 @@ func enrol(t *testing.T, tenant, id string, extra ...string) *inst {
 	}
 	i.client.RSABits = 2048
 	// The tenant and the CA reach authn's caches asynchronously.
-	checkFor(t, 20*time.Second, 100*time.Millisecond, func() error {
+	testkit.CheckFor(t, 20*time.Second, 100*time.Millisecond, func() error {
 		_, _, err := i.client.GenerateSecret(context.Background(), id, "probe")
 		return err
 	})

@@ -3,6 +3,9 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto/ecdsa"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"flag"
 	"io"
@@ -105,35 +108,65 @@ func TestAuditCLI(t *testing.T) {
 		}
 		return nil
 	})
-	// From NATS: the log stream, with the published key or a key file.
-	if code, out, stderr := cli("audit", "verify", "--tenant", deleted.ID, "--json"); code != 0 || !strings.Contains(out, `"last": 40`) {
-		t.Fatalf("verify from nats: %d %s %s", code, out, stderr)
+	if code, out, stderr := cli("audit", "verify", "--tenant", deleted.ID, "--s3-bucket", "cli-audit", "--public-key", keyFile, "--json"); code != 0 || !strings.Contains(out, `"last": 40`) {
+		t.Fatalf("verify --json: %d %s %s", code, out, stderr)
 	}
-	if code, out, _ := cli("audit", "checkpoint", "--keystore", "cli/store"); code != 0 {
-		t.Fatalf("checkpoint: %s", out)
-	} else if cp, err := auditlog.ParseCheckpoint(bytes.TrimSpace([]byte(out))); err != nil || cp.Seq != 40 {
+	if code, out, stderr := cli("audit", "checkpoint", "--keystore", "cli/store"); code != 0 {
+		t.Fatalf("checkpoint: %s %s", out, stderr)
+	} else if th, _, err := (auditlog.Trust{Deployment: audit.DefaultDeployment, LogKey: mustKey(t, pemBytes)}).OpenCheckpoint([]byte(strings.TrimSuffix(out, "\n")), store); err != nil || th.Size != 40 {
 		t.Fatalf("checkpoint output %q: %v", out, err)
+	}
+
+	// A proof of one record, checked offline with only the public key.
+	code, proofJSON, stderr := cli("audit", "prove", "--tenant", edited.ID, "--seq", "12", "--s3-bucket", "cli-audit", "--public-key", keyFile)
+	if code != 0 {
+		t.Fatalf("prove: %s", stderr)
+	}
+	proofFile := filepath.Join(dir, "proof.json")
+	if err := os.WriteFile(proofFile, []byte(proofJSON), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if code, out, stderr := cli("audit", "verify", "--proof", proofFile, "--public-key", keyFile); code != 0 || !strings.Contains(out, "record 12 of tenant:vpc-cli-2 is in the signed tree of 40") {
+		t.Fatalf("verify --proof: %d %s %s", code, out, stderr)
+	}
+	forged := strings.Replace(proofJSON, `"seq": 12`, `"seq": 13`, 1)
+	if err := os.WriteFile(proofFile, []byte(forged), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if code, _, _ := cli("audit", "verify", "--proof", proofFile, "--public-key", keyFile); code == 0 {
+		t.Fatal("a proof moved to another sequence number verified")
 	}
 
 	// Tampering in the bucket fails verification, naming the sequence.
 	client := srv.Client()
-	if _, err := client.DeleteObject(ctx, &s3.DeleteObjectInput{
-		Bucket: aws.String("cli-audit"), Key: aws.String(audit.DefaultPrefix + deleted.RecordKey(7)),
-	}); err != nil {
+	bundle := func(sc auditlog.Scope) *string {
+		return aws.String(audit.DefaultPrefix + sc.TlogPrefix() + auditlog.BundlePath(0, 40))
+	}
+	if _, err := client.DeleteObject(ctx, &s3.DeleteObjectInput{Bucket: aws.String("cli-audit"), Key: bundle(deleted)}); err != nil {
 		t.Fatal(err)
 	}
-	if code, _, stderr := verifyS3("--tenant", deleted.ID); code != 1 || !strings.Contains(stderr, "record 7: missing") {
-		t.Fatalf("verify after deleting record 7: exit %d, %s", code, stderr)
+	if code, _, stderr := verifyS3("--tenant", deleted.ID); code != 1 || !strings.Contains(stderr, "record 1: entry bundle") {
+		t.Fatalf("verify after deleting the records: exit %d, %s", code, stderr)
 	}
-	obj, err := client.GetObject(ctx, &s3.GetObjectInput{Bucket: aws.String("cli-audit"), Key: aws.String(audit.DefaultPrefix + edited.RecordKey(12))})
+	obj, err := client.GetObject(ctx, &s3.GetObjectInput{Bucket: aws.String("cli-audit"), Key: bundle(edited)})
 	if err != nil {
 		t.Fatal(err)
 	}
 	body, _ := io.ReadAll(obj.Body)
 	obj.Body.Close()
-	body = bytes.Replace(body, []byte(`"result":"success"`), []byte(`"result":"failure"`), 1)
+	entries, err := auditlog.SplitBundle(body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	entries[11] = bytes.Replace(entries[11], []byte(`"result":"success"`), []byte(`"result":"failure"`), 1)
+	body = nil
+	for _, e := range entries {
+		body, _ = auditlog.AppendBundle(body, e)
+	}
+	sum := sha256.Sum256(body)
 	if _, err := client.PutObject(ctx, &s3.PutObjectInput{
-		Bucket: aws.String("cli-audit"), Key: aws.String(audit.DefaultPrefix + edited.RecordKey(12)), Body: bytes.NewReader(body),
+		Bucket: aws.String("cli-audit"), Key: bundle(edited), Body: bytes.NewReader(body),
+		Metadata: map[string]string{"sha256": hex.EncodeToString(sum[:])},
 	}); err != nil {
 		t.Fatal(err)
 	}
@@ -174,9 +207,19 @@ func TestAuditFlagsConfig(t *testing.T) {
 		{"--audit-store", "s3"},
 		{"--audit-store", "tape"},
 		{"--audit-sign-pool", "No Such Pool"},
+		{"--audit-deployment", "no spaces allowed"},
 	} {
 		if err := parse(bad...); !errors.Is(err, shared.ErrConfigValidation) {
 			t.Errorf("%v: %v", bad, err)
 		}
 	}
+}
+
+func mustKey(t *testing.T, pemBytes []byte) *ecdsa.PublicKey {
+	t.Helper()
+	k, err := auditlog.ParsePublicKey(pemBytes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return k
 }

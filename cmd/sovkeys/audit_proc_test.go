@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"github.com/sovkeys/sovkeys/shared/testkit"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -20,7 +21,6 @@ import (
 	"github.com/sovkeys/sovkeys/services/audit"
 	"github.com/sovkeys/sovkeys/shared"
 	"github.com/sovkeys/sovkeys/shared/infra/auditlog"
-	"github.com/sovkeys/sovkeys/shared/testkit"
 	"github.com/sovkeys/sovkeys/shared/testkit/natstest"
 )
 
@@ -142,18 +142,16 @@ func TestAuditProcessesKill9(t *testing.T) {
 	for _, sc := range scopes {
 		checkRecordedOnce(t, js, sc, want[sc])
 		n := uint64(len(want[sc]))
-		for _, src := range []auditlog.Source{auditlog.StreamSource{JS: js}, auditlog.BucketSource{Bucket: obs}} {
-			testkit.CheckFor(t, 60*time.Second, 200*time.Millisecond, func() error {
-				rep, err := auditlog.Verify(ctx, src, sc, pub, auditlog.Options{})
-				if err != nil {
-					return err
-				}
-				if rep.Last != n {
-					return fmt.Errorf("%s: verified up to %d of %d", sc, rep.Last, n)
-				}
-				return nil
-			})
-		}
+		testkit.CheckFor(t, 60*time.Second, 200*time.Millisecond, func() error {
+			rep, err := auditlog.VerifyTlog(ctx, obs, sc, auditlog.Trust{Deployment: audit.DefaultDeployment, LogKey: pub}, auditlog.TlogOptions{})
+			if err != nil {
+				return err
+			}
+			if rep.Last != n {
+				return fmt.Errorf("%s: verified up to %d of %d", sc, rep.Last, n)
+			}
+			return nil
+		})
 	}
 	// For the record: what the surviving processes saw (micro stats).
 	inbox := nats.NewInbox()

@@ -34,8 +34,8 @@ type auditCmdFlags struct {
 
 func auditCommands() []command {
 	return []command{
-		define("audit verify", "--tenant T | --keystore PREFIX | --operator [--public-key FILE.pem] [--from nats|objects | --s3-bucket B] [--json]",
-			"verify a log: gapless, hash-chained, signed (S3 credentials: SOVKEYS_S3_* or the AWS default chain)", groupOperator,
+		define("audit verify-v1", "--tenant T | --keystore PREFIX | --operator [--public-key FILE.pem] [--from nats|objects | --s3-bucket B] [--json]",
+			"verify a version-1 log (hash chain, per-record objects); `audit verify --v1` runs this", groupOperator,
 			func(fs *flag.FlagSet, getenv func(string) string, f *auditCmdFlags) {
 				f.conn.register(fs, getenv)
 				f.scope.register(fs)

@@ -20,6 +20,20 @@ type command struct {
 	// bind registers the command's flags on fs (defaults from getenv) and
 	// returns the function that runs it with the parsed values.
 	bind func(fs *flag.FlagSet, getenv func(string) string) runFunc
+	// raw, when set, runs the command with its arguments unparsed: the
+	// command parses its own flags (the audit transparency-log commands).
+	raw func(ctx context.Context, args []string, s stdio) error
+}
+
+// rawCommand makes a command that parses its own flags; `sovkeys CMD -h`
+// prints them.
+func rawCommand(name, usage, short, group string,
+	fn func(ctx context.Context, args []string, stdout, stderr io.Writer, getenv func(string) string) error) command {
+	return command{Name: name, Usage: usage, Short: short, Group: group,
+		bind: func(*flag.FlagSet, func(string) string) runFunc { return nil },
+		raw: func(ctx context.Context, args []string, s stdio) error {
+			return fn(ctx, args, s.stdout, s.stderr, s.getenv)
+		}}
 }
 
 // runFunc runs a command whose flags are parsed.
@@ -66,6 +80,13 @@ func commands() []command {
 	cmds = append(cmds, killswitchCommands()...)
 	cmds = append(cmds, unsealCommands()...)
 	cmds = append(cmds, auditCommands()...)
+	cmds = append(cmds,
+		rawCommand("audit verify", "--tenant T | --keystore PREFIX | --operator [--first N --last M] [--checkpoint F] [--proof F] [--witness VKEY... --quorum K] [--v1] (-h: flags)",
+			"verify a transparency log (tiles, signed checkpoint, witnesses) or one inclusion proof, from the bucket and the public key", groupOperator, auditTlogVerify),
+		rawCommand("audit prove", "--tenant T | --keystore PREFIX | --operator --seq N [--checkpoint F] (-h: flags)",
+			"print a record with its inclusion proof against a signed checkpoint", groupOperator, auditProve),
+		rawCommand("witness", "--listen ADDR --state DIR --name NAME --key-file F --log-key F.pem (-h: flags)",
+			"a C2SP tlog-witness: cosigns audit checkpoints only after checking consistency with the last one it saw", groupService, runWitness))
 	cmds = append(cmds, define("docs", "", "print the README command and configuration tables", groupHidden, noFlags[struct{}],
 		func(_ context.Context, _ *struct{}, s stdio) error {
 			_, err := io.WriteString(s.stdout, readmeTables(commands()))
@@ -132,6 +153,9 @@ func dispatch(ctx context.Context, cmds []command, args []string, s stdio) error
 	c, rest, ok := lookup(cmds, args)
 	if !ok {
 		return unknown(cmds, args, s.stderr)
+	}
+	if c.raw != nil {
+		return c.raw(ctx, rest, s)
 	}
 	fs, runCmd := c.flagSet(s.getenv, s.stderr)
 	if err := fs.Parse(rest); err != nil {

@@ -199,6 +199,8 @@ func ektStoreOf(ctx context.Context, c *serviceConfig, js jetstream.JetStream) (
 type auditFlags struct {
 	store, bucket, prefix, signPool string
 	tenantExport                    bool
+	deployment                      string
+	witnesses                       multiFlag
 }
 
 func auditService() service {
@@ -211,6 +213,8 @@ func auditService() service {
 			fs.StringVar(&a.bucket, "audit-s3-bucket", "", "central S3 bucket (with --audit-store s3)")
 			fs.StringVar(&a.prefix, "audit-s3-prefix", audit.DefaultPrefix, "key prefix in S3 buckets (central and tenants')")
 			c.registerAuditSignPool(fs)
+			fs.StringVar(&a.deployment, "audit-deployment", envOr(getenv, "SOVKEYS_AUDIT_DEPLOYMENT", audit.DefaultDeployment), "deployment name in every checkpoint's origin line; verifiers need it (env SOVKEYS_AUDIT_DEPLOYMENT)")
+			fs.Var(&a.witnesses, "audit-witness", "URL of a C2SP tlog-witness asked to cosign checkpoints (`sovkeys witness`); repeatable")
 			fs.BoolVar(&a.tenantExport, "audit-tenant-export", false, "also export to each tenant's own bucket (tenant --audit-bucket) through the same S3 endpoint")
 			c.s3.register(fs, getenv)
 		},
@@ -234,5 +238,6 @@ func (c *serviceConfig) auditConfig() audit.Config {
 		Topology: c.common.topo.t, SignPool: a.signPool,
 		Central:      audit.CentralConfig{Backend: a.store, S3: central},
 		TenantExport: audit.TenantExportConfig{Enabled: a.tenantExport, S3: s3cfg},
+		Deployment:   a.deployment, Witnesses: a.witnesses,
 	}
 }

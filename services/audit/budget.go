@@ -26,8 +26,8 @@ func newSignBudget(perSecond float64) *rate.Limiter {
 }
 
 // spendSign waits for one signature's budget.
-func (c *checkpointer) spendSign(ctx context.Context) error {
-	if err := c.budget.Wait(ctx); err != nil {
+func (g *signer) spendSign(ctx context.Context) error {
+	if err := g.budget.Wait(ctx); err != nil {
 		return fmt.Errorf("audit: checkpoint signing budget: %w", err)
 	}
 	return nil

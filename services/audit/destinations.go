@@ -6,20 +6,22 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net/http"
 	"sync"
 	"time"
 
 	"github.com/sovkeys/sovkeys/shared"
 	"github.com/sovkeys/sovkeys/shared/infra/auditlog"
+	"github.com/sovkeys/sovkeys/shared/infra/auditlog/witness"
 	"github.com/sovkeys/sovkeys/shared/infra/registry"
 )
 
 // tenantCacheTTL bounds how long a tenant's audit bucket setting is reused.
 const tenantCacheTTL = 30 * time.Second
 
-// setupExporters builds the central exporter and, when enabled, the tenant
-// exporter.
-func (s *Service) setupExporters(ctx context.Context) error {
+// setupExporter builds the transparency log exporter: the central bucket
+// and, when enabled, tenants' own buckets.
+func (s *Service) setupExporter(ctx context.Context) error {
 	var central auditlog.Bucket
 	switch s.cfg.Central.Backend {
 	case BackendS3:
@@ -35,40 +37,20 @@ func (s *Service) setupExporters(ctx context.Context) error {
 		}
 		central = b
 	}
-	all := []string{auditlog.SubjectRecordPrefix + ">", auditlog.SubjectCheckpointPrefix + ">"}
-	s.exporters = []*exporter{{
-		s: s, name: "central", durable: "audit_export", filters: all,
-		dest: func(context.Context, auditlog.Scope) (auditlog.Bucket, error) { return central, nil },
-	}}
+	e := &tlogExporter{s: s, central: central}
+	for _, u := range s.cfg.Witnesses {
+		e.witnesses = append(e.witnesses, witness.Client{URL: u, HTTP: &http.Client{Timeout: 10 * time.Second}})
+	}
 	s.countExport("central", func(x *ExportStats) { x.Destination = central.String() })
 	if s.cfg.TenantExport.Enabled {
 		tenants, err := registry.OpenTenants(ctx, s.js, s.cfg.Topology)
 		if err != nil {
 			return err
 		}
-		tb := &tenantBuckets{s: s, tenants: tenants, entries: map[string]tenantEntry{}, buckets: map[string]auditlog.Bucket{}}
-		kind := shared.AuditKindTenant
-		s.exporters = append(s.exporters, &exporter{
-			s: s, name: "tenant", durable: "audit_export_tenant",
-			filters: []string{auditlog.SubjectRecordPrefix + kind + ".>", auditlog.SubjectCheckpointPrefix + kind + ".>"},
-			dest:    tb.bucket,
-		})
-		s.countExport("tenant", func(x *ExportStats) { x.Destination = "each tenant's audit bucket" })
+		e.tenants = &tenantBuckets{s: s, tenants: tenants, entries: map[string]tenantEntry{}, buckets: map[string]auditlog.Bucket{}}
 	}
-	for _, e := range s.exporters {
-		if err := e.consumer(ctx); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
-func (e *exporter) destName() string {
-	x := e.s.Snapshot().Export[e.name]
-	if x == nil {
-		return e.name
-	}
-	return x.Destination
+	s.tlog = e
+	return e.consumer(ctx)
 }
 
 // tenantBuckets resolves a tenant scope to the tenant's own bucket.

@@ -28,7 +28,7 @@ import (
 // back, the lag shows meanwhile, and both buckets verify with only the
 // public key. Then a deleted or edited object fails verification naming
 // its sequence number.
-func TestExportS3Outage(t *testing.T) {
+func TestAuditExportS3Outage(t *testing.T) {
 	t.Parallel()
 	srv := s3test.RunServer(t)
 	ctx := context.Background()
@@ -83,7 +83,7 @@ func TestExportS3Outage(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	verified(t, auditlog.BucketSource{Bucket: centralBucket}, tenant, pub, 100)
+	verified(t, centralBucket, tenant, pub, 100)
 
 	// Outage during traffic.
 	srv.Stop()
@@ -101,13 +101,13 @@ func TestExportS3Outage(t *testing.T) {
 
 	for _, sc := range []auditlog.Scope{tenant, store} {
 		n := uint64(len(evs[sc]))
-		rep := verified(t, auditlog.BucketSource{Bucket: centralBucket}, sc, pub, n)
-		if rep.Records != n {
+		rep := verified(t, centralBucket, sc, pub, n)
+		if rep.Last != n {
 			t.Fatalf("%s: central report %+v", sc, rep)
 		}
 	}
-	verified(t, auditlog.BucketSource{Bucket: ownBucket}, tenant, pub, uint64(len(evs[tenant])))
-	if _, err := auditlog.Verify(ctx, auditlog.BucketSource{Bucket: ownBucket}, store, pub, auditlog.Options{}); err == nil {
+	verified(t, ownBucket, tenant, pub, uint64(len(evs[tenant])))
+	if _, err := auditlog.VerifyTlog(ctx, ownBucket, store, trust(pub), auditlog.TlogOptions{}); err == nil {
 		t.Fatal("a key store's log was exported to a tenant's bucket")
 	}
 	testkit.CheckFor(t, drainWait, slowPoll, func() error {
@@ -119,40 +119,50 @@ func TestExportS3Outage(t *testing.T) {
 		return nil
 	})
 
-	// Tampering with exported objects.
+	// Tampering with exported objects: an entry bundle holds records
+	// 1..256 of each log.
 	client := srv.Client()
-	key := func(sc auditlog.Scope, seq uint64) *string { return aws.String(DefaultPrefix + sc.RecordKey(seq)) }
+	key := func(sc auditlog.Scope) *string {
+		return aws.String(DefaultPrefix + sc.TlogPrefix() + auditlog.BundlePath(0, auditlog.TileWidth))
+	}
 	mustFail := func(b auditlog.Bucket, sc auditlog.Scope, seq uint64) {
 		t.Helper()
-		_, err := auditlog.Verify(ctx, auditlog.BucketSource{Bucket: b}, sc, pub, auditlog.Options{})
+		_, err := auditlog.VerifyTlog(ctx, b, sc, trust(pub), auditlog.TlogOptions{})
 		var ve *auditlog.VerifyError
 		if !errors.As(err, &ve) || ve.Seq != seq {
 			t.Fatalf("Verify after tampering with %d = %v", seq, err)
 		}
 	}
-	if _, err := client.DeleteObject(ctx, &s3.DeleteObjectInput{Bucket: aws.String("tenant-own-audit"), Key: key(tenant, 17)}); err != nil {
+	if _, err := client.DeleteObject(ctx, &s3.DeleteObjectInput{Bucket: aws.String("tenant-own-audit"), Key: key(tenant)}); err != nil {
 		t.Fatal(err)
 	}
-	mustFail(ownBucket, tenant, 17)
+	mustFail(ownBucket, tenant, 1)
 
-	// An edit that keeps the object self-consistent (canonical, with a
-	// matching stored digest): only the chain catches it.
-	orig, err := centralBucket.Get(ctx, store.RecordKey(33))
+	// An edit that keeps the object self-consistent (canonical records,
+	// with a matching stored digest): only the tree catches it.
+	orig, err := centralBucket.Get(ctx, store.TlogPrefix()+auditlog.BundlePath(0, auditlog.TileWidth))
 	if err != nil {
 		t.Fatal(err)
 	}
-	r, err := auditlog.ParseRecord(orig)
+	entries, err := auditlog.SplitBundle(orig)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := auditlog.ParseRecord(entries[32])
 	if err != nil {
 		t.Fatal(err)
 	}
 	r.Result, r.Code = shared.ResultDenied, "access_denied"
-	edited, err := r.Encode()
-	if err != nil {
+	if entries[32], err = r.Encode(); err != nil {
 		t.Fatal(err)
+	}
+	var edited []byte
+	for _, e := range entries {
+		edited, _ = auditlog.AppendBundle(edited, e)
 	}
 	sum := sha256.Sum256(edited)
 	if _, err := client.PutObject(ctx, &s3.PutObjectInput{
-		Bucket: aws.String("central-audit"), Key: key(store, 33), Body: bytes.NewReader(edited),
+		Bucket: aws.String("central-audit"), Key: key(store), Body: bytes.NewReader(edited),
 		Metadata: map[string]string{"sha256": hex.EncodeToString(sum[:])},
 	}); err != nil {
 		t.Fatal(err)
@@ -160,9 +170,9 @@ func TestExportS3Outage(t *testing.T) {
 	mustFail(centralBucket, store, 33)
 	// A crude edit fails the stored digest.
 	if _, err := client.PutObject(ctx, &s3.PutObjectInput{
-		Bucket: aws.String("central-audit"), Key: key(tenant, 5), Body: bytes.NewReader([]byte(`{"v":1}`)),
+		Bucket: aws.String("central-audit"), Key: key(tenant), Body: bytes.NewReader([]byte(`{"v":1}`)),
 	}); err != nil {
 		t.Fatal(err)
 	}
-	mustFail(centralBucket, tenant, 5)
+	mustFail(centralBucket, tenant, 1)
 }

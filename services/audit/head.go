@@ -12,23 +12,36 @@ import (
 	"github.com/sovkeys/sovkeys/shared/infra/mesh"
 )
 
-// ensureLogStream declares SOVKEYS_AUDITLOG: record batches and checkpoints
-// of every scope, kept until deleted by hand (no age or size limit: the
-// head of every scope must survive for numbering to continue). Deletes and
-// purges are denied; reads go to the stream leader (no direct get) so a
-// head is never read from a lagging replica.
-func ensureLogStream(ctx context.Context, js jetstream.JetStream, t mesh.Topology) (jetstream.Stream, error) {
+// ensureLogStream declares SOVKEYS_AUDITLOG: record batches (and the
+// version-1 checkpoints) of every scope. Each scope keeps its newest
+// keepBatches batches (MaxMsgsPerSubject, so the head every commit builds
+// on always survives); the sequencer never lets a scope's unexported
+// records reach that many (see exportBehind), so nothing is dropped before
+// it is in the bucket under a signed checkpoint. Deletes and purges are
+// denied; reads go to the stream leader (no direct get) so a head is never
+// read from a lagging replica.
+func ensureLogStream(ctx context.Context, js jetstream.JetStream, t mesh.Topology, keepBatches int64) (jetstream.Stream, error) {
 	cfg := jetstream.StreamConfig{
-		Name:        auditlog.StreamLog,
-		Description: "sovkeys: sequenced, hash-chained audit records and signed checkpoints",
-		Subjects:    []string{auditlog.SubjectRecordPrefix + ">", auditlog.SubjectCheckpointPrefix + ">"},
-		Retention:   jetstream.LimitsPolicy,
-		Storage:     jetstream.FileStorage,
-		Replicas:    t.Replicas,
-		Duplicates:  2 * time.Minute,
-		DenyDelete:  true,
-		DenyPurge:   true,
-		AllowDirect: false,
+		Name:              auditlog.StreamLog,
+		Description:       "sovkeys: sequenced, hash-chained audit records (exported as a transparency log)",
+		Subjects:          []string{auditlog.SubjectRecordPrefix + ">", auditlog.SubjectCheckpointPrefix + ">"},
+		Retention:         jetstream.LimitsPolicy,
+		Storage:           jetstream.FileStorage,
+		Replicas:          t.Replicas,
+		Duplicates:        2 * time.Minute,
+		MaxMsgsPerSubject: keepBatches,
+		Discard:           jetstream.DiscardOld,
+		DenyDelete:        true,
+		DenyPurge:         true,
+		AllowDirect:       false,
+	}
+	// A version-1 log (no per-scope limit, records in it) must be tiled
+	// from record 1 before old batches may go: the limit is applied later
+	// by applyLogLimit, once the tlog exporter has caught up.
+	if old, err := js.Stream(ctx, cfg.Name); err == nil {
+		if info := old.CachedInfo(); info.Config.MaxMsgsPerSubject <= 0 && info.State.Msgs > 0 {
+			cfg.MaxMsgsPerSubject = -1
+		}
 	}
 	// Bind first: services may not declare or update (mesh.Bootstrap does).
 	if s, err := js.Stream(ctx, cfg.Name); err == nil {
@@ -42,6 +55,40 @@ func ensureLogStream(ctx context.Context, js jetstream.JetStream, t mesh.Topolog
 		return nil, fmt.Errorf("audit: stream %s: %w", cfg.Name, err)
 	}
 	return s, nil
+}
+
+// applyLogLimit sets the per-scope batch limit on a log stream that was
+// declared without it (a version-1 log), once the tlog exporter has no
+// batch left to tile: from then on the sequencer's back-pressure keeps
+// every unexported batch within the limit.
+func (s *Service) applyLogLimit(ctx context.Context) {
+	defer s.wg.Done()
+	if s.logStream.CachedInfo().Config.MaxMsgsPerSubject > 0 {
+		s.logLimited.Store(true)
+		return
+	}
+	t := time.NewTicker(10 * time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		info, err := s.tlog.cons.Info(ctx)
+		if err != nil || info.NumPending != 0 || info.NumAckPending != 0 {
+			continue
+		}
+		cfg := s.logStream.CachedInfo().Config
+		cfg.MaxMsgsPerSubject = int64(s.cfg.LogKeepBatches)
+		if _, err := s.js.UpdateStream(ctx, cfg); err != nil {
+			s.log.Warn("audit log stream: per-scope limit not applied yet", "err", err)
+			continue
+		}
+		s.logLimited.Store(true)
+		s.log.Info("audit log stream: the version-1 log is tiled; per-scope batch limit applied", "batches", cfg.MaxMsgsPerSubject)
+		return
+	}
 }
 
 // head is the last committed record of a scope.

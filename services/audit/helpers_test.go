@@ -190,23 +190,27 @@ func auditKey(t testing.TB, js jetstream.JetStream) *ecdsa.PublicKey {
 	return pub
 }
 
-// verified waits until src verifies sc completely (every record signed)
-// and returns the report.
-func verified(t testing.TB, src auditlog.Source, sc auditlog.Scope, pub *ecdsa.PublicKey, records uint64) *auditlog.Report {
+// verified waits until bucket holds sc's transparency log of records
+// records, signed, and verifies it completely with only the public key.
+func verified(t testing.TB, bucket auditlog.Bucket, sc auditlog.Scope, pub *ecdsa.PublicKey, records uint64) *auditlog.TlogReport {
 	t.Helper()
-	var rep *auditlog.Report
+	var rep *auditlog.TlogReport
 	testkit.CheckFor(t, recordWait, slowPoll, func() error {
 		var err error
-		rep, err = auditlog.Verify(context.Background(), src, sc, pub, auditlog.Options{})
+		rep, err = auditlog.VerifyTlog(context.Background(), bucket, sc, trust(pub), auditlog.TlogOptions{})
 		if err != nil {
 			return err
 		}
-		if rep.Last != records {
-			return fmt.Errorf("%s: verified 1..%d of %d", sc, rep.Last, records)
+		if rep.Size != int64(records) {
+			return fmt.Errorf("%s: verified 1..%d of %d", sc, rep.Size, records)
 		}
 		return nil
 	})
 	return rep
+}
+
+func trust(pub *ecdsa.PublicKey) auditlog.Trust {
+	return auditlog.Trust{Deployment: DefaultDeployment, LogKey: pub}
 }
 
 func ids(evs []*shared.AuditEvent) map[string]bool {

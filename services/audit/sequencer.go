@@ -3,6 +3,7 @@ package audit
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"strconv"
 	"sync"
@@ -77,6 +78,7 @@ type scopeQueue struct {
 	head   head
 	loaded bool
 	scan   scanCache
+	signed uint64 // records of the scope under a signed checkpoint, as last read
 }
 
 // dispatch queues one delivery of an audit event.
@@ -183,7 +185,7 @@ func (s *Service) commit(ctx context.Context, q *scopeQueue, batch []*pending) {
 			return
 		}
 		lastErr = err
-		if !isConflict(err) {
+		if !isConflict(err) && !errors.Is(err, errExportBehind) {
 			log.Warn("audit commit failed; retrying", "attempt", attempt+1, "events", len(batch), "err", err)
 		}
 	}
@@ -211,6 +213,9 @@ func (s *Service) tryCommit(ctx context.Context, q *scopeQueue, batchp *[]*pendi
 	s.dropStale(q, batchp)
 	if len(*batchp) == 0 {
 		return true, nil
+	}
+	if err := s.exportRoom(ctx, q, len(*batchp)); err != nil {
+		return false, err
 	}
 	body, last, err := s.build(q.head, *batchp)
 	if err != nil {
@@ -254,6 +259,31 @@ func (s *Service) tryCommit(ctx context.Context, q *scopeQueue, batchp *[]*pendi
 	// Whatever another writer recorded meanwhile is not numbered again.
 	s.dropRecorded(q, batchp, ids)
 	return len(*batchp) == 0, err
+}
+
+// errExportBehind: committing would leave more unexported records in the
+// scope than the log stream keeps batches of it.
+var errExportBehind = errors.New("audit: the scope's export is too far behind; numbering waits")
+
+// exportRoom makes sure committing n more records keeps the scope's
+// unexported records (numbered, not yet under a signed checkpoint in the
+// bucket) below LogKeepBatches: each batch holds at least one record, so
+// the stream's per-scope limit then never drops an unexported batch.
+func (s *Service) exportRoom(ctx context.Context, q *scopeQueue, n int) error {
+	limit := uint64(s.cfg.LogKeepBatches - 1)
+	if !s.logLimited.Load() || q.head.seq+uint64(n) <= q.signed+limit {
+		return nil
+	}
+	st, err := s.signer.state(ctx, q.scope)
+	if err != nil {
+		return err
+	}
+	q.signed = uint64(st.Size)
+	if q.head.seq+uint64(n) > q.signed+limit {
+		s.count(func(st *Stats) { st.ExportBehind++ })
+		return fmt.Errorf("%w: %d records numbered, %d exported", errExportBehind, q.head.seq, q.signed)
+	}
+	return nil
 }
 
 // dedupeSuspects drops the batch's suspect events that a batch committed
@@ -335,6 +365,10 @@ func (s *Service) build(h head, batch []*pending) ([]byte, head, error) {
 		seq++
 		r := auditlog.FromEvent(p.ev, seq, prev)
 		line, err := r.Encode()
+		if err == nil && len(line) > auditlog.MaxEntrySize {
+			r.Shrink() // one entry of the transparency log holds at most 64 KiB
+			line, err = r.Encode()
+		}
 		if err != nil {
 			return nil, head{}, fmt.Errorf("audit: encode record: %w", err)
 		}
@@ -379,7 +413,6 @@ func (s *Service) committed(q *scopeQueue, batch []*pending, h head) {
 		st.Batches++
 		st.Records += uint64(len(batch))
 	})
-	s.cp.mark(q.scope)
 }
 
 // dropRecorded acks and removes the events ids says are recorded.

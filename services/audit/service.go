@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -58,6 +59,27 @@ type Config struct {
 	ExportConcurrency int
 	// MaxExportBackoff caps the delay between export retries of a message.
 	MaxExportBackoff time.Duration
+	// LogKeepBatches is how many record batches of each scope the log
+	// stream keeps (default 10,000): the window in which a redelivered
+	// event is recognised as numbered, and the bound on a scope's
+	// unexported records (sequencing of a scope pauses there until export
+	// catches up).
+	LogKeepBatches int
+	// EventPurgeEvery is how often numbered events are purged from the
+	// event stream (below the audit consumer's ack floor); default 10 s.
+	EventPurgeEvery time.Duration
+	// EventKeep is how long an event stays in the event stream after it
+	// was numbered; default 1 minute.
+	EventKeep time.Duration
+	// Witnesses are C2SP tlog-witness URLs asked to cosign every
+	// checkpoint; their cosignatures are added to the published checkpoint
+	// (verifiers may require k of them). A witness that is down delays no
+	// export: the checkpoint is published with the cosignatures obtained.
+	Witnesses []string
+	// Deployment names this deployment in every checkpoint's origin line
+	// ("<deployment>/audit/<kind>/<token>") and the audit key's note name
+	// ("<deployment>/audit"); verifiers must be told it. Default "sovkeys".
+	Deployment string
 }
 
 // CentralConfig selects the central export bucket.
@@ -72,6 +94,9 @@ type TenantExportConfig struct {
 	Enabled bool
 	S3      writeonce.S3Config
 }
+
+// DefaultDeployment is the default origin prefix of checkpoints.
+const DefaultDeployment = "sovkeys"
 
 // DefaultPrefix is the key prefix of exports in S3 buckets.
 const DefaultPrefix = "audit/"
@@ -107,6 +132,18 @@ func (c Config) withDefaults() Config {
 	if c.MaxExportBackoff == 0 {
 		c.MaxExportBackoff = 10 * time.Second
 	}
+	if c.Deployment == "" {
+		c.Deployment = DefaultDeployment
+	}
+	if c.LogKeepBatches == 0 {
+		c.LogKeepBatches = 10_000
+	}
+	if c.EventPurgeEvery == 0 {
+		c.EventPurgeEvery = 10 * time.Second
+	}
+	if c.EventKeep == 0 {
+		c.EventKeep = time.Minute
+	}
 	return c
 }
 
@@ -131,6 +168,14 @@ func (c Config) Validate() error {
 		return bad("export concurrency must be 1..1024")
 	case c.MaxExportBackoff < 100*time.Millisecond:
 		return bad("max export backoff must be at least 100ms")
+	case c.LogKeepBatches <= c.MaxBatch || c.LogKeepBatches > 10_000_000:
+		return bad("log keep batches must exceed the max batch and be at most 10,000,000")
+	case c.EventPurgeEvery < 100*time.Millisecond || c.EventKeep < 0:
+		return bad("event purge cadence must be at least 100ms, event keep not negative")
+	case len(c.Witnesses) > 16:
+		return bad("at most 16 witnesses")
+	case !auditlog.ValidDeployment(c.Deployment):
+		return bad("deployment %q: want a schema-less URL such as sovkeys.example", c.Deployment)
 	}
 	switch c.Central.Backend {
 	case BackendJetStream:
@@ -175,6 +220,9 @@ type Stats struct {
 	Batches    uint64 `json:"batches"`
 	Duplicates uint64 `json:"duplicates"`
 	Conflicts  uint64 `json:"conflicts"`
+	// ExportBehind counts commits held back because a scope's unexported
+	// records reached LogKeepBatches.
+	ExportBehind uint64 `json:"export_behind"`
 	// SequencingLag is the events not yet numbered (whole mesh).
 	SequencingLag       uint64                  `json:"sequencing_lag"`
 	Checkpoints         uint64                  `json:"checkpoints"`
@@ -206,9 +254,10 @@ type Service struct {
 	now    func() time.Time
 
 	logStream     jetstream.Stream
-	suspectBefore time.Time // events published earlier are suspect (consumer younger than them)
-	cp            *checkpointer
-	exporters     []*exporter
+	logLimited    atomic.Bool // the log stream drops old batches per scope (LogKeepBatches)
+	suspectBefore time.Time   // events published earlier are suspect (consumer younger than them)
+	signer        *signer
+	tlog          *tlogExporter
 	auditCons     jetstream.Consumer
 
 	qmu    sync.Mutex
@@ -235,7 +284,7 @@ func New(cfg Config, deps Deps) (*Service, error) {
 		queues: make(map[auditlog.Scope]*scopeQueue),
 		stats:  Stats{ByResult: map[string]uint64{}, Export: map[string]*ExportStats{}},
 	}
-	s.cp = newCheckpointer(s)
+	s.signer = &signer{s: s, budget: newSignBudget(s.cfg.SignsPerSecond)}
 	return s, nil
 }
 
@@ -279,10 +328,11 @@ func (s *Service) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	if s.logStream, err = ensureLogStream(ctx, s.js, s.cfg.Topology); err != nil {
+	if s.logStream, err = ensureLogStream(ctx, s.js, s.cfg.Topology, int64(s.cfg.LogKeepBatches)); err != nil {
 		return err
 	}
-	if err := s.setupExporters(ctx); err != nil {
+	s.logLimited.Store(s.logStream.CachedInfo().Config.MaxMsgsPerSubject > 0)
+	if err := s.setupExporter(ctx); err != nil {
 		return err
 	}
 	s.auditCons, err = events.CreateOrUpdateConsumer(ctx, jetstream.ConsumerConfig{
@@ -306,15 +356,13 @@ func (s *Service) Run(ctx context.Context) error {
 	defer func() { _ = svc.Stop() }()
 
 	loops, stopLoops := context.WithCancel(context.WithoutCancel(ctx))
-	s.wg.Add(3 + exportWorkers*len(s.exporters))
-	go s.cp.run(loops)
+	s.wg.Add(6)
+	go s.applyLogLimit(loops)
+	go s.tlog.run(loops)
+	go s.purgeEvents(loops, events)
+	go s.publishKey(loops)
 	go s.keepalive(loops)
 	go s.watchLag(loops)
-	for _, e := range s.exporters {
-		for range exportWorkers {
-			go e.run(loops)
-		}
-	}
 	cc, err := s.auditCons.Consume(func(m jetstream.Msg) {
 		tracing.Received(loops, s.tracer, "audit receive", nats.Header(m.Headers())) // joins the request's trace
 		s.dispatch(loops, m)
@@ -330,7 +378,7 @@ func (s *Service) Run(ctx context.Context) error {
 		s.wg.Wait()
 		return fmt.Errorf("audit: consume: %w", err)
 	}
-	s.log.Info("audit ready", "central", s.exporters[0].destName(), "sign_pool", s.cfg.SignPool)
+	s.log.Info("audit ready", "central", s.tlog.central.String(), "sign_pool", s.cfg.SignPool, "deployment", s.cfg.Deployment)
 	<-ctx.Done()
 	cc.Stop()
 	<-cc.Closed()
@@ -372,7 +420,7 @@ func (s *Service) handleCheckpoint(ctx context.Context, req micro.Request) {
 	}
 	cctx, cancel := context.WithTimeout(ctx, checkpointTimeout)
 	defer cancel()
-	data, err := s.cp.checkpoint(cctx, sc)
+	data, err := s.signer.checkpoint(cctx, sc)
 	switch {
 	case errors.Is(err, errNoRecords):
 		_ = req.Error(string(shared.CodeKeyNotFound), "the audit log "+sc.String()+" has no records", nil)
@@ -400,14 +448,66 @@ func (s *Service) watchLag(ctx context.Context) {
 			metrics.AuditSequencing(s.now(), info)
 		}
 		metrics.AuditCheckpoints(s.now(), s.Snapshot().Checkpoints)
-		for _, e := range s.exporters {
-			info, err := e.cons.Info(ctx)
-			if err != nil {
-				continue
-			}
+		if info, err := s.tlog.cons.Info(ctx); err == nil {
 			lag := info.NumPending + uint64(info.NumAckPending)
-			s.countExport(e.name, func(x *ExportStats) { x.Lag = lag })
-			metrics.AuditExport(e.name, lag, s.Snapshot().Export[e.name].Conflicts)
+			s.countExport("central", func(x *ExportStats) { x.Lag = lag })
+			metrics.AuditExport("central", lag, s.Snapshot().Export["central"].Conflicts)
 		}
+	}
+}
+
+// publishKey makes sure the audit key exists and is published (so the
+// gateway serves it before the first checkpoint), retrying until it is.
+func (s *Service) publishKey(ctx context.Context) {
+	defer s.wg.Done()
+	for attempt := 0; ctx.Err() == nil; attempt++ {
+		kctx, cancel := context.WithTimeout(ctx, checkpointTimeout)
+		_, _, err := s.signer.key(kctx)
+		cancel()
+		if err == nil {
+			return
+		}
+		s.log.Debug("audit key not available yet", "pool", s.cfg.SignPool, "err", err)
+		s.backoff(ctx, 6, err)
+	}
+}
+
+// purgeEvents removes numbered events from the event stream: every event
+// at or below the audit consumer's ack floor is recorded in the log (acks
+// are sent only after the commit). Events stay EventKeep after they were
+// numbered (operators and tests read recent events), then go: one purge
+// request per round, not one delete per event.
+func (s *Service) purgeEvents(ctx context.Context, events jetstream.Stream) {
+	defer s.wg.Done()
+	t := time.NewTicker(s.cfg.EventPurgeEvery)
+	defer t.Stop()
+	type mark struct {
+		at    time.Time
+		floor uint64
+	}
+	var marks []mark // ack floors observed, oldest first
+	var done uint64
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		now := s.now()
+		if info, err := s.auditCons.Info(ctx); err == nil {
+			marks = append(marks, mark{now, info.AckFloor.Stream})
+		}
+		var floor uint64
+		for len(marks) > 0 && now.Sub(marks[0].at) >= s.cfg.EventKeep {
+			floor, marks = marks[0].floor, marks[1:]
+		}
+		if floor <= done {
+			continue
+		}
+		if err := events.Purge(ctx, jetstream.WithPurgeSequence(floor+1)); err != nil {
+			s.log.Warn("purge numbered audit events", "err", err)
+			continue
+		}
+		done = floor
 	}
 }

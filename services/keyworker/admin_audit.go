@@ -3,11 +3,14 @@ package keyworker
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+	"golang.org/x/mod/sumdb/note"
+	"golang.org/x/mod/sumdb/tlog"
 
 	"github.com/sovkeys/sovkeys/services/keyworker/internal/hsm"
 	"github.com/sovkeys/sovkeys/shared"
@@ -25,31 +28,100 @@ import (
 // lease in KV ("<pool>.audit_key_lock", taken with a KV create, stolen
 // when older than auditKeyLockTTL).
 
-const (
-	maxAuditSignMessage = 64 << 10
-	auditKeyLockTTL     = time.Minute
-)
+const auditKeyLockTTL = time.Minute
 
 // AuditKeyLabel is the HSM label of the audit key pair.
 const AuditKeyLabel = auditlog.KeyLabel
 
+// adminAuditSign signs the checkpoint of a scope's transparency log, and
+// nothing else: the request names the tree (size, root) and carries a
+// consistency proof from the last checkpoint this pool signed for the
+// scope (state in KV shared.BucketAuditSigner, which only keyworkers may
+// write). A tree that does not extend the signed one is refused, so the
+// HSM never signs two diverging views of a log nor a rolled-back one.
+// Arbitrary messages are refused: the signed bytes are built here.
 func (s *Service) adminAuditSign(ctx context.Context, data []byte) (any, error) {
 	var req auditlog.SignRequest
 	if err := decode(data, &req); err != nil {
 		return nil, err
 	}
-	if len(req.Message) == 0 || len(req.Message) > maxAuditSignMessage {
-		return nil, shared.NewError(shared.CodeValidation, "audit sign: message must be 1..%d bytes", maxAuditSignMessage)
+	if req.Tlog == nil || len(req.Message) != 0 {
+		return nil, shared.NewError(shared.CodeValidation, "audit sign: only transparency log checkpoints are signed")
+	}
+	r := req.Tlog
+	sc := auditlog.Scope{Kind: r.Kind, ID: r.Scope}
+	if err := sc.Validate(); err != nil || !auditlog.ValidDeployment(r.Deployment) || len(r.Root) != len(tlog.Hash{}) {
+		return nil, shared.NewError(shared.CodeValidation, "audit sign: invalid scope, deployment or root")
+	}
+	var root tlog.Hash
+	copy(root[:], r.Root)
+	origin := sc.Origin(r.Deployment)
+	kv, err := mesh.EnsureBucket(ctx, s.js, shared.BucketAuditSigner, "sovkeys: last audit checkpoint signed per log", s.cfg.Topology)
+	if err != nil {
+		return nil, err
+	}
+	key := auditlog.SignerStateKey(s.cfg.Pool, sc)
+	var st auditlog.SignerState
+	var rev uint64
+	switch e, err := kv.Get(ctx, key); {
+	case errors.Is(err, jetstream.ErrKeyNotFound):
+	case err != nil:
+		return nil, fmt.Errorf("keyworker: audit signer state: %w", err)
+	default:
+		if err := json.Unmarshal(e.Value(), &st); err != nil || len(st.Root) != len(root) {
+			return nil, fmt.Errorf("keyworker: audit signer state of %s is unreadable", origin)
+		}
+		rev = e.Revision()
+	}
+	if rev != 0 && st.Origin != origin {
+		return nil, shared.NewError(shared.CodeValidation, "audit sign: %s is signed under origin %q, not %q", sc, st.Origin, origin)
+	}
+	var lastRoot tlog.Hash
+	copy(lastRoot[:], st.Root)
+	err = auditlog.CheckAdvance(st.Size, lastRoot, r.OldSize, r.Proof, r.Size, root)
+	switch {
+	case errors.Is(err, auditlog.ErrOldSize):
+		return auditlog.TlogSignResponse{Conflict: true, SignedSize: st.Size}, nil
+	case err != nil:
+		s.log.Error("refusing to sign an audit checkpoint", "origin", origin, "size", r.Size, "signed_size", st.Size, "err", err)
+		return nil, shared.NewError(shared.CodeValidation, "audit sign: %v", err)
+	case rev != 0 && r.Size == st.Size:
+		return auditlog.TlogSignResponse{Checkpoint: st.Checkpoint, SignedSize: st.Size}, nil
 	}
 	spki, err := s.auditKey(ctx)
 	if err != nil {
 		return nil, err
 	}
-	sig, err := s.hsm.SignSHA256(ctx, AuditKeyLabel, req.Message)
+	text := auditlog.TreeHead{Origin: origin, Size: r.Size, Root: root}.Text()
+	sig, err := s.hsm.SignSHA256(ctx, AuditKeyLabel, text)
 	if err != nil {
 		return nil, err
 	}
-	return auditlog.SignResponse{Key: AuditKeyLabel, PublicKey: spki, Signature: sig}, nil
+	signed, err := note.Sign(&note.Note{Text: string(text)}, &auditlog.PresignedSigner{
+		KeyName: auditlog.KeyName(r.Deployment), Hash: auditlog.ECDSAKeyHash(spki), Text: text, Sig: sig,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("keyworker: audit checkpoint: %w", err)
+	}
+	val, err := json.Marshal(auditlog.SignerState{Origin: origin, Size: r.Size, Root: root[:], Checkpoint: signed})
+	if err != nil {
+		return nil, err
+	}
+	// The state moves before the signature leaves: a lost reply costs a
+	// retry, never a second tree.
+	if rev == 0 {
+		_, err = kv.Create(ctx, key, val)
+	} else {
+		_, err = kv.Update(ctx, key, val, rev)
+	}
+	if err != nil {
+		// Another keyworker signed meanwhile: the caller asks again.
+		if e, gerr := kv.Get(ctx, key); gerr == nil && json.Unmarshal(e.Value(), &st) == nil {
+			return auditlog.TlogSignResponse{Conflict: true, SignedSize: st.Size}, nil
+		}
+		return nil, fmt.Errorf("keyworker: audit signer state: %w", err)
+	}
+	return auditlog.TlogSignResponse{Checkpoint: signed, SignedSize: r.Size}, nil
 }
 
 // adminAuditPublicKey returns the audit public key, creating the key pair

@@ -3,9 +3,6 @@ package keyworker
 import (
 	"bytes"
 	"context"
-	"crypto/ecdsa"
-	"crypto/sha256"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -16,21 +13,15 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"go.opentelemetry.io/otel/trace/noop"
+	"golang.org/x/mod/sumdb/tlog"
 
 	"github.com/sovkeys/sovkeys/shared"
 	"github.com/sovkeys/sovkeys/shared/api/kwadmin"
 	"github.com/sovkeys/sovkeys/shared/infra/auditlog"
 	"github.com/sovkeys/sovkeys/shared/infra/mesh"
 	"github.com/sovkeys/sovkeys/shared/infra/writeonce"
-	"github.com/sovkeys/sovkeys/shared/testkit"
 	"github.com/sovkeys/sovkeys/shared/testkit/hsmtest"
 	"github.com/sovkeys/sovkeys/shared/testkit/natstest"
-)
-
-const (
-	readyWait   = 30 * time.Second      // for the keyworkers to answer
-	readyPoll   = 20 * time.Millisecond // between health calls
-	callTimeout = 30 * time.Second      // for a test's admin calls
 )
 
 // runKeyworkers runs n keyworkers of pool "default" on ONE SoftHSM token
@@ -65,61 +56,102 @@ func runKeyworkers(t *testing.T, nc *nats.Conn, js jetstream.JetStream, n int) {
 			}
 		}()
 	}
-	testkit.CheckFor(t, readyWait, readyPoll, func() error {
+	deadline := time.Now().Add(30 * time.Second)
+	for {
 		var resp kwadmin.HealthResponse
-		if err := kwadmin.Call(ctx, nc, "default", kwadmin.EndpointHealth, struct{}{}, &resp); err != nil {
-			return fmt.Errorf("keyworker admin not answering: %w", err)
+		err := kwadmin.Call(ctx, nc, "default", kwadmin.EndpointHealth, struct{}{}, &resp)
+		if err == nil {
+			return
 		}
-		return nil
-	})
+		if time.Now().After(deadline) {
+			t.Fatalf("keyworker admin not answering: %v", err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }
 
-func TestAdminAuditSign(t *testing.T) {
-	t.Parallel()
-	_, nc, js := natstest.Run(t)
-	runKeyworkers(t, nc, js, 2)
-	ctx, cancel := context.WithTimeout(context.Background(), callTimeout)
-	defer cancel()
-
-	// First use from many callers at once, served by two keyworkers
-	// sharing the token: exactly one key pair comes to exist.
-	msgs := make([][]byte, 8)
-	resps := make([]auditlog.SignResponse, len(msgs))
-	errs := make([]error, len(msgs))
-	var wg sync.WaitGroup
-	for i := range msgs {
-		msgs[i] = []byte{'m', byte(i)}
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			errs[i] = kwadmin.Call(ctx, nc, "default", auditlog.EndpointSign, auditlog.SignRequest{Message: msgs[i]}, &resps[i])
-		}()
+// tree returns a Builder holding n entries made from tag.
+func tree(t *testing.T, tag string, n int) *auditlog.Builder {
+	t.Helper()
+	var b auditlog.Builder
+	for i := range n {
+		if err := b.Append([]byte(fmt.Sprintf("%s-%d", tag, i))); err != nil {
+			t.Fatal(err)
+		}
 	}
-	wg.Wait()
-	for i, err := range errs {
-		if err != nil {
-			t.Fatalf("audit_sign %d: %v", i, err)
-		}
-		if resps[i].Key != AuditKeyLabel || !bytes.Equal(resps[i].PublicKey, resps[0].PublicKey) {
-			t.Fatalf("audit_sign %d answered with another key", i)
-		}
-		k, err := x509.ParsePKIXPublicKey(resps[i].PublicKey)
+	return &b
+}
+
+// signReq is the request to sign b, proving consistency from oldSize.
+func signReq(t *testing.T, sc auditlog.Scope, b *auditlog.Builder, oldSize int64) auditlog.SignRequest {
+	t.Helper()
+	root, err := b.Root()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var proof [][]byte
+	if oldSize > 0 && oldSize < b.Size() {
+		hr, err := b.HashReader(context.Background(), nil, sc)
 		if err != nil {
 			t.Fatal(err)
 		}
-		d := sha256.Sum256(msgs[i])
-		if !ecdsa.VerifyASN1(k.(*ecdsa.PublicKey), d[:], resps[i].Signature) {
-			t.Fatalf("signature %d does not verify", i)
+		p, err := tlog.ProveTree(b.Size(), oldSize, hr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, h := range p {
+			proof = append(proof, h[:])
 		}
 	}
+	return auditlog.SignRequest{Tlog: &auditlog.TlogSignRequest{
+		Deployment: "sovkeys.test", Kind: sc.Kind, Scope: sc.ID, OldSize: oldSize, Proof: proof, Size: b.Size(), Root: root[:],
+	}}
+}
 
-	// The public key endpoint serves the same key and publishes it in KV.
+func TestAdminAuditSign(t *testing.T) {
+	_, nc, js := natstest.Run(t)
+	runKeyworkers(t, nc, js, 2)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	call := func(req auditlog.SignRequest) (auditlog.TlogSignResponse, error) {
+		var resp auditlog.TlogSignResponse
+		err := kwadmin.Call(ctx, nc, "default", auditlog.EndpointSign, req, &resp)
+		return resp, err
+	}
+
+	// First use from many callers at once (one scope each), served by two
+	// keyworkers sharing the token: exactly one key pair comes to exist.
+	const callers = 8
+	resps := make([]auditlog.TlogSignResponse, callers)
+	errs := make([]error, callers)
+	var wg sync.WaitGroup
+	for i := range callers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			sc := auditlog.Scope{Kind: shared.AuditKindTenant, ID: fmt.Sprintf("t-%d", i)}
+			resps[i], errs[i] = call(signReq(t, sc, tree(t, "a", 3), 0))
+		}()
+	}
+	wg.Wait()
 	var pk auditlog.PublicKeyResponse
 	if err := kwadmin.Call(ctx, nc, "default", auditlog.EndpointPublicKey, struct{}{}, &pk); err != nil {
 		t.Fatal(err)
 	}
-	if !bytes.Equal(pk.PublicKey, resps[0].PublicKey) {
-		t.Fatal("audit_public_key differs from the signing key")
+	pub, err := auditlog.ParsePublicKey(pk.PublicKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	trust := auditlog.Trust{Deployment: "sovkeys.test", LogKey: pub}
+	for i, err := range errs {
+		if err != nil {
+			t.Fatalf("audit_sign %d: %v", i, err)
+		}
+		sc := auditlog.Scope{Kind: shared.AuditKindTenant, ID: fmt.Sprintf("t-%d", i)}
+		th, _, err := trust.OpenCheckpoint(resps[i].Checkpoint, sc)
+		if err != nil || th.Size != 3 {
+			t.Fatalf("checkpoint %d: %v (size %d)\n%s", i, err, th.Size, resps[i].Checkpoint)
+		}
 	}
 	kv, err := js.KeyValue(ctx, shared.BucketPKI)
 	if err != nil {
@@ -133,17 +165,90 @@ func TestAdminAuditSign(t *testing.T) {
 		t.Fatalf("creation lease left behind: %v", err)
 	}
 
-	// Bad requests.
-	for _, req := range []auditlog.SignRequest{{}, {Message: make([]byte, maxAuditSignMessage+1)}} {
-		err := kwadmin.Call(ctx, nc, "default", auditlog.EndpointSign, req, nil)
-		if shared.CodeOf(err) != shared.CodeValidation {
-			t.Errorf("audit_sign(%d bytes) = %v, want a validation error", len(req.Message), err)
-		}
+	// One log grows: 3 -> 5 with a consistency proof.
+	sc := auditlog.Scope{Kind: shared.AuditKindTenant, ID: "t-0"}
+	five := tree(t, "a", 5)
+	r, err := call(signReq(t, sc, five, 3))
+	if err != nil || r.Conflict {
+		t.Fatalf("3 -> 5: %+v %v", r, err)
+	}
+	if th, _, err := trust.OpenCheckpoint(r.Checkpoint, sc); err != nil || th.Size != 5 {
+		t.Fatalf("checkpoint of 5: %v", err)
+	}
+	// The same tree again is answered with the stored checkpoint.
+	if again, err := call(signReq(t, sc, five, 5)); err != nil || !bytes.Equal(again.Checkpoint, r.Checkpoint) {
+		t.Fatalf("re-sign of 5: %v", err)
+	}
+	// A caller behind is told the signed size.
+	if c, err := call(signReq(t, sc, tree(t, "a", 6), 3)); err != nil || !c.Conflict || c.SignedSize != 5 {
+		t.Fatalf("stale old size: %+v %v", c, err)
+	}
+	// The state is in KV, where only keyworkers write.
+	skv, err := js.KeyValue(ctx, shared.BucketAuditSigner)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if e, err := skv.Get(ctx, auditlog.SignerStateKey("default", sc)); err != nil || !bytes.Contains(e.Value(), []byte(`"size":5`)) {
+		t.Fatalf("signer state: %v", err)
+	}
+
+	// What an attacker driving the audit service would try: each refused.
+	fork := tree(t, "a", 4)
+	if err := fork.Append([]byte("forged")); err != nil {
+		t.Fatal(err)
+	}
+	if err := fork.Append([]byte("a-5")); err != nil {
+		t.Fatal(err)
+	}
+	forkSame := tree(t, "b", 5)
+	bad := []struct {
+		name string
+		req  auditlog.SignRequest
+	}{
+		{"a forked tree with its own proof", signReq(t, sc, fork, 5)},
+		{"another root at the signed size", signReq(t, sc, forkSame, 5)},
+		{"a rollback to a smaller tree", signReq(t, sc, tree(t, "a", 4), 5)},
+		{"a restart from zero", signReq(t, sc, tree(t, "a", 7), 0)},
+		{"a proof from nothing", func() auditlog.SignRequest {
+			req := signReq(t, sc, tree(t, "a", 8), 5)
+			req.Tlog.Proof = nil
+			return req
+		}()},
+		{"an arbitrary message", auditlog.SignRequest{Message: []byte("anything")}},
+		{"a message beside a checkpoint", func() auditlog.SignRequest {
+			req := signReq(t, sc, tree(t, "a", 8), 5)
+			req.Message = []byte("x")
+			return req
+		}()},
+		{"another deployment for the same scope", func() auditlog.SignRequest {
+			req := signReq(t, sc, tree(t, "a", 8), 5)
+			req.Tlog.Deployment = "elsewhere"
+			return req
+		}()},
+		{"a short root", func() auditlog.SignRequest {
+			req := signReq(t, sc, tree(t, "a", 8), 5)
+			req.Tlog.Root = req.Tlog.Root[:16]
+			return req
+		}()},
+	}
+	for _, tc := range bad {
+		t.Run(tc.name, func(t *testing.T) {
+			r, err := call(tc.req)
+			if err == nil && !r.Conflict {
+				t.Fatalf("signed: %s", r.Checkpoint)
+			}
+			if err == nil && r.Conflict && r.SignedSize != 5 {
+				t.Fatalf("conflict names size %d", r.SignedSize)
+			}
+		})
+	}
+	// Still at 5, and it grows on from there.
+	if r, err := call(signReq(t, sc, tree(t, "a", 300), 5)); err != nil || r.Conflict {
+		t.Fatalf("5 -> 300: %+v %v", r, err)
 	}
 }
 
 func TestAuditKeyMismatchFailsClosed(t *testing.T) {
-	t.Parallel()
 	_, nc, js := natstest.Run(t)
 	ctx := context.Background()
 	kv, err := mesh.EnsureBucket(ctx, js, shared.BucketPKI, "test", mesh.DefaultTopology())

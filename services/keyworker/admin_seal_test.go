@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"testing"
+	"time"
 
 	"github.com/nats-io/nats.go/micro"
 
@@ -69,3 +70,6 @@ func TestSealUnsealAnswersAreEncryptedToTheRequester(t *testing.T) {
 		}
 	}
 }
+
+// callTimeout bounds a test's admin calls.
+const callTimeout = 30 * time.Second

@@ -235,3 +235,20 @@ func (b *ObjectBucketStore) List(ctx context.Context, dir string, fn func(name s
 	}
 	return nil
 }
+
+// Replacer is implemented by buckets whose objects can be replaced: the
+// transparency log's "checkpoint" (newest signed checkpoint) lives there.
+// S3 buckets are write-once and keep only the checkpoint history.
+type Replacer interface {
+	Replace(ctx context.Context, key string, data []byte) error
+}
+
+var _ Replacer = (*ObjectBucketStore)(nil)
+
+// Replace stores data under key, replacing what is there.
+func (b *ObjectBucketStore) Replace(ctx context.Context, key string, data []byte) error {
+	if _, err := b.obs.PutBytes(ctx, key, data); err != nil {
+		return fmt.Errorf("auditlog: replace object %s: %w", key, err)
+	}
+	return nil
+}

@@ -161,17 +161,13 @@ func PublicKeyPEM(spki []byte) []byte {
 	return pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: spki})
 }
 
-// SignRequest asks a keyworker pool to sign Message with the audit key
-// (endpoint EndpointSign). The HSM signs SHA-256(Message).
+// SignRequest asks a keyworker pool to sign with the audit key (endpoint
+// EndpointSign). Only Tlog checkpoints are signed, after a consistency
+// check; Message (the version-1 checkpoint bytes) is refused since the
+// transparency log replaced the hash chain's checkpoints.
 type SignRequest struct {
-	Message []byte `json:"message"`
-}
-
-// SignResponse carries the DER signature and the key that made it.
-type SignResponse struct {
-	Key       string `json:"key"`        // KeyLabel
-	PublicKey []byte `json:"public_key"` // DER SubjectPublicKeyInfo
-	Signature []byte `json:"signature"`  // DER ECDSA signature
+	Message []byte           `json:"message,omitempty"`
+	Tlog    *TlogSignRequest `json:"tlog,omitempty"`
 }
 
 // PublicKeyResponse is the answer of EndpointPublicKey.

@@ -132,6 +132,31 @@ func FromEvent(ev *shared.AuditEvent, seq uint64, prev Hash) Record {
 	}
 }
 
+// Shrink makes a record fit one entry of the transparency log
+// (MaxEntrySize): parameters are replaced by their count and every text
+// field is cut to 1,024 bytes. It is used only when the record would not
+// fit otherwise (thousands of parameters), so the event is still recorded.
+func (r *Record) Shrink() {
+	cut := func(s string) string {
+		if len(s) <= 1024 {
+			return s
+		}
+		i := 1021
+		for i > 0 && !utf8.RuneStart(s[i]) {
+			i--
+		}
+		return s[:i] + "..."
+	}
+	if n := len(r.Operation.Params); n > 0 {
+		r.Operation.Params = map[string]string{"omitted_params": strconv.Itoa(n)}
+	}
+	for _, f := range []*string{&r.Service, &r.RequestID, &r.TraceID, &r.Caller.Type, &r.Caller.ID,
+		&r.Caller.Principal, &r.Caller.SourceIP, &r.Caller.Account, &r.Operation.API, &r.Operation.KeyID,
+		&r.Operation.KMSRequestID, &r.Operation.KMSOperation, &r.Result, &r.Code, &r.Reason} {
+		*f = cut(*f)
+	}
+}
+
 // putNonEmpty adds s under k unless it is empty (optional members).
 func putNonEmpty(m map[string]any, k, s string) {
 	if s != "" {

@@ -26,6 +26,7 @@ var bucketDescriptions = []struct{ name, description string }{
 	{shared.BucketPKI, "sovkeys: public keys and CA certificates"},
 	{shared.BucketKillSwitch, "sovkeys: kill switches"},
 	{shared.BucketXKSRotation, "sovkeys: automatic rotation of XKS keys"},
+	{shared.BucketAuditSigner, "sovkeys: last audit checkpoint each HSM signed, per log"},
 }
 
 // Bootstrap declares the streams and buckets of a deployment with keyworker
@@ -37,7 +38,16 @@ func Bootstrap(ctx context.Context, js jetstream.JetStream, topo Topology, pools
 	if err := topo.Validate(); err != nil {
 		return err
 	}
-	streams := []jetstream.StreamConfig{RequestStreamConfig(topo), AuditStreamConfig(topo), AuditLogStreamConfig(topo)}
+	logCfg := AuditLogStreamConfig(topo)
+	// A version-1 audit log (no per-scope limit, records in it) keeps no
+	// limit until the audit service has tiled it from record 1; run
+	// `sovkeys init` again after that (docs/audit.md, "Cut-over").
+	if old, err := js.Stream(ctx, logCfg.Name); err == nil {
+		if info := old.CachedInfo(); info.Config.MaxMsgsPerSubject <= 0 && info.State.Msgs > 0 {
+			logCfg.MaxMsgsPerSubject = -1
+		}
+	}
+	streams := []jetstream.StreamConfig{RequestStreamConfig(topo), AuditStreamConfig(topo), logCfg}
 	for _, p := range pools {
 		if !shared.ValidPoolName(p) {
 			return fmt.Errorf("%w: pool name %q", shared.ErrConfigValidation, p)
@@ -111,17 +121,26 @@ func HardenWriteOnce(c *jetstream.StreamConfig) {
 func AuditLogStreamConfig(t Topology) jetstream.StreamConfig {
 	return jetstream.StreamConfig{
 		Name:        shared.StreamAuditLog,
-		Description: "sovkeys: sequenced, hash-chained audit records and signed checkpoints",
+		Description: "sovkeys: sequenced audit records, exported as a transparency log",
 		Subjects:    []string{shared.SubjectAuditRecordPrefix + ">", shared.SubjectAuditCheckpointPrefix + ">"},
 		Retention:   jetstream.LimitsPolicy,
 		Storage:     jetstream.FileStorage,
 		Replicas:    t.Replicas,
 		Duplicates:  2 * time.Minute,
-		DenyDelete:  true,
-		DenyPurge:   true,
-		AllowDirect: false,
+		// Each scope keeps its newest batches only: the audit service never
+		// lets a scope's unexported records reach that many, so nothing
+		// goes before it is in the export bucket under a signed checkpoint.
+		MaxMsgsPerSubject: AuditLogKeepBatches,
+		Discard:           jetstream.DiscardOld,
+		DenyDelete:        true,
+		DenyPurge:         true,
+		AllowDirect:       false,
 	}
 }
+
+// AuditLogKeepBatches is how many record batches of one scope the audit log
+// stream keeps (the audit service's default LogKeepBatches).
+const AuditLogKeepBatches = 10_000
 
 // UnsealBucketConfig is the memory-only bucket of submitted unseal shares.
 func UnsealBucketConfig(t Topology) jetstream.KeyValueConfig {

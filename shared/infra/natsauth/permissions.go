@@ -2,6 +2,7 @@ package natsauth
 
 import (
 	"github.com/sovkeys/sovkeys/shared"
+	"slices"
 )
 
 // Least privilege on the mesh (docs/security.md, "Rights per service"):
@@ -154,7 +155,7 @@ func UserPermissions(user, service string, pools []string) Permissions {
 		for _, p := range pools {
 			perms.Pub = join(perms.Pub, consume(shared.WorkStream(p), shared.WorkConsumer(p)),
 				kvWrite(shared.BucketPools, p), kvWrite(shared.BucketPKI, p+"."+all), kvWrite(shared.BucketUnseal, p+"."+all),
-				kvWrite(shared.BucketXKSRotation, p+"."+all))
+				kvWrite(shared.BucketXKSRotation, p+"."+all), kvWrite(shared.BucketAuditSigner, p+"."+all))
 			perms.Sub = append(perms.Sub, shared.KeyworkerAdminSubject(p, all))
 		}
 	case ServiceAudit:
@@ -168,13 +169,41 @@ func UserPermissions(user, service string, pools []string) Permissions {
 			readStream(shared.StreamAudit), consume(shared.StreamAudit, shared.ConsumerAudit),
 			readStream(shared.StreamAuditLog), []string{shared.JSConsumerDurable + shared.StreamAuditLog + "." + all},
 			objReadWrite(shared.BucketAuditExport),
-			kvRead(shared.BucketTenants), kvRead(shared.BucketPKI))
+			kvRead(shared.BucketTenants), kvRead(shared.BucketPKI), kvRead(shared.BucketAuditSigner),
+			// Numbered events leave the event stream (audit purges below its
+			// consumer's ack floor); the audit identity already decides what
+			// gets numbered, so this grants it nothing new.
+			[]string{shared.JSStreamPurge + shared.StreamAudit})
 		perms.Sub = join(sub, []string{shared.SubjectAuditControlPrefix + "." + all})
+		// Every other purge stays denied (denyAlways would deny this one too).
+		perms.DenyPub = slices.DeleteFunc(perms.DenyPub, func(d string) bool { return d == shared.JSStreamPurge+all })
+		perms.DenyPub = append(perms.DenyPub, purgeAllBut(shared.StreamAudit, pools)...)
 	default:
 		return none()
 	}
 	perms.DenyPub = append(perms.DenyPub, otherAuditPrefixes(service)...)
 	return perms
+}
+
+// purgeAllBut denies purging every stream of the mesh but keep.
+func purgeAllBut(keep string, pools []string) []string {
+	streams := []string{shared.StreamRequests, shared.StreamAudit, shared.StreamAuditLog}
+	for _, p := range pools {
+		streams = append(streams, shared.WorkStream(p))
+	}
+	for _, b := range shared.KVBuckets() {
+		streams = append(streams, shared.KVStream(b))
+	}
+	for _, b := range []string{shared.BucketEKTObjects, shared.BucketAuditExport} {
+		streams = append(streams, shared.ObjectStream(b))
+	}
+	var out []string
+	for _, s := range streams {
+		if s != keep {
+			out = append(out, shared.JSStreamPurge+s)
+		}
+	}
+	return out
 }
 
 // otherAuditPrefixes are the audit subjects of every service but svc.
