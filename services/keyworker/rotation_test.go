@@ -95,7 +95,7 @@ func TestAutomaticRotation(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	msg, err := stream.GetLastMsgForSubject(ctx, shared.SubjectAuditPrefix+shared.AuditKindXKS+"."+shared.ScopeToken("ks"))
+	msg, err := stream.GetLastMsgForSubject(ctx, shared.AuditSubject(shared.AuditServiceKeyworker, shared.AuditKindXKS, "ks"))
 	if err != nil {
 		t.Fatal(err)
 	}
