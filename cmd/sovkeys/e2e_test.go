@@ -10,6 +10,7 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -458,6 +459,17 @@ func TestAuditEventsAndTracing(t *testing.T) {
 
 func TestExpiredWorkNeverReachesHSM(t *testing.T) {
 	_, js := operatorJS(t)
+	// Only authn may queue HSM work: publish it with authn's credential.
+	authnCreds := filepath.Join(filepath.Dir(testNode.creds), "creds", "authn.creds")
+	anc, err := nats.Connect(testNode.natsURL, nats.UserCredentials(authnCreds), nats.CustomInboxPrefix(shared.InboxPrefix(shared.UserAuthn)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer anc.Close()
+	authnJS, err := jetstream.New(anc)
+	if err != nil {
+		t.Fatal(err)
+	}
 	ctx := context.Background()
 	id := "expired-" + fmt.Sprint(time.Now().UnixNano())
 	env := &shared.Envelope{
@@ -468,7 +480,7 @@ func TestExpiredWorkNeverReachesHSM(t *testing.T) {
 		Authz: &shared.Authz{CallerType: "test", CallerID: "test", Pool: "default", KeyLabel: "no-such-label", KeyStatus: "ENABLED"},
 	}
 	data, _ := env.Marshal()
-	if _, err := js.Publish(ctx, shared.WorkSubject("default", shared.APIXKSEncrypt), data); err != nil {
+	if _, err := authnJS.Publish(ctx, shared.WorkSubject("default", shared.APIXKSEncrypt), data); err != nil {
 		t.Fatal(err)
 	}
 	stream, err := js.Stream(ctx, shared.StreamAudit)

@@ -278,6 +278,9 @@ func TestAttackServicesDoNotAdminister(t *testing.T) {
 	for _, user := range services {
 		for _, s := range streams {
 			for _, api := range []string{shared.JSStreamCreate, shared.JSStreamUpdate, shared.JSStreamDelete, shared.JSStreamPurge, shared.JSStreamMsgDelete} {
+				if user == shared.UserAudit && api == shared.JSStreamPurge && s == shared.StreamAudit {
+					continue // the one purge it has: numbered events leave the event stream
+				}
 				m.refusedPub(t, user, "administer streams", api+s)
 			}
 		}
@@ -327,8 +330,8 @@ func TestAttackAuditSubjectsPerService(t *testing.T) {
 	owners := []string{shared.AuditServiceGateway, shared.AuditServiceAuthn, shared.AuditServiceKeyworker, shared.AuditServiceCLI, shared.AuditServiceAudit}
 	for _, user := range append(services, shared.UserOperator) {
 		for _, owner := range owners {
-			if owner == user {
-				continue
+			if owner == user || (user == shared.UserOperator && owner == shared.AuditServiceCLI) {
+				continue // its own
 			}
 			m.refusedPub(t, user, "publish another service's audit event", shared.AuditSubjectPrefix(owner)+"xks.x")
 		}

@@ -41,7 +41,7 @@ func TestAuditCredentialCannotResetTheSigner(t *testing.T) {
 		if err := trust.WriteUserCreds(p, name, perms); err != nil {
 			t.Fatal(err)
 		}
-		nc, err := nats.Connect(ns.ClientURL(), nats.UserCredentials(p))
+		nc, err := nats.Connect(ns.ClientURL(), nats.UserCredentials(p), nats.CustomInboxPrefix(shared.InboxPrefix(name)))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -51,6 +51,9 @@ func TestAuditCredentialCannotResetTheSigner(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
+	if err := mesh.Bootstrap(ctx, connect(shared.UserBootstrap, BootstrapPermissions()), mesh.DefaultTopology(), []string{"default"}); err != nil {
+		t.Fatal(err)
+	}
 	kwJS := connect("keyworker", ServicePermissions("keyworker", []string{"default"}))
 	kv, err := mesh.EnsureBucket(ctx, kwJS, shared.BucketAuditSigner, "t", mesh.DefaultTopology())
 	if err != nil {
