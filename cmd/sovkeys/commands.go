@@ -64,6 +64,7 @@ func commands() []command {
 	cmds = append(cmds, killswitchCommands()...)
 	cmds = append(cmds, unsealCommands()...)
 	cmds = append(cmds, auditCommands()...)
+	cmds = append(cmds, clusterCommands()...)
 	cmds = append(cmds, define("docs", "", "print the README command and configuration tables", groupHidden, noFlags[struct{}],
 		func(_ context.Context, _ *struct{}, s stdio) error {
 			_, err := io.WriteString(s.stdout, readmeTables(commands()))
