@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/sovkeys/sovkeys/services/gateway"
+	"github.com/sovkeys/sovkeys/services/keyworker"
 	"github.com/sovkeys/sovkeys/shared/infra/clusterinit"
 )
 
@@ -24,7 +25,75 @@ type clusterInitFlags struct {
 func clusterCommands() []command {
 	return []command{define("cluster init", "--out DIR [--nodes 3] [--pool NAME]... [--gateways N] [--user NAME]...",
 		"write the NATS cluster of a deployment: trust, per-service credentials, nats-server configs (run again to add a pool or user)",
-		groupOperator, registerClusterInit, runClusterInit)}
+		groupOperator, registerClusterInit, runClusterInit),
+		define("keyworker repair-hierarchy", "--hsm-module SO --hsm-token-label LABEL [--keep LABEL=ID]... [--confirm]",
+			"list duplicate key-hierarchy objects on an HSM token; with --confirm keep one copy of each and destroy the others",
+			groupOperator, registerRepair, runRepair),
+	}
+}
+
+// repairFlags are the flags of `sovkeys keyworker repair-hierarchy`.
+type repairFlags struct {
+	module, token, pinFile string
+	keep                   listFlag
+	confirm                bool
+}
+
+func registerRepair(fs *flag.FlagSet, getenv func(string) string, f *repairFlags) {
+	fs.StringVar(&f.module, "hsm-module", getenv("SOVKEYS_HSM_MODULE"), "PKCS#11 module path (env SOVKEYS_HSM_MODULE)")
+	fs.StringVar(&f.token, "hsm-token-label", envOr(getenv, "SOVKEYS_HSM_TOKEN_LABEL", "sovkeys"), "token label (env SOVKEYS_HSM_TOKEN_LABEL)")
+	fs.StringVar(&f.pinFile, "hsm-pin-file", "", "file holding the user PIN (else env SOVKEYS_HSM_PIN)")
+	fs.Var(&f.keep, "keep", "LABEL=ID: the copy to keep (ids from the dry run; default the first listed), repeatable")
+	fs.BoolVar(&f.confirm, "confirm", false, "destroy the copies not kept (irreversible; without it nothing changes)")
+}
+
+func runRepair(ctx context.Context, f *repairFlags, s stdio) error {
+	pin, ok, err := readPIN(f.pinFile, s.getenv)
+	if err != nil {
+		return err
+	}
+	if !ok {
+		return fmt.Errorf("keyworker repair-hierarchy: the HSM PIN is required (--hsm-pin-file or SOVKEYS_HSM_PIN): %w", errUsage)
+	}
+	keep := map[string]string{}
+	for _, kv := range f.keep {
+		label, id, found := strings.Cut(kv, "=")
+		if !found {
+			return fmt.Errorf("keyworker repair-hierarchy: --keep %q is not LABEL=ID: %w", kv, errUsage)
+		}
+		keep[label] = id
+	}
+	logger, err := newLogger(s.stderr, "warn")
+	if err != nil {
+		return err
+	}
+	h, err := keyworker.OpenHSM(ctx, keyworker.HSMConfig{ModulePath: f.module, TokenLabel: f.token, PIN: pin, Sessions: 1}, logger)
+	if err != nil {
+		return err
+	}
+	defer closeHSM(h, logger)
+	copies, err := h.RepairHierarchy(ctx, keep, f.confirm)
+	if err != nil {
+		return err
+	}
+	if len(copies) == 0 {
+		fmt.Fprintln(s.stdout, "no duplicate hierarchy keys on this token")
+		return nil
+	}
+	for _, c := range copies {
+		action := "destroy"
+		switch {
+		case c.Keep:
+			action = "keep"
+		case f.confirm:
+			action = "destroyed"
+		}
+		fmt.Fprintf(s.stdout, "%-9s %s id=%s objects=%d\n", action, c.Label, c.ID, len(c.Handles))
+	}
+	if !f.confirm {
+		fmt.Fprintln(s.stdout, "dry run: nothing changed; rerun with --confirm (and --keep LABEL=ID to choose) to destroy the others")
+	}
+	return nil
 }
 
 func registerClusterInit(fs *flag.FlagSet, _ func(string) string, f *clusterInitFlags) {
