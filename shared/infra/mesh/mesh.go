@@ -177,7 +177,7 @@ func EnsureAuditStream(ctx context.Context, js jetstream.JetStream, t Topology) 
 // declareRetries bounds retries of a declaration that raced another
 // process's: the server reports such races with several codes (name in use,
 // store creation failed while the other create finishes, cluster proposals).
-const declareRetries = 5
+const declareRetries = 10
 
 func ensureStream(ctx context.Context, js jetstream.JetStream, cfg jetstream.StreamConfig) (jetstream.Stream, error) {
 	var err error
