@@ -55,8 +55,19 @@ vet:
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo "gofmt needed"; exit 1; }
 	$(GO) vet ./...
 
-test: deps versitygw jaeger vet
+test: deps versitygw jaeger nats-server vet
 	$(GO) test -count=1 -timeout 15m ./...
+
+.PHONY: nats-server cluster-test
+# nats-server of the version pinned in go.mod, for the cluster tests; built once, then cached.
+nats-server:
+	@GO="$(GO)" ./scripts/install-nats-server.sh >/dev/null
+
+# Fault injection on a real 3-node cluster with the services as separate
+# processes (also part of `make test`); prints the figures of
+# docs/BENCHMARKS.md "Cluster faults". REPORT=FILE writes the table there.
+cluster-test: deps nats-server
+	SOVKEYS_CLUSTER_REPORT=$(REPORT) $(GO) test -count=1 -v -timeout 10m -run Cluster ./test/cluster
 
 # Short fuzzing of every parser (not part of `make test`).
 fuzz: deps

@@ -215,6 +215,10 @@ func PKISigningKey(pool string) string { return pool + ".signing_key" }
 // PKIInstanceCA is the BucketPKI key of a pool's instance CA certificate (DER).
 func PKIInstanceCA(pool string) string { return pool + ".instance_ca" }
 
+// PKIHierarchyLock is the BucketPKI key of the lease a keyworker holds while
+// it creates its pool's key hierarchy: one creator per HSM, cluster-wide.
+func PKIHierarchyLock(pool string) string { return pool + ".hierarchy_lock" }
+
 // RequestSubject returns the subject a gateway publishes api requests on.
 func RequestSubject(api API) string { return SubjectRequestPrefix + string(api) }
 

@@ -87,6 +87,7 @@ func commands() []command {
 			"print a record with its inclusion proof against a signed checkpoint", groupOperator, auditProve),
 		rawCommand("witness", "--listen ADDR --state DIR --name NAME --key-file F --log-key F.pem (-h: flags)",
 			"a C2SP tlog-witness: cosigns audit checkpoints only after checking consistency with the last one it saw", groupService, runWitness))
+	cmds = append(cmds, clusterCommands()...)
 	cmds = append(cmds, define("docs", "", "print the README command and configuration tables", groupHidden, noFlags[struct{}],
 		func(_ context.Context, _ *struct{}, s stdio) error {
 			_, err := io.WriteString(s.stdout, readmeTables(commands()))

@@ -118,17 +118,41 @@ func runService(ctx context.Context, svc service, c *serviceConfig, hsm *keywork
 		}
 		cancel()
 	}()
-	nc, js, err := mesh.Connect(ctx, c.common.conn.config("sovkeys-"+svc.name), logger)
-	if err != nil {
+	// Wait for NATS rather than exit: a cluster may start in any order.
+	var nc *nats.Conn
+	var js jetstream.JetStream
+	if err := mesh.Retry(ctx, logger, "nats connect", mesh.DefaultBackoff, func(context.Context) (err error) {
+		nc, js, err = mesh.Connect(ctx, c.common.conn.config("sovkeys-"+svc.name), logger)
+		return err
+	}); err != nil {
 		return err
 	}
 	defer nc.Close()
-	r, closeFn, err := svc.build(ctx, c, serviceDeps{nc: nc, js: js, tp: tp, logger: logger, hsm: hsm})
-	if err != nil {
-		return err
+	if svc.opensHSM && hsm == nil {
+		// Unsealed once: the shares are purged after use, so later restarts
+		// of the service below keep this HSM.
+		if err := mesh.Retry(ctx, logger, "unseal", mesh.DefaultBackoff, func(ctx context.Context) (err error) {
+			hsm, err = unsealHSM(ctx, c, js, logger)
+			return err
+		}); err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return err
+		}
+		defer closeHSM(hsm, logger)
 	}
-	defer closeFn()
-	if err := r.Run(ctx); err != nil && !errors.Is(err, context.Canceled) {
+	// Declarations and binds retried until the cluster answers; a service
+	// that loses them later is rebuilt the same way.
+	err = mesh.Supervise(ctx, logger, svc.name, mesh.DefaultBackoff, time.Now, func(ctx context.Context) error {
+		r, closeFn, err := svc.build(ctx, c, serviceDeps{nc: nc, js: js, tp: tp, logger: logger, hsm: hsm})
+		if err != nil {
+			return err
+		}
+		defer closeFn()
+		return r.Run(ctx)
+	})
+	if err != nil && !errors.Is(err, context.Canceled) {
 		return fmt.Errorf("%s: %w", svc.name, err)
 	}
 	return nil

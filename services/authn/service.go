@@ -302,7 +302,13 @@ func (s *Service) forward(ctx context.Context, env *shared.Envelope) error {
 	msg.Data = data
 	msg.Header.Set(shared.HeaderMsgID, env.ID)
 	tracing.Inject(ctx, msg.Header)
-	if _, err := s.js.PublishMsg(ctx, msg); err != nil {
+	if !env.Deadline.IsZero() {
+		// Retry a publish lost to a leader election while the caller waits.
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithDeadline(ctx, env.Deadline)
+		defer cancel()
+	}
+	if _, err := mesh.PublishWithin(ctx, s.js, msg, mesh.PublishTry); err != nil {
 		if mesh.IsQueueFull(err) {
 			return shared.NewError(shared.CodeThrottling, "hsm pool %q is at capacity, retry later", env.Authz.Pool)
 		}

@@ -112,7 +112,7 @@ func (s *Service) roundTrip(ctx context.Context, env *shared.Envelope) (*nats.Ms
 	msg.Header.Set(shared.HeaderMsgID, env.ID)
 	tracing.Inject(ctx, msg.Header)
 	ch := s.replies.register(env.ID)
-	if _, err := s.js.PublishMsg(ctx, msg); err != nil {
+	if _, err := mesh.PublishWithin(ctx, s.js, msg, mesh.PublishTry); err != nil {
 		s.replies.cancel(env.ID)
 		if mesh.IsQueueFull(err) {
 			return nil, shared.NewError(shared.CodeThrottling, "request queue is full, retry later")

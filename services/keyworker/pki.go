@@ -27,7 +27,7 @@ import (
 // public parts in KV: the signing public key and the instance CA
 // certificate (self-signed by the HSM CA key, created once per pool).
 func (s *Service) publishPKI(ctx context.Context) error {
-	if err := s.hsm.EnsureHierarchy(ctx); err != nil {
+	if err := s.ensureHierarchyLocked(ctx); err != nil {
 		return err
 	}
 	kv, err := mesh.EnsureBucket(ctx, s.js, shared.BucketPKI, "sovkeys: public keys and CA certificates", s.cfg.Topology)

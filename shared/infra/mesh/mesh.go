@@ -204,7 +204,7 @@ func EnsureAuditStream(ctx context.Context, js jetstream.JetStream, t Topology) 
 // declareRetries bounds retries of a declaration that raced another
 // process's: the server reports such races with several codes (name in use,
 // store creation failed while the other create finishes, cluster proposals).
-const declareRetries = 5
+const declareRetries = 10
 
 // Services bind; Bootstrap declares. A service that finds a stream or
 // bucket missing tries to create it (a test server, a user with create

@@ -1,0 +1,174 @@
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/sovkeys/sovkeys/services/gateway"
+	"github.com/sovkeys/sovkeys/services/keyworker"
+	"github.com/sovkeys/sovkeys/shared/infra/clusterinit"
+)
+
+// clusterInitFlags are the flags of `sovkeys cluster init`.
+type clusterInitFlags struct {
+	out, name, hosts      string
+	nodes, gateways, base int
+	pools, users          listFlag
+	cert, key, ca         string
+	gatewayPortBase       int
+}
+
+func clusterCommands() []command {
+	return []command{define("cluster init", "--out DIR [--nodes 3] [--pool NAME]... [--gateways N] [--user NAME]...",
+		"write the NATS cluster of a deployment: trust, per-service credentials, nats-server configs (run again to add a pool or user)",
+		groupOperator, registerClusterInit, runClusterInit),
+		define("keyworker repair-hierarchy", "--hsm-module SO --hsm-token-label LABEL [--keep LABEL=ID]... [--confirm]",
+			"list duplicate key-hierarchy objects on an HSM token; with --confirm keep one copy of each and destroy the others",
+			groupOperator, registerRepair, runRepair),
+	}
+}
+
+// repairFlags are the flags of `sovkeys keyworker repair-hierarchy`.
+type repairFlags struct {
+	module, token, pinFile string
+	keep                   listFlag
+	confirm                bool
+}
+
+func registerRepair(fs *flag.FlagSet, getenv func(string) string, f *repairFlags) {
+	fs.StringVar(&f.module, "hsm-module", getenv("SOVKEYS_HSM_MODULE"), "PKCS#11 module path (env SOVKEYS_HSM_MODULE)")
+	fs.StringVar(&f.token, "hsm-token-label", envOr(getenv, "SOVKEYS_HSM_TOKEN_LABEL", "sovkeys"), "token label (env SOVKEYS_HSM_TOKEN_LABEL)")
+	fs.StringVar(&f.pinFile, "hsm-pin-file", "", "file holding the user PIN (else env SOVKEYS_HSM_PIN)")
+	fs.Var(&f.keep, "keep", "LABEL=ID: the copy to keep (ids from the dry run; default the first listed), repeatable")
+	fs.BoolVar(&f.confirm, "confirm", false, "destroy the copies not kept (irreversible; without it nothing changes)")
+}
+
+func runRepair(ctx context.Context, f *repairFlags, s stdio) error {
+	pin, ok, err := readPIN(f.pinFile, s.getenv)
+	if err != nil {
+		return err
+	}
+	if !ok {
+		return fmt.Errorf("keyworker repair-hierarchy: the HSM PIN is required (--hsm-pin-file or SOVKEYS_HSM_PIN): %w", errUsage)
+	}
+	keep := map[string]string{}
+	for _, kv := range f.keep {
+		label, id, found := strings.Cut(kv, "=")
+		if !found {
+			return fmt.Errorf("keyworker repair-hierarchy: --keep %q is not LABEL=ID: %w", kv, errUsage)
+		}
+		keep[label] = id
+	}
+	logger, err := newLogger(s.stderr, "warn")
+	if err != nil {
+		return err
+	}
+	h, err := keyworker.OpenHSM(ctx, keyworker.HSMConfig{ModulePath: f.module, TokenLabel: f.token, PIN: pin, Sessions: 1}, logger)
+	if err != nil {
+		return err
+	}
+	defer closeHSM(h, logger)
+	copies, err := h.RepairHierarchy(ctx, keep, f.confirm)
+	if err != nil {
+		return err
+	}
+	if len(copies) == 0 {
+		fmt.Fprintln(s.stdout, "no duplicate hierarchy keys on this token")
+		return nil
+	}
+	for _, c := range copies {
+		action := "destroy"
+		switch {
+		case c.Keep:
+			action = "keep"
+		case f.confirm:
+			action = "destroyed"
+		}
+		fmt.Fprintf(s.stdout, "%-9s %s id=%s objects=%d\n", action, c.Label, c.ID, len(c.Handles))
+	}
+	if !f.confirm {
+		fmt.Fprintln(s.stdout, "dry run: nothing changed; rerun with --confirm (and --keep LABEL=ID to choose) to destroy the others")
+	}
+	return nil
+}
+
+func registerClusterInit(fs *flag.FlagSet, _ func(string) string, f *clusterInitFlags) {
+	fs.StringVar(&f.out, "out", "", "output directory (seeds under DIR/trust stay; keep it private)")
+	fs.IntVar(&f.nodes, "nodes", 0, "nats-server nodes (default 3, or the earlier run's)")
+	fs.Var(&f.pools, "pool", "keyworker pool, repeatable (added to the earlier run's; default \"default\")")
+	fs.Var(&f.users, "user", "extra user of the permission table beyond the four services, repeatable (e.g. bootstrap)")
+	fs.IntVar(&f.gateways, "gateways", 2, "gateways of the test deployment: writes DIR/tls (a local CA and a 127.0.0.1 certificate) when > 0")
+	fs.IntVar(&f.gatewayPortBase, "gateway-port-base", 8443, "HTTPS port of the first gateway in the printed commands (next ones +1)")
+	fs.IntVar(&f.base, "port-base", 0, "client port of node 1 (routes +100, monitoring +200; default 14222)")
+	fs.StringVar(&f.hosts, "hosts", "", "comma-separated node addresses, one per node (default: all on 127.0.0.1 with distinct ports)")
+	fs.StringVar(&f.name, "cluster-name", "", "JetStream cluster name (default sovkeys)")
+	fs.StringVar(&f.cert, "nats-tls-cert", "", "NATS TLS certificate of the nodes (serverAuth and clientAuth: routes are mutual TLS)")
+	fs.StringVar(&f.key, "nats-tls-key", "", "private key of --nats-tls-cert")
+	fs.StringVar(&f.ca, "nats-tls-ca", "", "CA that clients and routes trust for NATS TLS")
+}
+
+func runClusterInit(_ context.Context, f *clusterInitFlags, s stdio) error {
+	if f.out == "" {
+		return fmt.Errorf("cluster init: --out is required: %w", errUsage)
+	}
+	users := []string{}
+	for _, svc := range services() {
+		users = append(users, svc.name)
+	}
+	users = append(users, f.users...)
+	abs := func(p string) string {
+		if p == "" {
+			return ""
+		}
+		a, err := filepath.Abs(p)
+		if err != nil {
+			return p
+		}
+		return a
+	}
+	res, err := clusterinit.Init(clusterinit.Config{
+		Dir: f.out, Nodes: f.nodes, Pools: f.pools, Users: users, ClusterName: f.name,
+		Hosts: splitList(f.hosts), PortBase: f.base,
+		TLS: clusterinit.TLSFiles{CertFile: abs(f.cert), KeyFile: abs(f.key), CAFile: abs(f.ca)},
+	})
+	if err != nil {
+		return err
+	}
+	var gwTLS gateway.DevTLS
+	if f.gateways > 0 {
+		if gwTLS, err = gateway.EnsureDevTLS(filepath.Join(res.Dir, "tls"), time.Now()); err != nil {
+			return err
+		}
+	}
+	w := s.stdout
+	fmt.Fprintf(w, "sovkeys cluster in %s (pools %s; %d file(s) written)\n\nNATS nodes (start each with `nats-server -c FILE`):\n",
+		res.Dir, strings.Join(res.Pools, ","), len(res.Written))
+	for _, n := range res.Nodes {
+		fmt.Fprintf(w, "  %s  %s  %s  (health %s/healthz)\n", n.Name, n.ClientURL(), n.ConfigFile, n.MonitorURL())
+	}
+	fmt.Fprintf(w, "\nCredentials:\n")
+	for _, u := range append([]string{clusterinit.OperatorUser}, users...) {
+		fmt.Fprintf(w, "  %-10s %s\n", u, res.Creds[u])
+	}
+	fmt.Fprintf(w, "\nServices (all with --replicas %d):\n  export SOVKEYS_NATS_URL=%s\n", min(len(res.Nodes), 3), res.URLs)
+	rep := fmt.Sprintf("--replicas %d", min(len(res.Nodes), 3))
+	for i := range f.gateways {
+		fmt.Fprintf(w, "  sovkeys gateway   --creds %s %s --listen 127.0.0.1:%d --tls-cert %s --tls-key %s\n",
+			res.Creds["gateway"], rep, f.gatewayPortBase+i, gwTLS.CertFile, gwTLS.KeyFile)
+	}
+	for _, svc := range []string{"authn", "audit"} {
+		fmt.Fprintf(w, "  sovkeys %-9s --creds %s %s\n", svc, res.Creds[svc], rep)
+	}
+	for _, p := range res.Pools {
+		fmt.Fprintf(w, "  sovkeys keyworker --creds %s %s --pool %s --hsm-module SO --hsm-token-label LABEL\n", res.Creds["keyworker"], rep, p)
+	}
+	fmt.Fprintf(w, "\nOperator CLI:\n  export SOVKEYS_NATS_CREDS=%s\n", res.Creds[clusterinit.OperatorUser])
+	if gwTLS.CAFile != "" {
+		fmt.Fprintf(w, "Gateway TLS (test deployment only): trust anchor %s\n", gwTLS.CAFile)
+	}
+	return nil
+}

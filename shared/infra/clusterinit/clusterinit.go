@@ -1,0 +1,310 @@
+// Package clusterinit writes everything a NATS cluster of a sovkeys
+// deployment needs, from nothing: the operator and account trust (seeds kept
+// in trust/), one user credential per service with its permissions from
+// shared/infra/natsauth, the operator CLI's credential, and one
+// nats-server configuration per node (routes, JetStream, a memory resolver
+// with the accounts preloaded, TLS when certificates are given).
+//
+// Running it again with more pools or users adds them: the operator and
+// account seeds are kept, so every credential issued before stays valid, and
+// a credential file is rewritten only when its permissions change.
+package clusterinit
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+
+	"github.com/nats-io/jwt/v2"
+
+	"github.com/sovkeys/sovkeys/shared"
+	"github.com/sovkeys/sovkeys/shared/infra/natsauth"
+)
+
+// ErrInit is wrapped by every error of this package.
+var ErrInit = errors.New("clusterinit: failed")
+
+// OperatorUser is the name of the operator CLI's user (natsauth.OperatorPermissions).
+const OperatorUser = "operator"
+
+// Config says what to write.
+type Config struct {
+	Dir         string   // output directory (created; seeds in Dir/trust)
+	Nodes       int      // nats-server nodes, 1..9 (3 in production)
+	Pools       []string // keyworker pools; merged with the pools of an earlier run
+	Users       []string // service users, named as in natsauth.ServicePermissions; merged likewise
+	ClusterName string   // JetStream cluster name (default "sovkeys")
+	// Hosts are the nodes' addresses (one per node). Empty: every node on
+	// 127.0.0.1 with distinct ports PortBase+i (client), PortBase+100+i
+	// (routes), PortBase+200+i (monitoring).
+	Hosts    []string
+	PortBase int // default 14222
+	// TLS: when CertFile and KeyFile are set, clients and routes use TLS
+	// (the certificate needs serverAuth and clientAuth: routes are mutual).
+	TLS TLSFiles
+}
+
+// TLSFiles are PEM files of a node's NATS TLS.
+type TLSFiles struct{ CertFile, KeyFile, CAFile string }
+
+// Node is one nats-server of the cluster.
+type Node struct {
+	Name                    string
+	Host                    string
+	ClientPort, ClusterPort int
+	MonitorPort             int
+	ConfigFile, StoreDir    string
+}
+
+// ClientURL is the URL services dial for this node.
+func (n Node) ClientURL() string { return fmt.Sprintf("nats://%s:%d", n.Host, n.ClientPort) }
+
+// MonitorURL is the node's HTTP monitoring endpoint (/healthz, /jsz).
+func (n Node) MonitorURL() string { return fmt.Sprintf("http://%s:%d", n.Host, n.MonitorPort) }
+
+// Result is what Init wrote or kept.
+type Result struct {
+	Dir      string
+	Nodes    []Node
+	Pools    []string
+	Creds    map[string]string // user name -> creds file
+	Written  []string          // files (re)written in this run
+	URLs     string            // every node's client URL, comma separated
+	EnvFile  string            // SOVKEYS_NATS_URL (and _CA) for services and the CLI
+	TLSNodes bool
+}
+
+// state is what an earlier run chose, kept in Dir/cluster.json.
+type state struct {
+	ClusterName string   `json:"cluster_name"`
+	Nodes       int      `json:"nodes"`
+	Pools       []string `json:"pools"`
+	Users       []string `json:"users"`
+	Hosts       []string `json:"hosts,omitempty"`
+	PortBase    int      `json:"port_base"`
+	TLS         TLSFiles `json:"tls"`
+}
+
+// StateFile is the name of the file under Dir recording the choices made.
+const StateFile = "cluster.json"
+
+// Init writes (or completes) the deployment's NATS material under cfg.Dir.
+func Init(cfg Config) (*Result, error) {
+	if cfg.Dir == "" {
+		return nil, fmt.Errorf("%w: output directory is required", ErrInit)
+	}
+	dir, err := filepath.Abs(cfg.Dir)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrInit, err)
+	}
+	st, err := merge(dir, cfg)
+	if err != nil {
+		return nil, err
+	}
+	for _, sub := range []string{"", "trust", "creds", "nats"} {
+		if err := os.MkdirAll(filepath.Join(dir, sub), 0o700); err != nil {
+			return nil, fmt.Errorf("%w: %v", ErrInit, err)
+		}
+	}
+	trust, err := natsauth.LoadOrCreate(filepath.Join(dir, "trust"))
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrInit, err)
+	}
+	res := &Result{Dir: dir, Pools: st.Pools, Creds: map[string]string{}, TLSNodes: st.TLS.CertFile != ""}
+	accPub, accFresh := trust.AppAccountKey()
+	users := append([]string{OperatorUser, shared.UserBootstrap}, st.Users...)
+	for _, u := range users {
+		var perms natsauth.Permissions
+		p := filepath.Join(dir, "creds", u+".creds")
+		switch u {
+		case OperatorUser:
+			perms, p = natsauth.OperatorPermissions(), filepath.Join(dir, OperatorUser+".creds")
+		case shared.UserBootstrap:
+			// The declaring identity lives with the trust seeds: no running
+			// service holds it (`sovkeys init --creds DIR/trust/bootstrap.creds`).
+			perms, p = natsauth.BootstrapPermissions(), filepath.Join(dir, "trust", shared.UserBootstrap+".creds")
+		default:
+			perms = natsauth.ServicePermissions(u, st.Pools)
+		}
+		wrote, err := ensureCreds(trust, accPub, p, u, perms)
+		if err != nil {
+			return nil, err
+		}
+		if wrote {
+			res.Written = append(res.Written, p)
+		}
+		res.Creds[u] = p
+	}
+	opClaims, err := jwt.DecodeOperatorClaims(trust.OperatorJWT())
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrInit, err)
+	}
+	sysPub, sysFresh := trust.SystemAccountKey()
+	opJWT := filepath.Join(dir, "trust", "operator.jwt")
+	if b, err := os.ReadFile(opJWT); err != nil || !sameOperator(string(b), opClaims.Subject, sysPub) {
+		if err := writeIfChanged(opJWT, []byte(trust.OperatorJWT()+"\n"), 0o644, res); err != nil {
+			return nil, err
+		}
+	}
+	sysJWT, err := accountJWT(dir, "system.jwt", sysPub, sysFresh, opClaims.Subject, res)
+	if err != nil {
+		return nil, err
+	}
+	accJWT, err := accountJWT(dir, "account.jwt", accPub, accFresh, opClaims.Subject, res)
+	if err != nil {
+		return nil, err
+	}
+	res.Nodes = st.nodes(dir)
+	var urls []string
+	for _, n := range res.Nodes {
+		urls = append(urls, n.ClientURL())
+	}
+	res.URLs = strings.Join(urls, ",")
+	for i, n := range res.Nodes {
+		if err := os.MkdirAll(n.StoreDir, 0o700); err != nil {
+			return nil, fmt.Errorf("%w: %v", ErrInit, err)
+		}
+		if err := writeIfChanged(n.ConfigFile, []byte(nodeConfig(st, res.Nodes, i, opJWT, sysPub, sysJWT, accPub, accJWT)), 0o600, res); err != nil {
+			return nil, err
+		}
+	}
+	env := "SOVKEYS_NATS_URL=" + res.URLs + "\n"
+	if st.TLS.CAFile != "" {
+		env += "SOVKEYS_NATS_CA=" + st.TLS.CAFile + "\n"
+	}
+	res.EnvFile = filepath.Join(dir, "cluster.env")
+	if err := writeIfChanged(res.EnvFile, []byte(env), 0o644, res); err != nil {
+		return nil, err
+	}
+	b, _ := json.MarshalIndent(st, "", "  ")
+	if err := writeIfChanged(filepath.Join(dir, StateFile), append(b, '\n'), 0o600, res); err != nil {
+		return nil, err
+	}
+	return res, nil
+}
+
+// merge combines cfg with the choices of an earlier run: pools and users
+// are added to, never dropped; unset settings keep their earlier values.
+func merge(dir string, cfg Config) (state, error) {
+	var st state
+	if b, err := os.ReadFile(filepath.Join(dir, StateFile)); err == nil {
+		if err := json.Unmarshal(b, &st); err != nil {
+			return st, fmt.Errorf("%w: %s: %v", ErrInit, StateFile, err)
+		}
+	} else if !errors.Is(err, os.ErrNotExist) {
+		return st, fmt.Errorf("%w: %v", ErrInit, err)
+	}
+	if cfg.Nodes != 0 {
+		st.Nodes = cfg.Nodes
+	}
+	if st.Nodes == 0 {
+		st.Nodes = 3
+	}
+	if cfg.ClusterName != "" {
+		st.ClusterName = cfg.ClusterName
+	}
+	if st.ClusterName == "" {
+		st.ClusterName = "sovkeys"
+	}
+	if cfg.PortBase != 0 {
+		st.PortBase = cfg.PortBase
+	}
+	if st.PortBase == 0 {
+		st.PortBase = 14222
+	}
+	if len(cfg.Hosts) > 0 {
+		st.Hosts = cfg.Hosts
+	}
+	if cfg.TLS.CertFile != "" || cfg.TLS.KeyFile != "" || cfg.TLS.CAFile != "" {
+		st.TLS = cfg.TLS
+	}
+	st.Pools = union(st.Pools, cfg.Pools)
+	if len(st.Pools) == 0 {
+		st.Pools = []string{"default"}
+	}
+	st.Users = union(st.Users, cfg.Users)
+	switch {
+	case st.Nodes < 1 || st.Nodes > 9:
+		return st, fmt.Errorf("%w: nodes must be 1..9, got %d", ErrInit, st.Nodes)
+	case len(st.Hosts) > 0 && len(st.Hosts) != st.Nodes:
+		return st, fmt.Errorf("%w: %d hosts for %d nodes", ErrInit, len(st.Hosts), st.Nodes)
+	case st.PortBase < 1024 || st.PortBase+300 > 65535:
+		return st, fmt.Errorf("%w: port base %d out of range", ErrInit, st.PortBase)
+	case (st.TLS.CertFile == "") != (st.TLS.KeyFile == ""):
+		return st, fmt.Errorf("%w: TLS needs both a certificate and its key", ErrInit)
+	case !validName(st.ClusterName):
+		return st, fmt.Errorf("%w: cluster name %q", ErrInit, st.ClusterName)
+	}
+	for _, p := range st.Pools {
+		if !shared.ValidPoolName(p) {
+			return st, fmt.Errorf("%w: pool name %q", ErrInit, p)
+		}
+	}
+	for _, u := range st.Users {
+		if !validName(u) || !slices.Contains(serviceUsers(), u) {
+			return st, fmt.Errorf("%w: %q is not a user of the permission table", ErrInit, u)
+		}
+	}
+	return st, nil
+}
+
+// serviceUsers are the users of the permission table cluster init mints on
+// request (the operator and bootstrap users are always written).
+func serviceUsers() []string {
+	return []string{natsauth.ServiceGateway, natsauth.ServiceAuthn, natsauth.ServiceKeyworker, natsauth.ServiceAudit}
+}
+
+func validName(s string) bool {
+	if s == "" || len(s) > 64 {
+		return false
+	}
+	for _, r := range s {
+		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' || r == '_') {
+			return false
+		}
+	}
+	return true
+}
+
+func union(a, b []string) []string {
+	out := slices.Clone(a)
+	for _, s := range b {
+		if !slices.Contains(out, s) {
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
+// nodes lays out the cluster's servers.
+func (st state) nodes(dir string) []Node {
+	var out []Node
+	for i := range st.Nodes {
+		n := Node{Name: fmt.Sprintf("n%d", i+1), Host: "127.0.0.1",
+			ClientPort: st.PortBase + i, ClusterPort: st.PortBase + 100 + i, MonitorPort: st.PortBase + 200 + i}
+		if len(st.Hosts) > 0 {
+			n.Host = st.Hosts[i]
+			n.ClientPort, n.ClusterPort, n.MonitorPort = st.PortBase, st.PortBase+100, st.PortBase+200
+		}
+		n.ConfigFile = filepath.Join(dir, "nats", n.Name+".conf")
+		n.StoreDir = filepath.Join(dir, "nats", n.Name)
+		out = append(out, n)
+	}
+	return out
+}
+
+// writeIfChanged writes data to path unless it already holds exactly data.
+func writeIfChanged(path string, data []byte, mode os.FileMode, res *Result) error {
+	if old, err := os.ReadFile(path); err == nil && string(old) == string(data) {
+		return nil
+	}
+	if err := os.WriteFile(path, data, mode); err != nil {
+		return fmt.Errorf("%w: %v", ErrInit, err)
+	}
+	res.Written = append(res.Written, path)
+	return nil
+}

@@ -1,0 +1,237 @@
+package clusterinit
+
+import (
+	"context"
+	"errors"
+	"net"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/sovkeys/sovkeys/shared"
+	"github.com/sovkeys/sovkeys/shared/testkit"
+)
+
+var services = []string{"gateway", "authn", "keyworker", "audit"}
+
+// freeBase finds a port base with the 3 x 3 ports Init uses free.
+func freeBase(t *testing.T) int {
+	t.Helper()
+	for range 50 {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		base := l.Addr().(*net.TCPAddr).Port
+		l.Close()
+		if base < 2000 || base+300 > 65000 {
+			continue
+		}
+		ok := true
+		for _, off := range []int{0, 1, 2, 100, 101, 102, 200, 201, 202} {
+			c, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(base+off)))
+			if err != nil {
+				ok = false
+				break
+			}
+			c.Close()
+		}
+		if ok {
+			return base
+		}
+	}
+	t.Fatal("no free port range")
+	return 0
+}
+
+// startCluster runs every node of res in this process from its config file.
+func startCluster(t *testing.T, res *Result) {
+	t.Helper()
+	var servers []*server.Server
+	for _, n := range res.Nodes {
+		opts, err := server.ProcessConfigFile(n.ConfigFile)
+		if err != nil {
+			t.Fatalf("%s: %v", n.ConfigFile, err)
+		}
+		opts.NoSigs, opts.NoLog = true, os.Getenv("CLUSTERINIT_LOG") == ""
+		s, err := server.NewServer(opts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		s.Start()
+		servers = append(servers, s)
+	}
+	t.Cleanup(func() {
+		for _, s := range servers {
+			s.Shutdown()
+			s.WaitForShutdown()
+		}
+	})
+	for _, s := range servers {
+		if !s.ReadyForConnections(10 * time.Second) {
+			t.Fatal("node not ready")
+		}
+	}
+}
+
+func TestInitRunsAThreeNodeCluster(t *testing.T) {
+	dir := t.TempDir()
+	res, err := Init(Config{Dir: dir, Nodes: 3, Users: services, PortBase: freeBase(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(res.Nodes) != 3 || len(res.Creds) != 6 { // four services, operator, bootstrap
+		t.Fatalf("nodes %d creds %d", len(res.Nodes), len(res.Creds))
+	}
+	for _, n := range res.Nodes {
+		b, err := os.ReadFile(n.ConfigFile)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, want := range []string{"max_control_line: 64KB", "resolver_preload", "routes", "jetstream"} {
+			if !strings.Contains(string(b), want) {
+				t.Errorf("%s lacks %q", n.Name, want)
+			}
+		}
+	}
+	for _, f := range []string{"trust/operator.nk", "trust/account.nk", "creds/keyworker.creds", "operator.creds"} {
+		if fi, err := os.Stat(filepath.Join(dir, f)); err != nil || fi.Mode().Perm() != 0o600 {
+			t.Errorf("%s: %v %v", f, fi, err)
+		}
+	}
+	startCluster(t, res)
+
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	connect := func(user string) (*nats.Conn, jetstream.JetStream) {
+		nc, err := nats.Connect(res.URLs, nats.UserCredentials(res.Creds[user]), nats.MaxReconnects(-1))
+		if err != nil {
+			t.Fatalf("%s: %v", user, err)
+		}
+		t.Cleanup(nc.Close)
+		js, err := jetstream.New(nc)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return nc, js
+	}
+	// The operator declares an R3 stream once the cluster has a meta leader.
+	_, js := connect(OperatorUser)
+	testkit.CheckFor(t, 30*time.Second, 100*time.Millisecond, func() error {
+		sctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		defer cancel()
+		_, err := js.CreateOrUpdateStream(sctx, jetstream.StreamConfig{Name: "R3", Subjects: []string{"r3.>"}, Replicas: 3})
+		if err != nil {
+			t.Log(err)
+		}
+		return err
+	})
+	// A service user is confined to its table: the gateway may not queue HSM work.
+	gw, _ := connect("gateway")
+	sub, err := gw.SubscribeSync(shared.SubjectWorkPrefix + ">")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = sub
+	if err := gw.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	testkit.CheckFor(t, 5*time.Second, 50*time.Millisecond, func() error {
+		if !errors.Is(gw.LastError(), nats.ErrPermissionViolation) {
+			return errors.New("no permission violation yet")
+		}
+		return nil
+	})
+}
+
+func TestInitAgainAddsAPoolKeepingEverythingElse(t *testing.T) {
+	dir := t.TempDir()
+	base := freeBase(t)
+	first, err := Init(Config{Dir: dir, Nodes: 3, Users: services, PortBase: base})
+	if err != nil {
+		t.Fatal(err)
+	}
+	read := func(p string) string {
+		b, err := os.ReadFile(filepath.Join(dir, p))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return string(b)
+	}
+	opSeed, gwCreds, oldKW, conf := read("trust/operator.nk"), read("creds/gateway.creds"), read("creds/keyworker.creds"), read("nats/n1.conf")
+
+	// Same again: nothing is rewritten.
+	again, err := Init(Config{Dir: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(again.Written) != 0 {
+		t.Fatalf("idempotent run rewrote %v", again.Written)
+	}
+	// A new pool: only the users whose permissions name pools change.
+	more, err := Init(Config{Dir: dir, Pools: []string{"hsm2"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(more.Pools, []string{"default", "hsm2"}) {
+		t.Fatalf("pools %v", more.Pools)
+	}
+	if read("trust/operator.nk") != opSeed || read("creds/gateway.creds") != gwCreds || read("nats/n1.conf") != conf {
+		t.Fatal("adding a pool changed the operator seed, the gateway's creds or a node config")
+	}
+	kw := read("creds/keyworker.creds")
+	if kw == oldKW || !strings.Contains(string(mustDecode(t, kw)), shared.WorkStream("hsm2")) {
+		t.Fatal("keyworker creds do not name the new pool's work stream")
+	}
+	// Both the old and the new keyworker users still connect.
+	startCluster(t, first)
+	old := filepath.Join(t.TempDir(), "old.creds")
+	if err := os.WriteFile(old, []byte(oldKW), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []string{old, more.Creds["keyworker"]} {
+		nc, err := nats.Connect(more.URLs, nats.UserCredentials(c))
+		if err != nil {
+			t.Fatalf("%s: %v", c, err)
+		}
+		nc.Close()
+	}
+}
+
+func mustDecode(t *testing.T, creds string) []byte {
+	t.Helper()
+	uc, err := decodeCreds([]byte(creds))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return []byte(strings.Join(uc.Permissions.Pub.Allow, " "))
+}
+
+func TestInitRefuses(t *testing.T) {
+	for name, cfg := range map[string]Config{
+		"no dir":        {},
+		"unknown user":  {Users: []string{"intruder"}},
+		"operator user": {Users: []string{OperatorUser}},
+		"bad pool":      {Pools: []string{"a b"}},
+		"hosts":         {Nodes: 3, Hosts: []string{"a", "b"}},
+		"half tls":      {TLS: TLSFiles{CertFile: "c.pem"}},
+		"nodes":         {Nodes: 12},
+	} {
+		t.Run(name, func(t *testing.T) {
+			if name != "no dir" {
+				cfg.Dir = t.TempDir()
+			}
+			if _, err := Init(cfg); !errors.Is(err, ErrInit) {
+				t.Fatalf("err = %v", err)
+			}
+		})
+	}
+}
