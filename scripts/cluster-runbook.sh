@@ -176,7 +176,7 @@ done
 
 step "10. audit log of the key store"
 "$SK" audit checkpoint --keystore /runbook >/dev/null
-"$SK" audit verify --keystore /runbook --allow-unsigned-tail
+"$SK" audit verify --keystore /runbook
 
 echo
 echo "runbook: OK (work dir $WORK); stopping everything"

@@ -177,7 +177,7 @@ func TestClusterFaults(t *testing.T) {
 		cpOut = out
 		return err
 	})
-	verify, err := d.run("audit", "verify", "--keystore", "/ct", "--allow-unsigned-tail")
+	verify, err := d.run("audit", "verify", "--keystore", "/ct")
 	gaps := 0
 	if err != nil || !strings.Contains(verify, "gapless") {
 		gaps = 1

@@ -173,11 +173,16 @@ func UserPermissions(user, service string, pools []string) Permissions {
 			// Numbered events leave the event stream (audit purges below its
 			// consumer's ack floor); the audit identity already decides what
 			// gets numbered, so this grants it nothing new.
-			[]string{shared.JSStreamPurge + shared.StreamAudit})
+			// The export bucket's one mutable object, each log's newest
+			// checkpoint, is replaced in place: the object store then purges
+			// the old chunks. Tiles and bundles are written once by name, and
+			// a removed export is detectable (signed checkpoints, witnesses),
+			// never forgeable.
+			[]string{shared.JSStreamPurge + shared.StreamAudit, shared.JSStreamPurge + shared.ObjectStream(shared.BucketAuditExport)})
 		perms.Sub = join(sub, []string{shared.SubjectAuditControlPrefix + "." + all})
 		// Every other purge stays denied (denyAlways would deny this one too).
 		perms.DenyPub = slices.DeleteFunc(perms.DenyPub, func(d string) bool { return d == shared.JSStreamPurge+all })
-		perms.DenyPub = append(perms.DenyPub, purgeAllBut(shared.StreamAudit, pools)...)
+		perms.DenyPub = append(perms.DenyPub, purgeAllBut(pools, shared.StreamAudit, shared.ObjectStream(shared.BucketAuditExport))...)
 	default:
 		return none()
 	}
@@ -185,8 +190,8 @@ func UserPermissions(user, service string, pools []string) Permissions {
 	return perms
 }
 
-// purgeAllBut denies purging every stream of the mesh but keep.
-func purgeAllBut(keep string, pools []string) []string {
+// purgeAllBut denies purging every stream of the mesh but those in keep.
+func purgeAllBut(pools []string, keep ...string) []string {
 	streams := []string{shared.StreamRequests, shared.StreamAudit, shared.StreamAuditLog}
 	for _, p := range pools {
 		streams = append(streams, shared.WorkStream(p))
@@ -199,7 +204,7 @@ func purgeAllBut(keep string, pools []string) []string {
 	}
 	var out []string
 	for _, s := range streams {
-		if s != keep {
+		if !slices.Contains(keep, s) {
 			out = append(out, shared.JSStreamPurge+s)
 		}
 	}
