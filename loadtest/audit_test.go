@@ -78,7 +78,6 @@ func runAuditPipeline(t testing.TB, nc *nats.Conn, js jetstream.JetStream, cfg a
 // TestAuditLoad runs `loadtest -api audit` against an audit service and
 // checks the report against the log: every scope numbered to its last event.
 func TestAuditLoad(t *testing.T) {
-	t.Parallel()
 	ns, nc, js := natstest.Run(t)
 	runAuditPipeline(t, nc, js, audit.Config{CheckpointEvery: time.Second})
 	for _, tc := range []struct {
@@ -131,7 +130,6 @@ func TestAuditLoad(t *testing.T) {
 // TestAuditLoadNoService: without a running audit service the run fails
 // (exit 1) with a message that says so, instead of waiting for nothing.
 func TestAuditLoadNoService(t *testing.T) {
-	t.Parallel()
 	ns, _, _ := natstest.Run(t)
 	var stdout, stderr bytes.Buffer
 	code := run(context.Background(), []string{"-api", "audit", "-nats", ns.ClientURL(), "-events", "10", "-scopes", "1"}, noEnv, &stdout, &stderr)

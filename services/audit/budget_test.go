@@ -17,7 +17,6 @@ import (
 // elapsed, however fast or slow the machine) and every scope still gets
 // its checkpoint in turn.
 func TestCheckpointSigningBudget(t *testing.T) {
-	t.Parallel()
 	_, nc, js := natstest.Run(t)
 	runKeyworker(t, nc, js)
 	const scopes, perSecond = 6, 2

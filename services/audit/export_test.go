@@ -29,7 +29,6 @@ import (
 // public key. Then a deleted or edited object fails verification naming
 // its sequence number.
 func TestAuditExportS3Outage(t *testing.T) {
-	t.Parallel()
 	srv := s3test.RunServer(t)
 	ctx := context.Background()
 	srv.CreateBucket(ctx, t, "central-audit", true)

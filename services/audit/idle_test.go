@@ -11,7 +11,6 @@ import (
 // Many short-lived scopes (a stranger's, or tenants come and gone) do not
 // pin memory: idle queues are freed, busy ones kept.
 func TestIdleQueuesFreed(t *testing.T) {
-	t.Parallel()
 	t0 := time.Unix(1_000_000, 0)
 	s := &Service{queues: map[auditlog.Scope]*scopeQueue{}, now: func() time.Time { return t0 }}
 	idle := s.queueOf(auditlog.Scope{Kind: shared.AuditKindTenant, ID: "gone"})

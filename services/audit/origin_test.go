@@ -18,7 +18,6 @@ import (
 )
 
 func TestOriginMismatch(t *testing.T) {
-	t.Parallel()
 	good := func() *shared.AuditEvent {
 		return event(auditlog.Scope{Kind: shared.AuditKindXKS, ID: "store/a"}, shared.AuditServiceKeyworker, 1)
 	}
@@ -78,7 +77,6 @@ func TestOriginMismatch(t *testing.T) {
 // forgery attempts in the operator log; the real keyworker's publish fails
 // with ErrAuditDuplicate instead of reporting success.
 func TestForgedAuditEvents(t *testing.T) {
-	t.Parallel()
 	_, nc, js := natstest.Run(t)
 	runKeyworker(t, nc, js)
 	runAudit(t, nc, js, Config{})

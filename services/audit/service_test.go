@@ -17,7 +17,6 @@ import (
 )
 
 func TestAuditConfigValidate(t *testing.T) {
-	t.Parallel()
 	ok := Config{Topology: mesh.DefaultTopology()}
 	if err := ok.Validate(); err != nil {
 		t.Fatalf("defaults: %v", err)
@@ -44,7 +43,6 @@ func TestAuditConfigValidate(t *testing.T) {
 // once: every scope is gapless, every event is recorded once, the chains
 // verify with the HSM key from the stream and from the exported objects.
 func TestAuditSequenceCheckpointExport(t *testing.T) {
-	t.Parallel()
 	_, nc, js := natstest.Run(t)
 	runKeyworker(t, nc, js)
 	a, _ := runAudit(t, nc, js, Config{})
@@ -99,7 +97,6 @@ func TestAuditSequenceCheckpointExport(t *testing.T) {
 // A recreated consumer delivers old events again as first deliveries; the
 // service recognises them as recorded.
 func TestAuditRecreatedConsumerDoesNotRenumber(t *testing.T) {
-	t.Parallel()
 	_, nc, js := natstest.Run(t)
 	runKeyworker(t, nc, js)
 	sc := auditlog.Scope{Kind: shared.AuditKindTenant, ID: "vpc-1"}
@@ -135,7 +132,6 @@ func TestAuditRecreatedConsumerDoesNotRenumber(t *testing.T) {
 
 // `sovkeys audit checkpoint` asks the service over NATS.
 func TestAuditCheckpointOnDemand(t *testing.T) {
-	t.Parallel()
 	_, nc, js := natstest.Run(t)
 	runKeyworker(t, nc, js)
 	runAudit(t, nc, js, Config{CheckpointEvery: time.Second})

@@ -14,7 +14,6 @@ import (
 // and the session pool's state: DEGRADED after a lost session was
 // replaced, UNAVAILABLE while the device refuses sessions.
 func TestAdminHealthReflectsSessions(t *testing.T) {
-	t.Parallel()
 	f := newXKSFixture(t)
 	f.s.cfg = Config{Pool: "default", Model: "SoftHSMv2", HealthTTL: time.Nanosecond}
 	f.s.now = time.Now

@@ -109,7 +109,6 @@ func TestHierarchyChild(t *testing.T) {
 // A lease held by a live keyworker is waited for; one left by a dead
 // keyworker (older than the TTL) is taken over.
 func TestHierarchyLease(t *testing.T) {
-	t.Parallel()
 	_, nc, js := natstest.Run(t)
 	ctx, cancel := context.WithTimeout(context.Background(), callTimeout)
 	defer cancel()

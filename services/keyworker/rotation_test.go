@@ -31,7 +31,6 @@ func (c *fakeClock) add(d time.Duration) {
 // rotation period; when the period passes exactly one rotates, once, and
 // the change is audited with the version.
 func TestAutomaticRotation(t *testing.T) {
-	t.Parallel()
 	_, nc, js := natstest.Run(t)
 	ctx := t.Context()
 	topo := mesh.DefaultTopology()

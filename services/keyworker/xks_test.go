@@ -108,10 +108,8 @@ func (f *xksFixture) decrypt(t testing.TB, label string, e xks.EncryptResponse, 
 }
 
 func TestXKSEncryptCDIV(t *testing.T) {
-	t.Parallel()
 	for _, profile := range xksProfiles {
 		t.Run(profile, func(t *testing.T) {
-			t.Parallel()
 			testXKSEncryptCDIV(t, newXKSFixture(t, profile))
 		})
 	}
@@ -155,7 +153,6 @@ func testXKSEncryptCDIV(t *testing.T, f *xksFixture) {
 }
 
 func TestXKSEncryptCDIVCheckFails(t *testing.T) {
-	t.Parallel()
 	flip := func(b []byte) []byte { b[0] ^= 1; return b }
 	tests := []struct {
 		name     string
@@ -170,7 +167,6 @@ func TestXKSEncryptCDIVCheckFails(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			t.Parallel()
 			f := newXKSFixture(t)
 			f.createKey(t, "k", true, true)
 			f.faults.Inject(tt.faults...)
@@ -198,10 +194,8 @@ func TestXKSEncryptCDIVCheckFails(t *testing.T) {
 // ciphertexts of all three versions, and new encrypts carry version 3, at
 // the specification's size limits.
 func TestXKSRotation(t *testing.T) {
-	t.Parallel()
 	for _, profile := range xksProfiles {
 		t.Run(profile, func(t *testing.T) {
-			t.Parallel()
 			testXKSRotation(t, newXKSFixture(t, profile))
 		})
 	}
@@ -260,10 +254,8 @@ func testXKSRotation(t *testing.T, f *xksFixture) {
 // swapped, forged or stripped version never opens a ciphertext under
 // another version's key.
 func TestXKSMetadataConfusion(t *testing.T) {
-	t.Parallel()
 	for _, profile := range xksProfiles {
 		t.Run(profile, func(t *testing.T) {
-			t.Parallel()
 			testXKSMetadataConfusion(t, newXKSFixture(t, profile))
 		})
 	}
@@ -319,7 +311,6 @@ func testXKSMetadataConfusion(t *testing.T, f *xksFixture) {
 }
 
 func TestXKSDestroyedVersion(t *testing.T) {
-	t.Parallel()
 	f := newXKSFixture(t)
 	ctx := t.Context()
 	f.createKey(t, "k", true, true)

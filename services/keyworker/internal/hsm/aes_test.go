@@ -14,7 +14,6 @@ import (
 )
 
 func TestEncryptDecryptGCM(t *testing.T) {
-	t.Parallel()
 	h := newTestHSM(t)
 	ctx := t.Context()
 	if _, err := h.CreateAESKey(ctx, "k", true, true); err != nil {
@@ -52,7 +51,6 @@ func TestEncryptDecryptGCM(t *testing.T) {
 }
 
 func TestEncryptGCMFreshIVs(t *testing.T) {
-	t.Parallel()
 	h := newTestHSM(t)
 	if _, err := h.CreateAESKey(t.Context(), "k", true, true); err != nil {
 		t.Fatal(err)
@@ -71,7 +69,6 @@ func TestEncryptGCMFreshIVs(t *testing.T) {
 }
 
 func TestDecryptGCMRejectsTampering(t *testing.T) {
-	t.Parallel()
 	h := newTestHSM(t)
 	ctx := t.Context()
 	if _, err := h.CreateAESKey(ctx, "k", true, true); err != nil {
@@ -119,7 +116,6 @@ func TestDecryptGCMRejectsTampering(t *testing.T) {
 }
 
 func TestKeyUsageAndMissingKeys(t *testing.T) {
-	t.Parallel()
 	h := newTestHSM(t)
 	ctx := t.Context()
 	for _, k := range []struct {
@@ -158,7 +154,6 @@ func TestKeyUsageAndMissingKeys(t *testing.T) {
 // SoftHSM uses the IV it is given, so asking it for an HSM-generated IV
 // leaves the zero buffer: that must fail, never encrypt under a fixed IV.
 func TestIVFromHSMFailsClosedOnSoftHSM(t *testing.T) {
-	t.Parallel()
 	h := newTestHSM(t, func(c *Config) { c.IVFromHSM = true })
 	if _, err := h.CreateAESKey(t.Context(), "k", true, true); err != nil {
 		t.Fatal(err)
@@ -170,7 +165,6 @@ func TestIVFromHSMFailsClosedOnSoftHSM(t *testing.T) {
 }
 
 func TestHealthCheck(t *testing.T) {
-	t.Parallel()
 	h := newTestHSM(t)
 	ctx := t.Context()
 	if _, err := h.KeyInfo(ctx, HealthKeyLabel); !errors.Is(err, shared.ErrKeyNotFound) {
@@ -188,7 +182,6 @@ func TestHealthCheck(t *testing.T) {
 
 // More goroutines than sessions encrypt and decrypt at once.
 func TestConcurrentEncryptDecrypt(t *testing.T) {
-	t.Parallel()
 	h := newTestHSM(t, func(c *Config) { c.Sessions = 3 })
 	ctx := t.Context()
 	for _, l := range []string{"k0", "k1"} {

@@ -8,7 +8,6 @@ import (
 )
 
 func TestCMKCache(t *testing.T) {
-	t.Parallel()
 	ctx := t.Context()
 	pub := &testRSAKey().PublicKey
 	clock := time.Unix(1_800_000_000, 0)

@@ -12,7 +12,6 @@ import (
 )
 
 func TestHSMConfigValidate(t *testing.T) {
-	t.Parallel()
 	ok := Config{ModulePath: "/m.so", TokenLabel: "tok", PIN: "1234"}
 	tests := []struct {
 		name    string
@@ -45,7 +44,6 @@ func TestHSMConfigValidate(t *testing.T) {
 }
 
 func TestHSMConfigRedactsPIN(t *testing.T) {
-	t.Parallel()
 	cfg := Config{ModulePath: "/m.so", TokenLabel: "tok", PIN: "s3cret-pin"}
 	var buf bytes.Buffer
 	slog.New(slog.NewTextHandler(&buf, nil)).Info("x", "hsm", cfg)

@@ -6,7 +6,6 @@ import (
 )
 
 func TestContextEncoding(t *testing.T) {
-	t.Parallel()
 	tests := []struct {
 		name string
 		a, b []byte

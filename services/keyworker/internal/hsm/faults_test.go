@@ -27,7 +27,6 @@ func newFaultHSM(t *testing.T, sessions int) (*HSM, *FaultP11) {
 // input that does not authenticate is InvalidCiphertextException, and the
 // session stays in use.
 func TestCiphertextErrorsOfEveryVendor(t *testing.T) {
-	t.Parallel()
 	h, f := newFaultHSM(t, 1)
 	ctx := t.Context()
 	if _, err := h.CreateAESKey(ctx, "k", true, true); err != nil {
@@ -62,11 +61,9 @@ func TestCiphertextErrorsOfEveryVendor(t *testing.T) {
 // replaces the session and the request succeeds, also after the device was
 // unreachable for a while (backoff).
 func TestSessionAndDeviceErrorsRecover(t *testing.T) {
-	t.Parallel()
 	for _, ckr := range []uint{pkcs11.CKR_DEVICE_ERROR, pkcs11.CKR_SESSION_HANDLE_INVALID, pkcs11.CKR_SESSION_CLOSED,
 		pkcs11.CKR_DEVICE_REMOVED, pkcs11.CKR_TOKEN_NOT_PRESENT} {
 		t.Run(pkcs11.Error(ckr).Error(), func(t *testing.T) {
-			t.Parallel()
 			h, f := newFaultHSM(t, 1)
 			ctx := t.Context()
 			if _, err := h.CreateAESKey(ctx, "k", true, true); err != nil {
@@ -95,7 +92,6 @@ func TestSessionAndDeviceErrorsRecover(t *testing.T) {
 // until its deadline and fails with DependencyTimeout (503), and health
 // says UNAVAILABLE; once the device is back, the next call recovers.
 func TestDeadDeviceTimesOut(t *testing.T) {
-	t.Parallel()
 	h, f := newFaultHSM(t, 2)
 	if _, err := h.CreateAESKey(t.Context(), "k", true, true); err != nil {
 		t.Fatal(err)
@@ -130,7 +126,6 @@ const deadDeviceDeadline = 300 * time.Millisecond
 // gives a smaller pool (bounded opening), reported DEGRADED; a token that
 // gives none fails Open.
 func TestSessionCountLimit(t *testing.T) {
-	t.Parallel()
 	var f *FaultP11
 	h := newTestHSM(t, func(c *Config) {
 		c.Sessions = 4
@@ -157,7 +152,6 @@ func TestSessionCountLimit(t *testing.T) {
 // TestKeepAliveReplacesDeadIdleSessions: an idle session the HSM dropped is
 // found and replaced before a request meets it.
 func TestKeepAliveReplacesDeadIdleSessions(t *testing.T) {
-	t.Parallel()
 	h, f := newFaultHSM(t, 3)
 	if n, err := h.KeepAlive(t.Context()); n != 0 || err != nil {
 		t.Fatalf("KeepAlive on healthy sessions = %d, %v", n, err)
@@ -174,7 +168,6 @@ func TestKeepAliveReplacesDeadIdleSessions(t *testing.T) {
 // TestTokenMovedToAnotherSlot: when the token is no longer in its slot
 // (removed and put back elsewhere), recovery finds it again by label.
 func TestTokenMovedToAnotherSlot(t *testing.T) {
-	t.Parallel()
 	h, f := newFaultHSM(t, 1)
 	if _, err := h.CreateAESKey(t.Context(), "k", true, true); err != nil {
 		t.Fatal(err)

@@ -82,7 +82,6 @@ func sessionObjects(t testing.TB, h *HSM) int {
 }
 
 func TestEnsureHierarchy(t *testing.T) {
-	t.Parallel()
 	h := newTestHSM(t)
 	ctx := t.Context()
 	for i := range 2 {
@@ -136,7 +135,6 @@ func TestEnsureHierarchy(t *testing.T) {
 }
 
 func TestEnsureHierarchyConcurrent(t *testing.T) {
-	t.Parallel()
 	h := newTestHSM(t, func(c *Config) { c.Sessions = 4 })
 	var wg sync.WaitGroup
 	errs := make(chan error, 8)
@@ -156,7 +154,6 @@ func TestEnsureHierarchyConcurrent(t *testing.T) {
 }
 
 func TestEnsureHierarchyRejectsImpostor(t *testing.T) {
-	t.Parallel()
 	h := newTestHSM(t)
 	// An XKS-style key under the domain key's label would allow encryption.
 	if _, err := h.CreateAESKey(t.Context(), DomainKeyLabel, true, true); err != nil {
@@ -169,7 +166,6 @@ func TestEnsureHierarchyRejectsImpostor(t *testing.T) {
 
 // Half a key pair is an error, never a reason to create the other half.
 func TestEnsureHierarchyIncompletePair(t *testing.T) {
-	t.Parallel()
 	h := newHierarchyHSM(t)
 	sh := <-h.pool
 	pubs, err := h.findObjects(sh, ecKeyTemplate(pkcs11.CKO_PUBLIC_KEY, CAKeyLabel), 2)
@@ -197,7 +193,6 @@ func TestEnsureHierarchyIncompletePair(t *testing.T) {
 }
 
 func TestHierarchyMissing(t *testing.T) {
-	t.Parallel()
 	h := newTestHSM(t)
 	ctx := t.Context()
 	if _, err := h.NewEKT(ctx, EKTContext("t")); !errors.Is(err, ErrHierarchyMissing) {

@@ -111,7 +111,6 @@ func TestCloseIdempotent(t *testing.T) {
 }
 
 func TestDefaultSessions(t *testing.T) {
-	t.Parallel()
 	h := newTestHSM(t)
 	if got := h.Sessions(); got != defaultSessions {
 		t.Errorf("Sessions() = %d, want %d", got, defaultSessions)
@@ -155,7 +154,6 @@ func TestModuleShared(t *testing.T) {
 }
 
 func TestWithSessionRespectsContext(t *testing.T) {
-	t.Parallel()
 	h := newTestHSM(t, func(c *Config) { c.Sessions = 1 })
 	if _, err := h.CreateAESKey(t.Context(), "k", true, true); err != nil {
 		t.Fatal(err)
@@ -194,7 +192,6 @@ func TestWithSessionRespectsContext(t *testing.T) {
 }
 
 func TestCloseWaitsForInFlight(t *testing.T) {
-	t.Parallel()
 	module, label, pin := hsmtest.NewToken(t)
 	h, err := Open(t.Context(), Config{ModulePath: module, TokenLabel: label, PIN: pin, Sessions: 1}, nil)
 	if err != nil {
@@ -222,7 +219,6 @@ func TestCloseWaitsForInFlight(t *testing.T) {
 
 // A session the HSM dropped is replaced transparently.
 func TestSessionReplaced(t *testing.T) {
-	t.Parallel()
 	h := newTestHSM(t, func(c *Config) { c.Sessions = 1 })
 	if _, err := h.CreateAESKey(t.Context(), "k", true, true); err != nil {
 		t.Fatal(err)
@@ -248,7 +244,6 @@ func TestSessionReplaced(t *testing.T) {
 
 // A cached handle whose object was destroyed is looked up again.
 func TestStaleKeyHandle(t *testing.T) {
-	t.Parallel()
 	h := newTestHSM(t)
 	ctx := t.Context()
 	if _, err := h.CreateAESKey(ctx, "k", true, true); err != nil {

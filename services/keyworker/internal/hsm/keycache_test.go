@@ -8,7 +8,6 @@ import (
 )
 
 func TestKeyCacheBounded(t *testing.T) {
-	t.Parallel()
 	c := keyCache{max: 3}
 	for i := range 10 {
 		c.put(fmt.Sprint(i), cachedKey{handle: pkcs11.ObjectHandle(i)})

@@ -18,7 +18,6 @@ func randBytes(n int) []byte {
 }
 
 func TestCreateAESKey(t *testing.T) {
-	t.Parallel()
 	h := newTestHSM(t)
 	ctx := t.Context()
 	tests := []struct {
@@ -94,7 +93,6 @@ func checkKeyProtected(t *testing.T, h *HSM, label string) {
 }
 
 func TestListAESKeys(t *testing.T) {
-	t.Parallel()
 	h := newTestHSM(t)
 	ctx := t.Context()
 	if keys, err := h.ListAESKeys(ctx); err != nil || len(keys) != 0 {

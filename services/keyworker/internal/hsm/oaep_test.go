@@ -11,7 +11,6 @@ import (
 // SoftHSM 2.6 refuses OAEP with SHA-256, so the host path runs; the HSM
 // path is exercised with SHA-1, the one OAEP hash SoftHSM 2.6 wraps with.
 func TestOAEPWrapPaths(t *testing.T) {
-	t.Parallel()
 	ctx := t.Context()
 	t.Run("sha256", func(t *testing.T) {
 		h := newHierarchyHSM(t)

@@ -9,7 +9,6 @@ import (
 )
 
 func TestLookupProfile(t *testing.T) {
-	t.Parallel()
 	for in, want := range map[string]string{
 		"": "softhsm", "SoftHSMv2": "softhsm", "cloudhsm": "cloudhsm", "AWS CloudHSM": "cloudhsm",
 		"Thales Luna 7": "luna", "Eviden Proteccio": "proteccio", "Entrust nShield Connect XC": "nshield",
@@ -56,10 +55,8 @@ func newProfileHSM(t *testing.T, profile string, module ...string) (*HSM, *Fault
 // TestProfileSuites runs the volume-secret and XKS paths under every
 // profile's mechanism set on SoftHSM.
 func TestProfileSuites(t *testing.T) {
-	t.Parallel()
 	for name, p := range profiles {
 		t.Run(name, func(t *testing.T) {
-			t.Parallel()
 			h, _ := newProfileHSM(t, name)
 			ctx := t.Context()
 			wantVersion := byte(blobV1)
@@ -140,7 +137,6 @@ func TestProfileSuites(t *testing.T) {
 // (writes v1) reads both formats; a CloudHSM-profile keyworker (writes v2)
 // reads v2 and cannot read v1, which needs a mechanism it lacks.
 func TestBlobV2ReadableBesideV1(t *testing.T) {
-	t.Parallel()
 	soft := newHierarchyHSM(t)
 	cloud, _ := newProfileHSM(t, "cloudhsm", soft.cfg.ModulePath, soft.cfg.TokenLabel, soft.cfg.PIN)
 	ctx := t.Context()

@@ -9,7 +9,6 @@ import (
 )
 
 func TestSealUnseal(t *testing.T) {
-	t.Parallel()
 	h := newTestHSM(t)
 	ctx := t.Context()
 	secret, aad := []byte("nats-credentials"), []byte("kv:keystores/prod")

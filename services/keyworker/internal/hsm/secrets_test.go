@@ -15,7 +15,6 @@ import (
 )
 
 func TestSecretLifecycle(t *testing.T) {
-	t.Parallel()
 	h := newHierarchyHSM(t)
 	ctx := t.Context()
 	pub := &testRSAKey().PublicKey
@@ -75,7 +74,6 @@ func TestSecretLifecycle(t *testing.T) {
 // Blobs moved to another context, or used under another EKT, fail; with
 // the CMK cache warm, which must not let a wrong EKT context through.
 func TestMovedContextFails(t *testing.T) {
-	t.Parallel()
 	h := newHierarchyHSM(t)
 	ctx := t.Context()
 	pub := &testRSAKey().PublicKey
@@ -120,7 +118,6 @@ func TestMovedContextFails(t *testing.T) {
 
 // Every byte of both blobs matters: version, nonce and wrapped key.
 func TestTamperedBlobs(t *testing.T) {
-	t.Parallel()
 	h := newHierarchyHSM(t)
 	ctx := t.Context()
 	pub := &testRSAKey().PublicKey
@@ -183,7 +180,6 @@ func TestTamperedBlobs(t *testing.T) {
 }
 
 func TestSecretArgumentValidation(t *testing.T) {
-	t.Parallel()
 	h := newHierarchyHSM(t)
 	ctx := t.Context()
 	ekt := newEKT(t, h, "t")
@@ -222,7 +218,6 @@ func TestSecretArgumentValidation(t *testing.T) {
 
 // More goroutines than sessions run every operation at once.
 func TestHierarchyConcurrent(t *testing.T) {
-	t.Parallel()
 	h := newHierarchyHSM(t, func(c *Config) { c.Sessions = 3 })
 	ctx := t.Context()
 	pub := &testRSAKey().PublicKey

@@ -16,7 +16,6 @@ import (
 )
 
 func TestSignSHA256(t *testing.T) {
-	t.Parallel()
 	h := newHierarchyHSM(t)
 	ctx := t.Context()
 	for _, label := range []string{SigningKeyLabel, CAKeyLabel} {
@@ -69,7 +68,6 @@ func TestSignSHA256(t *testing.T) {
 }
 
 func TestSignerCertificate(t *testing.T) {
-	t.Parallel()
 	h := newHierarchyHSM(t)
 	ctx := t.Context()
 	signer, err := h.Signer(ctx, CAKeyLabel)

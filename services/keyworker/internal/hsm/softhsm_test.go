@@ -15,7 +15,6 @@ import (
 )
 
 func TestFindSoftHSMModule(t *testing.T) {
-	t.Parallel()
 	path, err := FindSoftHSMModule()
 	if err != nil {
 		t.Fatalf("FindSoftHSMModule: %v (install softhsm2)", err)

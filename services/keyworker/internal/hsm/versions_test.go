@@ -11,7 +11,6 @@ import (
 )
 
 func TestRotateKeyVersions(t *testing.T) {
-	t.Parallel()
 	h := newTestHSM(t)
 	ctx := t.Context()
 	const label = "rot"
@@ -115,7 +114,6 @@ func TestRotateKeyVersions(t *testing.T) {
 }
 
 func TestVersionLabelsReserved(t *testing.T) {
-	t.Parallel()
 	h := newTestHSM(t)
 	ctx := t.Context()
 	for _, label := range []string{"k#v2", "k#v10"} {
@@ -148,7 +146,6 @@ func (p twinP11) GenerateKey(sh pkcs11.SessionHandle, m []*pkcs11.Mechanism, tem
 }
 
 func TestConcurrentRotationLeavesOneVersion(t *testing.T) {
-	t.Parallel()
 	h := newTestHSM(t, func(c *Config) { c.WrapP11 = func(p P11) P11 { return twinP11{p} } })
 	ctx := t.Context()
 	if _, err := h.CreateAESKey(ctx, "race", true, true); err != nil {
