@@ -329,20 +329,6 @@ func run(t *testing.T, stdin []byte, name string, args ...string) string {
 	return strings.TrimSpace(string(out))
 }
 
-// checkFor polls f until it returns nil or total elapses.
-func checkFor(t testing.TB, total, every time.Duration, f func() error) {
-	t.Helper()
-	deadline := time.Now().Add(total)
-	var err error
-	for time.Now().Before(deadline) {
-		if err = f(); err == nil {
-			return
-		}
-		time.Sleep(every)
-	}
-	t.Fatalf("condition not met after %s: %v", total, err)
-}
-
 // execOutput runs a tool and returns its raw stdout.
 func execOutput(name string, args ...string) ([]byte, error) {
 	return exec.Command(name, args...).Output()
