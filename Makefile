@@ -55,8 +55,12 @@ vet:
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo "gofmt needed"; exit 1; }
 	$(GO) vet ./...
 
+# The cluster fault suite runs after the rest, alone: it starts three
+# nats-server processes and six services, and would otherwise share the two
+# cores with the other packages' multi-process tests.
 test: deps versitygw jaeger nats-server vet
-	$(GO) test -count=1 -timeout 15m ./...
+	$(GO) test -count=1 -timeout 15m $$($(GO) list ./... | grep -v /test/cluster)
+	$(GO) test -count=1 -timeout 10m ./test/cluster
 
 .PHONY: nats-server cluster-test
 # nats-server of the version pinned in go.mod, for the cluster tests; built once, then cached.

@@ -8,6 +8,7 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"errors"
+	"fmt"
 	"log/slog"
 	"math/big"
 	"testing"
@@ -83,9 +84,13 @@ func TestChangedInstanceCAIsRefused(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := st.GetLastMsgForSubject(ctx, shared.AuditSubjectPrefix(shared.AuditServiceAuthn)+">"); err != nil {
-		t.Fatalf("the refused change was not audited: %v", err)
-	}
+	// The audit event is published right after the pool is refused.
+	testkit.CheckFor(t, 5*time.Second, 10*time.Millisecond, func() error {
+		if _, err := st.GetLastMsgForSubject(ctx, shared.AuditSubjectPrefix(shared.AuditServiceAuthn)+">"); err != nil {
+			return fmt.Errorf("the refused change was not audited: %w", err)
+		}
+		return nil
+	})
 	// Putting the genuine one back does not un-refuse the pool.
 	if _, err := pki.Put(ctx, shared.PKIInstanceCA("p1"), genuine); err != nil {
 		t.Fatal(err)
