@@ -125,7 +125,7 @@ meta='"requestMetadata":{"awsPrincipalArn":"arn:aws:iam::123456789012:user/ops",
 roundtrip() { # roundtrip GATEWAY_INDEX: encrypt on it, decrypt on the other
 	local ct pt
 	ct=$(xks "$1" encrypt "{$meta,\"plaintext\":\"aGVsbG8gY2x1c3Rlcg==\",\"encryptionAlgorithm\":\"AES_GCM\"}") || return 1
-	pt=$(xks $(( 1 - $1 )) decrypt "{$meta,\"ciphertext\":$(jq .ciphertext <<<"$ct"),\"initializationVector\":$(jq .initializationVector <<<"$ct"),\"authenticationTag\":$(jq .authenticationTag <<<"$ct"),\"encryptionAlgorithm\":\"AES_GCM\"}") || return 1
+	pt=$(xks $(( 1 - $1 )) decrypt "{$meta,\"ciphertext\":$(jq .ciphertext <<<"$ct"),\"initializationVector\":$(jq .initializationVector <<<"$ct"),\"authenticationTag\":$(jq .authenticationTag <<<"$ct"),\"ciphertextMetadata\":$(jq .ciphertextMetadata <<<"$ct"),\"encryptionAlgorithm\":\"AES_GCM\"}") || return 1
 	[ "$(jq -r .plaintext <<<"$pt")" = "aGVsbG8gY2x1c3Rlcg==" ]
 }
 check_xks() { wait_for 60 "XKS round trip via gateway 0 and 1" roundtrip 0 && wait_for 60 "XKS round trip via gateway 1 and 0" roundtrip 1; }
