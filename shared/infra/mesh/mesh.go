@@ -220,23 +220,34 @@ const (
 // ensureStream binds the stream, creating it (never updating it) if it is
 // missing and the user may.
 func ensureStream(ctx context.Context, js jetstream.JetStream, cfg jetstream.StreamConfig) (jetstream.Stream, error) {
-	var err error
+	return bindOrCreate(ctx, "stream", cfg.Name,
+		func(ctx context.Context) (jetstream.Stream, error) { return js.Stream(ctx, cfg.Name) },
+		func(ctx context.Context) (jetstream.Stream, error) { return js.CreateStream(ctx, cfg) })
+}
+
+// bindOrCreate looks a declaration up, creating it if it is missing and the
+// user may, and otherwise waits (bounded) for Bootstrap to declare it.
+func bindOrCreate[T any](ctx context.Context, kind, name string, lookup, create func(context.Context) (T, error)) (T, error) {
+	var (
+		v   T
+		err error
+	)
 	for attempt := range bindAttempts {
-		var s jetstream.Stream
-		if s, err = js.Stream(ctx, cfg.Name); err == nil {
-			return s, nil
+		if v, err = lookup(ctx); err == nil {
+			return v, nil
 		}
 		cctx, cancel := context.WithTimeout(ctx, createTimeout)
-		s, err = js.CreateStream(cctx, cfg)
+		v, err = create(cctx)
 		cancel()
 		if err == nil {
-			return s, nil
+			return v, nil
 		}
 		if werr := waitCapped(ctx, attempt); werr != nil {
 			break
 		}
 	}
-	return nil, fmt.Errorf("mesh: stream %s (not declared; run sovkeys init): %w", cfg.Name, err)
+	var zero T
+	return zero, fmt.Errorf("mesh: %s %s (not declared; run sovkeys init): %w", kind, name, err)
 }
 
 func waitCapped(ctx context.Context, attempt int) error {
@@ -295,44 +306,16 @@ func EnsureBucket(ctx context.Context, js jetstream.JetStream, name, description
 // BindKV binds KV bucket cfg.Bucket, creating it with cfg if it is missing
 // and the user may, else waiting for Bootstrap to declare it.
 func BindKV(ctx context.Context, js jetstream.JetStream, cfg jetstream.KeyValueConfig) (jetstream.KeyValue, error) {
-	var err error
-	for attempt := range bindAttempts {
-		var kv jetstream.KeyValue
-		if kv, err = js.KeyValue(ctx, cfg.Bucket); err == nil {
-			return kv, nil
-		}
-		cctx, cancel := context.WithTimeout(ctx, createTimeout)
-		kv, err = js.CreateKeyValue(cctx, cfg)
-		cancel()
-		if err == nil {
-			return kv, nil
-		}
-		if werr := waitCapped(ctx, attempt); werr != nil {
-			break
-		}
-	}
-	return nil, fmt.Errorf("mesh: kv %s (not declared; run sovkeys init): %w", cfg.Bucket, err)
+	return bindOrCreate(ctx, "kv", cfg.Bucket,
+		func(ctx context.Context) (jetstream.KeyValue, error) { return js.KeyValue(ctx, cfg.Bucket) },
+		func(ctx context.Context) (jetstream.KeyValue, error) { return js.CreateKeyValue(ctx, cfg) })
 }
 
 // BindObjectStore binds object store cfg.Bucket like BindKV.
 func BindObjectStore(ctx context.Context, js jetstream.JetStream, cfg jetstream.ObjectStoreConfig) (jetstream.ObjectStore, error) {
-	var err error
-	for attempt := range bindAttempts {
-		var obs jetstream.ObjectStore
-		if obs, err = js.ObjectStore(ctx, cfg.Bucket); err == nil {
-			return obs, nil
-		}
-		cctx, cancel := context.WithTimeout(ctx, createTimeout)
-		obs, err = js.CreateObjectStore(cctx, cfg)
-		cancel()
-		if err == nil {
-			return obs, nil
-		}
-		if werr := waitCapped(ctx, attempt); werr != nil {
-			break
-		}
-	}
-	return nil, fmt.Errorf("mesh: object store %s (not declared; run sovkeys init): %w", cfg.Bucket, err)
+	return bindOrCreate(ctx, "object store", cfg.Bucket,
+		func(ctx context.Context) (jetstream.ObjectStore, error) { return js.ObjectStore(ctx, cfg.Bucket) },
+		func(ctx context.Context) (jetstream.ObjectStore, error) { return js.CreateObjectStore(ctx, cfg) })
 }
 
 func bucketConfig(name, description string, t Topology) jetstream.KeyValueConfig {
