@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/ecdsa"
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -148,7 +149,7 @@ func auditTlogVerify(ctx context.Context, args []string, stdout, stderr io.Write
 		first, last             uint64
 		proofFile, checkpointFn string
 		asJSON                  bool
-		timeout                 time.Duration
+		timeout, wait           time.Duration
 	)
 	fs := flag.NewFlagSet("audit verify", flag.ContinueOnError)
 	fs.SetOutput(stderr)
@@ -159,6 +160,7 @@ func auditTlogVerify(ctx context.Context, args []string, stdout, stderr io.Write
 	fs.StringVar(&proofFile, "proof", "", "verify one inclusion proof (from `sovkeys audit prove`) offline")
 	fs.BoolVar(&asJSON, "json", false, "print the report as JSON")
 	fs.DurationVar(&timeout, "timeout", 10*time.Minute, "give up after this long")
+	fs.DurationVar(&wait, "wait", 30*time.Second, "when the log has no signed checkpoint yet (records are signed in batches), wait this long for the first one; 0 fails at once")
 	fs.Bool("v1", false, "verify the version-1 hash chain (per-record objects and the log stream) instead")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -190,6 +192,11 @@ func auditTlogVerify(ctx context.Context, args []string, stdout, stderr io.Write
 		return err
 	}
 	defer closeFn()
+	if opts.Checkpoint == nil {
+		if err := waitForCheckpoint(ctx, b, sc, wait, stderr); err != nil {
+			return err
+		}
+	}
 	rep, err := auditlog.VerifyTlog(ctx, b, sc, tr, opts)
 	if err != nil {
 		return err
@@ -205,6 +212,30 @@ func auditTlogVerify(ctx context.Context, args []string, stdout, stderr io.Write
 		fmt.Fprintf(stdout, "version-1 checkpoints: %d match the tree (cut-over at record %d)\n", rep.V1Checkpoints, rep.V1Cutover)
 	}
 	return nil
+}
+
+// waitForCheckpoint waits up to wait for the scope's first signed
+// checkpoint: a scope whose first records are still being batched has
+// none yet, and verification would report record 1 missing. A log that
+// stays without one past wait is left to VerifyTlog to report.
+func waitForCheckpoint(ctx context.Context, b auditlog.Bucket, sc auditlog.Scope, wait time.Duration, stderr io.Writer) error {
+	deadline := time.Now().Add(wait)
+	said := false
+	for {
+		_, err := auditlog.LatestCheckpoint(ctx, b, sc)
+		if !errors.Is(err, auditlog.ErrNotFound) || !time.Now().Before(deadline) {
+			return nil // found, another error (VerifyTlog reports it), or waited enough
+		}
+		if !said {
+			fmt.Fprintf(stderr, "%s has no signed checkpoint yet; waiting up to %s for the first one (--wait)\n", sc, wait)
+			said = true
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(250 * time.Millisecond):
+		}
+	}
 }
 
 func verifyProofFile(ctx context.Context, f *tlogFlags, file string, stdout, stderr io.Writer, asJSON bool) error {
