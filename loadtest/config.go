@@ -13,6 +13,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/sovkeys/sovkeys/loadtest/chart"
 	"github.com/sovkeys/sovkeys/shared/api/vs"
 	"github.com/sovkeys/sovkeys/shared/api/xks"
 )
@@ -93,6 +94,8 @@ type Config struct {
 
 	NodePID     int // sample this process's CPU time over the window (Linux /proc); 0 = none
 	JSONFile    string
+	ChartFile   string       // PNG of the run's latency over time
+	Marks       []chart.Mark // vertical marks on it (seconds into the window)
 	GoalRPS     float64
 	GoalP99     time.Duration
 	AllowRemote bool
@@ -118,6 +121,10 @@ const usageHeader = `loadtest - XKS or volume-secret load against a sovkeys gate
            (-concurrency N | -rate R) [-wrap-keys 8] [-rsa-bits 3072] [-keepalive] ...
   loadtest -api audit [-nats nats://127.0.0.1:4222] [-nats-creds FILE] [-nats-ca FILE]
            -rate 5000 -scopes 200 -duration 60s | -events 100000 -scopes 20 [-wait 5m]
+  loadtest chart -out FILE.png [-mark 12s=LABEL]... REPORT.json...
+           PNG from -json reports: one = latency over time, several closed-loop
+           runs = throughput vs concurrency (-chart FILE.png draws the first at
+           the end of a run)
 
 Closed loop (-concurrency) keeps N requests outstanding; open loop (-rate)
 sends R requests/s on a fixed schedule and measures latency from each
@@ -184,6 +191,8 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (C
 	fs.DurationVar(&c.Timeout, "timeout", 5*time.Second, "per-request timeout")
 	fs.IntVar(&c.NodePID, "node-pid", 0, "also report the CPU time this process (the sovkeys node) used in the measured window")
 	fs.StringVar(&c.JSONFile, "json", "", "also write the report as JSON to this file")
+	fs.StringVar(&c.ChartFile, "chart", "", "also write the run's latency over time (slowest request of each second, seconds with errors shaded) as a PNG `FILE`")
+	fs.Var((*markFlag)(&c.Marks), "mark", "-chart: OFFSET=LABEL, a vertical mark OFFSET (e.g. 12s) into the measured window, e.g. when a fault was injected; repeatable")
 	fs.Float64Var(&c.GoalRPS, "goal-rps", 0, "verdict: required throughput in requests/s")
 	fs.DurationVar(&c.GoalP99, "goal-p99", 0, "verdict: largest acceptable p99 latency")
 	fs.BoolVar(&c.AllowRemote, "allow-remote", false, "allow a target that is not a loopback address")

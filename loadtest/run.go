@@ -14,6 +14,9 @@ import (
 // run is the whole program: 0 when the run met its goal (or had none and no
 // errors), 1 when it did not or could not run, 2 on a usage error.
 func run(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) int {
+	if len(args) > 0 && args[0] == "chart" {
+		return runChart(args[1:], stdout, stderr)
+	}
 	cfg, err := parseConfig(args, getenv, stderr)
 	switch {
 	case errors.Is(err, flag.ErrHelp):
@@ -30,6 +33,12 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	rep.writeText(stdout)
 	if cfg.JSONFile != "" {
 		if err := rep.writeJSON(cfg.JSONFile); err != nil {
+			fmt.Fprintf(stderr, "loadtest: %v\n", err)
+			return 1
+		}
+	}
+	if cfg.ChartFile != "" {
+		if err := writeChart(cfg.ChartFile, timelineChart(rep, "", cfg.Marks)); err != nil {
 			fmt.Fprintf(stderr, "loadtest: %v\n", err)
 			return 1
 		}
