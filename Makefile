@@ -10,7 +10,7 @@ NATS    ?= 127.0.0.1:4222
 METRICS ?= 127.0.0.1:9464
 BIN     := $(CURDIR)/bin/sovkeys
 
-.PHONY: run test build deps vet fuzz bench loadtest clean images
+.PHONY: run test build deps vet fuzz bench loadtest clean images compose-up compose-down compose-test
 
 deps:
 	@missing=""; \
@@ -51,16 +51,34 @@ jaeger:
 images: deps
 	@GO="$(GO)" ./scripts/build-images.sh
 
+# The local compose cluster (deploy/compose, docs/observability.md "Compose"):
+# images when missing, credentials from `sovkeys cluster init`, 3 NATS nodes,
+# 2 gateways (https://127.0.0.1:8443 and :8444), authn, audit, 2 keyworkers,
+# unsealed. PROFILE=grafana adds Jaeger, Prometheus and Grafana (upstream
+# images for the last two). VOLUMES=1 on compose-down also drops the data.
+compose-up: deps
+	@GO="$(GO)" ./scripts/compose.sh up $(if $(PROFILE),--profile $(PROFILE))
+
+compose-down:
+	@./scripts/compose.sh down $(if $(VOLUMES),--volumes)
+
+# The compose cluster on real containers, end to end, then torn down (also
+# the last step of `make test`; skipped with a message without a Docker engine).
+compose-test: deps
+	@GO="$(GO)" ./scripts/compose-test.sh
+
 vet:
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo "gofmt needed"; exit 1; }
 	$(GO) vet ./...
 
 # The cluster fault suite runs after the rest, alone: it starts three
 # nats-server processes and six services, and would otherwise share the two
-# cores with the other packages' multi-process tests.
+# cores with the other packages' multi-process tests. The compose test comes
+# last, alone too (containers; skipped when no Docker engine answers).
 test: deps versitygw jaeger nats-server vet
 	$(GO) test -count=1 -timeout 15m $$($(GO) list ./... | grep -v /test/cluster)
 	$(GO) test -count=1 -timeout 10m ./test/cluster
+	@GO="$(GO)" ./scripts/compose-test.sh
 
 .PHONY: nats-server cluster-test
 # nats-server of the version pinned in go.mod, for the cluster tests; built once, then cached.

@@ -3,14 +3,15 @@
 # registry: everything comes from this repository, the Go module proxy and
 # the machine's own Debian apt sources.
 #
-#   sovkeys-base:bookworm  Debian minbase + softhsm2 + ca-certificates, made
-#                          with debootstrap from the mirror this machine's
-#                          apt uses, trimmed, imported with `docker import`.
-#                          Built once; skipped when the image exists.
+#   sovkeys-base:bookworm  Debian minbase + softhsm2 + ca-certificates + curl
+#                          (compose's health checks), made with debootstrap
+#                          from the mirror this machine's apt uses, trimmed,
+#                          imported with `docker import`. Built once; skipped
+#                          when the image exists (with curl).
 #   sovkeys:local          the sovkeys binary (built here with `go build`)
 #                          on the base image (deploy/compose/Dockerfile).
 #   sovkeys-nats:local     a static nats-server built from the module
-#                          version pinned in go.mod, on scratch
+#                          version pinned in go.mod, on the base image
 #                          (deploy/compose/Dockerfile.nats).
 #   sovkeys-jaeger:local   the Jaeger binary `make jaeger` caches, on scratch
 #                          (deploy/compose/Dockerfile.jaeger); skipped when
@@ -65,8 +66,11 @@ apt_mirror() {
 
 build_base() {
 	if [ -z "${REBUILD_BASE:-}" ] && docker image inspect "$BASE_TAG" >/dev/null 2>&1; then
-		say "$BASE_TAG exists (REBUILD_BASE=1 to rebuild)"
-		return
+		if docker run --rm --entrypoint /bin/sh "$BASE_TAG" -c 'command -v curl' >/dev/null 2>&1; then
+			say "$BASE_TAG exists (REBUILD_BASE=1 to rebuild)"
+			return
+		fi
+		say "$BASE_TAG has no curl (made before compose's health checks): rebuilding it"
 	fi
 	local mirror
 	mirror=$(apt_mirror) || die "no Debian $SUITE mirror found in /etc/apt/sources.list{,.d/}"
@@ -79,9 +83,9 @@ build_base() {
 	root=$(mktemp -d /tmp/sovkeys-base.XXXXXX)
 	# shellcheck disable=SC2064
 	trap "$SUDO rm -rf '$root'" EXIT
-	say "debootstrap $SUITE (minbase + softhsm2) from the machine's apt mirror into $root"
+	say "debootstrap $SUITE (minbase + softhsm2 + curl) from the machine's apt mirror into $root"
 	local start=$SECONDS
-	$SUDO debootstrap --variant=minbase --include=softhsm2,ca-certificates "$SUITE" "$root" "$mirror" >"$root.log" 2>&1 ||
+	$SUDO debootstrap --variant=minbase --include=softhsm2,ca-certificates,curl "$SUITE" "$root" "$mirror" >"$root.log" 2>&1 ||
 		{ tail -n 30 "$root.log" >&2; die "debootstrap failed (log: $root.log)"; }
 	rm -f "$root.log"
 	# Trim: documentation, manuals, locales, apt caches and lists; keep the
@@ -118,9 +122,9 @@ build_nats() {
 	cp "$REPO/deploy/compose/Dockerfile.nats" "$ctx/Dockerfile"
 	say "go build nats-server $version (static, from go.mod)"
 	(cd "$REPO" && CGO_ENABLED=0 "$GO" build -trimpath -ldflags "-s -w" -o "$ctx/nats-server" github.com/nats-io/nats-server/v2)
-	docker build -q --label "org.opencontainers.image.version=$version" -t "$NATS_IMAGE" "$ctx" >/dev/null
+	docker build -q --build-arg "BASE_IMAGE=$BASE_IMAGE" --label "org.opencontainers.image.version=$version" -t "$NATS_IMAGE" "$ctx" >/dev/null
 	rm -rf "$ctx"
-	say "built $NATS_IMAGE (nats-server $version)"
+	say "built $NATS_IMAGE (nats-server $version on $BASE_IMAGE)"
 }
 
 # build_jaeger packages the Jaeger binary scripts/install-jaeger.sh caches
