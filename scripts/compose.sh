@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The local compose cluster (deploy/compose/compose.yaml), with no registry:
 #
-#   scripts/compose.sh up [--profile grafana]   images if missing, credentials, start, unseal, wait
+#   scripts/compose.sh up [--profile grafana]   images, credentials, start, unseal, wait
 #   scripts/compose.sh unseal                   give the keyworkers 2 of the 3 PIN shares (after a restart)
 #   scripts/compose.sh cli ARGS...              the operator CLI on the cluster network
 #   scripts/compose.sh down [--volumes]         stop (--volumes: also drop NATS data and the token)
@@ -21,7 +21,6 @@ mkdir -p "$SOVKEYS_GENERATED"
 SOVKEYS_GENERATED=$(cd "$SOVKEYS_GENERATED" && pwd)
 export SOVKEYS_GENERATED
 SOVKEYS_IMAGE=${SOVKEYS_IMAGE:-sovkeys:local}
-NATS_IMAGE=${NATS_IMAGE:-sovkeys-nats:local}
 GATEWAY_PORT=${SOVKEYS_GATEWAY_PORT:-8443}
 
 say() { echo "compose: $*"; }
@@ -51,11 +50,10 @@ running() {
 	id=$(dc ps -q "$1") && [ -n "$id" ] && [ "$(docker inspect -f '{{.State.Running}}' "$id")" = true ]
 }
 
+# images builds the images from this checkout: the base image only when
+# missing, sovkeys and nats-server from go's build cache (seconds when
+# nothing changed), so the cluster always runs the code at hand.
 images() {
-	if docker image inspect "$SOVKEYS_IMAGE" "$NATS_IMAGE" >/dev/null 2>&1; then
-		return
-	fi
-	say "building the images (scripts/build-images.sh)"
 	"$REPO/scripts/build-images.sh"
 }
 
