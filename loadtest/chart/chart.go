@@ -28,8 +28,9 @@ var ErrChart = errors.New("chart: cannot draw")
 type Style int
 
 const (
-	Line Style = iota // points joined in order, 2 px wide
-	Dots              // a 3x3 square per point
+	Line    Style = iota // points joined in order, 2 px wide
+	Dots                 // a 3x3 square per point
+	Markers              // a 7x7 square per point (few points)
 )
 
 // Point is one (x, y) value in data units.
@@ -238,9 +239,13 @@ func drawSeries(img clipped, l layout, s Series) {
 		}
 		pt := image.Pt(l.x(p.X), l.y(p.Y))
 		switch s.Style {
-		case Dots:
-			for dx := -1; dx <= 1; dx++ {
-				for dy := -1; dy <= 1; dy++ {
+		case Dots, Markers:
+			r := 1
+			if s.Style == Markers {
+				r = 3
+			}
+			for dx := -r; dx <= r; dx++ {
+				for dy := -r; dy <= r; dy++ {
 					img.set(pt.X+dx, pt.Y+dy, s.Color)
 				}
 			}

@@ -72,7 +72,7 @@ func ThroughputVsConcurrency(title string, runs []Run) Chart {
 	runs = slices.Clone(runs)
 	slices.SortFunc(runs, func(a, b Run) int { return a.Concurrency - b.Concurrency })
 	line := Series{Name: "requests/s", Color: Green, Style: Line}
-	dots := Series{Color: Green, Style: Dots}
+	dots := Series{Color: Green, Style: Markers}
 	for _, r := range runs {
 		p := Point{X: float64(r.Concurrency), Y: r.Throughput}
 		line.Points = append(line.Points, p)
