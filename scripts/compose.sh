@@ -88,8 +88,13 @@ up() {
 	dc "${profile[@]}" up -d --remove-orphans
 	wait_for 120 "waiting for the keyworkers to start" running keyworker-1
 	wait_for 60 "waiting for the keyworkers to start" running keyworker-2
-	say "unsealing the keyworkers (2 of 3 shares from $SOVKEYS_GENERATED/unseal/shares)"
-	wait_for 60 "unsealing" unseal
+	# Shares are submitted only when a keyworker is sealed: unused ones would
+	# wait in the unseal bucket for its 1 h TTL.
+	sleep 3
+	if ! healthy keyworker-1 || ! healthy keyworker-2; then
+		say "unsealing the keyworkers (2 of 3 shares from $SOVKEYS_GENERATED/unseal/shares)"
+		wait_for 60 "unsealing" unseal
+	fi
 	for s in keyworker-1 keyworker-2 gateway-1 gateway-2; do
 		wait_for 120 "waiting for $s to be healthy" healthy "$s"
 	done
