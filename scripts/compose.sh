@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The local compose cluster (deploy/compose/compose.yaml), with no registry:
 #
-#   scripts/compose.sh up [--profile grafana]   images, credentials, start, unseal, wait
+#   scripts/compose.sh up [--profile traces|grafana]   images, credentials, start, unseal, wait
 #   scripts/compose.sh unseal                   give the keyworkers 2 of the 3 PIN shares (after a restart)
 #   scripts/compose.sh cli ARGS...              the operator CLI on the cluster network
 #   scripts/compose.sh down [--volumes]         stop (--volumes: also drop NATS data and the token)
@@ -80,7 +80,7 @@ up() {
 	local profile=()
 	if [ "${1:-}" = --profile ]; then
 		profile=(--profile "$2")
-		[ "$2" != grafana ] || export SOVKEYS_OTLP_ENDPOINT=${SOVKEYS_OTLP_ENDPOINT:-http://jaeger:4317}
+		case $2 in traces | grafana) export SOVKEYS_OTLP_ENDPOINT=${SOVKEYS_OTLP_ENDPOINT:-http://jaeger:4317} ;; esac
 	fi
 	images
 	generate
@@ -110,9 +110,9 @@ compose) shift; dc "$@" ;;
 down)
 	shift
 	if [ "${1:-}" = --volumes ]; then
-		dc --profile grafana --profile tools down --volumes --remove-orphans
+		dc --profile traces --profile grafana --profile tools down --volumes --remove-orphans
 	else
-		dc --profile grafana --profile tools down --remove-orphans
+		dc --profile traces --profile grafana --profile tools down --remove-orphans
 	fi
 	;;
 *) sed -n '2,13p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 2 ;;
