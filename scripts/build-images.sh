@@ -22,6 +22,7 @@
 # (the Dockerfile then installs softhsm2 with apt inside the build).
 #
 #   REBUILD_BASE=1 scripts/build-images.sh   rebuild the base image too
+#   SOVKEYS_IMAGE=T NATS_IMAGE=T JAEGER_IMAGE=T|none   other tags (none: skip Jaeger)
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -131,6 +132,7 @@ build_nats() {
 # (where shared/testkit/jaegertest finds it); skipped when it is absent.
 build_jaeger() {
 	local bin="" ctx candidate
+	[ "$JAEGER_IMAGE" != none ] || return 0
 	for candidate in "$(command -v jaeger || true)" "$("$GO" env GOPATH | cut -d: -f1)/bin/jaeger" "$REPO/bin/jaeger"; do
 		if [ -n "$candidate" ] && [ -x "$candidate" ]; then bin=$candidate; break; fi
 	done

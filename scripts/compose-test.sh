@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The compose cluster end to end, on real containers (the last step of
-# `make test`; alone: `make compose-test`): builds the images when missing,
-# brings deploy/compose/compose.yaml up under its own project name, ports
-# and credentials directory (a running `make compose-up` is not touched),
+# `make test`; alone: `make compose-test`): builds images of this checkout
+# under its own tags (the base image once), brings
+# deploy/compose/compose.yaml up under its own project name, ports and
+# credentials directory (a running `make compose-up` is not touched),
 # then through the published gateway ports:
 #   - an XKS key store and key; encrypt on one gateway, decrypt on the other
 #   - a volume-secret tenant, an instance certificate, generate-secret and
@@ -29,6 +30,9 @@ fi
 for t in curl jq openssl; do command -v $t >/dev/null || { say "$t is required (make deps)" >&2; exit 1; }; done
 
 START=$SECONDS
+# Images of its own, from this checkout: a parallel run from another
+# checkout cannot swap sovkeys:local under it.
+export SOVKEYS_IMAGE=sovkeys:compose-test-$$ NATS_IMAGE=sovkeys-nats:compose-test-$$ JAEGER_IMAGE=none
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 export COMPOSE_PROJECT_NAME=sovkeys-test-$$
 export SOVKEYS_GENERATED
@@ -49,6 +53,7 @@ cleanup() {
 		"$C" compose logs --no-color --tail 15 >&2 || true
 	fi
 	"$C" down --volumes >/dev/null 2>&1 || true
+	docker rmi "$SOVKEYS_IMAGE" "$NATS_IMAGE" >/dev/null 2>&1 || true
 	rm -rf "$GEN"
 	exit $rc
 }
