@@ -33,7 +33,9 @@ cleanup() {
 	"$C" down --volumes >/dev/null 2>&1 || true
 	rm -rf "$GEN"
 }
-trap cleanup EXIT INT TERM
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
 say() { echo "compose-charts: $*"; }
 
 (cd "$REPO" && "$GO" build -o "$GEN/loadtest" ./loadtest)

@@ -46,7 +46,7 @@ CA=$GEN/tls/ca.pem
 
 cleanup() {
 	local rc=$?
-	trap - EXIT INT TERM
+	trap - EXIT
 	if [ $rc -ne 0 ]; then
 		say "FAILED (exit $rc) after $((SECONDS - START)) s; last log lines of every container:" >&2
 		"$C" compose ps >&2 || true
@@ -57,7 +57,9 @@ cleanup() {
 	rm -rf "$GEN"
 	exit $rc
 }
-trap cleanup EXIT INT TERM
+trap cleanup EXIT
+trap 'exit 130' INT # an interrupted test fails; cleanup runs on the way out
+trap 'exit 143' TERM
 
 wait_for() { # wait_for SECONDS DESCRIPTION COMMAND...
 	local deadline=$((SECONDS + $1)) what=$2 t0=$SECONDS; shift 2
