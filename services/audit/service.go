@@ -253,8 +253,8 @@ type Service struct {
 	tracer trace.Tracer
 	now    func() time.Time
 
-	logStream     jetstream.Stream
-	logLimited    atomic.Bool // the log stream drops old batches per scope (LogKeepBatches)
+	logStream  jetstream.Stream
+	logLimited atomic.Bool // the log stream drops old batches per scope (LogKeepBatches)
 	// suspectBefore: per event stream sibling, events published earlier
 	// are suspect (that sibling's consumer is younger than them).
 	suspectBefore map[string]time.Time
