@@ -5,6 +5,7 @@ import (
 	"flag"
 	"fmt"
 	"strings"
+	"time"
 
 	"github.com/sovkeys/sovkeys/shared"
 	"github.com/sovkeys/sovkeys/shared/infra/mesh"
@@ -43,11 +44,13 @@ func initCommand() command {
 			if topo.Siblings == 0 {
 				topo.Siblings = min(topo.Replicas, shared.MaxSiblings) // one per node of an R-node cluster
 			}
+			start := time.Now()
 			if err := mesh.Bootstrap(ctx, js, topo, pools); err != nil {
 				return err
 			}
-			fmt.Fprintf(s.stdout, "declared the streams and buckets of pools %s (replicas %d, %d sibling(s) of each request/work/audit stream)\n",
-				strings.Join(pools, ","), topo.Replicas, topo.Siblings)
+			fmt.Fprintf(s.stdout, "declared the streams and buckets of pools %s (replicas %d, %d sibling(s) of each request/work/audit stream) in %s\n",
+				strings.Join(pools, ","), topo.Replicas, topo.Siblings, time.Since(start).Round(time.Millisecond))
+			start = time.Now()
 			moves, err := mesh.SpreadLeaders(ctx, js, topo, pools)
 			moved := 0
 			for _, m := range moves {
@@ -56,7 +59,7 @@ func initCommand() command {
 				}
 			}
 			if len(moves) > 0 {
-				fmt.Fprintf(s.stdout, "leaders: %d placed on their nodes, %d moved\n", len(moves), moved)
+				fmt.Fprintf(s.stdout, "leaders: %d placed on their nodes, %d moved, in %s\n", len(moves), moved, time.Since(start).Round(time.Millisecond))
 			}
 			if err != nil {
 				// Placement is an optimisation: a node still catching up is

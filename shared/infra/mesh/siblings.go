@@ -48,13 +48,10 @@ const siblingHold = 3 * time.Second
 // publishPause is the wait between rounds over every sibling.
 const publishPause = 20 * time.Millisecond
 
-// noDeadlineTry bounds one attempt of a publish whose context has no
-// deadline.
-const noDeadlineTry = 2 * time.Second
-
 // noDeadlineRounds bounds the rounds of a publish whose context has no
-// deadline.
-const noDeadlineRounds = 3
+// deadline; each round doubles the per-try bound (200 ms to 3.2 s for an
+// audit event: about 12 s in all on one sibling).
+const noDeadlineRounds = 5
 
 // siblingState is what a process knows of one deployment's siblings: how
 // many there are (discovered when a service binds its streams) and which
@@ -164,13 +161,13 @@ func (p siblingPublish) publish(ctx context.Context, js jetstream.JetStream, msg
 	}
 	_, hasDeadline := ctx.Deadline()
 	perTry := p.perTry
-	if !hasDeadline {
-		perTry = max(perTry, noDeadlineTry) // nobody waits on a deadline
-	}
 	tried := make([]bool, n) // outcome unknown on these
 	var lastErr error
 	attempts := 0
 	for round := 0; ; round++ {
+		if !hasDeadline && round > 0 {
+			perTry *= 2 // nobody waits on a deadline: a slow stream gets longer tries
+		}
 		for _, i := range order {
 			for try := 0; try < unknownTries; try++ {
 				if attempts > 0 {
