@@ -181,7 +181,9 @@ for i in 0 1 2; do
 done
 
 step "10. audit log of the key store"
-"$SK" audit checkpoint --keystore /runbook >/dev/null
+# Right after the rolling restart the keyworkers that sign were just
+# unsealed: the first checkpoint may take a few rounds.
+wait_for 120 "a signed checkpoint of every record" "$SK" audit checkpoint --keystore /runbook
 "$SK" audit verify --keystore /runbook
 
 echo

@@ -110,6 +110,9 @@ func (st *siblingState) mark(stream string, down bool, now time.Time) {
 // order is the sequence of siblings to try for key: from the key's own
 // sibling on, those not marked down first.
 func (st *siblingState) order(key string, n int, stream func(int) string, now time.Time) []int {
+	if n == 1 {
+		return onlyFirst // one stream: nothing to choose (the hot path of a single node)
+	}
 	h := fnv.New32a()
 	_, _ = h.Write([]byte(key))
 	first := int(h.Sum32() % uint32(n))
@@ -125,6 +128,8 @@ func (st *siblingState) order(key string, n int, stream func(int) string, now ti
 	}
 	return append(up, down...)
 }
+
+var onlyFirst = []int{0}
 
 // HeaderFailover marks a message published on another sibling than the
 // first one tried: an earlier copy may be stored there too.
