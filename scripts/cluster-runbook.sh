@@ -112,6 +112,9 @@ wait_for 30 "shares accepted" "$SK" unseal --share "${SHARES[0]}" --share "${SHA
 gw_ready() { curl -fsS --cacert "$C/tls/ca.pem" "https://127.0.0.1:${GW_PORTS[$1]}/healthz"; }
 for i in 0 1; do wait_for 120 "gateway $i ready" gw_ready $i; done
 echo "both gateways ready"
+# Again, now that the services' consumers exist: their leaders are placed
+# with their streams' (sibling leaders one per node).
+wait_for 60 "sovkeys init (place leaders)" "$SK" init --creds "$C/trust/bootstrap.creds" --pools default --replicas 3
 
 step "6. a key store and a key"
 "$SK" xks keystore create --prefix /runbook --replicas 3 > "$WORK/ks.json"
@@ -158,6 +161,9 @@ for n in 1 2 3; do
 	stop "nats-n$n"; start_node $n
 	wait_for 60 "nats node n$n back" node_healthy $n
 	check_xks
+	# A node that comes back leads nothing: give it back its sibling leaders.
+	wait_for 60 "sovkeys init (leaders back on n$n)" "$SK" init --creds "$C/trust/bootstrap.creds" --pools default,hsm2 --replicas 3
+	check_xks
 	echo "node n$n restarted"
 done
 for i in 0 1; do
@@ -175,7 +181,9 @@ for i in 0 1 2; do
 done
 
 step "10. audit log of the key store"
-"$SK" audit checkpoint --keystore /runbook >/dev/null
+# Right after the rolling restart the keyworkers that sign were just
+# unsealed: the first checkpoint may take a few rounds.
+wait_for 120 "a signed checkpoint of every record" "$SK" audit checkpoint --keystore /runbook
 "$SK" audit verify --keystore /runbook
 
 echo

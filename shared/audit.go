@@ -56,9 +56,16 @@ func AuditSubject(service, kind, scope string) string {
 	return AuditSubjectPrefix(service) + kind + "." + ScopeToken(scope)
 }
 
-// ParseAuditSubject splits an audit subject into service, kind and scope.
+// AuditSubjectOn is AuditSubject on audit-stream sibling i
+// (sovkeys.audit<i>.<service>.<kind>.<scope token>; sibling 0: AuditSubject).
+func AuditSubjectOn(i int, service, kind, scope string) string {
+	return SiblingPrefix(SubjectAuditPrefix, i) + service + "." + kind + "." + ScopeToken(scope)
+}
+
+// ParseAuditSubject splits an audit subject (of any sibling) into service,
+// kind and scope.
 func ParseAuditSubject(subject string) (service, kind, scope string, err error) {
-	rest, ok := strings.CutPrefix(subject, SubjectAuditPrefix)
+	_, rest, ok := SiblingOfSubject(SubjectAuditPrefix, subject)
 	parts := strings.Split(rest, ".")
 	if !ok || len(parts) != 3 || parts[0] == "" || parts[1] == "" {
 		return "", "", "", fmt.Errorf("%w: audit subject %q", ErrValidation, subject)

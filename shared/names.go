@@ -1,6 +1,9 @@
 package shared
 
-import "strings"
+import (
+	"strconv"
+	"strings"
+)
 
 // The one table of names: every NATS subject, JetStream stream, consumer,
 // KV bucket and object store the mesh uses is declared here, so permissions
@@ -124,30 +127,32 @@ const (
 	SubjectSysInboxAll = "_INBOX.>"
 
 	// NATS JetStream API subjects natsauth grants or denies.
-	JSAPIPrefix         = "$JS.API."
-	JSAPIInfo           = "$JS.API.INFO"
-	JSStreamCreate      = "$JS.API.STREAM.CREATE."
-	JSStreamUpdate      = "$JS.API.STREAM.UPDATE."
-	JSStreamDelete      = "$JS.API.STREAM.DELETE."
-	JSStreamPurge       = "$JS.API.STREAM.PURGE."
-	JSStreamInfo        = "$JS.API.STREAM.INFO."
-	JSStreamNames       = "$JS.API.STREAM.NAMES"
-	JSStreamList        = "$JS.API.STREAM.LIST"
-	JSStreamMsgGet      = "$JS.API.STREAM.MSG.GET."
-	JSStreamMsgDelete   = "$JS.API.STREAM.MSG.DELETE."
-	JSDirectGet         = "$JS.API.DIRECT.GET."
-	JSConsumerCreate    = "$JS.API.CONSUMER.CREATE."
-	JSConsumerDurable   = "$JS.API.CONSUMER.DURABLE.CREATE."
-	JSConsumerDelete    = "$JS.API.CONSUMER.DELETE."
-	JSConsumerInfo      = "$JS.API.CONSUMER.INFO."
-	JSConsumerNext      = "$JS.API.CONSUMER.MSG.NEXT."
-	JSConsumerNames     = "$JS.API.CONSUMER.NAMES."
-	JSConsumerList      = "$JS.API.CONSUMER.LIST."
-	JSAckPrefix         = "$JS.ACK."
-	JSFlowPrefix        = "$JS.FC."
-	SubjectMicroAll     = "$SRV.>"
-	SubjectKVPrefix     = "$KV."
-	SubjectObjectPrefix = "$O."
+	JSAPIPrefix              = "$JS.API."
+	JSAPIInfo                = "$JS.API.INFO"
+	JSStreamCreate           = "$JS.API.STREAM.CREATE."
+	JSStreamUpdate           = "$JS.API.STREAM.UPDATE."
+	JSStreamDelete           = "$JS.API.STREAM.DELETE."
+	JSStreamPurge            = "$JS.API.STREAM.PURGE."
+	JSStreamInfo             = "$JS.API.STREAM.INFO."
+	JSStreamNames            = "$JS.API.STREAM.NAMES"
+	JSStreamList             = "$JS.API.STREAM.LIST"
+	JSStreamMsgGet           = "$JS.API.STREAM.MSG.GET."
+	JSStreamMsgDelete        = "$JS.API.STREAM.MSG.DELETE."
+	JSDirectGet              = "$JS.API.DIRECT.GET."
+	JSConsumerCreate         = "$JS.API.CONSUMER.CREATE."
+	JSConsumerDurable        = "$JS.API.CONSUMER.DURABLE.CREATE."
+	JSConsumerDelete         = "$JS.API.CONSUMER.DELETE."
+	JSConsumerInfo           = "$JS.API.CONSUMER.INFO."
+	JSConsumerNext           = "$JS.API.CONSUMER.MSG.NEXT."
+	JSConsumerNames          = "$JS.API.CONSUMER.NAMES."
+	JSConsumerList           = "$JS.API.CONSUMER.LIST."
+	JSAckPrefix              = "$JS.ACK."
+	JSStreamLeaderStepdown   = "$JS.API.STREAM.LEADER.STEPDOWN."
+	JSConsumerLeaderStepdown = "$JS.API.CONSUMER.LEADER.STEPDOWN."
+	JSFlowPrefix             = "$JS.FC."
+	SubjectMicroAll          = "$SRV.>"
+	SubjectKVPrefix          = "$KV."
+	SubjectObjectPrefix      = "$O."
 )
 
 // InboxPrefix is user's private inbox prefix, as nats.CustomInboxPrefix
@@ -229,6 +234,72 @@ func WorkSubject(pool string, api API) string {
 
 // WorkStream returns the work-queue stream name of a pool.
 func WorkStream(pool string) string { return StreamWorkPrefix + strings.ToUpper(pool) }
+
+// Sibling streams. Each request, work and audit stream may have up to
+// MaxSiblings siblings whose leaders sit on different NATS nodes, so a
+// publish that finds its stream without a leader goes to a sibling
+// (shared/infra/mesh/siblings.go). Sibling 0 is the stream of the names
+// above, with the subjects above; sibling i > 0 is "<stream>-<i>" ('-' is
+// in no pool name) and its subjects carry i in the prefix's last token:
+// sovkeys.req<i>.<api>, sovkeys.kw<i>.<pool>.<api>,
+// sovkeys.audit<i>.<service>.<kind>.<scope>, disjoint from sibling 0's.
+const MaxSiblings = 5
+
+// SiblingStream is sibling i of stream base.
+func SiblingStream(base string, i int) string {
+	if i == 0 {
+		return base
+	}
+	return base + "-" + strconv.Itoa(i)
+}
+
+// SiblingPrefix is sibling i's form of a subject prefix ending in '.':
+// sovkeys.req. -> sovkeys.req<i>. (sibling 0: the prefix itself).
+func SiblingPrefix(prefix string, i int) string {
+	if i == 0 {
+		return prefix
+	}
+	return strings.TrimSuffix(prefix, ".") + strconv.Itoa(i) + "."
+}
+
+// SiblingPrefixes is prefix's form for every possible sibling.
+func SiblingPrefixes(prefix string) []string {
+	out := make([]string, MaxSiblings)
+	for i := range out {
+		out[i] = SiblingPrefix(prefix, i)
+	}
+	return out
+}
+
+// SiblingStreams is every possible sibling name of stream base.
+func SiblingStreams(base string) []string {
+	out := make([]string, MaxSiblings)
+	for i := range out {
+		out[i] = SiblingStream(base, i)
+	}
+	return out
+}
+
+// RequestSubjectOn is RequestSubject on request-stream sibling i.
+func RequestSubjectOn(i int, api API) string {
+	return SiblingPrefix(SubjectRequestPrefix, i) + string(api)
+}
+
+// WorkSubjectOn is WorkSubject on sibling i of the pool's work stream.
+func WorkSubjectOn(i int, pool string, api API) string {
+	return SiblingPrefix(SubjectWorkPrefix, i) + pool + "." + string(api)
+}
+
+// SiblingOfSubject returns the sibling index of a subject under prefix (or
+// one of its sibling forms) and the rest of the subject after it.
+func SiblingOfSubject(prefix, subject string) (int, string, bool) {
+	for i := range MaxSiblings {
+		if rest, ok := strings.CutPrefix(subject, SiblingPrefix(prefix, i)); ok {
+			return i, rest, true
+		}
+	}
+	return 0, "", false
+}
 
 // WorkConsumer returns the durable consumer name of a pool.
 func WorkConsumer(pool string) string { return ConsumerWorkPrefix + pool }

@@ -39,6 +39,7 @@ func (tf *topologyFlags) register(fs *flag.FlagSet) {
 	fs.IntVar(&tf.t.WorkBudget, "pool-budget", tf.t.WorkBudget, "max operations in flight per keyworker pool (the HSM's concurrency budget)")
 	fs.DurationVar(&tf.t.AuditMaxAge, "audit-max-age", tf.t.AuditMaxAge, "how long audit events stay in the stream")
 	fs.BoolVar(&tf.t.FileStorageWork, "file-storage-queues", false, "keep request/work queues on disk instead of memory")
+	fs.IntVar(&tf.t.Siblings, "stream-siblings", 0, "sibling request/work/audit streams with leaders on different nodes, so a node loss fails over at once (init: default --replicas; services: bind every one that exists)")
 }
 
 // commonFlags are the flags of every service: NATS connection, stream

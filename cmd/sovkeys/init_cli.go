@@ -5,6 +5,7 @@ import (
 	"flag"
 	"fmt"
 	"strings"
+	"time"
 
 	"github.com/sovkeys/sovkeys/shared"
 	"github.com/sovkeys/sovkeys/shared/infra/mesh"
@@ -19,8 +20,8 @@ type initFlags struct {
 }
 
 func initCommand() command {
-	return define("init", "--creds BOOTSTRAP.creds [--pools default[,p2]] [--replicas 3]",
-		"declare (or re-configure) every stream and bucket of the mesh with the bootstrap identity; services only bind",
+	return define("init", "--creds BOOTSTRAP.creds [--pools default[,p2]] [--replicas 3] [--stream-siblings N]",
+		"declare (or re-configure) every stream and bucket of the mesh with the bootstrap identity, and spread sibling stream leaders over the nodes; services only bind",
 		groupOperator,
 		func(fs *flag.FlagSet, getenv func(string) string, f *initFlags) {
 			f.conn.register(fs, getenv)
@@ -39,10 +40,32 @@ func initCommand() command {
 				return err
 			}
 			defer nc.Close()
-			if err := mesh.Bootstrap(ctx, js, f.topo.t, pools); err != nil {
+			topo := f.topo.t
+			if topo.Siblings == 0 {
+				topo.Siblings = min(topo.Replicas, shared.MaxSiblings) // one per node of an R-node cluster
+			}
+			start := time.Now()
+			if err := mesh.Bootstrap(ctx, js, topo, pools); err != nil {
 				return err
 			}
-			fmt.Fprintf(s.stdout, "declared the streams and buckets of pools %s (replicas %d)\n", strings.Join(pools, ","), f.topo.t.Replicas)
+			fmt.Fprintf(s.stdout, "declared the streams and buckets of pools %s (replicas %d, %d sibling(s) of each request/work/audit stream) in %s\n",
+				strings.Join(pools, ","), topo.Replicas, topo.Siblings, time.Since(start).Round(time.Millisecond))
+			start = time.Now()
+			moves, err := mesh.SpreadLeaders(ctx, js, topo, pools)
+			moved := 0
+			for _, m := range moves {
+				if m.From != m.To {
+					moved++
+				}
+			}
+			if len(moves) > 0 {
+				fmt.Fprintf(s.stdout, "leaders: %d placed on their nodes, %d moved, in %s\n", len(moves), moved, time.Since(start).Round(time.Millisecond))
+			}
+			if err != nil {
+				// Placement is an optimisation: a node still catching up is
+				// skipped; run init again once the cluster is whole.
+				fmt.Fprintf(s.stderr, "sovkeys init: some leaders could not be placed (run init again when every node is current): %v\n", err)
+			}
 			return nil
 		})
 }

@@ -36,7 +36,7 @@ func TestOperatorAuditFirst(t *testing.T) {
 			}
 		}},
 		{name: "audit stream working", applied: true, setup: func(ctx context.Context, t *testing.T, js jetstream.JetStream) {
-			if _, err := mesh.EnsureAuditStream(ctx, js, mesh.DefaultTopology()); err != nil {
+			if _, err := mesh.EnsureAuditStreams(ctx, js, mesh.DefaultTopology()); err != nil {
 				t.Fatal(err)
 			}
 		}},

@@ -51,7 +51,9 @@ func runKeyworker(t testing.TB, nc *nats.Conn, js jetstream.JetStream) {
 // stop is called).
 func runAudit(t testing.TB, nc *nats.Conn, js jetstream.JetStream, cfg Config) (svc *Service, stop func()) {
 	t.Helper()
+	siblings := cfg.Topology.Siblings
 	cfg.Topology = mesh.DefaultTopology()
+	cfg.Topology.Siblings = siblings
 	if cfg.CheckpointEvery == 0 {
 		cfg.CheckpointEvery = 100 * time.Millisecond
 	}

@@ -16,6 +16,7 @@ import (
 
 	"github.com/sovkeys/sovkeys/shared"
 	"github.com/sovkeys/sovkeys/shared/infra/auditlog"
+	"github.com/sovkeys/sovkeys/shared/infra/mesh"
 )
 
 // Sequencing (docs/audit.md has the argument in full)
@@ -81,6 +82,11 @@ type scopeQueue struct {
 	signed uint64 // records of the scope under a signed checkpoint, as last read
 }
 
+// lateDelivery: an event delivered this long after it was stored may have
+// waited out a leader election on its sibling while its publisher stored a
+// copy on another; it is checked against the committed records.
+const lateDelivery = 2 * time.Second
+
 // dispatch queues one delivery of an audit event.
 func (s *Service) dispatch(ctx context.Context, m jetstream.Msg) {
 	md, err := m.Metadata()
@@ -93,6 +99,7 @@ func (s *Service) dispatch(ctx context.Context, m jetstream.Msg) {
 	if err == nil {
 		ev, _ = s.verifyOrigin(m, md, ev) // origin.go
 	}
+	now := s.now()
 	var sc auditlog.Scope
 	if err == nil {
 		sc = auditlog.ScopeOfEvent(ev)
@@ -104,11 +111,13 @@ func (s *Service) dispatch(ctx context.Context, m jetstream.Msg) {
 		_ = m.Term()
 		return
 	}
-	now := s.now()
 	p := &pending{
 		msgs: []jetstream.Msg{m}, ev: ev, id: auditlog.DedupeID(ev.Service, ev.RequestID),
 		published: md.Timestamp, touched: now,
-		suspect: md.NumDelivered > 1 || md.Timestamp.Before(s.suspectBefore),
+		suspect: md.NumDelivered > 1 || md.Timestamp.Before(s.suspectBefore[md.Stream]) ||
+			// A copy may be stored on another sibling too (mesh/siblings.go):
+			// published on failover, or held back by a leader election.
+			m.Headers().Get(mesh.HeaderFailover) != "" || len(s.auditCons) > 1 && now.Sub(md.Timestamp) > lateDelivery,
 	}
 	s.count(func(st *Stats) {
 		st.Events++

@@ -253,12 +253,14 @@ type Service struct {
 	tracer trace.Tracer
 	now    func() time.Time
 
-	logStream     jetstream.Stream
-	logLimited    atomic.Bool // the log stream drops old batches per scope (LogKeepBatches)
-	suspectBefore time.Time   // events published earlier are suspect (consumer younger than them)
+	logStream  jetstream.Stream
+	logLimited atomic.Bool // the log stream drops old batches per scope (LogKeepBatches)
+	// suspectBefore: per event stream sibling, events published earlier
+	// are suspect (that sibling's consumer is younger than them).
+	suspectBefore map[string]time.Time
 	signer        *signer
 	tlog          *tlogExporter
-	auditCons     jetstream.Consumer
+	auditCons     []jetstream.Consumer // one per event stream sibling
 
 	qmu    sync.Mutex
 	queues map[auditlog.Scope]*scopeQueue
@@ -324,7 +326,7 @@ func (s *Service) Snapshot() Stats {
 
 // Run sequences, checkpoints and exports until ctx ends.
 func (s *Service) Run(ctx context.Context) error {
-	events, err := mesh.EnsureAuditStream(ctx, s.js, s.cfg.Topology)
+	events, err := mesh.EnsureAuditStreams(ctx, s.js, s.cfg.Topology)
 	if err != nil {
 		return err
 	}
@@ -335,7 +337,7 @@ func (s *Service) Run(ctx context.Context) error {
 	if err := s.setupExporter(ctx); err != nil {
 		return err
 	}
-	s.auditCons, err = events.CreateOrUpdateConsumer(ctx, jetstream.ConsumerConfig{
+	s.auditCons, err = mesh.CreateConsumers(ctx, events, jetstream.ConsumerConfig{
 		Durable:       shared.ConsumerAudit,
 		Description:   "sovkeys: audit",
 		AckPolicy:     jetstream.AckExplicitPolicy,
@@ -348,7 +350,11 @@ func (s *Service) Run(ctx context.Context) error {
 	}
 	// Events older than the consumer may have been numbered through an
 	// earlier one (the margin covers clock differences between leaders).
-	s.suspectBefore = s.auditCons.CachedInfo().Created.Add(2 * time.Second)
+	s.suspectBefore = map[string]time.Time{}
+	for _, c := range s.auditCons {
+		info := c.CachedInfo()
+		s.suspectBefore[info.Stream] = info.Created.Add(2 * time.Second)
+	}
 	svc, err := s.startMicro(ctx)
 	if err != nil {
 		return err
@@ -356,14 +362,16 @@ func (s *Service) Run(ctx context.Context) error {
 	defer func() { _ = svc.Stop() }()
 
 	loops, stopLoops := context.WithCancel(context.WithoutCancel(ctx))
-	s.wg.Add(6)
+	s.wg.Add(5 + len(events))
 	go s.applyLogLimit(loops)
 	go s.tlog.run(loops)
-	go s.purgeEvents(loops, events)
+	for i, ev := range events {
+		go s.purgeEvents(loops, ev, s.auditCons[i])
+	}
 	go s.publishKey(loops)
 	go s.keepalive(loops)
 	go s.watchLag(loops)
-	cc, err := s.auditCons.Consume(func(m jetstream.Msg) {
+	cc, err := mesh.ConsumeAll(s.auditCons, func(m jetstream.Msg) {
 		tracing.Received(loops, s.tracer, "audit receive", nats.Header(m.Headers())) // joins the request's trace
 		s.dispatch(loops, m)
 	},
@@ -381,7 +389,7 @@ func (s *Service) Run(ctx context.Context) error {
 	s.log.Info("audit ready", "central", s.tlog.central.String(), "sign_pool", s.cfg.SignPool, "deployment", s.cfg.Deployment)
 	<-ctx.Done()
 	cc.Stop()
-	<-cc.Closed()
+	cc.Wait()
 	stopLoops() // queued events stay unacked: JetStream redelivers them
 	s.wg.Wait()
 	return nil
@@ -443,7 +451,7 @@ func (s *Service) watchLag(ctx context.Context) {
 			return
 		case <-t.C:
 		}
-		if info, err := s.auditCons.Info(ctx); err == nil {
+		if info, err := s.sequencingInfo(ctx); err == nil {
 			s.count(func(st *Stats) { st.SequencingLag = info.NumPending + uint64(info.NumAckPending) })
 			metrics.AuditSequencing(s.now(), info)
 		}
@@ -472,12 +480,31 @@ func (s *Service) publishKey(ctx context.Context) {
 	}
 }
 
-// purgeEvents removes numbered events from the event stream: every event
+// sequencingInfo sums the audit consumers of every event stream sibling:
+// pending and in-flight events, and the oldest ack floor time.
+func (s *Service) sequencingInfo(ctx context.Context) (*jetstream.ConsumerInfo, error) {
+	var sum jetstream.ConsumerInfo
+	for _, c := range s.auditCons {
+		info, err := c.Info(ctx)
+		if err != nil {
+			return nil, err
+		}
+		sum.NumPending += info.NumPending
+		sum.NumAckPending += info.NumAckPending
+		waiting := info.NumPending+uint64(info.NumAckPending) > 0
+		if last := info.AckFloor.Last; waiting && last != nil && (sum.AckFloor.Last == nil || last.Before(*sum.AckFloor.Last)) {
+			sum.AckFloor.Last = last
+		}
+	}
+	return &sum, nil
+}
+
+// purgeEvents removes numbered events from one event stream sibling: every event
 // at or below the audit consumer's ack floor is recorded in the log (acks
 // are sent only after the commit). Events stay EventKeep after they were
 // numbered (operators and tests read recent events), then go: one purge
 // request per round, not one delete per event.
-func (s *Service) purgeEvents(ctx context.Context, events jetstream.Stream) {
+func (s *Service) purgeEvents(ctx context.Context, events jetstream.Stream, cons jetstream.Consumer) {
 	defer s.wg.Done()
 	t := time.NewTicker(s.cfg.EventPurgeEvery)
 	defer t.Stop()
@@ -494,7 +521,7 @@ func (s *Service) purgeEvents(ctx context.Context, events jetstream.Stream) {
 		case <-t.C:
 		}
 		now := s.now()
-		if info, err := s.auditCons.Info(ctx); err == nil {
+		if info, err := cons.Info(ctx); err == nil {
 			marks = append(marks, mark{now, info.AckFloor.Stream})
 		}
 		var floor uint64

@@ -2,11 +2,13 @@ package audit
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/sovkeys/sovkeys/shared"
@@ -127,6 +129,82 @@ func TestAuditRecreatedConsumerDoesNotRenumber(t *testing.T) {
 	recs, err := recorded(ctx, js, sc)
 	if err != nil || len(recs) != len(all) {
 		t.Fatalf("%d records, want %d (%v)", len(recs), len(all), err)
+	}
+}
+
+// A publisher that failed over stored the same event on two audit stream
+// siblings (its first try's ack was lost): the audit service reads every
+// sibling and numbers the event once.
+func TestAuditSiblingCopiesNumberedOnce(t *testing.T) {
+	_, nc, js := natstest.Run(t)
+	runKeyworker(t, nc, js)
+	ctx := context.Background()
+	topo := mesh.DefaultTopology()
+	topo.Siblings = 3
+	if _, err := mesh.EnsureAuditStreams(ctx, js, topo); err != nil {
+		t.Fatal(err)
+	}
+	sc := auditlog.Scope{Kind: shared.AuditKindXKS, ID: "/siblings"}
+	var evs []*shared.AuditEvent
+	for i := range 40 {
+		evs = append(evs, event(sc, "keyworker", i))
+	}
+	publishAsync(t, js, evs) // sibling 0, as first tries
+	_, stop := runAudit(t, nc, js, Config{Topology: topo})
+	waitRecorded(t, js, sc, ids(evs))
+	stop()
+	// Past the margin that makes events older than their consumer suspect.
+	time.Sleep(2500 * time.Millisecond)
+	// The same events again on siblings 1 and 2: half as failover copies
+	// (marked), half as first tries held back by an election (delivered
+	// late: the service is down past lateDelivery); plus new events there.
+	for i, ev := range evs {
+		data, err := json.Marshal(ev)
+		if err != nil {
+			t.Fatal(err)
+		}
+		m := nats.NewMsg(shared.AuditSubjectOn(1+i%2, ev.Service, ev.Kind, ev.Scope))
+		m.Data = data
+		m.Header.Set(shared.HeaderMsgID, shared.AuditMsgID(ev.Service, ev.RequestID))
+		if i%2 == 0 {
+			m.Header.Set(mesh.HeaderFailover, "1")
+		}
+		if _, err := js.PublishMsg(ctx, m); err != nil {
+			t.Fatal(err)
+		}
+	}
+	more := []*shared.AuditEvent{event(sc, "keyworker", 100), event(sc, "authn", 100)}
+	for i, ev := range more {
+		m := nats.NewMsg(shared.AuditSubjectOn(1+i, ev.Service, ev.Kind, ev.Scope))
+		m.Data, _ = json.Marshal(ev)
+		m.Header.Set(shared.HeaderMsgID, shared.AuditMsgID(ev.Service, ev.RequestID))
+		if _, err := js.PublishMsg(ctx, m); err != nil {
+			t.Fatal(err)
+		}
+	}
+	time.Sleep(lateDelivery + 500*time.Millisecond)
+	_, _ = runAudit(t, nc, js, Config{Topology: topo})
+	waitRecorded(t, js, sc, ids(append(evs, more...)))
+	// Every sibling drained: nothing left that could be numbered later.
+	testkit.CheckFor(t, drainWait, pollEvery, func() error {
+		for i := range 3 {
+			c, err := js.Consumer(ctx, shared.SiblingStream(shared.StreamAudit, i), shared.ConsumerAudit)
+			if err != nil {
+				return err
+			}
+			info, err := c.Info(ctx)
+			if err != nil {
+				return err
+			}
+			if info.NumPending+uint64(info.NumAckPending) > 0 {
+				return fmt.Errorf("sibling %d: %d pending, %d unacked", i, info.NumPending, info.NumAckPending)
+			}
+		}
+		return nil
+	})
+	recs, err := recorded(ctx, js, sc)
+	if err != nil || len(recs) != len(evs)+len(more) {
+		t.Fatalf("%d records, want %d (%v)", len(recs), len(evs)+len(more), err)
 	}
 }
 

@@ -25,7 +25,7 @@ func TestForwardThrottlesWhenPoolQueueIsFull(t *testing.T) {
 	ctx := context.Background()
 	topo := mesh.DefaultTopology()
 	topo.WorkQueueDepth = 1
-	if _, err := mesh.EnsureWorkStream(ctx, js, "busy", topo); err != nil {
+	if _, err := mesh.EnsureWorkStreams(ctx, js, "busy", topo); err != nil {
 		t.Fatal(err)
 	}
 	s, err := New(Config{Topology: topo, MaxSkew: 5 * time.Minute, Concurrency: 1},

@@ -126,11 +126,11 @@ func New(cfg Config, deps Deps) (*Service, error) {
 
 // Run consumes requests until ctx ends.
 func (s *Service) Run(ctx context.Context) error {
-	stream, err := mesh.EnsureRequestStream(ctx, s.js, s.cfg.Topology)
+	streams, err := mesh.EnsureRequestStreams(ctx, s.js, s.cfg.Topology)
 	if err != nil {
 		return err
 	}
-	if _, err := mesh.EnsureAuditStream(ctx, s.js, s.cfg.Topology); err != nil {
+	if _, err := mesh.EnsureAuditStreams(ctx, s.js, s.cfg.Topology); err != nil {
 		return err
 	}
 	reg, err := registry.Open(ctx, s.js, s.cfg.Topology)
@@ -175,7 +175,7 @@ func (s *Service) Run(ctx context.Context) error {
 			return ctx.Err()
 		}
 	}
-	cons, err := stream.CreateOrUpdateConsumer(ctx, jetstream.ConsumerConfig{
+	cons, err := mesh.CreateConsumers(ctx, streams, jetstream.ConsumerConfig{
 		Durable:       shared.ConsumerAuthn,
 		Description:   "sovkeys: authn",
 		AckPolicy:     jetstream.AckExplicitPolicy,
@@ -188,7 +188,7 @@ func (s *Service) Run(ctx context.Context) error {
 	}
 	sem := make(chan struct{}, s.cfg.Concurrency)
 	var wg sync.WaitGroup
-	cc, err := cons.Consume(func(m jetstream.Msg) {
+	cc, err := mesh.ConsumeAll(cons, func(m jetstream.Msg) {
 		sem <- struct{}{}
 		wg.Add(1)
 		go func() {
@@ -209,10 +209,10 @@ func (s *Service) Run(ctx context.Context) error {
 		return err
 	}
 	defer stop()
-	s.log.Info("authn ready", "keystores", s.keystores.Len(), "keys", s.keys.Len())
+	s.log.Info("authn ready", "keystores", s.keystores.Len(), "keys", s.keys.Len(), "request_streams", len(streams))
 	<-ctx.Done()
 	cc.Drain()
-	<-cc.Closed()
+	cc.Wait()
 	wg.Wait()
 	return nil
 }
@@ -298,7 +298,7 @@ func (s *Service) forward(ctx context.Context, env *shared.Envelope) error {
 	if err != nil {
 		return fmt.Errorf("authn: encode work: %w", err)
 	}
-	msg := nats.NewMsg(shared.WorkSubject(env.Authz.Pool, env.API))
+	msg := nats.NewMsg(shared.WorkSubject(env.Authz.Pool, env.API)) // PublishWork picks the sibling
 	msg.Data = data
 	msg.Header.Set(shared.HeaderMsgID, env.ID)
 	tracing.Inject(ctx, msg.Header)
@@ -308,7 +308,7 @@ func (s *Service) forward(ctx context.Context, env *shared.Envelope) error {
 		ctx, cancel = context.WithDeadline(ctx, env.Deadline)
 		defer cancel()
 	}
-	if _, err := mesh.PublishWithin(ctx, s.js, msg, mesh.PublishTry); err != nil {
+	if _, err := mesh.PublishWork(ctx, s.js, env.Authz.Pool, env.API, msg, mesh.PublishTry); err != nil {
 		if mesh.IsQueueFull(err) {
 			return shared.NewError(shared.CodeThrottling, "hsm pool %q is at capacity, retry later", env.Authz.Pool)
 		}

@@ -148,6 +148,14 @@ func (s *Service) replySubject() string { return mesh.ReplySubjectPrefix(s.nc) +
 
 // Run serves HTTPS until ctx ends.
 func (s *Service) Run(ctx context.Context) error {
+	// Binding the request and audit streams tells the publishers how many
+	// siblings to spread over (mesh/siblings.go).
+	if _, err := mesh.EnsureRequestStreams(ctx, s.js, s.cfg.Topology); err != nil {
+		return err
+	}
+	if _, err := mesh.EnsureAuditStreams(ctx, s.js, s.cfg.Topology); err != nil {
+		return err
+	}
 	reg, err := registry.Open(ctx, s.js, s.cfg.Topology)
 	if err != nil {
 		return err

@@ -107,12 +107,12 @@ func (s *Service) roundTrip(ctx context.Context, env *shared.Envelope) (*nats.Ms
 	if err != nil {
 		return nil, err
 	}
-	msg := nats.NewMsg(shared.RequestSubject(env.API))
+	msg := nats.NewMsg(shared.RequestSubject(env.API)) // PublishRequest picks the sibling
 	msg.Data = data
 	msg.Header.Set(shared.HeaderMsgID, env.ID)
 	tracing.Inject(ctx, msg.Header)
 	ch := s.replies.register(env.ID)
-	if _, err := mesh.PublishWithin(ctx, s.js, msg, mesh.PublishTry); err != nil {
+	if _, err := mesh.PublishRequest(ctx, s.js, env.API, msg, mesh.PublishTry); err != nil {
 		s.replies.cancel(env.ID)
 		if mesh.IsQueueFull(err) {
 			return nil, shared.NewError(shared.CodeThrottling, "request queue is full, retry later")

@@ -34,7 +34,7 @@ func TestAutomaticRotation(t *testing.T) {
 	_, nc, js := natstest.Run(t)
 	ctx := t.Context()
 	topo := mesh.DefaultTopology()
-	if _, err := mesh.EnsureAuditStream(ctx, js, topo); err != nil {
+	if _, err := mesh.EnsureAuditStreams(ctx, js, topo); err != nil {
 		t.Fatal(err)
 	}
 	module, token, pin := hsmtest.NewToken(t)

@@ -100,20 +100,21 @@ func New(cfg Config, deps Deps) (*Service, error) {
 // Run declares the pool's queue, serves admin requests and executes work
 // until ctx ends.
 func (s *Service) Run(ctx context.Context) error {
-	stream, err := mesh.EnsureWorkStream(ctx, s.js, s.cfg.Pool, s.cfg.Topology)
+	streams, err := mesh.EnsureWorkStreams(ctx, s.js, s.cfg.Pool, s.cfg.Topology)
 	if err != nil {
 		return err
 	}
-	if _, err := mesh.EnsureAuditStream(ctx, s.js, s.cfg.Topology); err != nil {
+	if _, err := mesh.EnsureAuditStreams(ctx, s.js, s.cfg.Topology); err != nil {
 		return err
 	}
-	cons, err := stream.CreateOrUpdateConsumer(ctx, jetstream.ConsumerConfig{
+	// The pool's HSM budget is shared by its sibling work streams.
+	cons, err := mesh.CreateConsumers(ctx, streams, jetstream.ConsumerConfig{
 		Durable:       shared.WorkConsumer(s.cfg.Pool),
 		Description:   "sovkeys: keyworkers of pool " + s.cfg.Pool,
 		AckPolicy:     jetstream.AckExplicitPolicy,
 		AckWait:       10 * time.Second,
 		MaxDeliver:    3,
-		MaxAckPending: s.cfg.Topology.WorkBudget,
+		MaxAckPending: mesh.ShareOf(s.cfg.Topology.WorkBudget, len(streams)),
 	})
 	if err != nil {
 		return fmt.Errorf("keyworker: consumer: %w", err)
@@ -140,7 +141,7 @@ func (s *Service) Run(ctx context.Context) error {
 	go func() { defer wg.Done(); s.keepAlive(ctx) }()
 	wg.Add(1)
 	go func() { defer wg.Done(); s.autoRotate(ctx) }() // rotation.go
-	cc, err := cons.Consume(func(m jetstream.Msg) {
+	cc, err := mesh.ConsumeAll(cons, func(m jetstream.Msg) {
 		sem <- struct{}{}
 		wg.Add(1)
 		go func() {
@@ -155,12 +156,12 @@ func (s *Service) Run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("keyworker: consume: %w", err)
 	}
-	s.log.Info("keyworker ready", "sessions", sessions, "budget", s.cfg.Topology.WorkBudget)
+	s.log.Info("keyworker ready", "sessions", sessions, "budget", s.cfg.Topology.WorkBudget, "work_streams", len(streams))
 	metrics.HSMSessions(s.cfg.Pool, sessions)
 	go metrics.WatchWorkQueue(ctx, s.cfg.Pool, cons, 2*time.Second)
 	<-ctx.Done()
 	cc.Drain()
-	<-cc.Closed()
+	cc.Wait()
 	wg.Wait()
 	return nil
 }

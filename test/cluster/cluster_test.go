@@ -18,9 +18,11 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"sync"
@@ -56,6 +58,9 @@ type deployment struct {
 	opCreds   string
 	caFile    string
 	natsNames []string // server names, index = node
+	// bootstrapCreds is the declaring identity `sovkeys init` runs with.
+	bootstrapCreds string
+	monitorBase    int // node i's monitoring port is monitorBase+i
 }
 
 type keystoreCreds struct {
@@ -99,32 +104,49 @@ func TestClusterFaults(t *testing.T) {
 	type fault struct {
 		name   string
 		inject func(t *testing.T)
+		// rebalance: run `sovkeys init` after recovery, as its own phase.
+		rebalance bool
 	}
 	faults := []fault{
+		// A node that comes back leads nothing; the runbook's step after
+		// a node restart (sovkeys init) spreads the leaders again: measured
+		// as a phase of its own after each node fault.
 		{"kill -9 NATS follower (request stream)", func(t *testing.T) {
 			i := d.nodeOf(t, shared.StreamRequests, false)
 			d.nats[i].kill9()
 			time.Sleep(3 * time.Second)
 			d.nats[i].start(t)
-		}},
+		}, true},
 		{"kill -9 NATS stream leader (request stream)", func(t *testing.T) {
 			i := d.nodeOf(t, shared.StreamRequests, true)
 			d.nats[i].kill9()
 			time.Sleep(3 * time.Second)
 			d.nats[i].start(t)
-		}},
+		}, true},
+		{"kill -9 NATS stream leader (audit stream)", func(t *testing.T) {
+			i := d.nodeOf(t, shared.StreamAudit, true)
+			d.nats[i].kill9()
+			time.Sleep(3 * time.Second)
+			d.nats[i].start(t)
+		}, true},
+		{"kill -9 NATS meta leader", func(t *testing.T) {
+			i := d.metaLeader(t)
+			d.nats[i].kill9()
+			time.Sleep(3 * time.Second)
+			d.nats[i].start(t)
+		}, true},
 		{"kill -9 keyworker", func(t *testing.T) {
 			p := d.service("keyworker-1")
 			p.kill9()
 			time.Sleep(2 * time.Second)
 			p.start(t)
-		}},
+		}, false},
 		{"kill -9 gateway", func(t *testing.T) {
 			p := d.service("gateway-1")
 			p.kill9()
 			time.Sleep(2 * time.Second)
 			p.start(t)
-		}},
+		}, false},
 		{"cold restart, services first", func(t *testing.T) {
 			for _, p := range d.services {
 				p.kill9()
@@ -139,7 +161,7 @@ func TestClusterFaults(t *testing.T) {
 			for i := len(d.nats) - 1; i >= 0; i-- {
 				d.nats[i].start(t)
 			}
-		}},
+		}, false},
 	}
 	var report []phaseReport
 	for _, f := range faults {
@@ -155,7 +177,17 @@ func TestClusterFaults(t *testing.T) {
 			return nil
 		})
 		settle()
-		report = append(report, load.phase(f.name, at, time.Now()))
+		ph := load.phase(f.name, at, time.Now())
+		t.Logf("%s: seconds from the fault with failed/slow requests: %v; errors: %v", f.name, ph.timeline, ph.errs)
+		report = append(report, ph)
+		if f.rebalance {
+			at := time.Now()
+			d.init(t)
+			settle()
+			ph := load.phase("  then `sovkeys init` moves leaders back", at, time.Now())
+			t.Logf("%s: seconds with failed/slow requests: %v; errors: %v", ph.name, ph.timeline, ph.errs)
+			report = append(report, ph)
+		}
 	}
 	load.stop()
 
@@ -199,7 +231,8 @@ func startDeployment(t *testing.T) *deployment {
 	if b, err := init.CombinedOutput(); err != nil {
 		t.Fatalf("cluster init: %v\n%s", err, b)
 	}
-	d := &deployment{dir: dir, bin: bin, opCreds: filepath.Join(out, "operator.creds"), caFile: filepath.Join(out, "tls", "ca.pem")}
+	d := &deployment{dir: dir, bin: bin, opCreds: filepath.Join(out, "operator.creds"), caFile: filepath.Join(out, "tls", "ca.pem"),
+		monitorBase: base + 200} // clusterinit: PortBase+200+i
 	var urls []string
 	for i := range 3 {
 		name := "n" + strconv.Itoa(i+1)
@@ -213,14 +246,8 @@ func startDeployment(t *testing.T) *deployment {
 	}
 	// The bootstrap identity declares every stream and bucket once; the
 	// services only bind (retried until the cluster has a meta leader).
-	testkit.CheckFor(t, 120*time.Second, 500*time.Millisecond, func() error {
-		b, err := exec.Command(bin, "init", "--nats", d.urls, "--creds", filepath.Join(out, "trust", "bootstrap.creds"),
-			"--pools", "default", "--replicas", "3").CombinedOutput()
-		if err != nil {
-			return fmt.Errorf("sovkeys init: %v: %s", err, b)
-		}
-		return nil
-	})
+	d.bootstrapCreds = filepath.Join(out, "trust", "bootstrap.creds")
+	d.init(t)
 	conf := softHSMToken(t, filepath.Join(dir, "hsm"), tokenLabel, tokenPIN)
 	creds := func(s string) string { return filepath.Join(out, "creds", s+".creds") }
 	common := func(svc string) []string {
@@ -269,7 +296,24 @@ func startDeployment(t *testing.T) *deployment {
 		}
 		return nil
 	})
+	d.init(t) // again, as the runbook says: the consumers exist now, their leaders are placed too
 	return d
+}
+
+// init runs `sovkeys init` with the bootstrap identity (retried until the
+// cluster has a meta leader): it declares every stream and bucket, three
+// siblings each, and spreads the sibling leaders over the nodes.
+func (d *deployment) init(t *testing.T) {
+	t.Helper()
+	testkit.CheckFor(t, 120*time.Second, 500*time.Millisecond, func() error {
+		b, err := exec.Command(d.bin, "init", "--nats", d.urls, "--creds", d.bootstrapCreds,
+			"--pools", "default", "--replicas", "3").CombinedOutput()
+		if err != nil {
+			return fmt.Errorf("sovkeys init: %v: %s", err, b)
+		}
+		t.Logf("sovkeys init: %s", bytes.TrimSpace(b))
+		return nil
+	})
 }
 
 func softHSMModule(t *testing.T) string {
@@ -321,6 +365,40 @@ func (d *deployment) cli(t *testing.T, out any, args ...string) {
 
 // nodeOf returns the index of the node leading stream (leader) or of one
 // of its followers.
+// metaLeader returns the index of the node leading the JetStream meta
+// group, as a node's /jsz reports it.
+func (d *deployment) metaLeader(t *testing.T) int {
+	t.Helper()
+	var name string
+	testkit.CheckFor(t, 30*time.Second, 200*time.Millisecond, func() error {
+		for i := range d.nats {
+			resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/jsz", d.monitorBase+i))
+			if err != nil {
+				continue
+			}
+			var jsz struct {
+				Meta *struct {
+					Leader string `json:"leader"`
+				} `json:"meta_cluster"`
+			}
+			err = json.NewDecoder(resp.Body).Decode(&jsz)
+			resp.Body.Close()
+			if err == nil && jsz.Meta != nil && jsz.Meta.Leader != "" {
+				name = jsz.Meta.Leader
+				return nil
+			}
+		}
+		return errors.New("no meta leader reported")
+	})
+	for i, n := range d.natsNames {
+		if n == name {
+			return i
+		}
+	}
+	t.Fatalf("meta leader on unknown server %q", name)
+	return 0
+}
+
 func (d *deployment) nodeOf(t *testing.T, stream string, leader bool) int {
 	t.Helper()
 	nc, err := nats.Connect(d.urls, nats.UserCredentials(d.opCreds))
@@ -434,12 +512,19 @@ func (l *load) acked() []result {
 	return out
 }
 
+// errNoise is what differs between otherwise equal errors (URL, ports).
+var errNoise = regexp.MustCompile(`Post "[^"]*": |127\.0\.0\.1:\d+(->127\.0\.0\.1:\d+)?`)
+
 // phaseReport is what one fault cost.
 type phaseReport struct {
 	name             string
 	requests, failed int
 	slow             int
 	recovery         time.Duration
+	// timeline: per second from the fault, "failed/slow" where any; errs:
+	// the distinct errors with their counts (diagnosis, logged).
+	timeline []string
+	errs     map[string]int
 }
 
 // phase summarises requests started in [from, to): failures, those over
@@ -448,14 +533,32 @@ type phaseReport struct {
 func (l *load) phase(name string, from, to time.Time) phaseReport {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	p := phaseReport{name: name}
+	p := phaseReport{name: name, errs: map[string]int{}}
 	var lastFail time.Time
+	type second struct{ failed, slow int }
+	secs := map[int]*second{}
+	at := func(r result) *second {
+		k := int(r.start.Sub(from) / time.Second)
+		if secs[k] == nil {
+			secs[k] = &second{}
+		}
+		return secs[k]
+	}
 	for _, r := range l.results {
 		if r.start.Before(from) || !r.start.Before(to) {
 			continue
 		}
 		p.requests++
+		if r.err == nil && r.dur > slowAfter {
+			at(r).slow++
+		}
 		if r.err != nil {
+			at(r).failed++
+			msg := errNoise.ReplaceAllString(r.err.Error(), "")
+			if len(msg) > 120 {
+				msg = msg[:120]
+			}
+			p.errs[msg]++
 			p.failed++
 			if r.start.After(lastFail) {
 				lastFail = r.start
@@ -472,6 +575,11 @@ func (l *load) phase(name string, from, to time.Time) phaseReport {
 			}
 		}
 		p.recovery = first.Sub(from)
+	}
+	for k := range int(to.Sub(from)/time.Second) + 1 {
+		if s := secs[k]; s != nil {
+			p.timeline = append(p.timeline, fmt.Sprintf("%ds:%d/%d", k, s.failed, s.slow))
+		}
 	}
 	return p
 }

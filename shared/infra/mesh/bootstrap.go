@@ -47,12 +47,15 @@ func Bootstrap(ctx context.Context, js jetstream.JetStream, topo Topology, pools
 			logCfg.MaxMsgsPerSubject = -1
 		}
 	}
-	streams := []jetstream.StreamConfig{RequestStreamConfig(topo), AuditStreamConfig(topo), logCfg}
-	for _, p := range pools {
-		if !shared.ValidPoolName(p) {
-			return fmt.Errorf("%w: pool name %q", shared.ErrConfigValidation, p)
+	streams := []jetstream.StreamConfig{logCfg}
+	for i := range max(topo.Siblings, 1) {
+		streams = append(streams, RequestStreamConfig(topo, i), AuditStreamConfig(topo, i))
+		for _, p := range pools {
+			if !shared.ValidPoolName(p) {
+				return fmt.Errorf("%w: pool name %q", shared.ErrConfigValidation, p)
+			}
+			streams = append(streams, WorkStreamConfig(p, topo, i))
 		}
-		streams = append(streams, WorkStreamConfig(p, topo))
 	}
 	for _, cfg := range streams {
 		if _, err := declareStream(ctx, js, cfg); err != nil {

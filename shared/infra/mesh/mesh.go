@@ -104,6 +104,11 @@ type Topology struct {
 	// FileStorageWork stores request and work queues on disk; by default they
 	// live in memory (requests are short-lived; a lost one is retried by the caller).
 	FileStorageWork bool
+	// Siblings is how many sibling streams (leaders on different nodes,
+	// siblings.go) the request, work and audit streams have: Bootstrap
+	// declares them; a service binds at least this many and every further
+	// one that exists. 0 or 1: one stream each.
+	Siblings int
 }
 
 // DefaultTopology is right for one node and a SoftHSM token. Queue depths
@@ -124,6 +129,8 @@ func (t Topology) Validate() error {
 		return fmt.Errorf("%w: queue depths must be positive", shared.ErrConfigValidation)
 	case t.WorkBudget < 1:
 		return fmt.Errorf("%w: work budget must be positive", shared.ErrConfigValidation)
+	case t.Siblings < 0 || t.Siblings > shared.MaxSiblings:
+		return fmt.Errorf("%w: stream siblings must be 1..%d, got %d", shared.ErrConfigValidation, shared.MaxSiblings, t.Siblings)
 	case t.AuditMaxAge < time.Minute:
 		return fmt.Errorf("%w: audit max age must be at least a minute", shared.ErrConfigValidation)
 	}
@@ -137,12 +144,13 @@ func (t Topology) workStorage() jetstream.StorageType {
 	return jetstream.MemoryStorage
 }
 
-// RequestStreamConfig is the stream gateways publish to and authn consumes.
-func RequestStreamConfig(t Topology) jetstream.StreamConfig {
+// RequestStreamConfig is sibling i of the stream gateways publish to and
+// authn consumes.
+func RequestStreamConfig(t Topology, i int) jetstream.StreamConfig {
 	return jetstream.StreamConfig{
-		Name:        shared.StreamRequests,
+		Name:        shared.SiblingStream(shared.StreamRequests, i),
 		Description: "sovkeys: requests from gateways to authn",
-		Subjects:    []string{shared.SubjectRequestPrefix + ">"},
+		Subjects:    []string{shared.SiblingPrefix(shared.SubjectRequestPrefix, i) + ">"},
 		Retention:   jetstream.WorkQueuePolicy,
 		Discard:     jetstream.DiscardNew,
 		MaxMsgs:     int64(t.RequestQueueDepth),
@@ -153,12 +161,12 @@ func RequestStreamConfig(t Topology) jetstream.StreamConfig {
 	}
 }
 
-// WorkStreamConfig is a keyworker pool's work queue.
-func WorkStreamConfig(pool string, t Topology) jetstream.StreamConfig {
+// WorkStreamConfig is sibling i of a keyworker pool's work queue.
+func WorkStreamConfig(pool string, t Topology, i int) jetstream.StreamConfig {
 	return jetstream.StreamConfig{
-		Name:        shared.WorkStream(pool),
+		Name:        shared.SiblingStream(shared.WorkStream(pool), i),
 		Description: "sovkeys: HSM work for pool " + pool,
-		Subjects:    []string{shared.SubjectWorkPrefix + pool + ".>"},
+		Subjects:    []string{shared.SiblingPrefix(shared.SubjectWorkPrefix, i) + pool + ".>"},
 		Retention:   jetstream.WorkQueuePolicy,
 		Discard:     jetstream.DiscardNew,
 		MaxMsgs:     int64(t.WorkQueueDepth),
@@ -169,12 +177,12 @@ func WorkStreamConfig(pool string, t Topology) jetstream.StreamConfig {
 	}
 }
 
-// AuditStreamConfig is the durable audit event stream.
-func AuditStreamConfig(t Topology) jetstream.StreamConfig {
+// AuditStreamConfig is sibling i of the durable audit event stream.
+func AuditStreamConfig(t Topology, i int) jetstream.StreamConfig {
 	return jetstream.StreamConfig{
-		Name:        shared.StreamAudit,
+		Name:        shared.SiblingStream(shared.StreamAudit, i),
 		Description: "sovkeys: audit events",
-		Subjects:    []string{shared.SubjectAuditPrefix + ">"},
+		Subjects:    []string{shared.SiblingPrefix(shared.SubjectAuditPrefix, i) + ">"},
 		Retention:   jetstream.LimitsPolicy,
 		MaxAge:      t.AuditMaxAge,
 		Storage:     jetstream.FileStorage,
@@ -183,22 +191,31 @@ func AuditStreamConfig(t Topology) jetstream.StreamConfig {
 	}
 }
 
-// EnsureRequestStream binds (or, with create rights, declares) the request stream.
-func EnsureRequestStream(ctx context.Context, js jetstream.JetStream, t Topology) (jetstream.Stream, error) {
-	return ensureStream(ctx, js, RequestStreamConfig(t))
+// EnsureRequestStreams binds (or, with create rights, declares) the
+// request stream and its siblings.
+func EnsureRequestStreams(ctx context.Context, js jetstream.JetStream, t Topology) ([]jetstream.Stream, error) {
+	return SiblingsOf(ctx, js, t.Siblings, shared.StreamRequests, func(ctx context.Context, i int) (jetstream.Stream, error) {
+		return ensureStream(ctx, js, RequestStreamConfig(t, i))
+	})
 }
 
-// EnsureWorkStream binds (or, with create rights, declares) a pool's work queue.
-func EnsureWorkStream(ctx context.Context, js jetstream.JetStream, pool string, t Topology) (jetstream.Stream, error) {
+// EnsureWorkStreams binds (or, with create rights, declares) a pool's work
+// queue and its siblings.
+func EnsureWorkStreams(ctx context.Context, js jetstream.JetStream, pool string, t Topology) ([]jetstream.Stream, error) {
 	if !shared.ValidPoolName(pool) {
 		return nil, fmt.Errorf("%w: pool name %q", shared.ErrConfigValidation, pool)
 	}
-	return ensureStream(ctx, js, WorkStreamConfig(pool, t))
+	return SiblingsOf(ctx, js, t.Siblings, shared.WorkStream(pool), func(ctx context.Context, i int) (jetstream.Stream, error) {
+		return ensureStream(ctx, js, WorkStreamConfig(pool, t, i))
+	})
 }
 
-// EnsureAuditStream binds (or, with create rights, declares) the audit event stream.
-func EnsureAuditStream(ctx context.Context, js jetstream.JetStream, t Topology) (jetstream.Stream, error) {
-	return ensureStream(ctx, js, AuditStreamConfig(t))
+// EnsureAuditStreams binds (or, with create rights, declares) the audit
+// event stream and its siblings.
+func EnsureAuditStreams(ctx context.Context, js jetstream.JetStream, t Topology) ([]jetstream.Stream, error) {
+	return SiblingsOf(ctx, js, t.Siblings, shared.StreamAudit, func(ctx context.Context, i int) (jetstream.Stream, error) {
+		return ensureStream(ctx, js, AuditStreamConfig(t, i))
+	})
 }
 
 // declareRetries bounds retries of a declaration that raced another

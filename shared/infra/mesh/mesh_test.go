@@ -15,7 +15,7 @@ func TestQueueFullIsDetected(t *testing.T) {
 	ctx := context.Background()
 	topo := DefaultTopology()
 	topo.WorkQueueDepth = 2
-	if _, err := EnsureWorkStream(ctx, js, "tiny", topo); err != nil {
+	if _, err := EnsureWorkStreams(ctx, js, "tiny", topo); err != nil {
 		t.Fatal(err)
 	}
 	subj := shared.WorkSubject("tiny", shared.APIXKSEncrypt)
@@ -39,17 +39,17 @@ func TestEnsureIsIdempotent(t *testing.T) {
 	ctx := context.Background()
 	topo := DefaultTopology()
 	for range 2 {
-		if _, err := EnsureRequestStream(ctx, js, topo); err != nil {
+		if _, err := EnsureRequestStreams(ctx, js, topo); err != nil {
 			t.Fatal(err)
 		}
-		if _, err := EnsureAuditStream(ctx, js, topo); err != nil {
+		if _, err := EnsureAuditStreams(ctx, js, topo); err != nil {
 			t.Fatal(err)
 		}
 		if _, err := EnsureBucket(ctx, js, "b", "test", topo); err != nil {
 			t.Fatal(err)
 		}
 	}
-	if _, err := EnsureWorkStream(ctx, js, "Bad.Pool", topo); !errors.Is(err, shared.ErrConfigValidation) {
+	if _, err := EnsureWorkStreams(ctx, js, "Bad.Pool", topo); !errors.Is(err, shared.ErrConfigValidation) {
 		t.Fatalf("bad pool name: %v", err)
 	}
 }

@@ -22,10 +22,11 @@ func TestNoiseIsOneBoundedSummary(t *testing.T) {
 	_, _, js := natstest.Run(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	stream, err := EnsureAuditStream(ctx, js, DefaultTopology())
+	streams, err := EnsureAuditStreams(ctx, js, DefaultTopology())
 	if err != nil {
 		t.Fatal(err)
 	}
+	stream := streams[0]
 	n := NewNoiseAuditor(js, shared.AuditServiceGateway, time.Hour, slog.New(slog.NewTextHandler(io.Discard, nil)), time.Now)
 	const floods = 10_000
 	for i := range floods {

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -42,13 +43,17 @@ func ReplyErr(m *nats.Msg) error {
 // to be recorded and the caller must fail closed.
 var ErrAuditDuplicate = errors.New("mesh: audit event reported as duplicate")
 
-// auditAttempts bounds PublishAudit's attempts when an ack is lost.
-const auditAttempts = 3
+// auditTry bounds one attempt of an audit publish on one sibling: longer
+// than a request-path try (the audit stream is on disk), short enough to
+// fail over within a call's budget.
+const auditTry = 200 * time.Millisecond
 
-// PublishAudit publishes an audit event on its service's audit subject and
-// waits for JetStream's ack, so the event is durable before the caller is
-// answered. The de-duplication id is service:request id, so a retry whose
-// first ack was lost is stored once. A duplicate ack on the first attempt
+// PublishAudit publishes an audit event on its service's audit subject of
+// an audit-stream sibling and waits for JetStream's ack, so the event is
+// durable before the caller is answered. The de-duplication id is
+// service:request id, so a retry on the same sibling whose first ack was
+// lost is stored once (a copy on two siblings is the audit service's to
+// drop: siblings.go). A duplicate ack on a sibling this call had not tried
 // means the id was taken before this call: ErrAuditDuplicate.
 func PublishAudit(ctx context.Context, js jetstream.JetStream, ev *shared.AuditEvent) error {
 	ev.Version = shared.AuditEventVersion
@@ -63,20 +68,20 @@ func PublishAudit(ctx context.Context, js jetstream.JetStream, ev *shared.AuditE
 	m.Data = data
 	m.Header.Set(shared.HeaderMsgID, shared.AuditMsgID(ev.Service, ev.RequestID))
 	tracing.Inject(ctx, m.Header)
-	mayBeStored := false // an earlier attempt of this call may have landed
-	for attempt := 1; ; attempt++ {
-		ack, err := js.PublishMsg(ctx, m)
-		switch {
-		case err == nil && ack.Duplicate && !mayBeStored:
-			return fmt.Errorf("%w: %s", ErrAuditDuplicate, m.Header.Get(shared.HeaderMsgID))
-		case err == nil:
+	_, err = siblingPublish{
+		key:     ev.RequestID,
+		subject: func(i int) string { return shared.AuditSubjectOn(i, ev.Service, ev.Kind, ev.Scope) },
+		stream:  func(i int) string { return shared.SiblingStream(shared.StreamAudit, i) },
+		perTry:  auditTry,
+		accept: func(ack *jetstream.PubAck, again bool) error {
+			if ack.Duplicate && !again {
+				return fmt.Errorf("%w: %s", ErrAuditDuplicate, m.Header.Get(shared.HeaderMsgID))
+			}
 			return nil
-		case attempt < auditAttempts && ctx.Err() == nil && (errors.Is(err, context.DeadlineExceeded) || errors.Is(err, nats.ErrTimeout)):
-			mayBeStored = true // outcome unknown: the same id again is stored at most once
-		case attempt < auditAttempts && ctx.Err() == nil && errors.Is(err, jetstream.ErrNoStreamResponse):
-			// No stream answered: nothing was stored; try again.
-		default:
-			return fmt.Errorf("mesh: publish audit event: %w", err)
-		}
+		},
+	}.publish(ctx, js, m)
+	if err != nil && !errors.Is(err, ErrAuditDuplicate) {
+		return fmt.Errorf("mesh: publish audit event: %w", err)
 	}
+	return err
 }

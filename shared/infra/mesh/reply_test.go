@@ -20,7 +20,7 @@ func TestPublishAuditDuplicateIsAnError(t *testing.T) {
 	_, _, js := natstest.Run(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	if _, err := EnsureAuditStream(ctx, js, DefaultTopology()); err != nil {
+	if _, err := EnsureAuditStreams(ctx, js, DefaultTopology()); err != nil {
 		t.Fatal(err)
 	}
 	ev := func(id string) *shared.AuditEvent {

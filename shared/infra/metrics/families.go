@@ -93,12 +93,25 @@ var _ ConsumerInfo = (jetstream.Consumer)(nil)
 // WatchWorkQueue samples pool's work consumer every interval until ctx
 // ends: queue depth, mesh-wide in-flight and the budget. Run it in its own
 // goroutine.
-func WatchWorkQueue(ctx context.Context, pool string, cons ConsumerInfo, interval time.Duration) {
+func WatchWorkQueue[C ConsumerInfo](ctx context.Context, pool string, cons []C, interval time.Duration) {
 	t := time.NewTicker(interval)
 	defer t.Stop()
 	for {
-		if info, err := cons.Info(ctx); err == nil {
-			ObserveWorkQueue(pool, info)
+		// The pool's consumers on every sibling work stream, summed.
+		var sum jetstream.ConsumerInfo
+		ok := len(cons) > 0
+		for _, c := range cons {
+			info, err := c.Info(ctx)
+			if err != nil {
+				ok = false
+				break
+			}
+			sum.NumPending += info.NumPending
+			sum.NumAckPending += info.NumAckPending
+			sum.Config.MaxAckPending += info.Config.MaxAckPending
+		}
+		if ok {
+			ObserveWorkQueue(pool, &sum)
 		}
 		select {
 		case <-ctx.Done():

@@ -273,12 +273,14 @@ func TestAttackServicesDoNotAdminister(t *testing.T) {
 	t.Parallel()
 	m := startMesh(t)
 	streams := []string{shared.StreamRequests, shared.StreamAudit, shared.StreamAuditLog, shared.WorkStream(pool),
+		// The sibling streams (mesh/siblings.go) are guarded like the first.
+		shared.SiblingStream(shared.StreamRequests, 2), shared.SiblingStream(shared.StreamAudit, 1), shared.SiblingStream(shared.WorkStream(pool), 4),
 		shared.ObjectStream(shared.BucketEKTObjects), shared.KVStream(shared.BucketEKTIndex), shared.KVStream(shared.BucketPKI),
 		shared.KVStream(shared.BucketKeystores), shared.KVStream(shared.BucketTenants), shared.KVStream(shared.BucketKillSwitch), "NEW_STREAM"}
 	for _, user := range services {
 		for _, s := range streams {
 			for _, api := range []string{shared.JSStreamCreate, shared.JSStreamUpdate, shared.JSStreamDelete, shared.JSStreamPurge, shared.JSStreamMsgDelete} {
-				if user == shared.UserAudit && api == shared.JSStreamPurge && s == shared.StreamAudit {
+				if user == shared.UserAudit && api == shared.JSStreamPurge && strings.HasPrefix(s, shared.StreamAudit) {
 					continue // the one purge it has: numbered events leave the event stream
 				}
 				m.refusedPub(t, user, "administer streams", api+s)
@@ -302,6 +304,7 @@ func TestAttackServicesDoNotAdminister(t *testing.T) {
 		}
 		if user != natsauth.ServiceAuthn {
 			m.refusedPub(t, user, "queue HSM work", shared.WorkSubject(pool, shared.APIXKSEncrypt))
+			m.refusedPub(t, user, "queue HSM work on a sibling", shared.WorkSubjectOn(3, pool, shared.APIXKSEncrypt))
 			m.refusedPub(t, user, "ask for an unseal", shared.KeyworkerAdminSubject(pool, shared.EndpointUnseal))
 		}
 		if user != natsauth.ServiceAudit {
@@ -309,9 +312,11 @@ func TestAttackServicesDoNotAdminister(t *testing.T) {
 			m.refusedPub(t, user, "sign audit checkpoints", shared.KeyworkerAdminSubject(pool, shared.EndpointAuditSign))
 		}
 		m.refusedPub(t, user, "create a consumer on another's queue", shared.JSConsumerCreate+shared.WorkStream(pool)+".steal")
+		m.refusedPub(t, user, "create a consumer on another's queue", shared.JSConsumerCreate+shared.SiblingStream(shared.WorkStream(pool), 1)+".steal")
 	}
 	// The audit service never reads the plaintext queues or unseal shares.
-	for _, s := range []string{shared.StreamRequests, shared.WorkStream(pool), shared.KVStream(shared.BucketUnseal)} {
+	for _, s := range []string{shared.StreamRequests, shared.WorkStream(pool), shared.KVStream(shared.BucketUnseal),
+		shared.SiblingStream(shared.StreamRequests, 1), shared.SiblingStream(shared.WorkStream(pool), 2)} {
 		m.refusedPub(t, "audit", "read a queue", shared.JSStreamMsgGet+s)
 		m.refusedPub(t, "audit", "read a queue", shared.JSConsumerCreate+s)
 	}
@@ -334,6 +339,7 @@ func TestAttackAuditSubjectsPerService(t *testing.T) {
 				continue // its own
 			}
 			m.refusedPub(t, user, "publish another service's audit event", shared.AuditSubjectPrefix(owner)+"xks.x")
+			m.refusedPub(t, user, "publish another service's audit event on a sibling", shared.AuditSubjectOn(2, owner, "xks", "x"))
 		}
 	}
 }
@@ -414,7 +420,7 @@ func TestServicesBindAndWork(t *testing.T) {
 	defer cancel()
 	topo := mesh.DefaultTopology()
 	gwNC, gw := m.connect(t, "gateway", nil)
-	if _, err := mesh.EnsureRequestStream(ctx, gw, topo); err != nil {
+	if _, err := mesh.EnsureRequestStreams(ctx, gw, topo); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := gw.Publish(ctx, shared.RequestSubject(shared.APIXKSEncrypt), []byte("req")); err != nil {
@@ -424,7 +430,7 @@ func TestServicesBindAndWork(t *testing.T) {
 		t.Fatal(err)
 	}
 	_, authn := m.connect(t, "authn", nil)
-	if _, err := mesh.EnsureWorkStream(ctx, authn, pool, topo); err != nil {
+	if _, err := mesh.EnsureWorkStreams(ctx, authn, pool, topo); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := authn.Publish(ctx, shared.WorkSubject(pool, shared.APIXKSEncrypt), []byte("work")); err != nil {

@@ -23,7 +23,37 @@ const any1 = "*"
 
 func under(prefix string) string { return prefix + all }
 
+// underSiblings is under() of every sibling form of prefix
+// (shared.SiblingPrefix): sovkeys.req.>, sovkeys.req1.>, ...
+func underSiblings(prefix string) []string {
+	var out []string
+	for _, p := range shared.SiblingPrefixes(prefix) {
+		out = append(out, under(p))
+	}
+	return out
+}
+
+// siblings applies grant to every sibling of stream base.
+func siblings(base string, grant func(stream string) []string) []string {
+	var out []string
+	for _, s := range shared.SiblingStreams(base) {
+		out = append(out, grant(s)...)
+	}
+	return out
+}
+
+// auditPrefixes are service's audit subjects on every audit sibling.
+func auditPrefixes(service string) []string {
+	var out []string
+	for _, p := range shared.SiblingPrefixes(shared.SubjectAuditPrefix) {
+		out = append(out, under(p+service+"."))
+	}
+	return out
+}
+
 // streamLookup lets a user bind a stream (STREAM.INFO) and nothing more.
+func purge(stream string) []string { return []string{shared.JSStreamPurge + stream} }
+
 func streamLookup(stream string) []string {
 	return []string{shared.JSStreamInfo + stream}
 }
@@ -124,23 +154,26 @@ func UserPermissions(user, service string, pools []string) Permissions {
 	pub, sub := common(user)
 	denyPub, denySub := denyAlways()
 	perms := Permissions{DenyPub: denyPub, DenySub: denySub, Respond: true}
-	perAuditPrefix := func(svc string) []string { return []string{under(shared.AuditSubjectPrefix(svc))} }
+	perAuditPrefix := auditPrefixes
+	consumeAll := func(base, durable string) []string {
+		return siblings(base, func(s string) []string { return consume(s, durable) })
+	}
 	switch service {
 	case ServiceGateway:
 		perms.Pub = join(pub,
-			[]string{under(shared.SubjectRequestPrefix)}, perAuditPrefix(shared.AuditServiceGateway),
-			streamLookup(shared.StreamRequests), streamLookup(shared.StreamAudit),
+			underSiblings(shared.SubjectRequestPrefix), perAuditPrefix(shared.AuditServiceGateway),
+			siblings(shared.StreamRequests, streamLookup), siblings(shared.StreamAudit, streamLookup),
 			kvRead(shared.BucketKeystores), kvRead(shared.BucketXKSKeys), kvRead(shared.BucketPKI), kvRead(shared.BucketKillSwitch))
 		perms.Sub = join(sub, []string{under(shared.ReplySubjectPrefix(user))})
 	case ServiceAuthn:
 		perms.Pub = join(pub,
-			[]string{under(shared.SubjectWorkPrefix), under(shared.SubjectReplyPrefix)}, perAuditPrefix(shared.AuditServiceAuthn),
+			underSiblings(shared.SubjectWorkPrefix), []string{under(shared.SubjectReplyPrefix)}, perAuditPrefix(shared.AuditServiceAuthn),
 			[]string{shared.KeyworkerAdminSubject(any1, shared.EndpointUnseal), shared.KeyworkerAdminSubject(any1, shared.EndpointHealth)},
-			consume(shared.StreamRequests, shared.ConsumerAuthn), streamLookup(shared.StreamAudit),
+			consumeAll(shared.StreamRequests, shared.ConsumerAuthn), siblings(shared.StreamAudit, streamLookup),
 			kvRead(shared.BucketKeystores), kvRead(shared.BucketXKSKeys), kvRead(shared.BucketTenants),
 			kvRead(shared.BucketPKI), kvRead(shared.BucketPools), kvRead(shared.BucketKillSwitch))
 		for _, p := range pools {
-			perms.Pub = append(perms.Pub, streamLookup(shared.WorkStream(p))...)
+			perms.Pub = append(perms.Pub, siblings(shared.WorkStream(p), streamLookup)...)
 		}
 		perms.Sub = sub
 	case ServiceKeyworker:
@@ -149,11 +182,11 @@ func UserPermissions(user, service string, pools []string) Permissions {
 		perms.Pub = join(pub,
 			[]string{under(shared.SubjectReplyPrefix)}, perAuditPrefix(shared.AuditServiceKeyworker),
 			objReadWrite(shared.BucketEKTObjects), kvWrite(shared.BucketEKTIndex, all),
-			streamLookup(shared.StreamAudit),
+			siblings(shared.StreamAudit, streamLookup),
 			kvRead(shared.BucketTenants), kvRead(shared.BucketKillSwitch))
 		perms.Sub = sub
 		for _, p := range pools {
-			perms.Pub = join(perms.Pub, consume(shared.WorkStream(p), shared.WorkConsumer(p)),
+			perms.Pub = join(perms.Pub, consumeAll(shared.WorkStream(p), shared.WorkConsumer(p)),
 				kvWrite(shared.BucketPools, p), kvWrite(shared.BucketPKI, p+"."+all), kvWrite(shared.BucketUnseal, p+"."+all),
 				kvWrite(shared.BucketXKSRotation, p+"."+all), kvWrite(shared.BucketAuditSigner, p+"."+all))
 			perms.Sub = append(perms.Sub, shared.KeyworkerAdminSubject(p, all))
@@ -166,7 +199,7 @@ func UserPermissions(user, service string, pools []string) Permissions {
 		perms.Pub = join(pub,
 			[]string{under(shared.SubjectAuditRecordPrefix), under(shared.SubjectAuditCheckpointPrefix),
 				shared.KeyworkerAdminSubject(any1, shared.EndpointAuditSign), shared.KeyworkerAdminSubject(any1, shared.EndpointAuditPublicKey)},
-			readStream(shared.StreamAudit), consume(shared.StreamAudit, shared.ConsumerAudit),
+			siblings(shared.StreamAudit, readStream), consumeAll(shared.StreamAudit, shared.ConsumerAudit),
 			readStream(shared.StreamAuditLog), []string{shared.JSConsumerDurable + shared.StreamAuditLog + "." + all},
 			objReadWrite(shared.BucketAuditExport),
 			kvRead(shared.BucketTenants), kvRead(shared.BucketPKI), kvRead(shared.BucketAuditSigner),
@@ -178,11 +211,11 @@ func UserPermissions(user, service string, pools []string) Permissions {
 			// the old chunks. Tiles and bundles are written once by name, and
 			// a removed export is detectable (signed checkpoints, witnesses),
 			// never forgeable.
-			[]string{shared.JSStreamPurge + shared.StreamAudit, shared.JSStreamPurge + shared.ObjectStream(shared.BucketAuditExport)})
+			siblings(shared.StreamAudit, purge), []string{shared.JSStreamPurge + shared.ObjectStream(shared.BucketAuditExport)})
 		perms.Sub = join(sub, []string{shared.SubjectAuditControlPrefix + "." + all})
 		// Every other purge stays denied (denyAlways would deny this one too).
 		perms.DenyPub = slices.DeleteFunc(perms.DenyPub, func(d string) bool { return d == shared.JSStreamPurge+all })
-		perms.DenyPub = append(perms.DenyPub, purgeAllBut(pools, shared.StreamAudit, shared.ObjectStream(shared.BucketAuditExport))...)
+		perms.DenyPub = append(perms.DenyPub, purgeAllBut(pools, append(shared.SiblingStreams(shared.StreamAudit), shared.ObjectStream(shared.BucketAuditExport))...)...)
 	default:
 		return none()
 	}
@@ -192,9 +225,10 @@ func UserPermissions(user, service string, pools []string) Permissions {
 
 // purgeAllBut denies purging every stream of the mesh but those in keep.
 func purgeAllBut(pools []string, keep ...string) []string {
-	streams := []string{shared.StreamRequests, shared.StreamAudit, shared.StreamAuditLog}
+	streams := append(shared.SiblingStreams(shared.StreamRequests), shared.SiblingStreams(shared.StreamAudit)...)
+	streams = append(streams, shared.StreamAuditLog)
 	for _, p := range pools {
-		streams = append(streams, shared.WorkStream(p))
+		streams = append(streams, shared.SiblingStreams(shared.WorkStream(p))...)
 	}
 	for _, b := range shared.KVBuckets() {
 		streams = append(streams, shared.KVStream(b))
@@ -216,7 +250,7 @@ func otherAuditPrefixes(svc string) []string {
 	var out []string
 	for _, s := range []string{shared.AuditServiceGateway, shared.AuditServiceAuthn, shared.AuditServiceKeyworker, shared.AuditServiceCLI, shared.AuditServiceAudit} {
 		if s != svc {
-			out = append(out, under(shared.AuditSubjectPrefix(s)))
+			out = append(out, auditPrefixes(s)...)
 		}
 	}
 	return out
@@ -238,7 +272,7 @@ func protectedStreams() []string {
 // purge, delete from or reconfigure the write-once stores, queue HSM work,
 // forge gateway replies, or publish another service's audit events.
 func OperatorPermissions() Permissions {
-	deny := []string{shared.JSStreamDelete + all, under(shared.SubjectWorkPrefix), under(shared.SubjectReplyPrefix)}
+	deny := join([]string{shared.JSStreamDelete + all, under(shared.SubjectReplyPrefix)}, underSiblings(shared.SubjectWorkPrefix))
 	for _, s := range protectedStreams() {
 		deny = append(deny, shared.JSStreamPurge+s, shared.JSStreamMsgDelete+s, shared.JSStreamUpdate+s)
 	}
@@ -253,7 +287,9 @@ func OperatorPermissions() Permissions {
 func BootstrapPermissions() Permissions {
 	return Permissions{
 		Pub: []string{shared.JSAPIInfo, shared.JSStreamCreate + all, shared.JSStreamUpdate + all, shared.JSStreamInfo + all,
-			shared.JSStreamNames, shared.JSStreamList},
+			shared.JSStreamNames, shared.JSStreamList, shared.JSConsumerInfo + all,
+			// SpreadLeaders: move stream and consumer leaders between nodes.
+			shared.JSStreamLeaderStepdown + all, shared.JSConsumerLeaderStepdown + all},
 		Sub:     []string{shared.InboxSubjects(shared.UserBootstrap)},
 		DenyPub: []string{shared.JSStreamDelete + all, shared.JSStreamPurge + all, shared.JSStreamMsgDelete + all},
 	}

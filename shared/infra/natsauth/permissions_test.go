@@ -56,7 +56,7 @@ func TestGatewayCredentialCannotReachTheHSM(t *testing.T) {
 	// The operator declares what a running deployment has.
 	_, opJS, _ := connect("operator", Permissions{})
 	topo := mesh.DefaultTopology()
-	if _, err := mesh.EnsureWorkStream(ctx, opJS, "default", topo); err != nil {
+	if _, err := mesh.EnsureWorkStreams(ctx, opJS, "default", topo); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := mesh.EnsureBucket(ctx, opJS, "sovkeys_ekt_index", "t", topo); err != nil {

@@ -1,0 +1,371 @@
+package mesh
+
+// Sibling streams: riding out the loss of a stream leader.
+//
+// A JetStream stream has one leader; when its node dies, publishes to it
+// fail until the survivors elect a new one (seconds: the raft election
+// timeout), far past the 250 ms KMS gives a call. So every request, work
+// and audit stream may have siblings (shared.MaxSiblings at most): streams
+// of the same configuration on disjoint subjects whose leaders sit on
+// different nodes (SpreadLeaders). A publisher picks a sibling from the
+// message's id (so every hop of one request prefers the same index, and a
+// retry the same stream), and when a sibling gives no answer within a short
+// try it marks that sibling down for a while and publishes the same message
+// (same Nats-Msg-Id) on the next one. Consumers read every sibling.
+//
+// What a failover may cost: a message whose ack was lost may be stored in
+// both siblings. A duplicate request is dropped at the next hop (its work
+// is published under the same id on the same work sibling, whose
+// de-duplication drops it); a duplicate audit event carries HeaderFailover
+// or arrives late, and the audit service checks such events against the
+// records it has committed (services/audit).
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/sovkeys/sovkeys/shared"
+)
+
+// SiblingTry bounds one publish attempt on one sibling on the request
+// path: short enough that a failover fits KMS's 250 ms with the rest of
+// the call, long enough for a loaded node's ack.
+const SiblingTry = 100 * time.Millisecond
+
+// PublishTry is the per-attempt bound services pass on the request path.
+const PublishTry = SiblingTry
+
+// siblingHold is how long a sibling that failed a try is tried last.
+const siblingHold = 3 * time.Second
+
+// publishPause is the wait between rounds over every sibling.
+const publishPause = 20 * time.Millisecond
+
+// noDeadlineRounds bounds the rounds of a publish whose context has no
+// deadline; each round doubles the per-try bound (200 ms to 3.2 s for an
+// audit event: about 12 s in all on one sibling).
+const noDeadlineRounds = 5
+
+// siblingState is what a process knows of one deployment's siblings: how
+// many there are (discovered when a service binds its streams) and which
+// are down. Keyed by the JetStream handle, so two meshes in one process
+// (tests) do not mix.
+type siblingState struct {
+	mu    sync.Mutex
+	n     int
+	until map[string]time.Time // stream -> tried last until
+}
+
+var siblings sync.Map // jetstream.JetStream -> *siblingState
+
+func stateOf(js jetstream.JetStream) *siblingState {
+	if v, ok := siblings.Load(js); ok {
+		return v.(*siblingState)
+	}
+	v, _ := siblings.LoadOrStore(js, &siblingState{n: 1, until: map[string]time.Time{}})
+	return v.(*siblingState)
+}
+
+// setSiblings records that js's deployment has n siblings of each stream
+// (at least what the caller bound).
+func setSiblings(js jetstream.JetStream, n int) {
+	st := stateOf(js)
+	st.mu.Lock()
+	st.n = max(st.n, min(n, shared.MaxSiblings))
+	st.mu.Unlock()
+}
+
+// Siblings is the number of sibling streams js's deployment publishes
+// across (1 until a service has bound its streams).
+func Siblings(js jetstream.JetStream) int {
+	st := stateOf(js)
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	return st.n
+}
+
+func (st *siblingState) isDown(stream string, now time.Time) bool {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	return now.Before(st.until[stream])
+}
+
+func (st *siblingState) mark(stream string, down bool, now time.Time) {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	if down {
+		st.until[stream] = now.Add(siblingHold)
+	} else if _, ok := st.until[stream]; ok {
+		delete(st.until, stream)
+	}
+}
+
+// order is the sequence of siblings to try for key: from the key's own
+// sibling on, those not marked down first.
+func (st *siblingState) order(key string, n int, stream func(int) string, now time.Time) []int {
+	if n == 1 {
+		return onlyFirst // one stream: nothing to choose (the hot path of a single node)
+	}
+	h := fnv.New32a()
+	_, _ = h.Write([]byte(key))
+	first := int(h.Sum32() % uint32(n))
+	up := make([]int, 0, n)
+	var down []int
+	for k := range n {
+		i := (first + k) % n
+		if st.isDown(stream(i), now) {
+			down = append(down, i)
+		} else {
+			up = append(up, i)
+		}
+	}
+	return append(up, down...)
+}
+
+var onlyFirst = []int{0}
+
+// HeaderFailover marks a message published on another sibling than the
+// first one tried: an earlier copy may be stored there too.
+const HeaderFailover = "Sovkeys-Failover"
+
+// siblingPublish is one publish across siblings. subject and stream name
+// sibling i's subject and stream; accept sees each ack (again: this
+// sibling was tried before in this call with an unknown outcome) and may
+// turn it into an error that ends the call.
+type siblingPublish struct {
+	key     string
+	subject func(i int) string
+	stream  func(i int) string
+	perTry  time.Duration
+	accept  func(ack *jetstream.PubAck, again bool) error
+}
+
+// publish tries the siblings in order, round after round, while ctx's
+// deadline leaves room for a try (noDeadlineRounds without a deadline).
+// A sibling that answers "no responders" (no leader holds its subjects:
+// nothing was stored) is left at once and marked down. A try that times
+// out, or finds the same message id still being stored, has an unknown
+// outcome: the same sibling is tried once more (a slow leader, or one
+// that has just died and now answers "no responders") before the next.
+// Without a de-duplication id there is one attempt: a retry could enqueue
+// twice.
+func (p siblingPublish) publish(ctx context.Context, js jetstream.JetStream, msg *nats.Msg) (*jetstream.PubAck, error) {
+	st := stateOf(js)
+	n := Siblings(js)
+	order := st.order(p.key, n, p.stream, time.Now())
+	if msg.Header.Get(jetstream.MsgIDHeader) == "" {
+		msg.Subject = p.subject(order[0])
+		return js.PublishMsg(ctx, msg)
+	}
+	_, hasDeadline := ctx.Deadline()
+	perTry := p.perTry
+	tried := make([]bool, n) // outcome unknown on these
+	var lastErr error
+	attempts := 0
+	for round := 0; ; round++ {
+		if !hasDeadline && round > 0 {
+			perTry *= 2 // nobody waits on a deadline: a slow stream gets longer tries
+		}
+		for _, i := range order {
+			for try := 0; try < unknownTries; try++ {
+				if attempts > 0 {
+					if hasDeadline && !roomFor(ctx, perTry) {
+						return nil, lastErr
+					}
+					if try > 0 && sleep(ctx, publishPause) != nil {
+						return nil, lastErr
+					}
+				}
+				attempts++
+				if i != order[0] {
+					msg.Header.Set(HeaderFailover, "1")
+				} else {
+					msg.Header.Del(HeaderFailover)
+				}
+				msg.Subject = p.subject(i)
+				tctx, cancel := context.WithTimeout(ctx, perTry)
+				ack, err := js.PublishMsg(tctx, msg)
+				cancel()
+				if err == nil {
+					st.mark(p.stream(i), false, time.Now())
+					if p.accept != nil {
+						if aerr := p.accept(ack, tried[i]); aerr != nil {
+							return nil, aerr
+						}
+					}
+					return ack, nil
+				}
+				if !transientPublish(err) || ctx.Err() != nil {
+					return nil, err
+				}
+				lastErr = err
+				if errors.Is(err, nats.ErrNoResponders) || errors.Is(err, jetstream.ErrNoStreamResponse) {
+					break // nothing stored, no leader: the next sibling
+				}
+				tried[i] = true
+			}
+			st.mark(p.stream(i), true, time.Now())
+		}
+		if !hasDeadline && round+1 >= noDeadlineRounds {
+			return nil, lastErr
+		}
+		if hasDeadline && !roomFor(ctx, publishPause+perTry) {
+			return nil, lastErr
+		}
+		if sleep(ctx, publishPause) != nil {
+			return nil, lastErr
+		}
+	}
+}
+
+// unknownTries is how many tries with an unknown outcome one sibling gets
+// in a round before the next sibling is tried.
+const unknownTries = 2
+
+// roomFor reports whether ctx's deadline leaves at least a quarter of d.
+func roomFor(ctx context.Context, d time.Duration) bool {
+	dl, ok := ctx.Deadline()
+	return !ok || time.Until(dl) >= d/4
+}
+
+// PublishRequest publishes a gateway's request for api on a request-stream
+// sibling, failing over within ctx's deadline (msg carries the request id
+// as Nats-Msg-Id).
+func PublishRequest(ctx context.Context, js jetstream.JetStream, api shared.API, msg *nats.Msg, perTry time.Duration) (*jetstream.PubAck, error) {
+	return siblingPublish{
+		key:     msg.Header.Get(jetstream.MsgIDHeader),
+		subject: func(i int) string { return shared.RequestSubjectOn(i, api) },
+		stream:  func(i int) string { return shared.SiblingStream(shared.StreamRequests, i) },
+		perTry:  perTry,
+	}.publish(ctx, js, msg)
+}
+
+// PublishWork publishes authorised work for pool on a sibling of the
+// pool's work stream, like PublishRequest.
+func PublishWork(ctx context.Context, js jetstream.JetStream, pool string, api shared.API, msg *nats.Msg, perTry time.Duration) (*jetstream.PubAck, error) {
+	return siblingPublish{
+		key:     msg.Header.Get(jetstream.MsgIDHeader),
+		subject: func(i int) string { return shared.WorkSubjectOn(i, pool, api) },
+		stream:  func(i int) string { return shared.SiblingStream(shared.WorkStream(pool), i) },
+		perTry:  perTry,
+	}.publish(ctx, js, msg)
+}
+
+// jsErrDuplicateInProcess is JSStreamDuplicateMessageConflict: a message
+// with this id is still being stored by the clustered stream (an earlier
+// try that timed out). nats.go does not name it.
+const jsErrDuplicateInProcess jetstream.ErrorCode = 10158
+
+// transientPublish reports the publish failures a retry may cure.
+func transientPublish(err error) bool {
+	if IsQueueFull(err) {
+		return false // answered at once: ThrottlingException
+	}
+	var apiErr *jetstream.APIError
+	if errors.As(err, &apiErr) && apiErr.ErrorCode == jsErrDuplicateInProcess {
+		return true // an earlier try is being stored: its outcome decides
+	}
+	return errors.Is(err, nats.ErrNoResponders) || errors.Is(err, jetstream.ErrNoStreamResponse) ||
+		errors.Is(err, context.DeadlineExceeded) || errors.Is(err, nats.ErrTimeout) ||
+		errors.Is(err, nats.ErrConnectionReconnecting) || errors.Is(err, nats.ErrConnectionDraining)
+}
+
+// SiblingsOf binds sibling 0 of a stream with ensure (which may create it
+// or wait for Bootstrap) and then every further sibling that exists (or,
+// below want, ensures it too), in index order up to the first missing one.
+// The count found is recorded for js's publishers.
+func SiblingsOf(ctx context.Context, js jetstream.JetStream, want int, base string, ensure func(ctx context.Context, i int) (jetstream.Stream, error)) ([]jetstream.Stream, error) {
+	var out []jetstream.Stream
+	for i := range shared.MaxSiblings {
+		if i < max(want, 1) {
+			s, err := ensure(ctx, i)
+			if err != nil {
+				return nil, err
+			}
+			out = append(out, s)
+			continue
+		}
+		s, err := js.Stream(ctx, shared.SiblingStream(base, i))
+		if errors.Is(err, jetstream.ErrStreamNotFound) {
+			break
+		}
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, s)
+	}
+	setSiblings(js, len(out))
+	return out, nil
+}
+
+// CreateConsumers creates (or updates) the durable cfg on every sibling
+// stream, in order.
+func CreateConsumers(ctx context.Context, streams []jetstream.Stream, cfg jetstream.ConsumerConfig) ([]jetstream.Consumer, error) {
+	out := make([]jetstream.Consumer, 0, len(streams))
+	for _, s := range streams {
+		c, err := s.CreateOrUpdateConsumer(ctx, cfg)
+		if err != nil {
+			return nil, fmt.Errorf("consumer %s on %s: %w", cfg.Durable, s.CachedInfo().Config.Name, err)
+		}
+		out = append(out, c)
+	}
+	return out, nil
+}
+
+// ShareOf is one sibling's part of a budget split over n siblings (at
+// least 1), so the siblings together never exceed it while budget >= n.
+func ShareOf(budget, n int) int { return max(budget/max(n, 1), 1) }
+
+// ConsumeGroup is Consume running on every sibling's consumer.
+type ConsumeGroup struct{ ccs []jetstream.ConsumeContext }
+
+// consumeExpiry bounds each pull request (heartbeats every half of it).
+// A consumer whose leader moved (its node died, or SpreadLeaders stepped
+// it over) never sees the pull requests the old leader held: the client
+// notices and pulls again only when a request expires or its heartbeats
+// stop, 30 s with nats.go's defaults. Short pulls make that about a second.
+const consumeExpiry = time.Second
+
+// ConsumeAll starts h on every consumer with the same options (pull
+// requests of consumeExpiry unless opts say otherwise).
+func ConsumeAll(cons []jetstream.Consumer, h jetstream.MessageHandler, opts ...jetstream.PullConsumeOpt) (*ConsumeGroup, error) {
+	g := &ConsumeGroup{}
+	opts = append([]jetstream.PullConsumeOpt{jetstream.PullExpiry(consumeExpiry)}, opts...)
+	for _, c := range cons {
+		cc, err := c.Consume(h, opts...)
+		if err != nil {
+			g.Stop()
+			return nil, err
+		}
+		g.ccs = append(g.ccs, cc)
+	}
+	return g, nil
+}
+
+// Stop stops every consumer at once; Drain lets each finish what it holds.
+func (g *ConsumeGroup) Stop() {
+	for _, cc := range g.ccs {
+		cc.Stop()
+	}
+}
+
+// Drain stops pulling and delivers what was pulled.
+func (g *ConsumeGroup) Drain() {
+	for _, cc := range g.ccs {
+		cc.Drain()
+	}
+}
+
+// Wait returns when every consumer is closed.
+func (g *ConsumeGroup) Wait() {
+	for _, cc := range g.ccs {
+		<-cc.Closed()
+	}
+}
