@@ -5,7 +5,8 @@
 #      and 32 callers (STEP_SECONDS each) through gateway-1;
 #   2. latency over time during faults: open-loop XKS encrypt (RATE req/s,
 #      FAULT_SECONDS) while nats-2 and keyworker-1 are killed (`docker
-#      kill`) and started again (the keyworker unsealed), each fault marked.
+#      kill`) and started again (`sovkeys init` for the node's leaders, the
+#      keyworker unsealed), each fault marked.
 # It brings up its own compose project (own ports and credentials) and tears
 # it down on exit.
 #
@@ -69,6 +70,7 @@ at() { # at SECONDS: sleep until SECONDS into the window
 }
 at 8; K1=$(now); docker kill "$NATS2" >/dev/null
 at 20; K2=$(now); docker start "$NATS2" >/dev/null
+"$C" init >/dev/null 2>&1 || true # its sibling leaders back (runbook step 7)
 at 32; K3=$(now); docker kill "$KW1" >/dev/null
 at 44; K4=$(now); docker start "$KW1" >/dev/null
 "$C" unseal || true
@@ -77,7 +79,7 @@ grep -iE 'throughput|p99|error' "$GEN/faults.txt" | head -8 || true
 off() { python3 -c "print(f'{$1 - $T0:.1f}')"; }
 "$LT" chart -out "$OUT/latency-during-faults.png" \
 	-title "XKS encrypt at $RATE req/s on the compose cluster: slowest request per second" \
-	-mark "$(off "$K1")=kill nats-2" -mark "$(off "$K2")=start nats-2" \
+	-mark "$(off "$K1")=kill nats-2" -mark "$(off "$K2")=start nats-2, init" \
 	-mark "$(off "$K3")=kill keyworker-1" -mark "$(off "$K4")=start+unseal keyworker-1" \
 	"$GEN/faults.json"
 say "charts in $OUT"

@@ -10,7 +10,8 @@
 #     decrypt-secret (docs/examples/volume-secret.sh)
 #   - `docker kill` of a NATS node and of a keyworker: calls still succeed
 #     (retried for a bounded time while JetStream and the pool recover)
-#   - both restarted (the keyworker unsealed again): calls succeed
+#   - both restarted (`sovkeys init` again for the node's sibling leaders,
+#     the keyworker unsealed again): calls succeed
 #   - `sovkeys audit verify` of the key store's log
 # and tears everything down on exit, also on failure (logs printed then).
 # Skipped, with a message, when no Docker engine answers.
@@ -120,6 +121,7 @@ KILLED=$((SECONDS - T0))
 # Both back: the node rejoins, the keyworker starts sealed and is unsealed.
 docker start "$(container nats-2)" "$(container keyworker-1)" >/dev/null
 wait_for 60 "nats-2 healthy again" "$C" compose exec -T nats-2 sh -c 'curl -fsS -o /dev/null "http://$NODE:4422/healthz?js-enabled-only=true"'
+wait_for 60 "sovkeys init again (nats-2 leads its siblings again)" "$C" init
 wait_for 60 "keyworker-1 unsealed again" "$C" unseal
 wait_for 60 "keyworker-1 healthy again" sh -c "[ \"\$(docker inspect -f '{{.State.Health.Status}}' $(container keyworker-1))\" = healthy ]"
 wait_for 60 "XKS after the restarts" roundtrip

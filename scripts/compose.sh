@@ -3,6 +3,7 @@
 #
 #   scripts/compose.sh up [--profile traces|grafana]   images, credentials, start, unseal, wait
 #   scripts/compose.sh unseal                   give the keyworkers 2 of the 3 PIN shares (after a restart)
+#   scripts/compose.sh init                     `sovkeys init` again: leaders back on a restarted NATS node
 #   scripts/compose.sh cli ARGS...              the operator CLI on the cluster network
 #   scripts/compose.sh down [--volumes]         stop (--volumes: also drop NATS data and the token)
 #   scripts/compose.sh compose ARGS...          docker-compose with this project's file and name
@@ -105,6 +106,7 @@ up() {
 case "${1:-}" in
 up) shift; up "$@" ;;
 unseal) unseal && say "shares given" ;;
+init) dc run --rm -T init && say "streams and leaders declared" ;;
 cli) shift; dc run --rm -T cli "$@" ;;
 compose) shift; dc "$@" ;;
 down)
@@ -115,5 +117,5 @@ down)
 		dc --profile traces --profile grafana --profile tools down --remove-orphans
 	fi
 	;;
-*) sed -n '2,13p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 2 ;;
+*) sed -n '2,14p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac
