@@ -110,7 +110,9 @@ build_sovkeys() {
 	ctx=$(mktemp -d)
 	cp "$REPO/deploy/compose/Dockerfile" "$ctx/Dockerfile"
 	say "go build sovkeys (host toolchain; same Debian release as the base image)"
-	(cd "$REPO" && CGO_ENABLED=1 "$GO" build -trimpath -ldflags "-s -w" -o "$ctx/sovkeys" ./cmd/sovkeys)
+	# No -trimpath: the build reuses the packages `go test` compiled (make
+	# test runs the compose test last), instead of compiling them all again.
+	(cd "$REPO" && CGO_ENABLED=1 "$GO" build -ldflags "-s -w" -o "$ctx/sovkeys" ./cmd/sovkeys)
 	docker build -q --build-arg "BASE_IMAGE=$BASE_IMAGE" -t "$SOVKEYS_IMAGE" "$ctx" >/dev/null
 	rm -rf "$ctx"
 	say "built $SOVKEYS_IMAGE from $BASE_IMAGE"
