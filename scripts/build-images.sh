@@ -105,8 +105,19 @@ build_base() {
 	say "built $BASE_TAG in $((SECONDS - start)) s ($(docker image inspect -f '{{.Size}}' "$BASE_TAG" | awk '{printf "%.0f MB", $1 / 1e6}'))"
 }
 
+# drop_old IMAGE OLD_ID: drop the image IMAGE pointed at before this build
+# when nothing else uses it, so rebuilding does not pile up untagged images.
+drop_old() {
+	local now
+	now=$(docker image inspect -f '{{.Id}}' "$1" 2>/dev/null || true)
+	if [ -n "$2" ] && [ "$2" != "$now" ]; then
+		docker rmi "$2" >/dev/null 2>&1 || true
+	fi
+}
+
 build_sovkeys() {
-	local ctx
+	local ctx old
+	old=$(docker image inspect -f '{{.Id}}' "$SOVKEYS_IMAGE" 2>/dev/null || true)
 	ctx=$(mktemp -d)
 	cp "$REPO/deploy/compose/Dockerfile" "$ctx/Dockerfile"
 	say "go build sovkeys (host toolchain; same Debian release as the base image)"
@@ -115,11 +126,13 @@ build_sovkeys() {
 	(cd "$REPO" && CGO_ENABLED=1 "$GO" build -ldflags "-s -w" -o "$ctx/sovkeys" ./cmd/sovkeys)
 	docker build -q --build-arg "BASE_IMAGE=$BASE_IMAGE" -t "$SOVKEYS_IMAGE" "$ctx" >/dev/null
 	rm -rf "$ctx"
+	drop_old "$SOVKEYS_IMAGE" "$old"
 	say "built $SOVKEYS_IMAGE from $BASE_IMAGE"
 }
 
 build_nats() {
-	local ctx version
+	local ctx version old
+	old=$(docker image inspect -f '{{.Id}}' "$NATS_IMAGE" 2>/dev/null || true)
 	ctx=$(mktemp -d)
 	version=$(cd "$REPO" && "$GO" list -m -f '{{.Version}}' github.com/nats-io/nats-server/v2)
 	cp "$REPO/deploy/compose/Dockerfile.nats" "$ctx/Dockerfile"
@@ -127,6 +140,7 @@ build_nats() {
 	(cd "$REPO" && CGO_ENABLED=0 "$GO" build -trimpath -ldflags "-s -w" -o "$ctx/nats-server" github.com/nats-io/nats-server/v2)
 	docker build -q --build-arg "BASE_IMAGE=$BASE_IMAGE" --label "org.opencontainers.image.version=$version" -t "$NATS_IMAGE" "$ctx" >/dev/null
 	rm -rf "$ctx"
+	drop_old "$NATS_IMAGE" "$old"
 	say "built $NATS_IMAGE (nats-server $version on $BASE_IMAGE)"
 }
 
