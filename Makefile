@@ -78,7 +78,7 @@ vet:
 # last, alone too (containers; skipped when no Docker engine answers).
 test: deps versitygw jaeger nats-server vet
 	$(GO) test -count=1 -timeout 15m $$($(GO) list ./... | grep -v /test/cluster)
-	$(GO) test -count=1 -timeout 10m ./test/cluster
+	$(GO) test -count=1 -timeout 12m ./test/cluster
 	@GO="$(GO)" ./scripts/compose-test.sh
 
 .PHONY: nats-server cluster-test
@@ -88,9 +88,10 @@ nats-server:
 
 # Fault injection on a real 3-node cluster with the services as separate
 # processes (also part of `make test`); prints the figures of
-# docs/BENCHMARKS.md "Cluster faults". REPORT=FILE writes the table there.
+# docs/BENCHMARKS.md "Cluster faults". REPORT=FILE writes the table there,
+# CHART=FILE.png the latency of every request with the faults marked.
 cluster-test: deps nats-server
-	SOVKEYS_CLUSTER_REPORT=$(REPORT) $(GO) test -count=1 -v -timeout 10m -run Cluster ./test/cluster
+	SOVKEYS_CLUSTER_REPORT=$(REPORT) SOVKEYS_CLUSTER_CHART=$(CHART) $(GO) test -count=1 -v -timeout 12m -run Cluster ./test/cluster
 
 # Short fuzzing of every parser (not part of `make test`).
 fuzz: deps

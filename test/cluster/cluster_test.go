@@ -32,6 +32,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/sovkeys/sovkeys/loadtest/chart"
 	"github.com/sovkeys/sovkeys/services/keyworker"
 	"github.com/sovkeys/sovkeys/shared"
 	"github.com/sovkeys/sovkeys/shared/api/xks"
@@ -164,8 +165,11 @@ func TestClusterFaults(t *testing.T) {
 		}, false},
 	}
 	var report []phaseReport
+	var marks []chart.Mark
+	t0 := load.began
 	for _, f := range faults {
 		at := time.Now()
+		marks = append(marks, chart.Mark{X: at.Sub(t0).Seconds(), Label: f.name})
 		f.inject(t)
 		// Recovery: every gateway answers encrypts again.
 		testkit.CheckFor(t, recoverLimit, 100*time.Millisecond, func() error {
@@ -182,6 +186,7 @@ func TestClusterFaults(t *testing.T) {
 		report = append(report, ph)
 		if f.rebalance {
 			at := time.Now()
+			marks = append(marks, chart.Mark{X: at.Sub(t0).Seconds(), Label: "init"})
 			d.init(t)
 			settle()
 			ph := load.phase("  then `sovkeys init` moves leaders back", at, time.Now())
@@ -190,6 +195,9 @@ func TestClusterFaults(t *testing.T) {
 		}
 	}
 	load.stop()
+	if p := os.Getenv("SOVKEYS_CLUSTER_CHART"); p != "" {
+		writeChart(t, p, load, marks)
+	}
 
 	// No acknowledged operation lost: every ciphertext a gateway returned
 	// decrypts to its plaintext.
@@ -453,6 +461,7 @@ type load struct {
 	quit    chan struct{}
 	once    sync.Once
 	wg      sync.WaitGroup
+	began   time.Time // when the load started (chart time 0)
 }
 
 type result struct {
@@ -464,7 +473,7 @@ type result struct {
 }
 
 func startLoad(clients []*xksclient.Client) *load {
-	l := &load{quit: make(chan struct{})}
+	l := &load{quit: make(chan struct{}), began: time.Now()}
 	l.wg.Add(1)
 	go func() {
 		defer l.wg.Done()
@@ -582,6 +591,27 @@ func (l *load) phase(name string, from, to time.Time) phaseReport {
 		}
 	}
 	return p
+}
+
+// writeChart draws every request's latency over the run with the faults
+// marked (loadtest/chart) into file.
+func writeChart(t *testing.T, file string, l *load, marks []chart.Mark) {
+	l.mu.Lock()
+	reqs := make([]chart.Request, 0, len(l.results))
+	for _, r := range l.results {
+		reqs = append(reqs, chart.Request{At: r.start.Sub(l.began), Latency: r.dur, Failed: r.err != nil})
+	}
+	l.mu.Unlock()
+	f, err := os.Create(file)
+	if err != nil {
+		t.Error(err)
+		return
+	}
+	defer f.Close()
+	c := chart.LatencyOverTime(fmt.Sprintf("cluster faults: %d XKS encrypts/s over two gateways", loadRate), reqs, marks)
+	if err := c.Encode(f); err != nil {
+		t.Error(err)
+	}
 }
 
 func writeReport(t *testing.T, phases []phaseReport, acked, lost, gaps int) {
