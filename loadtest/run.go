@@ -14,6 +14,9 @@ import (
 // run is the whole program: 0 when the run met its goal (or had none and no
 // errors), 1 when it did not or could not run, 2 on a usage error.
 func run(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) int {
+	if len(args) > 0 && args[0] == "floor" {
+		return runFloor(ctx, args[1:], getenv, stdout, stderr) // floor.go
+	}
 	cfg, err := parseConfig(args, getenv, stderr)
 	switch {
 	case errors.Is(err, flag.ErrHelp):
