@@ -42,6 +42,10 @@ type Envelope struct {
 	KeyID    string    `json:"key_id,omitempty"`
 	Evidence Evidence  `json:"evidence"`
 	Body     []byte    `json:"-"` // framed raw after the JSON header, never base64
+	// BodyForm says what Body holds: "" the caller's raw HTTP body (gateway
+	// to authn), BodyFormXKSWork the request authn parsed and validated, in
+	// the work form of shared/api/xks (authn to a keyworker).
+	BodyForm string `json:"body_form,omitempty"`
 
 	Authz *Authz `json:"authz,omitempty"`
 }
@@ -82,6 +86,11 @@ type Authz struct {
 	Tenant  string `json:"tenant,omitempty"`
 	EKTName string `json:"ekt_name,omitempty"`
 }
+
+// BodyFormXKSWork marks an envelope whose Body is an XKS encrypt or decrypt
+// request in the work form (xks.ParseEncryptWork, xks.ParseDecryptWork):
+// the JSON body is parsed once, in authn, after its signature is verified.
+const BodyFormXKSWork = "xks-work-v1"
 
 // Expired reports whether the envelope's deadline has passed at now.
 func (e *Envelope) Expired(now time.Time) bool {

@@ -79,6 +79,7 @@ func FuzzParseEncrypt(f *testing.F) {
 		if !encryptEqual(r, r2) {
 			t.Fatalf("round trip changed the request: %+v != %+v", r, r2)
 		}
+		checkEncryptWork(t, r)
 	})
 }
 
@@ -127,6 +128,7 @@ func FuzzParseDecrypt(f *testing.F) {
 		if !decryptEqual(r, r2) {
 			t.Fatalf("round trip changed the request: %+v != %+v", r, r2)
 		}
+		checkDecryptWork(t, r)
 	})
 }
 
