@@ -182,3 +182,29 @@ func FuzzParsePath(f *testing.F) {
 		}
 	})
 }
+
+// FuzzDecodeObjectFast: whenever the one-pass split accepts an input, the
+// token decoder accepts it too, with the same members.
+func FuzzDecodeObjectFast(f *testing.F) {
+	addBodySeeds(f, mustJSON(f, encryptBody()), mustJSON(f, decryptBody()),
+		[]byte(`{"a":[1,{"b":"}"}],"c":"\"","d":-1.5e3,"e":null,"f":true}`), []byte(` { } `),
+		[]byte(`{"a":1,"a":2}`), []byte(`{"p\u0061":1,"pa":2}`))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		fast, ok := decodeObjectFast(data, "")
+		if !ok {
+			return
+		}
+		slow, err := decodeObjectSlow(data, "")
+		if err != nil {
+			t.Fatalf("fast path accepted what the decoder refuses: %v", err)
+		}
+		if len(fast.members) != len(slow.members) {
+			t.Fatalf("members: fast %d, decoder %d", len(fast.members), len(slow.members))
+		}
+		for name, v := range slow.members {
+			if !bytes.Equal(bytes.TrimSpace(fast.members[name]), bytes.TrimSpace(v)) {
+				t.Fatalf("member %q: fast %q, decoder %q", name, fast.members[name], v)
+			}
+		}
+	})
+}
