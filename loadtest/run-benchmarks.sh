@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Measures the figures of docs/BENCHMARKS.md from a clean checkout:
-#   1. raw SoftHSM AES-256-GCM (services/keyworker BenchmarkEncryptGCM)
+#   1. raw SoftHSM AES-256-GCM (services/keyworker/internal/hsm BenchmarkEncryptGCM)
 #   2. the mesh floor: one JetStream work-queue round trip, and core NATS
 #   3. end to end against `sovkeys standalone`, each closed loop after the
 #      same run against the floor (`loadtest floor`: the gateway's TLS and
@@ -14,8 +14,8 @@
 #      generate-secret and decrypt-secret open loop (200 req/s, 30 s each),
 #      then closed-loop peak of each (concurrency 16, 20 s each)
 #
-#   loadtest/run-benchmarks.sh            (about 7 minutes)
-#   SKIP_XKS=1 loadtest/run-benchmarks.sh (steps 3-4 without the XKS load: about 2 minutes)
+#   loadtest/run-benchmarks.sh            (about 12 minutes)
+#   SKIP_XKS=1 loadtest/run-benchmarks.sh (steps 3-4 without the XKS load: about 3 minutes)
 #   ONLY_RATIO=1 ENC_SECONDS=20 loadtest/run-benchmarks.sh (floor and sovkeys
 #                                         encrypt closed loop only, and their ratio)
 #
@@ -29,7 +29,7 @@
 # METRICS_ADDR (unset; the node's --metrics-listen).
 # Only loopback addresses are used. The node's data directory (and with it
 # the HSM unseal shares a fresh node prints, and the instance key) is
-# temporary and removed on exit.
+# temporary and removed on exit. Memory over 10 minutes: loadtest/soak.sh.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -111,13 +111,13 @@ fi
 go build -o bin/loadtest ./loadtest
 echo "$SOVKEYS_BIN bin/loadtest ready"
 
-log "1. raw SoftHSM AES-256-GCM, 1 KiB (go test ./services/keyworker -bench BenchmarkEncryptGCM)"
+log "1. raw SoftHSM AES-256-GCM, 1 KiB (go test ./services/keyworker/internal/hsm -bench BenchmarkEncryptGCM)"
 if [[ -n $SKIP_STEPS_1_2 ]]; then
 	echo "SKIPPED: SKIP_XKS or ONLY_RATIO is set" | tee "$OUT/softhsm.txt"
-elif grep -qs 'func BenchmarkEncryptGCM' services/keyworker/*_test.go; then
-	go test ./services/keyworker -run '^$' -bench BenchmarkEncryptGCM -benchtime "$BENCHTIME" | tee "$OUT/softhsm.txt"
+elif grep -qs 'func BenchmarkEncryptGCM' services/keyworker/internal/hsm/*_test.go; then
+	go test ./services/keyworker/internal/hsm -run '^$' -bench BenchmarkEncryptGCM -benchtime "$BENCHTIME" | tee "$OUT/softhsm.txt"
 else
-	echo "SKIPPED: services/keyworker has no BenchmarkEncryptGCM yet" | tee "$OUT/softhsm.txt"
+	echo "SKIPPED: services/keyworker/internal/hsm has no BenchmarkEncryptGCM" | tee "$OUT/softhsm.txt"
 fi
 
 log "2. mesh floor: JetStream work-queue round trip with a reply mux; core NATS request-reply"
