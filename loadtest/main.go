@@ -28,6 +28,12 @@
 //
 //	go run ./loadtest -api audit -rate 5000 -scopes 200 -duration 60s
 //
+// The floor, a bare XKS server (the gateway's TLS, authn's SigV4 check,
+// software AES-GCM; no mesh, no HSM, no audit) to measure sovkeys against in
+// the same run (floor.go):
+//
+//	go run ./loadtest floor -listen 127.0.0.1:18444 -cert DATA/tls/cert.pem -key DATA/tls/key.pem -creds-json ks.json
+//
 // Runs are bounded in time and count and refuse non-loopback targets unless
 // -allow-remote is given.
 package main

@@ -42,6 +42,10 @@ type Envelope struct {
 	KeyID    string    `json:"key_id,omitempty"`
 	Evidence Evidence  `json:"evidence"`
 	Body     []byte    `json:"-"` // framed raw after the JSON header, never base64
+	// BodyForm says what Body holds: "" the caller's raw HTTP body (gateway
+	// to authn), BodyFormXKSWork the request authn parsed and validated, in
+	// the work form of shared/api/xks (authn to a keyworker).
+	BodyForm string `json:"body_form,omitempty"`
 
 	Authz *Authz `json:"authz,omitempty"`
 }
@@ -83,21 +87,42 @@ type Authz struct {
 	EKTName string `json:"ekt_name,omitempty"`
 }
 
+// BodyFormXKSWork marks an envelope whose Body is an XKS encrypt or decrypt
+// request in the work form (xks.ParseEncryptWork, xks.ParseDecryptWork):
+// the JSON body is parsed once, in authn, after its signature is verified.
+const BodyFormXKSWork = "xks-work-v1"
+
 // Expired reports whether the envelope's deadline has passed at now.
 func (e *Envelope) Expired(now time.Time) bool {
 	return !e.Deadline.IsZero() && !now.Before(e.Deadline)
 }
 
-// envelopeMagic starts every framed envelope: "SKE" and the frame version.
+// envelopeMagic starts a framed envelope with a JSON header: "SKE" and the
+// frame version. This build reads it and writes envelopeMagicBinary.
 const envelopeMagic = "SKE1"
 
-// maxEnvelopeHeader bounds the JSON header of a framed envelope.
+// maxEnvelopeHeader bounds the header of a framed envelope.
 const maxEnvelopeHeader = 1 << 20
 
 // Marshal frames the envelope for the wire: magic, the 4-byte big-endian
-// length of the JSON header, the header, then the raw body. The body is
-// carried as is: no base64, no JSON scanning of caller bytes on each hop.
+// length of the header, the header (envelope_binary.go), then the raw body.
+// The body is carried as is: no base64, no JSON scanning of caller bytes on
+// each hop.
 func (e *Envelope) Marshal() ([]byte, error) {
+	out := make([]byte, len(envelopeMagicBinary)+4, 512+len(e.Body))
+	copy(out, envelopeMagicBinary)
+	out = e.appendBinaryHeader(out)
+	n := len(out) - len(envelopeMagicBinary) - 4
+	if n > maxEnvelopeHeader {
+		return nil, NewError(CodeInternal, "envelope: header of %d bytes is too large", n)
+	}
+	binary.BigEndian.PutUint32(out[len(envelopeMagicBinary):], uint32(n))
+	return append(out, e.Body...), nil
+}
+
+// marshalJSON frames the envelope with the JSON header of "SKE1", which
+// builds before the binary header wrote and this build still reads.
+func (e *Envelope) marshalJSON() ([]byte, error) {
 	hdr, err := json.Marshal(e)
 	if err != nil {
 		return nil, err
@@ -109,10 +134,14 @@ func (e *Envelope) Marshal() ([]byte, error) {
 	return append(out, e.Body...), nil
 }
 
-// UnmarshalEnvelope decodes and sanity-checks an envelope from the wire.
-// Body aliases data.
+// UnmarshalEnvelope decodes and sanity-checks an envelope from the wire,
+// with a binary ("SKE2") or a JSON ("SKE1") header. Body aliases data.
 func UnmarshalEnvelope(data []byte) (*Envelope, error) {
-	if len(data) < len(envelopeMagic)+4 || string(data[:len(envelopeMagic)]) != envelopeMagic {
+	if len(data) < len(envelopeMagic)+4 {
+		return nil, NewError(CodeInternal, "envelope: not a framed envelope")
+	}
+	magic := string(data[:len(envelopeMagic)])
+	if magic != envelopeMagic && magic != envelopeMagicBinary {
 		return nil, NewError(CodeInternal, "envelope: not a framed envelope")
 	}
 	n := binary.BigEndian.Uint32(data[len(envelopeMagic):])
@@ -121,7 +150,11 @@ func UnmarshalEnvelope(data []byte) (*Envelope, error) {
 		return nil, NewError(CodeInternal, "envelope: header length out of range")
 	}
 	var e Envelope
-	if err := json.Unmarshal(rest[:n], &e); err != nil {
+	if magic == envelopeMagicBinary {
+		if err := e.decodeBinaryHeader(rest[:n]); err != nil {
+			return nil, fmt.Errorf("%w: %v", ErrValidation, err)
+		}
+	} else if err := json.Unmarshal(rest[:n], &e); err != nil {
 		return nil, fmt.Errorf("%w: envelope: %v", ErrValidation, err)
 	}
 	if e.Version != EnvelopeVersion {

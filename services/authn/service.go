@@ -315,6 +315,12 @@ func (s *Service) forward(ctx context.Context, env *shared.Envelope) error {
 		if errors.Is(err, jetstream.ErrNoStreamResponse) || errors.Is(err, nats.ErrNoResponders) {
 			return shared.NewError(shared.CodeDependencyTimeout, "hsm pool %q is unavailable", env.Authz.Pool)
 		}
+		if errors.Is(err, context.DeadlineExceeded) {
+			// The request's deadline passed before the pool's queue took
+			// the work (an overloaded node): a timeout, not an internal
+			// error, so KMS retries it as one.
+			return shared.NewError(shared.CodeDependencyTimeout, "hsm pool %q did not take the work before the deadline", env.Authz.Pool)
+		}
 		return fmt.Errorf("authn: publish work: %w", err)
 	}
 	return nil

@@ -44,7 +44,7 @@ func (s *Service) xks(ctx context.Context, env *shared.Envelope, ev *shared.Audi
 		return false, nil, shared.NewError(shared.CodeThrottling, "request rate of this credential exceeded, retry later")
 	}
 
-	md, err := parseMetadata(env.API, env.Body)
+	md, work, err := parseRequest(env.API, env.Body)
 	if err != nil {
 		return false, nil, err
 	}
@@ -74,6 +74,10 @@ func (s *Service) xks(ctx context.Context, env *shared.Envelope, ev *shared.Audi
 	if key.Status != registry.StatusEnabled && env.API != shared.APIXKSMetadata {
 		return false, nil, shared.NewError(shared.CodeInvalidState, "key %q is disabled", env.KeyID)
 	}
+	if work != nil {
+		// The keyworker reads the parsed request, not the caller's JSON.
+		env.Body, env.BodyForm = work, shared.BodyFormXKSWork
+	}
 	env.Authz = &shared.Authz{
 		CallerType: "sigv4", CallerID: akid, Principal: md.AWSPrincipalArn,
 		KMSRequestID: md.KMSRequestID, KMSOperation: md.KMSOperation,
@@ -85,36 +89,39 @@ func (s *Service) xks(ctx context.Context, env *shared.Envelope, ev *shared.Audi
 	return true, nil, nil
 }
 
-// parseMetadata validates the body for api and returns its requestMetadata.
-func parseMetadata(api shared.API, body []byte) (xks.RequestMetadata, error) {
+// parseRequest validates the body for api and returns its requestMetadata
+// and, for encrypt and decrypt, the request in the work form a keyworker
+// reads (xks.ParseEncryptWork): the body is parsed once, here.
+func parseRequest(api shared.API, body []byte) (md xks.RequestMetadata, work []byte, err error) {
 	switch api {
 	case shared.APIXKSEncrypt:
 		r, err := xks.ParseEncrypt(body)
 		if err != nil {
-			return xks.RequestMetadata{}, err
+			return xks.RequestMetadata{}, nil, err
 		}
+		work = r.AppendWork(make([]byte, 0, 32+len(r.Plaintext)+len(r.AdditionalAuthenticatedData)))
 		clear(r.Plaintext)
-		return r.RequestMetadata, nil
+		return r.RequestMetadata, work, nil
 	case shared.APIXKSDecrypt:
 		r, err := xks.ParseDecrypt(body)
 		if err != nil {
-			return xks.RequestMetadata{}, err
+			return xks.RequestMetadata{}, nil, err
 		}
-		return r.RequestMetadata, nil
+		return r.RequestMetadata, r.AppendWork(make([]byte, 0, 64+len(r.Ciphertext)+len(r.AdditionalAuthenticatedData))), nil
 	case shared.APIXKSMetadata:
 		r, err := xks.ParseMetadata(body)
 		if err != nil {
-			return xks.RequestMetadata{}, err
+			return xks.RequestMetadata{}, nil, err
 		}
-		return r.RequestMetadata, nil
+		return r.RequestMetadata, nil, nil
 	case shared.APIXKSHealth:
 		r, err := xks.ParseHealth(body)
 		if err != nil {
-			return xks.RequestMetadata{}, err
+			return xks.RequestMetadata{}, nil, err
 		}
-		return r.RequestMetadata, nil
+		return r.RequestMetadata, nil, nil
 	}
-	return xks.RequestMetadata{}, shared.NewError(shared.CodeUnsupportedOperation, "unsupported operation %q", api)
+	return xks.RequestMetadata{}, nil, shared.NewError(shared.CodeUnsupportedOperation, "unsupported operation %q", api)
 }
 
 // poolHealthWait bounds one pool's health answer.

@@ -212,7 +212,11 @@ func (s *Service) handle(ctx context.Context, m jetstream.Msg) {
 	ctx, span := s.tracer.Start(ctx, "keyworker "+string(env.API), trace.WithSpanKind(trace.SpanKindConsumer),
 		trace.WithAttributes(attribute.String("sovkeys.request_id", env.ID), attribute.String("sovkeys.pool", s.cfg.Pool)))
 	defer span.End()
-	log := s.log.With("request_id", env.ID, "kms_request_id", env.Authz.KMSRequestID, "api", env.API)
+	// The request's logger is made only when something is logged: With
+	// formats its attributes at once, on every request otherwise.
+	log := func() *slog.Logger {
+		return s.log.With("request_id", env.ID, "kms_request_id", env.Authz.KMSRequestID, "api", env.API)
+	}
 
 	ev := &shared.AuditEvent{
 		RequestID: env.ID, Kind: shared.AuditKindXKS, Scope: env.KeyStore, API: env.API,
@@ -230,11 +234,11 @@ func (s *Service) handle(ctx context.Context, m jetstream.Msg) {
 		ev.Result, ev.Code, ev.Reason = shared.ResultExpired, shared.CodeDependencyTimeout, "deadline passed before the hsm was reached"
 		ev.End = s.now()
 		if err := mesh.PublishAudit(ctx, s.js, ev); err != nil {
-			log.Error("audit publish failed", "err", err)
+			log().Error("audit publish failed", "err", err)
 			_ = m.Nak()
 			return
 		}
-		log.Warn("dropped expired work", "late_ms", start.Sub(env.Deadline).Milliseconds())
+		log().Warn("dropped expired work", "late_ms", start.Sub(env.Deadline).Milliseconds())
 		_ = m.Ack()
 		return
 	}
@@ -251,22 +255,24 @@ func (s *Service) handle(ctx context.Context, m jetstream.Msg) {
 		ev.Result, ev.Code, ev.Reason = shared.ResultFailure, shared.CodeOf(opErr), shared.MessageOf(opErr)
 		span.SetStatus(codes.Error, string(ev.Code))
 		if ev.Code == shared.CodeInternal {
-			log.Error("operation failed", "err", opErr)
+			log().Error("operation failed", "err", opErr)
 		}
 	}
 	metrics.HSMOperation(s.cfg.Pool, env.API, ev.Code, ev.End.Sub(start))
 	if err := mesh.PublishAudit(ctx, s.js, ev); err != nil {
 		// Fail closed: no durable audit record, no answer.
-		log.Error("audit publish failed; withholding result", "err", err)
+		log().Error("audit publish failed; withholding result", "err", err)
 		body, opErr = nil, shared.NewError(shared.CodeInternal, "audit unavailable")
 	}
 	if err := s.nc.PublishMsg(mesh.NewReply(env.ReplyTo, env.ID, body, opErr)); err != nil {
-		log.Error("reply failed", "err", err)
+		log().Error("reply failed", "err", err)
 	}
 	if err := m.Ack(); err != nil {
-		log.Warn("ack failed", "err", err)
+		log().Warn("ack failed", "err", err)
 	}
-	log.Debug("work done", "result", ev.Result, "code", ev.Code, "ms", ev.End.Sub(start).Milliseconds())
+	if s.log.Enabled(ctx, slog.LevelDebug) {
+		log().Debug("work done", "result", ev.Result, "code", ev.Code, "ms", ev.End.Sub(start).Milliseconds())
+	}
 }
 
 // stopped drops in-flight work whose scope was killed after authn let it

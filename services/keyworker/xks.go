@@ -48,7 +48,7 @@ func (s *Service) xksEncrypt(ctx context.Context, env *shared.Envelope, params m
 	if err := s.checkEnabled(env); err != nil {
 		return nil, err
 	}
-	req, err := xks.ParseEncrypt(env.Body)
+	req, err := parseEncrypt(env)
 	if err != nil {
 		return nil, err
 	}
@@ -135,7 +135,7 @@ func (s *Service) xksDecrypt(ctx context.Context, env *shared.Envelope, params m
 	if err := s.checkEnabled(env); err != nil {
 		return nil, err
 	}
-	req, err := xks.ParseDecrypt(env.Body)
+	req, err := parseDecrypt(env)
 	if err != nil {
 		return nil, err
 	}
@@ -162,6 +162,29 @@ func (s *Service) xksDecrypt(ctx context.Context, env *shared.Envelope, params m
 	}
 	defer clear(pt)
 	return marshal(xks.DecryptResponse{Plaintext: pt})
+}
+
+// parseEncrypt reads the request authn parsed (the work form), or the
+// caller's JSON body when an older authn forwarded it raw.
+func parseEncrypt(env *shared.Envelope) (*xks.EncryptRequest, error) {
+	switch env.BodyForm {
+	case shared.BodyFormXKSWork:
+		return xks.ParseEncryptWork(env.Body)
+	case "":
+		return xks.ParseEncrypt(env.Body)
+	}
+	return nil, shared.NewError(shared.CodeInternal, "work body form %q unknown to this keyworker", env.BodyForm)
+}
+
+// parseDecrypt is parseEncrypt for decrypt.
+func parseDecrypt(env *shared.Envelope) (*xks.DecryptRequest, error) {
+	switch env.BodyForm {
+	case shared.BodyFormXKSWork:
+		return xks.ParseDecryptWork(env.Body)
+	case "":
+		return xks.ParseDecrypt(env.Body)
+	}
+	return nil, shared.NewError(shared.CodeInternal, "work body form %q unknown to this keyworker", env.BodyForm)
 }
 
 func marshal(v any) ([]byte, error) {

@@ -79,6 +79,7 @@ func FuzzParseEncrypt(f *testing.F) {
 		if !encryptEqual(r, r2) {
 			t.Fatalf("round trip changed the request: %+v != %+v", r, r2)
 		}
+		checkEncryptWork(t, r)
 	})
 }
 
@@ -127,6 +128,7 @@ func FuzzParseDecrypt(f *testing.F) {
 		if !decryptEqual(r, r2) {
 			t.Fatalf("round trip changed the request: %+v != %+v", r, r2)
 		}
+		checkDecryptWork(t, r)
 	})
 }
 
@@ -177,6 +179,32 @@ func FuzzParsePath(f *testing.F) {
 		// A parsed path is canonical: rebuilding it gives the input back.
 		if got := r.Path(); got != path {
 			t.Fatalf("Route.Path() = %q, input %q", got, path)
+		}
+	})
+}
+
+// FuzzDecodeObjectFast: whenever the one-pass split accepts an input, the
+// token decoder accepts it too, with the same members.
+func FuzzDecodeObjectFast(f *testing.F) {
+	addBodySeeds(f, mustJSON(f, encryptBody()), mustJSON(f, decryptBody()),
+		[]byte(`{"a":[1,{"b":"}"}],"c":"\"","d":-1.5e3,"e":null,"f":true}`), []byte(` { } `),
+		[]byte(`{"a":1,"a":2}`), []byte(`{"p\u0061":1,"pa":2}`))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		fast, ok := decodeObjectFast(data, "")
+		if !ok {
+			return
+		}
+		slow, err := decodeObjectSlow(data, "")
+		if err != nil {
+			t.Fatalf("fast path accepted what the decoder refuses: %v", err)
+		}
+		if len(fast.members) != len(slow.members) {
+			t.Fatalf("members: fast %d, decoder %d", len(fast.members), len(slow.members))
+		}
+		for name, v := range slow.members {
+			if !bytes.Equal(bytes.TrimSpace(fast.members[name]), bytes.TrimSpace(v)) {
+				t.Fatalf("member %q: fast %q, decoder %q", name, fast.members[name], v)
+			}
 		}
 	})
 }

@@ -260,7 +260,106 @@ func parseBody(body []byte) (object, error) {
 }
 
 // decodeObject decodes data, which must be one JSON object and nothing else.
+// The common case (valid JSON, member names without escapes, no duplicate)
+// takes a single pass (decodeObjectFast); anything else goes through the
+// token decoder (decodeObjectSlow), which either agrees or names the fault.
 func decodeObject(data []byte, path string) (object, error) {
+	if o, ok := decodeObjectFast(data, path); ok {
+		return o, nil
+	}
+	return decodeObjectSlow(data, path)
+}
+
+// decodeObjectFast splits a valid JSON object into its members without the
+// token decoder's allocations. It reports false, leaving the verdict to
+// decodeObjectSlow, for invalid JSON, anything but an object, a member name
+// with an escape or invalid UTF-8 (so names compare exactly as the slow path
+// compares them) and a repeated name.
+func decodeObjectFast(data []byte, path string) (object, bool) {
+	if !json.Valid(data) {
+		return object{}, false
+	}
+	// From here on data is one valid JSON value: the scan below need not
+	// check syntax, only find where each member starts and ends.
+	i := skipSpace(data, 0)
+	if data[i] != '{' {
+		return object{}, false
+	}
+	o := object{path: path, members: make(map[string]json.RawMessage, 8)}
+	for i = skipSpace(data, i+1); data[i] != '}'; i = skipSpace(data, i) {
+		if data[i] == ',' {
+			i = skipSpace(data, i+1)
+		}
+		end := stringEnd(data, i)
+		name := data[i+1 : end-1]
+		if bytes.IndexByte(name, '\\') >= 0 || !utf8.Valid(name) {
+			return object{}, false
+		}
+		i = skipSpace(data, skipSpace(data, end)+1) // past the colon
+		vend := valueEnd(data, i)
+		if _, dup := o.members[string(name)]; dup {
+			return object{}, false
+		}
+		o.members[string(name)] = data[i:vend:vend]
+		i = vend
+	}
+	return o, true
+}
+
+func skipSpace(data []byte, i int) int {
+	for i < len(data) && (data[i] == ' ' || data[i] == '\t' || data[i] == '\n' || data[i] == '\r') {
+		i++
+	}
+	return i
+}
+
+// stringEnd returns the index after the closing quote of the valid JSON
+// string starting at data[i].
+func stringEnd(data []byte, i int) int {
+	for j := i + 1; ; j++ {
+		switch data[j] {
+		case '\\':
+			j++
+		case '"':
+			return j + 1
+		}
+	}
+}
+
+// valueEnd returns the index after the valid JSON value starting at data[i].
+func valueEnd(data []byte, i int) int {
+	switch data[i] {
+	case '"':
+		return stringEnd(data, i)
+	case '{', '[':
+		depth := 0
+		for j := i; ; j++ {
+			switch data[j] {
+			case '"':
+				j = stringEnd(data, j) - 1
+			case '{', '[':
+				depth++
+			case '}', ']':
+				if depth--; depth == 0 {
+					return j + 1
+				}
+			}
+		}
+	}
+	j := i // a number, true, false or null
+	for j < len(data) {
+		switch data[j] {
+		case ',', '}', ']', ' ', '\t', '\r', '\n':
+			return j
+		}
+		j++
+	}
+	return j
+}
+
+// decodeObjectSlow is decodeObject through the token decoder: every
+// malformed input is named here.
+func decodeObjectSlow(data []byte, path string) (object, error) {
 	what := "request body"
 	if path != "" {
 		what = path
@@ -352,6 +451,9 @@ func (o object) str(name string) (string, bool, error) {
 	if !ok {
 		return "", false, nil
 	}
+	if plain, ok := plainString(raw); ok {
+		return string(plain), true, nil
+	}
 	var s string
 	if err := json.Unmarshal(raw, &s); err != nil {
 		return "", false, invalid("%s must be a string", o.fieldPath(name))
@@ -359,9 +461,28 @@ func (o object) str(name string) (string, bool, error) {
 	return s, true, nil
 }
 
+// plainString returns the contents of a JSON string without escapes, which
+// are its value as is: raw is valid JSON (decodeObject checked it) inside a
+// valid UTF-8 body, so it holds no control character and no invalid UTF-8.
+func plainString(raw []byte) ([]byte, bool) {
+	if len(raw) < 2 || raw[0] != '"' || raw[len(raw)-1] != '"' {
+		return nil, false
+	}
+	in := raw[1 : len(raw)-1]
+	if bytes.IndexByte(in, '\\') >= 0 {
+		return nil, false
+	}
+	return in, true
+}
+
 // bytes returns a base64 member decoded: nil when absent, non-nil (possibly
 // empty) when present.
 func (o object) bytes(name string) ([]byte, error) {
+	if raw, ok := o.raw(name); ok {
+		if plain, ok := plainString(raw); ok {
+			return o.decodeBase64(name, plain)
+		}
+	}
 	s, ok, err := o.str(name)
 	if err != nil || !ok {
 		return nil, err
@@ -375,6 +496,21 @@ func (o object) bytes(name string) ([]byte, error) {
 		return nil, invalid("%s is not valid standard base64 (RFC 4648 section 4, padded)", o.fieldPath(name))
 	}
 	return b, nil
+}
+
+// decodeBase64 is the end of bytes for a string without escapes, decoded
+// from the body's bytes without a copy to a string first.
+func (o object) decodeBase64(name string, enc []byte) ([]byte, error) {
+	// The decoder skips CR and LF even in strict mode; we do not.
+	if bytes.ContainsAny(enc, "\r\n") {
+		return nil, invalid("%s must be standard base64 without line breaks", o.fieldPath(name))
+	}
+	b := make([]byte, base64.StdEncoding.DecodedLen(len(enc)))
+	n, err := base64.StdEncoding.Strict().Decode(b, enc)
+	if err != nil {
+		return nil, invalid("%s is not valid standard base64 (RFC 4648 section 4, padded)", o.fieldPath(name))
+	}
+	return b[:n], nil
 }
 
 // requestMetadata decodes the requestMetadata member, which every request

@@ -557,3 +557,24 @@ func decryptEqual(a, b *DecryptRequest) bool {
 		bytes.Equal(a.AdditionalAuthenticatedData, b.AdditionalAuthenticatedData) &&
 		bytes.Equal(a.CiphertextMetadata, b.CiphertextMetadata)
 }
+
+// go test ./shared/api/xks -run '^$' -bench Parse -benchmem
+func BenchmarkParseEncrypt(b *testing.B) {
+	body := with(b, encryptBody(), "plaintext", b64(1024))
+	b.SetBytes(int64(len(body)))
+	for b.Loop() {
+		if _, err := ParseEncrypt(body); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+func BenchmarkParseDecrypt(b *testing.B) {
+	body := with(b, decryptBody(), "ciphertext", b64(1024))
+	b.SetBytes(int64(len(body)))
+	for b.Loop() {
+		if _, err := ParseDecrypt(body); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
