@@ -29,10 +29,15 @@ func TestAuditBoundedStorage(t *testing.T) {
 		evs = append(evs, event(sc, []string{"gateway", "keyworker"}[i%2], i/2))
 	}
 	publishAsync(t, js, evs)
-	obs, err := auditlog.OpenObjectBucket(context.Background(), js)
-	if err != nil {
-		t.Fatal(err)
-	}
+	// The audit service declares its export bucket as it starts.
+	var obs auditlog.Bucket
+	testkit.CheckFor(t, 30*time.Second, 50*time.Millisecond, func() error {
+		b, err := auditlog.OpenObjectBucket(context.Background(), js)
+		if err == nil {
+			obs = b
+		}
+		return err
+	})
 	rep := verified(t, obs, sc, auditKey(t, js), uint64(len(evs)))
 	if rep.Last != uint64(len(evs)) {
 		t.Fatalf("report %+v", rep)
