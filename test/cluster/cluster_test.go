@@ -169,7 +169,7 @@ func TestClusterFaults(t *testing.T) {
 	t0 := load.began
 	for _, f := range faults {
 		at := time.Now()
-		marks = append(marks, chart.Mark{X: at.Sub(t0).Seconds(), Label: f.name})
+		marks = append(marks, chart.Mark{X: at.Sub(t0).Seconds(), Label: shortName(f.name)})
 		f.inject(t)
 		// Recovery: every gateway answers encrypts again.
 		testkit.CheckFor(t, recoverLimit, 100*time.Millisecond, func() error {
@@ -591,6 +591,16 @@ func (l *load) phase(name string, from, to time.Time) phaseReport {
 		}
 	}
 	return p
+}
+
+// shortName is a fault's label on the chart: the killed role.
+func shortName(fault string) string {
+	fault = strings.TrimPrefix(fault, "kill -9 ")
+	fault = strings.TrimPrefix(fault, "NATS ")
+	fault = strings.TrimSuffix(fault, " (request stream)")
+	fault = strings.ReplaceAll(fault, " (audit stream)", " (audit)")
+	fault = strings.ReplaceAll(fault, "stream leader", "leader")
+	return strings.TrimSuffix(fault, ", services first")
 }
 
 // writeChart draws every request's latency over the run with the faults
