@@ -11,7 +11,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"go/build"
+	"github.com/sovkeys/sovkeys/shared/testkit"
 	"io"
 	"net"
 	"net/http"
@@ -19,7 +19,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -281,53 +280,7 @@ func (s *Server) Traces(ctx context.Context, service, operation string) ([]Trace
 // FindBinary looks for jaeger in PATH, $(go env GOPATH)/bin and <repo>/bin,
 // where scripts/install-jaeger.sh puts it.
 func FindBinary() (string, error) {
-	if p, err := exec.LookPath(binaryName); err == nil {
-		return p, nil
-	}
-	var tried []string
-	for _, dir := range []string{gopathBin(), repoBin()} {
-		if dir == "" {
-			continue
-		}
-		p := filepath.Join(dir, binaryName)
-		tried = append(tried, p)
-		if fi, err := os.Stat(p); err == nil && fi.Mode().IsRegular() && fi.Mode()&0o111 != 0 {
-			return p, nil
-		}
-	}
-	return "", fmt.Errorf("jaeger not found in PATH nor at %s; build it once with `make jaeger` (scripts/install-jaeger.sh, about 7 min)",
-		strings.Join(tried, ", "))
-}
-
-func gopathBin() string {
-	out, err := exec.Command("go", "env", "GOPATH").Output()
-	gopath := strings.TrimSpace(string(out))
-	if err != nil || gopath == "" {
-		gopath = build.Default.GOPATH
-	}
-	if gopath == "" {
-		return ""
-	}
-	return filepath.Join(filepath.SplitList(gopath)[0], "bin")
-}
-
-// repoBin is the bin directory next to the go.mod enclosing the working
-// directory (tests run in their package directory).
-func repoBin() string {
-	dir, err := os.Getwd()
-	if err != nil {
-		return ""
-	}
-	for {
-		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
-			return filepath.Join(dir, "bin")
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			return ""
-		}
-		dir = parent
-	}
+	return testkit.FindBinary(binaryName, "build it once with `make jaeger` (scripts/install-jaeger.sh, about 7 min)")
 }
 
 func freeAddr() (string, error) {

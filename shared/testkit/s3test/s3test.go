@@ -8,13 +8,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"go/build"
+	"github.com/sovkeys/sovkeys/shared/testkit"
 	"net"
 	"net/http"
-	"os"
 	"os/exec"
-	"path/filepath"
-	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -211,54 +208,7 @@ func freeAddr(t testing.TB) string {
 
 // findBinary looks in PATH, then $(go env GOPATH)/bin, then <repo>/bin.
 func findBinary() (string, error) {
-	if p, err := exec.LookPath(binaryName); err == nil {
-		return p, nil
-	}
-	var tried []string
-	for _, dir := range []string{gopathBin(), repoBin()} {
-		if dir == "" {
-			continue
-		}
-		p := filepath.Join(dir, binaryName)
-		tried = append(tried, p)
-		if fi, err := os.Stat(p); err == nil && fi.Mode().IsRegular() && fi.Mode()&0o111 != 0 {
-			return p, nil
-		}
-	}
-	return "", fmt.Errorf("versitygw not found in PATH nor at %s; install it with `make versitygw` (scripts/install-versitygw.sh)",
-		strings.Join(tried, ", "))
-}
-
-func gopathBin() string {
-	out, err := exec.Command("go", "env", "GOPATH").Output()
-	gopath := strings.TrimSpace(string(out))
-	if err != nil || gopath == "" {
-		gopath = build.Default.GOPATH
-	}
-	if gopath == "" {
-		return ""
-	}
-	// GOPATH may list several directories; go install uses the first.
-	return filepath.Join(filepath.SplitList(gopath)[0], "bin")
-}
-
-// repoBin is the bin directory next to the go.mod enclosing the working
-// directory (tests run in their package directory).
-func repoBin() string {
-	dir, err := os.Getwd()
-	if err != nil {
-		return ""
-	}
-	for {
-		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
-			return filepath.Join(dir, "bin")
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			return ""
-		}
-		dir = parent
-	}
+	return testkit.FindBinary(binaryName, "install it with `make versitygw` (scripts/install-versitygw.sh)")
 }
 
 // tailBuffer keeps the last max bytes written to it, for failure messages.
