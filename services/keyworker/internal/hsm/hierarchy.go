@@ -170,19 +170,8 @@ func (h *HSM) domainKeyV2(p P11, sh pkcs11.SessionHandle) (pkcs11.ObjectHandle, 
 		pkcs11.CKA_SIGN: true, pkcs11.CKA_SENSITIVE: true, pkcs11.CKA_EXTRACTABLE: false, pkcs11.CKA_DERIVE: false,
 		pkcs11.CKA_ENCRYPT: false, pkcs11.CKA_DECRYPT: false, pkcs11.CKA_WRAP: false, pkcs11.CKA_UNWRAP: false,
 	}
-	query := []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_VALUE_LEN, nil)}
-	for a := range want {
-		query = append(query, pkcs11.NewAttribute(a, nil))
-	}
-	attrs, err := p.GetAttributeValue(sh, d, query)
-	if err != nil {
-		return 0, fmt.Errorf("keyworker: read domain key v2 attributes: %w", err)
-	}
-	for _, a := range attrs {
-		if a.Type == pkcs11.CKA_VALUE_LEN && keySpec(a.Value) != "AES_256" ||
-			a.Type != pkcs11.CKA_VALUE_LEN && attrBool(attrs, a.Type) != want[a.Type] {
-			return 0, fmt.Errorf("keyworker: key %q has the wrong attribute %#x: not a domain key", DomainKeyV2Label, a.Type)
-		}
+	if err := checkDomainKey(p, sh, d, DomainKeyV2Label, want); err != nil {
+		return 0, err
 	}
 	h.hier.mu.Lock()
 	h.hier.domain2, h.hier.hasDom2 = d, true
@@ -244,24 +233,33 @@ func (h *HSM) domainKey(p P11, sh pkcs11.SessionHandle) (pkcs11.ObjectHandle, er
 		pkcs11.CKA_DERIVE: true, pkcs11.CKA_SENSITIVE: true, pkcs11.CKA_EXTRACTABLE: false,
 		pkcs11.CKA_ENCRYPT: false, pkcs11.CKA_DECRYPT: false, pkcs11.CKA_WRAP: false, pkcs11.CKA_UNWRAP: false,
 	}
+	if err := checkDomainKey(p, sh, d, DomainKeyLabel, want); err != nil {
+		return 0, err
+	}
+	h.hier.mu.Lock()
+	h.hier.domain, h.hier.hasDom = d, true
+	h.hier.mu.Unlock()
+	return d, nil
+}
+
+// checkDomainKey refuses the key d found under label unless it is an
+// AES-256 key whose boolean attributes are exactly want.
+func checkDomainKey(p P11, sh pkcs11.SessionHandle, d pkcs11.ObjectHandle, label string, want map[uint]bool) error {
 	query := []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_VALUE_LEN, nil)}
 	for a := range want {
 		query = append(query, pkcs11.NewAttribute(a, nil))
 	}
 	attrs, err := p.GetAttributeValue(sh, d, query)
 	if err != nil {
-		return 0, fmt.Errorf("keyworker: read domain key attributes: %w", err)
+		return fmt.Errorf("keyworker: read attributes of %q: %w", label, err)
 	}
 	for _, a := range attrs {
 		if a.Type == pkcs11.CKA_VALUE_LEN && keySpec(a.Value) != "AES_256" ||
 			a.Type != pkcs11.CKA_VALUE_LEN && attrBool(attrs, a.Type) != want[a.Type] {
-			return 0, fmt.Errorf("keyworker: key %q has the wrong attribute %#x: not a domain key", DomainKeyLabel, a.Type)
+			return fmt.Errorf("keyworker: key %q has the wrong attribute %#x: not a domain key", label, a.Type)
 		}
 	}
-	h.hier.mu.Lock()
-	h.hier.domain, h.hier.hasDom = d, true
-	h.hier.mu.Unlock()
-	return d, nil
+	return nil
 }
 
 // pair returns the ECDSA key pair labelled label, found and checked once,
