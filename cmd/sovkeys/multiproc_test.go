@@ -7,6 +7,7 @@ import (
 	"crypto/x509"
 	"encoding/json"
 	"fmt"
+	"github.com/sovkeys/sovkeys/shared/testkit/natstest"
 	"net/http"
 	"os"
 	"os/exec"
@@ -14,8 +15,6 @@ import (
 	"syscall"
 	"testing"
 	"time"
-
-	"github.com/nats-io/nats-server/v2/server"
 
 	"github.com/sovkeys/sovkeys/services/gateway"
 	"github.com/sovkeys/sovkeys/services/keyworker"
@@ -43,19 +42,7 @@ func TestSeparateProcesses(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	opts := &server.Options{Host: "127.0.0.1", Port: -1, JetStream: true, StoreDir: filepath.Join(dir, "nats"), NoSigs: true, NoLog: true, MaxControlLine: 64 << 10}
-	if err := trust.Configure(opts); err != nil {
-		t.Fatal(err)
-	}
-	ns, err := server.NewServer(opts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ns.Start()
-	t.Cleanup(ns.Shutdown)
-	if !ns.ReadyForConnections(10 * time.Second) {
-		t.Fatal("nats not ready")
-	}
+	ns := natstest.Start(t, trust.Configure)
 	creds := func(name string) string {
 		p := filepath.Join(dir, name+".creds")
 		perms := natsauth.ServicePermissions(name, []string{"default"})

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"github.com/sovkeys/sovkeys/shared/testkit/natstest"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -40,19 +41,7 @@ func startMesh(t *testing.T) *mesh4 {
 	if err != nil {
 		t.Fatal(err)
 	}
-	opts := &server.Options{Host: "127.0.0.1", Port: -1, JetStream: true, StoreDir: t.TempDir(), NoLog: true, NoSigs: true, MaxControlLine: 64 << 10}
-	if err := trust.Configure(opts); err != nil {
-		t.Fatal(err)
-	}
-	ns, err := server.NewServer(opts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ns.Start()
-	t.Cleanup(ns.Shutdown)
-	if !ns.ReadyForConnections(10 * time.Second) {
-		t.Fatal("nats not ready")
-	}
+	ns := natstest.Start(t, trust.Configure)
 	m := &mesh4{ns: ns, dir: dir, trust: trust}
 	write := func(user string, p natsauth.Permissions) {
 		if err := trust.WriteUserCreds(m.creds(user), user, p); err != nil {

@@ -1,11 +1,11 @@
 package natsauth
 
 import (
+	"github.com/sovkeys/sovkeys/shared/testkit/natstest"
 	"path/filepath"
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 )
 
@@ -26,19 +26,7 @@ func TestIssuedCredentialsAndPermissions(t *testing.T) {
 	if a1 != a2 {
 		t.Fatal("account key changed across loads")
 	}
-	opts := &server.Options{Host: "127.0.0.1", Port: -1, JetStream: true, StoreDir: t.TempDir(), NoLog: true, NoSigs: true}
-	if err := trust.Configure(opts); err != nil {
-		t.Fatal(err)
-	}
-	ns, err := server.NewServer(opts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ns.Start()
-	defer ns.Shutdown()
-	if !ns.ReadyForConnections(10 * time.Second) {
-		t.Fatal("not ready")
-	}
+	ns := natstest.Start(t, trust.Configure)
 	limited := filepath.Join(dir, "limited.creds")
 	if err := trust.WriteUserCreds(limited, "limited", Permissions{Pub: []string{"allowed.>"}, Sub: []string{"_INBOX.>"}}); err != nil {
 		t.Fatal(err)

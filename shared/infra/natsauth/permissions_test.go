@@ -2,12 +2,12 @@ package natsauth
 
 import (
 	"context"
+	"github.com/sovkeys/sovkeys/shared/testkit/natstest"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
@@ -24,19 +24,7 @@ func TestGatewayCredentialCannotReachTheHSM(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	opts := &server.Options{Host: "127.0.0.1", Port: -1, JetStream: true, StoreDir: t.TempDir(), NoLog: true, NoSigs: true, MaxControlLine: 64 << 10}
-	if err := trust.Configure(opts); err != nil {
-		t.Fatal(err)
-	}
-	ns, err := server.NewServer(opts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ns.Start()
-	defer ns.Shutdown()
-	if !ns.ReadyForConnections(10 * time.Second) {
-		t.Fatal("not ready")
-	}
+	ns := natstest.Start(t, trust.Configure)
 	connect := func(name string, perms Permissions) (*nats.Conn, jetstream.JetStream, chan error) {
 		p := filepath.Join(dir, name+".creds")
 		if err := trust.WriteUserCreds(p, name, perms); err != nil {
