@@ -6,12 +6,12 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"fmt"
+	"github.com/sovkeys/sovkeys/shared/testkit"
 	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -114,34 +114,9 @@ func (p *proc) running() bool {
 	}
 }
 
-// freePortBase finds base such that base..base+2, +100.., +200.. are free.
+// freePortBase finds a port base with the 3 x 3 ports of a 3-node cluster free.
 func freePortBase(t *testing.T) int {
-	t.Helper()
-	for range 100 {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		base := l.Addr().(*net.TCPAddr).Port
-		l.Close()
-		if base < 2000 || base > 60000 {
-			continue
-		}
-		ok := true
-		for _, off := range []int{0, 1, 2, 100, 101, 102, 200, 201, 202} {
-			c, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(base+off)))
-			if err != nil {
-				ok = false
-				break
-			}
-			c.Close()
-		}
-		if ok {
-			return base
-		}
-	}
-	t.Fatal("no free port range")
-	return 0
+	return testkit.FreePortBase(t, 0, 1, 2, 100, 101, 102, 200, 201, 202)
 }
 
 func freePort(t *testing.T) int {

@@ -3,11 +3,9 @@ package clusterinit
 import (
 	"context"
 	"errors"
-	"net"
 	"os"
 	"path/filepath"
 	"slices"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -22,34 +20,9 @@ import (
 
 var services = []string{"gateway", "authn", "keyworker", "audit"}
 
-// freeBase finds a port base with the 3 x 3 ports Init uses free.
+// freeBase finds a port base with the 3 x 3 ports of a 3-node cluster free.
 func freeBase(t *testing.T) int {
-	t.Helper()
-	for range 50 {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		base := l.Addr().(*net.TCPAddr).Port
-		l.Close()
-		if base < 2000 || base+300 > 65000 {
-			continue
-		}
-		ok := true
-		for _, off := range []int{0, 1, 2, 100, 101, 102, 200, 201, 202} {
-			c, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(base+off)))
-			if err != nil {
-				ok = false
-				break
-			}
-			c.Close()
-		}
-		if ok {
-			return base
-		}
-	}
-	t.Fatal("no free port range")
-	return 0
+	return testkit.FreePortBase(t, 0, 1, 2, 100, 101, 102, 200, 201, 202)
 }
 
 // startCluster runs every node of res in this process from its config file.

@@ -268,18 +268,7 @@ func bindOrCreate[T any](ctx context.Context, kind, name string, lookup, create 
 }
 
 func waitCapped(ctx context.Context, attempt int) error {
-	d := time.Duration(attempt+1) * 50 * time.Millisecond
-	if d > maxBindWait {
-		d = maxBindWait
-	}
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-t.C:
-		return nil
-	}
+	return sleep(ctx, min(time.Duration(attempt+1)*50*time.Millisecond, maxBindWait))
 }
 
 // declareStream creates or updates the stream to cfg.
@@ -304,14 +293,7 @@ func declareStream(ctx context.Context, js jetstream.JetStream, cfg jetstream.St
 }
 
 func wait(ctx context.Context, attempt int) error {
-	t := time.NewTimer(time.Duration(attempt+1) * 50 * time.Millisecond)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-t.C:
-		return nil
-	}
+	return sleep(ctx, time.Duration(attempt+1)*50*time.Millisecond)
 }
 
 // EnsureBucket binds a KV bucket, declaring it when it does not exist yet
