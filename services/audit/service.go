@@ -451,7 +451,7 @@ func (s *Service) watchLag(ctx context.Context) {
 			return
 		case <-t.C:
 		}
-		if info, err := s.sequencingInfo(ctx); err == nil {
+		if info, err := metrics.SumConsumers(ctx, s.auditCons); err == nil {
 			s.count(func(st *Stats) { st.SequencingLag = info.NumPending + uint64(info.NumAckPending) })
 			metrics.AuditSequencing(s.now(), info)
 		}
@@ -478,25 +478,6 @@ func (s *Service) publishKey(ctx context.Context) {
 		s.log.Debug("audit key not available yet", "pool", s.cfg.SignPool, "err", err)
 		s.backoff(ctx, 6, err)
 	}
-}
-
-// sequencingInfo sums the audit consumers of every event stream sibling:
-// pending and in-flight events, and the oldest ack floor time.
-func (s *Service) sequencingInfo(ctx context.Context) (*jetstream.ConsumerInfo, error) {
-	var sum jetstream.ConsumerInfo
-	for _, c := range s.auditCons {
-		info, err := c.Info(ctx)
-		if err != nil {
-			return nil, err
-		}
-		sum.NumPending += info.NumPending
-		sum.NumAckPending += info.NumAckPending
-		waiting := info.NumPending+uint64(info.NumAckPending) > 0
-		if last := info.AckFloor.Last; waiting && last != nil && (sum.AckFloor.Last == nil || last.Before(*sum.AckFloor.Last)) {
-			sum.AckFloor.Last = last
-		}
-	}
-	return &sum, nil
 }
 
 // purgeEvents removes numbered events from one event stream sibling: every event

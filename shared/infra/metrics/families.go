@@ -98,20 +98,8 @@ func WatchWorkQueue[C ConsumerInfo](ctx context.Context, pool string, cons []C, 
 	defer t.Stop()
 	for {
 		// The pool's consumers on every sibling work stream, summed.
-		var sum jetstream.ConsumerInfo
-		ok := len(cons) > 0
-		for _, c := range cons {
-			info, err := c.Info(ctx)
-			if err != nil {
-				ok = false
-				break
-			}
-			sum.NumPending += info.NumPending
-			sum.NumAckPending += info.NumAckPending
-			sum.Config.MaxAckPending += info.Config.MaxAckPending
-		}
-		if ok {
-			ObserveWorkQueue(pool, &sum)
+		if sum, err := SumConsumers(ctx, cons); err == nil && len(cons) > 0 {
+			ObserveWorkQueue(pool, sum)
 		}
 		select {
 		case <-ctx.Done():
@@ -119,6 +107,27 @@ func WatchWorkQueue[C ConsumerInfo](ctx context.Context, pool string, cons []C, 
 		case <-t.C:
 		}
 	}
+}
+
+// SumConsumers adds up the consumers of one durable on its sibling
+// streams: pending and in-flight messages, the in-flight budget, and the
+// oldest ack-floor time among those with work waiting.
+func SumConsumers[C ConsumerInfo](ctx context.Context, cons []C) (*jetstream.ConsumerInfo, error) {
+	var sum jetstream.ConsumerInfo
+	for _, c := range cons {
+		info, err := c.Info(ctx)
+		if err != nil {
+			return nil, err
+		}
+		sum.NumPending += info.NumPending
+		sum.NumAckPending += info.NumAckPending
+		sum.Config.MaxAckPending += info.Config.MaxAckPending
+		waiting := info.NumPending+uint64(info.NumAckPending) > 0
+		if last := info.AckFloor.Last; waiting && last != nil && (sum.AckFloor.Last == nil || last.Before(*sum.AckFloor.Last)) {
+			sum.AckFloor.Last = last
+		}
+	}
+	return &sum, nil
 }
 
 // ObserveWorkQueue records one sample of pool's work consumer.
