@@ -147,6 +147,16 @@ func TestKillswitchStatusReadError(t *testing.T) {
 	}
 }
 
+// A topology init cannot declare is refused before any connection.
+func TestInitRefusesABadTopology(t *testing.T) {
+	for _, args := range [][]string{{"--stream-siblings", "9"}, {"--replicas", "0"}} {
+		code, _, stderr := runCLI(append([]string{"init", "--nats", "nats://127.0.0.1:1", "--creds", "/nonexistent"}, args...)...)
+		if code == 0 || !strings.Contains(stderr, "invalid configuration") {
+			t.Fatalf("init %v: code %d, stderr %q", args, code, stderr)
+		}
+	}
+}
+
 var update = flag.Bool("update", false, "rewrite the generated block of README.md")
 
 // The README's command and configuration tables are the command table's:

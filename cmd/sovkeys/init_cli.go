@@ -33,6 +33,13 @@ func initCommand() command {
 			if len(pools) == 0 {
 				return fmt.Errorf("%w: --pools is empty", shared.ErrConfigValidation)
 			}
+			topo := f.topo.t
+			if topo.Siblings == 0 {
+				topo.Siblings = min(topo.Replicas, shared.MaxSiblings) // one per node of an R-node cluster
+			}
+			if err := topo.Validate(); err != nil {
+				return err // before dialling: a wrong flag says so at once
+			}
 			ctx, cancel := context.WithTimeout(ctx, operatorTimeout)
 			defer cancel()
 			nc, js, err := connectCLI(ctx, f.conn, s.stderr)
@@ -40,10 +47,6 @@ func initCommand() command {
 				return err
 			}
 			defer nc.Close()
-			topo := f.topo.t
-			if topo.Siblings == 0 {
-				topo.Siblings = min(topo.Replicas, shared.MaxSiblings) // one per node of an R-node cluster
-			}
 			start := time.Now()
 			if err := mesh.Bootstrap(ctx, js, topo, pools); err != nil {
 				return err

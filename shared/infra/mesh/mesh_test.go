@@ -66,6 +66,9 @@ func TestTopologyValidate(t *testing.T) {
 		{"zero replicas", func(t *Topology) { t.Replicas = 0 }, false},
 		{"zero budget", func(t *Topology) { t.WorkBudget = 0 }, false},
 		{"zero depth", func(t *Topology) { t.WorkQueueDepth = 0 }, false},
+		{"three siblings", func(t *Topology) { t.Siblings = 3 }, true},
+		{"more siblings than names", func(t *Topology) { t.Siblings = 6 }, false},
+		{"negative siblings", func(t *Topology) { t.Siblings = -1 }, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			topo := DefaultTopology()
