@@ -102,6 +102,7 @@ fuzz: deps
 	$(GO) test ./services/authn -run '^$$' -fuzz FuzzVerify -fuzztime 30s
 	$(GO) test ./shared/api/vs -run '^$$' -fuzz FuzzParseRequests -fuzztime 30s
 	$(GO) test ./shared/api/vs -run '^$$' -fuzz FuzzParseAWSIdentity -fuzztime 30s
+	$(GO) test ./shared -run '^$$' -fuzz FuzzUnmarshalAuditBatch -fuzztime 30s
 
 bench: deps
 	$(GO) test ./services/keyworker -run '^$$' -bench . -benchtime 3s

@@ -7,6 +7,8 @@ import (
 	"log/slog"
 	"strings"
 
+	"github.com/nats-io/nats.go"
+
 	"github.com/sovkeys/sovkeys/shared"
 	"github.com/sovkeys/sovkeys/shared/infra/mesh"
 )
@@ -14,6 +16,9 @@ import (
 // connFlags are the flags every mesh client shares.
 type connFlags struct {
 	url, creds, ca string
+	// inProcess is set by standalone for its own services: they reach the
+	// embedded server without a socket (mesh.ConnConfig.InProcess).
+	inProcess nats.InProcessConnProvider
 }
 
 func (c *connFlags) register(fs *flag.FlagSet, getenv func(string) string) {
@@ -23,7 +28,7 @@ func (c *connFlags) register(fs *flag.FlagSet, getenv func(string) string) {
 }
 
 func (c *connFlags) config(name string) mesh.ConnConfig {
-	return mesh.ConnConfig{URL: c.url, CredsFile: c.creds, CAFile: c.ca, Name: name}
+	return mesh.ConnConfig{URL: c.url, CredsFile: c.creds, CAFile: c.ca, Name: name, InProcess: c.inProcess}
 }
 
 // topologyFlags size streams and buckets.

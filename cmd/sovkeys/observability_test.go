@@ -103,6 +103,8 @@ func TestMetricsScrape(t *testing.T) {
 		{"sovkeys_hsm_operations_total", map[string]string{"pool": "default", "api": "xks.encrypt", "code": "ok"}, 1},
 		{"sovkeys_hsm_operation_duration_seconds", map[string]string{"pool": "default", "api": "xks.decrypt"}, 1},
 		{"sovkeys_hsm_inflight_budget", map[string]string{"pool": "default"}, 64},
+		{"sovkeys_audit_publish_events_total", map[string]string{"service": "keyworker"}, 2},
+		{"sovkeys_audit_publish_messages_total", map[string]string{"service": "keyworker"}, 1},
 		{"sovkeys_kill_switches_engaged", map[string]string{"scope": "all"}, 0},
 		{"sovkeys_nats_reconnects_total", map[string]string{"service": "gateway"}, 0},
 	} {

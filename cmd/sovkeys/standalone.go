@@ -112,6 +112,10 @@ func runStandalone(ctx context.Context, f *standaloneFlags, s stdio) error {
 	}
 	defer func() { ns.Shutdown(); ns.WaitForShutdown() }()
 	f.svc.common.conn.url = ns.ClientURL()
+	// The node's own services use the in-process pipe (no loopback socket
+	// per message, docs/BENCHMARKS.md); operators and other processes use
+	// the URL.
+	f.svc.common.conn.inProcess = ns
 	credsOf, err := writeCreds(trust, dir, f.svc.pool)
 	if err != nil {
 		return err

@@ -87,7 +87,8 @@ type scopeQueue struct {
 // copy on another; it is checked against the committed records.
 const lateDelivery = 2 * time.Second
 
-// dispatch queues one delivery of an audit event.
+// dispatch queues one delivery of an audit event, or of each event of a
+// batch (batch.go).
 func (s *Service) dispatch(ctx context.Context, m jetstream.Msg) {
 	md, err := m.Metadata()
 	if err != nil {
@@ -95,21 +96,31 @@ func (s *Service) dispatch(ctx context.Context, m jetstream.Msg) {
 		_ = m.Nak()
 		return
 	}
+	if isBatchSubject(m.Subject()) {
+		s.dispatchBatch(ctx, m, md)
+		return
+	}
 	ev, err := shared.UnmarshalAuditEvent(m.Data())
 	if err == nil {
 		ev, _ = s.verifyOrigin(m, md, ev) // origin.go
 	}
-	now := s.now()
-	var sc auditlog.Scope
 	if err == nil {
-		sc = auditlog.ScopeOfEvent(ev)
-		err = sc.Validate()
+		err = s.enqueue(ctx, m, md, ev)
 	}
 	if err != nil {
 		s.count(func(st *Stats) { st.Malformed++ })
 		s.log.Error("malformed audit event kept in stream for inspection", "subject", m.Subject(), "err", err)
 		_ = m.Term()
-		return
+	}
+}
+
+// enqueue queues ev, delivered in m, in its scope's queue; it fails only
+// for an event no scope can hold.
+func (s *Service) enqueue(ctx context.Context, m jetstream.Msg, md *jetstream.MsgMetadata, ev *shared.AuditEvent) error {
+	now := s.now()
+	sc := auditlog.ScopeOfEvent(ev)
+	if err := sc.Validate(); err != nil {
+		return err
 	}
 	p := &pending{
 		msgs: []jetstream.Msg{m}, ev: ev, id: auditlog.DedupeID(ev.Service, ev.RequestID),
@@ -136,7 +147,7 @@ func (s *Service) dispatch(ctx context.Context, m jetstream.Msg) {
 		ex.msgs = append(ex.msgs, m)
 		ex.suspect = ex.suspect || p.suspect
 		ex.touched = now
-		return
+		return nil
 	}
 	q.items = append(q.items, p)
 	q.byID[p.id] = p
@@ -145,6 +156,7 @@ func (s *Service) dispatch(ctx context.Context, m jetstream.Msg) {
 		s.wg.Add(1)
 		go s.drain(ctx, q)
 	}
+	return nil
 }
 
 func (s *Service) queueOf(sc auditlog.Scope) *scopeQueue {

@@ -73,6 +73,8 @@ type Service struct {
 	tracer trace.Tracer
 	now    func() time.Time
 
+	audit *mesh.AuditBatcher // group commit of the work's audit events
+
 	healthMu  sync.Mutex
 	healthAt  time.Time
 	healthErr error
@@ -135,8 +137,21 @@ func (s *Service) Run(ctx context.Context) error {
 	}
 
 	sessions := s.hsm.Sessions()
-	sem := make(chan struct{}, sessions)
+	// HSM operations in flight are bounded by the sessions (the HSM's
+	// session pool); work in flight by the consumer's share of the pool
+	// budget, which JetStream enforces: a handler waiting for its audit ack
+	// holds no session, and the more of them wait together the more events
+	// share one audit message (mesh.AuditBatcher).
+	inFlight := max(sessions, mesh.ShareOf(s.cfg.Topology.WorkBudget, len(streams)))
+	sem := make(chan struct{}, inFlight)
 	var wg sync.WaitGroup
+	// The batcher outlives the handlers: work in flight at shutdown still
+	// gets its audit record before its answer.
+	s.audit = mesh.NewAuditBatcher(s.js, shared.AuditServiceKeyworker)
+	auditCtx, stopAudit := context.WithCancel(context.WithoutCancel(ctx))
+	auditDone := make(chan struct{})
+	go func() { defer close(auditDone); s.audit.Run(auditCtx) }()
+	defer func() { stopAudit(); <-auditDone }()
 	wg.Add(1)
 	go func() { defer wg.Done(); s.keepAlive(ctx) }()
 	wg.Add(1)
@@ -148,7 +163,7 @@ func (s *Service) Run(ctx context.Context) error {
 			defer func() { <-sem; wg.Done() }()
 			s.handle(ctx, m)
 		}()
-	}, jetstream.PullMaxMessages(sessions), jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) {
+	}, jetstream.PullMaxMessages(inFlight), jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) {
 		if !errors.Is(err, jetstream.ErrNoHeartbeat) {
 			s.log.Warn("consume", "err", err)
 		}
@@ -220,7 +235,7 @@ func (s *Service) handle(ctx context.Context, m jetstream.Msg) {
 
 	ev := &shared.AuditEvent{
 		RequestID: env.ID, Kind: shared.AuditKindXKS, Scope: env.KeyStore, API: env.API,
-		Service: "keyworker", Start: start, CallerType: env.Authz.CallerType, CallerID: env.Authz.CallerID,
+		Service: shared.AuditServiceKeyworker, Start: start, CallerType: env.Authz.CallerType, CallerID: env.Authz.CallerID,
 		Principal: env.Authz.Principal, SourceIP: env.Evidence.SourceIP, KeyID: env.KeyID,
 		KMSRequestID: env.Authz.KMSRequestID, KMSOperation: env.Authz.KMSOperation,
 		TraceID: tracing.TraceID(ctx), Params: map[string]string{"pool": s.cfg.Pool},
@@ -233,7 +248,7 @@ func (s *Service) handle(ctx context.Context, m jetstream.Msg) {
 		// the HSM for work nobody waits for.
 		ev.Result, ev.Code, ev.Reason = shared.ResultExpired, shared.CodeDependencyTimeout, "deadline passed before the hsm was reached"
 		ev.End = s.now()
-		if err := mesh.PublishAudit(ctx, s.js, ev); err != nil {
+		if err := s.audit.Publish(ctx, ev); err != nil {
 			log().Error("audit publish failed", "err", err)
 			_ = m.Nak()
 			return
@@ -259,7 +274,7 @@ func (s *Service) handle(ctx context.Context, m jetstream.Msg) {
 		}
 	}
 	metrics.HSMOperation(s.cfg.Pool, env.API, ev.Code, ev.End.Sub(start))
-	if err := mesh.PublishAudit(ctx, s.js, ev); err != nil {
+	if err := s.audit.Publish(ctx, ev); err != nil {
 		// Fail closed: no durable audit record, no answer.
 		log().Error("audit publish failed; withholding result", "err", err)
 		body, opErr = nil, shared.NewError(shared.CodeInternal, "audit unavailable")

@@ -25,6 +25,11 @@ type ConnConfig struct {
 	CredsFile string // NATS .creds file (user JWT + seed)
 	Name      string // connection name shown by the server
 	CAFile    string // optional: trust anchor for NATS TLS
+	// InProcess, when set, connects through the embedded server's
+	// in-process pipe instead of TCP (`sovkeys standalone`: no loopback
+	// socket, no syscalls per message). The connection still presents its
+	// credentials and gets only its user's permissions.
+	InProcess nats.InProcessConnProvider
 }
 
 // Validate checks the connection settings.
@@ -74,6 +79,9 @@ func Connect(ctx context.Context, cfg ConnConfig, logger *slog.Logger) (*nats.Co
 	}
 	if cfg.CAFile != "" {
 		opts = append(opts, nats.RootCAs(cfg.CAFile))
+	}
+	if cfg.InProcess != nil {
+		opts = append(opts, nats.InProcessServer(cfg.InProcess))
 	}
 	nc, err := nats.Connect(cfg.URL, opts...)
 	if err != nil {

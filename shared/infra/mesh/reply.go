@@ -64,13 +64,27 @@ func PublishAudit(ctx context.Context, js jetstream.JetStream, ev *shared.AuditE
 	if err != nil {
 		return fmt.Errorf("mesh: audit event: %w", err)
 	}
+	return publishAuditData(ctx, js, ev, data)
+}
+
+// publishAuditData publishes ev, already marshalled as data, alone.
+func publishAuditData(ctx context.Context, js jetstream.JetStream, ev *shared.AuditEvent, data []byte) error {
 	m := nats.NewMsg(ev.Subject())
 	m.Data = data
-	m.Header.Set(shared.HeaderMsgID, shared.AuditMsgID(ev.Service, ev.RequestID))
+	id := shared.AuditMsgID(ev.Service, ev.RequestID)
+	m.Header.Set(shared.HeaderMsgID, id)
 	tracing.Inject(ctx, m.Header)
-	_, err = siblingPublish{
-		key:     ev.RequestID,
-		subject: func(i int) string { return shared.AuditSubjectOn(i, ev.Service, ev.Kind, ev.Scope) },
+	return publishAuditMsg(ctx, js, m, ev.RequestID, func(i int) string {
+		return shared.AuditSubjectOn(i, ev.Service, ev.Kind, ev.Scope)
+	})
+}
+
+// publishAuditMsg publishes an audit message (one event or a batch) on
+// the sibling key picks and waits for its ack.
+func publishAuditMsg(ctx context.Context, js jetstream.JetStream, m *nats.Msg, key string, subject func(int) string) error {
+	_, err := siblingPublish{
+		key:     key,
+		subject: subject,
 		stream:  func(i int) string { return shared.SiblingStream(shared.StreamAudit, i) },
 		perTry:  auditTry,
 		accept: func(ack *jetstream.PubAck, again bool) error {

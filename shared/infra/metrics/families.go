@@ -242,3 +242,19 @@ func NATSReconnected(conn string) { natsReconnects.WithLabelValues(connName(conn
 
 // NATSDisconnected counts a lost connection of conn.
 func NATSDisconnected(conn string) { natsDisconnects.WithLabelValues(connName(conn)).Inc() }
+
+// Audit publishing: events and the messages that carried them (a batch
+// message carries several, mesh.AuditBatcher), per publishing service.
+var (
+	auditPublishEvents = counterVec("audit_publish_events_total",
+		"Audit events this process published through its batcher and saw acked, by publishing service (events / messages = events per batch).", "service")
+	auditPublishMessages = counterVec("audit_publish_messages_total",
+		"Audit messages (single events or batches) this process published through its batcher and saw acked, by publishing service.", "service")
+)
+
+// AuditPublished records one acked audit message of service carrying events.
+func AuditPublished(service string, events int) {
+	s := bounded(set(knownServices...), service)
+	auditPublishEvents.WithLabelValues(s).Add(float64(events))
+	auditPublishMessages.WithLabelValues(s).Inc()
+}

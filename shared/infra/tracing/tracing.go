@@ -18,20 +18,23 @@ import (
 	"github.com/sovkeys/sovkeys/shared"
 )
 
-// Setup returns a tracer provider for service. Spans are always created (so
-// trace ids reach logs and audit events); they are exported over OTLP/gRPC
-// only when OTEL_EXPORTER_OTLP_ENDPOINT is set. getenv is injected.
+// Setup returns a tracer provider for service. Spans always get trace ids
+// (so they reach logs, audit events and the next service's traceparent);
+// they are recorded and exported over OTLP/gRPC only when
+// OTEL_EXPORTER_OTLP_ENDPOINT is set. Without an exporter every span is a
+// non-recording one: recording spans nobody exports cost ~3 % of a node's
+// CPU per XKS call (docs/BENCHMARKS.md). getenv is injected.
 func Setup(ctx context.Context, service string, getenv func(string) string) (*sdktrace.TracerProvider, error) {
 	res := resource.NewSchemaless(semconv.ServiceName(service), semconv.ServiceNamespace("sovkeys"))
 	opts := []sdktrace.TracerProviderOption{sdktrace.WithResource(res)}
-	if getenv("OTEL_EXPORTER_OTLP_ENDPOINT") != "" {
-		exp, err := otlptracegrpc.New(ctx) // reads the standard OTEL_* variables
-		if err != nil {
-			return nil, fmt.Errorf("tracing: otlp exporter: %w", err)
-		}
-		opts = append(opts, sdktrace.WithBatcher(exp))
+	if getenv("OTEL_EXPORTER_OTLP_ENDPOINT") == "" {
+		return sdktrace.NewTracerProvider(append(opts, sdktrace.WithSampler(sdktrace.NeverSample()))...), nil
 	}
-	return sdktrace.NewTracerProvider(opts...), nil
+	exp, err := otlptracegrpc.New(ctx) // reads the standard OTEL_* variables
+	if err != nil {
+		return nil, fmt.Errorf("tracing: otlp exporter: %w", err)
+	}
+	return sdktrace.NewTracerProvider(append(opts, sdktrace.WithBatcher(exp))...), nil
 }
 
 var propagator = propagation.TraceContext{}
