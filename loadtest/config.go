@@ -66,6 +66,7 @@ type Config struct {
 	KeyFile        string // DIR/key.pem, its private key
 	SigningKeyFile string // DIR/signing-key.pem, the pinned service signing key (PEM SPKI)
 	InstanceID     string // the {InstanceId} the certificate names
+	Instances      int    // vs: spread the load over this many instances ("%d" in -cert, -key, -instance)
 	WrapKeys       int    // one-time RSA wrapping keys made before the run and rotated through
 	RSABits        int    // their size
 	KeepAlive      bool   // reuse TLS connections (default: a new one per call, as booting instances do)
@@ -169,6 +170,7 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (C
 	fs.StringVar(&c.CertFile, "cert", "", "vs: instance client certificate PEM `FILE` (DIR/cert.pem)")
 	fs.StringVar(&c.SigningKeyFile, "signing-key", "", "vs: pinned service signing key, PEM SPKI `FILE` (DIR/signing-key.pem)")
 	fs.StringVar(&c.InstanceID, "instance", "", "vs: the instance id the certificate was issued for")
+	fs.IntVar(&c.Instances, "instances", 1, "vs: spread calls over N instances; -cert, -key and -instance then hold %d for the instance number 0..N-1")
 	fs.IntVar(&c.WrapKeys, "wrap-keys", 8, "vs: one-time RSA wrapping keys made before the run and rotated through")
 	fs.IntVar(&c.RSABits, "rsa-bits", 3072, "vs: size of the wrapping keys (2048-4096)")
 	fs.BoolVar(&c.KeepAlive, "keepalive", false, "vs: reuse TLS connections instead of one new connection per call")
@@ -239,7 +241,7 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (C
 // worth stopping for (it would be silently ignored).
 var (
 	xksOnlyFlags   = []string{"creds-json", "prefix", "access-key-id", "secret", "size", "aad"}
-	vsOnlyFlags    = []string{"cert", "signing-key", "instance", "wrap-keys", "rsa-bits", "keepalive"}
+	vsOnlyFlags    = []string{"cert", "signing-key", "instance", "instances", "wrap-keys", "rsa-bits", "keepalive"}
 	auditOnlyFlags = []string{"nats", "nats-creds", "nats-ca", "scopes", "events", "wait"}
 	// httpOnlyFlags are the flags of the HTTPS APIs (xks and vs), which
 	// mean nothing to -api audit.
@@ -375,6 +377,7 @@ func (c Config) validateXKS() error {
 // limit (vs.MaxRSABits) but already takes seconds per key to make.
 const (
 	maxWrapKeys    = 1024
+	maxInstances   = 256
 	maxWrapKeyBits = 4096
 )
 
@@ -385,7 +388,11 @@ func (c Config) validateVS() error {
 	switch {
 	case c.CertFile == "" || c.KeyFile == "" || c.SigningKeyFile == "":
 		return bad("-api vs needs -cert, -key and -signing-key (the files of 'sovkeys instance issue-cert --out DIR')")
-	case !vs.ValidID(c.InstanceID):
+	case c.Instances < 1 || c.Instances > maxInstances:
+		return bad("-instances must be in [1, %d]", maxInstances)
+	case c.Instances > 1 && !(strings.Contains(c.CertFile, "%d") && strings.Contains(c.KeyFile, "%d") && strings.Contains(c.InstanceID, "%d")):
+		return bad("-instances above 1 needs %%d in -cert, -key and -instance (the instance number)")
+	case !vs.ValidID(instanceFile(c.InstanceID, c.Instances-1, c.Instances)):
 		return bad("-instance: the instance id of the certificate (1-%d characters of [A-Za-z0-9._:-]) is required", vs.MaxIDLen)
 	case c.WrapKeys < 1 || c.WrapKeys > maxWrapKeys:
 		return bad("-wrap-keys must be in [1, %d]", maxWrapKeys)

@@ -97,6 +97,14 @@ func TestParseConfig(t *testing.T) {
 		{name: "xks op generate", args: append([]string{"-op", "generate"}, base...), wantErr: "-op"},
 		{name: "vs small wrapping keys", args: append([]string{"-rsa-bits", "1024"}, vsBase...), wantErr: "-rsa-bits"},
 		{name: "vs no wrapping keys", args: append([]string{"-wrap-keys", "0"}, vsBase...), wantErr: "-wrap-keys"},
+		{name: "vs instances without a pattern", args: append([]string{"-instances", "4"}, vsBase...), wantErr: "%d in -cert"},
+		{name: "vs too many instances", args: append([]string{"-instances", "1000"}, vsBase...), wantErr: "-instances must be"},
+		{name: "vs instances", args: []string{"-api", "vs", "-cert", "d%d/cert.pem", "-key", "d%d/key.pem", "-signing-key", "s.pem",
+			"-instance", "i-bench-%d", "-instances", "8"}, check: func(t *testing.T, c Config) {
+			if c.Instances != 8 || instanceFile(c.InstanceID, 7, c.Instances) != "i-bench-7" || instanceFile(c.CertFile, 3, 8) != "d3/cert.pem" {
+				t.Errorf("vs instances: %+v", c)
+			}
+		}},
 		{name: "audit events from rate and duration", args: []string{"-api", "audit", "-rate", "5000", "-scopes", "200", "-duration", "60s"},
 			check: func(t *testing.T, c Config) {
 				if c.Events != 300_000 || c.Scopes != 200 || c.NATSURL != "nats://127.0.0.1:4222" || c.Op != OpPublish {

@@ -78,6 +78,7 @@ type Report struct {
 // VSReport is what a volume-secret run adds to the report.
 type VSReport struct {
 	Instance     string `json:"instance"`
+	Instances    int    `json:"instances"`    // the load spread over this many (Instance is the first)
 	WrapKeys     int    `json:"wrappingKeys"` // one-time RSA keys made before the run, rotated through
 	RSABits      int    `json:"rsaBits"`
 	NewConnEach  bool   `json:"newConnectionPerCall"`
@@ -204,6 +205,9 @@ func (rep Report) writeText(w io.Writer) {
 			conn = "TLS connections reused"
 		}
 		fmt.Fprintf(w, "target      %s  op %s  %s\n", rep.Target, rep.Op, conn)
+		if rep.VS.Instances > 1 {
+			fmt.Fprintf(w, "instances   %d, calls spread evenly (first: %s)\n", rep.VS.Instances, rep.VS.Instance)
+		}
 		fmt.Fprintf(w, "wrapping    %d one-time RSA-%d keys made before the run in %d ms, rotated through\n",
 			rep.VS.WrapKeys, rep.VS.RSABits, rep.VS.KeygenMillis)
 	} else {

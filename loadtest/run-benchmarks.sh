@@ -9,8 +9,8 @@
 #      loop (concurrency 32, 60 s), XKS encrypt open loop (1800 req/s,
 #      60 s), XKS decrypt closed loop (concurrency 32, 30 s), XKS decrypt open
 #      loop (1800 req/s, 30 s)
-#   4. volume secrets against the same node, as instance i-bench of tenant
-#      vpc-bench (certificate from `sovkeys instance issue-cert`):
+#   4. volume secrets against the same node, as instances i-bench-0..7 of
+#      tenant vpc-bench (certificates from `sovkeys instance issue-cert`):
 #      generate-secret and decrypt-secret open loop (200 req/s, 30 s each),
 #      then closed-loop peak of each (concurrency 16, 20 s each)
 #
@@ -23,6 +23,7 @@
 # OUT (loadtest/results/<UTC time>), ENC_SECONDS (60), DEC_SECONDS (30),
 # OPEN_RATE (1800), CONCURRENCY (32), BENCHTIME (5s, go test -benchtime),
 # VS_RATE (200), VS_SECONDS (30), VS_PEAK_SECONDS (20), VS_CONCURRENCY (16),
+# VS_INSTANCES (8),
 # SKIP_XKS (unset; 1 skips steps 1-2 and the XKS load of step 3), ONLY_RATIO
 # (unset; 1 runs only the floor and sovkeys encrypt closed loops), FLOOR_ADDR
 # (127.0.0.1:18444), SOVKEYS_BIN (unset: build bin/sovkeys; else that binary),
@@ -49,6 +50,7 @@ VS_RATE=${VS_RATE:-200}
 VS_SECONDS=${VS_SECONDS:-30}
 VS_PEAK_SECONDS=${VS_PEAK_SECONDS:-20}
 VS_CONCURRENCY=${VS_CONCURRENCY:-16}
+VS_INSTANCES=${VS_INSTANCES:-8}
 VS_GOAL_P99=50ms  # at VS_RATE
 VS_GOAL_PEAK=400  # req/s, closed loop (issue 13)
 SKIP_XKS=${SKIP_XKS:-}
@@ -231,20 +233,24 @@ if [[ -n $ONLY_RATIO ]]; then
 	SKIP_VS=1
 fi
 if [[ -z ${SKIP_VS:-} ]]; then
-log "4. volume secrets: tenant vpc-bench, instance i-bench"
+log "4. volume secrets: tenant vpc-bench, instances i-bench-0..$((VS_INSTANCES - 1))"
 "$SOVKEYS_BIN" tenant create --id vpc-bench | tee "$OUT/tenant.json"
-# The instance key stays in DATA (removed on exit); the public parts are kept.
-"$SOVKEYS_BIN" instance issue-cert --tenant vpc-bench --instance i-bench --out "$DATA/i-bench" >/dev/null
-cp "$DATA/i-bench/cert.pem" "$DATA/i-bench/signing-key.pem" "$OUT/"
-echo "certificate: $(openssl x509 -in "$DATA/i-bench/cert.pem" -noout -ext subjectAltName 2>/dev/null | tail -1 | sed 's/^ *//')"
-# The decrypt runs use a pool of 256 encrypted_secrets, each from a
-# generate-secret with a fresh volume_uuid, made before the run. 8 one-time
-# RSA-3072 wrapping keys are made before every run and rotated through: key
-# generation is the instance's work. Every call opens a new TLS connection,
-# as a booting instance does. -node-pid adds the node's CPU per answer.
-VS=(bin/loadtest -api vs -url "https://$GW_ADDR" -ca "$DATA/tls/ca.pem" -cert "$DATA/i-bench/cert.pem"
-	-key "$DATA/i-bench/key.pem" -signing-key "$DATA/i-bench/signing-key.pem" -instance i-bench
-	-wrap-keys 8 -rsa-bits 3072 -warmup 5s -node-pid "$NODE_PID")
+# The instance keys stay in DATA (removed on exit); the public parts are kept.
+for i in $(seq 0 $((VS_INSTANCES - 1))); do
+	"$SOVKEYS_BIN" instance issue-cert --tenant vpc-bench --instance "i-bench-$i" --out "$DATA/i-bench-$i" >/dev/null
+done
+cp "$DATA/i-bench-0/cert.pem" "$DATA/i-bench-0/signing-key.pem" "$OUT/"
+echo "certificate: $(openssl x509 -in "$DATA/i-bench-0/cert.pem" -noout -ext subjectAltName 2>/dev/null | tail -1 | sed 's/^ *//') (and $((VS_INSTANCES - 1)) more)"
+# Calls are spread over VS_INSTANCES instances (each has its own rate limit,
+# as a fleet booting does). The decrypt runs use a pool of 256
+# encrypted_secrets, each from a generate-secret with a fresh volume_uuid,
+# made before the run. 8 one-time RSA-3072 wrapping keys are made before
+# every run and rotated through: key generation is the instance's work.
+# Every call opens a new TLS connection, as a booting instance does.
+# -node-pid adds the node's CPU per answer.
+VS=(bin/loadtest -api vs -url "https://$GW_ADDR" -ca "$DATA/tls/ca.pem" -cert "$DATA/i-bench-%d/cert.pem"
+	-key "$DATA/i-bench-%d/key.pem" -signing-key "$DATA/i-bench-0/signing-key.pem" -instance "i-bench-%d"
+	-instances "$VS_INSTANCES" -wrap-keys 8 -rsa-bits 3072 -warmup 5s -node-pid "$NODE_PID")
 PREP=8 # s before the warmup: key generation, preflight and (decrypt) the pool
 loadrun vs-generate-open "$VS_SECONDS" 3 "${VS[@]}" -op generate -rate "$VS_RATE" -duration "${VS_SECONDS}s" \
 	-goal-rps "$VS_RATE" -goal-p99 "$VS_GOAL_P99"

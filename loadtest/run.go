@@ -105,7 +105,7 @@ func newLoadTarget(ctx context.Context, cfg Config, progress io.Writer) (loadTar
 		if err != nil {
 			return nil, nil, err
 		}
-		return v, v.http.CloseIdleConnections, nil
+		return v, v.closeIdle, nil
 	}
 	hc := newHTTPClient(tc, cfg.workers(), cfg.Timeout, true)
 	client := &xksclient.Client{BaseURL: cfg.URL, Prefix: cfg.Prefix, AccessKeyID: cfg.AccessKeyID, Secret: cfg.Secret, HTTP: hc}

@@ -17,6 +17,7 @@ import (
 	"net/http"
 	"os"
 	"runtime"
+	"strconv"
 	"strings"
 	"time"
 
@@ -45,20 +46,28 @@ type wrapKey struct {
 
 // vsSealed is one volume's encrypted_secret and the secret it holds.
 type vsSealed struct {
+	inst      int // the instance that made it (and decrypts it)
 	volume    string
 	encrypted []byte
 	secret    []byte
 }
 
-// vsTarget calls the volume-secret API as one instance, over mutual TLS, and
+// vsInstance is one instance the load is spread over: its id and a client
+// presenting its certificate.
+type vsInstance struct {
+	id   string
+	http *http.Client
+}
+
+// vsTarget calls the volume-secret API as one or more instances (-instances,
+// request i as instance i mod N), over mutual TLS, and
 // checks every answer as the instance would: signatures against the pinned
 // key, the wrapped secret unwrapped with the one-time key. It calls the HTTP
 // API itself with the shared/api/vs types because vsclient makes a new RSA key
 // per call, which is the instance's cost and not what is measured here.
 type vsTarget struct {
-	http       *http.Client
+	insts      []vsInstance
 	baseURL    string
-	instance   string
 	op         string
 	signing    *ecdsa.PublicKey
 	signingDER []byte
@@ -73,20 +82,27 @@ type vsTarget struct {
 
 // newVSTarget loads the instance's files and makes the wrapping keys.
 func newVSTarget(ctx context.Context, cfg Config, tc *tls.Config, progress io.Writer) (*vsTarget, error) {
-	cert, err := tls.LoadX509KeyPair(cfg.CertFile, cfg.KeyFile)
-	if err != nil {
-		return nil, fmt.Errorf("%w: -cert/-key: %v", ErrConfigValidation, err)
-	}
-	tc.Certificates = []tls.Certificate{cert}
 	der, pub, err := readSigningKey(cfg.SigningKeyFile)
 	if err != nil {
 		return nil, err
 	}
 	t := &vsTarget{
-		http:    newHTTPClient(tc, cfg.workers(), cfg.Timeout, cfg.KeepAlive),
-		baseURL: strings.TrimRight(cfg.URL, "/"), instance: cfg.InstanceID, op: cfg.Op,
+		baseURL: strings.TrimRight(cfg.URL, "/"), op: cfg.Op,
 		signing: pub, signingDER: der, keepAlive: cfg.KeepAlive,
 		poolSize: cfg.PoolSize, poolPar: min(cfg.workers(), 32),
+	}
+	n := max(cfg.Instances, 1)
+	for i := range n {
+		cert, err := tls.LoadX509KeyPair(instanceFile(cfg.CertFile, i, n), instanceFile(cfg.KeyFile, i, n))
+		if err != nil {
+			return nil, fmt.Errorf("%w: -cert/-key: %v", ErrConfigValidation, err)
+		}
+		itc := tc.Clone()
+		itc.Certificates = []tls.Certificate{cert}
+		t.insts = append(t.insts, vsInstance{
+			id:   instanceFile(cfg.InstanceID, i, n),
+			http: newHTTPClient(itc, max(1, cfg.workers()/n), cfg.Timeout, cfg.KeepAlive),
+		})
 	}
 	fmt.Fprintf(progress, "loadtest: making %d one-time RSA-%d wrapping keys (not measured)\n", cfg.WrapKeys, cfg.RSABits)
 	start := time.Now()
@@ -131,26 +147,29 @@ func readSigningKey(path string) ([]byte, *ecdsa.PublicKey, error) {
 // prepare checks that the gateway publishes the pinned signing key and that
 // the instance may call, then makes the decrypt pool when the run decrypts.
 func (t *vsTarget) prepare(ctx context.Context, progress io.Writer) error {
-	der, err := vsclient.FetchSigningKey(ctx, t.http, t.baseURL)
+	der, err := vsclient.FetchSigningKey(ctx, t.insts[0].http, t.baseURL)
 	if err != nil {
 		return fmt.Errorf("preflight GET /v1/public-signing-key: %w", err)
 	}
 	if !bytes.Equal(der, t.signingDER) {
 		return errors.New("preflight: the gateway publishes another signing key than -signing-key (wrong node, or a stale certificate directory)")
 	}
-	first, err := t.firstGenerate(ctx)
-	if err != nil {
-		return fmt.Errorf("preflight generate-secret as %q: %w", t.instance, err)
+	firsts := make([]vsSealed, len(t.insts))
+	for i := range t.insts {
+		if firsts[i], err = t.firstGenerate(ctx, i); err != nil {
+			return fmt.Errorf("preflight generate-secret as %q: %w", t.insts[i].id, err)
+		}
 	}
 	if t.op == OpGenerate {
 		return nil
 	}
 	fmt.Fprintf(progress, "loadtest: generating %d encrypted_secrets for decrypt (a fresh volume_uuid each)\n", t.poolSize)
-	t.pool = make([]vsSealed, t.poolSize)
-	t.pool[0] = first
-	err = forEach(ctx, t.poolSize-1, t.poolPar, func(ctx context.Context, i int) error {
-		s, err := t.generate(ctx, t.wrap[(i+1)%len(t.wrap)])
-		t.pool[i+1] = s
+	t.pool = make([]vsSealed, max(t.poolSize, len(t.insts)))
+	copy(t.pool, firsts)
+	err = forEach(ctx, len(t.pool)-len(firsts), t.poolPar, func(ctx context.Context, i int) error {
+		j := i + len(firsts)
+		s, err := t.generate(ctx, j%len(t.insts), t.wrap[j%len(t.wrap)])
+		t.pool[j] = s
 		return err
 	})
 	if err != nil {
@@ -161,11 +180,11 @@ func (t *vsTarget) prepare(ctx context.Context, progress io.Writer) error {
 
 // firstGenerate makes one secret, retrying for a while on the answers a
 // just-created tenant or instance CA gives until authn has seen it.
-func (t *vsTarget) firstGenerate(ctx context.Context) (vsSealed, error) {
+func (t *vsTarget) firstGenerate(ctx context.Context, inst int) (vsSealed, error) {
 	ctx, cancel := context.WithTimeout(ctx, preflightWait)
 	defer cancel()
 	for {
-		s, err := t.generate(ctx, t.wrap[0])
+		s, err := t.generate(ctx, inst, t.wrap[0])
 		var ae *vsclient.APIError
 		if err == nil || !errors.As(err, &ae) {
 			return s, err
@@ -194,7 +213,7 @@ func (t *vsTarget) do(ctx context.Context, seq uint64) (string, error) {
 	}
 	key := t.wrap[seq%uint64(len(t.wrap))]
 	if op == OpGenerate {
-		_, err := t.generate(ctx, key)
+		_, err := t.generate(ctx, int(seq%uint64(len(t.insts))), key)
 		return op, err
 	}
 	s := &t.pool[idx%uint64(len(t.pool))]
@@ -206,10 +225,10 @@ func (t *vsTarget) do(ctx context.Context, seq uint64) (string, error) {
 }
 
 // generate asks for the secret of a new volume and checks the answer.
-func (t *vsTarget) generate(ctx context.Context, key wrapKey) (vsSealed, error) {
+func (t *vsTarget) generate(ctx context.Context, inst int, key wrapKey) (vsSealed, error) {
 	volume := newVolumeUUID()
 	var out vs.GenerateResponse
-	if err := t.post(ctx, vs.OpGenerate, vs.GenerateRequest{RSAWrappingKey: key.der, VolumeUUID: volume}, &out); err != nil {
+	if err := t.post(ctx, inst, vs.OpGenerate, vs.GenerateRequest{RSAWrappingKey: key.der, VolumeUUID: volume}, &out); err != nil {
 		return vsSealed{}, err
 	}
 	start := time.Now()
@@ -221,14 +240,14 @@ func (t *vsTarget) generate(ctx context.Context, key wrapKey) (vsSealed, error) 
 		return vsSealed{}, err
 	}
 	t.checks.Record(time.Since(start))
-	return vsSealed{volume: volume, encrypted: out.EncryptedSecret, secret: secret}, nil
+	return vsSealed{inst: inst, volume: volume, encrypted: out.EncryptedSecret, secret: secret}, nil
 }
 
 // decrypt recovers the secret of s's volume and checks the answer.
 func (t *vsTarget) decrypt(ctx context.Context, key wrapKey, s *vsSealed) ([]byte, error) {
 	var out vs.DecryptResponse
 	req := vs.DecryptRequest{EncryptedSecret: s.encrypted, RSAWrappingKey: key.der, VolumeUUID: s.volume}
-	if err := t.post(ctx, vs.OpDecrypt, req, &out); err != nil {
+	if err := t.post(ctx, s.inst, vs.OpDecrypt, req, &out); err != nil {
 		return nil, err
 	}
 	start := time.Now()
@@ -268,8 +287,8 @@ func (t *vsTarget) unwrap(key wrapKey, wrapped, sig []byte) ([]byte, error) {
 
 // post sends one call as the instance and decodes a 200 answer into out;
 // any other status is a *vsclient.APIError.
-func (t *vsTarget) post(ctx context.Context, op vs.Op, body, out any) error {
-	err := vsclient.Post(ctx, t.http, t.baseURL, t.instance, op, body, out)
+func (t *vsTarget) post(ctx context.Context, inst int, op vs.Op, body, out any) error {
+	err := vsclient.Post(ctx, t.insts[inst].http, t.baseURL, t.insts[inst].id, op, body, out)
 	var se *json.SyntaxError
 	var ue *json.UnmarshalTypeError
 	if errors.As(err, &se) || errors.As(err, &ue) {
@@ -291,7 +310,23 @@ func newVolumeUUID() string {
 // addVS puts what only a volume-secret run knows into the report.
 func (rep *Report) addVS(t *vsTarget) {
 	rep.VS = &VSReport{
-		Instance: t.instance, WrapKeys: len(t.wrap), RSABits: t.wrap[0].priv.N.BitLen(),
+		Instance: t.insts[0].id, Instances: len(t.insts), WrapKeys: len(t.wrap), RSABits: t.wrap[0].priv.N.BitLen(),
 		NewConnEach: !t.keepAlive, KeygenMillis: t.keygen.Milliseconds(), ClientChecks: summarize(&t.checks),
+	}
+}
+
+// instanceFile is pattern for instance i of n: with -instances above 1,
+// "%d" in -cert, -key and -instance stands for the instance's number.
+func instanceFile(pattern string, i, n int) string {
+	if n <= 1 {
+		return pattern
+	}
+	return strings.ReplaceAll(pattern, "%d", strconv.Itoa(i))
+}
+
+// closeIdle closes every instance's idle connections.
+func (t *vsTarget) closeIdle() {
+	for _, in := range t.insts {
+		in.http.CloseIdleConnections()
 	}
 }

@@ -290,7 +290,7 @@ func TestVSWrongVolumeIsAnError(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s, err := v.generate(t.Context(), v.wrap[0])
+	s, err := v.generate(t.Context(), 0, v.wrap[0])
 	if err != nil {
 		t.Fatal(err)
 	}
