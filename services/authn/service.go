@@ -100,6 +100,7 @@ type Service struct {
 	verified  verifiedCerts
 	kill      *killswitch.Watcher
 	aws       *awsVerifier // nil unless AWS instance identity is configured (awsid.go)
+	audit     *mesh.AuditBatcher // request events: several per message under load
 	awsDeps   Deps
 }
 
@@ -186,6 +187,10 @@ func (s *Service) Run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("authn: consumer: %w", err)
 	}
+	// Deferred before the handlers' wait below, so it runs after it.
+	var stopAudit func()
+	s.audit, stopAudit = mesh.StartAuditBatcher(s.js, shared.AuditServiceAuthn)
+	defer stopAudit()
 	sem := make(chan struct{}, s.cfg.Concurrency)
 	var wg sync.WaitGroup
 	cc, err := mesh.ConsumeAll(cons, func(m jetstream.Msg) {
@@ -231,7 +236,7 @@ func (s *Service) handle(ctx context.Context, m jetstream.Msg) {
 	defer span.End()
 
 	ev := &shared.AuditEvent{
-		RequestID: env.ID, Kind: shared.AuditKindXKS, Scope: env.KeyStore, API: env.API, Service: "authn",
+		RequestID: env.ID, Kind: shared.AuditKindXKS, Scope: env.KeyStore, API: env.API, Service: shared.AuditServiceAuthn,
 		Start: start, SourceIP: env.Evidence.SourceIP, KeyID: env.KeyID, TraceID: tracing.TraceID(ctx),
 	}
 	var body []byte
@@ -274,7 +279,7 @@ func (s *Service) handle(ctx context.Context, m jetstream.Msg) {
 	} else {
 		ev.Result = shared.ResultSuccess
 	}
-	if aerr := mesh.PublishAudit(ctx, s.js, ev); aerr != nil {
+	if aerr := s.publishAudit(ctx, ev); aerr != nil {
 		log.Error("audit publish failed; withholding answer", "err", aerr)
 		body, err = nil, shared.NewError(shared.CodeDependencyTimeout, "audit unavailable")
 	}
@@ -324,4 +329,13 @@ func (s *Service) forward(ctx context.Context, env *shared.Envelope) error {
 		return fmt.Errorf("authn: publish work: %w", err)
 	}
 	return nil
+}
+
+// publishAudit records ev through the service's batcher (mesh.AuditBatcher),
+// or on its own before Run has started one.
+func (s *Service) publishAudit(ctx context.Context, ev *shared.AuditEvent) error {
+	if s.audit == nil {
+		return mesh.PublishAudit(ctx, s.js, ev)
+	}
+	return s.audit.Publish(ctx, ev)
 }

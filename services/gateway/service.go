@@ -99,6 +99,7 @@ type Service struct {
 	listener net.Listener
 	id       string
 	replies  *replyMux
+	audit    *mesh.AuditBatcher // timeouts and throttling: many at once under overload
 
 	keystores *registry.Cache[registry.Keystore]
 	pki       jetstream.KeyValue
@@ -169,6 +170,9 @@ func (s *Service) Run(ctx context.Context) error {
 	if s.kill, err = killswitch.Watch(ctx, s.js, s.cfg.Topology, s.log); err != nil {
 		return err
 	}
+	var stopAudit func()
+	s.audit, stopAudit = mesh.StartAuditBatcher(s.js, shared.AuditServiceGateway)
+	defer stopAudit() // after the HTTP server's shutdown (deferred later, run first)
 	s.noise = mesh.NewNoiseAuditor(s.js, shared.AuditServiceGateway, 0, s.log, s.now)
 	nctx, stopNoise := context.WithCancel(ctx)
 	noiseDone := make(chan struct{})

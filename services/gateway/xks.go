@@ -158,7 +158,7 @@ func (s *Service) publishRejection(ctx context.Context, env *shared.Envelope, ev
 	}
 	actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*s.cfg.RequestTimeout)
 	defer cancel()
-	if aerr := mesh.PublishAudit(actx, s.js, ev); aerr != nil {
+	if aerr := s.publishAudit(actx, ev); aerr != nil {
 		s.log.Error("audit publish failed", "request_id", env.ID, "err", aerr)
 	}
 }
@@ -179,4 +179,13 @@ func writeAnswer(w http.ResponseWriter, data []byte) {
 	w.Header().Set("Content-Length", strconv.Itoa(len(data)))
 	w.WriteHeader(http.StatusOK)
 	_, _ = w.Write(data)
+}
+
+// publishAudit records ev through the service's batcher (mesh.AuditBatcher),
+// or on its own before Run has started one.
+func (s *Service) publishAudit(ctx context.Context, ev *shared.AuditEvent) error {
+	if s.audit == nil {
+		return mesh.PublishAudit(ctx, s.js, ev)
+	}
+	return s.audit.Publish(ctx, ev)
 }

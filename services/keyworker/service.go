@@ -147,11 +147,9 @@ func (s *Service) Run(ctx context.Context) error {
 	var wg sync.WaitGroup
 	// The batcher outlives the handlers: work in flight at shutdown still
 	// gets its audit record before its answer.
-	s.audit = mesh.NewAuditBatcher(s.js, shared.AuditServiceKeyworker)
-	auditCtx, stopAudit := context.WithCancel(context.WithoutCancel(ctx))
-	auditDone := make(chan struct{})
-	go func() { defer close(auditDone); s.audit.Run(auditCtx) }()
-	defer func() { stopAudit(); <-auditDone }()
+	var stopAudit func()
+	s.audit, stopAudit = mesh.StartAuditBatcher(s.js, shared.AuditServiceKeyworker)
+	defer stopAudit()
 	wg.Add(1)
 	go func() { defer wg.Done(); s.keepAlive(ctx) }()
 	wg.Add(1)

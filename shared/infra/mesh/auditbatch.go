@@ -86,6 +86,18 @@ func (b *AuditBatcher) Publish(ctx context.Context, ev *shared.AuditEvent) error
 	}
 }
 
+// StartAuditBatcher runs a batcher for service until stop is called. It
+// outlives the caller's context on purpose: call stop after the handlers
+// that publish through it are done, so work in flight at shutdown still
+// gets its record before its answer.
+func StartAuditBatcher(js jetstream.JetStream, service string) (b *AuditBatcher, stop func()) {
+	b = NewAuditBatcher(js, service)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); b.Run(ctx) }()
+	return b, func() { cancel(); <-done }
+}
+
 // Run publishes queued events until ctx ends.
 func (b *AuditBatcher) Run(ctx context.Context) {
 	var wg sync.WaitGroup
