@@ -99,7 +99,7 @@ type Service struct {
 	cas       *caPool
 	verified  verifiedCerts
 	kill      *killswitch.Watcher
-	aws       *awsVerifier // nil unless AWS instance identity is configured (awsid.go)
+	aws       *awsVerifier       // nil unless AWS instance identity is configured (awsid.go)
 	audit     *mesh.AuditBatcher // request events: several per message under load
 	awsDeps   Deps
 }
