@@ -146,7 +146,7 @@ func keyworkerService() service {
 			fs.IntVar(&k.unsealThreshold, "unseal-threshold", 2, "shares needed to unseal: the threshold the PIN was split with (shares claiming another are refused)")
 			c.registerModel(fs)
 			fs.StringVar(&k.hsmProfile, "hsm-profile", "", "HSM family softhsm|cloudhsm|luna|proteccio|nshield (default: from --hsm-model; docs/hsm.md)")
-			fs.IntVar(&k.sessions, "sessions", 8, "PKCS#11 sessions = operations in flight in this process")
+			fs.IntVar(&k.sessions, "sessions", 8, "PKCS#11 sessions = HSM operations at once in this process")
 			fs.BoolVar(&k.ivFromHSM, "iv-from-hsm", false, "let the HSM generate GCM IVs (Luna/CloudHSM); checked to be 12 non-zero bytes")
 			fs.DurationVar(&k.healthTTL, "health-ttl", 10*time.Second, "reuse an HSM health result this long (max 60s)")
 			fs.StringVar(&k.ektStore, "ekt-store", "jetstream", "write-once store of tenant keys (EKTs): jetstream | s3")
