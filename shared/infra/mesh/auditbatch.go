@@ -29,9 +29,8 @@ type AuditBatcher struct {
 	js      jetstream.JetStream
 	service string
 	queue   chan *auditItem
-	// Publishers is how many batches may be in flight at once.
+	// publishers is how many batches may be in flight at once.
 	publishers int
-	once       sync.Once
 }
 
 type auditItem struct {
