@@ -329,6 +329,7 @@ func TestAttackAuditSubjectsPerService(t *testing.T) {
 			}
 			m.refusedPub(t, user, "publish another service's audit event", shared.AuditSubjectPrefix(owner)+"xks.x")
 			m.refusedPub(t, user, "publish another service's audit event on a sibling", shared.AuditSubjectOn(2, owner, "xks", "x"))
+			m.refusedPub(t, user, "publish another service's audit batch", shared.AuditBatchSubjectOn(1, owner))
 		}
 	}
 }
@@ -441,5 +442,43 @@ func TestServicesBindAndWork(t *testing.T) {
 	_, audit := m.connect(t, "audit", nil)
 	if _, err := audit.Publish(ctx, shared.SubjectAuditRecordPrefix+"xks.x", []byte("r")); err != nil {
 		t.Fatalf("audit cannot append to the log: %v", err)
+	}
+}
+
+// `sovkeys standalone` connects its services through the embedded server's
+// in-process pipe (mesh.ConnConfig.InProcess): the same credentials, the
+// same permissions; no credentials, no connection.
+func TestAttackInProcessConnectionsKeepPermissions(t *testing.T) {
+	t.Parallel()
+	m := startMesh(t)
+	if _, err := nats.Connect("", nats.InProcessServer(m.ns)); err == nil { // refused after the server's 10 s auth wait
+		t.Fatal("an in-process connection without credentials was accepted")
+	}
+	errs := make(chan error, 8)
+	nc, err := nats.Connect("", nats.InProcessServer(m.ns), nats.UserCredentials(m.creds(natsauth.ServiceGateway)),
+		nats.CustomInboxPrefix(shared.InboxPrefix(natsauth.ServiceGateway)),
+		nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) {
+			select {
+			case errs <- err:
+			default:
+			}
+		}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	for _, subject := range []string{shared.AuditBatchSubjectOn(0, shared.AuditServiceKeyworker), shared.WorkSubject(pool, shared.APIXKSEncrypt)} {
+		if err := nc.Publish(subject, []byte("{}")); err != nil {
+			t.Fatal(err)
+		}
+		_ = nc.Flush()
+		select {
+		case err := <-errs:
+			if !strings.Contains(err.Error(), "Permissions Violation") || !strings.Contains(err.Error(), subject) {
+				t.Fatalf("publish %s in process as the gateway: %v", subject, err)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatalf("the gateway may publish %s over an in-process connection", subject)
+		}
 	}
 }
