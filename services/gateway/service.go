@@ -172,7 +172,7 @@ func (s *Service) Run(ctx context.Context) error {
 	}
 	var stopAudit func()
 	s.audit, stopAudit = mesh.StartAuditBatcher(s.js, shared.AuditServiceGateway)
-	defer stopAudit() // after the HTTP server's shutdown (deferred later, run first)
+	defer stopAudit() // runs after srv.Shutdown at the end of Run: handlers are done
 	s.noise = mesh.NewNoiseAuditor(s.js, shared.AuditServiceGateway, 0, s.log, s.now)
 	nctx, stopNoise := context.WithCancel(ctx)
 	noiseDone := make(chan struct{})
