@@ -283,26 +283,10 @@ func (f *floor) decrypt(body []byte) ([]byte, error) {
 	return json.Marshal(xks.DecryptResponse{Plaintext: pt})
 }
 
-// writeFloorError answers an XKS error; the statuses are the gateway's for
-// the codes the floor can meet (services/gateway/xkserrors.go).
+// writeFloorError answers an XKS error with the gateway's status and
+// errorName (xks.StatusOf).
 func writeFloorError(w http.ResponseWriter, err error) {
-	status, name := http.StatusInternalServerError, xks.ErrorNameInternal
-	switch shared.CodeOf(err) {
-	case shared.CodeValidation:
-		status, name = http.StatusBadRequest, xks.ErrorNameValidation
-	case shared.CodeInvalidCiphertext:
-		status, name = http.StatusBadRequest, xks.ErrorNameInvalidCiphertext
-	case shared.CodeAuthenticationFailed:
-		status, name = http.StatusUnauthorized, xks.ErrorNameAuthenticationFailed
-	case shared.CodeKeyNotFound:
-		status, name = http.StatusNotFound, xks.ErrorNameKeyNotFound
-	case shared.CodeInvalidURIPath:
-		status, name = http.StatusNotFound, xks.ErrorNameInvalidURIPath
-	case shared.CodeMethodNotAllowed:
-		status, name = http.StatusMethodNotAllowed, xks.ErrorNameValidation
-	case shared.CodeUnsupportedOperation:
-		status, name = http.StatusNotImplemented, xks.ErrorNameUnsupportedOperation
-	}
+	status, name := xks.StatusOf(shared.CodeOf(err))
 	b, _ := json.Marshal(xks.ErrorResponse{ErrorName: name, ErrorMessage: shared.MessageOf(err)})
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(status)

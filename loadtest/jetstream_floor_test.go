@@ -18,6 +18,8 @@ import (
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/sovkeys/sovkeys/shared/testkit/natstest"
 )
 
 // benchParallelism * GOMAXPROCS requests are outstanding at once, like the
@@ -25,21 +27,7 @@ import (
 const benchParallelism = 16
 
 // benchServer is an embedded JetStream server on a free loopback port.
-func benchServer(b *testing.B) *server.Server {
-	b.Helper()
-	ns, err := server.NewServer(&server.Options{
-		Host: "127.0.0.1", Port: -1, JetStream: true, StoreDir: b.TempDir(), NoLog: true, NoSigs: true,
-	})
-	if err != nil {
-		b.Fatal(err)
-	}
-	ns.Start()
-	b.Cleanup(func() { ns.Shutdown(); ns.WaitForShutdown() })
-	if !ns.ReadyForConnections(10 * time.Second) {
-		b.Fatal("nats server not ready")
-	}
-	return ns
-}
+func benchServer(b *testing.B) *server.Server { return natstest.Start(b, nil) }
 
 func benchConn(b *testing.B, ns *server.Server, name string) *nats.Conn {
 	b.Helper()

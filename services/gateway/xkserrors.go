@@ -9,45 +9,6 @@ import (
 	"github.com/sovkeys/sovkeys/shared/api/xks"
 )
 
-// xksError is how the XKS API reports one shared.Code.
-type xksError struct {
-	status int
-	name   string
-}
-
-// xksErrors is the one table from error codes to XKS HTTP statuses and
-// errorNames (specification v1.0.3, "Error codes"). Nothing else in the
-// gateway picks a status or an errorName for the XKS API.
-//
-// The specification requires 405 for a GET on an XKS URI but names no
-// errorName for it. We answer ValidationException: the method is an invalid
-// input, and staying within the specification's closed set of names keeps
-// clients that parse errorName (KMS, the AWS test client) working. A code
-// missing from the table is answered as InternalException.
-var xksErrors = map[shared.Code]xksError{
-	shared.CodeValidation:           {http.StatusBadRequest, xks.ErrorNameValidation},
-	shared.CodeInvalidState:         {http.StatusBadRequest, xks.ErrorNameInvalidState},
-	shared.CodeInvalidCiphertext:    {http.StatusBadRequest, xks.ErrorNameInvalidCiphertext},
-	shared.CodeInvalidKeyUsage:      {http.StatusBadRequest, xks.ErrorNameInvalidKeyUsage},
-	shared.CodeAuthenticationFailed: {http.StatusUnauthorized, xks.ErrorNameAuthenticationFailed},
-	shared.CodeAccessDenied:         {http.StatusForbidden, xks.ErrorNameAccessDenied},
-	shared.CodeKeyNotFound:          {http.StatusNotFound, xks.ErrorNameKeyNotFound},
-	shared.CodeInvalidURIPath:       {http.StatusNotFound, xks.ErrorNameInvalidURIPath},
-	shared.CodeMethodNotAllowed:     {http.StatusMethodNotAllowed, xks.ErrorNameValidation},
-	shared.CodeThrottling:           {http.StatusTooManyRequests, xks.ErrorNameThrottling},
-	shared.CodeUnsupportedOperation: {http.StatusNotImplemented, xks.ErrorNameUnsupportedOperation},
-	shared.CodeDependencyTimeout:    {http.StatusServiceUnavailable, xks.ErrorNameDependencyTimeout},
-	shared.CodeInternal:             {http.StatusInternalServerError, xks.ErrorNameInternal},
-}
-
-// xksStatus returns the HTTP status and XKS errorName for code.
-func xksStatus(code shared.Code) (int, string) {
-	if e, ok := xksErrors[code]; ok {
-		return e.status, e.name
-	}
-	return http.StatusInternalServerError, xks.ErrorNameInternal
-}
-
 // maxXKSErrorMessage: the specification wants errorMessage shorter than 512
 // characters.
 const maxXKSErrorMessage = 511
@@ -58,7 +19,7 @@ const maxXKSErrorMessage = 511
 // the only method of every XKS URI.
 func writeXKSError(w http.ResponseWriter, err error) {
 	code := shared.CodeOf(err)
-	status, name := xksStatus(code)
+	status, name := xks.StatusOf(code)
 	noteError(w, code, name)
 	if status == http.StatusMethodNotAllowed {
 		w.Header().Set("Allow", http.MethodPost)
