@@ -28,16 +28,17 @@ func (s *Service) xks(ctx context.Context, env *shared.Envelope, ev *shared.Audi
 		Method: env.Evidence.Method, RawPath: env.Evidence.Path, RawQuery: env.Evidence.RawQuery,
 		Host: env.Evidence.Host, Header: env.Evidence.Header, Body: env.Body,
 	}
-	akid, err := AccessKeyIDOf(in)
+	auth, err := authorizationOf(in) // parsed once: the id picks the credentials, then the signature is checked
 	if err != nil {
 		return false, nil, err
 	}
+	akid := auth.AccessKeyID
 	ev.CallerType, ev.CallerID = "sigv4", akid
 	creds, err := s.credentials(ctx, &ks, akid)
 	if err != nil {
 		return false, nil, err
 	}
-	if _, err := s.verifier.Verify(in, creds); err != nil {
+	if _, err := s.verifier.verifyParsed(in, auth, creds); err != nil {
 		return false, nil, err
 	}
 	if !s.xksLimit.Allow(ks.Prefix + "/" + akid) {
