@@ -75,14 +75,10 @@ func (s *Service) dispatchBatch(ctx context.Context, m jetstream.Msg, md *jetstr
 // batchMismatch says why an event of a batch published by service (with
 // de-duplication id msgID) does not match its origin ("" if it does).
 func batchMismatch(service, msgID string, ev *shared.AuditEvent) string {
-	switch {
-	case ev.Service != service:
-		return "body claims service " + strconv.Quote(ev.Service) + " but " + service + " published it"
-	case !shared.AuditKindAllowed(service, ev.Kind):
-		return service + " may not write " + strconv.Quote(ev.Kind) + " events"
-	case ev.Kind == shared.AuditKindUnauthenticated && ev.Scope != "":
-		return "unauthenticated events have one scope"
-	case !shared.IsAuditBatchMsgID(service, msgID):
+	if why := eventMismatch(service, ev); why != "" {
+		return why
+	}
+	if !shared.IsAuditBatchMsgID(service, msgID) {
 		return "de-duplication id is not a batch id of " + service
 	}
 	return ""

@@ -41,19 +41,31 @@ func (s *Service) verifyOrigin(m jetstream.Msg, md *jetstream.MsgMetadata, ev *s
 // it does).
 func originMismatch(subject, msgID string, ev *shared.AuditEvent) string {
 	service, kind, scope, err := shared.ParseAuditSubject(subject)
-	switch {
-	case err != nil:
+	if err != nil {
 		return "subject is not sovkeys.audit.<service>.<kind>.<scope>"
-	case ev.Service != service:
-		return "body claims service " + strconv.Quote(ev.Service) + " but " + service + " published it"
+	}
+	if why := eventMismatch(service, ev); why != "" {
+		return why
+	}
+	switch {
 	case ev.Kind != kind || ev.Scope != scope:
 		return "body kind/scope differ from the subject's"
-	case !shared.AuditKindAllowed(service, kind):
-		return service + " may not write " + strconv.Quote(kind) + " events"
-	case kind == shared.AuditKindUnauthenticated && scope != "":
-		return "unauthenticated events have one scope"
 	case msgID != shared.AuditMsgID(service, ev.RequestID):
 		return "de-duplication id is not " + service + "'s"
+	}
+	return ""
+}
+
+// eventMismatch says why service may not have written ev ("" if it may):
+// the checks an event gets whether it came alone or in a batch.
+func eventMismatch(service string, ev *shared.AuditEvent) string {
+	switch {
+	case ev.Service != service:
+		return "body claims service " + strconv.Quote(ev.Service) + " but " + service + " published it"
+	case !shared.AuditKindAllowed(service, ev.Kind):
+		return service + " may not write " + strconv.Quote(ev.Kind) + " events"
+	case ev.Kind == shared.AuditKindUnauthenticated && ev.Scope != "":
+		return "unauthenticated events have one scope"
 	}
 	return ""
 }

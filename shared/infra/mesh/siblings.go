@@ -34,13 +34,10 @@ import (
 	"github.com/sovkeys/sovkeys/shared"
 )
 
-// SiblingTry bounds one publish attempt on one sibling on the request
-// path: short enough that a failover fits KMS's 250 ms with the rest of
-// the call, long enough for a loaded node's ack.
-const SiblingTry = 100 * time.Millisecond
-
-// PublishTry is the per-attempt bound services pass on the request path.
-const PublishTry = SiblingTry
+// PublishTry bounds one publish attempt on one sibling on the request
+// path (services pass it): short enough that a failover fits KMS's 250 ms
+// with the rest of the call, long enough for a loaded node's ack.
+const PublishTry = 100 * time.Millisecond
 
 // siblingHold is how long a sibling that failed a try is tried last.
 const siblingHold = 3 * time.Second
