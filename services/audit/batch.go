@@ -23,15 +23,15 @@ import (
 // malformed event; one bad event inside a well-formed batch is recorded
 // in the operator scope in its place, like a forgery.
 
-// isBatchSubject reports whether subject is a batch subject of any service.
-func isBatchSubject(subject string) bool {
-	_, kind, _, err := shared.ParseAuditSubject(subject)
-	return err == nil && kind == shared.AuditKindBatch
+// batchPublisher returns the service whose batch subject subject is, or
+// false when it is not a batch subject.
+func batchPublisher(subject string) (string, bool) {
+	service, kind, _, err := shared.ParseAuditSubject(subject)
+	return service, err == nil && kind == shared.AuditKindBatch
 }
 
-// dispatchBatch queues each event of batch message m.
-func (s *Service) dispatchBatch(ctx context.Context, m jetstream.Msg, md *jetstream.MsgMetadata) {
-	service, _, _, _ := shared.ParseAuditSubject(m.Subject())
+// dispatchBatch queues each event of batch message m, published by service.
+func (s *Service) dispatchBatch(ctx context.Context, m jetstream.Msg, md *jetstream.MsgMetadata, service string) {
 	frames, err := shared.UnmarshalAuditBatch(m.Data())
 	if err == nil && m.Headers().Get(mesh.HeaderAuditBatch) != strconv.Itoa(len(frames)) {
 		err = shared.NewError(shared.CodeValidation, "batch header says %q events, body holds %d", m.Headers().Get(mesh.HeaderAuditBatch), len(frames))

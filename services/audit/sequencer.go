@@ -96,8 +96,8 @@ func (s *Service) dispatch(ctx context.Context, m jetstream.Msg) {
 		_ = m.Nak()
 		return
 	}
-	if isBatchSubject(m.Subject()) {
-		s.dispatchBatch(ctx, m, md)
+	if service, ok := batchPublisher(m.Subject()); ok {
+		s.dispatchBatch(ctx, m, md, service)
 		return
 	}
 	ev, err := shared.UnmarshalAuditEvent(m.Data())
