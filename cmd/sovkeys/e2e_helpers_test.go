@@ -79,7 +79,7 @@ func startNode(dir string, shares []string) (*node, error) {
 	ctx, cancel := context.WithCancel(context.Background())
 	n := &node{
 		dir: dir, gateway: fmt.Sprintf("https://127.0.0.1:%d", gwPort),
-		natsURL: fmt.Sprintf("nats://127.0.0.1:%d", natsPort), creds: filepath.Join(dir, "operator.creds"),
+		natsURL: fmt.Sprintf("nats://127.0.0.1:%d", natsPort), creds: filepath.Join(dir, "operators", "admin.creds"),
 		stop: cancel, done: make(chan int, 1), stderr: &syncBuffer{}, stdout: &syncBuffer{},
 	}
 	args := []string{"standalone", "--data", dir, "--listen", fmt.Sprintf("127.0.0.1:%d", gwPort),
