@@ -17,8 +17,8 @@ import (
 // initFlags are `sovkeys init`'s flags: the bootstrap identity's
 // connection, the topology (the one place sizes come from) and the pools.
 type initFlags struct {
-	conn  connFlags
-	topo  topologyFlags
+	conn   connFlags
+	topo   topologyFlags
 	pools  string
 	roster string
 }

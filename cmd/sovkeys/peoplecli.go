@@ -47,9 +47,13 @@ func peopleCommands() []command {
 		operatorCommand("request list", "", "list admin requests waiting for approval (and recently decided ones)", none,
 			func(ctx context.Context, o *operator, _ *struct{}) error { return o.listRequests(ctx) }),
 		withPositional("id", operatorCommand("approve", "ID", "approve another person's request (the approval that completes its quorum applies it)",
-			decideFlags, func(ctx context.Context, o *operator, f *decision) error { return o.decide(ctx, kwadmin.EndpointApprove, f) })),
+			decideFlags, func(ctx context.Context, o *operator, f *decision) error {
+				return o.decide(ctx, kwadmin.EndpointApprove, f)
+			})),
 		withPositional("id", operatorCommand("reject", "ID [--reason TEXT]", "reject a request (its requester may withdraw it the same way)",
-			decideFlags, func(ctx context.Context, o *operator, f *decision) error { return o.decide(ctx, kwadmin.EndpointReject, f) })),
+			decideFlags, func(ctx context.Context, o *operator, f *decision) error {
+				return o.decide(ctx, kwadmin.EndpointReject, f)
+			})),
 	}
 }
 
