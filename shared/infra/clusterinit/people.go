@@ -140,6 +140,9 @@ func WriteRoster(path string, entries []RosterEntry) error {
 			}
 		}
 	}
+	if entries == nil {
+		entries = []RosterEntry{}
+	}
 	sort.Slice(entries, func(i, j int) bool { return entries[i].Name < entries[j].Name })
 	b, err := json.MarshalIndent(entries, "", "  ")
 	if err != nil {
