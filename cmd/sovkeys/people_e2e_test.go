@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/nats-io/nkeys"
 
 	"github.com/sovkeys/sovkeys/shared"
@@ -110,6 +111,14 @@ func TestPeopleAndQuorum(t *testing.T) {
 	if err := n.cliAs(bob, nil, "approve", pending.Pending); err == nil {
 		t.Fatal("a decided request was approved again")
 	}
+	// The operator log names the requester, the approver and both on the
+	// destroy itself, whose intent is recorded before the HSM changed.
+	phases := operatorPhases(t, n, pending.Pending)
+	for _, want := range []string{"requested by admin", "approved by bob", "intent by admin approved_by=bob", "result by admin approved_by=bob"} {
+		if !phases[want] {
+			t.Errorf("operator log lacks %q (has %v)", want, phases)
+		}
+	}
 
 	// Signed requests sent by hand: replay, stale time, a key that is not
 	// the person's, no signature at all.
@@ -182,6 +191,50 @@ func TestPeopleAndQuorum(t *testing.T) {
 		!strings.Contains(stdout.String(), "applied") || !strings.Contains(stdout.String(), "bob") {
 		t.Fatalf("request list (%d):\n%s", code, stdout.String())
 	}
+}
+
+// operatorPhases reads the operator-log events of request id (as the
+// audit service: no person reads the event stream) as "phase by person".
+func operatorPhases(t *testing.T, n *node, id string) map[string]bool {
+	t.Helper()
+	nc, err := nats.Connect(n.natsURL, nats.UserCredentials(filepath.Join(n.dir, "creds", "audit.creds")),
+		nats.CustomInboxPrefix(shared.InboxPrefix(shared.UserAudit)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	stream, err := js.Stream(ctx, shared.StreamAudit)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cons, err := stream.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{
+		FilterSubjects: []string{shared.SubjectAuditPrefix + shared.AuditServiceKeyworker + "." + shared.AuditKindOperator + ".>"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]bool{}
+	batch, err := cons.FetchNoWait(10000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for m := range batch.Messages() {
+		ev, err := shared.UnmarshalAuditEvent(m.Data())
+		if err != nil || ev.Params["request_id"] != id || ev.CallerType != shared.CallerTypePerson {
+			continue
+		}
+		k := ev.Params["phase"] + " by " + ev.CallerID
+		if a := ev.Params["approved_by"]; a != "" {
+			k += " approved_by=" + a
+		}
+		out[k] = true
+	}
+	return out
 }
 
 // connectAs dials the node's NATS as the holder of creds.
