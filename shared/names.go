@@ -108,6 +108,8 @@ const (
 	// waiting for its quorum (shared/api/kwadmin).
 	EndpointApprove = "approve"
 	EndpointReject  = "reject"
+	// EndpointRegistry applies a person's signed registry change.
+	EndpointRegistry = "registry"
 )
 
 // JetStream API error codes the mesh matches on. nats.go names 10071 and

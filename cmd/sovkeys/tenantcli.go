@@ -55,7 +55,7 @@ func tenantCommands() []command {
 					func() error { return o.tenantCreate(ctx, f) })
 			}),
 		operatorCommand("tenant list", "", "list tenants", none, func(ctx context.Context, o *operator, _ *struct{}) error {
-			r, err := registry.OpenTenants(ctx, o.js, o.topo)
+			r, err := o.openTenants(ctx)
 			if err != nil {
 				return err
 			}
@@ -69,7 +69,7 @@ func tenantCommands() []command {
 			return o.print(tenants)
 		}),
 		operatorCommand("tenant show", "--id TENANT", "show one tenant", (*tenantFlags).idFlag, func(ctx context.Context, o *operator, f *tenantFlags) error {
-			r, err := registry.OpenTenants(ctx, o.js, o.topo)
+			r, err := o.openTenants(ctx)
 			if err != nil {
 				return err
 			}
@@ -119,7 +119,7 @@ func (o *operator) tenantCreate(ctx context.Context, f *tenantFlags) error {
 			}
 		}
 	}
-	r, err := registry.OpenTenants(ctx, o.js, o.topo)
+	r, err := o.openTenants(ctx)
 	if err != nil {
 		return err
 	}
@@ -138,7 +138,7 @@ func (o *operator) tenantCreate(ctx context.Context, f *tenantFlags) error {
 }
 
 func (o *operator) tenantSetStatus(ctx context.Context, id, status string) error {
-	r, err := registry.OpenTenants(ctx, o.js, o.topo)
+	r, err := o.openTenants(ctx)
 	if err != nil {
 		return err
 	}

@@ -76,13 +76,18 @@ func (s *Service) verifier(ctx context.Context) (*roster.Verifier, error) {
 // consumes its nonce and returns ctx carrying the person. A refusal is
 // audited (denied) before it is returned.
 func (s *Service) admitSigned(ctx context.Context, op string, data []byte) (context.Context, *roster.Signature, error) {
+	return s.admitSignedAs(ctx, op, data, roleOf(op)...)
+}
+
+// admitSignedAs is admitSigned for a person holding one of roles.
+func (s *Service) admitSignedAs(ctx context.Context, op string, data []byte, roles ...natsauth.Role) (context.Context, *roster.Signature, error) {
 	h, _ := ctx.Value(signatureKey{}).(string)
 	sig, err := roster.ParseSignature(h)
 	var p *roster.Person
 	if err == nil {
 		var v *roster.Verifier
 		if v, err = s.verifier(ctx); err == nil {
-			if p, err = s.verifyRoles(ctx, v, op, data, sig); err == nil {
+			if p, err = verifyRoles(ctx, v, op, data, sig, roles); err == nil {
 				err = v.Consume(ctx, sig)
 			}
 		}
@@ -101,8 +106,7 @@ func (s *Service) admitSigned(ctx context.Context, op string, data []byte) (cont
 	return context.WithValue(ctx, personKey{}, p.Name), sig, nil
 }
 
-func (s *Service) verifyRoles(ctx context.Context, v *roster.Verifier, op string, data []byte, sig *roster.Signature) (*roster.Person, error) {
-	roles := roleOf(op)
+func verifyRoles(ctx context.Context, v *roster.Verifier, op string, data []byte, sig *roster.Signature, roles []natsauth.Role) (*roster.Person, error) {
 	if len(roles) == 0 {
 		return v.Verify(ctx, op, data, sig, "")
 	}

@@ -81,16 +81,17 @@ func (s *Service) signedKeyVersion(ctx context.Context, req kwadmin.KeyVersionRe
 		return nil, err
 	}
 	if req.Action == kwadmin.VersionDestroy && req.Confirm != "" {
-		v, err := s.verifier(ctx)
+		need, err := s.quorumOf(ctx, op)
 		if err != nil {
 			return nil, err
 		}
-		pol, err := v.Roster.Policy(ctx)
-		if err != nil {
-			return nil, err
-		}
-		if need := pol.Need(op); need > 1 {
-			return s.holdForQuorum(ctx, op, data, req, need)
+		if need > 1 {
+			summary := fmt.Sprintf("destroy version %d of key %s of key store %s (HSM key %s)", req.Version, req.KeyID, req.Keystore, req.Label)
+			p, err := s.holdForQuorum(ctx, op, data, natsauth.RoleAdmin, req.Keystore, summary, versionParams(req), need)
+			if err != nil {
+				return nil, err
+			}
+			return kwadmin.KeyVersionResponse{Label: req.Label, Pending: p.ID, Need: need, Signers: p.Signers()}, nil
 		}
 	}
 	return s.signedHandler(ctx, op, data, versionParams(req), func(ctx context.Context, _ []byte) (any, error) {
@@ -99,7 +100,8 @@ func (s *Service) signedKeyVersion(ctx context.Context, req kwadmin.KeyVersionRe
 }
 
 // holdForQuorum stores a verified request as waiting for approval.
-func (s *Service) holdForQuorum(ctx context.Context, op string, data []byte, req kwadmin.KeyVersionRequest, need int) (any, error) {
+func (s *Service) holdForQuorum(ctx context.Context, op string, data []byte, role natsauth.Role, scope, summary string,
+	params map[string]string, need int) (*roster.Pending, error) {
 	ctx, sig, err := s.admitSigned(ctx, op, data)
 	if err != nil {
 		return nil, err
@@ -110,21 +112,35 @@ func (s *Service) holdForQuorum(ctx context.Context, op string, data []byte, req
 	}
 	now := s.now()
 	p := &roster.Pending{
-		ID: roster.NewID(), Op: op, Pool: s.cfg.Pool, Scope: req.Keystore,
-		Summary: fmt.Sprintf("destroy version %d of key %s of key store %s (HSM key %s)", req.Version, req.KeyID, req.Keystore, req.Label),
-		Body:    json.RawMessage(data), Role: natsauth.RoleAdmin, Need: need, Request: *sig,
+		ID: roster.NewID(), Op: op, Pool: s.cfg.Pool, Scope: scope, Summary: summary,
+		Body: json.RawMessage(data), Role: role, Need: need, Request: *sig,
 		Created: now, Expires: now.Add(requestTTL), State: roster.StatePending,
 	}
-	params := versionParams(req)
-	params["request_id"], params["need"] = p.ID, strconv.Itoa(need)
-	if err := s.auditAdmin(ctx, op, "requested", personOf(ctx), params, nil); err != nil {
+	ap := map[string]string{"request_id": p.ID, "need": strconv.Itoa(need)}
+	for k, v := range params {
+		ap[k] = v
+	}
+	if err := s.auditAdmin(ctx, op, "requested", personOf(ctx), ap, nil); err != nil {
 		return nil, shared.NewError(shared.CodeDependencyTimeout, "the request was NOT stored: it could not be audited: %v", err)
 	}
 	if err := (roster.Requests{KV: kv}).Create(ctx, p); err != nil {
 		return nil, err
 	}
 	s.log.Info("admin request waits for approval", "request_id", p.ID, "op", op, "person", personOf(ctx), "need", need)
-	return kwadmin.KeyVersionResponse{Label: req.Label, Pending: p.ID, Need: need, Signers: p.Signers()}, nil
+	return p, nil
+}
+
+// quorumOf returns how many people op needs.
+func (s *Service) quorumOf(ctx context.Context, op string) (int, error) {
+	v, err := s.verifier(ctx)
+	if err != nil {
+		return 0, err
+	}
+	pol, err := v.Roster.Policy(ctx)
+	if err != nil {
+		return 0, err
+	}
+	return pol.Need(op), nil
 }
 
 // decide loads the request a decision names and verifies the decision.
@@ -202,15 +218,9 @@ func (s *Service) adminApprove(ctx context.Context, data []byte) (any, error) {
 	if err := reqs.Update(ctx, p, rev); err != nil {
 		return nil, err
 	}
-	var req kwadmin.KeyVersionRequest
-	if err := json.Unmarshal(p.Body, &req); err != nil || kwadmin.VersionOp(req.Action) != p.Op {
-		return nil, shared.NewError(shared.CodeValidation, "request %s holds no key version change", p.ID)
-	}
 	// Applied in the requester's name, with the approvers on record.
 	actx := context.WithValue(ctx, personKey{}, p.Requester())
-	vparams := versionParams(req)
-	vparams["request_id"], vparams["approved_by"] = p.ID, strings.Join(p.Approvers(), ",")
-	resp, err := s.signedApply(actx, p.Op, vparams, func(ctx context.Context) (any, error) { return s.applyKeyVersion(ctx, req) })
+	resp, err := s.applyApproved(actx, p)
 	out := decideResponse(p)
 	if err != nil {
 		out.State, out.Error = roster.StateFailed, shared.MessageOf(err)
@@ -225,6 +235,29 @@ func (s *Service) adminApprove(ctx context.Context, data []byte) (any, error) {
 		_ = reqs.Update(ctx, cur, crev)
 	}
 	return out, nil
+}
+
+// applyApproved applies request p, whose quorum is complete.
+func (s *Service) applyApproved(ctx context.Context, p *roster.Pending) (any, error) {
+	approved := map[string]string{"request_id": p.ID, "approved_by": strings.Join(p.Approvers(), ",")}
+	with := func(params map[string]string) map[string]string {
+		for k, v := range approved {
+			params[k] = v
+		}
+		return params
+	}
+	if strings.HasPrefix(p.Op, "registry.") {
+		var w kwadmin.RegistryWrite
+		if err := json.Unmarshal(p.Body, &w); err != nil || kwadmin.RegistryOp(w.API, w.Params) != p.Op {
+			return nil, shared.NewError(shared.CodeValidation, "request %s holds no registry change", p.ID)
+		}
+		return s.signedApply(ctx, p.Op, with(registryParams(w)), func(ctx context.Context) (any, error) { return s.applyRegistry(ctx, w) })
+	}
+	var req kwadmin.KeyVersionRequest
+	if err := json.Unmarshal(p.Body, &req); err != nil || kwadmin.VersionOp(req.Action) != p.Op {
+		return nil, shared.NewError(shared.CodeValidation, "request %s holds no key version change", p.ID)
+	}
+	return s.signedApply(ctx, p.Op, with(versionParams(req)), func(ctx context.Context) (any, error) { return s.applyKeyVersion(ctx, req) })
 }
 
 // signedApply audits intent, applies, audits the result (the request's

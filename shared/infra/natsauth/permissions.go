@@ -192,10 +192,11 @@ func UserPermissions(user, service string, pools []string) Permissions {
 		}
 		// Signed admin requests: the roster to verify them, the admin bucket
 		// for requests waiting for approval and applied nonces.
-		// The registry, read-only: a key version request's key store and key
-		// id are checked against it.
+		// The registry: a key version request's key store and key id are
+		// checked against it, and people's signed registry changes are
+		// applied by keyworkers (services/keyworker/admin_registry.go).
 		perms.Pub = join(perms.Pub, kvRead(shared.BucketOperators), kvWrite(shared.BucketAdmin, all),
-			kvRead(shared.BucketKeystores), kvRead(shared.BucketXKSKeys))
+			kvWrite(shared.BucketKeystores, all), kvWrite(shared.BucketXKSKeys, all), kvWrite(shared.BucketTenants, all))
 		for _, p := range pools {
 			perms.Sub = append(perms.Sub, shared.KeyworkerAdminSubject(p, all))
 		}

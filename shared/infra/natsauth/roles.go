@@ -83,15 +83,16 @@ func personAuditPrefixes(name string) []string {
 func rolePub(r Role) []string {
 	switch r {
 	case RoleAdmin:
-		return join(
-			kvWrite(shared.BucketKeystores, all), kvWrite(shared.BucketXKSKeys, all), kvWrite(shared.BucketTenants, all),
-			kwadmin(shared.EndpointKeyCreate, shared.EndpointKeyInfo, shared.EndpointKeyList, shared.EndpointKeyVersion,
-				shared.EndpointSeal, shared.EndpointIssueCert, shared.EndpointHealth))
+		// Key stores, keys and tenants change through the keyworkers'
+		// registry endpoint (signed, audited, quorum), never a KV write.
+		return kwadmin(shared.EndpointKeyCreate, shared.EndpointKeyInfo, shared.EndpointKeyList, shared.EndpointKeyVersion,
+			shared.EndpointSeal, shared.EndpointIssueCert, shared.EndpointHealth, shared.EndpointRegistry)
 	case RoleSecurity:
-		// Credential rotation rewrites a key store's entry (its credentials
-		// sealed by the pool's HSM: the seal endpoint).
-		return join(kvWrite(shared.BucketKillSwitch, all), kvWrite(shared.BucketKeystores, all),
-			kwadmin(shared.EndpointSeal, shared.EndpointHealth))
+		// Credential rotation rewrites a key store's entry through the
+		// registry endpoint (its credentials sealed by the pool's HSM: the
+		// seal endpoint). The kill switch is a direct write: engaging must
+		// not wait for any service.
+		return join(kvWrite(shared.BucketKillSwitch, all), kwadmin(shared.EndpointSeal, shared.EndpointHealth, shared.EndpointRegistry))
 	case RoleCustodian:
 		return join(kvWrite(shared.BucketUnseal, all), kwadmin(shared.EndpointHealth))
 	case RoleAuditor:
