@@ -26,6 +26,10 @@ const (
 	// SubjectKeyworkerAdminPrefix is the request/reply (nats micro) API of a
 	// keyworker pool: sovkeys.kwadmin.<pool>.<endpoint>.
 	SubjectKeyworkerAdminPrefix = "sovkeys.kwadmin."
+	// SubjectAuthnAdminPrefix is authn's request/reply API for people's
+	// signed registry changes: sovkeys.authnadmin.<endpoint> (registry,
+	// approve, reject).
+	SubjectAuthnAdminPrefix = "sovkeys.authnadmin."
 
 	StreamRequests = "SOVKEYS_REQ"
 	StreamAudit    = "SOVKEYS_AUDIT"
@@ -322,6 +326,9 @@ func SiblingOfSubject(prefix, subject string) (int, string, bool) {
 
 // WorkConsumer returns the durable consumer name of a pool.
 func WorkConsumer(pool string) string { return ConsumerWorkPrefix + pool }
+
+// AuthnAdminSubject returns the subject of authn's admin endpoint.
+func AuthnAdminSubject(endpoint string) string { return SubjectAuthnAdminPrefix + endpoint }
 
 // KeyworkerAdminSubject returns the admin endpoint subject of a pool.
 func KeyworkerAdminSubject(pool, endpoint string) string {

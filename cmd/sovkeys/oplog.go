@@ -64,10 +64,11 @@ func (o *operator) audited(ctx context.Context, api string, params map[string]st
 	o.op = &currentOp{api: api, params: params}
 	err := fn()
 	o.op = nil
-	if isPending(err) {
-		// Not applied yet: the keyworker audits the request; its approval
-		// audits the change.
-		p := map[string]string{"pending": err.(*pendingError).id}
+	var pe *pendingError
+	if errors.As(err, &pe) {
+		// Not applied yet: authn or the keyworker audits the request; its
+		// approval audits the change.
+		p := map[string]string{"pending": pe.id}
 		for k, v := range params {
 			p[k] = v
 		}

@@ -120,6 +120,39 @@ func TestPeopleAndQuorum(t *testing.T) {
 		}
 	}
 
+	// A forced credential rotation (security) waits for a second person of
+	// the security role: an admin's approval does not count.
+	n.cli(t, nil, "operator", "add", "--dir", dir, "--name", "sam", "--roles", "security")
+	sam := clusterinit.PersonCredsFile(dir, "sam")
+	if err := n.cliAs(audrey, nil, "tenant", "create", "--id", "vpc-audrey"); err == nil {
+		t.Fatal("an auditor created a tenant")
+	}
+	n.cli(t, nil, "xks", "keystore", "rotate-credential", "--prefix", "/people")
+	var stderr strings.Builder
+	code := run(context.Background(), []string{"xks", "keystore", "rotate-credential", "--prefix", "/people", "--force"}, n.getenv, &strings.Builder{}, &stderr)
+	if code != exitPending {
+		t.Fatalf("forced rotation: exit %d, want %d (pending): %s", code, exitPending, stderr.String())
+	}
+	var list strings.Builder
+	if code := run(context.Background(), []string{"request", "list"}, n.getenv, &list, &strings.Builder{}); code != 0 {
+		t.Fatalf("request list: %d", code)
+	}
+	var forced string
+	for _, line := range strings.Split(list.String(), "\n") {
+		if strings.Contains(line, "rotate_credential") && strings.Contains(line, "pending") {
+			forced = strings.Fields(line)[0]
+		}
+	}
+	if forced == "" {
+		t.Fatalf("no pending forced rotation in:\n%s", list.String())
+	}
+	if err := n.cliAs(bob, nil, "approve", forced); err == nil || !strings.Contains(err.Error(), "security role") {
+		t.Fatalf("an admin approved a forced rotation: %v", err)
+	}
+	if err := n.cliAs(sam, &decided, "approve", forced); err != nil || decided.State != roster.StateApplied {
+		t.Fatalf("security approval: %+v %v", decided, err)
+	}
+
 	// Signed requests sent by hand: replay, stale time, a key that is not
 	// the person's, no signature at all.
 	nc := connectAs(t, n, admin)

@@ -4,21 +4,18 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"slices"
 	"strings"
 
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/sovkeys/sovkeys/shared"
 	"github.com/sovkeys/sovkeys/shared/api/kwadmin"
-	"github.com/sovkeys/sovkeys/shared/infra/mesh"
 	"github.com/sovkeys/sovkeys/shared/infra/registry"
 )
 
 // Registry writes are not a person's to make: key stores, XKS keys and
-// tenants change only through the keyworkers' registry endpoint, which
-// verifies the person's signature and role, applies the quorum policy and
-// audits the change before it writes (services/keyworker/admin_registry.go).
+// tenants change only through authn's registry endpoint, which verifies
+// the person's signature and role, applies the quorum policy and audits
+// the change before it writes (services/authn/admin.go).
 // signedKV is the bucket as the CLI sees it: reads go to the bucket (people
 // may read it), writes become signed registry requests of the operator
 // command under way (operator.audited names it).
@@ -51,7 +48,9 @@ type signedKV struct {
 }
 
 // signedKV wraps a registry bucket so its writes are signed requests.
-func (o *operator) signedKV(kv jetstream.KeyValue) jetstream.KeyValue { return signedKV{KeyValue: kv, o: o} }
+func (o *operator) signedKV(kv jetstream.KeyValue) jetstream.KeyValue {
+	return signedKV{KeyValue: kv, o: o}
+}
 
 func (k signedKV) write(ctx context.Context, mode, key string, value []byte, rev uint64) (uint64, error) {
 	if k.o.op == nil {
@@ -60,13 +59,9 @@ func (k signedKV) write(ctx context.Context, mode, key string, value []byte, rev
 	if _, err := k.o.person(); err != nil {
 		return 0, err
 	}
-	pool, err := k.o.adminPool(ctx)
-	if err != nil {
-		return 0, err
-	}
 	w := kwadmin.RegistryWrite{Bucket: k.Bucket(), Key: key, Mode: mode, Value: value, Revision: rev, API: k.o.op.api, Params: k.o.op.params}
 	var resp kwadmin.RegistryWriteResponse
-	if err := kwadmin.Call(ctx, k.o.nc, pool, kwadmin.EndpointRegistry, w, &resp); err != nil {
+	if err := kwadmin.CallAuthn(ctx, k.o.nc, kwadmin.EndpointRegistry, w, &resp); err != nil {
 		return 0, err
 	}
 	switch {
@@ -103,28 +98,6 @@ func (k signedKV) Delete(ctx context.Context, key string, _ ...jetstream.KVDelet
 
 func (k signedKV) Purge(ctx context.Context, key string, _ ...jetstream.KVDeleteOpt) error {
 	return k.Delete(ctx, key)
-}
-
-// adminPool is the keyworker pool that applies registry changes: "default"
-// when it exists, else the first registered pool.
-func (o *operator) adminPool(ctx context.Context) (string, error) {
-	kv, err := mesh.BindKV(ctx, o.js, jetstream.KeyValueConfig{Bucket: shared.BucketPools})
-	if err != nil {
-		return "", err
-	}
-	lister, err := kv.ListKeys(ctx)
-	if err != nil {
-		return "", fmt.Errorf("keyworker pools: %w", err)
-	}
-	var pools []string
-	for k := range lister.Keys() {
-		pools = append(pools, k)
-	}
-	if slices.Contains(pools, "default") || len(pools) == 0 {
-		return "default", nil
-	}
-	slices.Sort(pools)
-	return pools[0], nil
 }
 
 // isPending reports whether err says a change waits for approval.

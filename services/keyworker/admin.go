@@ -43,7 +43,6 @@ func (s *Service) startAdmin() (micro.Service, error) {
 	endpoints[kwadmin.EndpointKeyVersion] = s.adminKeyVersion // admin_versions.go
 	endpoints[kwadmin.EndpointApprove] = s.adminApprove       // admin_quorum.go
 	endpoints[kwadmin.EndpointReject] = s.adminReject
-	endpoints[kwadmin.EndpointRegistry] = s.adminRegistry // admin_registry.go
 	for name, fn := range endpoints {
 		if err := g.AddEndpoint(name, s.adminHandler(name, fn)); err != nil {
 			_ = svc.Stop()
@@ -61,8 +60,7 @@ func (s *Service) adminHandler(name string, fn func(context.Context, []byte) (an
 		var resp any
 		var err error
 		switch op := kwadmin.Op(name, req.Data()); {
-		case op == "", name == kwadmin.EndpointKeyVersion, name == kwadmin.EndpointApprove, name == kwadmin.EndpointReject,
-			name == kwadmin.EndpointRegistry:
+		case op == "", name == kwadmin.EndpointKeyVersion, name == kwadmin.EndpointApprove, name == kwadmin.EndpointReject:
 			// Reads and service calls; key versions and decisions verify
 			// their signatures themselves (quorum).
 			resp, err = fn(ctx, req.Data())

@@ -69,14 +69,14 @@ func TestAttackRolesAreSeparate(t *testing.T) {
 	t.Parallel()
 	m := startMesh(t)
 	alice, sam, carol, audrey := natsauth.PersonUser("alice"), natsauth.PersonUser("sam"), natsauth.PersonUser("carol"), natsauth.PersonUser("audrey")
-	keystore := shared.SubjectKVPrefix + shared.BucketKeystores + ".x"
+	registry := shared.AuthnAdminSubject(shared.EndpointRegistry)
 	kill := shared.SubjectKVPrefix + shared.BucketKillSwitch + ".all"
 	share := shared.SubjectKVPrefix + shared.BucketUnseal + ".default.share"
 	for user, refused := range map[string][]string{
 		alice:  {kill, share, shared.JSStreamMsgGet + shared.StreamAuditLog},
 		sam:    {shared.KeyworkerAdminSubject(pool, shared.EndpointKeyCreate), shared.KeyworkerAdminSubject(pool, shared.EndpointKeyVersion), share},
-		carol:  {keystore, kill, shared.KeyworkerAdminSubject(pool, shared.EndpointKeyCreate), shared.KeyworkerAdminSubject(pool, shared.EndpointSeal), shared.JSStreamMsgGet + shared.StreamAuditLog},
-		audrey: {keystore, kill, share, shared.KeyworkerAdminSubject(pool, shared.EndpointKeyVersion), shared.KeyworkerAdminSubject(pool, shared.EndpointIssueCert)},
+		carol:  {registry, kill, shared.KeyworkerAdminSubject(pool, shared.EndpointKeyCreate), shared.KeyworkerAdminSubject(pool, shared.EndpointSeal), shared.JSStreamMsgGet + shared.StreamAuditLog},
+		audrey: {registry, kill, share, shared.KeyworkerAdminSubject(pool, shared.EndpointKeyVersion), shared.KeyworkerAdminSubject(pool, shared.EndpointIssueCert)},
 	} {
 		for _, subj := range refused {
 			m.refusedPub(t, user, "act outside the role", subj)
@@ -88,8 +88,15 @@ func TestAttackRolesAreSeparate(t *testing.T) {
 		m.refusedPub(t, user, "read unseal shares", shared.JSDirectGet+shared.KVStream(shared.BucketUnseal)+".$KV."+shared.BucketUnseal+".default.x")
 	}
 	// And each role can do its own job (the server answers, no violation).
+	// Nobody writes key stores, keys or tenants directly: authn does, on
+	// their signed request.
+	for _, user := range personUsers() {
+		for _, b := range []string{shared.BucketKeystores, shared.BucketXKSKeys, shared.BucketTenants} {
+			m.refusedPub(t, user, "write the registry directly", shared.SubjectKVPrefix+b+".x")
+		}
+	}
 	for user, allowed := range map[string]string{
-		alice: keystore, sam: kill, carol: share,
+		alice: registry, sam: kill, carol: share,
 	} {
 		errs := make(chan error, 4)
 		nc, _ := m.connect(t, user, errs)

@@ -175,7 +175,13 @@ func UserPermissions(user, service string, pools []string) Permissions {
 		for _, p := range pools {
 			perms.Pub = append(perms.Pub, siblings(shared.WorkStream(p), streamLookup)...)
 		}
-		perms.Sub = sub
+		// People's signed registry changes (services/authn/admin.go): authn
+		// already decides every request from these buckets, so writing them
+		// on a verified, audited request grants it nothing it could not
+		// already do with a key; the kill switch stays out of its reach.
+		perms.Pub = join(perms.Pub, kvRead(shared.BucketOperators), kvWrite(shared.BucketAdmin, all),
+			kvWrite(shared.BucketKeystores, all), kvWrite(shared.BucketXKSKeys, all), kvWrite(shared.BucketTenants, all))
+		perms.Sub = join(sub, []string{under(shared.SubjectAuthnAdminPrefix)})
 	case ServiceKeyworker:
 		// The HSM sidecar: its pools' work queues and admin subjects, the
 		// EKT store (add only), its pools' PKI entries and registration.
@@ -192,11 +198,10 @@ func UserPermissions(user, service string, pools []string) Permissions {
 		}
 		// Signed admin requests: the roster to verify them, the admin bucket
 		// for requests waiting for approval and applied nonces.
-		// The registry: a key version request's key store and key id are
-		// checked against it, and people's signed registry changes are
-		// applied by keyworkers (services/keyworker/admin_registry.go).
+		// The registry, read-only: a key version request's key store and key
+		// id are checked against it.
 		perms.Pub = join(perms.Pub, kvRead(shared.BucketOperators), kvWrite(shared.BucketAdmin, all),
-			kvWrite(shared.BucketKeystores, all), kvWrite(shared.BucketXKSKeys, all), kvWrite(shared.BucketTenants, all))
+			kvRead(shared.BucketKeystores), kvRead(shared.BucketXKSKeys))
 		for _, p := range pools {
 			perms.Sub = append(perms.Sub, shared.KeyworkerAdminSubject(p, all))
 		}

@@ -83,16 +83,17 @@ func personAuditPrefixes(name string) []string {
 func rolePub(r Role) []string {
 	switch r {
 	case RoleAdmin:
-		// Key stores, keys and tenants change through the keyworkers'
-		// registry endpoint (signed, audited, quorum), never a KV write.
-		return kwadmin(shared.EndpointKeyCreate, shared.EndpointKeyInfo, shared.EndpointKeyList, shared.EndpointKeyVersion,
-			shared.EndpointSeal, shared.EndpointIssueCert, shared.EndpointHealth, shared.EndpointRegistry)
+		// Key stores, keys and tenants change through authn's registry
+		// endpoint (signed, audited, quorum), never a KV write.
+		return join(kwadmin(shared.EndpointKeyCreate, shared.EndpointKeyInfo, shared.EndpointKeyList, shared.EndpointKeyVersion,
+			shared.EndpointSeal, shared.EndpointIssueCert, shared.EndpointHealth), []string{shared.AuthnAdminSubject(shared.EndpointRegistry)})
 	case RoleSecurity:
-		// Credential rotation rewrites a key store's entry through the
+		// Credential rotation rewrites a key store's entry through authn's
 		// registry endpoint (its credentials sealed by the pool's HSM: the
 		// seal endpoint). The kill switch is a direct write: engaging must
 		// not wait for any service.
-		return join(kvWrite(shared.BucketKillSwitch, all), kwadmin(shared.EndpointSeal, shared.EndpointHealth, shared.EndpointRegistry))
+		return join(kvWrite(shared.BucketKillSwitch, all), kwadmin(shared.EndpointSeal, shared.EndpointHealth),
+			[]string{shared.AuthnAdminSubject(shared.EndpointRegistry)})
 	case RoleCustodian:
 		return join(kvWrite(shared.BucketUnseal, all), kwadmin(shared.EndpointHealth))
 	case RoleAuditor:
@@ -119,7 +120,8 @@ func PersonPermissions(name string, roles []Role) Permissions {
 		kvRead(shared.BucketPools), kvRead(shared.BucketPKI), kvRead(shared.BucketKillSwitch),
 		kvRead(shared.BucketOperators), kvRead(shared.BucketAdmin),
 		personAuditPrefixes(name), siblings(shared.StreamAudit, streamLookup),
-		kwadmin(shared.EndpointApprove, shared.EndpointReject))
+		kwadmin(shared.EndpointApprove, shared.EndpointReject),
+		[]string{shared.AuthnAdminSubject(shared.EndpointApprove), shared.AuthnAdminSubject(shared.EndpointReject)})
 	for _, r := range roles {
 		if !slices.Contains(Roles(), r) {
 			return none()

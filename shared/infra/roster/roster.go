@@ -166,7 +166,12 @@ type Policy struct {
 
 // Operations that wait for a quorum by default (docs/security.md,
 // "Quorum"). The names are the Op of their signed requests.
-const OpKeyVersionDestroy = kwadmin.OpVersionDestroy
+const (
+	OpKeyVersionDestroy = kwadmin.OpVersionDestroy
+	// OpForcedRotation retires a key store's oldest live credential to
+	// make room for a new one (KMS may still be using it).
+	OpForcedRotation = "registry.keystore.rotate_credential.force"
+)
 
 // DefaultQuorum is the quorum of every destructive or trust-changing
 // operation when the roster holds no policy.
@@ -174,7 +179,7 @@ const DefaultQuorum = 2
 
 // DefaultPolicy is the policy of a deployment whose roster has none.
 func DefaultPolicy() Policy {
-	return Policy{Quorum: map[string]int{OpKeyVersionDestroy: DefaultQuorum}}
+	return Policy{Quorum: map[string]int{OpKeyVersionDestroy: DefaultQuorum, OpForcedRotation: DefaultQuorum}}
 }
 
 // UniformPolicy needs n signatures for every operation DefaultPolicy names
