@@ -200,8 +200,8 @@ func (s *sealed) entry(ctx context.Context, e jetstream.KeyValueEntry, try func(
 		return false // another process's share, a key record, the budget
 	}
 	var ss SealedShare
-	if err := json.Unmarshal(e.Value(), &ss); err != nil {
-		s.refuse(ctx, key, "malformed", fmt.Errorf("%w: not an encrypted share", ErrShare))
+	if err := json.Unmarshal(e.Value(), &ss); err != nil || key != shared.UnsealShareKey(s.cfg.Pool, s.key.ID, ss.Index) {
+		s.refuse(ctx, key, "malformed", fmt.Errorf("%w: not an encrypted share stored under its own index", ErrShare))
 		return false
 	}
 	sh, err := s.key.Open(ss)
