@@ -40,7 +40,11 @@ type sealedKW struct {
 	pins []string
 }
 
-func (k *sealedKW) tries() []string { k.mu.Lock(); defer k.mu.Unlock(); return append([]string(nil), k.pins...) }
+func (k *sealedKW) tries() []string {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	return append([]string(nil), k.pins...)
+}
 
 // startSealed runs Await on kv as a keyworker whose HSM PIN is pin, until
 // the test ends; it returns once the key is published.
@@ -220,7 +224,7 @@ func TestBadSharesTryNoLogin(t *testing.T) {
 	}
 	put(key(1), []byte("not an encrypted share"))
 	put(key(2), seal(2, "sovkeys-share:v2:garbage"))
-	put(key(3), seal(3, other[2].Encode())) // p2's share 3 sent to p1
+	put(key(3), seal(3, other[2].Encode()))  // p2's share 3 sent to p1
 	put(key(4), seal(4, shares[4].Encode())) // share 5 stored as share 4
 	put(key(5), forStranger)
 	put(key(6), seal(2, shares[1].Encode())) // stored under another index than its info binds
