@@ -20,6 +20,10 @@ import (
 	"github.com/sovkeys/sovkeys/shared/infra/metrics"
 )
 
+// maxOpenSplits bounds the splits whose shares a sealed keyworker holds
+// at once while waiting for k of one of them.
+const maxOpenSplits = 16
+
 // DefaultRepublish is how often a sealed keyworker refreshes its key record
 // (the bucket's entries expire after an hour) and logs its fingerprint.
 const DefaultRepublish = 10 * time.Minute
@@ -222,6 +226,12 @@ func (s *sealed) entry(ctx context.Context, e jetstream.KeyValueEntry, try func(
 	}
 	g := s.groups[sh.Set]
 	if g == nil {
+		if len(s.groups) >= maxOpenSplits {
+			// Shares of many splits and none complete: someone is feeding
+			// the keyworker; start over rather than grow without bound.
+			s.log.Warn("unseal shares of too many different splits; forgetting those held", "splits", len(s.groups))
+			clear(s.groups)
+		}
 		g = map[byte]Share{}
 		s.groups[sh.Set] = g
 	}
