@@ -110,6 +110,12 @@ func (o *operator) unseal(ctx context.Context, lines, pins []string) error {
 		if targets[pool], err = unseal.Recipients(pool, recs, pins); err != nil {
 			return err
 		}
+		for _, r := range targets[pool] {
+			if r.State == unseal.StateLocked && r.LockedUntil.After(time.Now()) {
+				return fmt.Errorf("pool %q is locked after too many failed HSM logins: keyworker %s tries no login before %s; nothing submitted",
+					pool, r.Keyworker, r.LockedUntil.UTC().Format(time.RFC3339))
+			}
+		}
 	}
 	for _, pool := range pools {
 		for _, s := range byPool[pool] {
