@@ -69,8 +69,8 @@ func (c Config) Validate() error {
 		return fmt.Errorf("%w: pool %q", shared.ErrConfigValidation, c.Pool)
 	case c.Threshold < 2 || c.Threshold > 255:
 		return fmt.Errorf("%w: unseal threshold %d must be 2..255", shared.ErrConfigValidation, c.Threshold)
-	case c.MaxFailedLogins < 1 || c.MaxFailedLogins > 100:
-		return fmt.Errorf("%w: unseal max failed logins %d must be 1..100", shared.ErrConfigValidation, c.MaxFailedLogins)
+	case c.MaxFailedLogins < 1 || c.MaxFailedLogins > maxFailedLoginsLimit:
+		return fmt.Errorf("%w: unseal max failed logins %d must be 1..%d", shared.ErrConfigValidation, c.MaxFailedLogins, maxFailedLoginsLimit)
 	case c.Republish < time.Second || c.Republish >= LoginWindow:
 		return fmt.Errorf("%w: unseal republish period must be in [1s, %s)", shared.ErrConfigValidation, LoginWindow)
 	}
@@ -112,6 +112,7 @@ func Await(ctx context.Context, kv jetstream.KeyValue, cfg Config, try func(pin 
 		return fmt.Errorf("unseal: watch: %w", err)
 	}
 	defer func() { _ = w.Stop() }()
+	s.refreshLock(ctx)
 	if err := s.publish(ctx); err != nil {
 		return err
 	}
@@ -128,6 +129,7 @@ func Await(ctx context.Context, kv jetstream.KeyValue, cfg Config, try func(pin 
 		case <-ctx.Done():
 			return ctx.Err()
 		case <-tick.C:
+			s.refreshLock(ctx)
 			if err := s.publish(ctx); err != nil {
 				s.log.Warn("could not refresh the keyworker's unseal key record", "err", err)
 			}
@@ -146,6 +148,22 @@ func Await(ctx context.Context, kv jetstream.KeyValue, cfg Config, try func(pin 
 			}
 		}
 	}
+}
+
+// refreshLock reads the pool's budget: another keyworker may have spent
+// it, or its oldest failure may have left the window.
+func (s *sealed) refreshLock(ctx context.Context) {
+	st, err := ReadLoginState(ctx, s.kv, s.cfg.Pool, s.cfg.Now)
+	if err != nil {
+		s.log.Warn("could not read the pool's failed-login budget", "err", err)
+		return
+	}
+	if st.Failed >= s.cfg.MaxFailedLogins {
+		s.locked = &LockedError{Pool: s.cfg.Pool, Failed: st.Failed, Max: s.cfg.MaxFailedLogins, Until: st.Until}
+	} else {
+		s.locked = nil
+	}
+	metrics.UnsealLocked(s.cfg.Pool, s.locked != nil)
 }
 
 // announce logs that the process is sealed and the key fingerprint to pin.

@@ -339,3 +339,39 @@ func TestRecipientsPinning(t *testing.T) {
 		t.Fatal("a record whose fingerprint is not its key's passed")
 	}
 }
+
+func TestConfigValidate(t *testing.T) {
+	t.Parallel()
+	for _, c := range []Config{
+		{Pool: testPool, Threshold: 1},
+		{Pool: testPool, Threshold: 256},
+		{Pool: "Bad", Threshold: 2},
+		{Pool: testPool, Threshold: 2, MaxFailedLogins: -1},
+		{Pool: testPool, Threshold: 2, MaxFailedLogins: 101},
+		{Pool: testPool, Threshold: 2, Republish: LoginWindow},
+	} {
+		if err := c.Validate(); !errors.Is(err, shared.ErrConfigValidation) {
+			t.Errorf("%+v accepted: %v", c, err)
+		}
+	}
+	if err := (Config{Pool: testPool, Threshold: 2}).Validate(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// An unreadable budget entry is a spent budget: no login is tried.
+func TestUnreadableBudgetFailsClosed(t *testing.T) {
+	t.Parallel()
+	kv := openKV(t)
+	if _, err := kv.Put(t.Context(), shared.UnsealLoginsKey(testPool), []byte("not json")); err != nil {
+		t.Fatal(err)
+	}
+	b := &budget{kv: kv, pool: testPool, max: 3, now: time.Now}
+	var le *LockedError
+	if _, err := b.reserve(t.Context(), "kw1"); !errors.As(err, &le) {
+		t.Fatalf("reserve on an unreadable budget: %v", err)
+	}
+	if st, err := ReadLoginState(t.Context(), kv, testPool, time.Now); err != nil || st.Failed < maxFailedLoginsLimit {
+		t.Fatalf("state of an unreadable budget: %+v %v", st, err)
+	}
+}

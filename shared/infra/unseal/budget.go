@@ -31,6 +31,9 @@ const LoginWindow = time.Hour
 // DefaultMaxFailedLogins is the default budget per pool and LoginWindow.
 const DefaultMaxFailedLogins = 3
 
+// maxFailedLoginsLimit is the largest budget a pool may be configured with.
+const maxFailedLoginsLimit = 100
+
 // casRetries bounds compare-and-set rounds against other keyworkers.
 const casRetries = 50
 
@@ -181,7 +184,9 @@ func (b *budget) release(ctx context.Context, ref string) error {
 
 // ReadLoginState reads pool's failed-login budget (for status displays).
 func ReadLoginState(ctx context.Context, kv jetstream.KeyValue, pool string, now func() time.Time) (LoginState, error) {
-	b := &budget{kv: kv, pool: pool, max: DefaultMaxFailedLogins, now: now}
+	// An unreadable record counts as maxFailedLoginsLimit failures: locked
+	// whatever the configured budget.
+	b := &budget{kv: kv, pool: pool, max: maxFailedLoginsLimit, now: now}
 	rec, _, err := b.load(ctx)
 	return rec.state(), err
 }
