@@ -271,6 +271,16 @@ var (
 		"Unseal shares refused before any HSM login, by reason (malformed, not_for_this_keyworker, other_pool, threshold, check, clear).", "pool", "reason")
 )
 
+// UnsealInit makes pool's unseal series exist (at zero) in a keyworker that
+// is not, or no longer, sealed, so dashboards and alerts see them.
+func UnsealInit(pool string) {
+	p := poolLabel(pool)
+	unsealSealed.WithLabelValues(p).Set(0)
+	unsealLocked.WithLabelValues(p).Set(0)
+	unsealFailedLogins.WithLabelValues(p).Add(0)
+	unsealRefusedShares.WithLabelValues(p, "check").Add(0)
+}
+
 // UnsealSealed records whether this keyworker process of pool is sealed.
 func UnsealSealed(pool string, sealed bool) {
 	unsealSealed.WithLabelValues(poolLabel(pool)).Set(b2f(sealed))
