@@ -146,3 +146,25 @@ func TestParseRefusesMalformed(t *testing.T) {
 		}
 	}
 }
+
+// FuzzParse: no input panics, and what parses encodes back to a line that
+// parses to the same share.
+func FuzzParse(f *testing.F) {
+	shares, err := SplitPIN("fuzz-pin-1234", "default", 3, 2)
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Add(shares[0].Encode())
+	f.Add("sovkeys-share:v1:default:2:1:AAAA")
+	f.Add("sovkeys-share:v2:p:255:255:AAAAAAAAAAAAAAAA:" + strings.Repeat("A", 30))
+	f.Fuzz(func(t *testing.T, line string) {
+		s, err := Parse(line)
+		if err != nil {
+			return
+		}
+		back, err := Parse(s.Encode())
+		if err != nil || back.Encode() != s.Encode() {
+			t.Fatalf("%q -> %q -> %v", line, s.Encode(), err)
+		}
+	})
+}
