@@ -257,7 +257,7 @@ func openStandaloneHSM(ctx context.Context, f *standaloneFlags, dir string, stdo
 		}
 	}
 	if pin == "" {
-		fmt.Fprintf(stdout, "HSM sealed: run `sovkeys unseal --share SHARE` with %d shares to start the keyworker\n", f.svc.keyworker.unsealThreshold)
+		fmt.Fprintf(stdout, "HSM sealed: the keyworker logs its key fingerprint; run `sovkeys unseal --keyworker-key FINGERPRINT --share SHARE` with %d shares to start it\n", f.svc.keyworker.unsealThreshold)
 		return nil, nil
 	}
 	return openHSM(ctx, &f.svc, pin, logger)
