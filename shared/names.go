@@ -357,3 +357,26 @@ func KVBuckets() []string {
 	return []string{BucketKeystores, BucketXKSKeys, BucketPools, BucketTenants, BucketPKI, BucketKillSwitch,
 		BucketUnseal, BucketEKTIndex, BucketXKSRotation, BucketAuditSigner, BucketOperators, BucketAdmin}
 }
+
+// Keys of the unseal bucket (BucketUnseal), per pool. A sealed keyworker
+// process publishes its ephemeral public key under UnsealKeyKey; custodians
+// store shares encrypted to it under UnsealShareKey; the keyworkers of the
+// pool count failed HSM logins under UnsealLoginsKey. Process ids are
+// 1-32 chars of [a-z0-9].
+
+// UnsealKeyKey is where keyworker process id of pool publishes its key.
+func UnsealKeyKey(pool, id string) string { return pool + ".key." + id }
+
+// UnsealKeysFilter matches every published key of pool.
+func UnsealKeysFilter(pool string) string { return pool + ".key.*" }
+
+// UnsealShareKey is where share x encrypted to keyworker process id is stored.
+func UnsealShareKey(pool, id string, x int) string {
+	return pool + ".share." + id + "." + strconv.Itoa(x)
+}
+
+// UnsealSharesFilter matches every encrypted share of pool (all processes).
+func UnsealSharesFilter(pool string) string { return pool + ".share.>" }
+
+// UnsealLoginsKey holds pool's failed-login budget (compare-and-set).
+func UnsealLoginsKey(pool string) string { return pool + ".logins" }

@@ -190,15 +190,18 @@ func openHSM(ctx context.Context, c *serviceConfig, pin string, logger *slog.Log
 	}, logger)
 }
 
-// unsealHSM waits for k PIN shares in the memory-only unseal bucket and
-// opens the HSM with the PIN they rebuild, in this process's memory only.
+// unsealHSM publishes an ephemeral key in the unseal bucket, waits for k
+// PIN shares encrypted to it and opens the HSM with the PIN they rebuild,
+// in this process's memory only, within the pool's failed-login budget.
 func unsealHSM(ctx context.Context, c *serviceConfig, js jetstream.JetStream, logger *slog.Logger) (*keyworker.HSM, error) {
 	kv, err := unseal.Open(ctx, js, c.common.topo.t)
 	if err != nil {
 		return nil, err
 	}
 	var hsm *keyworker.HSM
-	err = unseal.Await(ctx, kv, c.pool, c.keyworker.unsealThreshold, logger, func(pin string) error {
+	cfg := unseal.Config{Pool: c.pool, Threshold: c.keyworker.unsealThreshold, MaxFailedLogins: c.keyworker.unsealMaxFailedLogins,
+		Logger: logger, Now: time.Now}
+	err = unseal.Await(ctx, kv, cfg, func(pin string) error {
 		h, err := openHSM(ctx, c, pin, logger)
 		if err != nil {
 			return err

@@ -177,6 +177,7 @@ func (s *Service) Run(ctx context.Context) error {
 	}
 	s.log.Info("keyworker ready", "sessions", sessions, "budget", s.cfg.Topology.WorkBudget, "work_streams", len(streams))
 	metrics.HSMSessions(s.cfg.Pool, sessions)
+	metrics.UnsealInit(s.cfg.Pool) // unsealed: the sealed and locked gauges read 0
 	go metrics.WatchWorkQueue(ctx, s.cfg.Pool, cons, 2*time.Second)
 	<-ctx.Done()
 	cc.Drain()

@@ -71,7 +71,7 @@ func TestAttackRolesAreSeparate(t *testing.T) {
 	alice, sam, carol, audrey := natsauth.PersonUser("alice"), natsauth.PersonUser("sam"), natsauth.PersonUser("carol"), natsauth.PersonUser("audrey")
 	registry := shared.AuthnAdminSubject(shared.EndpointRegistry)
 	kill := shared.SubjectKVPrefix + shared.BucketKillSwitch + ".all"
-	share := shared.SubjectKVPrefix + shared.BucketUnseal + ".default.share"
+	share := shared.SubjectKVPrefix + shared.BucketUnseal + "." + shared.UnsealShareKey(pool, "kw1", 1)
 	for user, refused := range map[string][]string{
 		alice:  {kill, share, shared.JSStreamMsgGet + shared.StreamAuditLog},
 		sam:    {shared.KeyworkerAdminSubject(pool, shared.EndpointKeyCreate), shared.KeyworkerAdminSubject(pool, shared.EndpointKeyVersion), share},

@@ -95,7 +95,10 @@ func rolePub(r Role) []string {
 		return join(kvWrite(shared.BucketKillSwitch, all), kwadmin(shared.EndpointSeal, shared.EndpointHealth),
 			[]string{shared.AuthnAdminSubject(shared.EndpointRegistry)})
 	case RoleCustodian:
-		return join(kvWrite(shared.BucketUnseal, all), kwadmin(shared.EndpointHealth))
+		// Read the sealed keyworkers' published keys and the pool's login
+		// budget; store shares encrypted to a key (never a key record or
+		// the budget: shared/infra/unseal).
+		return join(kvWrite(shared.BucketUnseal, shared.UnsealSharesFilter(any1)), kwadmin(shared.EndpointHealth))
 	case RoleAuditor:
 		return join(readStream(shared.StreamAuditLog), readStream(shared.ObjectStream(shared.BucketAuditExport)),
 			kvRead(shared.BucketAuditSigner),
