@@ -21,7 +21,6 @@ import (
 	"github.com/sovkeys/sovkeys/shared/testkit/natstest"
 )
 
-
 // connectAs dials the server with a fresh credential of user.
 func connectAs(t *testing.T, url, dir string, trust *natsauth.Trust, user string, p natsauth.Permissions) jetstream.KeyValue {
 	t.Helper()
