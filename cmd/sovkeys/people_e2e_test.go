@@ -153,6 +153,33 @@ func TestPeopleAndQuorum(t *testing.T) {
 		t.Fatalf("security approval: %+v %v", decided, err)
 	}
 
+	// Tenant and key store deletion wait for a second admin; a key store
+	// with keys is never deleted.
+	n.cli(t, nil, "tenant", "create", "--id", "vpc-gone")
+	pendingID := func(args ...string) string {
+		t.Helper()
+		var stderr strings.Builder
+		if code := run(context.Background(), args, n.getenv, &strings.Builder{}, &stderr); code != exitPending {
+			t.Fatalf("%v: exit %d, want %d: %s", args, code, exitPending, stderr.String())
+		}
+		_, rest, _ := strings.Cut(stderr.String(), "request ")
+		return strings.Fields(rest)[0]
+	}
+	del := pendingID("tenant", "delete", "--id", "vpc-gone")
+	if err := n.cliErr(nil, "tenant", "show", "--id", "vpc-gone"); err != nil {
+		t.Fatalf("the tenant went before its approval: %v", err)
+	}
+	if err := n.cliAs(bob, &decided, "approve", del); err != nil || decided.State != roster.StateApplied {
+		t.Fatalf("tenant delete approval: %+v %v", decided, err)
+	}
+	if err := n.cliErr(nil, "tenant", "show", "--id", "vpc-gone"); err == nil {
+		t.Fatal("the approved tenant deletion did not delete it")
+	}
+	ksDel := pendingID("xks", "keystore", "delete", "--prefix", "/people")
+	if err := n.cliAs(bob, nil, "approve", ksDel); err == nil || !strings.Contains(err.Error(), "still has") {
+		t.Fatalf("a key store with keys was deleted: %v", err)
+	}
+
 	// Signed requests sent by hand: replay, stale time, a key that is not
 	// the person's, no signature at all.
 	nc := connectAs(t, n, admin)

@@ -84,6 +84,19 @@ func tenantCommands() []command {
 		}),
 		setStatus("disable", registry.TenantDisabled),
 		setStatus("enable", registry.TenantEnabled),
+		operatorCommand("tenant delete", "--id TENANT", "delete a tenant (waits for a second admin's approval: exit 3 with the request id); its EKT and audit log stay",
+			(*tenantFlags).idFlag, func(ctx context.Context, o *operator, f *tenantFlags) error {
+				return o.audited(ctx, "tenant.delete", map[string]string{"tenant": f.id}, func() error {
+					r, err := o.openTenants(ctx)
+					if err != nil {
+						return err
+					}
+					if _, _, err := r.Get(ctx, f.id); err != nil {
+						return fmt.Errorf("tenant %q: %w", f.id, err)
+					}
+					return r.KV.Delete(ctx, f.id)
+				})
+			}),
 	}
 }
 

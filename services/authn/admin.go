@@ -38,9 +38,11 @@ func registryAPIs() map[string]map[string]natsauth.Role {
 		shared.BucketKeystores: {
 			"keystore.create": natsauth.RoleAdmin, "keystore.policy_set": natsauth.RoleAdmin,
 			"keystore.rotate_credential": natsauth.RoleSecurity, "keystore.retire_credential": natsauth.RoleSecurity,
+			"keystore.delete": natsauth.RoleAdmin,
 		},
 		shared.BucketXKSKeys: {"key.create": natsauth.RoleAdmin, "key.enable": natsauth.RoleAdmin, "key.disable": natsauth.RoleAdmin},
-		shared.BucketTenants: {"tenant.create": natsauth.RoleAdmin, "tenant.enable": natsauth.RoleAdmin, "tenant.disable": natsauth.RoleAdmin},
+		shared.BucketTenants: {"tenant.create": natsauth.RoleAdmin, "tenant.enable": natsauth.RoleAdmin, "tenant.disable": natsauth.RoleAdmin,
+			"tenant.delete": natsauth.RoleAdmin},
 	}
 }
 
@@ -62,8 +64,8 @@ func registryRole(w kwadmin.RegistryWrite) (natsauth.Role, error) {
 		return "", shared.NewError(shared.CodeValidation, "invalid registry write mode %q", w.Mode)
 	case w.Mode != kwadmin.RegistryDelete && (len(w.Value) == 0 || len(w.Value) > 64<<10):
 		return "", shared.NewError(shared.CodeValidation, "registry value must be 1 byte to 64 KiB")
-	case w.Mode == kwadmin.RegistryDelete:
-		return "", shared.NewError(shared.CodeUnsupportedOperation, "deleting registry entries is not an operation yet")
+	case (w.Mode == kwadmin.RegistryDelete) != strings.HasSuffix(w.API, ".delete"):
+		return "", shared.NewError(shared.CodeValidation, "operation %q does not %s", w.API, w.Mode)
 	}
 	return role, nil
 }
@@ -168,6 +170,10 @@ func (s *Service) applyRegistry(ctx context.Context, w kwadmin.RegistryWrite) (a
 		rev, err = kv.Update(ctx, w.Key, w.Value, w.Revision)
 	case kwadmin.RegistryPut:
 		rev, err = kv.Put(ctx, w.Key, w.Value)
+	case kwadmin.RegistryDelete:
+		if err = s.checkDeletable(ctx, w); err == nil {
+			err = kv.Delete(ctx, w.Key)
+		}
 	}
 	if errors.Is(err, jetstream.ErrKeyExists) || mesh.IsWrongLastSequence(err) {
 		return kwadmin.RegistryWriteResponse{Conflict: true}, nil
@@ -176,4 +182,35 @@ func (s *Service) applyRegistry(ctx context.Context, w kwadmin.RegistryWrite) (a
 		return nil, fmt.Errorf("authn: registry %s %s: %w", w.Bucket, w.Key, err)
 	}
 	return kwadmin.RegistryWriteResponse{Revision: rev}, nil
+}
+
+// checkDeletable refuses deleting a key store that still has keys (KMS's
+// rule too: delete or move the keys first) and anything that does not exist.
+func (s *Service) checkDeletable(ctx context.Context, w kwadmin.RegistryWrite) error {
+	kv, err := mesh.EnsureBucket(ctx, s.js, w.Bucket, "sovkeys: "+w.Bucket, s.cfg.Topology)
+	if err != nil {
+		return err
+	}
+	if _, err := kv.Get(ctx, w.Key); err != nil {
+		return shared.NewError(shared.CodeKeyNotFound, "%s %s does not exist", w.Bucket, w.Key)
+	}
+	if w.Bucket != shared.BucketKeystores {
+		return nil
+	}
+	keys, err := mesh.EnsureBucket(ctx, s.js, shared.BucketXKSKeys, "sovkeys: XKS keys", s.cfg.Topology)
+	if err != nil {
+		return err
+	}
+	lister, err := keys.ListKeysFiltered(ctx, w.Key+".>")
+	if err != nil {
+		return fmt.Errorf("authn: keys of %s: %w", w.Key, err)
+	}
+	n := 0
+	for range lister.Keys() {
+		n++
+	}
+	if n > 0 {
+		return shared.NewError(shared.CodeInvalidState, "key store %s still has %d key(s): delete them first", w.Key, n)
+	}
+	return nil
 }
