@@ -410,7 +410,7 @@ func (d *deployment) metaLeader(t *testing.T) int {
 
 func (d *deployment) nodeOf(t *testing.T, stream string, leader bool) int {
 	t.Helper()
-	nc, err := nats.Connect(d.urls, nats.UserCredentials(d.opCreds))
+	nc, err := nats.Connect(d.urls, nats.UserCredentials(d.bootstrapCreds), nats.CustomInboxPrefix(shared.InboxPrefix(shared.UserBootstrap)))
 	if err != nil {
 		t.Fatal(err)
 	}
