@@ -71,6 +71,67 @@ func TestInstanceBoots(t *testing.T) {
 		figures = append(figures, r.figures("second")...)
 	})
 
+	t.Run("sovkeys down at boot, started 20 s later", func(t *testing.T) {
+		n.stop()
+		var started time.Time
+		r := boot(t, vmSpec{scenario: "down", disks: []string{sysA, data}, params: map[string]string{"marker": marker},
+			onMark: func(string) {
+				time.Sleep(20 * time.Second)
+				started = time.Now()
+				if err := n.start(); err != nil {
+					t.Errorf("restart the node: %v", err)
+				}
+			}})
+		ensureNode(t)
+		if started.IsZero() {
+			t.Fatal("the boot never said the agent started: the node was not restarted during it")
+		}
+		r.passed(t, "bounded retries (exit 6)", "automount while the service starts (exit 0)", "file reads back")
+		figures = append(figures, r.figures("down")...)
+	})
+
+	b := enrol(t, "vpc-vm", "i-0vm00000000000b")
+	sysB := b.systemDisk(t, "/dev/vdb:/mnt/data")
+	t.Run("another instance of the tenant: exit 11 until takeown", func(t *testing.T) {
+		r := boot(t, vmSpec{scenario: "other", disks: []string{sysB, data}, params: map[string]string{"marker": marker, "source": a.id}})
+		r.passed(t, "another instance's volume (exit 11)", "takeown (exit 0)", "automount after takeown (exit 0)", "file reads back")
+		if st, _ := readStore(t, data); st.Records[0].InstanceID != b.id {
+			t.Errorf("store owner after takeown %q, want %q", st.Records[0].InstanceID, b.id)
+		}
+		figures = append(figures, r.figures("other")...)
+	})
+
+	t.Run("another tenant, a tampered store, a corrupt store: refused", func(t *testing.T) {
+		c := enrol(t, "vpc-vm-other", "i-0vm00000000000c")
+		sysC := c.systemDisk(t, "")
+		dir := scratch(t)
+		tampered, corrupt := filepath.Join(dir, "tampered.img"), filepath.Join(dir, "corrupt.img")
+		tamperStore(t, data, tampered)
+		corruptStore(t, data, corrupt)
+		r := boot(t, vmSpec{scenario: "tenant", disks: []string{sysC, data, tampered, corrupt}, params: map[string]string{"source": b.id}})
+		r.passed(t, "another instance (exit 11)", "another tenant refused (exit 7)", "before any call (exit 8)", "corrupt store refused (exit 10)")
+		if st, _ := readStore(t, data); st.Records[0].InstanceID != b.id {
+			t.Errorf("store owner changed to %q by a refused takeown", st.Records[0].InstanceID)
+		}
+	})
+
+	t.Run("kill switch engaged: nothing mounted", func(t *testing.T) {
+		const reason = "vm-test-instance-compromise"
+		n.cli(t, "killswitch", "engage", "--tenant", "vpc-vm", "--reason", reason)
+		defer n.cli(t, "killswitch", "release", "--tenant", "vpc-vm")
+		r := boot(t, vmSpec{scenario: "killswitch", disks: []string{sysB, data}})
+		r.passed(t, "kill switch engaged (exit 7)", "says why", "nothing mounted")
+		if !strings.Contains(r.console, reason) {
+			t.Errorf("the boot does not show the operator's reason %q", reason)
+		}
+	})
+
+	t.Run("a volume made the original Sovereign Keys way", func(t *testing.T) {
+		orig, key := originalVolume(t, a)
+		r := boot(t, vmSpec{scenario: "original", disks: []string{sysA, data, orig, key}, params: map[string]string{"marker": marker}})
+		r.passed(t, "original volume made", "status says original", "mount of an original volume (exit 0)", "file reads back")
+	})
+
 	for _, f := range figures {
 		t.Log(f)
 	}
@@ -107,5 +168,72 @@ func (r bootResult) figures(boot string) []string {
 	return out
 }
 
-var _ = filepath.Join
-var _ = time.Second
+// ensureNode restarts the node if a failed scenario left it stopped.
+func ensureNode(t *testing.T) {
+	t.Helper()
+	n := shared.node
+	n.mu.Lock()
+	running := n.cmd != nil
+	n.mu.Unlock()
+	if !running {
+		if err := n.start(); err != nil {
+			t.Fatalf("restart the node: %v", err)
+		}
+	}
+}
+
+// originalVolume prepares a disk as the original agent's sk-prep-dev did
+// (sgdisk layout, a FAT secret store holding encrypted_secret.bin, LUKS
+// keyed with the raw secret as key file), up to its filesystem step, which
+// needs device-mapper: the guest does that one (init.sh "original"), with
+// the raw secret handed over on a disk of its own (key).
+func originalVolume(t *testing.T, owner *instance) (img, key string) {
+	t.Helper()
+	img = sparseDisk(t, "original.img", diskSize)
+	run(t, "sgdisk", "-o", img)
+	run(t, "sgdisk", "-n", "128:2048:4095", "-c", "128:Secret Store", img)
+	run(t, "sgdisk", "-n", "1:4096:0", "-c", "1:Data", img)
+	raw, err := os.ReadFile(img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	uuid, err := diskGUID(raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	secret, blob, err := owner.client.GenerateSecretSigned(context.Background(), owner.id, uuid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := scratch(t)
+	blobFile, storeFile, dataFile := filepath.Join(dir, "encrypted_secret.bin"), filepath.Join(dir, "store.fat"), filepath.Join(dir, "data.luks")
+	writeFile(t, blobFile, blob.EncryptedSecret)
+	run(t, "mkfs.fat", "-C", storeFile, "1024")
+	run(t, "mcopy", "-i", storeFile, blobFile, "::encrypted_secret.bin")
+	start, size, err := partition(raw, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(dataFile, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Truncate(dataFile, size); err != nil {
+		t.Fatal(err)
+	}
+	// LUKS1 with PBKDF2, as the original made volumes on Amazon Linux 2.
+	runIn(t, secret, "cryptsetup", "luksFormat", "--batch-mode", "--type", "luks1", "--pbkdf-force-iterations", "1000", "--key-file", "-", dataFile)
+	st, err := os.ReadFile(storeFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	copy(raw[storeStart:], st)
+	hdr, err := os.ReadFile(dataFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	copy(raw[start:start+size], hdr)
+	writeFile(t, img, raw)
+	key = filepath.Join(dir, "key.img")
+	writeFile(t, key, append(bytes.Clone(secret), make([]byte, 4096-len(secret))...))
+	return img, key
+}
