@@ -34,6 +34,14 @@ func TestInstanceBoots(t *testing.T) {
 	data := sparseDisk(t, "data.img", diskSize)
 	marker := "sovkeys-vm-plaintext-" + hex.EncodeToString(randBytes(t, 8))
 	var figures []string
+	var rows []namedTimeline // automount runs, for the chart
+	keep := func(name string, r bootResult) {
+		for _, tl := range r.timelines() {
+			if _, ok := tl.unlock(); ok && strings.Contains(tl.what, "automount") {
+				rows = append(rows, namedTimeline{name, tl})
+			}
+		}
+	}
 
 	ok := t.Run("first boot: prep-dev -a, write a file", func(t *testing.T) {
 		none := sparseDisk(t, "none.img", diskSize)
@@ -69,6 +77,7 @@ func TestInstanceBoots(t *testing.T) {
 		r := boot(t, vmSpec{scenario: "second", disks: []string{sysA, data}, params: map[string]string{"marker": marker}})
 		r.passed(t, "automount (exit 0)", "file reads back")
 		figures = append(figures, r.figures("second")...)
+		keep("second boot", r)
 	})
 
 	t.Run("sovkeys down at boot, started 20 s later", func(t *testing.T) {
@@ -88,6 +97,7 @@ func TestInstanceBoots(t *testing.T) {
 		}
 		r.passed(t, "bounded retries (exit 6)", "automount while the service starts (exit 0)", "file reads back")
 		figures = append(figures, r.figures("down")...)
+		keep("sovkeys down 20 s", r)
 	})
 
 	b := enrol(t, "vpc-vm", "i-0vm00000000000b")
@@ -99,6 +109,7 @@ func TestInstanceBoots(t *testing.T) {
 			t.Errorf("store owner after takeown %q, want %q", st.Records[0].InstanceID, b.id)
 		}
 		figures = append(figures, r.figures("other")...)
+		keep("after takeown", r)
 	})
 
 	t.Run("another tenant, a tampered store, a corrupt store: refused", func(t *testing.T) {
@@ -137,6 +148,11 @@ func TestInstanceBoots(t *testing.T) {
 	}
 	if p := os.Getenv("SOVKEYS_VM_REPORT"); p != "" {
 		writeFile(t, p, []byte(strings.Join(figures, "\n")+"\n"))
+	}
+	if p := os.Getenv("SOVKEYS_VM_CHART"); p != "" && len(rows) > 0 {
+		if err := timelineChart(p, rows); err != nil {
+			t.Error(err)
+		}
 	}
 }
 

@@ -136,11 +136,11 @@ func busybox() (string, error) {
 
 func lookTool(name string) (string, error) {
 	if p, err := exec.LookPath(name); err == nil {
-		return filepath.EvalSymlinks(p)
+		return p, nil
 	}
 	for _, d := range []string{"/usr/sbin", "/sbin", "/usr/bin", "/bin"} {
 		if p := filepath.Join(d, name); fileExists(p) {
-			return filepath.EvalSymlinks(p)
+			return p, nil
 		}
 	}
 	return "", fmt.Errorf("%s not found", name)

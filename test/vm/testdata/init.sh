@@ -121,7 +121,7 @@ second)
 	;;
 down)
 	expect 6 "service down: bounded retries" env SK_AGENT_CONFIG=/run/quick.conf sk-agent mount --check /dev/vdb
-	check "says it will not retry further" says "retries"
+	check "says the service did not answer" says "no answer after 2 attempts"
 	say MARK agent-start
 	timed 0 "automount while the service starts" sk-agent automount
 	check "mounted on /mnt/data" mounted /mnt/data
