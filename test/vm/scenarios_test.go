@@ -37,7 +37,7 @@ func TestInstanceBoots(t *testing.T) {
 	var rows []namedTimeline // automount runs, for the chart
 	keep := func(name string, r bootResult) {
 		for _, tl := range r.timelines() {
-			if _, ok := tl.unlock(); ok && strings.Contains(tl.what, "automount") {
+			if _, ok := tl.unlock(); ok {
 				rows = append(rows, namedTimeline{name, tl})
 			}
 		}
@@ -97,7 +97,6 @@ func TestInstanceBoots(t *testing.T) {
 		}
 		r.passed(t, "bounded retries (exit 6)", "automount while the service starts (exit 0)", "file reads back")
 		figures = append(figures, r.figures("down")...)
-		keep("sovkeys down 20 s", r)
 	})
 
 	b := enrol(t, "vpc-vm", "i-0vm00000000000b")
@@ -141,6 +140,8 @@ func TestInstanceBoots(t *testing.T) {
 		orig, key := originalVolume(t, a)
 		r := boot(t, vmSpec{scenario: "original", disks: []string{sysA, data, orig, key}, params: map[string]string{"marker": marker}})
 		r.passed(t, "original volume made", "status says original", "mount of an original volume (exit 0)", "file reads back")
+		figures = append(figures, r.figures("original")...)
+		keep("original volume", r)
 	})
 
 	for _, f := range figures {

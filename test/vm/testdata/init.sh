@@ -160,7 +160,7 @@ original)
 	check "original volume made" test $? = 0
 	expect 0 "status of an original volume" sk-agent status /dev/vdc
 	check "status says original" says "original"
-	expect 0 "mount of an original volume" sk-agent mount /dev/vdc /mnt/data
+	timed 0 "mount of an original volume" sk-agent mount /dev/vdc /mnt/data
 	check "file reads back" reads_back
 	expect 0 "umount" sk-agent umount /mnt/data
 	;;
