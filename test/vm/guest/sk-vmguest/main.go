@@ -6,8 +6,8 @@
 //	                                port NAME to the host (test/vm/internal/bridge)
 //	sk-vmguest stamp                copy stdin to stdout, each line prefixed
 //	                                with the time since boot ("T 12.345 ")
-//	sk-vmguest rsa BITS             time one RSA key generation (what
-//	                                sk-agent does for every call)
+//	sk-vmguest rsa BITS COUNT       time RSA key generations (what sk-agent
+//	                                does for every call): median, slowest
 package main
 
 import (
@@ -23,6 +23,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"sort"
 	"strconv"
 	"strings"
 	"syscall"
@@ -40,23 +41,31 @@ func main() {
 
 func run(args []string) error {
 	if len(args) == 0 {
-		return errors.New("usage: sk-vmguest bridge NAME LISTEN | stamp | rsa BITS")
+		return errors.New("usage: sk-vmguest bridge NAME LISTEN | stamp | rsa BITS COUNT")
 	}
 	switch {
 	case args[0] == "bridge" && len(args) == 3:
 		return runBridge(args[1], args[2])
 	case args[0] == "stamp" && len(args) == 1:
 		return stamp(os.Stdin, os.Stdout)
-	case args[0] == "rsa" && len(args) == 2:
-		bits, err := strconv.Atoi(args[1])
-		if err != nil {
-			return err
+	case args[0] == "rsa" && len(args) == 3:
+		bits, err1 := strconv.Atoi(args[1])
+		n, err2 := strconv.Atoi(args[2])
+		if err := errors.Join(err1, err2); err != nil || n < 1 {
+			return fmt.Errorf("rsa BITS COUNT: %v", err)
 		}
-		start := time.Now()
-		if _, err := rsa.GenerateKey(rand.Reader, bits); err != nil {
-			return err
+		// RSA key generation time varies a lot from key to key (prime
+		// search): print the median and the slowest of n.
+		times := make([]float64, n)
+		for i := range times {
+			start := time.Now()
+			if _, err := rsa.GenerateKey(rand.Reader, bits); err != nil {
+				return err
+			}
+			times[i] = time.Since(start).Seconds()
 		}
-		fmt.Printf("%.3f\n", time.Since(start).Seconds())
+		sort.Float64s(times)
+		fmt.Printf("median=%.2f max=%.2f n=%d\n", times[n/2], times[n-1], n)
 		return nil
 	}
 	return fmt.Errorf("unknown command %q", strings.Join(args, " "))
