@@ -14,6 +14,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -33,6 +34,9 @@ type vmSpec struct {
 	disks    []string
 	params   map[string]string
 	onMark   func(name string)
+	// assetTag is the SMBIOS board asset tag (EC2 Nitro sets the
+	// instance id there); empty: none.
+	assetTag string
 }
 
 // bootResult is what the console said.
@@ -96,10 +100,14 @@ func boot(t *testing.T, spec vmSpec) bootResult {
 		"-kernel", shared.kernel.vmlinuz, "-initrd", shared.initramfs, "-append", strings.Join(params, " "),
 		"-device", "virtio-serial-pci", "-chardev", "socket,id=gw,path=" + sock,
 		"-device", "virtserialport,chardev=gw,name=gw"}
+	if spec.assetTag != "" {
+		args = append(args, "-smbios", "type=2,asset="+spec.assetTag)
+	}
 	for _, d := range spec.disks {
 		args = append(args, "-drive", "file="+d+",format=raw,if=virtio,cache=unsafe")
 	}
 	cmd := exec.CommandContext(ctx, shared.qemu, args...)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)

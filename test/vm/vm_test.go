@@ -23,6 +23,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -232,6 +233,7 @@ func (n *node) start() error {
 		"--nats-listen", n.natsAddr, "--log-level", "warn", "--dev-unseal-file", n.unseal)
 	n.stderr = &bytes.Buffer{}
 	cmd.Stdout, cmd.Stderr = &bytes.Buffer{}, n.stderr
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL} // dies with an interrupted test
 	if err := cmd.Start(); err != nil {
 		return err
 	}

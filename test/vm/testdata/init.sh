@@ -84,6 +84,9 @@ sed 's|^url = .*|url = https://127.0.0.1:9|' /etc/sovkeys-agent/agent.conf >/run
 sed -e '/^retries/d' -e '/^retry_initial/d' /etc/sovkeys-agent/agent.conf >/run/quick.conf
 echo "retries = 2" >>/run/quick.conf
 echo "retry_initial = 200ms" >>/run/quick.conf
+# The original's Nitro check (board asset tag = instance id), asked for.
+cp /etc/sovkeys-agent/agent.conf /run/nitro.conf
+echo "require_nitro = true" >>/run/nitro.conf
 
 case $SCENARIO in
 first)
@@ -112,12 +115,15 @@ first)
 	check "failed mount left no mapping" sh -c '! ls /dev/mapper | grep -q "^sk-"'
 	;;
 second)
-	rsa_time
 	timed 0 "automount" sk-agent automount
 	check "mounted on /mnt/data" mounted /mnt/data
 	check "file reads back" reads_back
 	kdf_info /dev/vdb1
 	expect 0 "umount --all" sk-agent umount --all
+	# No SMBIOS asset tag here: the Nitro check refuses, unless skipped.
+	expect 3 "Nitro check on a VM whose board asset tag is not the instance id" env SK_AGENT_CONFIG=/run/nitro.conf sk-agent mount --check /dev/vdb
+	expect 0 "--ignore-nitro-check" env SK_AGENT_CONFIG=/run/nitro.conf sk-agent mount --check --ignore-nitro-check /dev/vdb
+	rsa_time
 	;;
 down)
 	expect 6 "service down: bounded retries" env SK_AGENT_CONFIG=/run/quick.conf sk-agent mount --check /dev/vdb
@@ -158,6 +164,9 @@ original)
 		mkfs.ext4 -q /dev/mapper/orig && mkdir -p /mnt/orig && mount /dev/mapper/orig /mnt/orig &&
 		echo "$MARKER" >/mnt/orig/hello.txt && umount /mnt/orig && cryptsetup close orig
 	check "original volume made" test $? = 0
+	# This VM's SMBIOS board asset tag is the instance id (-smbios type=2):
+	# the Nitro check passes.
+	expect 0 "Nitro check where the board asset tag is the instance id" env SK_AGENT_CONFIG=/run/nitro.conf sk-agent mount --check /dev/vdc
 	expect 0 "status of an original volume" sk-agent status /dev/vdc
 	check "status says original" says "original"
 	timed 0 "mount of an original volume" sk-agent mount /dev/vdc /mnt/data
