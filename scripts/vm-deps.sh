@@ -32,11 +32,14 @@ if [ -z "$pkg" ]; then
 fi
 [ -n "$pkg" ] || { echo "vm-deps: apt knows no linux-image-amd64 (no Debian mirror in the apt sources?)" >&2; exit 1; }
 mkdir -p "$CACHE"
-if ls "$CACHE/${pkg}_"*.deb >/dev/null 2>&1; then
-	exit 0
+if ! ls "$CACHE/${pkg}_"*.deb >/dev/null 2>&1; then
+	echo "vm-deps: downloading $pkg into $CACHE"
+	# apt-get download writes into the working directory; as root apt warns
+	# that the download is unsandboxed (_apt cannot write here): harmless.
+	(cd "$CACHE" && apt-get download -q "$pkg" 2>&1 | grep -v -e 'unsandboxed' -e '^$' || true)
+	ls "$CACHE/${pkg}_"*.deb >/dev/null 2>&1 || { echo "vm-deps: apt-get download $pkg failed" >&2; exit 1; }
 fi
-echo "vm-deps: downloading $pkg into $CACHE"
-# apt-get download writes into the working directory; as root apt warns that
-# the download is unsandboxed (the _apt user cannot write here): harmless.
-(cd "$CACHE" && apt-get download -q "$pkg" 2>&1 | grep -v -e 'unsandboxed' -e '^$' || true)
-ls "$CACHE/${pkg}_"*.deb >/dev/null 2>&1 || { echo "vm-deps: apt-get download $pkg failed" >&2; exit 1; }
+# Older kernels (and their unpacked trees, ~400 MB each) are dropped.
+for old in "$CACHE"/linux-image-*; do
+	case $(basename "$old") in "${pkg}_"*) ;; *) rm -rf "$old" ;; esac
+done
