@@ -46,7 +46,11 @@ func TestInstanceBoots(t *testing.T) {
 	ok := t.Run("first boot: prep-dev -a, write a file", func(t *testing.T) {
 		none := sparseDisk(t, "none.img", diskSize)
 		r := boot(t, vmSpec{scenario: "first", disks: []string{sysA, data, none}, params: map[string]string{"marker": marker}})
-		r.passed(t, "prep-dev -f ext4", "file written", "umount --all", "not root (exit 5)", "(exit 9)")
+		r.passed(t, "no command (exit 2)", "unknown option (exit 2)", "not root (exit 5)", "not a sovkeys volume (exit 4)",
+			"check-key (exit 0)", "dry run writes nothing (exit 0)", "dry run left the disk empty",
+			"prep-dev -f ext4 -a /mnt/data on an empty disk (exit 0)", "mounted on /mnt/data", "file written",
+			"prep-dev again refused (exit 4)", "automount registered", "status names the owner", "umount --all (exit 0)",
+			"nothing mounted after umount", "prep-dev -f none (exit 0)", "without a filesystem (exit 9)", "failed mount left no mapping")
 		// The disk holds no plaintext and no secret.
 		st, img := readStore(t, data)
 		if bytes.Contains(img, []byte(marker)) {
@@ -75,7 +79,7 @@ func TestInstanceBoots(t *testing.T) {
 
 	t.Run("second boot: automount", func(t *testing.T) {
 		r := boot(t, vmSpec{scenario: "second", disks: []string{sysA, data}, params: map[string]string{"marker": marker}})
-		r.passed(t, "automount (exit 0)", "file reads back", "Nitro check on a VM whose board asset tag is not the instance id (exit 3)", "--ignore-nitro-check (exit 0)")
+		r.passed(t, "automount (exit 0)", "mounted on /mnt/data", "file reads back", "umount --all (exit 0)", "Nitro check on a VM whose board asset tag is not the instance id (exit 3)", "--ignore-nitro-check (exit 0)")
 		figures = append(figures, r.figures("second")...)
 		keep("second boot", r)
 	})
@@ -95,7 +99,8 @@ func TestInstanceBoots(t *testing.T) {
 		if started.IsZero() {
 			t.Fatal("the boot never said the agent started: the node was not restarted during it")
 		}
-		r.passed(t, "bounded retries (exit 6)", "automount while the service starts (exit 0)", "file reads back")
+		r.passed(t, "bounded retries (exit 6)", "says the service did not answer", "automount while the service starts (exit 0)",
+			"mounted on /mnt/data", "file reads back", "umount --all (exit 0)")
 		figures = append(figures, r.figures("down")...)
 	})
 
@@ -103,7 +108,8 @@ func TestInstanceBoots(t *testing.T) {
 	sysB := b.systemDisk(t, "/dev/vdb:/mnt/data")
 	t.Run("another instance of the tenant: exit 11 until takeown", func(t *testing.T) {
 		r := boot(t, vmSpec{scenario: "other", disks: []string{sysB, data}, params: map[string]string{"marker": marker, "source": a.id}})
-		r.passed(t, "another instance's volume (exit 11)", "takeown (exit 0)", "automount after takeown (exit 0)", "file reads back")
+		r.passed(t, "another instance's volume (exit 11)", "says takeown", "nothing mounted", "takeown (exit 0)",
+			"automount after takeown (exit 0)", "file reads back", "umount --all (exit 0)")
 		if st, _ := readStore(t, data); st.Records[0].InstanceID != b.id {
 			t.Errorf("store owner after takeown %q, want %q", st.Records[0].InstanceID, b.id)
 		}
@@ -119,7 +125,7 @@ func TestInstanceBoots(t *testing.T) {
 		tamperStore(t, data, tampered)
 		corruptStore(t, data, corrupt)
 		r := boot(t, vmSpec{scenario: "tenant", disks: []string{sysC, data, tampered, corrupt}, params: map[string]string{"source": b.id}})
-		r.passed(t, "another instance (exit 11)", "another tenant refused (exit 7)", "before any call (exit 8)", "corrupt store refused (exit 10)")
+		r.passed(t, "another instance (exit 11)", "another tenant refused (exit 7)", "nothing mounted", "before any call (exit 8)", "corrupt store refused (exit 10)")
 		if st, _ := readStore(t, data); st.Records[0].InstanceID != b.id {
 			t.Errorf("store owner changed to %q by a refused takeown", st.Records[0].InstanceID)
 		}
@@ -139,7 +145,8 @@ func TestInstanceBoots(t *testing.T) {
 	t.Run("a volume made the original Sovereign Keys way", func(t *testing.T) {
 		orig, key := originalVolume(t, a)
 		r := boot(t, vmSpec{scenario: "original", disks: []string{sysA, data, orig, key}, params: map[string]string{"marker": marker}, assetTag: a.id})
-		r.passed(t, "original volume made", "asset tag is the instance id (exit 0)", "status says original", "mount of an original volume (exit 0)", "file reads back")
+		r.passed(t, "original volume made", "asset tag is the instance id (exit 0)", "status of an original volume (exit 0)",
+			"status says original", "mount of an original volume (exit 0)", "file reads back", "umount (exit 0)")
 		figures = append(figures, r.figures("original")...)
 		keep("original volume", r)
 	})
