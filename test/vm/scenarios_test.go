@@ -78,9 +78,14 @@ func TestInstanceBoots(t *testing.T) {
 	}
 
 	t.Run("second boot: automount", func(t *testing.T) {
+		c0, s0 := n.gatewayTime(t, "vs.decrypt")
 		r := boot(t, vmSpec{scenario: "second", disks: []string{sysA, data}, params: map[string]string{"marker": marker}})
 		r.passed(t, "automount (exit 0)", "mounted on /mnt/data", "file reads back", "umount --all (exit 0)", "Nitro check on a VM whose board asset tag is not the instance id (exit 3)", "--ignore-nitro-check (exit 0)")
 		figures = append(figures, r.figures("second")...)
+		if c1, s1 := n.gatewayTime(t, "vs.decrypt"); c1 > c0 {
+			figures = append(figures, fmt.Sprintf("second: service (gateway: request received → answer written) %.0f ms mean over %.0f decrypt-secret calls",
+				(s1-s0)/(c1-c0)*1000, c1-c0))
+		}
 		keep("second boot", r)
 	})
 

@@ -14,6 +14,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -21,6 +22,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -196,6 +198,7 @@ func setup(tmp string) error {
 type node struct {
 	dir, unseal      string
 	gwAddr, natsAddr string
+	metricsAddr      string
 	mu               sync.Mutex
 	cmd              *exec.Cmd
 	exited           chan struct{}
@@ -220,7 +223,11 @@ func newNode(dir, unseal string) (*node, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &node{dir: dir, unseal: unseal, gwAddr: gw, natsAddr: np}, nil
+	mp, err := freePort()
+	if err != nil {
+		return nil, err
+	}
+	return &node{dir: dir, unseal: unseal, gwAddr: gw, natsAddr: np, metricsAddr: mp}, nil
 }
 
 func (n *node) gateway() string { return "https://" + n.gwAddr }
@@ -230,7 +237,7 @@ func (n *node) start() error {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	cmd := exec.Command(shared.sovkeys, "standalone", "--data", n.dir, "--listen", n.gwAddr,
-		"--nats-listen", n.natsAddr, "--log-level", "warn", "--dev-unseal-file", n.unseal)
+		"--nats-listen", n.natsAddr, "--metrics-listen", n.metricsAddr, "--log-level", "warn", "--dev-unseal-file", n.unseal)
 	n.stderr = &bytes.Buffer{}
 	cmd.Stdout, cmd.Stderr = &bytes.Buffer{}, n.stderr
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL} // dies with an interrupted test
@@ -419,4 +426,39 @@ func scratch(t *testing.T) string {
 	}
 	t.Cleanup(func() { os.RemoveAll(d) })
 	return d
+}
+
+// gatewayTime reads the gateway's own time for one API from its metrics
+// (sovkeys_gateway_request_duration_seconds: request received to answer
+// written): the count and sum of seconds since the node started.
+func (n *node) gatewayTime(t *testing.T, api string) (count, sum float64) {
+	t.Helper()
+	resp, err := http.Get("http://" + n.metricsAddr + "/metrics")
+	if err != nil {
+		t.Fatalf("metrics: %v", err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const family = "sovkeys_gateway_request_duration_seconds"
+	for _, line := range strings.Split(string(b), "\n") {
+		name, rest, ok := strings.Cut(line, "{")
+		if !ok || !strings.Contains(rest, `api="`+api+`"`) {
+			continue
+		}
+		f := strings.Fields(rest)
+		v, err := strconv.ParseFloat(f[len(f)-1], 64)
+		if err != nil {
+			continue
+		}
+		switch name {
+		case family + "_count":
+			count = v
+		case family + "_sum":
+			sum = v
+		}
+	}
+	return count, sum
 }
