@@ -286,11 +286,20 @@ func (n *node) stop() {
 	n.cmd = nil
 }
 
+// creds is the credential of the admin person standalone makes at its
+// first start (older versions: the shared operator credential).
+func (n *node) creds() string {
+	if p := filepath.Join(n.dir, "operators", "admin.creds"); fileExists(p) {
+		return p
+	}
+	return filepath.Join(n.dir, "operator.creds")
+}
+
 // cli runs an operator command against the node.
 func (n *node) cli(t *testing.T, args ...string) string {
 	t.Helper()
 	cmd := exec.Command(shared.sovkeys, args...)
-	cmd.Env = append(os.Environ(), "SOVKEYS_NATS_URL=nats://"+n.natsAddr, "SOVKEYS_NATS_CREDS="+filepath.Join(n.dir, "operator.creds"))
+	cmd.Env = append(os.Environ(), "SOVKEYS_NATS_URL=nats://"+n.natsAddr, "SOVKEYS_NATS_CREDS="+n.creds())
 	out, err := cmd.CombinedOutput()
 	if err != nil {
 		t.Fatalf("sovkeys %v: %v\n%s", args, err, out)
