@@ -73,7 +73,8 @@ type Service struct {
 	tracer trace.Tracer
 	now    func() time.Time
 
-	audit *mesh.AuditBatcher // group commit of the work's audit events
+	audit    *mesh.AuditBatcher // group commit of the work's audit events
+	refusals *mesh.RefusalLog   // expired work, counted and logged at a bounded rate
 
 	healthMu  sync.Mutex
 	healthAt  time.Time
@@ -91,11 +92,13 @@ func New(cfg Config, deps Deps) (*Service, error) {
 	if deps.EKTs == nil {
 		return nil, errNoStore
 	}
+	log := deps.Logger.With("service", "keyworker", "pool", cfg.Pool)
 	return &Service{
 		cfg: cfg, nc: deps.NC, js: deps.JS, hsm: deps.HSM, store: deps.EKTs, ekts: newEKTCache(4096),
-		log:    deps.Logger.With("service", "keyworker", "pool", cfg.Pool),
-		tracer: deps.Tracer.Tracer("sovkeys/keyworker"),
-		now:    deps.Now,
+		refusals: mesh.NewRefusalLog(shared.AuditServiceKeyworker, log, deps.Now, 0),
+		log:      log,
+		tracer:   deps.Tracer.Tracer("sovkeys/keyworker"),
+		now:      deps.Now,
 	}, nil
 }
 
@@ -251,7 +254,8 @@ func (s *Service) handle(ctx context.Context, m jetstream.Msg) {
 			_ = m.Nak()
 			return
 		}
-		log().Warn("dropped expired work", "late_ms", start.Sub(env.Deadline).Milliseconds())
+		s.refusals.Note(metrics.ReasonDeadline, "dropped expired work without touching the hsm", "request_id", env.ID, "api", env.API,
+			"late_ms", start.Sub(env.Deadline).Milliseconds())
 		_ = m.Ack()
 		return
 	}

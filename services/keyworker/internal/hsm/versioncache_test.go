@@ -1,10 +1,13 @@
 package hsm
 
 import (
+	"errors"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/sovkeys/sovkeys/shared/testkit"
 )
 
 // TestNewestVersionSearchesOnce: however many callers ask for a key's
@@ -58,10 +61,13 @@ func TestNewestVersionSearchesOnce(t *testing.T) {
 		clock.Add(int64(versionCacheTTL + time.Second))
 		base = searches()
 		ask(64) // all answered from the cache; one refresh starts
-		checkFor(t, 5*time.Second, time.Millisecond, func() bool {
+		testkit.CheckFor(t, 5*time.Second, time.Millisecond, func() error {
 			h.versions.mu.Lock()
 			defer h.versions.mu.Unlock()
-			return !h.versions.m["k"].refreshing
+			if h.versions.m["k"].refreshing {
+				return errors.New("refresh still running")
+			}
+			return nil
 		})
 		if got := searches() - base; got != 2 {
 			t.Fatalf("round %d past the TTL: %d searches, want 2 (one refresh)", round, got)
@@ -82,16 +88,5 @@ func TestNewestVersionSearchesOnce(t *testing.T) {
 	}
 	if _, ok := h.versions.m["nope"]; ok {
 		t.Fatal("a failed lookup stayed in the cache")
-	}
-}
-
-func checkFor(t *testing.T, total, every time.Duration, f func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(total)
-	for !f() {
-		if time.Now().After(deadline) {
-			t.Fatalf("condition not met within %s", total)
-		}
-		time.Sleep(every)
 	}
 }
