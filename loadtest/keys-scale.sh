@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # XKS cost as the key count grows (issue 25, deliverable 2): one standalone
 # node, one key store; for each size in KEYS, keys are created with the
-# operator CLI until that many exist, then an XKS encrypt closed loop
+# operator CLI (the first) and `loadtest keys` (the rest, the same calls
+# from one process) until that many exist, then an XKS encrypt closed loop
 # (CONCURRENCY, SECONDS) runs on the first key; the report gives
 # throughput, p99, errors, the node's RSS, and the time from a restart
 # (SIGTERM, start again, unseal from a dev file) to /healthz ready.
@@ -10,7 +11,7 @@
 #   KEYS="1 1000" SECONDS_PER_RUN=10 loadtest/keys-scale.sh
 #
 # Environment: KEYS, SECONDS_PER_RUN (20), CONCURRENCY (32), CREATE_JOBS
-# (4: CLI processes creating keys at once), GW_ADDR (127.0.0.1:18543),
+# (4: creations in flight at once), GW_ADDR (127.0.0.1:18543),
 # NATS_ADDR (127.0.0.1:4433), OUT (loadtest/results/keys-<UTC time>),
 # SOVKEYS_BIN (unset: build bin/sovkeys), NODE_CPU / GEN_CPU (unset: no
 # pinning; else taskset CPU lists for the node and the generator).
@@ -105,8 +106,14 @@ printf '%-7s %-10s %-9s %-9s %-8s %-8s %-9s %s\n' keys req/s p50_ms p99_ms error
 for want in $KEYS; do
 	t0=$(date +%s)
 	if ((want > have)); then
-		seq "$have" $((want - 1)) | xargs -P "$CREATE_JOBS" -I{} \
-			"$SOVKEYS_BIN" xks key create --keystore /scale --id "scale-key-{}" >/dev/null
+		if ((have == 0)); then
+			# The first key as an operator makes it; the rest in bulk (loadtest keys).
+			"$SOVKEYS_BIN" xks key create --keystore /scale --id scale-key-0 >/dev/null
+			have=1
+		fi
+		if ((want > have)); then
+			bin/loadtest keys -keystore /scale -from "$have" -count $((want - have)) -jobs "$CREATE_JOBS" | tee -a "$OUT/create.txt"
+		fi
 		have=$want
 	fi
 	create_s=$(($(date +%s) - t0))

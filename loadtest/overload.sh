@@ -9,7 +9,8 @@
 #   BINS="new:bin/sovkeys old:/tmp/sovkeys-old" loadtest/overload.sh   (same run, two builds)
 #
 # Environment: BINS (name:path pairs; default "new:bin/sovkeys", built),
-# NODE_CPU (0), GEN_CPU (1), CAP_CONCURRENCY (256), CAP_SECONDS (15),
+# NODE_CPU (0), GEN_CPU (1), CAP_CONCURRENCY (64: no more than the gateway's
+# slots, so the closed loop measures answers, not a storm of refusals), CAP_SECONDS (15),
 # OPEN_SECONDS (20), FACTORS ("1.3 2"), MAX_INFLIGHT (4096), NODE_FLAGS
 # (extra flags for `sovkeys standalone`), GW_ADDR (127.0.0.1:18643),
 # NATS_ADDR (127.0.0.1:4533), OUT (loadtest/results/overload-<UTC time>).
@@ -22,7 +23,7 @@ export PATH="/usr/local/go/bin:$HOME/go/bin:$PATH"
 BINS=${BINS:-"new:bin/sovkeys"}
 NODE_CPU=${NODE_CPU:-0}
 GEN_CPU=${GEN_CPU:-1}
-CAP_CONCURRENCY=${CAP_CONCURRENCY:-256}
+CAP_CONCURRENCY=${CAP_CONCURRENCY:-64}
 CAP_SECONDS=${CAP_SECONDS:-15}
 OPEN_SECONDS=${OPEN_SECONDS:-20}
 FACTORS=${FACTORS:-"1.3 2"}

@@ -75,7 +75,7 @@ const (
 	DefaultMaxInMesh   = 64
 	DefaultAdmitWithin = 150 * time.Millisecond
 	DefaultMaxConns    = 4096
-	DefaultConnRate    = 1000
+	DefaultConnRate    = 200
 )
 
 func (c Config) withDefaults() Config {

@@ -1,0 +1,111 @@
+package main
+
+// `loadtest keys`: registers many XKS keys at once, as `sovkeys xks key
+// create` does one by one (an HSM key through the pool's keyworker, then
+// its registry entry), from one process with several calls in flight: the
+// key-count benchmark (keys-scale.sh) needs 10,000 keys, and a CLI process
+// per key costs more than the key.
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/sovkeys/sovkeys/shared"
+	"github.com/sovkeys/sovkeys/shared/api/kwadmin"
+	"github.com/sovkeys/sovkeys/shared/api/xks"
+	"github.com/sovkeys/sovkeys/shared/infra/mesh"
+	"github.com/sovkeys/sovkeys/shared/infra/registry"
+)
+
+func runKeys(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("loadtest keys", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	natsURL := fs.String("nats", envOr(getenv, "SOVKEYS_NATS_URL", "nats://127.0.0.1:4222"), "NATS server URL (env SOVKEYS_NATS_URL)")
+	creds := fs.String("nats-creds", getenv("SOVKEYS_NATS_CREDS"), "operator credentials `FILE` (env SOVKEYS_NATS_CREDS)")
+	prefix := fs.String("keystore", "", "key store URI prefix (required)")
+	idPrefix := fs.String("id-prefix", "scale-key-", "key ids are this followed by a number")
+	from := fs.Int("from", 0, "first key number")
+	count := fs.Int("count", 0, "keys to create (at most 100,000)")
+	jobs := fs.Int("jobs", 4, "creations in flight at once")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	p := strings.Trim(*prefix, "/")
+	if !xks.ValidPrefix(p) || *count < 1 || *count > 100_000 || *jobs < 1 || *jobs > 64 {
+		fmt.Fprintln(stderr, "loadtest keys: -keystore, -count (1-100000) and -jobs (1-64) are required")
+		return 2
+	}
+	logger := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	nc, js, err := mesh.Connect(ctx, mesh.ConnConfig{URL: *natsURL, CredsFile: *creds, Name: "sovkeys-loadtest-keys"}, logger)
+	if err != nil {
+		fmt.Fprintln(stderr, "loadtest keys:", err)
+		return 1
+	}
+	defer nc.Close()
+	reg, err := registry.Open(ctx, js, mesh.DefaultTopology())
+	if err != nil {
+		fmt.Fprintln(stderr, "loadtest keys:", err)
+		return 1
+	}
+	ks, _, err := reg.Keystore(ctx, p)
+	if err != nil {
+		fmt.Fprintln(stderr, "loadtest keys: key store:", err)
+		return 1
+	}
+	start := time.Now()
+	next := atomic.Int64{}
+	next.Store(int64(*from))
+	var failed atomic.Int64
+	var firstErr error
+	var once sync.Once
+	var wg sync.WaitGroup
+	for range *jobs {
+		wg.Go(func() {
+			for ctx.Err() == nil && failed.Load() == 0 {
+				n := next.Add(1) - 1
+				if n >= int64(*from+*count) {
+					return
+				}
+				id := fmt.Sprintf("%s%d", *idPrefix, n)
+				if err := createKey(ctx, nc, reg, ks.Pool, p, id); err != nil {
+					failed.Add(1)
+					once.Do(func() { firstErr = err })
+				}
+			}
+		})
+	}
+	wg.Wait()
+	if firstErr != nil {
+		fmt.Fprintln(stderr, "loadtest keys:", firstErr)
+		return 1
+	}
+	fmt.Fprintf(stdout, "created %d keys in %s (%.0f/s)\n", *count, time.Since(start).Round(time.Millisecond), float64(*count)/time.Since(start).Seconds())
+	return 0
+}
+
+// createKey is `sovkeys xks key create --keystore prefix --id id` (usage
+// encrypt,decrypt): the HSM key first, then its registry entry.
+func createKey(ctx context.Context, nc *nats.Conn, reg *registry.Registry, pool, prefix, id string) error {
+	label := "xks." + shared.ScopeToken(prefix) + "." + id
+	cctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	var info kwadmin.KeyInfo
+	if err := kwadmin.Call(cctx, nc, pool, kwadmin.EndpointKeyCreate, kwadmin.KeyRequest{Label: label, Encrypt: true, Decrypt: true}, &info); err != nil {
+		return fmt.Errorf("hsm key %q: %w", label, err)
+	}
+	k := &registry.Key{Keystore: prefix, KeyID: id, Label: label, Status: registry.StatusEnabled, Created: time.Now().UTC()}
+	if err := reg.CreateKey(cctx, k); err != nil && !errors.Is(err, registry.ErrExists) {
+		return err
+	}
+	return nil
+}
