@@ -65,7 +65,7 @@ func runKeys(ctx context.Context, args []string, getenv func(string) string, std
 	start := time.Now()
 	next := atomic.Int64{}
 	next.Store(int64(*from))
-	var failed atomic.Int64
+	var failed, created atomic.Int64
 	var firstErr error
 	var once sync.Once
 	var wg sync.WaitGroup
@@ -78,9 +78,14 @@ func runKeys(ctx context.Context, args []string, getenv func(string) string, std
 				}
 				id := fmt.Sprintf("%s%d", *idPrefix, n)
 				if err := createKey(ctx, nc, reg, ks.Pool, p, id); err != nil {
+					if ctx.Err() != nil {
+						return // interrupted: reported below
+					}
 					failed.Add(1)
 					once.Do(func() { firstErr = err })
+					continue
 				}
+				created.Add(1)
 			}
 		})
 	}
@@ -89,7 +94,13 @@ func runKeys(ctx context.Context, args []string, getenv func(string) string, std
 		fmt.Fprintln(stderr, "loadtest keys:", firstErr)
 		return 1
 	}
-	fmt.Fprintf(stdout, "created %d keys in %s (%.0f/s)\n", *count, time.Since(start).Round(time.Millisecond), float64(*count)/time.Since(start).Seconds())
+	n := created.Load()
+	if ctx.Err() != nil {
+		// Interrupted (SIGINT): say how many exist, so a run can go on with them.
+		fmt.Fprintf(stdout, "interrupted: created %d of %d keys (numbers below %d may have gaps) in %s\n", n, *count, *from+*count, time.Since(start).Round(time.Millisecond))
+		return 0
+	}
+	fmt.Fprintf(stdout, "created %d keys in %s (%.0f/s)\n", n, time.Since(start).Round(time.Millisecond), float64(n)/time.Since(start).Seconds())
 	return 0
 }
 
