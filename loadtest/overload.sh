@@ -8,8 +8,9 @@
 #   loadtest/overload.sh
 #   BINS="new:bin/sovkeys old:/tmp/sovkeys-old" loadtest/overload.sh   (same run, two builds)
 #
-# Environment: BINS (name:path pairs; default "new:bin/sovkeys", built),
-# NODE_CPU (0), GEN_CPU (1), CAP_CONCURRENCY (64: no more than the gateway's
+# Environment: BINS (name:path pairs, run in that order, names unique;
+# default "new:bin/sovkeys", built), NODE_CPU (0), GEN_CPU (1) (none: not
+# pinned), CAP_CONCURRENCY (64: no more than the gateway's
 # slots, so the closed loop measures answers, not a storm of refusals), CAP_SECONDS (15),
 # OPEN_SECONDS (20), FACTORS ("1.3 2"), MAX_INFLIGHT (4096), NODE_FLAGS
 # (extra flags for `sovkeys standalone`), GW_ADDR (127.0.0.1:18643),
@@ -32,6 +33,11 @@ NODE_FLAGS=${NODE_FLAGS:-}
 GW_ADDR=${GW_ADDR:-127.0.0.1:18643}
 NATS_ADDR=${NATS_ADDR:-127.0.0.1:4533}
 OUT=${OUT:-loadtest/results/overload-$(date -u +%Y%m%dT%H%M%SZ)}
+
+NODE_PIN=(taskset -c "$NODE_CPU")
+GEN_PIN=(taskset -c "$GEN_CPU")
+if [[ $NODE_CPU == none ]]; then NODE_PIN=(); fi
+if [[ $GEN_CPU == none ]]; then GEN_PIN=(); fi
 
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
@@ -78,7 +84,7 @@ for pair in $BINS; do
 	name=${pair%%:*} bin=${pair#*:}
 	DATA=$(mktemp -d)
 	# shellcheck disable=SC2086
-	taskset -c "$NODE_CPU" "$bin" standalone --data "$DATA" --listen "$GW_ADDR" --nats-listen "$NATS_ADDR" \
+	"${NODE_PIN[@]}" "$bin" standalone --data "$DATA" --listen "$GW_ADDR" --nats-listen "$NATS_ADDR" \
 		--log-level warn $NODE_FLAGS >"$DATA/node.stdout" 2>"$OUT/node-$name.stderr" &
 	NODE_PID=$!
 	for _ in $(seq 1 600); do
@@ -89,7 +95,7 @@ for pair in $BINS; do
 	export SOVKEYS_NATS_URL="nats://$NATS_ADDR" SOVKEYS_NATS_CREDS="$DATA/operator.creds"
 	"$bin" xks keystore create --prefix /overload >"$DATA/keystore.json"
 	"$bin" xks key create --keystore /overload --id overload-key >/dev/null
-	LT=(taskset -c "$GEN_CPU" bin/loadtest -url "https://$GW_ADDR" -ca "$DATA/tls/ca.pem" -creds-json "$DATA/keystore.json"
+	LT=("${GEN_PIN[@]}" bin/loadtest -url "https://$GW_ADDR" -ca "$DATA/tls/ca.pem" -creds-json "$DATA/keystore.json"
 		-key overload-key -size 1024 -aad 0 -warmup 5s -node-pid "$NODE_PID" -timeout 5s)
 	run=$name-capacity
 	"${LT[@]}" -op encrypt -concurrency "$CAP_CONCURRENCY" -duration "${CAP_SECONDS}s" -json "$OUT/$run.json" >"$OUT/$run.txt" || true

@@ -1,45 +1,50 @@
 package gateway
 
 import (
-	"log/slog"
 	"net"
 	"testing"
 	"time"
-
-	"github.com/sovkeys/sovkeys/shared/infra/mesh"
 )
 
-// TestConnectionBounds: past the rate or the open-connection bound a
-// connection is refused; the rate refills with the injected clock.
+// TestConnectionBounds: past the rate an accept waits for the next token
+// (the injected clock and sleep: nothing here depends on the machine's
+// speed); past the open-connection bound it waits for a close.
 func TestConnectionBounds(t *testing.T) {
 	c := &fakeClock{t: time.Date(2026, 12, 7, 0, 0, 0, 0, time.UTC)}
-	refusals := mesh.NewRefusalLog("gateway", slog.New(slog.DiscardHandler), c.now, 0)
-	l := limitConns(nil, 3, 2, c.now, refusals).(*limitListener)
-	for i := range 2 { // the burst: one second's worth
-		if ok, why := l.admit(); !ok {
-			t.Fatalf("connection %d refused: %s", i, why)
+	var slept []time.Duration
+	l := limitConns(nil, 3, 2, c.now).(*limitListener)
+	l.sleep = func(d time.Duration) { slept = append(slept, d); c.advance(d) }
+	for range 3 { // a burst of two, then one token every 500 ms
+		if !l.wait() {
+			t.Fatal("wait refused")
 		}
-		l.open.Add(1)
 	}
-	if ok, why := l.admit(); ok || why != "new connection rate exceeded" {
-		t.Fatalf("third connection at once: %v %q, want refused for rate", ok, why)
+	if len(slept) != 1 || slept[0] != 500*time.Millisecond {
+		t.Fatalf("slept %v, want one 500ms wait (2 per second)", slept)
 	}
-	c.advance(500 * time.Millisecond) // one token back
-	if ok, _ := l.admit(); !ok {
-		t.Fatal("connection after the rate refilled refused")
+	// Three open: the fourth waits until one closes.
+	got := make(chan bool, 1)
+	go func() { got <- l.wait() }()
+	select {
+	case <-got:
+		t.Fatal("a fourth connection was let in while three are open")
+	case <-time.After(20 * time.Millisecond): // proves nothing when it passes; a failure is a real bug
 	}
-	l.open.Add(1)
-	c.advance(10 * time.Second)
-	if ok, why := l.admit(); ok || why != "too many open connections" {
-		t.Fatalf("fourth open connection: %v %q, want refused for the bound", ok, why)
-	}
-	// Closing a connection (twice) frees one place.
 	server, client := net.Pipe()
 	defer client.Close()
 	cc := &countedConn{Conn: server, l: l}
 	_ = cc.Close()
-	_ = cc.Close()
-	if got := l.open.Load(); got != 2 {
-		t.Fatalf("open after one close: %d, want 2", got)
+	_ = cc.Close() // twice frees one place only
+	if !<-got {
+		t.Fatal("wait refused after a close")
+	}
+	if n := len(l.slots); n != 3 {
+		t.Fatalf("%d places taken, want 3", n)
+	}
+	// Closing the listener releases a waiting accept.
+	go func() { got <- l.wait() }()
+	l.once.Do(func() { close(l.done) })
+	if <-got {
+		t.Fatal("wait after close let a connection in")
 	}
 }

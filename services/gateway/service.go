@@ -65,7 +65,8 @@ type Config struct {
 	// default (DefaultAdmitWithin). KMS waits 250 ms for an XKS call.
 	AdmitWithin time.Duration
 	// MaxConns and ConnRate bound open client connections and new ones
-	// (TLS handshakes) per second (conns.go). 0: the defaults; < 0: none.
+	// (TLS handshakes) per second; past them accepting waits (conns.go).
+	// 0: the defaults; < 0: none.
 	MaxConns int
 	ConnRate float64
 }
@@ -269,7 +270,7 @@ func (s *Service) Run(ctx context.Context) error {
 			return fmt.Errorf("gateway: listen: %w", err)
 		}
 	}
-	ln = limitConns(ln, s.cfg.MaxConns, s.cfg.ConnRate, s.now, s.refusals) // conns.go
+	ln = limitConns(ln, s.cfg.MaxConns, s.cfg.ConnRate, s.now) // conns.go
 	s.addr <- ln.Addr().String()
 	errc := make(chan error, 1)
 	go func() { errc <- srv.ServeTLS(ln, "", "") }()
