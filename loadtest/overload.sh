@@ -12,7 +12,7 @@
 # default "new:bin/sovkeys", built), NODE_CPU (0), GEN_CPU (1) (none: not
 # pinned), CAP_CONCURRENCY (64: no more than the gateway's
 # slots, so the closed loop measures answers, not a storm of refusals), CAP_SECONDS (15),
-# OPEN_SECONDS (20), FACTORS ("1.3 2"), MAX_INFLIGHT (4096), NODE_FLAGS
+# OPEN_SECONDS (20), FACTORS ("1.3 2"), MAX_INFLIGHT (512, loadtest's default), NODE_FLAGS
 # (extra flags for `sovkeys standalone`), GW_ADDR (127.0.0.1:18643),
 # NATS_ADDR (127.0.0.1:4533), OUT (loadtest/results/overload-<UTC time>).
 # The machine may be shared: compare builds within one run, never across runs.
@@ -28,7 +28,7 @@ CAP_CONCURRENCY=${CAP_CONCURRENCY:-64}
 CAP_SECONDS=${CAP_SECONDS:-15}
 OPEN_SECONDS=${OPEN_SECONDS:-20}
 FACTORS=${FACTORS:-"1.3 2"}
-MAX_INFLIGHT=${MAX_INFLIGHT:-4096}
+MAX_INFLIGHT=${MAX_INFLIGHT:-512}
 NODE_FLAGS=${NODE_FLAGS:-}
 GW_ADDR=${GW_ADDR:-127.0.0.1:18643}
 NATS_ADDR=${NATS_ADDR:-127.0.0.1:4533}
@@ -99,14 +99,19 @@ for pair in $BINS; do
 		-key overload-key -size 1024 -aad 0 -warmup 5s -node-pid "$NODE_PID" -timeout 5s)
 	run=$name-capacity
 	"${LT[@]}" -op encrypt -concurrency "$CAP_CONCURRENCY" -duration "${CAP_SECONDS}s" -json "$OUT/$run.json" >"$OUT/$run.txt" || true
-	read -r cap p99 rp99 refused other max < <(figures "$run")
+	read -r cap p99 rp99 refused other max < <(figures "$run") || cap=0
 	printf '%-5s %-9s %-8s %-9s %-8s %-10s %-11s %-9s %-7s %s\n' "$name" capacity "c=$CAP_CONCURRENCY" "$cap" 1.00 "$p99" "$max" "$rp99" "$refused" "$other" | tee -a "$OUT/summary.txt"
 	for f in $FACTORS; do
+		# The previous step's connections may still wait in the backlog: start when the node answers again.
+		for _ in $(seq 1 120); do
+			curl -fsS --max-time 1 --cacert "$DATA/tls/ca.pem" "https://$GW_ADDR/healthz" >/dev/null 2>&1 && break
+			sleep 0.5
+		done
 		rate=$(awk -v c="$cap" -v f="$f" 'BEGIN {printf "%.0f", c * f}')
 		run=$name-open-$f
 		"${LT[@]}" -op encrypt -rate "$rate" -max-inflight "$MAX_INFLIGHT" -duration "${OPEN_SECONDS}s" \
 			-json "$OUT/$run.json" -chart "$OUT/$run.png" >"$OUT/$run.txt" || true
-		read -r good p99 rp99 refused other max < <(figures "$run")
+		read -r good p99 rp99 refused other max < <(figures "$run") || good=0
 		ratio=$(awk -v g="$good" -v c="$cap" 'BEGIN {printf "%.2f", g / c}')
 		printf '%-5s %-9s %-8s %-9s %-8s %-10s %-11s %-9s %-7s %s\n' "$name" "open-$f" "$rate" "$good" "$ratio" "$p99" "$max" "$rp99" "$refused" "$other" | tee -a "$OUT/summary.txt"
 	done

@@ -25,6 +25,8 @@ import (
 	"context"
 	"sync"
 	"time"
+
+	"github.com/sovkeys/sovkeys/shared/infra/metrics"
 )
 
 // admissionWindow is the width of the sliding window over which the rate of
@@ -77,11 +79,11 @@ func (a *admission) decide(limit time.Time) (granted bool, w *waiter, ref *refus
 		return true, nil, nil
 	}
 	if a.queued >= maxWaiters {
-		return false, nil, &refusal{reason: "queue", why: "admission queue is full, retry later"}
+		return false, nil, &refusal{reason: metrics.ReasonQueue, why: "admission queue is full, retry later"}
 	}
 	wait := a.predictWaitLocked(now, a.queued+1)
 	if now.Add(wait + a.service).After(limit) {
-		return false, nil, &refusal{reason: "deadline",
+		return false, nil, &refusal{reason: metrics.ReasonDeadline,
 			why: "cannot be answered within its time budget (expected " + (wait + a.service).Round(time.Millisecond).String() + "), retry later"}
 	}
 	w = &waiter{ready: make(chan struct{})}
@@ -203,7 +205,7 @@ func (a *admission) acquire(ctx context.Context, limit time.Time, after func(tim
 	if ctx.Err() != nil {
 		return ctx.Err()
 	}
-	return &refusal{reason: "queue", why: "waited for the key service longer than its time budget allows, retry later"}
+	return &refusal{reason: metrics.ReasonQueue, why: "waited for the key service longer than its time budget allows, retry later"}
 }
 
 // stats reports slots in use and requests waiting (for tests and metrics).
