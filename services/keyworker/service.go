@@ -271,8 +271,16 @@ func (s *Service) handle(ctx context.Context, m jetstream.Msg) {
 	if opErr != nil {
 		ev.Result, ev.Code, ev.Reason = shared.ResultFailure, shared.CodeOf(opErr), shared.MessageOf(opErr)
 		span.SetStatus(codes.Error, string(ev.Code))
-		if ev.Code == shared.CodeInternal {
+		switch ev.Code {
+		case shared.CodeInternal:
 			log().Error("operation failed", "err", opErr)
+		case shared.CodeDependencyTimeout, shared.CodeThrottling:
+			// Every 503 and 429 says why: counted, logged at a bounded rate.
+			reason := metrics.ReasonTimeout
+			if ev.Code == shared.CodeThrottling {
+				reason = metrics.ReasonQueue
+			}
+			s.refusals.Note(reason, "work not done", "request_id", env.ID, "api", env.API, "code", ev.Code, "reason", ev.Reason)
 		}
 	}
 	metrics.HSMOperation(s.cfg.Pool, env.API, ev.Code, ev.End.Sub(start))
