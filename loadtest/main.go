@@ -34,6 +34,11 @@
 //
 //	go run ./loadtest floor -listen 127.0.0.1:18444 -cert DATA/tls/cert.pem -key DATA/tls/key.pem -creds-json ks.json
 //
+// Many XKS keys at once, as `sovkeys xks key create` makes them one by one
+// (the key-count benchmark, keys-scale.sh; keys.go):
+//
+//	go run ./loadtest keys -keystore /scale -from 1 -count 9999 -jobs 4
+//
 // Runs are bounded in time and count and refuse non-loopback targets unless
 // -allow-remote is given.
 package main

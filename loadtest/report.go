@@ -60,6 +60,7 @@ type Report struct {
 	ErrorCount     uint64              `json:"errorCount"`
 	Throughput     float64             `json:"throughput_rps"`
 	Latency        Latency             `json:"latency"`
+	Refusals       *Latency            `json:"refusalLatency,omitempty"` // 429 and 503 answers, from intended send time
 	ScheduleLag    *Latency            `json:"scheduleLag,omitempty"`
 	Scheduled      uint64              `json:"scheduled,omitempty"` // open loop: requests due in the window
 	Unsent         uint64              `json:"unsent,omitempty"`    // of those, never answered: the run's time limit came first
@@ -105,6 +106,10 @@ func buildReport(cfg Config, started time.Time, res result) Report {
 	}
 	if rep.Errors == nil {
 		rep.Errors = []errorCount{}
+	}
+	if res.refused != nil && res.refused.Count() > 0 {
+		l := summarize(res.refused)
+		rep.Refusals = &l
 	}
 	if cfg.API == APIVS {
 		rep.Target = strings.TrimRight(cfg.URL, "/") + "/v1/encryption/" + cfg.InstanceID
@@ -223,6 +228,9 @@ func (rep Report) writeText(w io.Writer) {
 	fmt.Fprintf(w, "throughput  %.1f req/s\n", rep.Throughput)
 	rep.writeSlowest(w)
 	writeLatency(w, "latency", rep.Latency)
+	if rep.Refusals != nil {
+		writeLatency(w, "refusals", *rep.Refusals)
+	}
 	if rep.VS != nil {
 		writeLatency(w, "client work", rep.VS.ClientChecks)
 	}

@@ -87,6 +87,7 @@ type runner struct {
 	lastDone atomic.Int64 // unix ns of the latest completion
 
 	all        histogram // every successful measured request
+	refused    histogram // every measured refusal (429 / 503 answered by the server)
 	lag        histogram // open loop: actual minus intended send time
 	ops        map[string]*opStats
 	okInWindow atomic.Uint64 // successes completed inside the window
@@ -101,6 +102,7 @@ type result struct {
 	requests    uint64
 	failed      uint64
 	all         *histogram
+	refused     *histogram
 	lag         *histogram
 	ops         map[string]*opStats
 	errs        []errorCount
@@ -143,7 +145,7 @@ func (r *runner) run(ctx context.Context) result {
 	wg.Wait()
 
 	res := result{
-		all: &r.all, lag: &r.lag, ops: r.ops, errs: r.errs.sorted(),
+		all: &r.all, refused: &r.refused, lag: &r.lag, ops: r.ops, errs: r.errs.sorted(),
 		okInWindow: r.okInWindow.Load(), peak: r.peak.Load(), capped: r.capHit.Load(),
 		interrupted: ctx.Err() != nil && !errors.Is(context.Cause(ctx), context.DeadlineExceeded),
 		timeline:    r.timeline.seconds(),
@@ -294,6 +296,9 @@ func (r *runner) exchange(ctx context.Context, seq uint64, intended, sent time.T
 	if err != nil {
 		s.failed.Add(1)
 		r.errs.add(err)
+		if isRefusal(err) {
+			r.refused.Record(d)
+		}
 		return
 	}
 	s.lat.Record(d)

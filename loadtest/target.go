@@ -239,6 +239,20 @@ func (t *target) encryptOnce(ctx context.Context, pt []byte) (*xks.EncryptRespon
 // an XKS error answer, "HTTP <status> <status text>" for a volume-secret one
 // (its message, which may name ids, stays in the sample), a short class
 // otherwise.
+// isRefusal reports whether err is the server refusing for load or state:
+// an answered 429 or 503.
+func isRefusal(err error) bool {
+	var ae *xksclient.APIError
+	var ve *vsclient.APIError
+	switch {
+	case errors.As(err, &ae):
+		return ae.Status == http.StatusTooManyRequests || ae.Status == http.StatusServiceUnavailable
+	case errors.As(err, &ve):
+		return ve.Status == http.StatusTooManyRequests || ve.Status == http.StatusServiceUnavailable
+	}
+	return false
+}
+
 func classify(err error) string {
 	var ae *xksclient.APIError
 	var ve *vsclient.APIError

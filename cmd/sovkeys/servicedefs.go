@@ -28,6 +28,9 @@ type gatewayFlags struct {
 	ratePerIP                               float64
 	burstPerIP                              int
 	proxyCIDRs, sourceIPHeader, vpcIDHeader string
+	maxInMesh, maxConns                     int
+	admitWithin                             time.Duration
+	connRate                                float64
 }
 
 func gatewayService() service {
@@ -42,6 +45,10 @@ func gatewayService() service {
 			fs.DurationVar(&g.requestTimeout, "request-timeout", time.Second, "end-to-end deadline of a request, carried in the envelope")
 			fs.Float64Var(&g.ratePerIP, "rate-per-ip", 10000, "requests/s per source address (0 = off)")
 			fs.IntVar(&g.burstPerIP, "burst-per-ip", 2000, "burst per source address")
+			fs.IntVar(&g.maxInMesh, "max-in-mesh", gateway.DefaultMaxInMesh, "XKS requests this gateway has in the mesh at once; more wait in a queue bounded by time (-1 = no admission control)")
+			fs.DurationVar(&g.admitWithin, "admit-within", gateway.DefaultAdmitWithin, "refuse at once (429) an XKS request not expected to be answered within this of its arrival")
+			fs.IntVar(&g.maxConns, "max-conns", gateway.DefaultMaxConns, "open client connections at most (-1 = no bound)")
+			fs.Float64Var(&g.connRate, "conn-rate", gateway.DefaultConnRate, "new client connections (TLS handshakes) per second at most (-1 = no bound)")
 			fs.StringVar(&g.proxyCIDRs, "trusted-proxy-cidrs", getenv("SOVKEYS_TRUSTED_PROXY_CIDRS"), "comma-separated CIDRs of proxies whose source-ip/vpc-id headers are believed (env SOVKEYS_TRUSTED_PROXY_CIDRS; empty = off)")
 			fs.StringVar(&g.sourceIPHeader, "source-ip-header", getenv("SOVKEYS_SOURCE_IP_HEADER"), "header with the caller's address from a trusted proxy, last hop used, e.g. X-Forwarded-For (env SOVKEYS_SOURCE_IP_HEADER)")
 			fs.StringVar(&g.vpcIDHeader, "vpc-id-header", getenv("SOVKEYS_VPC_ID_HEADER"), "header with the caller's VPC id from a trusted proxy (env SOVKEYS_VPC_ID_HEADER)")
@@ -58,6 +65,7 @@ func gatewayService() service {
 				Listen: g.listen, CertFile: g.tlsCert, KeyFile: g.tlsKey,
 				RequestTimeout: g.requestTimeout, Topology: c.common.topo.t, VolumePool: c.pool, AuditSignPool: c.audit.signPool,
 				RatePerIP: g.ratePerIP, BurstPerIP: g.burstPerIP,
+				MaxInMesh: g.maxInMesh, AdmitWithin: g.admitWithin, MaxConns: g.maxConns, ConnRate: g.connRate,
 				TrustedProxy: gateway.TrustedProxyConfig{CIDRs: proxies, SourceIPHeader: g.sourceIPHeader, VPCIDHeader: g.vpcIDHeader},
 			}, gateway.Deps{NC: d.nc, JS: d.js, Logger: d.logger, Tracer: d.tp, Now: time.Now})
 			return r, nothing, err

@@ -107,6 +107,7 @@ type Service struct {
 	kill      *killswitch.Watcher
 	aws       *awsVerifier       // nil unless AWS instance identity is configured (awsid.go)
 	audit     *mesh.AuditBatcher // request events: several per message under load
+	refusals  *mesh.RefusalLog
 	awsDeps   Deps
 	desk      *roster.Desk // people's signed registry changes (admin.go)
 }
@@ -119,9 +120,11 @@ func New(cfg Config, deps Deps) (*Service, error) {
 	if deps.NC == nil || deps.JS == nil || deps.Logger == nil || deps.Tracer == nil || deps.Now == nil {
 		return nil, fmt.Errorf("%w: authn: missing dependency", shared.ErrConfigValidation)
 	}
+	log := deps.Logger.With("service", "authn")
 	return &Service{
 		cfg: cfg, nc: deps.NC, js: deps.JS,
-		log:      deps.Logger.With("service", "authn"),
+		refusals: mesh.NewRefusalLog(shared.AuditServiceAuthn, log, deps.Now, 0),
+		log:      log,
 		tracer:   deps.Tracer.Tracer("sovkeys/authn"),
 		now:      deps.Now,
 		verifier: SigV4Verifier{Service: "kms-xks-proxy", MaxSkew: cfg.MaxSkew, Now: deps.Now},
@@ -254,7 +257,10 @@ func (s *Service) handle(ctx context.Context, m jetstream.Msg) {
 		Start: start, SourceIP: env.Evidence.SourceIP, KeyID: env.KeyID, TraceID: tracing.TraceID(ctx),
 	}
 	var body []byte
-	if env.Expired(start) {
+	expired := env.Expired(start)
+	if expired {
+		// The gateway has answered (and audited) the timeout: nothing is
+		// verified, forwarded or answered for it, only its record kept.
 		err = shared.NewError(shared.CodeDependencyTimeout, "request expired before authentication")
 		ev.Result = shared.ResultExpired
 	} else if err = s.fresh(); err == nil { // stale.go
@@ -286,7 +292,12 @@ func (s *Service) handle(ctx context.Context, m jetstream.Msg) {
 				ev.Result = shared.ResultFailure
 			}
 		}
-		log.Info("request refused", "code", ev.Code, "reason", ev.Reason, "caller", ev.CallerID)
+		if reason := refusalReason(err, expired); reason != "" {
+			// Load and state refusals come in floods: counted, logged at a bounded rate.
+			s.refusals.Note(reason, "request refused", "request_id", env.ID, "api", env.API, "code", ev.Code, "reason", ev.Reason)
+		} else {
+			log.Info("request refused", "code", ev.Code, "reason", ev.Reason, "caller", ev.CallerID)
+		}
 		if ev.Code == shared.CodeInternal {
 			log.Error("internal error", "err", err)
 		}
@@ -302,10 +313,32 @@ func (s *Service) handle(ctx context.Context, m jetstream.Msg) {
 	} else {
 		metrics.AuthnRequest(env.API, "", s.now().Sub(start))
 	}
-	if perr := s.nc.PublishMsg(mesh.NewReply(env.ReplyTo, env.ID, body, err)); perr != nil {
-		log.Error("reply failed", "err", perr)
+	if !expired {
+		if perr := s.nc.PublishMsg(mesh.NewReply(env.ReplyTo, env.ID, body, err)); perr != nil {
+			log.Error("reply failed", "err", perr)
+		}
 	}
 	_ = m.Ack()
+}
+
+// refusalReason names the metrics.Reason* of a refusal for load or state
+// ("" for other denials, which are logged one by one).
+func refusalReason(err error, expired bool) string {
+	switch {
+	case expired:
+		return metrics.ReasonDeadline
+	case shared.CodeOf(err) == shared.CodeThrottling && strings.Contains(shared.MessageOf(err), "rate"):
+		return metrics.ReasonRateLimit
+	case shared.CodeOf(err) == shared.CodeThrottling:
+		return metrics.ReasonQueue
+	case shared.CodeOf(err) == shared.CodeDependencyTimeout && strings.Contains(shared.MessageOf(err), "before the deadline"):
+		return metrics.ReasonDeadline
+	case shared.CodeOf(err) == shared.CodeDependencyTimeout && strings.Contains(shared.MessageOf(err), "not current"):
+		return metrics.ReasonStaleState
+	case shared.CodeOf(err) == shared.CodeDependencyTimeout:
+		return metrics.ReasonUnavailable
+	}
+	return ""
 }
 
 // forward sends authorised work to the key's pool. A full pool queue

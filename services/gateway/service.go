@@ -26,6 +26,7 @@ import (
 	"github.com/sovkeys/sovkeys/shared"
 	"github.com/sovkeys/sovkeys/shared/infra/killswitch"
 	"github.com/sovkeys/sovkeys/shared/infra/mesh"
+	"github.com/sovkeys/sovkeys/shared/infra/metrics"
 	"github.com/sovkeys/sovkeys/shared/infra/ratelimit"
 	"github.com/sovkeys/sovkeys/shared/infra/registry"
 )
@@ -54,6 +55,44 @@ type Config struct {
 	// TrustedProxy takes the caller's source IP and VPC id from headers
 	// set by trusted proxies (proxy.go; off by default).
 	TrustedProxy TrustedProxyConfig
+	// MaxInMesh bounds the XKS requests this gateway has in the mesh at
+	// once; more wait in a queue bounded by time (admission.go). 0: the
+	// default (DefaultMaxInMesh); < 0: no admission control.
+	MaxInMesh int
+	// AdmitWithin: an XKS request is admitted only if it is expected to be
+	// answered within this of its arrival (and before its deadline);
+	// otherwise it is refused at once with 429 ThrottlingException. 0: the
+	// default (DefaultAdmitWithin). KMS waits 250 ms for an XKS call.
+	AdmitWithin time.Duration
+	// MaxConns and ConnRate bound open client connections and new ones
+	// (TLS handshakes) per second; past them accepting waits (conns.go).
+	// 0: the defaults; < 0: none.
+	MaxConns int
+	ConnRate float64
+}
+
+// Admission defaults.
+const (
+	DefaultMaxInMesh   = 64
+	DefaultAdmitWithin = 150 * time.Millisecond
+	DefaultMaxConns    = 4096
+	DefaultConnRate    = 200
+)
+
+func (c Config) withDefaults() Config {
+	if c.MaxInMesh == 0 {
+		c.MaxInMesh = DefaultMaxInMesh
+	}
+	if c.AdmitWithin == 0 {
+		c.AdmitWithin = DefaultAdmitWithin
+	}
+	if c.MaxConns == 0 {
+		c.MaxConns = DefaultMaxConns
+	}
+	if c.ConnRate == 0 {
+		c.ConnRate = DefaultConnRate
+	}
+	return c
 }
 
 // Validate checks the configuration.
@@ -69,6 +108,10 @@ func (c Config) Validate() error {
 		return fmt.Errorf("%w: audit sign pool %q", shared.ErrConfigValidation, c.AuditSignPool)
 	case c.RequestTimeout < 10*time.Millisecond || c.RequestTimeout > time.Minute:
 		return fmt.Errorf("%w: request timeout must be in [10ms, 1m]", shared.ErrConfigValidation)
+	case c.AdmitWithin < 0 || c.AdmitWithin > time.Minute:
+		return fmt.Errorf("%w: admit-within must be in [0, 1m]", shared.ErrConfigValidation)
+	case c.MaxInMesh > 1<<20 || c.MaxConns > 1<<20:
+		return fmt.Errorf("%w: max-in-mesh and max-conns must be at most %d", shared.ErrConfigValidation, 1<<20)
 	}
 	if err := c.TrustedProxy.Validate(); err != nil {
 		return err
@@ -100,6 +143,8 @@ type Service struct {
 	id       string
 	replies  *replyMux
 	audit    *mesh.AuditBatcher // timeouts and throttling: many at once under overload
+	admit    *admission         // nil: no admission control (admission.go)
+	refusals *mesh.RefusalLog
 
 	keystores *registry.Cache[registry.Keystore]
 	pki       jetstream.KeyValue
@@ -120,9 +165,16 @@ func New(cfg Config, deps Deps) (*Service, error) {
 	if deps.NC == nil || deps.JS == nil || deps.Logger == nil || deps.Tracer == nil || deps.Now == nil {
 		return nil, fmt.Errorf("%w: gateway: missing dependency", shared.ErrConfigValidation)
 	}
+	cfg = cfg.withDefaults()
+	var admit *admission
+	if cfg.MaxInMesh > 0 {
+		admit = newAdmission(cfg.MaxInMesh, deps.Now)
+	}
+	log := deps.Logger.With("service", "gateway")
 	return &Service{
+		admit: admit, refusals: mesh.NewRefusalLog(shared.AuditServiceGateway, log, deps.Now, 0),
 		cfg: cfg, nc: deps.NC, js: deps.JS,
-		log:      deps.Logger.With("service", "gateway"),
+		log:      log,
 		tracer:   deps.Tracer.Tracer("sovkeys/gateway"),
 		now:      deps.Now,
 		listener: deps.Listener,
@@ -218,6 +270,7 @@ func (s *Service) Run(ctx context.Context) error {
 			return fmt.Errorf("gateway: listen: %w", err)
 		}
 	}
+	ln = limitConns(ln, s.cfg.MaxConns, s.cfg.ConnRate, s.now) // conns.go
 	s.addr <- ln.Addr().String()
 	errc := make(chan error, 1)
 	go func() { errc <- srv.ServeTLS(ln, "", "") }()
@@ -247,6 +300,7 @@ func (s *Service) routes() http.Handler {
 	limiter := ratelimit.New(s.cfg.RatePerIP, s.cfg.BurstPerIP)
 	return instrument(s.now, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if ip, _ := s.origin(r); !limiter.Allow(ip) {
+			s.refusals.Note(metrics.ReasonRateLimit, "request refused: address rate exceeded", "source_ip", ip)
 			err := shared.NewError(shared.CodeThrottling, "too many requests from this address, retry later")
 			if strings.HasPrefix(r.URL.Path, "/v1/") {
 				writeVSError(w, err)

@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"strconv"
+	"time"
 
 	"github.com/nats-io/nats.go"
 	"go.opentelemetry.io/otel/attribute"
@@ -17,6 +18,7 @@ import (
 	"github.com/sovkeys/sovkeys/shared/api/xks"
 	"github.com/sovkeys/sovkeys/shared/infra/killswitch"
 	"github.com/sovkeys/sovkeys/shared/infra/mesh"
+	"github.com/sovkeys/sovkeys/shared/infra/metrics"
 	"github.com/sovkeys/sovkeys/shared/infra/registry"
 	"github.com/sovkeys/sovkeys/shared/infra/tracing"
 )
@@ -28,6 +30,7 @@ import (
 func (s *Service) handleXKS(w http.ResponseWriter, r *http.Request) {
 	start := s.now()
 	id := newID()
+	released := false // the admission slot, once taken, is freed by roundTrip or on return
 	route, err := xks.ParsePath(r.URL.EscapedPath())
 	if shared.CodeOf(err) == shared.CodeKeyNotFound {
 		// A key id no key can have: authenticate first, authn answers
@@ -52,6 +55,20 @@ func (s *Service) handleXKS(w http.ResponseWriter, r *http.Request) {
 		if stopped, why := s.kill.Engaged(killswitch.ScopeKeystore, route.Prefix); stopped {
 			err = shared.NewError(shared.CodeInvalidState, "kill switch engaged (%s)", why)
 		}
+	}
+	if err == nil && s.admit != nil {
+		// Admission by deadline (admission.go), before the body is read: a
+		// refusal costs no more than this.
+		limit := start.Add(min(s.cfg.AdmitWithin, s.cfg.RequestTimeout))
+		if aerr := s.admit.acquire(r.Context(), limit, time.After); aerr != nil {
+			s.refuseAdmission(w, r, api, aerr)
+			return
+		}
+		defer func() {
+			if !released {
+				s.admit.release(0)
+			}
+		}()
 	}
 	var body []byte
 	if err == nil {
@@ -83,13 +100,23 @@ func (s *Service) handleXKS(w http.ResponseWriter, r *http.Request) {
 		},
 		Body: body,
 	}
+	sent := s.now()
 	reply, err := s.roundTrip(ctx, env)
+	if s.admit != nil {
+		took := time.Duration(0)
+		if err == nil {
+			took = s.now().Sub(sent)
+		}
+		s.admit.release(took)
+		released = true
+	}
 	if err != nil {
 		span.SetStatus(codes.Error, string(shared.CodeOf(err)))
 		if shared.CodeOf(err) == shared.CodeDependencyTimeout || shared.CodeOf(err) == shared.CodeThrottling {
 			s.auditFailure(ctx, env, err)
 		}
-		s.log.Info("xks request failed", "request_id", id, "api", api, "code", shared.CodeOf(err), "ms", s.now().Sub(start).Milliseconds())
+		s.refusals.Note(refusalReason(err), "xks request failed", "request_id", id, "api", api, "code", shared.CodeOf(err),
+			"reason", shared.MessageOf(err), "ms", s.now().Sub(start).Milliseconds())
 		writeXKSError(w, err)
 		return
 	}
@@ -115,14 +142,14 @@ func (s *Service) roundTrip(ctx context.Context, env *shared.Envelope) (*nats.Ms
 	if _, err := mesh.PublishRequest(ctx, s.js, env.API, msg, mesh.PublishTry); err != nil {
 		s.replies.cancel(env.ID)
 		if mesh.IsQueueFull(err) {
-			return nil, shared.NewError(shared.CodeThrottling, "request queue is full, retry later")
+			return nil, &meshError{reason: metrics.ReasonQueue, err: shared.NewError(shared.CodeThrottling, "request queue is full, retry later")}
 		}
-		s.log.Warn("publish request failed", "request_id", env.ID, "err", err)
-		return nil, shared.NewError(shared.CodeDependencyTimeout, "key service mesh unavailable")
+		s.log.Debug("publish request failed", "request_id", env.ID, "err", err) // counted and logged (bounded) by the caller
+		return nil, &meshError{reason: metrics.ReasonUnavailable, err: shared.NewError(shared.CodeDependencyTimeout, "key service mesh unavailable")}
 	}
 	reply, err := s.replies.wait(ctx, env.ID, ch)
 	if err != nil {
-		return nil, shared.NewError(shared.CodeDependencyTimeout, "no answer within %s", s.cfg.RequestTimeout)
+		return nil, &meshError{reason: metrics.ReasonTimeout, err: shared.NewError(shared.CodeDependencyTimeout, "no answer within %s", s.cfg.RequestTimeout)}
 	}
 	return reply, nil
 }
@@ -136,7 +163,12 @@ func (s *Service) reject(_ context.Context, w http.ResponseWriter, r *http.Reque
 	}
 	noteAPI(w, api)
 	s.noise.Add(api, shared.CodeOf(err), sourceIP(r))
-	s.log.Info("xks request rejected", "request_id", id, "method", r.Method, "code", shared.CodeOf(err), "reason", shared.MessageOf(err))
+	if shared.CodeOf(err) == shared.CodeDependencyTimeout {
+		// Every 503 says why, at a bounded rate (stale.go).
+		s.refusals.Note(metrics.ReasonStaleState, "xks request refused", "request_id", id, "api", api, "reason", shared.MessageOf(err))
+	} else {
+		s.log.Info("xks request rejected", "request_id", id, "method", r.Method, "code", shared.CodeOf(err), "reason", shared.MessageOf(err))
+	}
 	writeXKSError(w, err)
 }
 
@@ -188,4 +220,38 @@ func (s *Service) publishAudit(ctx context.Context, ev *shared.AuditEvent) error
 		return mesh.PublishAudit(ctx, s.js, ev)
 	}
 	return s.audit.Publish(ctx, ev)
+}
+
+// meshError is a failure of the round trip through the mesh with the
+// refusal reason it is counted under (metrics.Reason*).
+type meshError struct {
+	reason string
+	err    error
+}
+
+func (e *meshError) Error() string { return e.err.Error() }
+func (e *meshError) Unwrap() error { return e.err }
+
+// refusalReason names the reason a failed round trip is counted under.
+func refusalReason(err error) string {
+	var me *meshError
+	if errors.As(err, &me) {
+		return me.reason
+	}
+	return metrics.ReasonUnavailable
+}
+
+// refuseAdmission answers a request admission refused: 429
+// ThrottlingException at once, counted by reason, logged at a bounded
+// rate, and summarised in the unauthenticated audit summary (nothing was
+// verified yet; mesh.NoiseAuditor) instead of an audit record each.
+func (s *Service) refuseAdmission(w http.ResponseWriter, r *http.Request, api shared.API, err error) {
+	reason, why := metrics.ReasonQueue, "request cancelled while waiting for admission"
+	var ref *refusal
+	if errors.As(err, &ref) {
+		reason, why = ref.reason, ref.why
+	}
+	s.noise.Add(api, shared.CodeThrottling, sourceIP(r))
+	s.refusals.Note(reason, "xks request refused by admission", "api", api, "reason", why)
+	writeXKSError(w, shared.NewError(shared.CodeThrottling, "%s", why))
 }

@@ -74,7 +74,8 @@ type Service struct {
 	tracer trace.Tracer
 	now    func() time.Time
 
-	audit *mesh.AuditBatcher // group commit of the work's audit events
+	audit    *mesh.AuditBatcher // group commit of the work's audit events
+	refusals *mesh.RefusalLog   // expired work, counted and logged at a bounded rate
 
 	desk *roster.Desk // people's signed admin requests (admin_people.go)
 	reg  regOnce      // the key registry (key version scopes), bound on first use
@@ -95,11 +96,13 @@ func New(cfg Config, deps Deps) (*Service, error) {
 	if deps.EKTs == nil {
 		return nil, errNoStore
 	}
+	log := deps.Logger.With("service", "keyworker", "pool", cfg.Pool)
 	s := &Service{
 		cfg: cfg, nc: deps.NC, js: deps.JS, hsm: deps.HSM, store: deps.EKTs, ekts: newEKTCache(4096),
-		log:    deps.Logger.With("service", "keyworker", "pool", cfg.Pool),
-		tracer: deps.Tracer.Tracer("sovkeys/keyworker"),
-		now:    deps.Now,
+		refusals: mesh.NewRefusalLog(shared.AuditServiceKeyworker, log, deps.Now, 0),
+		log:      log,
+		tracer:   deps.Tracer.Tracer("sovkeys/keyworker"),
+		now:      deps.Now,
 	}
 	s.desk = s.newDesk()
 	return s, nil
@@ -258,7 +261,8 @@ func (s *Service) handle(ctx context.Context, m jetstream.Msg) {
 			_ = m.Nak()
 			return
 		}
-		log().Warn("dropped expired work", "late_ms", start.Sub(env.Deadline).Milliseconds())
+		s.refusals.Note(metrics.ReasonDeadline, "dropped expired work without touching the hsm", "request_id", env.ID, "api", env.API,
+			"late_ms", start.Sub(env.Deadline).Milliseconds())
 		_ = m.Ack()
 		return
 	}
@@ -274,8 +278,16 @@ func (s *Service) handle(ctx context.Context, m jetstream.Msg) {
 	if opErr != nil {
 		ev.Result, ev.Code, ev.Reason = shared.ResultFailure, shared.CodeOf(opErr), shared.MessageOf(opErr)
 		span.SetStatus(codes.Error, string(ev.Code))
-		if ev.Code == shared.CodeInternal {
+		switch ev.Code {
+		case shared.CodeInternal:
 			log().Error("operation failed", "err", opErr)
+		case shared.CodeDependencyTimeout, shared.CodeThrottling:
+			// Every 503 and 429 says why: counted, logged at a bounded rate.
+			reason := metrics.ReasonTimeout
+			if ev.Code == shared.CodeThrottling {
+				reason = metrics.ReasonQueue
+			}
+			s.refusals.Note(reason, "work not done", "request_id", env.ID, "api", env.API, "code", ev.Code, "reason", ev.Reason)
 		}
 	}
 	metrics.HSMOperation(s.cfg.Pool, env.API, ev.Code, ev.End.Sub(start))

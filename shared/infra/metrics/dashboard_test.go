@@ -139,7 +139,7 @@ func TestDashboardNamesRegisteredMetrics(t *testing.T) {
 		"sovkeys_gateway_requests_total", "sovkeys_gateway_request_duration_seconds",
 		"sovkeys_hsm_queue_depth", "sovkeys_hsm_inflight", "sovkeys_hsm_inflight_budget",
 		"sovkeys_audit_events_waiting", "sovkeys_audit_lag_seconds", "sovkeys_audit_checkpoint_timestamp_seconds",
-		"sovkeys_kill_switches_engaged", "sovkeys_throttled_total",
+		"sovkeys_kill_switches_engaged", "sovkeys_throttled_total", "sovkeys_refusals_total",
 	} {
 		if !used[must] {
 			t.Errorf("dashboard shows no %s", must)

@@ -8,7 +8,9 @@ import (
 	"github.com/miekg/pkcs11"
 )
 
-const maxCachedKeys = 4096
+// maxCachedKeys bounds the key handle and version caches: 10,000 keys in
+// use stay cached (an entry is a few hundred bytes).
+const maxCachedKeys = 1 << 16
 
 type cachedKey struct {
 	handle pkcs11.ObjectHandle

@@ -22,8 +22,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
-	"time"
 
 	"github.com/miekg/pkcs11"
 
@@ -33,11 +31,6 @@ import (
 // versionSep separates a key label from its version number. Labels ending in
 // versionSep and digits are reserved (CreateAESKey refuses them).
 const versionSep = "#v"
-
-// versionCacheTTL bounds how long a keyworker keeps encrypting under a
-// version after another keyworker of the pool rotated the key. The older
-// version stays valid, so this only delays the switch.
-const versionCacheTTL = 5 * time.Second
 
 // Version states, as KeyVersion.State reports them.
 const (
@@ -94,60 +87,6 @@ func isVersionLabel(label string) bool {
 // IsVersionLabel reports whether label names a key version (N >= 2) rather
 // than a key.
 func IsVersionLabel(label string) bool { return isVersionLabel(label) }
-
-// versionCache remembers the newest version of recently used keys.
-type versionCache struct {
-	mu sync.Mutex
-	m  map[string]versionEntry
-}
-
-type versionEntry struct {
-	newest int
-	at     time.Time
-}
-
-func (c *versionCache) get(label string, now time.Time) (int, bool) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	e, ok := c.m[label]
-	if !ok || now.Sub(e.at) >= versionCacheTTL || now.Before(e.at) {
-		return 0, false
-	}
-	return e.newest, true
-}
-
-func (c *versionCache) put(label string, newest int, now time.Time) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.m == nil {
-		c.m = make(map[string]versionEntry)
-	}
-	if len(c.m) >= maxCachedKeys {
-		clear(c.m)
-	}
-	c.m[label] = versionEntry{newest: newest, at: now}
-}
-
-func (c *versionCache) drop(label string) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	delete(c.m, label)
-}
-
-// NewestVersion returns the version an encrypt under label must use. It
-// asks the HSM at most every versionCacheTTL per key.
-func (h *HSM) NewestVersion(ctx context.Context, label string) (int, error) {
-	if v, ok := h.versions.get(label, h.now()); ok {
-		return v, nil
-	}
-	vs, err := h.KeyVersions(ctx, label)
-	if err != nil {
-		return 0, err
-	}
-	v := vs[len(vs)-1].Version
-	h.versions.put(label, v, h.now())
-	return v, nil
-}
 
 // KeyVersions lists the versions of the key labelled label, oldest first.
 // Version 1 may be missing (destroyed); the newest is ACTIVE. A label with

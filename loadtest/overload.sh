@@ -1,0 +1,123 @@
+#!/usr/bin/env bash
+# Graceful overload (issue 25, deliverable 1): the node pinned to one CPU,
+# the generator to another; XKS encrypt capacity in closed loop, then open
+# loop at 1.3x and 2x that capacity. For each run: goodput / capacity,
+# success latency p99, refusal (429/503) latency p99, errors by kind, and a
+# latency-over-time chart (loadtest chart).
+#
+#   loadtest/overload.sh
+#   BINS="new:bin/sovkeys old:/tmp/sovkeys-old" loadtest/overload.sh   (same run, two builds)
+#
+# Environment: BINS (name:path pairs, run in that order, names unique;
+# default "new:bin/sovkeys", built), NODE_CPU (0), GEN_CPU (1) (none: not
+# pinned), CAP_CONCURRENCY (64: no more than the gateway's
+# slots, so the closed loop measures answers, not a storm of refusals), CAP_SECONDS (15),
+# OPEN_SECONDS (20), FACTORS ("1.3 2"), MAX_INFLIGHT (512, loadtest's default), NODE_FLAGS
+# (extra flags for `sovkeys standalone`), GW_ADDR (127.0.0.1:18643),
+# NATS_ADDR (127.0.0.1:4533), OUT (loadtest/results/overload-<UTC time>).
+# The machine may be shared: compare builds within one run, never across runs.
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+export PATH="/usr/local/go/bin:$HOME/go/bin:$PATH"
+
+BINS=${BINS:-"new:bin/sovkeys"}
+NODE_CPU=${NODE_CPU:-0}
+GEN_CPU=${GEN_CPU:-1}
+CAP_CONCURRENCY=${CAP_CONCURRENCY:-64}
+CAP_SECONDS=${CAP_SECONDS:-15}
+OPEN_SECONDS=${OPEN_SECONDS:-20}
+FACTORS=${FACTORS:-"1.3 2"}
+MAX_INFLIGHT=${MAX_INFLIGHT:-512}
+NODE_FLAGS=${NODE_FLAGS:-}
+GW_ADDR=${GW_ADDR:-127.0.0.1:18643}
+NATS_ADDR=${NATS_ADDR:-127.0.0.1:4533}
+OUT=${OUT:-loadtest/results/overload-$(date -u +%Y%m%dT%H%M%SZ)}
+
+NODE_PIN=(taskset -c "$NODE_CPU")
+GEN_PIN=(taskset -c "$GEN_CPU")
+if [[ $NODE_CPU == none ]]; then NODE_PIN=(); fi
+if [[ $GEN_CPU == none ]]; then GEN_PIN=(); fi
+
+mkdir -p "$OUT"
+OUT=$(cd "$OUT" && pwd)
+DATA=
+NODE_PID=
+
+stop_node() {
+	if [[ -n $NODE_PID ]] && kill -0 "$NODE_PID" 2>/dev/null; then
+		kill -TERM "$NODE_PID" 2>/dev/null || true
+		for _ in $(seq 1 60); do kill -0 "$NODE_PID" 2>/dev/null || break; sleep 0.5; done
+		kill -KILL "$NODE_PID" 2>/dev/null || true
+	fi
+	NODE_PID=
+	if [[ -n $DATA ]]; then rm -rf "$DATA"; fi
+	DATA=
+}
+trap stop_node EXIT
+
+if [[ $BINS == "new:bin/sovkeys" ]]; then go build -o bin/sovkeys ./cmd/sovkeys; fi
+go build -o bin/loadtest ./loadtest
+{
+	echo "date:    $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+	echo "cpus:    $(nproc) x $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')"
+	echo "load:    $(cut -d' ' -f1-3 /proc/loadavg) (before the run; other jobs share the machine)"
+	echo "commit:  $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
+	echo "pinning: node CPU $NODE_CPU, generator CPU $GEN_CPU"
+	echo "builds:  $BINS"
+} | tee "$OUT/machine.txt"
+
+# figures NAME: throughput, success p99, refusal p99, refusals, other errors.
+figures() {
+	python3 - "$OUT/$1.json" <<'EOF'
+import json, sys
+r = json.load(open(sys.argv[1]))
+ref = r.get("refusalLatency") or {}
+refused = sum(e["count"] for e in r["errors"] if e["kind"].startswith(("HTTP 429", "HTTP 503")))
+other = r["errorCount"] - refused
+print(f"{r['throughput_rps']:.0f} {r['latency']['p99_ms']:.1f} {ref.get('p99_ms', 0):.1f} {refused} {other} {r['latency']['max_ms']:.1f}")
+EOF
+}
+
+printf '%-5s %-9s %-8s %-9s %-8s %-10s %-11s %-9s %-7s %s\n' build run offered goodput ratio ok_p99_ms ok_max_ms ref_p99_ms refused other_errors | tee "$OUT/summary.txt"
+for pair in $BINS; do
+	name=${pair%%:*} bin=${pair#*:}
+	DATA=$(mktemp -d)
+	# shellcheck disable=SC2086
+	"${NODE_PIN[@]}" "$bin" standalone --data "$DATA" --listen "$GW_ADDR" --nats-listen "$NATS_ADDR" \
+		--log-level warn $NODE_FLAGS >"$DATA/node.stdout" 2>"$OUT/node-$name.stderr" &
+	NODE_PID=$!
+	for _ in $(seq 1 600); do
+		kill -0 "$NODE_PID" 2>/dev/null || { tail "$OUT/node-$name.stderr" >&2; exit 1; }
+		if [[ -f $DATA/tls/ca.pem ]] && curl -fsS --max-time 2 --cacert "$DATA/tls/ca.pem" "https://$GW_ADDR/healthz" >/dev/null 2>&1; then break; fi
+		sleep 0.2
+	done
+	# A person's credential (builds before personal identities: the shared operator.creds).
+	creds="$DATA/operators/admin.creds"; [[ -f $creds ]] || creds="$DATA/operator.creds"
+	export SOVKEYS_NATS_URL="nats://$NATS_ADDR" SOVKEYS_NATS_CREDS="$creds"
+	"$bin" xks keystore create --prefix /overload >"$DATA/keystore.json"
+	"$bin" xks key create --keystore /overload --id overload-key >/dev/null
+	LT=("${GEN_PIN[@]}" bin/loadtest -url "https://$GW_ADDR" -ca "$DATA/tls/ca.pem" -creds-json "$DATA/keystore.json"
+		-key overload-key -size 1024 -aad 0 -warmup 5s -node-pid "$NODE_PID" -timeout 5s)
+	run=$name-capacity
+	"${LT[@]}" -op encrypt -concurrency "$CAP_CONCURRENCY" -duration "${CAP_SECONDS}s" -json "$OUT/$run.json" >"$OUT/$run.txt" || true
+	read -r cap p99 rp99 refused other max < <(figures "$run") || cap=0
+	printf '%-5s %-9s %-8s %-9s %-8s %-10s %-11s %-9s %-7s %s\n' "$name" capacity "c=$CAP_CONCURRENCY" "$cap" 1.00 "$p99" "$max" "$rp99" "$refused" "$other" | tee -a "$OUT/summary.txt"
+	for f in $FACTORS; do
+		# The previous step's connections may still wait in the backlog: start when the node answers again.
+		for _ in $(seq 1 120); do
+			curl -fsS --max-time 1 --cacert "$DATA/tls/ca.pem" "https://$GW_ADDR/healthz" >/dev/null 2>&1 && break
+			sleep 0.5
+		done
+		rate=$(awk -v c="$cap" -v f="$f" 'BEGIN {printf "%.0f", c * f}')
+		run=$name-open-$f
+		"${LT[@]}" -op encrypt -rate "$rate" -max-inflight "$MAX_INFLIGHT" -duration "${OPEN_SECONDS}s" \
+			-json "$OUT/$run.json" -chart "$OUT/$run.png" >"$OUT/$run.txt" || true
+		read -r good p99 rp99 refused other max < <(figures "$run") || good=0
+		ratio=$(awk -v g="$good" -v c="$cap" 'BEGIN {printf "%.2f", g / c}')
+		printf '%-5s %-9s %-8s %-9s %-8s %-10s %-11s %-9s %-7s %s\n' "$name" "open-$f" "$rate" "$good" "$ratio" "$p99" "$max" "$rp99" "$refused" "$other" | tee -a "$OUT/summary.txt"
+	done
+	grep -h '"refusal_reason"\|refusal_reason=' "$OUT/node-$name.stderr" | tail -3 || true
+	stop_node
+done
+echo "results in $OUT"

@@ -1,0 +1,96 @@
+package gateway
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	"go.opentelemetry.io/otel/trace/noop"
+
+	"github.com/sovkeys/sovkeys/shared"
+	"github.com/sovkeys/sovkeys/shared/infra/killswitch"
+	"github.com/sovkeys/sovkeys/shared/infra/mesh"
+	"github.com/sovkeys/sovkeys/shared/infra/registry"
+	"github.com/sovkeys/sovkeys/shared/testkit"
+	"github.com/sovkeys/sovkeys/shared/testkit/natstest"
+)
+
+// admissionGateway is a gateway (handlers only, real registry mirrors on a
+// real JetStream) with key store "ks" and an admission whose one slot is
+// busy and whose mesh takes a second per answer: every XKS call for "ks"
+// is refused for its deadline.
+func admissionGateway(tb testing.TB) *Service {
+	tb.Helper()
+	_, nc, js := natstest.Run(tb)
+	ctx, cancel := context.WithCancel(context.Background())
+	tb.Cleanup(cancel)
+	topo := mesh.DefaultTopology()
+	logger := slog.New(slog.NewTextHandler(io.Discard, nil))
+	reg, err := registry.Open(ctx, js, topo)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	if err := reg.CreateKeystore(ctx, &registry.Keystore{Prefix: "ks", Pool: "default", Created: time.Now().UTC()}); err != nil {
+		tb.Fatal(err)
+	}
+	s := &Service{cfg: Config{RequestTimeout: time.Second, AdmitWithin: DefaultAdmitWithin}, nc: nc, js: js, log: logger, now: time.Now,
+		tracer: noop.NewTracerProvider().Tracer("t")}
+	if s.keystores, err = registry.WatchBucket[registry.Keystore](ctx, reg.Keystores, logger, nil); err != nil {
+		tb.Fatal(err)
+	}
+	if s.kill, err = killswitch.Watch(ctx, js, topo, logger); err != nil {
+		tb.Fatal(err)
+	}
+	s.noise = mesh.NewNoiseAuditor(js, shared.AuditServiceGateway, time.Hour, logger, time.Now)
+	s.refusals = mesh.NewRefusalLog(shared.AuditServiceGateway, logger, time.Now, 0)
+	s.admit = newAdmission(1, time.Now)
+	s.admit.busy, s.admit.service = 1, time.Second
+	testkit.CheckFor(tb, 10*time.Second, 10*time.Millisecond, func() error {
+		if _, ok := s.keystores.Get(registry.KeystoreKey("ks")); !ok || s.fresh() != nil {
+			return fmt.Errorf("key store not mirrored yet")
+		}
+		return nil
+	})
+	return s
+}
+
+const admissionBody = `{"requestMetadata":{"awsPrincipalArn":"a","kmsOperation":"Encrypt","kmsRequestId":"r"},"plaintext":"aGVsbG8=","encryptionAlgorithm":"AES_GCM"}`
+
+// TestAdmissionRefusesAtOnce: a call that cannot be answered within its
+// budget gets 429 ThrottlingException from the handler without entering
+// the mesh (nothing is published: the slot stays the one busy slot).
+func TestAdmissionRefusesAtOnce(t *testing.T) {
+	t.Parallel()
+	s := admissionGateway(t)
+	rec := httptest.NewRecorder()
+	s.handleXKS(rec, httptest.NewRequest(http.MethodPost, "/ks/kms/xks/v1/keys/k/encrypt", strings.NewReader(admissionBody)))
+	if rec.Code != http.StatusTooManyRequests || !strings.Contains(rec.Body.String(), "ThrottlingException") ||
+		!strings.Contains(rec.Body.String(), "time budget") {
+		t.Fatalf("got %d %s, want 429 ThrottlingException (time budget)", rec.Code, rec.Body.String())
+	}
+	if busy, queued := s.admit.stats(); busy != 1 || queued != 0 {
+		t.Fatalf("busy %d queued %d after a refusal, want 1 0", busy, queued)
+	}
+}
+
+// BenchmarkXKSRefusal is the gateway's CPU per refused XKS call (the
+// handler: path, state, admission, the 429 body; not TLS): to compare with
+// an answer's (docs/BENCHMARKS.md).
+func BenchmarkXKSRefusal(b *testing.B) {
+	s := admissionGateway(b)
+	h := instrument(time.Now, http.HandlerFunc(s.handleXKS))
+	b.ReportAllocs()
+	for b.Loop() {
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, httptest.NewRequest(http.MethodPost, "/ks/kms/xks/v1/keys/k/encrypt", strings.NewReader(admissionBody)))
+		if rec.Code != http.StatusTooManyRequests {
+			b.Fatalf("status %d", rec.Code)
+		}
+	}
+}

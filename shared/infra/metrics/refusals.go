@@ -1,0 +1,44 @@
+package metrics
+
+// Refusals: every request a service turns away without serving it, by
+// reason (issue 25). A refusal is meant to be cheap; this counter and a
+// rate-bounded log line (mesh.RefusalLog) are all it costs.
+
+// Refusal reasons (a closed set).
+const (
+	// ReasonDeadline: the request could not be answered within its
+	// remaining budget (admission), or its deadline passed before the
+	// service reached it (expired work dropped unserved).
+	ReasonDeadline = "deadline"
+	// ReasonQueue: it waited its budget out in a queue, or a queue was full.
+	ReasonQueue = "queue"
+	// ReasonRateLimit: a per-address, per-credential or connection rate.
+	ReasonRateLimit = "rate_limit"
+	// ReasonStaleState: the service cannot show its configuration mirrors
+	// are current (registry.Cache.Fresh).
+	ReasonStaleState = "stale_state"
+	// ReasonTimeout: admitted, but no answer came back before the deadline.
+	ReasonTimeout = "timeout"
+	// ReasonUnavailable: the mesh did not take the request (no stream
+	// leader, no responders).
+	ReasonUnavailable = "unavailable"
+)
+
+var knownReasons = set(ReasonDeadline, ReasonQueue, ReasonRateLimit, ReasonStaleState, ReasonTimeout, ReasonUnavailable)
+
+var refusals = counterVec("refusals_total",
+	"Requests refused or dropped without being served, by service and reason: deadline (cannot be answered within its remaining budget, or expired before it was reached), "+
+		"queue (waited its budget out in a queue, or a queue was full), rate_limit (address, credential or connection rate), "+
+		"stale_state (configuration not current), timeout (admitted, no answer before the deadline), unavailable (the mesh did not take it).",
+	"service", "reason")
+
+// Refused counts one request service refused for reason.
+func Refused(service, reason string) {
+	refusals.WithLabelValues(bounded(set(knownServices...), service), bounded(knownReasons, reason)).Inc()
+}
+
+func init() {
+	for r := range knownReasons {
+		refusals.WithLabelValues("gateway", r)
+	}
+}
