@@ -287,13 +287,8 @@ func (n *node) stop() {
 }
 
 // creds is the credential of the admin person standalone makes at its
-// first start (older versions: the shared operator credential).
-func (n *node) creds() string {
-	if p := filepath.Join(n.dir, "operators", "admin.creds"); fileExists(p) {
-		return p
-	}
-	return filepath.Join(n.dir, "operator.creds")
-}
+// first start.
+func (n *node) creds() string { return filepath.Join(n.dir, "operators", "admin.creds") }
 
 // cli runs an operator command against the node.
 func (n *node) cli(t *testing.T, args ...string) string {
