@@ -17,6 +17,7 @@ import (
 
 	"github.com/sovkeys/sovkeys/services/keyworker"
 	"github.com/sovkeys/sovkeys/shared/infra/mesh"
+	"github.com/sovkeys/sovkeys/shared/infra/metrics"
 	"github.com/sovkeys/sovkeys/shared/infra/tracing"
 	"github.com/sovkeys/sovkeys/shared/infra/unseal"
 )
@@ -184,10 +185,16 @@ func readPIN(file string, getenv func(string) string) (pin string, ok bool, err 
 // openHSM opens the keyworker's HSM with pin.
 func openHSM(ctx context.Context, c *serviceConfig, pin string, logger *slog.Logger) (*keyworker.HSM, error) {
 	k := c.keyworker
-	return keyworker.OpenHSM(ctx, keyworker.HSMConfig{
+	hsm, err := keyworker.OpenHSM(ctx, keyworker.HSMConfig{
 		ModulePath: k.hsmModule, TokenLabel: k.hsmToken, PIN: pin, Sessions: k.sessions, IVFromHSM: k.ivFromHSM,
 		Profile: cmp.Or(k.hsmProfile, keyworker.ProfileForModel(c.model)),
 	}, logger)
+	if err != nil {
+		metrics.HSMLoginFailed(c.pool) // alert HSMLoginFailures
+		return nil, err
+	}
+	metrics.KeyworkerSealed(c.pool, false)
+	return hsm, nil
 }
 
 // unsealHSM waits for k PIN shares in the memory-only unseal bucket and
@@ -198,6 +205,7 @@ func unsealHSM(ctx context.Context, c *serviceConfig, js jetstream.JetStream, lo
 		return nil, err
 	}
 	var hsm *keyworker.HSM
+	metrics.KeyworkerSealed(c.pool, true) // alert KeyworkerSealed
 	err = unseal.Await(ctx, kv, c.pool, c.keyworker.unsealThreshold, logger, func(pin string) error {
 		h, err := openHSM(ctx, c, pin, logger)
 		if err != nil {

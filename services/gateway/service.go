@@ -26,6 +26,7 @@ import (
 	"github.com/sovkeys/sovkeys/shared"
 	"github.com/sovkeys/sovkeys/shared/infra/killswitch"
 	"github.com/sovkeys/sovkeys/shared/infra/mesh"
+	"github.com/sovkeys/sovkeys/shared/infra/metrics"
 	"github.com/sovkeys/sovkeys/shared/infra/ratelimit"
 	"github.com/sovkeys/sovkeys/shared/infra/registry"
 )
@@ -193,6 +194,9 @@ func (s *Service) Run(ctx context.Context) error {
 	cert, err := tls.LoadX509KeyPair(s.cfg.CertFile, s.cfg.KeyFile)
 	if err != nil {
 		return fmt.Errorf("gateway: tls: %w", err)
+	}
+	if cert.Leaf != nil { // alert CredentialExpiresSoon
+		metrics.CredentialExpiry("gateway", "tls_certificate", cert.Leaf.NotAfter)
 	}
 	srv := &http.Server{
 		Handler:           s.routes(),
