@@ -19,6 +19,7 @@ deps:
 	command -v sgdisk >/dev/null 2>&1 || missing="$$missing gdisk"; \
 	command -v mkfs.fat >/dev/null 2>&1 || missing="$$missing dosfstools"; command -v mcopy >/dev/null 2>&1 || missing="$$missing mtools"; \
 	for t in curl jq openssl; do command -v $$t >/dev/null 2>&1 || missing="$$missing $$t"; done; \
+	command -v promtool >/dev/null 2>&1 || missing="$$missing prometheus"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing:$$missing (apt)"; \
 		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
@@ -80,6 +81,13 @@ test: deps versitygw jaeger nats-server vet
 	$(GO) test -count=1 -timeout 15m $$($(GO) list ./... | grep -v /test/cluster)
 	$(GO) test -count=1 -timeout 12m ./test/cluster
 	@GO="$(GO)" ./scripts/compose-test.sh
+
+.PHONY: rules
+# The alerting rules alone (also checked by `make test`, through
+# shared/infra/metrics TestAlertRules*): parse, then the promtool unit tests.
+rules: deps
+	promtool check rules deploy/prometheus/rules/*.yml
+	promtool test rules deploy/prometheus/tests/*.test.yml
 
 .PHONY: nats-server cluster-test
 # nats-server of the version pinned in go.mod, for the cluster tests; built once, then cached.
