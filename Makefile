@@ -55,8 +55,9 @@ images: deps
 # The local compose cluster (deploy/compose, docs/observability.md "Compose"):
 # images when missing, credentials from `sovkeys cluster init`, 3 NATS nodes,
 # 2 gateways (https://127.0.0.1:8443 and :8444), authn, audit, 2 keyworkers,
-# unsealed. PROFILE=traces adds Jaeger (local image); PROFILE=grafana adds
-# Jaeger, Prometheus and Grafana (upstream images for the last two).
+# unsealed. PROFILE=traces adds Jaeger (local image); PROFILE=metrics adds
+# Prometheus with the alerting rules (local image of Debian's package; prints
+# its URL); PROFILE=grafana adds Jaeger, Prometheus and Grafana (upstream).
 # VOLUMES=1 on compose-down also drops the data.
 compose-up: deps
 	@GO="$(GO)" ./scripts/compose.sh up $(if $(PROFILE),--profile $(PROFILE))
