@@ -67,7 +67,7 @@ func expectResolved(t *testing.T, p *prometheus, fault, name string, match map[s
 		}
 		return nil
 	})
-	t.Logf("%s: %s resolved %.1f s after the repair", fault, name, time.Since(start).Seconds())
+	t.Logf("%s: %s not active (waited %.1f s)", fault, name, time.Since(start).Seconds())
 }
 
 // alertFaults injects the faults of issue 23 one after the other, each
@@ -79,6 +79,7 @@ func alertFaults(t *testing.T, d *deployment, p *prometheus) {
 	// A NATS node dies: its replicas stop being current.
 	{
 		const fault = "alerts: kill -9 NATS node"
+		expectResolved(t, p, fault+" (before)", "NATSNodeDown", nil) // the earlier faults' nodes have caught up
 		n := d.nats[2]
 		n.kill9()
 		expectAlert(t, p, fault, "NATSNodeDown", nil)
@@ -92,6 +93,8 @@ func alertFaults(t *testing.T, d *deployment, p *prometheus) {
 		const fault = "alerts: kill -9 keyworker, restart sealed"
 		kw := d.service("keyworker-1")
 		inst := map[string]string{"instance": d.metricsAddr[kw.name]}
+		expectResolved(t, p, fault+" (before)", "SovkeysTargetDown", nil)
+		expectResolved(t, p, fault+" (before)", "KeyworkerSealed", nil)
 		kw.kill9()
 		expectAlert(t, p, fault, "SovkeysTargetDown", inst)
 		pinEnv := kw.env
@@ -106,6 +109,7 @@ func alertFaults(t *testing.T, d *deployment, p *prometheus) {
 	// The kill switch of the key store under load.
 	{
 		const fault = "alerts: kill switch engaged"
+		expectResolved(t, p, fault+" (before)", "KillSwitchEngaged", nil)
 		d.cli(t, nil, "killswitch", "engage", "--keystore", "/ct", "--reason", "alert test")
 		expectAlert(t, p, fault, "KillSwitchEngaged", map[string]string{"scope": "keystore", "severity": "info"})
 		d.cli(t, nil, "killswitch", "release", "--keystore", "/ct")
@@ -115,6 +119,7 @@ func alertFaults(t *testing.T, d *deployment, p *prometheus) {
 	{
 		const fault = "alerts: audit stopped"
 		au := d.service("audit-0")
+		expectResolved(t, p, fault+" (before)", "SovkeysServiceDown", nil)
 		au.stop()
 		expectAlert(t, p, fault, "SovkeysServiceDown", map[string]string{"role": "audit", "severity": "critical"})
 		au.start(t)
@@ -122,7 +127,8 @@ func alertFaults(t *testing.T, d *deployment, p *prometheus) {
 	}
 	t.Logf("alerts: the four faults took %.0f s", time.Since(began).Seconds())
 	// Every dashboard panel answers with data.
-	for panel, expr := range dashboardExprs(t) {
+	exprs := dashboardExprs(t)
+	for panel, expr := range exprs {
 		testkit.CheckFor(t, 20*time.Second, 500*time.Millisecond, func() error {
 			n, err := p.query(expr)
 			if err == nil && n == 0 {
@@ -131,6 +137,7 @@ func alertFaults(t *testing.T, d *deployment, p *prometheus) {
 			return err
 		})
 	}
+	t.Logf("alerts: all %d queries of the Grafana dashboard return data", len(exprs))
 }
 
 // withoutPIN is env minus the HSM PIN, so the keyworker starts sealed.
