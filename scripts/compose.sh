@@ -103,7 +103,8 @@ up() {
 	say "up in $((SECONDS - start)) s: https://127.0.0.1:$GATEWAY_PORT (trust anchor $SOVKEYS_GENERATED/tls/ca.pem)"
 	case ${profile[1]:-} in metrics | grafana)
 		wait_for 60 "waiting for Prometheus" curl -fsS "http://127.0.0.1:${SOVKEYS_PROMETHEUS_PORT:-9090}/-/ready"
-		say "Prometheus: http://127.0.0.1:${SOVKEYS_PROMETHEUS_PORT:-9090}/alerts (rules: deploy/prometheus/rules, runbook: docs/operations.md)"
+		# Debian's package serves its classic UI under /classic (/alerts with an upstream image).
+		say "Prometheus: http://127.0.0.1:${SOVKEYS_PROMETHEUS_PORT:-9090}/ (alerts: /classic/alerts; rules: deploy/prometheus/rules; runbook: docs/operations.md)"
 		;;
 	esac
 	say "operator CLI: scripts/compose.sh cli xks keystore list"
