@@ -57,6 +57,10 @@ func TestAlertRulesPromtool(t *testing.T) {
 	if out, err := exec.Command(pt, append([]string{"check", "rules"}, rules...)...).CombinedOutput(); err != nil {
 		t.Fatalf("promtool check rules: %v\n%s", err, out)
 	}
+	conf := filepath.Join(rulesDir, "..", "prometheus.yml")
+	if out, err := exec.Command(pt, "check", "config", conf).CombinedOutput(); err != nil {
+		t.Fatalf("promtool check config: %v\n%s", err, out)
+	}
 	tests := globFiles(t, filepath.Join(ruleTestsDir, "*.test.yml"))
 	if out, err := exec.Command(pt, append([]string{"test", "rules"}, tests...)...).CombinedOutput(); err != nil {
 		t.Fatalf("promtool test rules: %v\n%s", err, out)
