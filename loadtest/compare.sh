@@ -58,8 +58,10 @@ start_node() {
 		fi
 		sleep 0.5
 	done
-	SOVKEYS_NATS_URL="nats://$nats" SOVKEYS_NATS_CREDS="$data/operator.creds" "$bin" xks keystore create --prefix /bench >"$TMP/$name.ks.json"
-	SOVKEYS_NATS_URL="nats://$nats" SOVKEYS_NATS_CREDS="$data/operator.creds" "$bin" xks key create --keystore /bench --id bench-key-1 >/dev/null
+	# Builds before personal identities wrote a shared operator.creds.
+	creds="$data/operators/admin.creds"; [ -f "$creds" ] || creds="$data/operator.creds"
+	SOVKEYS_NATS_URL="nats://$nats" SOVKEYS_NATS_CREDS="$creds" "$bin" xks keystore create --prefix /bench >"$TMP/$name.ks.json"
+	SOVKEYS_NATS_URL="nats://$nats" SOVKEYS_NATS_CREDS="$creds" "$bin" xks key create --keystore /bench --id bench-key-1 >/dev/null
 	echo "node $name ($bin${extra_env:+, $extra_env}) ready on $gw"
 }
 

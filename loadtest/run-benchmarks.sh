@@ -159,7 +159,7 @@ if [[ -z $ready ]]; then
 fi
 echo "ready: $(curl -fsS --cacert "$DATA/tls/ca.pem" "https://$GW_ADDR/healthz")"
 
-export SOVKEYS_NATS_URL="nats://$NATS_ADDR" SOVKEYS_NATS_CREDS="$DATA/operator.creds"
+export SOVKEYS_NATS_URL="nats://$NATS_ADDR" SOVKEYS_NATS_CREDS="$DATA/operators/admin.creds"
 "$SOVKEYS_BIN" xks keystore create --prefix /bench >"$OUT/keystore.json"
 "$SOVKEYS_BIN" xks key create --keystore /bench --id bench-key-1 | tee "$OUT/key.json"
 chmod 600 "$OUT/keystore.json"

@@ -58,7 +58,7 @@ for _ in $(seq 1 240); do
 	fi
 	sleep 0.5
 done
-export SOVKEYS_NATS_URL="nats://$NATS_ADDR" SOVKEYS_NATS_CREDS="$DATA/operator.creds"
+export SOVKEYS_NATS_URL="nats://$NATS_ADDR" SOVKEYS_NATS_CREDS="$DATA/operators/admin.creds"
 "$SOVKEYS_BIN" xks keystore create --prefix /bench >"$DATA/keystore.json"
 "$SOVKEYS_BIN" xks key create --keystore /bench --id bench-key-1 >/dev/null
 {

@@ -68,11 +68,12 @@ echo "token 'sovkeys' made; ${#SHARES[@]} shares (2 needed) in $WORK/shares.txt 
 
 step "2. sovkeys cluster init"
 BASE=$(( 20000 + RANDOM % 20000 ))
-"$SK" cluster init --out "$WORK/cluster" --nodes 3 --gateways 2 --port-base "$BASE" | tee "$WORK/cluster-init.txt"
+"$SK" cluster init --out "$WORK/cluster" --nodes 3 --gateways 2 --port-base "$BASE" \
+	--operator admin:admin+security+custodian+auditor | tee "$WORK/cluster-init.txt"
 C=$WORK/cluster
 # shellcheck disable=SC1091
 set -a; . "$C/cluster.env"; set +a     # SOVKEYS_NATS_URL = the three nodes
-export SOVKEYS_NATS_CREDS=$C/operator.creds
+export SOVKEYS_NATS_CREDS=$C/operators/admin.creds
 
 step "3. start the three nats-server nodes"
 start_node() { # start_node N

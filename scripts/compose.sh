@@ -67,7 +67,8 @@ generate() {
 	mkdir -p "$SOVKEYS_GENERATED/unseal" "$SOVKEYS_GENERATED/work"
 	chmod 700 "$SOVKEYS_GENERATED" "$SOVKEYS_GENERATED/unseal"
 	docker run --rm --user "$(id -u):$(id -g)" -v "$SOVKEYS_GENERATED:/sovkeys" "$SOVKEYS_IMAGE" \
-		cluster init --out /sovkeys --nodes 3 --hosts nats-1,nats-2,nats-3 --port-base 4222 --gateways 2 >/dev/null
+		cluster init --out /sovkeys --nodes 3 --hosts nats-1,nats-2,nats-3 --port-base 4222 --gateways 2 \
+		--operator admin:admin+security+custodian+auditor >/dev/null
 	say "credentials in $SOVKEYS_GENERATED (cluster init)"
 }
 

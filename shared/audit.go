@@ -36,6 +36,36 @@ const (
 	AuditServiceAudit     = "audit"
 )
 
+// AuditServicePersonPrefix + name is the audit service token of a person
+// (shared/infra/roster): each person's NATS user may publish only under
+// sovkeys.audit.cli-<name>., so the audit service knows who wrote an
+// operator event from its subject, not from what the event claims.
+const AuditServicePersonPrefix = "cli-"
+
+// AuditServicePerson is the audit service token of the person name.
+func AuditServicePerson(name string) string { return AuditServicePersonPrefix + name }
+
+// PersonOfAuditService returns the person whose audit service token is
+// service, if it is one.
+func PersonOfAuditService(service string) (string, bool) {
+	name, ok := strings.CutPrefix(service, AuditServicePersonPrefix)
+	return name, ok && ValidPersonName(name)
+}
+
+// ValidPersonName reports whether n can name a person: 1-32 characters of
+// [a-z0-9-], starting with a letter (safe in subjects, user names and files).
+func ValidPersonName(n string) bool {
+	if n == "" || len(n) > 32 || n[0] < 'a' || n[0] > 'z' {
+		return false
+	}
+	for _, c := range n {
+		if !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '-') {
+			return false
+		}
+	}
+	return true
+}
+
 // AuditKindAllowed reports whether service may write events of kind: the
 // audit service records an event of any other kind as a forgery attempt.
 func AuditKindAllowed(service, kind string) bool {
@@ -43,8 +73,12 @@ func AuditKindAllowed(service, kind string) bool {
 	case AuditServiceGateway, AuditServiceAuthn:
 		return kind == AuditKindXKS || kind == AuditKindTenant || kind == AuditKindUnauthenticated
 	case AuditServiceKeyworker:
-		return kind == AuditKindXKS || kind == AuditKindTenant
+		// Operator events: the people's signed admin requests it applies.
+		return kind == AuditKindXKS || kind == AuditKindTenant || kind == AuditKindOperator
 	case AuditServiceCLI, AuditServiceAudit:
+		return kind == AuditKindOperator
+	}
+	if _, ok := PersonOfAuditService(service); ok {
 		return kind == AuditKindOperator
 	}
 	return false
@@ -136,3 +170,7 @@ func UnmarshalAuditEvent(data []byte) (*AuditEvent, error) {
 	}
 	return &a, nil
 }
+
+// CallerTypePerson is the caller type of an event a person caused (through
+// a signed admin request or the CLI): CallerID is the person's name.
+const CallerTypePerson = "person"

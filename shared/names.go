@@ -79,6 +79,14 @@ const (
 	// BucketAuditSigner holds, per audit log, the last checkpoint the HSM
 	// signed: written only by keyworkers, read by the audit service.
 	BucketAuditSigner = "sovkeys_audit_signer"
+	// BucketOperators is the roster of people: person.<name> -> public nkey
+	// and roles, and the quorum policy (key "quorum"). Only the bootstrap
+	// identity writes it; every service and person reads it.
+	BucketOperators = "sovkeys_operators"
+	// BucketAdmin holds signed admin requests waiting for approval
+	// (req.<id>) and the nonces of applied signed requests (nonce.<hash>),
+	// written by the services that apply them.
+	BucketAdmin = "sovkeys_admin"
 
 	// AccountName is the one NATS account of the mesh.
 	AccountName = "SOVKEYS"
@@ -96,6 +104,10 @@ const (
 	EndpointAuditSign      = "audit_sign"
 	EndpointAuditPublicKey = "audit_public_key"
 	EndpointKeyVersion     = "key_version"
+	// EndpointApprove and EndpointReject decide a signed admin request
+	// waiting for its quorum (shared/api/kwadmin).
+	EndpointApprove = "approve"
+	EndpointReject  = "reject"
 )
 
 // JetStream API error codes the mesh matches on. nats.go names 10071 and
@@ -115,8 +127,13 @@ const (
 	UserAuthn     = "authn"
 	UserKeyworker = "keyworker"
 	UserAudit     = "audit"
-	// UserOperator is the administrator's identity (the CLI).
+	// UserOperator was the one administrator identity every person shared
+	// before personal identities (shared/infra/roster); its credential is
+	// revoked on upgrade and never issued again.
 	UserOperator = "operator"
+	// PersonUserPrefix + name is the NATS user of a person (an operator
+	// with roles): person_alice.
+	PersonUserPrefix = "person_"
 	// UserBootstrap declares streams, consumers and buckets; services only bind.
 	UserBootstrap = "bootstrap"
 
@@ -329,5 +346,5 @@ const Version = "0.1.0"
 // KVBuckets lists every KV bucket of the mesh.
 func KVBuckets() []string {
 	return []string{BucketKeystores, BucketXKSKeys, BucketPools, BucketTenants, BucketPKI, BucketKillSwitch,
-		BucketUnseal, BucketEKTIndex, BucketXKSRotation, BucketAuditSigner}
+		BucketUnseal, BucketEKTIndex, BucketXKSRotation, BucketAuditSigner, BucketOperators, BucketAdmin}
 }

@@ -182,7 +182,7 @@ func startNode(dir string) (*testNode, error) {
 func (n *testNode) sovkeys(t *testing.T, args ...string) string {
 	t.Helper()
 	cmd := exec.Command(bins.sovkeys, args...)
-	cmd.Env = append(os.Environ(), "SOVKEYS_NATS_URL="+n.natsURL, "SOVKEYS_NATS_CREDS="+filepath.Join(n.dir, "operator.creds"))
+	cmd.Env = append(os.Environ(), "SOVKEYS_NATS_URL="+n.natsURL, "SOVKEYS_NATS_CREDS="+filepath.Join(n.dir, "operators", "admin.creds"))
 	out, err := cmd.CombinedOutput()
 	if err != nil {
 		t.Fatalf("sovkeys %v: %v\n%s", args, err, out)

@@ -18,13 +18,14 @@ type clusterInitFlags struct {
 	out, name, hosts      string
 	nodes, gateways, base int
 	pools, users          listFlag
+	operators, removeOps  listFlag
 	cert, key, ca         string
 	gatewayPortBase       int
 }
 
 func clusterCommands() []command {
-	return []command{define("cluster init", "--out DIR [--nodes 3] [--pool NAME]... [--gateways N] [--user NAME]...",
-		"write the NATS cluster of a deployment: trust, per-service credentials, nats-server configs (run again to add a pool or user)",
+	return []command{define("cluster init", "--out DIR [--nodes 3] [--pool NAME]... [--operator NAME:ROLE[+ROLE]]... [--remove-operator NAME]... [--gateways N]",
+		"write the NATS cluster of a deployment: trust, per-service credentials, one credential per person, nats-server configs (run again to add a pool or person)",
 		groupOperator, registerClusterInit, runClusterInit),
 		define("keyworker repair-hierarchy", "--hsm-module SO --hsm-token-label LABEL [--keep LABEL=ID]... [--confirm]",
 			"list duplicate key-hierarchy objects on an HSM token; with --confirm keep one copy of each and destroy the others",
@@ -101,6 +102,8 @@ func registerClusterInit(fs *flag.FlagSet, _ func(string) string, f *clusterInit
 	fs.IntVar(&f.nodes, "nodes", 0, "nats-server nodes (default 3, or the earlier run's)")
 	fs.Var(&f.pools, "pool", "keyworker pool, repeatable (added to the earlier run's; default \"default\")")
 	fs.Var(&f.users, "user", "extra user of the permission table beyond the four services, repeatable (e.g. bootstrap)")
+	fs.Var(&f.operators, "operator", "a person and their roles, NAME:ROLE[+ROLE] with roles admin, security, custodian, auditor (repeatable; added to the earlier run's, roles replaced)")
+	fs.Var(&f.removeOps, "remove-operator", "a person to remove: their credential is revoked (repeatable)")
 	fs.IntVar(&f.gateways, "gateways", 2, "gateways of the test deployment: writes DIR/tls (a local CA and a 127.0.0.1 certificate) when > 0")
 	fs.IntVar(&f.gatewayPortBase, "gateway-port-base", 8443, "HTTPS port of the first gateway in the printed commands (next ones +1)")
 	fs.IntVar(&f.base, "port-base", 0, "client port of node 1 (routes +100, monitoring +200; default 14222)")
@@ -130,7 +133,16 @@ func runClusterInit(_ context.Context, f *clusterInitFlags, s stdio) error {
 		}
 		return a
 	}
+	var people []clusterinit.PersonSpec
+	for _, o := range f.operators {
+		p, err := clusterinit.ParsePersonSpec(o)
+		if err != nil {
+			return err
+		}
+		people = append(people, p)
+	}
 	res, err := clusterinit.Init(clusterinit.Config{
+		Operators: people, RemoveOperators: f.removeOps,
 		Dir: f.out, Nodes: f.nodes, Pools: f.pools, Users: users, ClusterName: f.name,
 		Hosts: splitList(f.hosts), PortBase: f.base,
 		TLS: clusterinit.TLSFiles{CertFile: abs(f.cert), KeyFile: abs(f.key), CAFile: abs(f.ca)},
@@ -151,9 +163,10 @@ func runClusterInit(_ context.Context, f *clusterInitFlags, s stdio) error {
 		fmt.Fprintf(w, "  %s  %s  %s  (health %s/healthz)\n", n.Name, n.ClientURL(), n.ConfigFile, n.MonitorURL())
 	}
 	fmt.Fprintf(w, "\nCredentials:\n")
-	for _, u := range append([]string{clusterinit.OperatorUser}, users...) {
+	for _, u := range users {
 		fmt.Fprintf(w, "  %-10s %s\n", u, res.Creds[u])
 	}
+	fmt.Fprintf(w, "  %-10s %s  (declares the mesh and writes the roster: `sovkeys init`)\n", "bootstrap", res.Creds["bootstrap"])
 	fmt.Fprintf(w, "\nServices (all with --replicas %d):\n  export SOVKEYS_NATS_URL=%s\n", min(len(res.Nodes), 3), res.URLs)
 	rep := fmt.Sprintf("--replicas %d", min(len(res.Nodes), 3))
 	for i := range f.gateways {
@@ -166,7 +179,17 @@ func runClusterInit(_ context.Context, f *clusterInitFlags, s stdio) error {
 	for _, p := range res.Pools {
 		fmt.Fprintf(w, "  sovkeys keyworker --creds %s %s --pool %s --hsm-module SO --hsm-token-label LABEL\n", res.Creds["keyworker"], rep, p)
 	}
-	fmt.Fprintf(w, "\nOperator CLI:\n  export SOVKEYS_NATS_CREDS=%s\n", res.Creds[clusterinit.OperatorUser])
+	fmt.Fprintf(w, "\nPeople (give each their own file; `sovkeys init` publishes the roster):\n")
+	if len(res.People) == 0 {
+		fmt.Fprintf(w, "  none yet: add them with --operator NAME:ROLE[+ROLE] (docs/operations.md, \"Day one\")\n")
+	}
+	for _, p := range res.People {
+		var roles []string
+		for _, r := range p.Roles {
+			roles = append(roles, string(r))
+		}
+		fmt.Fprintf(w, "  %-10s %-32s export SOVKEYS_NATS_CREDS=%s\n", p.Name, strings.Join(roles, "+"), clusterinit.PersonCredsFile(res.Dir, p.Name))
+	}
 	if gwTLS.CAFile != "" {
 		fmt.Fprintf(w, "Gateway TLS (test deployment only): trust anchor %s\n", gwTLS.CAFile)
 	}

@@ -23,6 +23,9 @@ type command struct {
 	// raw, when set, runs the command with its arguments unparsed: the
 	// command parses its own flags (the audit transparency-log commands).
 	raw func(ctx context.Context, args []string, s stdio) error
+	// positional, when set, names the flag a leading argument fills
+	// (`sovkeys approve ID` is `sovkeys approve --id ID`).
+	positional string
 }
 
 // rawCommand makes a command that parses its own flags; `sovkeys CMD -h`
@@ -79,6 +82,7 @@ func commands() []command {
 	cmds = append(cmds, instanceCommands()...)
 	cmds = append(cmds, killswitchCommands()...)
 	cmds = append(cmds, unsealCommands()...)
+	cmds = append(cmds, peopleCommands()...)
 	cmds = append(cmds, auditCommands()...)
 	cmds = append(cmds,
 		rawCommand("audit verify", "--tenant T | --keystore PREFIX | --operator [--first N --last M] [--checkpoint F] [--proof F] [--witness VKEY... --quorum K] [--v1] (-h: flags)",
@@ -159,6 +163,9 @@ func dispatch(ctx context.Context, cmds []command, args []string, s stdio) error
 		return c.raw(ctx, rest, s)
 	}
 	fs, runCmd := c.flagSet(s.getenv, s.stderr)
+	if c.positional != "" && len(rest) > 0 && !strings.HasPrefix(rest[0], "-") {
+		rest = append([]string{"--" + c.positional, rest[0]}, rest[1:]...)
+	}
 	if err := fs.Parse(rest); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return err

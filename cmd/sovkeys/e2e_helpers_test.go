@@ -67,7 +67,7 @@ func freePort() (int, error) {
 
 // startNode starts a standalone node on dir. A restarted node comes up
 // sealed; it is unsealed with shares, as an operator would.
-func startNode(dir string, shares []string) (*node, error) {
+func startNode(dir string, shares []string, extra ...string) (*node, error) {
 	gwPort, err := freePort()
 	if err != nil {
 		return nil, err
@@ -79,7 +79,7 @@ func startNode(dir string, shares []string) (*node, error) {
 	ctx, cancel := context.WithCancel(context.Background())
 	n := &node{
 		dir: dir, gateway: fmt.Sprintf("https://127.0.0.1:%d", gwPort),
-		natsURL: fmt.Sprintf("nats://127.0.0.1:%d", natsPort), creds: filepath.Join(dir, "operator.creds"),
+		natsURL: fmt.Sprintf("nats://127.0.0.1:%d", natsPort), creds: filepath.Join(dir, "operators", "admin.creds"),
 		stop: cancel, done: make(chan int, 1), stderr: &syncBuffer{}, stdout: &syncBuffer{},
 	}
 	args := []string{"standalone", "--data", dir, "--listen", fmt.Sprintf("127.0.0.1:%d", gwPort),
@@ -87,6 +87,7 @@ func startNode(dir string, shares []string) (*node, error) {
 		// A generous deadline: the suite shares small, busy machines and must
 		// not turn a slow scheduler into a failed assertion.
 		"--request-timeout", testRequestTimeout.String()}
+	args = append(args, extra...)
 	env := awsTestEnv() // aws_e2e_test.go: the loopback STS/EC2 (and trusted proxy) this node uses
 	getenv := func(k string) string {
 		if v, ok := env[k]; ok {
@@ -195,8 +196,20 @@ func (n *node) cli(t testing.TB, out any, args ...string) {
 }
 
 func (n *node) cliErr(out any, args ...string) error {
+	return n.cliAs(n.creds, out, args...)
+}
+
+// cliAs runs an operator command with the credential file creds (a
+// person's) and decodes its JSON output.
+func (n *node) cliAs(creds string, out any, args ...string) error {
 	var stdout, stderr bytes.Buffer
-	if code := run(context.Background(), args, n.getenv, &stdout, &stderr); code != 0 {
+	getenv := func(k string) string {
+		if k == "SOVKEYS_NATS_CREDS" {
+			return creds
+		}
+		return n.getenv(k)
+	}
+	if code := run(context.Background(), args, getenv, &stdout, &stderr); code != 0 {
 		return fmt.Errorf("exit %d: %s", code, stderr.String())
 	}
 	if out != nil {

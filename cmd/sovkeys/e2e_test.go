@@ -383,10 +383,12 @@ func TestXKSPolicyAndCredentialRotation(t *testing.T) {
 	}
 }
 
-// operatorJS connects with the operator credentials.
+// operatorJS connects with the audit service's credential: the one that
+// reads the audit event stream (no person may).
 func operatorJS(t *testing.T) (*nats.Conn, jetstream.JetStream) {
 	t.Helper()
-	nc, err := nats.Connect(testNode.natsURL, nats.UserCredentials(testNode.creds))
+	nc, err := nats.Connect(testNode.natsURL, nats.UserCredentials(filepath.Join(testNode.dir, "creds", "audit.creds")),
+		nats.CustomInboxPrefix(shared.InboxPrefix(shared.UserAudit)))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -460,7 +462,7 @@ func TestAuditEventsAndTracing(t *testing.T) {
 func TestExpiredWorkNeverReachesHSM(t *testing.T) {
 	_, js := operatorJS(t)
 	// Only authn may queue HSM work: publish it with authn's credential.
-	authnCreds := filepath.Join(filepath.Dir(testNode.creds), "creds", "authn.creds")
+	authnCreds := filepath.Join(testNode.dir, "creds", "authn.creds")
 	anc, err := nats.Connect(testNode.natsURL, nats.UserCredentials(authnCreds), nats.CustomInboxPrefix(shared.InboxPrefix(shared.UserAuthn)))
 	if err != nil {
 		t.Fatal(err)
@@ -591,6 +593,11 @@ func TestOperatorChangesAreAudited(t *testing.T) {
 		for m := range batch.Messages() {
 			ev, err := shared.UnmarshalAuditEvent(m.Data())
 			if err == nil && ev.Result == shared.ResultSuccess && (ev.Params["tenant"] == "vpc-oplog" || ev.Params["keystore"] == "oplog") {
+				// Every change names the person, under their own subject.
+				if ev.CallerType != shared.CallerTypePerson || ev.CallerID != "admin" || ev.Service != shared.AuditServicePerson("admin") ||
+					!strings.HasPrefix(m.Subject(), shared.AuditSubjectPrefix(shared.AuditServicePerson("admin"))) {
+					return fmt.Errorf("operator event %s names %s %s on %s", ev.API, ev.CallerType, ev.CallerID, m.Subject())
+				}
 				seen[string(ev.API)] = true
 			}
 		}

@@ -4,19 +4,23 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"os"
+	"path/filepath"
 	"strings"
 	"time"
 
 	"github.com/sovkeys/sovkeys/shared"
+	"github.com/sovkeys/sovkeys/shared/infra/clusterinit"
 	"github.com/sovkeys/sovkeys/shared/infra/mesh"
 )
 
 // initFlags are `sovkeys init`'s flags: the bootstrap identity's
 // connection, the topology (the one place sizes come from) and the pools.
 type initFlags struct {
-	conn  connFlags
-	topo  topologyFlags
-	pools string
+	conn   connFlags
+	topo   topologyFlags
+	pools  string
+	roster string
 }
 
 func initCommand() command {
@@ -27,6 +31,7 @@ func initCommand() command {
 			f.conn.register(fs, getenv)
 			f.topo.register(fs)
 			fs.StringVar(&f.pools, "pools", "default", "keyworker pools, comma separated (one work queue each)")
+			fs.StringVar(&f.roster, "roster", "", "the people to publish in the roster (default: roster.json beside --creds, as `cluster init` writes it)")
 		},
 		func(ctx context.Context, f *initFlags, s stdio) error {
 			pools := splitPools(f.pools)
@@ -53,6 +58,19 @@ func initCommand() command {
 			}
 			fmt.Fprintf(s.stdout, "declared the streams and buckets of pools %s (replicas %d, %d sibling(s) of each request/work/audit stream) in %s\n",
 				strings.Join(pools, ","), topo.Replicas, topo.Siblings, time.Since(start).Round(time.Millisecond))
+			rosterFile := f.roster
+			if rosterFile == "" && f.conn.creds != "" {
+				rosterFile = filepath.Join(filepath.Dir(f.conn.creds), clusterinit.RosterFile)
+			}
+			if _, err := os.Stat(rosterFile); err == nil {
+				n, err := publishRoster(ctx, js, rosterFile, nil)
+				if err != nil {
+					return err
+				}
+				fmt.Fprintf(s.stdout, "roster: %d person(s) from %s\n", n, rosterFile)
+			} else if f.roster != "" {
+				return fmt.Errorf("%w: --roster: %v", shared.ErrConfigValidation, err)
+			}
 			start = time.Now()
 			moves, err := mesh.SpreadLeaders(ctx, js, topo, pools)
 			moved := 0

@@ -20,6 +20,7 @@ import (
 	"github.com/sovkeys/sovkeys/services/keyworker"
 	"github.com/sovkeys/sovkeys/shared"
 	"github.com/sovkeys/sovkeys/shared/client/xksclient"
+	"github.com/sovkeys/sovkeys/shared/infra/clusterinit"
 	"github.com/sovkeys/sovkeys/shared/infra/natsauth"
 	"github.com/sovkeys/sovkeys/shared/testkit"
 )
@@ -46,9 +47,6 @@ func TestSeparateProcesses(t *testing.T) {
 	creds := func(name string) string {
 		p := filepath.Join(dir, name+".creds")
 		perms := natsauth.ServicePermissions(name, []string{"default"})
-		if name == "operator" {
-			perms = natsauth.OperatorPermissions()
-		}
 		if err := trust.WriteUserCreds(p, name, perms); err != nil {
 			t.Fatal(err)
 		}
@@ -112,6 +110,15 @@ func TestSeparateProcesses(t *testing.T) {
 	if err := trust.WriteUserCreds(boot, shared.UserBootstrap, natsauth.BootstrapPermissions()); err != nil {
 		t.Fatal(err)
 	}
+	// A person with every role; `sovkeys init` publishes the roster file
+	// beside the bootstrap credential.
+	admin, _, err := clusterinit.EnsurePerson(trust, dir, clusterinit.PersonSpec{Name: "admin", Roles: natsauth.Roles()}, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := clusterinit.WriteRoster(filepath.Join(dir, clusterinit.RosterFile), []clusterinit.RosterEntry{admin}); err != nil {
+		t.Fatal(err)
+	}
 	if out, err := exec.Command(bin, "init", "--nats", url, "--creds", boot, "--pools", "default").CombinedOutput(); err != nil {
 		t.Fatalf("sovkeys init: %v\n%s", err, out)
 	}
@@ -140,7 +147,7 @@ func TestSeparateProcesses(t *testing.T) {
 		return nil
 	})
 
-	operatorCreds := creds("operator")
+	operatorCreds := clusterinit.PersonCredsFile(dir, "admin")
 	cli := func(out any, args ...string) {
 		t.Helper()
 		cmd := exec.Command(bin, args...)

@@ -11,8 +11,11 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/sovkeys/sovkeys/shared"
+	"github.com/sovkeys/sovkeys/shared/api/kwadmin"
 	"github.com/sovkeys/sovkeys/shared/infra/mesh"
 	"github.com/sovkeys/sovkeys/shared/infra/registry"
+	"github.com/sovkeys/sovkeys/shared/infra/roster"
 )
 
 // operatorTimeout bounds one operator command.
@@ -28,6 +31,20 @@ type operator struct {
 	out    io.Writer
 	errOut io.Writer
 	stdin  io.Reader
+	// signer is the person whose credential the session uses: it signs
+	// admin requests and names them in the audit log (nil: not a person's
+	// credential, which may read but changes nothing).
+	signer *roster.Signer
+}
+
+// person returns the session's signer, or an error saying a personal
+// credential is needed.
+func (o *operator) person() (*roster.Signer, error) {
+	if o.signer == nil {
+		return nil, shared.NewError(shared.CodeAccessDenied,
+			"this credential is not a person's: admin actions need your own credential (sovkeys operator add; standalone: .data/operators/admin.creds)")
+	}
+	return o.signer, nil
 }
 
 func (o *operator) print(v any) error {
@@ -68,7 +85,14 @@ func operatorCommand[C any](name, usage, short string,
 			if err != nil {
 				return err
 			}
-			return fn(ctx, &operator{getenv: s.getenv, nc: nc, js: js, topo: f.topo, reg: reg, out: s.stdout, errOut: s.stderr, stdin: s.stdin}, &f.own)
+			o := &operator{getenv: s.getenv, nc: nc, js: js, topo: f.topo, reg: reg, out: s.stdout, errOut: s.stderr, stdin: s.stdin}
+			if f.conn.creds != "" {
+				// A person's credential signs every admin request it sends.
+				if o.signer, err = roster.SignerFromCreds(f.conn.creds); err == nil {
+					ctx = kwadmin.WithSigner(ctx, o.signer)
+				}
+			}
+			return fn(ctx, o, &f.own)
 		})
 }
 

@@ -6,7 +6,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"os"
 	"time"
 
 	"github.com/sovkeys/sovkeys/shared"
@@ -27,6 +26,10 @@ var errIntentNotAudited = errors.New("sovkeys: the change was NOT applied: its i
 // auditOp records one phase of a control-plane change in the operator log,
 // durably (JetStream ack), under the operation id opID.
 func (o *operator) auditOp(ctx context.Context, opID, phase, api string, start time.Time, params map[string]string, opErr error) error {
+	signer, err := o.person()
+	if err != nil {
+		return err
+	}
 	p := make(map[string]string, len(params)+2)
 	for k, v := range params {
 		p[k] = v
@@ -34,8 +37,8 @@ func (o *operator) auditOp(ctx context.Context, opID, phase, api string, start t
 	p["phase"], p["op_id"] = phase, opID
 	ev := &shared.AuditEvent{
 		RequestID: opID + "." + phase, Kind: shared.AuditKindOperator, Scope: "",
-		API: shared.API("operator." + api), Service: shared.AuditServiceCLI, Start: start, End: time.Now(),
-		CallerType: "operator", CallerID: o.who(), Result: shared.ResultSuccess, Params: p,
+		API: shared.API("operator." + api), Service: shared.AuditServicePerson(signer.Person), Start: start, End: time.Now(),
+		CallerType: shared.CallerTypePerson, CallerID: signer.Person, Result: shared.ResultSuccess, Params: p,
 	}
 	if opErr != nil {
 		ev.Result, ev.Code, ev.Reason = shared.ResultFailure, shared.CodeOf(opErr), opErr.Error()
@@ -52,6 +55,9 @@ func (o *operator) audited(ctx context.Context, api string, params map[string]st
 	_, _ = rand.Read(b[:])
 	opID := "op-" + hex.EncodeToString(b[:])
 	start := time.Now()
+	if _, err := o.person(); err != nil {
+		return err
+	}
 	if err := o.auditOp(ctx, opID, phaseIntent, api, start, params, nil); err != nil {
 		return fmt.Errorf("%w: %w", errIntentNotAudited, err)
 	}
@@ -62,16 +68,12 @@ func (o *operator) audited(ctx context.Context, api string, params map[string]st
 	return err
 }
 
-// who names the operator in audit records and kill switches: USER@host,
-// "unknown" for a part the system does not tell.
+// who names the person in audit records and kill switches: the name of
+// their credential (the roster's), "unknown" for a credential that is not
+// a person's (it cannot change anything).
 func (o *operator) who() string {
-	user := o.getenv("USER")
-	if user == "" {
-		user = "unknown"
+	if o.signer == nil {
+		return "unknown"
 	}
-	host, err := os.Hostname()
-	if err != nil || host == "" {
-		host = "unknown"
-	}
-	return user + "@" + host
+	return o.signer.Person
 }

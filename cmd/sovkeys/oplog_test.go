@@ -8,9 +8,11 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/nats-io/nkeys"
 
 	"github.com/sovkeys/sovkeys/shared"
 	"github.com/sovkeys/sovkeys/shared/infra/mesh"
+	"github.com/sovkeys/sovkeys/shared/infra/roster"
 	"github.com/sovkeys/sovkeys/shared/testkit/natstest"
 )
 
@@ -47,7 +49,11 @@ func TestOperatorAuditFirst(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 			defer cancel()
 			tc.setup(ctx, t, js)
-			o := &operator{getenv: func(string) string { return "tester" }, js: js, out: io.Discard}
+			kp, kerr := nkeys.CreateUser()
+			if kerr != nil {
+				t.Fatal(kerr)
+			}
+			o := &operator{getenv: func(string) string { return "tester" }, js: js, out: io.Discard, signer: roster.NewSigner("tester", kp, nil)}
 			applied := false
 			var intentBefore bool
 			err := o.audited(ctx, "tenant.create", map[string]string{"tenant": "vpc-x"}, func() error {

@@ -24,8 +24,10 @@ import (
 	"github.com/sovkeys/sovkeys/services/keyworker"
 	"github.com/sovkeys/sovkeys/shared"
 	"github.com/sovkeys/sovkeys/shared/crypto/shamir"
+	"github.com/sovkeys/sovkeys/shared/infra/clusterinit"
 	"github.com/sovkeys/sovkeys/shared/infra/mesh"
 	"github.com/sovkeys/sovkeys/shared/infra/natsauth"
+	"github.com/sovkeys/sovkeys/shared/infra/roster"
 	"github.com/sovkeys/sovkeys/shared/infra/unseal"
 )
 
@@ -40,7 +42,12 @@ type standaloneFlags struct {
 	natsCert, natsKey   string
 	nShares             int
 	devUnseal           string
+	quorum              int
 }
+
+// standaloneAdmin is the person standalone makes at its first start, with
+// every role (development; docs/operations.md, "Day one" for real teams).
+const standaloneAdmin = "admin"
 
 // standaloneSets are the service flags standalone decides itself: the
 // embedded NATS server and its credentials, the SoftHSM token under --data.
@@ -73,6 +80,7 @@ func registerStandalone(fs *flag.FlagSet, getenv func(string) string, f *standal
 	fs.StringVar(&f.natsCert, "nats-tls-cert", "", "serve NATS over TLS with this certificate (PEM); services then need --nats-ca")
 	fs.StringVar(&f.natsKey, "nats-tls-key", "", "private key of --nats-tls-cert")
 	fs.IntVar(&f.nShares, "unseal-shares", 3, "HSM PIN shares made when the token is created")
+	fs.IntVar(&f.quorum, "quorum", 1, "people who must sign a destructive operation (key version destroy): 1 is for development only; a real team uses 2 (docs/security.md, \"Quorum\")")
 	fs.StringVar(&f.devUnseal, "dev-unseal-file", "", "DEVELOPMENT ONLY: keep the unseal shares in this file (outside --data) and unseal from it at start; as unsafe as a PIN on disk")
 }
 
@@ -106,6 +114,17 @@ func runStandalone(ctx context.Context, f *standaloneFlags, s stdio) error {
 	if err != nil {
 		return err
 	}
+	// People: the first admin, and the shared operator credential of
+	// earlier versions revoked (before the server loads the account).
+	if err := ensureStandalonePeople(trust, dir, s, logger); err != nil {
+		return err
+	}
+	if f.quorum < 1 || f.quorum > 9 {
+		return fmt.Errorf("%w: --quorum must be 1..9", shared.ErrConfigValidation)
+	}
+	if f.quorum == 1 {
+		logger.Warn("quorum is 1: one person alone may destroy key versions (development only; --quorum 2 for a team)")
+	}
 	ns, err := startNATS(f, dir, trust)
 	if err != nil {
 		return err
@@ -121,6 +140,9 @@ func runStandalone(ctx context.Context, f *standaloneFlags, s stdio) error {
 		return err
 	}
 	if err := bootstrapMesh(ctx, f, dir, logger); err != nil {
+		return err
+	}
+	if err := publishStandaloneRoster(ctx, f, dir, logger); err != nil {
 		return err
 	}
 	hsm, err := openStandaloneHSM(ctx, f, dir, s.stdout, logger)
@@ -181,13 +203,11 @@ func startNATS(f *standaloneFlags, dir string, trust *natsauth.Trust) (*server.S
 	return ns, nil
 }
 
-// writeCreds writes the operator's credentials, the bootstrap identity's
-// (with the trust seeds: no running service holds it) and one user per
-// service, each with only its own permissions; it returns the services' files.
+// writeCreds writes the bootstrap identity's credentials (with the trust
+// seeds: no running service holds it) and one user per service, each with
+// only its own permissions; it returns the services' files. People's
+// credentials are made once (ensureStandalonePeople).
 func writeCreds(trust *natsauth.Trust, dir, pool string) (map[string]string, error) {
-	if err := trust.WriteUserCreds(filepath.Join(dir, "operator.creds"), shared.UserOperator, natsauth.OperatorPermissions()); err != nil {
-		return nil, err
-	}
 	if err := trust.WriteUserCreds(bootstrapCreds(dir), shared.UserBootstrap, natsauth.BootstrapPermissions()); err != nil {
 		return nil, err
 	}
@@ -287,11 +307,11 @@ func serveAll(ctx context.Context, f *standaloneFlags, dir string, credsOf map[s
 			}
 		}()
 	}
-	natsURL, opCreds, listen := f.svc.common.conn.url, filepath.Join(dir, "operator.creds"), f.svc.gateway.listen
+	natsURL, opCreds, listen := f.svc.common.conn.url, clusterinit.PersonCredsFile(dir, standaloneAdmin), f.svc.gateway.listen
 	fmt.Fprintf(s.stdout, `sovkeys standalone
   gateway     https://%s  (trust anchor %s)
   readiness   https://%s/healthz
-  nats        %s  (operator credentials %s)
+  nats        %s  (admin credentials %s)
   try:        export SOVKEYS_NATS_URL=%s SOVKEYS_NATS_CREDS=%s
               sovkeys xks keystore create --prefix /example
 `, listen, filepath.Join(dir, "tls", "ca.pem"), listen, natsURL, opCreds, natsURL, opCreds)
@@ -363,4 +383,50 @@ func randomHex(n int) (string, error) {
 		return "", fmt.Errorf("random: %w", err)
 	}
 	return hex.EncodeToString(b), nil
+}
+
+// ensureStandalonePeople makes the first admin (every role) at the first
+// start, keeps the roster file's people current, and revokes the shared
+// operator credential an earlier version wrote.
+func ensureStandalonePeople(trust *natsauth.Trust, dir string, s stdio, logger *slog.Logger) error {
+	now := time.Now()
+	if revoked, err := clusterinit.RevokeLegacyOperator(trust, dir, now); err != nil {
+		return err
+	} else if revoked {
+		logger.Warn("the shared operator credential of an earlier version was revoked and deleted; use your own credential",
+			"admin_creds", clusterinit.PersonCredsFile(dir, standaloneAdmin))
+	}
+	path := filepath.Join(dir, "trust", clusterinit.RosterFile)
+	entries, err := clusterinit.ReadRoster(path)
+	if err != nil {
+		return err
+	}
+	if len(entries) == 0 {
+		entries = []clusterinit.RosterEntry{{Name: standaloneAdmin, Roles: natsauth.Roles()}}
+		fmt.Fprintf(s.stdout, "first start: person %q made with every role (admin, security, custodian, auditor) for development: %s\n",
+			standaloneAdmin, clusterinit.PersonCredsFile(dir, standaloneAdmin))
+	}
+	for i, e := range entries {
+		// Credentials are re-issued only when their permissions changed
+		// (an upgrade); the roster follows their keys.
+		if entries[i], _, err = clusterinit.EnsurePerson(trust, dir, clusterinit.PersonSpec{Name: e.Name, Roles: e.Roles}, now); err != nil {
+			return err
+		}
+	}
+	return clusterinit.WriteRoster(path, entries)
+}
+
+// publishStandaloneRoster writes the roster and the quorum policy into the
+// roster bucket with the bootstrap identity.
+func publishStandaloneRoster(ctx context.Context, f *standaloneFlags, dir string, logger *slog.Logger) error {
+	c := f.svc.common.conn
+	c.creds = bootstrapCreds(dir)
+	nc, js, err := mesh.Connect(ctx, c.config("sovkeys-roster"), logger)
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	pol := roster.UniformPolicy(f.quorum)
+	_, err = publishRoster(ctx, js, filepath.Join(dir, "trust", clusterinit.RosterFile), &pol)
+	return err
 }

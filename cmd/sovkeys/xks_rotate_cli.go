@@ -100,7 +100,11 @@ func (o *operator) keyVersion(ctx context.Context, action string, f *keyVersionF
 	if err := kwadmin.Call(ctx, o.nc, ks.Pool, kwadmin.EndpointKeyVersion, req, &resp); err != nil {
 		return fmt.Errorf("key %q: %s: %w", f.keyID, action, err)
 	}
-	if action == kwadmin.VersionDestroy && !resp.Destroyed {
+	if resp.Pending != "" {
+		fmt.Fprintf(o.errOut, "request %s waits for approval: %d of %d people have signed (%s).\n"+
+			"another person with the admin role runs: sovkeys approve %s\n", resp.Pending, len(resp.Signers), resp.Need,
+			strings.Join(resp.Signers, ", "), resp.Pending)
+	} else if action == kwadmin.VersionDestroy && !resp.Destroyed {
 		fmt.Fprintf(o.errOut, "nothing destroyed yet: ciphertexts of version %d will never decrypt again once it is.\n"+
 			"to destroy it, run the same command with --confirm %s\n", f.version, resp.Confirm)
 	}
@@ -108,7 +112,8 @@ func (o *operator) keyVersion(ctx context.Context, action string, f *keyVersionF
 	enc.SetIndent("", "  ")
 	return enc.Encode(xksKeyVersionsOut{KeyID: f.keyID, Keystore: "/" + store, Label: resp.Label, Versions: resp.Versions,
 		Changed: resp.Changed, Confirm: resp.Confirm, Destroyed: resp.Destroyed,
-		RotateEvery: time.Duration(resp.RotateEverySeconds * int64(time.Second)).String(), NextRotation: resp.NextRotation})
+		RotateEvery: time.Duration(resp.RotateEverySeconds * int64(time.Second)).String(), NextRotation: resp.NextRotation,
+		Pending: resp.Pending, Need: resp.Need, Signers: resp.Signers})
 }
 
 type xksKeyVersionsOut struct {
@@ -122,4 +127,8 @@ type xksKeyVersionsOut struct {
 	// RotateEvery is "0s" when the key has no automatic rotation.
 	RotateEvery  string `json:"rotateEvery"`
 	NextRotation string `json:"nextRotation,omitempty"`
+	// Pending is the id of the request waiting for approval (quorum).
+	Pending string   `json:"pending,omitempty"`
+	Need    int      `json:"need,omitempty"`
+	Signers []string `json:"signers,omitempty"`
 }

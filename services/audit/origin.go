@@ -67,6 +67,9 @@ func eventMismatch(service string, ev *shared.AuditEvent) string {
 	case ev.Kind == shared.AuditKindUnauthenticated && ev.Scope != "":
 		return "unauthenticated events have one scope"
 	}
+	if person, ok := shared.PersonOfAuditService(service); ok && (ev.CallerID != person || ev.CallerType != shared.CallerTypePerson) {
+		return "person " + strconv.Quote(person) + " published an event naming " + strconv.Quote(ev.CallerType+" "+ev.CallerID)
+	}
 	return ""
 }
 

@@ -38,8 +38,38 @@ func TestOriginMismatch(t *testing.T) {
 			subject: func(ev *shared.AuditEvent) string {
 				return shared.AuditSubject(ev.Service, shared.AuditKindTenant, ev.Scope)
 			}},
-		{name: "keyworker writes the operator log", forged: true,
+		{name: "authn writes the operator log", forged: true,
+			mutate: func(ev *shared.AuditEvent) {
+				ev.Service, ev.Kind, ev.Scope = shared.AuditServiceAuthn, shared.AuditKindOperator, ""
+			},
+			msgID: func(ev *shared.AuditEvent) string { return shared.AuditMsgID(shared.AuditServiceAuthn, ev.RequestID) }},
+		// The keyworker records the people's signed admin requests it applies.
+		{name: "keyworker writes the operator log",
 			mutate: func(ev *shared.AuditEvent) { ev.Kind, ev.Scope = shared.AuditKindOperator, "" }},
+		// A person's events name that person, under that person's subject.
+		{name: "person writes as themselves",
+			mutate: func(ev *shared.AuditEvent) {
+				ev.Service, ev.Kind, ev.Scope = shared.AuditServicePerson("alice"), shared.AuditKindOperator, ""
+				ev.CallerType, ev.CallerID = shared.CallerTypePerson, "alice"
+			},
+			msgID: func(ev *shared.AuditEvent) string {
+				return shared.AuditMsgID(shared.AuditServicePerson("alice"), ev.RequestID)
+			}},
+		{name: "person writes in another's name", forged: true,
+			mutate: func(ev *shared.AuditEvent) {
+				ev.Service, ev.Kind, ev.Scope = shared.AuditServicePerson("alice"), shared.AuditKindOperator, ""
+				ev.CallerType, ev.CallerID = shared.CallerTypePerson, "bob"
+			},
+			msgID: func(ev *shared.AuditEvent) string {
+				return shared.AuditMsgID(shared.AuditServicePerson("alice"), ev.RequestID)
+			}},
+		{name: "person writes a key store's log", forged: true,
+			mutate: func(ev *shared.AuditEvent) {
+				ev.Service, ev.CallerType, ev.CallerID = shared.AuditServicePerson("alice"), shared.CallerTypePerson, "alice"
+			},
+			msgID: func(ev *shared.AuditEvent) string {
+				return shared.AuditMsgID(shared.AuditServicePerson("alice"), ev.RequestID)
+			}},
 		{name: "another service's dedupe id", forged: true,
 			msgID: func(ev *shared.AuditEvent) string { return shared.AuditMsgID("authn", ev.RequestID) }},
 		{name: "legacy subject without service", forged: true,

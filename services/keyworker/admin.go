@@ -41,6 +41,8 @@ func (s *Service) startAdmin() (micro.Service, error) {
 		auditlog.EndpointSign:     s.adminAuditSign, auditlog.EndpointPublicKey: s.adminAuditPublicKey,
 	}
 	endpoints[kwadmin.EndpointKeyVersion] = s.adminKeyVersion // admin_versions.go
+	endpoints[kwadmin.EndpointApprove] = s.adminApprove       // admin_quorum.go
+	endpoints[kwadmin.EndpointReject] = s.adminReject
 	for name, fn := range endpoints {
 		if err := g.AddEndpoint(name, s.adminHandler(name, fn)); err != nil {
 			_ = svc.Stop()
@@ -54,7 +56,17 @@ func (s *Service) adminHandler(name string, fn func(context.Context, []byte) (an
 	return func(req micro.Request) {
 		ctx, cancel := context.WithTimeout(context.Background(), adminTimeout) //nolint:contextcheck // a micro handler has no caller context
 		defer cancel()
-		resp, err := fn(ctx, req.Data())
+		ctx = context.WithValue(ctx, signatureKey{}, req.Headers().Get(kwadmin.HeaderSignature))
+		var resp any
+		var err error
+		switch op := kwadmin.Op(name, req.Data()); {
+		case op == "", name == kwadmin.EndpointKeyVersion, name == kwadmin.EndpointApprove, name == kwadmin.EndpointReject:
+			// Reads and service calls; key versions and decisions verify
+			// their signatures themselves (quorum).
+			resp, err = fn(ctx, req.Data())
+		default:
+			resp, err = s.signedHandler(ctx, op, req.Data(), nil, fn)
+		}
 		if err != nil {
 			if shared.CodeOf(err) == shared.CodeInternal {
 				s.log.Error("admin request failed", "endpoint", name, "err", err)

@@ -11,6 +11,7 @@ import (
 
 	"github.com/sovkeys/sovkeys/shared"
 	"github.com/sovkeys/sovkeys/shared/api/kwadmin"
+	"github.com/sovkeys/sovkeys/shared/infra/natsauth"
 	"github.com/sovkeys/sovkeys/shared/testkit/natstest"
 )
 
@@ -25,8 +26,17 @@ func TestSealUnsealAnswersAreEncryptedToTheRequester(t *testing.T) {
 	secret := []byte("SIGV4-SECRET-must-stay-in-the-box")
 	aad := []byte("keystore=/x;akid=AKID")
 
+	// Sealing is an admin action: a person's signed request. Unsigned, or
+	// signed by someone without the role, it is refused.
+	if err := kwadmin.Call(ctx, nc, "default", kwadmin.EndpointSeal, kwadmin.SealRequest{Data: bytes.Clone(secret), AAD: aad}, &kwadmin.SealResponse{}); shared.CodeOf(err) != shared.CodeAccessDenied {
+		t.Fatalf("unsigned seal: %v", err)
+	}
+	if err := kwadmin.Call(asPerson(ctx, t, js, "carol", natsauth.RoleCustodian), nc, "default", kwadmin.EndpointSeal,
+		kwadmin.SealRequest{Data: bytes.Clone(secret), AAD: aad}, &kwadmin.SealResponse{}); shared.CodeOf(err) != shared.CodeAccessDenied {
+		t.Fatalf("custodian's seal: %v", err)
+	}
 	var sealed kwadmin.SealResponse
-	if err := kwadmin.Call(ctx, nc, "default", kwadmin.EndpointSeal, kwadmin.SealRequest{Data: bytes.Clone(secret), AAD: aad}, &sealed); err != nil {
+	if err := kwadmin.Call(asPerson(ctx, t, js, "alice", natsauth.RoleAdmin), nc, "default", kwadmin.EndpointSeal, kwadmin.SealRequest{Data: bytes.Clone(secret), AAD: aad}, &sealed); err != nil {
 		t.Fatal(err)
 	}
 	var opened kwadmin.SealResponse
@@ -58,14 +68,15 @@ func TestSealUnsealAnswersAreEncryptedToTheRequester(t *testing.T) {
 		t.Fatalf("box does not open to the secret: %v", err)
 	}
 
-	// Without a reply key: refused, nothing unsealed.
-	for _, ep := range []string{shared.EndpointUnseal, shared.EndpointSeal} {
+	// Without a reply key: refused, nothing unsealed (an unsigned seal is
+	// refused before that).
+	for ep, code := range map[string]shared.Code{shared.EndpointUnseal: shared.CodeValidation, shared.EndpointSeal: shared.CodeAccessDenied} {
 		raw, _ = json.Marshal(kwadmin.SealRequest{Data: sealed.Data, AAD: aad})
 		msg, err = nc.RequestWithContext(ctx, shared.KeyworkerAdminSubject("default", ep), raw)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if msg.Header.Get(micro.ErrorCodeHeader) != string(shared.CodeValidation) || bytes.Contains(msg.Data, secret) {
+		if msg.Header.Get(micro.ErrorCodeHeader) != string(code) || bytes.Contains(msg.Data, secret) {
 			t.Fatalf("%s without a reply key answered: %q %q", ep, msg.Header, msg.Data)
 		}
 	}

@@ -29,6 +29,13 @@ func (s *Service) adminKeyVersion(ctx context.Context, data []byte) (any, error)
 	if req.Action == kwadmin.VersionList {
 		return s.versionView(ctx, req.Label, kwadmin.KeyVersionResponse{})
 	}
+	return s.signedKeyVersion(ctx, req, data) // admin_quorum.go
+}
+
+// applyKeyVersion makes the change a verified (and, where needed,
+// approved) request asks for; ctx names the person.
+func (s *Service) applyKeyVersion(ctx context.Context, req kwadmin.KeyVersionRequest) (any, error) {
+	req.Operator = personOf(ctx)
 	start := s.now()
 	resp, err := s.changeVersion(ctx, req)
 	version := resp.Changed
@@ -101,10 +108,14 @@ func (s *Service) auditVersionChange(ctx context.Context, req kwadmin.KeyVersion
 	start time.Time, opErr error) error {
 	var b [16]byte
 	_, _ = rand.Read(b[:])
+	caller := shared.CallerTypePerson
+	if req.Action == "auto-rotate" {
+		caller = "service"
+	}
 	ev := &shared.AuditEvent{
 		Version: shared.AuditEventVersion, RequestID: "kv-" + hex.EncodeToString(b[:]), Kind: shared.AuditKindXKS, Scope: req.Keystore,
 		API: shared.API("xks.key.version." + req.Action), Service: "keyworker", Start: start, End: s.now(),
-		CallerType: "operator", CallerID: req.Operator, KeyID: req.KeyID, Result: shared.ResultSuccess,
+		CallerType: caller, CallerID: req.Operator, KeyID: req.KeyID, Result: shared.ResultSuccess,
 		Params: map[string]string{"pool": s.cfg.Pool, "label": req.Label, "key_version": strconv.Itoa(version)},
 	}
 	if req.Action == kwadmin.VersionDestroy {

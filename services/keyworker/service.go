@@ -75,6 +75,9 @@ type Service struct {
 
 	audit *mesh.AuditBatcher // group commit of the work's audit events
 
+	people people  // the roster and admin bucket, bound on first use
+	reg    regOnce // the key registry (key version scopes), bound on first use
+
 	healthMu  sync.Mutex
 	healthAt  time.Time
 	healthErr error

@@ -241,11 +241,12 @@ func startDeployment(t *testing.T) *deployment {
 	bin, natsServer := buildBinaries(t, dir)
 	base := freePortBase(t)
 	out := filepath.Join(dir, "cluster")
-	init := exec.Command(bin, "cluster", "init", "--out", out, "--nodes", "3", "--port-base", strconv.Itoa(base), "--gateways", "2")
+	init := exec.Command(bin, "cluster", "init", "--out", out, "--nodes", "3", "--port-base", strconv.Itoa(base), "--gateways", "2",
+		"--operator", "admin:admin+security+custodian+auditor")
 	if b, err := init.CombinedOutput(); err != nil {
 		t.Fatalf("cluster init: %v\n%s", err, b)
 	}
-	d := &deployment{dir: dir, bin: bin, opCreds: filepath.Join(out, "operator.creds"), caFile: filepath.Join(out, "tls", "ca.pem"),
+	d := &deployment{dir: dir, bin: bin, opCreds: filepath.Join(out, "operators", "admin.creds"), caFile: filepath.Join(out, "tls", "ca.pem"),
 		monitorBase: base + 200, metricsAddr: map[string]string{}} // clusterinit: PortBase+200+i
 	var urls []string
 	for i := range 3 {

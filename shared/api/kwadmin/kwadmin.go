@@ -131,7 +131,18 @@ func call(ctx context.Context, nc *nats.Conn, pool, endpoint string, req, resp a
 	if err != nil {
 		return fmt.Errorf("kwadmin: encode: %w", err)
 	}
-	msg, err := nc.RequestWithContext(ctx, shared.KeyworkerAdminSubject(pool, endpoint), data)
+	msg := nats.NewMsg(shared.KeyworkerAdminSubject(pool, endpoint))
+	msg.Data = data
+	if signer := signerOf(ctx); signer != nil {
+		if op := Op(endpoint, data); op != "" {
+			h, err := signer.SignRequest(op, data)
+			if err != nil {
+				return err
+			}
+			msg.Header.Set(HeaderSignature, h)
+		}
+	}
+	msg, err = nc.RequestMsgWithContext(ctx, msg)
 	if err != nil {
 		if errors.Is(err, nats.ErrNoResponders) {
 			return shared.NewError(shared.CodeDependencyTimeout, "no keyworker serves pool %q", pool)

@@ -26,9 +26,12 @@ type KeyVersionRequest struct {
 	Confirm string `json:"confirm,omitempty"` // destroy, second step
 	// Every is the automatic rotation period (schedule), in whole seconds.
 	EverySeconds int64 `json:"every_seconds,omitempty"`
-	// Audit context, recorded by the keyworker with the version.
+	// Audit context, recorded by the keyworker with the version: the key
+	// store and key id are checked against the registry (the key must be
+	// that key store's, in this pool); the person is the request's signer.
 	Keystore string `json:"keystore,omitempty"`
 	KeyID    string `json:"key_id,omitempty"`
+	// Operator is ignored (kept for requests of earlier versions).
 	Operator string `json:"operator,omitempty"`
 }
 
@@ -52,4 +55,9 @@ type KeyVersionResponse struct {
 	// (absent: none).
 	RotateEverySeconds int64  `json:"rotate_every_seconds,omitempty"`
 	NextRotation       string `json:"next_rotation,omitempty"` // RFC 3339
+	// Pending is the id of the request waiting for approval when the
+	// action needs a quorum (Need people; Signers have signed so far).
+	Pending string   `json:"pending,omitempty"`
+	Need    int      `json:"need,omitempty"`
+	Signers []string `json:"signers,omitempty"`
 }

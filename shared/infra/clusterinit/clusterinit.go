@@ -28,9 +28,6 @@ import (
 // ErrInit is wrapped by every error of this package.
 var ErrInit = errors.New("clusterinit: failed")
 
-// OperatorUser is the name of the operator CLI's user (natsauth.OperatorPermissions).
-const OperatorUser = "operator"
-
 // Config says what to write.
 type Config struct {
 	Dir         string   // output directory (created; seeds in Dir/trust)
@@ -46,6 +43,10 @@ type Config struct {
 	// TLS: when CertFile and KeyFile are set, clients and routes use TLS
 	// (the certificate needs serverAuth and clientAuth: routes are mutual).
 	TLS TLSFiles
+	// Operators are people to add (or whose roles change); RemoveOperators
+	// people to remove (their credential is revoked). people.go.
+	Operators       []PersonSpec
+	RemoveOperators []string
 }
 
 // TLSFiles are PEM files of a node's NATS TLS.
@@ -76,6 +77,7 @@ type Result struct {
 	URLs     string            // every node's client URL, comma separated
 	EnvFile  string            // SOVKEYS_NATS_URL (and _CA) for services and the CLI
 	TLSNodes bool
+	People   []RosterEntry // every person, with their credential under Dir/operators
 }
 
 // state is what an earlier run chose, kept in Dir/cluster.json.
@@ -87,6 +89,8 @@ type state struct {
 	Hosts       []string `json:"hosts,omitempty"`
 	PortBase    int      `json:"port_base"`
 	TLS         TLSFiles `json:"tls"`
+	// Operators are the people of the deployment and their roles.
+	Operators map[string][]natsauth.Role `json:"operators,omitempty"`
 }
 
 // StateFile is the name of the file under Dir recording the choices made.
@@ -116,13 +120,15 @@ func Init(cfg Config) (*Result, error) {
 	}
 	res := &Result{Dir: dir, Pools: st.Pools, Creds: map[string]string{}, TLSNodes: st.TLS.CertFile != ""}
 	accPub, accFresh := trust.AppAccountKey()
-	users := append([]string{OperatorUser, shared.UserBootstrap}, st.Users...)
+	if err := people(trust, dir, &st, cfg, res); err != nil {
+		return nil, err
+	}
+	accPub, accFresh = trust.AppAccountKey()
+	users := append([]string{shared.UserBootstrap}, st.Users...)
 	for _, u := range users {
 		var perms natsauth.Permissions
 		p := filepath.Join(dir, "creds", u+".creds")
 		switch u {
-		case OperatorUser:
-			perms, p = natsauth.OperatorPermissions(), filepath.Join(dir, OperatorUser+".creds")
 		case shared.UserBootstrap:
 			// The declaring identity lives with the trust seeds: no running
 			// service holds it (`sovkeys init --creds DIR/trust/bootstrap.creds`).
@@ -253,7 +259,7 @@ func merge(dir string, cfg Config) (state, error) {
 }
 
 // serviceUsers are the users of the permission table cluster init mints on
-// request (the operator and bootstrap users are always written).
+// request (the bootstrap user and the people are always written).
 func serviceUsers() []string {
 	return []string{natsauth.ServiceGateway, natsauth.ServiceAuthn, natsauth.ServiceKeyworker, natsauth.ServiceAudit}
 }

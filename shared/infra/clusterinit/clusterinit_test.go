@@ -10,11 +10,13 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/jwt/v2"
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/sovkeys/sovkeys/shared"
+	"github.com/sovkeys/sovkeys/shared/infra/natsauth"
 	"github.com/sovkeys/sovkeys/shared/testkit"
 )
 
@@ -57,12 +59,13 @@ func startCluster(t *testing.T, res *Result) {
 
 func TestInitRunsAThreeNodeCluster(t *testing.T) {
 	dir := t.TempDir()
-	res, err := Init(Config{Dir: dir, Nodes: 3, Users: services, PortBase: freeBase(t)})
+	res, err := Init(Config{Dir: dir, Nodes: 3, Users: services, PortBase: freeBase(t),
+		Operators: []PersonSpec{{Name: "alice", Roles: []natsauth.Role{natsauth.RoleAdmin}}}})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(res.Nodes) != 3 || len(res.Creds) != 6 { // four services, operator, bootstrap
-		t.Fatalf("nodes %d creds %d", len(res.Nodes), len(res.Creds))
+	if len(res.Nodes) != 3 || len(res.Creds) != 5 || len(res.People) != 1 { // four services, bootstrap; one person
+		t.Fatalf("nodes %d creds %d people %d", len(res.Nodes), len(res.Creds), len(res.People))
 	}
 	for _, n := range res.Nodes {
 		b, err := os.ReadFile(n.ConfigFile)
@@ -75,7 +78,7 @@ func TestInitRunsAThreeNodeCluster(t *testing.T) {
 			}
 		}
 	}
-	for _, f := range []string{"trust/operator.nk", "trust/account.nk", "creds/keyworker.creds", "operator.creds"} {
+	for _, f := range []string{"trust/operator.nk", "trust/account.nk", "creds/keyworker.creds", "operators/alice.creds", "trust/roster.json"} {
 		if fi, err := os.Stat(filepath.Join(dir, f)); err != nil || fi.Mode().Perm() != 0o600 {
 			t.Errorf("%s: %v %v", f, fi, err)
 		}
@@ -85,7 +88,7 @@ func TestInitRunsAThreeNodeCluster(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	connect := func(user string) (*nats.Conn, jetstream.JetStream) {
-		nc, err := nats.Connect(res.URLs, nats.UserCredentials(res.Creds[user]), nats.MaxReconnects(-1))
+		nc, err := nats.Connect(res.URLs, nats.UserCredentials(res.Creds[user]), nats.MaxReconnects(-1), nats.CustomInboxPrefix(shared.InboxPrefix(user)))
 		if err != nil {
 			t.Fatalf("%s: %v", user, err)
 		}
@@ -96,8 +99,8 @@ func TestInitRunsAThreeNodeCluster(t *testing.T) {
 		}
 		return nc, js
 	}
-	// The operator declares an R3 stream once the cluster has a meta leader.
-	_, js := connect(OperatorUser)
+	// The bootstrap identity declares an R3 stream once the cluster has a meta leader.
+	_, js := connect(shared.UserBootstrap)
 	testkit.CheckFor(t, 30*time.Second, 100*time.Millisecond, func() error {
 		sctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 		defer cancel()
@@ -192,7 +195,9 @@ func TestInitRefuses(t *testing.T) {
 	for name, cfg := range map[string]Config{
 		"no dir":        {},
 		"unknown user":  {Users: []string{"intruder"}},
-		"operator user": {Users: []string{OperatorUser}},
+		"operator user": {Users: []string{shared.UserOperator}},
+		"bad person":    {Operators: []PersonSpec{{Name: "Bad Name", Roles: []natsauth.Role{natsauth.RoleAdmin}}}},
+		"remove nobody": {RemoveOperators: []string{"nobody"}},
 		"bad pool":      {Pools: []string{"a b"}},
 		"hosts":         {Nodes: 3, Hosts: []string{"a", "b"}},
 		"half tls":      {TLS: TLSFiles{CertFile: "c.pem"}},
@@ -206,5 +211,69 @@ func TestInitRefuses(t *testing.T) {
 				t.Fatalf("err = %v", err)
 			}
 		})
+	}
+}
+
+// A removed person's credential is deleted and its key revoked in the
+// account JWT every node preloads; the shared operator credential of an
+// earlier version is revoked the same way.
+func TestInitRemovesPeopleAndRevokes(t *testing.T) {
+	dir := t.TempDir()
+	alice := PersonSpec{Name: "alice", Roles: []natsauth.Role{natsauth.RoleAdmin, natsauth.RoleSecurity}}
+	if _, err := Init(Config{Dir: dir, Nodes: 1, PortBase: freeBase(t), Operators: []PersonSpec{alice, {Name: "bob", Roles: []natsauth.Role{natsauth.RoleAuditor}}}}); err != nil {
+		t.Fatal(err)
+	}
+	// What an earlier version left: a shared operator credential.
+	trust, err := natsauth.LoadOrCreate(filepath.Join(dir, "trust"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := trust.WriteUserCreds(filepath.Join(dir, LegacyOperatorCreds), shared.UserOperator, natsauth.Permissions{}); err != nil {
+		t.Fatal(err)
+	}
+	subject := func(path string) string {
+		b, err := os.ReadFile(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		uc, err := decodeCreds(b)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return uc.Subject
+	}
+	legacy, bob := subject(filepath.Join(dir, LegacyOperatorCreds)), subject(PersonCredsFile(dir, "bob"))
+	res, err := Init(Config{Dir: dir, RemoveOperators: []string{"bob"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(res.People) != 1 || res.People[0].Name != "alice" {
+		t.Fatalf("people %+v", res.People)
+	}
+	for _, f := range []string{PersonCredsFile(dir, "bob"), filepath.Join(dir, LegacyOperatorCreds)} {
+		if _, err := os.Stat(f); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("%s still there: %v", f, err)
+		}
+	}
+	b, err := os.ReadFile(filepath.Join(dir, "trust", "account.jwt"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ac, err := jwt.DecodeAccountClaims(strings.TrimSpace(string(b)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range []string{legacy, bob} {
+		if _, ok := ac.Revocations[k]; !ok {
+			t.Errorf("%s not revoked in the account JWT", k)
+		}
+	}
+	conf, err := os.ReadFile(res.Nodes[0].ConfigFile)
+	if err != nil || !strings.Contains(string(conf), strings.TrimSpace(string(b))) {
+		t.Fatalf("node config does not preload the new account JWT: %v", err)
+	}
+	entries, err := ReadRoster(filepath.Join(dir, "trust", RosterFile))
+	if err != nil || len(entries) != 1 || entries[0].Name != "alice" || len(entries[0].Roles) != 2 {
+		t.Fatalf("roster %+v %v", entries, err)
 	}
 }

@@ -55,7 +55,7 @@ func accountJWT(dir, file, pub, fresh, opPub string, res *Result) (string, error
 	path := filepath.Join(dir, "trust", file)
 	if b, err := os.ReadFile(path); err == nil {
 		tok := strings.TrimSpace(string(b))
-		if ac, err := jwt.DecodeAccountClaims(tok); err == nil && ac.Subject == pub && ac.Issuer == opPub {
+		if ac, err := jwt.DecodeAccountClaims(tok); err == nil && ac.Subject == pub && ac.Issuer == opPub && sameRevocations(ac, fresh) {
 			return tok, nil
 		}
 	}
@@ -110,4 +110,22 @@ func nodeConfig(st state, nodes []Node, i int, opJWTFile, sysPub, sysJWT, accPub
 func sameOperator(tok, opPub, sysPub string) bool {
 	oc, err := jwt.DecodeOperatorClaims(strings.TrimSpace(tok))
 	return err == nil && oc.Subject == opPub && oc.Issuer == opPub && oc.SystemAccount == sysPub
+}
+
+// sameRevocations reports whether account claims ac revoke the same users
+// as the account JWT fresh (a person removed since: write fresh).
+func sameRevocations(ac *jwt.AccountClaims, fresh string) bool {
+	fc, err := jwt.DecodeAccountClaims(fresh)
+	if err != nil {
+		return true
+	}
+	if len(ac.Revocations) != len(fc.Revocations) {
+		return false
+	}
+	for k := range fc.Revocations {
+		if _, ok := ac.Revocations[k]; !ok {
+			return false
+		}
+	}
+	return true
 }

@@ -27,6 +27,7 @@ var bucketDescriptions = []struct{ name, description string }{
 	{shared.BucketKillSwitch, "sovkeys: kill switches"},
 	{shared.BucketXKSRotation, "sovkeys: automatic rotation of XKS keys"},
 	{shared.BucketAuditSigner, "sovkeys: last audit checkpoint each HSM signed, per log"},
+	{shared.BucketOperators, "sovkeys: people (public nkey, roles) and the quorum policy; written by bootstrap only"},
 }
 
 // Bootstrap declares the streams and buckets of a deployment with keyworker
@@ -68,6 +69,9 @@ func Bootstrap(ctx context.Context, js jetstream.JetStream, topo Topology, pools
 		}
 	}
 	if err := declareKV(ctx, js, UnsealBucketConfig(topo)); err != nil {
+		return err
+	}
+	if err := declareKV(ctx, js, AdminBucketConfig(topo)); err != nil {
 		return err
 	}
 	if err := declareObjects(ctx, js, jetstream.ObjectStoreConfig{
@@ -150,6 +154,20 @@ func UnsealBucketConfig(t Topology) jetstream.KeyValueConfig {
 	return jetstream.KeyValueConfig{
 		Bucket: shared.BucketUnseal, Description: "sovkeys: submitted HSM unseal shares (memory only)",
 		Storage: jetstream.MemoryStorage, Replicas: t.Replicas, History: 1, TTL: time.Hour,
+	}
+}
+
+// AdminRequestTTL is how long a signed admin request waits for its quorum
+// (and how long applied nonces are remembered: far past the freshness window).
+const AdminRequestTTL = 24 * time.Hour
+
+// AdminBucketConfig is the bucket of admin requests waiting for approval and
+// of the nonces of applied signed requests; entries expire after twice the
+// request lifetime, so an expired request is still shown as such for a day.
+func AdminBucketConfig(t Topology) jetstream.KeyValueConfig {
+	return jetstream.KeyValueConfig{
+		Bucket: shared.BucketAdmin, Description: "sovkeys: signed admin requests waiting for approval; nonces of applied ones",
+		Storage: jetstream.FileStorage, Replicas: t.Replicas, History: 5, TTL: 2 * AdminRequestTTL,
 	}
 }
 

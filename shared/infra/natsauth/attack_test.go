@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"github.com/sovkeys/sovkeys/shared/testkit/natstest"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -53,7 +54,10 @@ func startMesh(t *testing.T) *mesh4 {
 	}
 	// A second gateway instance with its own user, as cluster init mints.
 	write("gateway-2", natsauth.UserPermissions("gateway-2", natsauth.ServiceGateway, []string{pool}))
-	write(shared.UserOperator, natsauth.OperatorPermissions())
+	// People, one per role (and one with every role), as cluster init mints them.
+	for name, roles := range people {
+		write(natsauth.PersonUser(name), natsauth.PersonPermissions(name, roles))
+	}
 	write(shared.UserBootstrap, natsauth.BootstrapPermissions())
 	write("root", natsauth.Permissions{})
 
@@ -144,6 +148,23 @@ func (m *mesh4) refusedPub(t *testing.T, user, what, subject string) {
 }
 
 var services = []string{natsauth.ServiceGateway, natsauth.ServiceAuthn, natsauth.ServiceKeyworker, natsauth.ServiceAudit}
+
+// people are the persons of the attack mesh: one per role, and "root-admin"
+// with every role (standalone's first admin).
+var people = map[string][]natsauth.Role{
+	"alice": {natsauth.RoleAdmin}, "sam": {natsauth.RoleSecurity}, "carol": {natsauth.RoleCustodian},
+	"audrey": {natsauth.RoleAuditor}, "root-admin": natsauth.Roles(),
+}
+
+// personUsers are the NATS users of people.
+func personUsers() []string {
+	var out []string
+	for name := range people {
+		out = append(out, natsauth.PersonUser(name))
+	}
+	slices.Sort(out)
+	return out
+}
 
 func TestAttackNoOneReadsAnothersReplies(t *testing.T) {
 	t.Parallel()
@@ -322,9 +343,9 @@ func TestAttackAuditSubjectsPerService(t *testing.T) {
 	t.Parallel()
 	m := startMesh(t)
 	owners := []string{shared.AuditServiceGateway, shared.AuditServiceAuthn, shared.AuditServiceKeyworker, shared.AuditServiceCLI, shared.AuditServiceAudit}
-	for _, user := range append(services, shared.UserOperator) {
+	for _, user := range append(services, personUsers()...) {
 		for _, owner := range owners {
-			if owner == user || (user == shared.UserOperator && owner == shared.AuditServiceCLI) {
+			if owner == user {
 				continue // its own
 			}
 			m.refusedPub(t, user, "publish another service's audit event", shared.AuditSubjectPrefix(owner)+"xks.x")
@@ -340,8 +361,8 @@ func TestAttackWriteOnceStores(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	// Nobody holds delete or purge rights on the EKT store or the audit log,
-	// not even the operator.
-	for _, user := range append(services, shared.UserOperator) {
+	// not even a person with every role.
+	for _, user := range append(services, personUsers()...) {
 		for _, s := range []string{shared.ObjectStream(shared.BucketEKTObjects), shared.KVStream(shared.BucketEKTIndex), shared.StreamAuditLog} {
 			m.refusedPub(t, user, "delete a write-once store", shared.JSStreamDelete+s)
 			m.refusedPub(t, user, "purge a write-once store", shared.JSStreamPurge+s)

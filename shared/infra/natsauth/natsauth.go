@@ -6,6 +6,7 @@
 package natsauth
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"github.com/sovkeys/sovkeys/shared"
@@ -31,7 +32,15 @@ type Trust struct {
 	operatorJWT string
 	systemJWT   string
 	accountJWT  string
+
+	// dir holds the seeds and revoked.json (user public key -> revocation
+	// time), which the application account's JWT carries.
+	dir     string
+	revoked map[string]int64
 }
+
+// revokedFile lists the revoked users of the application account.
+const revokedFile = "revoked.json"
 
 // LoadOrCreate reads the trust seeds from dir, creating them on first use.
 func LoadOrCreate(dir string) (*Trust, error) {
@@ -50,7 +59,14 @@ func LoadOrCreate(dir string) (*Trust, error) {
 	if err != nil {
 		return nil, err
 	}
-	t := &Trust{operator: op, system: sys, account: acc}
+	t := &Trust{operator: op, system: sys, account: acc, dir: dir, revoked: map[string]int64{}}
+	if b, err := os.ReadFile(filepath.Join(dir, revokedFile)); err == nil {
+		if err := json.Unmarshal(b, &t.revoked); err != nil {
+			return nil, fmt.Errorf("%w: %s: %v", ErrAuth, revokedFile, err)
+		}
+	} else if !errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("%w: %v", ErrAuth, err)
+	}
 	if err := t.issueAccounts(); err != nil {
 		return nil, err
 	}
@@ -106,6 +122,9 @@ func (t *Trust) issueAccounts() error {
 		MemoryStorage: jwt.NoLimit, DiskStorage: jwt.NoLimit,
 		Streams: jwt.NoLimit, Consumer: jwt.NoLimit,
 	}
+	for pub, at := range t.revoked {
+		ac.RevokeAt(pub, time.Unix(at, 0))
+	}
 	if t.accountJWT, err = ac.Encode(t.operator); err != nil {
 		return fmt.Errorf("%w: account jwt: %v", ErrAuth, err)
 	}
@@ -145,12 +164,52 @@ type Permissions struct {
 	Respond bool
 }
 
+// Revoke adds user public key pub to the application account's revocation
+// list (JWTs of that key issued up to now are refused by every server that
+// loads the new account JWT: standalone at its next start, a cluster when
+// `sovkeys cluster init` rewrote the node configs and the servers reloaded).
+func (t *Trust) Revoke(pub string, at time.Time) error {
+	if !nkeys.IsValidPublicUserKey(pub) {
+		return fmt.Errorf("%w: %q is not a user public key", ErrAuth, pub)
+	}
+	if _, ok := t.revoked[pub]; ok {
+		return nil
+	}
+	t.revoked[pub] = at.Unix()
+	b, err := json.MarshalIndent(t.revoked, "", "  ")
+	if err != nil {
+		return fmt.Errorf("%w: %v", ErrAuth, err)
+	}
+	if err := os.WriteFile(filepath.Join(t.dir, revokedFile), b, 0o600); err != nil {
+		return fmt.Errorf("%w: %v", ErrAuth, err)
+	}
+	return t.issueAccounts()
+}
+
+// Revoked reports whether user public key pub is revoked.
+func (t *Trust) Revoked(pub string) bool { _, ok := t.revoked[pub]; return ok }
+
 // UserCreds issues a user of the application account and returns the
 // contents of a standard NATS .creds file (user JWT + seed).
 func (t *Trust) UserCreds(name string, perms Permissions) ([]byte, error) {
+	creds, _, err := t.IssueUser(name, perms)
+	return creds, err
+}
+
+// IssueUser issues a user of the application account: the contents of its
+// .creds file and its public nkey (which a person's roster entry records).
+func (t *Trust) IssueUser(name string, perms Permissions) ([]byte, string, error) {
+	creds, pub, err := t.issueUser(name, perms)
+	if err != nil {
+		return nil, "", fmt.Errorf("%w: %v", ErrAuth, err)
+	}
+	return creds, pub, nil
+}
+
+func (t *Trust) issueUser(name string, perms Permissions) ([]byte, string, error) {
 	ukp, err := nkeys.CreateUser()
 	if err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrAuth, err)
+		return nil, "", err
 	}
 	upub, _ := ukp.PublicKey()
 	uc := jwt.NewUserClaims(upub)
@@ -165,17 +224,17 @@ func (t *Trust) UserCreds(name string, perms Permissions) ([]byte, error) {
 	}
 	ujwt, err := uc.Encode(t.account)
 	if err != nil {
-		return nil, fmt.Errorf("%w: user jwt: %v", ErrAuth, err)
+		return nil, "", fmt.Errorf("user jwt: %w", err)
 	}
 	seed, err := ukp.Seed()
 	if err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrAuth, err)
+		return nil, "", err
 	}
 	creds, err := jwt.FormatUserConfig(ujwt, seed)
 	if err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrAuth, err)
+		return nil, "", err
 	}
-	return creds, nil
+	return creds, upub, nil
 }
 
 // WriteUserCreds issues a user and writes its creds file with mode 0600.

@@ -189,6 +189,14 @@ func UserPermissions(user, service string, pools []string) Permissions {
 			perms.Pub = join(perms.Pub, consumeAll(shared.WorkStream(p), shared.WorkConsumer(p)),
 				kvWrite(shared.BucketPools, p), kvWrite(shared.BucketPKI, p+"."+all), kvWrite(shared.BucketUnseal, p+"."+all),
 				kvWrite(shared.BucketXKSRotation, p+"."+all), kvWrite(shared.BucketAuditSigner, p+"."+all))
+		}
+		// Signed admin requests: the roster to verify them, the admin bucket
+		// for requests waiting for approval and applied nonces.
+		// The registry, read-only: a key version request's key store and key
+		// id are checked against it.
+		perms.Pub = join(perms.Pub, kvRead(shared.BucketOperators), kvWrite(shared.BucketAdmin, all),
+			kvRead(shared.BucketKeystores), kvRead(shared.BucketXKSKeys))
+		for _, p := range pools {
 			perms.Sub = append(perms.Sub, shared.KeyworkerAdminSubject(p, all))
 		}
 	case ServiceAudit:
@@ -261,35 +269,19 @@ func none() Permissions {
 	return Permissions{Pub: []string{shared.JSAPIInfo}, Sub: []string{shared.SubjectSysInboxAll}, DenySub: []string{all}, DenyPub: []string{all}}
 }
 
-// protectedStreams are the write-once stores: nobody may delete, purge or
-// reconfigure them once bootstrapped.
-func protectedStreams() []string {
-	return []string{shared.ObjectStream(shared.BucketEKTObjects), shared.KVStream(shared.BucketEKTIndex), shared.StreamAuditLog}
-}
-
-// OperatorPermissions is the administrator's (CLI) user: it manages key
-// stores, tenants, kill switches and keys, but may not delete any stream,
-// purge, delete from or reconfigure the write-once stores, queue HSM work,
-// forge gateway replies, or publish another service's audit events.
-func OperatorPermissions() Permissions {
-	deny := join([]string{shared.JSStreamDelete + all, under(shared.SubjectReplyPrefix)}, underSiblings(shared.SubjectWorkPrefix))
-	for _, s := range protectedStreams() {
-		deny = append(deny, shared.JSStreamPurge+s, shared.JSStreamMsgDelete+s, shared.JSStreamUpdate+s)
-	}
-	deny = append(deny, otherAuditPrefixes(shared.AuditServiceCLI)...)
-	return Permissions{DenyPub: deny}
-}
-
 // BootstrapPermissions is the declaring identity: create and update streams
-// (and so KV buckets and object stores), look them up; it reads and writes
-// no message, and may delete or purge nothing. It runs `sovkeys init`, is
-// kept with the trust seeds, and no running service holds it.
+// (and so KV buckets and object stores), look them up; the only messages it
+// reads and writes are the roster of people and the quorum policy
+// (shared/infra/roster), and it may delete or purge nothing. It runs
+// `sovkeys init` and `sovkeys operator add|remove`, is kept with the trust
+// seeds, and no running service holds it.
 func BootstrapPermissions() Permissions {
 	return Permissions{
-		Pub: []string{shared.JSAPIInfo, shared.JSStreamCreate + all, shared.JSStreamUpdate + all, shared.JSStreamInfo + all,
+		Pub: join([]string{shared.JSAPIInfo, shared.JSStreamCreate + all, shared.JSStreamUpdate + all, shared.JSStreamInfo + all,
 			shared.JSStreamNames, shared.JSStreamList, shared.JSConsumerInfo + all,
 			// SpreadLeaders: move stream and consumer leaders between nodes.
 			shared.JSStreamLeaderStepdown + all, shared.JSConsumerLeaderStepdown + all},
+			kvWrite(shared.BucketOperators, all), personAuditPrefixes(BootstrapPerson), siblings(shared.StreamAudit, streamLookup)),
 		Sub:     []string{shared.InboxSubjects(shared.UserBootstrap)},
 		DenyPub: []string{shared.JSStreamDelete + all, shared.JSStreamPurge + all, shared.JSStreamMsgDelete + all},
 	}

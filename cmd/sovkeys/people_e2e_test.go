@@ -1,0 +1,235 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nkeys"
+
+	"github.com/sovkeys/sovkeys/shared"
+	"github.com/sovkeys/sovkeys/shared/api/kwadmin"
+	"github.com/sovkeys/sovkeys/shared/infra/clusterinit"
+	"github.com/sovkeys/sovkeys/shared/infra/natsauth"
+	"github.com/sovkeys/sovkeys/shared/infra/roster"
+)
+
+// TestPeopleAndQuorum plays the issue "Operators are people" on a node
+// that needs two people for a key version destroy: personal credentials
+// added with `operator add`, a destroy that waits for a second admin, the
+// requester and an auditor refused as approvers, a replayed, stale or
+// forged signature refused by the keyworker, and the operator log naming
+// each person.
+func TestPeopleAndQuorum(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts a second standalone node")
+	}
+	dir := t.TempDir()
+	n, err := startNode(dir, nil, "--quorum", "2")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { n.shutdown() })
+	admin := n.creds
+	if fi, err := os.Stat(admin); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("first admin's credential: %v %v", fi, err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, clusterinit.LegacyOperatorCreds)); err == nil {
+		t.Fatal("a shared operator credential was written")
+	}
+	n.cli(t, nil, "operator", "add", "--dir", dir, "--name", "bob", "--roles", "admin")
+	n.cli(t, nil, "operator", "add", "--dir", dir, "--name", "audrey", "--roles", "auditor")
+	bob, audrey := clusterinit.PersonCredsFile(dir, "bob"), clusterinit.PersonCredsFile(dir, "audrey")
+	var people struct {
+		People []struct{ Name, Roles string }
+		Quorum map[string]int
+	}
+	n.cli(t, &people, "operator", "list")
+	if len(people.People) != 3 || people.Quorum[kwadmin.OpVersionDestroy] != 2 {
+		t.Fatalf("roster: %+v", people)
+	}
+	// Bad input changes nothing.
+	if err := n.cliErr(nil, "operator", "add", "--dir", dir, "--name", "Eve!", "--roles", "admin"); err == nil {
+		t.Fatal("a malformed name was added")
+	}
+	if err := n.cliErr(nil, "operator", "add", "--dir", dir, "--name", "eve", "--roles", "root"); err == nil {
+		t.Fatal("an unknown role was accepted")
+	}
+
+	c, _ := n.newKeystore(t, "/people")
+	n.cli(t, nil, "xks", "key", "create", "--keystore", "/people", "--id", "pk")
+	waitUsable(t, c)
+	key := []string{"--keystore", "/people", "--id", "pk"}
+	n.cli(t, nil, append([]string{"xks", "key", "rotate"}, key...)...)
+	n.cli(t, nil, append([]string{"xks", "key", "version", "disable", "--version", "1"}, key...)...)
+	// An auditor changes nothing.
+	if err := n.cliAs(audrey, nil, append([]string{"xks", "key", "rotate"}, key...)...); err == nil {
+		t.Fatal("an auditor rotated a key")
+	}
+	var out xksKeyVersionsOut
+	n.cli(t, &out, append([]string{"xks", "key", "version", "destroy", "--version", "1"}, key...)...)
+	if out.Confirm == "" {
+		t.Fatalf("destroy step one: %+v", out)
+	}
+	var pending xksKeyVersionsOut
+	n.cli(t, &pending, append([]string{"xks", "key", "version", "destroy", "--version", "1", "--confirm", out.Confirm}, key...)...)
+	if pending.Pending == "" || pending.Need != 2 || len(pending.Versions) != 0 && pending.Destroyed {
+		t.Fatalf("destroy waits for approval: %+v", pending)
+	}
+	versions := func() int {
+		var v xksKeyVersionsOut
+		n.cli(t, &v, append([]string{"xks", "key", "version", "list"}, key...)...)
+		return len(v.Versions)
+	}
+	if versions() != 2 {
+		t.Fatal("the version was destroyed before its approval")
+	}
+	// The requester cannot approve their own request; an auditor cannot
+	// approve at all; a malformed id is refused.
+	if err := n.cliAs(admin, nil, "approve", pending.Pending); err == nil || !strings.Contains(err.Error(), "cannot approve") {
+		t.Fatalf("own approval: %v", err)
+	}
+	if err := n.cliAs(audrey, nil, "approve", pending.Pending); err == nil || !strings.Contains(err.Error(), "admin role") {
+		t.Fatalf("auditor approval: %v", err)
+	}
+	if err := n.cliAs(bob, nil, "approve", "no.such>id"); err == nil {
+		t.Fatal("a malformed request id was accepted")
+	}
+	var decided kwadmin.DecideResponse
+	if err := n.cliAs(bob, &decided, "approve", pending.Pending); err != nil {
+		t.Fatal(err)
+	}
+	if decided.State != roster.StateApplied || versions() != 1 {
+		t.Fatalf("approved destroy: %+v, %d versions", decided, versions())
+	}
+	if err := n.cliAs(bob, nil, "approve", pending.Pending); err == nil {
+		t.Fatal("a decided request was approved again")
+	}
+
+	// Signed requests sent by hand: replay, stale time, a key that is not
+	// the person's, no signature at all.
+	nc := connectAs(t, n, admin)
+	signer, err := roster.SignerFromCreds(admin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	label := labelOf(t, n, "/people", "pk")
+	body, _ := json.Marshal(kwadmin.KeyVersionRequest{Label: label, Action: kwadmin.VersionRotate, Keystore: "people", KeyID: "pk"})
+	send := func(sig string) error {
+		m := nats.NewMsg(shared.KeyworkerAdminSubject("default", shared.EndpointKeyVersion))
+		m.Data = body
+		if sig != "" {
+			m.Header.Set(kwadmin.HeaderSignature, sig)
+		}
+		r, err := nc.RequestMsg(m, 10*time.Second)
+		if err != nil {
+			return err
+		}
+		if msg := r.Header.Get("Nats-Service-Error"); msg != "" {
+			return &shared.Error{Code: shared.Code(r.Header.Get("Nats-Service-Error-Code")), Message: msg}
+		}
+		return nil
+	}
+	sig, err := signer.SignRequest(kwadmin.VersionOp(kwadmin.VersionRotate), body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := send(sig); err != nil {
+		t.Fatalf("signed rotate: %v", err)
+	}
+	for name, tc := range map[string]struct {
+		sig  func() string
+		want string
+	}{
+		"replayed": {func() string { return sig }, "replayed"},
+		"unsigned": {func() string { return "" }, "not signed"},
+		"stale": {func() string {
+			kp, _ := nkeys.FromSeed(seedOf(t, admin))
+			s, _ := roster.NewSigner("admin", kp, func() time.Time { return time.Now().Add(-10 * time.Minute) }).SignRequest(kwadmin.VersionOp(kwadmin.VersionRotate), body)
+			return s
+		}, "stale"},
+		"forged key": {func() string {
+			kp, _ := nkeys.CreateUser()
+			s, _ := roster.NewSigner("admin", kp, nil).SignRequest(kwadmin.VersionOp(kwadmin.VersionRotate), body)
+			return s
+		}, "not admin's"},
+		"other operation": {func() string {
+			s, _ := signer.SignRequest(kwadmin.VersionOp(kwadmin.VersionDisable), body)
+			return s
+		}, "is for"},
+		"unknown person": {func() string {
+			kp, _ := nkeys.CreateUser()
+			s, _ := roster.NewSigner("mallory", kp, nil).SignRequest(kwadmin.VersionOp(kwadmin.VersionRotate), body)
+			return s
+		}, "not on the roster"},
+	} {
+		if err := send(tc.sig()); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: %v, want %q", name, err, tc.want)
+		}
+	}
+	// A removed person's signatures are refused at once.
+	n.cli(t, nil, "operator", "remove", "--dir", dir, "--name", "bob")
+	if _, err := os.Stat(bob); err == nil {
+		t.Fatal("a removed person's credential is still on disk")
+	}
+	var stdout strings.Builder
+	if code := run(context.Background(), []string{"request", "list"}, n.getenv, &stdout, &strings.Builder{}); code != 0 || !strings.Contains(stdout.String(), pending.Pending) ||
+		!strings.Contains(stdout.String(), "applied") || !strings.Contains(stdout.String(), "bob") {
+		t.Fatalf("request list (%d):\n%s", code, stdout.String())
+	}
+}
+
+// connectAs dials the node's NATS as the holder of creds.
+func connectAs(t *testing.T, n *node, creds string) *nats.Conn {
+	t.Helper()
+	signer, err := roster.SignerFromCreds(creds)
+	if err != nil {
+		t.Fatal(err)
+	}
+	nc, err := nats.Connect(n.natsURL, nats.UserCredentials(creds), nats.CustomInboxPrefix(shared.InboxPrefix(natsauth.PersonUser(signer.Person))))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	return nc
+}
+
+// seedOf reads the seed of a creds file.
+func seedOf(t *testing.T, creds string) []byte {
+	t.Helper()
+	b, err := os.ReadFile(creds)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kp, err := nkeys.ParseDecoratedNKey(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	seed, err := kp.Seed()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return seed
+}
+
+// labelOf returns the HSM label of an XKS key.
+func labelOf(t *testing.T, n *node, prefix, id string) string {
+	t.Helper()
+	var keys []struct {
+		ID    string `json:"keyId"`
+		Label string `json:"label"`
+	}
+	n.cli(t, &keys, "xks", "key", "list", "--keystore", prefix)
+	for _, k := range keys {
+		if k.ID == id {
+			return k.Label
+		}
+	}
+	t.Fatalf("no key %s in %s: %+v", id, prefix, keys)
+	return ""
+}

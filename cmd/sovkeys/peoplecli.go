@@ -1,0 +1,356 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/sovkeys/sovkeys/shared"
+	"github.com/sovkeys/sovkeys/shared/api/kwadmin"
+	"github.com/sovkeys/sovkeys/shared/infra/clusterinit"
+	"github.com/sovkeys/sovkeys/shared/infra/mesh"
+	"github.com/sovkeys/sovkeys/shared/infra/natsauth"
+	"github.com/sovkeys/sovkeys/shared/infra/roster"
+)
+
+// People and quorum (docs/security.md, "Roles" and "Quorum"): `operator
+// add|remove` issue or revoke a person's credential with the trust seeds
+// of DIR and publish the roster with the bootstrap identity kept there;
+// `operator list` and `request list` read; `approve` and `reject` send a
+// person's signed decision to the keyworkers of the request's pool.
+
+// personFlags are the flags of `operator add|remove`.
+type personFlags struct {
+	conn        connFlags
+	dir, name   string
+	roles, from string
+}
+
+func peopleCommands() []command {
+	return []command{
+		define("operator add", "--dir DIR --name NAME --roles ROLE[+ROLE]",
+			"issue a person's own credential (DIR/operators/NAME.creds) with roles admin, security, custodian, auditor, and publish the roster",
+			groupOperator, registerPerson(true), runOperatorAdd),
+		define("operator remove", "--dir DIR --name NAME",
+			"remove a person: their credential is revoked and their signatures refused", groupOperator, registerPerson(false), runOperatorRemove),
+		operatorCommand("operator list", "", "list the people of the roster and the quorum policy", none,
+			func(ctx context.Context, o *operator, _ *struct{}) error { return o.listPeople(ctx) }),
+		operatorCommand("request list", "", "list admin requests waiting for approval (and recently decided ones)", none,
+			func(ctx context.Context, o *operator, _ *struct{}) error { return o.listRequests(ctx) }),
+		withPositional("id", operatorCommand("approve", "ID", "approve another person's request (the approval that completes its quorum applies it)",
+			decideFlags, func(ctx context.Context, o *operator, f *decision) error {
+				return o.decide(ctx, kwadmin.EndpointApprove, f)
+			})),
+		withPositional("id", operatorCommand("reject", "ID [--reason TEXT]", "reject a request (its requester may withdraw it the same way)",
+			decideFlags, func(ctx context.Context, o *operator, f *decision) error {
+				return o.decide(ctx, kwadmin.EndpointReject, f)
+			})),
+	}
+}
+
+// withPositional lets the command take its first argument as --flag.
+func withPositional(flagName string, c command) command {
+	c.positional = flagName
+	return c
+}
+
+func registerPerson(add bool) func(fs *flag.FlagSet, getenv func(string) string, f *personFlags) {
+	return func(fs *flag.FlagSet, getenv func(string) string, f *personFlags) {
+		f.conn.register(fs, getenv)
+		fs.StringVar(&f.dir, "dir", "", "the deployment's directory: `cluster init --out` DIR, or standalone's --data DIR (holds trust/ and the bootstrap identity)")
+		fs.StringVar(&f.name, "name", "", "the person's name: 1-32 characters of [a-z0-9-], starting with a letter")
+		if add {
+			fs.StringVar(&f.roles, "roles", "", "roles, joined with +: admin, security, custodian, auditor")
+		}
+	}
+}
+
+// personDir checks DIR and returns its trust.
+func (f *personFlags) personDir() (string, *natsauth.Trust, error) {
+	if f.dir == "" || f.name == "" {
+		return "", nil, fmt.Errorf("--dir and --name are required: %w", errUsage)
+	}
+	dir, err := filepath.Abs(f.dir)
+	if err != nil {
+		return "", nil, err
+	}
+	if _, err := os.Stat(filepath.Join(dir, "trust", "account.nk")); err != nil {
+		return "", nil, fmt.Errorf("%w: %s holds no deployment trust (trust/account.nk)", shared.ErrConfigValidation, dir)
+	}
+	trust, err := natsauth.LoadOrCreate(filepath.Join(dir, "trust"))
+	return dir, trust, err
+}
+
+func runOperatorAdd(ctx context.Context, f *personFlags, s stdio) error {
+	spec, err := clusterinit.ParsePersonSpec(f.name + ":" + f.roles)
+	if err != nil {
+		return err
+	}
+	dir, trust, err := f.personDir()
+	if err != nil {
+		return err
+	}
+	if err := changePeople(trust, dir, []clusterinit.PersonSpec{spec}, nil); err != nil {
+		return err
+	}
+	fmt.Fprintf(s.stdout, "person %s (%s): credential %s (give it to them only)\n", spec.Name, f.roles, clusterinit.PersonCredsFile(dir, spec.Name))
+	return publishRosterFrom(ctx, f.conn, dir, nil, s)
+}
+
+func runOperatorRemove(ctx context.Context, f *personFlags, s stdio) error {
+	dir, trust, err := f.personDir()
+	if err != nil {
+		return err
+	}
+	if err := changePeople(trust, dir, nil, []string{f.name}); err != nil {
+		return err
+	}
+	fmt.Fprintf(s.stdout, "person %s removed: their signatures are refused now; their NATS credential is revoked in the account (standalone: at its next start; a cluster: once the nodes reload the configs in %s/nats)\n", f.name, dir)
+	return publishRosterFrom(ctx, f.conn, dir, nil, s)
+}
+
+// changePeople adds and removes people of the deployment in dir: through
+// cluster init when dir is a cluster's (its state stays whole), else (a
+// standalone data dir) directly.
+func changePeople(trust *natsauth.Trust, dir string, add []clusterinit.PersonSpec, remove []string) error {
+	if _, err := os.Stat(filepath.Join(dir, clusterinit.StateFile)); err == nil {
+		_, err := clusterinit.Init(clusterinit.Config{Dir: dir, Operators: add, RemoveOperators: remove})
+		return err
+	}
+	path := filepath.Join(dir, "trust", clusterinit.RosterFile)
+	entries, err := clusterinit.ReadRoster(path)
+	if err != nil {
+		return err
+	}
+	now := time.Now()
+	for _, name := range remove {
+		found := false
+		for i, e := range entries {
+			if e.Name == name {
+				entries, found = append(entries[:i], entries[i+1:]...), true
+				break
+			}
+		}
+		if !found {
+			return fmt.Errorf("%w: no person %q", shared.ErrConfigValidation, name)
+		}
+		if err := clusterinit.RevokePerson(trust, dir, name, now); err != nil {
+			return err
+		}
+	}
+	for _, p := range add {
+		e, _, err := clusterinit.EnsurePerson(trust, dir, p, now)
+		if err != nil {
+			return err
+		}
+		kept := entries[:0]
+		for _, old := range entries {
+			if old.Name != p.Name {
+				kept = append(kept, old)
+			}
+		}
+		entries = append(kept, e)
+	}
+	return clusterinit.WriteRoster(path, entries)
+}
+
+// publishRosterFrom connects with dir's bootstrap identity and publishes
+// dir's roster (and policy, when given).
+func publishRosterFrom(ctx context.Context, conn connFlags, dir string, policy *roster.Policy, s stdio) error {
+	conn.creds = filepath.Join(dir, "trust", shared.UserBootstrap+".creds")
+	ctx, cancel := context.WithTimeout(ctx, operatorTimeout)
+	defer cancel()
+	nc, js, err := connectCLI(ctx, conn, s.stderr)
+	if err != nil {
+		return fmt.Errorf("the roster file is written; publishing it needs the mesh (run `sovkeys init` later): %w", err)
+	}
+	defer nc.Close()
+	n, err := publishRoster(ctx, js, filepath.Join(dir, "trust", clusterinit.RosterFile), policy)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(s.stdout, "roster published: %d person(s)\n", n)
+	return nil
+}
+
+// publishRoster makes the roster bucket hold exactly the people of file
+// (bootstrap identity), audited in the operator log under "bootstrap".
+func publishRoster(ctx context.Context, js jetstream.JetStream, file string, policy *roster.Policy) (int, error) {
+	entries, err := clusterinit.ReadRoster(file)
+	if err != nil {
+		return 0, err
+	}
+	r, err := roster.Open(ctx, js)
+	if err != nil {
+		return 0, err
+	}
+	have, err := r.List(ctx)
+	if err != nil {
+		return 0, err
+	}
+	want := map[string]roster.Person{}
+	for _, e := range entries {
+		want[e.Name] = roster.Person{Name: e.Name, PublicKey: e.PublicKey, Roles: e.Roles, Added: e.Added, AddedBy: e.AddedBy}
+	}
+	audit := func(api string, params map[string]string) error {
+		now := time.Now()
+		return mesh.PublishAudit(ctx, js, &shared.AuditEvent{
+			Version: shared.AuditEventVersion, RequestID: "roster-" + roster.NewID(), Kind: shared.AuditKindOperator,
+			API: shared.API("operator." + api), Service: shared.AuditServicePerson(natsauth.BootstrapPerson), Start: now, End: now,
+			CallerType: shared.CallerTypePerson, CallerID: natsauth.BootstrapPerson, Result: shared.ResultSuccess, Params: params,
+		})
+	}
+	for _, p := range have {
+		if _, ok := want[p.Name]; !ok {
+			if err := audit("person.remove", map[string]string{"person": p.Name, "public_key": p.PublicKey}); err != nil {
+				return 0, fmt.Errorf("%w: %w", errIntentNotAudited, err)
+			}
+			if err := r.Remove(ctx, p.Name); err != nil {
+				return 0, err
+			}
+		}
+	}
+	for _, p := range want {
+		var old *roster.Person
+		for i := range have {
+			if have[i].Name == p.Name {
+				old = &have[i]
+			}
+		}
+		if old != nil && old.PublicKey == p.PublicKey && old.RoleNames() == p.RoleNames() {
+			continue
+		}
+		if err := audit("person.add", map[string]string{"person": p.Name, "public_key": p.PublicKey, "roles": p.RoleNames()}); err != nil {
+			return 0, fmt.Errorf("%w: %w", errIntentNotAudited, err)
+		}
+		if err := r.Put(ctx, p); err != nil {
+			return 0, err
+		}
+	}
+	if cur, err := r.Policy(ctx); err == nil && policy != nil && samePolicy(cur, *policy) {
+		policy = nil
+	}
+	if policy != nil {
+		b, _ := json.Marshal(policy.Quorum)
+		if err := audit("quorum.set", map[string]string{"quorum": string(b)}); err != nil {
+			return 0, fmt.Errorf("%w: %w", errIntentNotAudited, err)
+		}
+		if err := r.SetPolicy(ctx, *policy); err != nil {
+			return 0, err
+		}
+	}
+	return len(want), nil
+}
+
+func (o *operator) listPeople(ctx context.Context) error {
+	r, err := roster.Open(ctx, o.js)
+	if err != nil {
+		return err
+	}
+	people, err := r.List(ctx)
+	if err != nil {
+		return err
+	}
+	pol, err := r.Policy(ctx)
+	if err != nil {
+		return err
+	}
+	type row struct {
+		Name      string `json:"name"`
+		Roles     string `json:"roles"`
+		PublicKey string `json:"public_key"`
+		Added     string `json:"added"`
+	}
+	out := struct {
+		People []row          `json:"people"`
+		Quorum map[string]int `json:"quorum"`
+	}{People: []row{}, Quorum: pol.Quorum}
+	for _, p := range people {
+		out.People = append(out.People, row{Name: p.Name, Roles: p.RoleNames(), PublicKey: p.PublicKey, Added: p.Added.UTC().Format(time.RFC3339)})
+	}
+	return o.print(out)
+}
+
+func (o *operator) requests(ctx context.Context) (roster.Requests, error) {
+	kv, err := mesh.BindKV(ctx, o.js, jetstream.KeyValueConfig{Bucket: shared.BucketAdmin})
+	if err != nil {
+		return roster.Requests{}, err
+	}
+	return roster.Requests{KV: kv}, nil
+}
+
+func (o *operator) listRequests(ctx context.Context) error {
+	reqs, err := o.requests(ctx)
+	if err != nil {
+		return err
+	}
+	list, err := reqs.List(ctx)
+	if err != nil {
+		return err
+	}
+	now := time.Now()
+	tw := tabwriter.NewWriter(o.out, 2, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "ID\tSTATE\tSIGNED\tREQUESTER\tAPPROVED BY\tEXPIRES\tWHAT")
+	for _, p := range list {
+		fmt.Fprintf(tw, "%s\t%s\t%d/%d\t%s\t%s\t%s\t%s\n", p.ID, p.StateAt(now), len(p.Signers()), p.Need, p.Requester(),
+			strings.Join(p.Approvers(), ","), p.Expires.UTC().Format(time.RFC3339), p.Summary)
+	}
+	return tw.Flush()
+}
+
+// decision is the flags of approve and reject.
+type decision struct{ id, reason string }
+
+func decideFlags(f *decision, fs *flag.FlagSet) {
+	fs.StringVar(&f.id, "id", "", "the request's id (from `sovkeys request list`)")
+	fs.StringVar(&f.reason, "reason", "", "why (recorded in the audit log)")
+}
+
+func (o *operator) decide(ctx context.Context, endpoint string, f *decision) error {
+	if _, err := o.person(); err != nil {
+		return err
+	}
+	if f.id == "" {
+		return fmt.Errorf("give the request's id: %w", errUsage)
+	}
+	reqs, err := o.requests(ctx)
+	if err != nil {
+		return err
+	}
+	p, _, err := reqs.Get(ctx, f.id)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(o.errOut, "request %s by %s: %s\n", p.ID, p.Requester(), p.Summary)
+	var resp kwadmin.DecideResponse
+	err = kwadmin.Call(ctx, o.nc, p.Pool, endpoint, kwadmin.DecideRequest{ID: p.ID, Digest: roster.Digest(p.Body), Reason: f.reason}, &resp)
+	if err != nil {
+		return err
+	}
+	if resp.Error != "" {
+		_ = o.print(resp)
+		return errors.New("the request was approved but applying it failed: " + resp.Error)
+	}
+	return o.print(resp)
+}
+
+func samePolicy(a, b roster.Policy) bool {
+	if len(a.Quorum) != len(b.Quorum) {
+		return false
+	}
+	for op, n := range a.Quorum {
+		if b.Quorum[op] != n {
+			return false
+		}
+	}
+	return true
+}
