@@ -418,7 +418,7 @@ func (d *deployment) metaLeader(t *testing.T) int {
 
 func (d *deployment) nodeOf(t *testing.T, stream string, leader bool) int {
 	t.Helper()
-	nc, err := nats.Connect(d.urls, nats.UserCredentials(d.opCreds))
+	nc, err := nats.Connect(d.urls, nats.UserCredentials(d.bootstrapCreds))
 	if err != nil {
 		t.Fatal(err)
 	}
