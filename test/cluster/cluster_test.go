@@ -37,6 +37,7 @@ import (
 	"github.com/sovkeys/sovkeys/shared"
 	"github.com/sovkeys/sovkeys/shared/api/xks"
 	"github.com/sovkeys/sovkeys/shared/client/xksclient"
+	"github.com/sovkeys/sovkeys/shared/infra/mesh"
 	"github.com/sovkeys/sovkeys/shared/testkit"
 )
 
@@ -418,7 +419,13 @@ func (d *deployment) metaLeader(t *testing.T) int {
 
 func (d *deployment) nodeOf(t *testing.T, stream string, leader bool) int {
 	t.Helper()
-	nc, err := nats.Connect(d.urls, nats.UserCredentials(d.bootstrapCreds))
+	// The bootstrap identity reads stream info; like every user it may
+	// subscribe only to its own inbox.
+	user, err := mesh.CredsUser(d.bootstrapCreds)
+	if err != nil {
+		t.Fatal(err)
+	}
+	nc, err := nats.Connect(d.urls, nats.UserCredentials(d.bootstrapCreds), nats.CustomInboxPrefix(shared.InboxPrefix(user)))
 	if err != nil {
 		t.Fatal(err)
 	}
