@@ -78,7 +78,7 @@ cleanup() {
 		kill -KILL "$NODE_PID" 2>/dev/null || true
 	fi
 	if [[ -f $DATA/node.stdout ]]; then
-		sed -E 's/sovkeys-share:v1:[^ ]*/(unseal share redacted)/g' "$DATA/node.stdout" >"$OUT/node.stdout" || true
+		sed -E 's/sovkeys-share:v[0-9]+:[^ ]*/(unseal share redacted)/g' "$DATA/node.stdout" >"$OUT/node.stdout" || true
 	fi
 	rm -rf "$DATA"
 }

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The local compose cluster (deploy/compose/compose.yaml), with no registry:
 #
-#   scripts/compose.sh up [--profile traces|metrics|grafana]   images, credentials, start, unseal, wait
-#   scripts/compose.sh unseal                   give the keyworkers 2 of the 3 PIN shares (after a restart)
+#   scripts/compose.sh up [--profile traces|metrics|grafana] images, credentials, start, unseal, wait
+#   scripts/compose.sh unseal                   give the sealed keyworkers 2 of the 3 PIN shares until both are healthy
 #   scripts/compose.sh init                     `sovkeys init` again: leaders back on a restarted NATS node
 #   scripts/compose.sh cli ARGS...              the operator CLI on the cluster network
 #   scripts/compose.sh down [--volumes]         stop (--volumes: also drop NATS data and the token)
@@ -72,11 +72,21 @@ generate() {
 	say "credentials in $SOVKEYS_GENERATED (cluster init)"
 }
 
-# unseal gives the pool 2 of its 3 PIN shares; every sealed keyworker takes
-# them (docs/operations.md, "Unseal"). The shares stay in the container.
+# unseal gives every keyworker that is sealed now 2 of the pool's 3 PIN
+# shares, each encrypted to that keyworker's published key (docs/operations.md,
+# "Unseal"). The shares stay in the container.
 unseal() {
 	dc run --rm -T -v "$SOVKEYS_GENERATED/unseal:/unseal:ro" --entrypoint /bin/sh cli \
 		-c "grep -o 'sovkeys-share:[^ ]*' /unseal/shares | head -n 2 | sovkeys unseal" >/dev/null
+}
+
+# unseal_all succeeds once both keyworkers are healthy, giving shares to
+# the sealed ones meanwhile: a keyworker that publishes its key after a
+# round needs another.
+unseal_all() {
+	healthy keyworker-1 && healthy keyworker-2 && return 0
+	unseal || true
+	return 1
 }
 
 up() {
@@ -96,7 +106,7 @@ up() {
 	sleep 3
 	if ! healthy keyworker-1 || ! healthy keyworker-2; then
 		say "unsealing the keyworkers (2 of 3 shares from $SOVKEYS_GENERATED/unseal/shares)"
-		wait_for 60 "unsealing" unseal
+		wait_for 120 "unsealing" unseal_all
 	fi
 	for s in keyworker-1 keyworker-2 gateway-1 gateway-2; do
 		wait_for 120 "waiting for $s to be healthy" healthy "$s"
@@ -113,7 +123,7 @@ up() {
 
 case "${1:-}" in
 up) shift; up "$@" ;;
-unseal) unseal && say "shares given" ;;
+unseal) wait_for 120 "unsealing every keyworker" unseal_all && say "keyworkers unsealed" ;;
 init) dc run --rm -T init && say "streams and leaders declared" ;;
 cli) shift; dc run --rm -T cli "$@" ;;
 compose) shift; dc "$@" ;;

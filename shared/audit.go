@@ -70,8 +70,11 @@ func ValidPersonName(n string) bool {
 // audit service records an event of any other kind as a forgery attempt.
 func AuditKindAllowed(service, kind string) bool {
 	switch service {
-	case AuditServiceGateway, AuditServiceAuthn:
+	case AuditServiceGateway:
 		return kind == AuditKindXKS || kind == AuditKindTenant || kind == AuditKindUnauthenticated
+	case AuditServiceAuthn:
+		// Operator events: the people's signed registry changes it applies.
+		return kind == AuditKindXKS || kind == AuditKindTenant || kind == AuditKindUnauthenticated || kind == AuditKindOperator
 	case AuditServiceKeyworker:
 		// Operator events: the people's signed admin requests it applies.
 		return kind == AuditKindXKS || kind == AuditKindTenant || kind == AuditKindOperator

@@ -26,6 +26,10 @@ const (
 	// SubjectKeyworkerAdminPrefix is the request/reply (nats micro) API of a
 	// keyworker pool: sovkeys.kwadmin.<pool>.<endpoint>.
 	SubjectKeyworkerAdminPrefix = "sovkeys.kwadmin."
+	// SubjectAuthnAdminPrefix is authn's request/reply API for people's
+	// signed registry changes: sovkeys.authnadmin.<endpoint> (registry,
+	// approve, reject).
+	SubjectAuthnAdminPrefix = "sovkeys.authnadmin."
 
 	StreamRequests = "SOVKEYS_REQ"
 	StreamAudit    = "SOVKEYS_AUDIT"
@@ -108,6 +112,8 @@ const (
 	// waiting for its quorum (shared/api/kwadmin).
 	EndpointApprove = "approve"
 	EndpointReject  = "reject"
+	// EndpointRegistry applies a person's signed registry change.
+	EndpointRegistry = "registry"
 )
 
 // JetStream API error codes the mesh matches on. nats.go names 10071 and
@@ -321,6 +327,9 @@ func SiblingOfSubject(prefix, subject string) (int, string, bool) {
 // WorkConsumer returns the durable consumer name of a pool.
 func WorkConsumer(pool string) string { return ConsumerWorkPrefix + pool }
 
+// AuthnAdminSubject returns the subject of authn's admin endpoint.
+func AuthnAdminSubject(endpoint string) string { return SubjectAuthnAdminPrefix + endpoint }
+
 // KeyworkerAdminSubject returns the admin endpoint subject of a pool.
 func KeyworkerAdminSubject(pool, endpoint string) string {
 	return SubjectKeyworkerAdminPrefix + pool + "." + endpoint
@@ -348,3 +357,26 @@ func KVBuckets() []string {
 	return []string{BucketKeystores, BucketXKSKeys, BucketPools, BucketTenants, BucketPKI, BucketKillSwitch,
 		BucketUnseal, BucketEKTIndex, BucketXKSRotation, BucketAuditSigner, BucketOperators, BucketAdmin}
 }
+
+// Keys of the unseal bucket (BucketUnseal), per pool. A sealed keyworker
+// process publishes its ephemeral public key under UnsealKeyKey; custodians
+// store shares encrypted to it under UnsealShareKey; the keyworkers of the
+// pool count failed HSM logins under UnsealLoginsKey. Process ids are
+// 1-32 chars of [a-z0-9].
+
+// UnsealKeyKey is where keyworker process id of pool publishes its key.
+func UnsealKeyKey(pool, id string) string { return pool + ".key." + id }
+
+// UnsealKeysFilter matches every published key of pool.
+func UnsealKeysFilter(pool string) string { return pool + ".key.*" }
+
+// UnsealShareKey is where share x encrypted to keyworker process id is stored.
+func UnsealShareKey(pool, id string, x int) string {
+	return pool + ".share." + id + "." + strconv.Itoa(x)
+}
+
+// UnsealSharesFilter matches every encrypted share of pool (all processes).
+func UnsealSharesFilter(pool string) string { return pool + ".share.>" }
+
+// UnsealLoginsKey holds pool's failed-login budget (compare-and-set).
+func UnsealLoginsKey(pool string) string { return pool + ".logins" }

@@ -138,6 +138,9 @@ func runWith(ctx context.Context, args []string, s stdio) int {
 	case errors.Is(err, errUsage):
 		fmt.Fprintf(s.stderr, "sovkeys: %v\n", err)
 		return 2
+	case isPending(err):
+		fmt.Fprintf(s.stderr, "sovkeys: %v\n", err)
+		return exitPending
 	default:
 		fmt.Fprintf(s.stderr, "sovkeys: %v\n", err)
 		return 1

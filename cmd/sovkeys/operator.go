@@ -35,6 +35,8 @@ type operator struct {
 	// admin requests and names them in the audit log (nil: not a person's
 	// credential, which may read but changes nothing).
 	signer *roster.Signer
+	// op is the audited command under way (signedKV sends it along).
+	op *currentOp
 }
 
 // person returns the session's signer, or an error saying a personal
@@ -86,6 +88,7 @@ func operatorCommand[C any](name, usage, short string,
 				return err
 			}
 			o := &operator{getenv: s.getenv, nc: nc, js: js, topo: f.topo, reg: reg, out: s.stdout, errOut: s.stderr, stdin: s.stdin}
+			reg.Keystores, reg.Keys = o.signedKV(reg.Keystores), o.signedKV(reg.Keys)
 			if f.conn.creds != "" {
 				// A person's credential signs every admin request it sends.
 				if o.signer, err = roster.SignerFromCreds(f.conn.creds); err == nil {

@@ -61,7 +61,22 @@ func (o *operator) audited(ctx context.Context, api string, params map[string]st
 	if err := o.auditOp(ctx, opID, phaseIntent, api, start, params, nil); err != nil {
 		return fmt.Errorf("%w: %w", errIntentNotAudited, err)
 	}
+	o.op = &currentOp{api: api, params: params}
 	err := fn()
+	o.op = nil
+	var pe *pendingError
+	if errors.As(err, &pe) {
+		// Not applied yet: authn or the keyworker audits the request; its
+		// approval audits the change.
+		p := map[string]string{"pending": pe.id}
+		for k, v := range params {
+			p[k] = v
+		}
+		if aerr := o.auditOp(ctx, opID, phaseResult, api, start, p, nil); aerr != nil {
+			return aerr
+		}
+		return err
+	}
 	if aerr := o.auditOp(ctx, opID, phaseResult, api, start, params, err); aerr != nil && err == nil {
 		return fmt.Errorf("the change was made (its intent is audited as %s) but its result could not be audited: %w", opID, aerr)
 	}

@@ -87,7 +87,7 @@ func lastPhase(ctx context.Context, t *testing.T, js jetstream.JetStream) string
 	if err != nil {
 		t.Fatal(err)
 	}
-	m, err := s.GetLastMsgForSubject(ctx, shared.AuditSubject(shared.AuditServiceCLI, shared.AuditKindOperator, ""))
+	m, err := s.GetLastMsgForSubject(ctx, shared.AuditSubject(shared.AuditServicePerson("tester"), shared.AuditKindOperator, ""))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/nats-io/nkeys"
 
 	"github.com/sovkeys/sovkeys/shared"
@@ -110,6 +111,74 @@ func TestPeopleAndQuorum(t *testing.T) {
 	if err := n.cliAs(bob, nil, "approve", pending.Pending); err == nil {
 		t.Fatal("a decided request was approved again")
 	}
+	// The operator log names the requester, the approver and both on the
+	// destroy itself, whose intent is recorded before the HSM changed.
+	phases := operatorPhases(t, n, pending.Pending)
+	for _, want := range []string{"requested by admin", "approved by bob", "intent by admin approved_by=bob", "result by admin approved_by=bob"} {
+		if !phases[want] {
+			t.Errorf("operator log lacks %q (has %v)", want, phases)
+		}
+	}
+
+	// A forced credential rotation (security) waits for a second person of
+	// the security role: an admin's approval does not count.
+	n.cli(t, nil, "operator", "add", "--dir", dir, "--name", "sam", "--roles", "security")
+	sam := clusterinit.PersonCredsFile(dir, "sam")
+	if err := n.cliAs(audrey, nil, "tenant", "create", "--id", "vpc-audrey"); err == nil {
+		t.Fatal("an auditor created a tenant")
+	}
+	n.cli(t, nil, "xks", "keystore", "rotate-credential", "--prefix", "/people")
+	var stderr strings.Builder
+	code := run(context.Background(), []string{"xks", "keystore", "rotate-credential", "--prefix", "/people", "--force"}, n.getenv, &strings.Builder{}, &stderr)
+	if code != exitPending {
+		t.Fatalf("forced rotation: exit %d, want %d (pending): %s", code, exitPending, stderr.String())
+	}
+	var list strings.Builder
+	if code := run(context.Background(), []string{"request", "list"}, n.getenv, &list, &strings.Builder{}); code != 0 {
+		t.Fatalf("request list: %d", code)
+	}
+	var forced string
+	for _, line := range strings.Split(list.String(), "\n") {
+		if strings.Contains(line, "rotate_credential") && strings.Contains(line, "pending") {
+			forced = strings.Fields(line)[0]
+		}
+	}
+	if forced == "" {
+		t.Fatalf("no pending forced rotation in:\n%s", list.String())
+	}
+	if err := n.cliAs(bob, nil, "approve", forced); err == nil || !strings.Contains(err.Error(), "security role") {
+		t.Fatalf("an admin approved a forced rotation: %v", err)
+	}
+	if err := n.cliAs(sam, &decided, "approve", forced); err != nil || decided.State != roster.StateApplied {
+		t.Fatalf("security approval: %+v %v", decided, err)
+	}
+
+	// Tenant and key store deletion wait for a second admin; a key store
+	// with keys is never deleted.
+	n.cli(t, nil, "tenant", "create", "--id", "vpc-gone")
+	pendingID := func(args ...string) string {
+		t.Helper()
+		var stderr strings.Builder
+		if code := run(context.Background(), args, n.getenv, &strings.Builder{}, &stderr); code != exitPending {
+			t.Fatalf("%v: exit %d, want %d: %s", args, code, exitPending, stderr.String())
+		}
+		_, rest, _ := strings.Cut(stderr.String(), "request ")
+		return strings.Fields(rest)[0]
+	}
+	del := pendingID("tenant", "delete", "--id", "vpc-gone")
+	if err := n.cliErr(nil, "tenant", "show", "--id", "vpc-gone"); err != nil {
+		t.Fatalf("the tenant went before its approval: %v", err)
+	}
+	if err := n.cliAs(bob, &decided, "approve", del); err != nil || decided.State != roster.StateApplied {
+		t.Fatalf("tenant delete approval: %+v %v", decided, err)
+	}
+	if err := n.cliErr(nil, "tenant", "show", "--id", "vpc-gone"); err == nil {
+		t.Fatal("the approved tenant deletion did not delete it")
+	}
+	ksDel := pendingID("xks", "keystore", "delete", "--prefix", "/people")
+	if err := n.cliAs(bob, nil, "approve", ksDel); err == nil || !strings.Contains(err.Error(), "still has") {
+		t.Fatalf("a key store with keys was deleted: %v", err)
+	}
 
 	// Signed requests sent by hand: replay, stale time, a key that is not
 	// the person's, no signature at all.
@@ -182,6 +251,50 @@ func TestPeopleAndQuorum(t *testing.T) {
 		!strings.Contains(stdout.String(), "applied") || !strings.Contains(stdout.String(), "bob") {
 		t.Fatalf("request list (%d):\n%s", code, stdout.String())
 	}
+}
+
+// operatorPhases reads the operator-log events of request id (as the
+// audit service: no person reads the event stream) as "phase by person".
+func operatorPhases(t *testing.T, n *node, id string) map[string]bool {
+	t.Helper()
+	nc, err := nats.Connect(n.natsURL, nats.UserCredentials(filepath.Join(n.dir, "creds", "audit.creds")),
+		nats.CustomInboxPrefix(shared.InboxPrefix(shared.UserAudit)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	stream, err := js.Stream(ctx, shared.StreamAudit)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cons, err := stream.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{
+		FilterSubjects: []string{shared.SubjectAuditPrefix + shared.AuditServiceKeyworker + "." + shared.AuditKindOperator + ".>"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]bool{}
+	batch, err := cons.FetchNoWait(10000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for m := range batch.Messages() {
+		ev, err := shared.UnmarshalAuditEvent(m.Data())
+		if err != nil || ev.Params["request_id"] != id || ev.CallerType != shared.CallerTypePerson {
+			continue
+		}
+		k := ev.Params["phase"] + " by " + ev.CallerID
+		if a := ev.Params["approved_by"]; a != "" {
+			k += " approved_by=" + a
+		}
+		out[k] = true
+	}
+	return out
 }
 
 // connectAs dials the node's NATS as the holder of creds.

@@ -332,7 +332,12 @@ func (o *operator) decide(ctx context.Context, endpoint string, f *decision) err
 	}
 	fmt.Fprintf(o.errOut, "request %s by %s: %s\n", p.ID, p.Requester(), p.Summary)
 	var resp kwadmin.DecideResponse
-	err = kwadmin.Call(ctx, o.nc, p.Pool, endpoint, kwadmin.DecideRequest{ID: p.ID, Digest: roster.Digest(p.Body), Reason: f.reason}, &resp)
+	d := kwadmin.DecideRequest{ID: p.ID, Digest: roster.Digest(p.Body), Reason: f.reason}
+	if p.Service == roster.PlaceAuthn {
+		err = kwadmin.CallAuthn(ctx, o.nc, endpoint, d, &resp)
+	} else {
+		err = kwadmin.Call(ctx, o.nc, p.Pool, endpoint, d, &resp)
+	}
 	if err != nil {
 		return err
 	}

@@ -10,7 +10,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/sovkeys/sovkeys/shared/crypto/shamir"
 	"github.com/sovkeys/sovkeys/shared/infra/unseal"
 	"github.com/sovkeys/sovkeys/shared/testkit"
 )
@@ -61,15 +60,15 @@ func TestRestartKeepsState(t *testing.T) {
 // holders can) and looks for it in every file of the data dir and in the
 // logs. It returns a description of the first leak, or "".
 func pinLeaks(n *node) string {
-	var parts []shamir.Share
+	var parts []unseal.Share
 	for _, l := range n.shares {
 		s, err := unseal.Parse(l)
 		if err != nil {
 			return "unparsable share: " + err.Error()
 		}
-		parts = append(parts, s.Share)
+		parts = append(parts, s)
 	}
-	pin, err := shamir.Combine(parts)
+	pin, err := unseal.Combine(parts)
 	if err != nil || len(pin) < 8 {
 		return fmt.Sprintf("cannot rebuild the PIN: %v", err)
 	}

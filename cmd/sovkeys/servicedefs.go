@@ -15,6 +15,7 @@ import (
 	"github.com/sovkeys/sovkeys/services/gateway"
 	"github.com/sovkeys/sovkeys/services/keyworker"
 	"github.com/sovkeys/sovkeys/shared"
+	"github.com/sovkeys/sovkeys/shared/infra/unseal"
 	"github.com/sovkeys/sovkeys/shared/infra/writeonce"
 )
 
@@ -127,6 +128,7 @@ type keyworkerFlags struct {
 	hsmModule, hsmToken, pinFile string
 	hsmProfile                   string
 	sessions, unsealThreshold    int
+	unsealMaxFailedLogins        int
 	ivFromHSM                    bool
 	healthTTL                    time.Duration
 	ektStore, s3Bucket, s3Prefix string
@@ -144,6 +146,7 @@ func keyworkerService() service {
 			fs.StringVar(&k.hsmToken, "hsm-token-label", envOr(getenv, "SOVKEYS_HSM_TOKEN_LABEL", "sovkeys"), "token, found by label (env SOVKEYS_HSM_TOKEN_LABEL)")
 			fs.StringVar(&k.pinFile, "hsm-pin-file", "", "file holding the user PIN (else env SOVKEYS_HSM_PIN, else wait for unseal shares)")
 			fs.IntVar(&k.unsealThreshold, "unseal-threshold", 2, "shares needed to unseal: the threshold the PIN was split with (shares claiming another are refused)")
+			fs.IntVar(&k.unsealMaxFailedLogins, "unseal-max-failed-logins", unseal.DefaultMaxFailedLogins, "failed HSM logins with unseal shares allowed per pool and hour, shared by the pool's keyworkers; then the pool stays sealed")
 			c.registerModel(fs)
 			fs.StringVar(&k.hsmProfile, "hsm-profile", "", "HSM family softhsm|cloudhsm|luna|proteccio|nshield (default: from --hsm-model; docs/hsm.md)")
 			fs.IntVar(&k.sessions, "sessions", 8, "PKCS#11 sessions = HSM operations at once in this process")

@@ -17,7 +17,6 @@ import (
 
 	"github.com/sovkeys/sovkeys/services/keyworker"
 	"github.com/sovkeys/sovkeys/shared/infra/mesh"
-	"github.com/sovkeys/sovkeys/shared/infra/metrics"
 	"github.com/sovkeys/sovkeys/shared/infra/tracing"
 	"github.com/sovkeys/sovkeys/shared/infra/unseal"
 )
@@ -185,28 +184,24 @@ func readPIN(file string, getenv func(string) string) (pin string, ok bool, err 
 // openHSM opens the keyworker's HSM with pin.
 func openHSM(ctx context.Context, c *serviceConfig, pin string, logger *slog.Logger) (*keyworker.HSM, error) {
 	k := c.keyworker
-	hsm, err := keyworker.OpenHSM(ctx, keyworker.HSMConfig{
+	return keyworker.OpenHSM(ctx, keyworker.HSMConfig{
 		ModulePath: k.hsmModule, TokenLabel: k.hsmToken, PIN: pin, Sessions: k.sessions, IVFromHSM: k.ivFromHSM,
 		Profile: cmp.Or(k.hsmProfile, keyworker.ProfileForModel(c.model)),
 	}, logger)
-	if err != nil {
-		metrics.HSMLoginFailed(c.pool) // alert HSMLoginFailures
-		return nil, err
-	}
-	metrics.KeyworkerSealed(c.pool, false)
-	return hsm, nil
 }
 
-// unsealHSM waits for k PIN shares in the memory-only unseal bucket and
-// opens the HSM with the PIN they rebuild, in this process's memory only.
+// unsealHSM publishes an ephemeral key in the unseal bucket, waits for k
+// PIN shares encrypted to it and opens the HSM with the PIN they rebuild,
+// in this process's memory only, within the pool's failed-login budget.
 func unsealHSM(ctx context.Context, c *serviceConfig, js jetstream.JetStream, logger *slog.Logger) (*keyworker.HSM, error) {
 	kv, err := unseal.Open(ctx, js, c.common.topo.t)
 	if err != nil {
 		return nil, err
 	}
 	var hsm *keyworker.HSM
-	metrics.KeyworkerSealed(c.pool, true) // alert KeyworkerSealed
-	err = unseal.Await(ctx, kv, c.pool, c.keyworker.unsealThreshold, logger, func(pin string) error {
+	cfg := unseal.Config{Pool: c.pool, Threshold: c.keyworker.unsealThreshold, MaxFailedLogins: c.keyworker.unsealMaxFailedLogins,
+		Logger: logger, Now: time.Now}
+	err = unseal.Await(ctx, kv, cfg, func(pin string) error {
 		h, err := openHSM(ctx, c, pin, logger)
 		if err != nil {
 			return err

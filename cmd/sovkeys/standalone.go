@@ -23,7 +23,6 @@ import (
 	"github.com/sovkeys/sovkeys/services/gateway"
 	"github.com/sovkeys/sovkeys/services/keyworker"
 	"github.com/sovkeys/sovkeys/shared"
-	"github.com/sovkeys/sovkeys/shared/crypto/shamir"
 	"github.com/sovkeys/sovkeys/shared/infra/clusterinit"
 	"github.com/sovkeys/sovkeys/shared/infra/mesh"
 	"github.com/sovkeys/sovkeys/shared/infra/natsauth"
@@ -278,7 +277,7 @@ func openStandaloneHSM(ctx context.Context, f *standaloneFlags, dir string, stdo
 		}
 	}
 	if pin == "" {
-		fmt.Fprintf(stdout, "HSM sealed: run `sovkeys unseal --share SHARE` with %d shares to start the keyworker\n", f.svc.keyworker.unsealThreshold)
+		fmt.Fprintf(stdout, "HSM sealed: the keyworker logs its key fingerprint; run `sovkeys unseal --keyworker-key FINGERPRINT --share SHARE` with %d shares to start it\n", f.svc.keyworker.unsealThreshold)
 		return nil, nil
 	}
 	return openHSM(ctx, &f.svc, pin, logger)
@@ -357,23 +356,27 @@ func writeDevShares(path, dataDir string, shares []unseal.Share) error {
 	return os.WriteFile(abs, []byte(b.String()), 0o600)
 }
 
+// readDevShares rebuilds the PIN from the dev file's shares (v2 lines, or
+// v1 lines written by earlier releases), checking a v2 split's check value
+// before the PIN reaches C_Login.
 func readDevShares(path string) (string, error) {
 	b, err := os.ReadFile(path)
 	if err != nil {
 		return "", fmt.Errorf("--dev-unseal-file: %w", err)
 	}
-	var parts []shamir.Share
+	var shares []unseal.Share
 	for _, line := range strings.Fields(string(b)) {
 		s, err := unseal.Parse(line)
 		if err != nil {
-			return "", err
+			return "", fmt.Errorf("--dev-unseal-file: %w", err)
 		}
-		parts = append(parts, s.Share)
+		shares = append(shares, s)
 	}
-	pin, err := shamir.Combine(parts)
+	pin, err := unseal.Combine(shares)
 	if err != nil {
-		return "", err
+		return "", fmt.Errorf("--dev-unseal-file: %w", err)
 	}
+	defer clear(pin)
 	return string(pin), nil
 }
 

@@ -55,7 +55,7 @@ func tenantCommands() []command {
 					func() error { return o.tenantCreate(ctx, f) })
 			}),
 		operatorCommand("tenant list", "", "list tenants", none, func(ctx context.Context, o *operator, _ *struct{}) error {
-			r, err := registry.OpenTenants(ctx, o.js, o.topo)
+			r, err := o.openTenants(ctx)
 			if err != nil {
 				return err
 			}
@@ -69,7 +69,7 @@ func tenantCommands() []command {
 			return o.print(tenants)
 		}),
 		operatorCommand("tenant show", "--id TENANT", "show one tenant", (*tenantFlags).idFlag, func(ctx context.Context, o *operator, f *tenantFlags) error {
-			r, err := registry.OpenTenants(ctx, o.js, o.topo)
+			r, err := o.openTenants(ctx)
 			if err != nil {
 				return err
 			}
@@ -84,6 +84,19 @@ func tenantCommands() []command {
 		}),
 		setStatus("disable", registry.TenantDisabled),
 		setStatus("enable", registry.TenantEnabled),
+		operatorCommand("tenant delete", "--id TENANT", "delete a tenant (waits for a second admin's approval: exit 3 with the request id); its EKT and audit log stay",
+			(*tenantFlags).idFlag, func(ctx context.Context, o *operator, f *tenantFlags) error {
+				return o.audited(ctx, "tenant.delete", map[string]string{"tenant": f.id}, func() error {
+					r, err := o.openTenants(ctx)
+					if err != nil {
+						return err
+					}
+					if _, _, err := r.Get(ctx, f.id); err != nil {
+						return fmt.Errorf("tenant %q: %w", f.id, err)
+					}
+					return r.KV.Delete(ctx, f.id)
+				})
+			}),
 	}
 }
 
@@ -119,7 +132,7 @@ func (o *operator) tenantCreate(ctx context.Context, f *tenantFlags) error {
 			}
 		}
 	}
-	r, err := registry.OpenTenants(ctx, o.js, o.topo)
+	r, err := o.openTenants(ctx)
 	if err != nil {
 		return err
 	}
@@ -138,7 +151,7 @@ func (o *operator) tenantCreate(ctx context.Context, f *tenantFlags) error {
 }
 
 func (o *operator) tenantSetStatus(ctx context.Context, id, status string) error {
-	r, err := registry.OpenTenants(ctx, o.js, o.topo)
+	r, err := o.openTenants(ctx)
 	if err != nil {
 		return err
 	}

@@ -58,6 +58,16 @@ func xksCommands() []command {
 				return o.audited(ctx, "keystore.create", map[string]string{"keystore": p, "pool": f.pool},
 					func() error { return o.keystoreCreate(ctx, p, f.pool) })
 			}),
+		operatorCommand("xks keystore delete", "--prefix PREFIX", "delete a key store that has no keys left (waits for a second admin's approval: exit 3 with the request id)",
+			func(f *xksFlags, fs *flag.FlagSet) { f.prefixFlag(fs) }, func(ctx context.Context, o *operator, f *xksFlags) error {
+				p := f.storePrefix()
+				return o.audited(ctx, "keystore.delete", map[string]string{"keystore": p}, func() error {
+					if _, _, err := o.reg.Keystore(ctx, p); err != nil {
+						return fmt.Errorf("key store %q: %w", p, err)
+					}
+					return o.reg.Keystores.Delete(ctx, registry.KeystoreKey(p))
+				})
+			}),
 		operatorCommand("xks keystore list", "", "list key stores", none,
 			func(ctx context.Context, o *operator, _ *struct{}) error { return o.keystoreList(ctx) }),
 		operatorCommand("xks keystore rotate-credential", "--prefix PREFIX [--force]", "add a second live credential (printed once); refused while two are live unless --force retires the oldest",

@@ -38,11 +38,11 @@ func TestOriginMismatch(t *testing.T) {
 			subject: func(ev *shared.AuditEvent) string {
 				return shared.AuditSubject(ev.Service, shared.AuditKindTenant, ev.Scope)
 			}},
-		{name: "authn writes the operator log", forged: true,
+		{name: "gateway writes the operator log", forged: true,
 			mutate: func(ev *shared.AuditEvent) {
-				ev.Service, ev.Kind, ev.Scope = shared.AuditServiceAuthn, shared.AuditKindOperator, ""
+				ev.Service, ev.Kind, ev.Scope = shared.AuditServiceGateway, shared.AuditKindOperator, ""
 			},
-			msgID: func(ev *shared.AuditEvent) string { return shared.AuditMsgID(shared.AuditServiceAuthn, ev.RequestID) }},
+			msgID: func(ev *shared.AuditEvent) string { return shared.AuditMsgID(shared.AuditServiceGateway, ev.RequestID) }},
 		// The keyworker records the people's signed admin requests it applies.
 		{name: "keyworker writes the operator log",
 			mutate: func(ev *shared.AuditEvent) { ev.Kind, ev.Scope = shared.AuditKindOperator, "" }},

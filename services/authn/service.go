@@ -26,6 +26,7 @@ import (
 	"github.com/sovkeys/sovkeys/shared/infra/metrics"
 	"github.com/sovkeys/sovkeys/shared/infra/ratelimit"
 	"github.com/sovkeys/sovkeys/shared/infra/registry"
+	"github.com/sovkeys/sovkeys/shared/infra/roster"
 	"github.com/sovkeys/sovkeys/shared/infra/tracing"
 )
 
@@ -102,6 +103,7 @@ type Service struct {
 	aws       *awsVerifier       // nil unless AWS instance identity is configured (awsid.go)
 	audit     *mesh.AuditBatcher // request events: several per message under load
 	awsDeps   Deps
+	desk      *roster.Desk // people's signed registry changes (admin.go)
 }
 
 // New builds authn.
@@ -214,6 +216,12 @@ func (s *Service) Run(ctx context.Context) error {
 		return err
 	}
 	defer stop()
+	admin, err := s.startAdmin()
+	if err != nil {
+		cc.Stop()
+		return err
+	}
+	defer func() { _ = admin.Stop() }()
 	s.log.Info("authn ready", "keystores", s.keystores.Len(), "keys", s.keys.Len(), "request_streams", len(streams))
 	<-ctx.Done()
 	cc.Drain()

@@ -23,6 +23,7 @@ import (
 	"github.com/sovkeys/sovkeys/shared/infra/mesh"
 	"github.com/sovkeys/sovkeys/shared/infra/metrics"
 	"github.com/sovkeys/sovkeys/shared/infra/registry"
+	"github.com/sovkeys/sovkeys/shared/infra/roster"
 	"github.com/sovkeys/sovkeys/shared/infra/tracing"
 	"github.com/sovkeys/sovkeys/shared/infra/writeonce"
 )
@@ -75,8 +76,8 @@ type Service struct {
 
 	audit *mesh.AuditBatcher // group commit of the work's audit events
 
-	people people  // the roster and admin bucket, bound on first use
-	reg    regOnce // the key registry (key version scopes), bound on first use
+	desk *roster.Desk // people's signed admin requests (admin_people.go)
+	reg  regOnce      // the key registry (key version scopes), bound on first use
 
 	healthMu  sync.Mutex
 	healthAt  time.Time
@@ -94,12 +95,14 @@ func New(cfg Config, deps Deps) (*Service, error) {
 	if deps.EKTs == nil {
 		return nil, errNoStore
 	}
-	return &Service{
+	s := &Service{
 		cfg: cfg, nc: deps.NC, js: deps.JS, hsm: deps.HSM, store: deps.EKTs, ekts: newEKTCache(4096),
 		log:    deps.Logger.With("service", "keyworker", "pool", cfg.Pool),
 		tracer: deps.Tracer.Tracer("sovkeys/keyworker"),
 		now:    deps.Now,
-	}, nil
+	}
+	s.desk = s.newDesk()
+	return s, nil
 }
 
 // Run declares the pool's queue, serves admin requests and executes work
@@ -174,6 +177,7 @@ func (s *Service) Run(ctx context.Context) error {
 	}
 	s.log.Info("keyworker ready", "sessions", sessions, "budget", s.cfg.Topology.WorkBudget, "work_streams", len(streams))
 	metrics.HSMSessions(s.cfg.Pool, sessions)
+	metrics.UnsealInit(s.cfg.Pool) // unsealed: the sealed and locked gauges read 0
 	go metrics.WatchWorkQueue(ctx, s.cfg.Pool, cons, 2*time.Second)
 	<-ctx.Done()
 	cc.Drain()

@@ -37,7 +37,6 @@ import (
 	"github.com/sovkeys/sovkeys/shared"
 	"github.com/sovkeys/sovkeys/shared/api/xks"
 	"github.com/sovkeys/sovkeys/shared/client/xksclient"
-	"github.com/sovkeys/sovkeys/shared/infra/mesh"
 	"github.com/sovkeys/sovkeys/shared/testkit"
 )
 
@@ -419,13 +418,7 @@ func (d *deployment) metaLeader(t *testing.T) int {
 
 func (d *deployment) nodeOf(t *testing.T, stream string, leader bool) int {
 	t.Helper()
-	// The bootstrap identity reads stream info; like every user it may
-	// subscribe only to its own inbox.
-	user, err := mesh.CredsUser(d.bootstrapCreds)
-	if err != nil {
-		t.Fatal(err)
-	}
-	nc, err := nats.Connect(d.urls, nats.UserCredentials(d.bootstrapCreds), nats.CustomInboxPrefix(shared.InboxPrefix(user)))
+	nc, err := nats.Connect(d.urls, nats.UserCredentials(d.bootstrapCreds), nats.CustomInboxPrefix(shared.InboxPrefix(shared.UserBootstrap)))
 	if err != nil {
 		t.Fatal(err)
 	}

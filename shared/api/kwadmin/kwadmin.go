@@ -10,6 +10,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strconv"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/micro"
@@ -127,11 +128,21 @@ func callSealed(ctx context.Context, nc *nats.Conn, pool, endpoint string, req S
 }
 
 func call(ctx context.Context, nc *nats.Conn, pool, endpoint string, req, resp any) error {
+	return callSubject(ctx, nc, shared.KeyworkerAdminSubject(pool, endpoint), "keyworker pool "+strconv.Quote(pool), endpoint, req, resp)
+}
+
+// CallAuthn sends req to authn's admin endpoint (people's registry changes
+// and their approvals) and decodes the answer into resp.
+func CallAuthn(ctx context.Context, nc *nats.Conn, endpoint string, req, resp any) error {
+	return callSubject(ctx, nc, shared.AuthnAdminSubject(endpoint), "authn", endpoint, req, resp)
+}
+
+func callSubject(ctx context.Context, nc *nats.Conn, subject, who, endpoint string, req, resp any) error {
 	data, err := json.Marshal(req)
 	if err != nil {
 		return fmt.Errorf("kwadmin: encode: %w", err)
 	}
-	msg := nats.NewMsg(shared.KeyworkerAdminSubject(pool, endpoint))
+	msg := nats.NewMsg(subject)
 	msg.Data = data
 	if signer := signerOf(ctx); signer != nil {
 		if op := Op(endpoint, data); op != "" {
@@ -145,10 +156,10 @@ func call(ctx context.Context, nc *nats.Conn, pool, endpoint string, req, resp a
 	msg, err = nc.RequestMsgWithContext(ctx, msg)
 	if err != nil {
 		if errors.Is(err, nats.ErrNoResponders) {
-			return shared.NewError(shared.CodeDependencyTimeout, "no keyworker serves pool %q", pool)
+			return shared.NewError(shared.CodeDependencyTimeout, "no %s answers (not running, or sealed)", who)
 		}
 		if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, nats.ErrTimeout) {
-			return shared.NewError(shared.CodeDependencyTimeout, "keyworker pool %q did not answer in time", pool)
+			return shared.NewError(shared.CodeDependencyTimeout, "%s did not answer in time", who)
 		}
 		return fmt.Errorf("kwadmin: %s: %w", endpoint, err)
 	}

@@ -61,6 +61,12 @@ func Op(endpoint string, body []byte) string {
 		return OpApprove
 	case EndpointReject:
 		return OpReject
+	case EndpointRegistry:
+		var r RegistryWrite
+		if json.Unmarshal(body, &r) != nil {
+			return "registry.malformed"
+		}
+		return RegistryOp(r.API, r.Params)
 	case EndpointKeyVersion:
 		var r struct {
 			Action string `json:"action"`
@@ -99,4 +105,51 @@ type DecideResponse struct {
 	// Result is the applied request's answer (JSON), once it is applied.
 	Result json.RawMessage `json:"result,omitempty"`
 	Error  string          `json:"error,omitempty"`
+}
+
+// EndpointRegistry applies a person's change to a registry bucket (key
+// stores, XKS keys, tenants): the keyworker verifies the signature and the
+// role the change needs, holds it for a quorum where the policy says so,
+// audits it and writes the bucket. People may read these buckets, not
+// write them.
+const EndpointRegistry = shared.EndpointRegistry
+
+// Registry write modes (the jetstream.KeyValue call the change is).
+const (
+	RegistryCreate = "create"
+	RegistryUpdate = "update"
+	RegistryPut    = "put"
+	RegistryDelete = "delete"
+)
+
+// RegistryWrite is one change of a registry bucket, with the operator
+// command (API, Params) it belongs to.
+type RegistryWrite struct {
+	Bucket   string            `json:"bucket"`
+	Key      string            `json:"key"`
+	Mode     string            `json:"mode"`
+	Value    []byte            `json:"value,omitempty"`
+	Revision uint64            `json:"revision,omitempty"` // update: the revision read
+	API      string            `json:"api"`                // e.g. keystore.create
+	Params   map[string]string `json:"params,omitempty"`
+}
+
+// RegistryOp is the operation of a registry write for api (and force).
+func RegistryOp(api string, params map[string]string) string {
+	op := "registry." + api
+	if params["force"] == "true" {
+		op += ".force"
+	}
+	return op
+}
+
+// RegistryWriteResponse says what the write did: the new revision, or that
+// the key exists / the revision was stale (Conflict), or the id of the
+// request waiting for approval (Pending).
+type RegistryWriteResponse struct {
+	Revision uint64   `json:"revision,omitempty"`
+	Conflict bool     `json:"conflict,omitempty"`
+	Pending  string   `json:"pending,omitempty"`
+	Need     int      `json:"need,omitempty"`
+	Signers  []string `json:"signers,omitempty"`
 }

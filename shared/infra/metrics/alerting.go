@@ -9,30 +9,9 @@ import (
 )
 
 // Metrics the alerting rules (deploy/prometheus/rules) need beyond the
-// dashboard's: sealed pools and refused HSM logins, stale watches,
-// credential expiry, JetStream peers that stopped answering, and the audit
-// service's integrity counters.
-
-// Keyworker seal state and HSM logins.
-var (
-	keyworkerSealed = gaugeVec("keyworker_sealed",
-		"1 while this keyworker process waits, sealed, for HSM PIN shares of the pool; 0 once unsealed.", "pool")
-	hsmLoginFailures = counterVec("hsm_login_failures_total",
-		"HSM logins (opening the token with an unsealed or configured PIN) that failed, by pool.", "pool")
-)
-
-// KeyworkerSealed records whether this process's keyworker of pool is sealed.
-func KeyworkerSealed(pool string, sealed bool) {
-	v := 0.0
-	if sealed {
-		v = 1
-	}
-	keyworkerSealed.WithLabelValues(poolLabel(pool)).Set(v)
-	hsmLoginFailures.WithLabelValues(poolLabel(pool)) // present at zero
-}
-
-// HSMLoginFailed counts one failed HSM login of pool.
-func HSMLoginFailed(pool string) { hsmLoginFailures.WithLabelValues(poolLabel(pool)).Inc() }
+// dashboard's: stale watches, credential expiry, JetStream peers that
+// stopped answering, and the audit service's integrity counters. (Sealed
+// keyworkers and failed HSM logins: families.go, Unseal*.)
 
 // Watched registry buckets (kill switch, key stores, keys, tenants).
 var (

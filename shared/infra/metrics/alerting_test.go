@@ -13,9 +13,6 @@ import (
 // TestAlertingHooks drives the hooks the alerting rules read and checks
 // the samples and the bounds of their labels.
 func TestAlertingHooks(t *testing.T) {
-	KeyworkerSealed("pool-s", true)
-	HSMLoginFailed("pool-s")
-	HSMLoginFailed("pool-s")
 	WatchStale(shared.BucketKillSwitch, true)
 	WatchStale(shared.BucketKillSwitch, true)
 	WatchStale(shared.BucketKillSwitch, false)
@@ -33,8 +30,6 @@ func TestAlertingHooks(t *testing.T) {
 	AuditExportFailures("central", 4)
 	page := scrapeText(t)
 	for _, want := range []string{
-		`sovkeys_keyworker_sealed{pool="pool-s"} 1`,
-		`sovkeys_hsm_login_failures_total{pool="pool-s"} 2`,
 		`sovkeys_registry_watches_stale{bucket="sovkeys_killswitch"} 1`,
 		`sovkeys_registry_watches_stale{bucket="other"} 0`,
 		`sovkeys_credential_expiry_timestamp_seconds{kind="tls_certificate",service="gateway"} 1.9e+09`,
@@ -54,9 +49,5 @@ func TestAlertingHooks(t *testing.T) {
 		if strings.Contains(page, bad) {
 			t.Errorf("page holds %s", bad)
 		}
-	}
-	KeyworkerSealed("pool-s", false)
-	if page := scrapeText(t); !strings.Contains(page, `sovkeys_keyworker_sealed{pool="pool-s"} 0`) {
-		t.Error("unsealed keyworker still reported sealed")
 	}
 }

@@ -265,3 +265,51 @@ func AuditPublished(service string, events int) {
 	auditPublishEvents.WithLabelValues(s).Add(float64(events))
 	auditPublishMessages.WithLabelValues(s).Inc()
 }
+
+// Keyworker unseal: a sealed process, failed HSM logins, a locked pool.
+var (
+	unsealSealed = gaugeVec("keyworker_sealed",
+		"1 while this keyworker process waits, sealed, for its pool's HSM PIN shares; 0 once unsealed.", "pool")
+	unsealLocked = gaugeVec("keyworker_unseal_locked",
+		"1 while the pool's failed HSM login budget is spent (no login is tried: the pool stays sealed), as this sealed keyworker last saw it.", "pool")
+	unsealFailedLogins = counterVec("keyworker_unseal_failed_logins_total",
+		"HSM logins with a PIN combined from unseal shares that failed, counted by the keyworker that tried.", "pool")
+	unsealRefusedShares = counterVec("keyworker_unseal_refused_shares_total",
+		"Unseal shares refused before any HSM login, by reason (malformed, not_for_this_keyworker, other_pool, threshold, check, clear).", "pool", "reason")
+)
+
+// UnsealInit makes pool's unseal series exist (at zero) in a keyworker that
+// is not, or no longer, sealed, so dashboards and alerts see them.
+func UnsealInit(pool string) {
+	p := poolLabel(pool)
+	unsealSealed.WithLabelValues(p).Set(0)
+	unsealLocked.WithLabelValues(p).Set(0)
+	unsealFailedLogins.WithLabelValues(p).Add(0)
+	unsealRefusedShares.WithLabelValues(p, "check").Add(0)
+}
+
+// UnsealSealed records whether this keyworker process of pool is sealed.
+func UnsealSealed(pool string, sealed bool) {
+	unsealSealed.WithLabelValues(poolLabel(pool)).Set(b2f(sealed))
+}
+
+// UnsealLocked records whether pool's failed-login budget is spent.
+func UnsealLocked(pool string, locked bool) {
+	unsealLocked.WithLabelValues(poolLabel(pool)).Set(b2f(locked))
+}
+
+// UnsealFailedLogin counts one failed HSM login of pool.
+func UnsealFailedLogin(pool string) { unsealFailedLogins.WithLabelValues(poolLabel(pool)).Inc() }
+
+// UnsealRefusedShare counts one share refused before login, by reason.
+func UnsealRefusedShare(pool, reason string) {
+	unsealRefusedShares.WithLabelValues(poolLabel(pool),
+		bounded(set("malformed", "not_for_this_keyworker", "other_pool", "threshold", "check", "clear"), reason)).Inc()
+}
+
+func b2f(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
+}

@@ -298,12 +298,16 @@ func TestAttackServicesDoNotAdminister(t *testing.T) {
 		}
 		// Writes outside the job: PKI of another pool (and all of it but
 		// the keyworker's own), key stores, tenants, kill switches.
-		for _, subj := range []string{
-			shared.SubjectKVPrefix + shared.BucketKeystores + ".x", shared.SubjectKVPrefix + shared.BucketXKSKeys + ".x",
-			shared.SubjectKVPrefix + shared.BucketTenants + ".x", shared.SubjectKVPrefix + shared.BucketKillSwitch + ".all",
-			shared.SubjectKVPrefix + shared.BucketPKI + ".other." + "instance_ca",
-		} {
+		for _, subj := range []string{shared.SubjectKVPrefix + shared.BucketKillSwitch + ".all", shared.SubjectKVPrefix + shared.BucketPKI + ".other." + "instance_ca"} {
 			m.refusedPub(t, user, "write KV", subj)
+		}
+		// Only authn writes the registry, on people's signed requests
+		// (services/authn/admin.go).
+		if user != natsauth.ServiceAuthn {
+			for _, subj := range []string{shared.SubjectKVPrefix + shared.BucketKeystores + ".x", shared.SubjectKVPrefix + shared.BucketXKSKeys + ".x",
+				shared.SubjectKVPrefix + shared.BucketTenants + ".x"} {
+				m.refusedPub(t, user, "write KV", subj)
+			}
 		}
 		if user != natsauth.ServiceKeyworker {
 			m.refusedPub(t, user, "write PKI", shared.SubjectKVPrefix+shared.BucketPKI+"."+shared.PKIInstanceCA(pool))

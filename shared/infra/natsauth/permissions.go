@@ -175,7 +175,13 @@ func UserPermissions(user, service string, pools []string) Permissions {
 		for _, p := range pools {
 			perms.Pub = append(perms.Pub, siblings(shared.WorkStream(p), streamLookup)...)
 		}
-		perms.Sub = sub
+		// People's signed registry changes (services/authn/admin.go): authn
+		// already decides every request from these buckets, so writing them
+		// on a verified, audited request grants it nothing it could not
+		// already do with a key; the kill switch stays out of its reach.
+		perms.Pub = join(perms.Pub, kvRead(shared.BucketOperators), kvWrite(shared.BucketAdmin, all),
+			kvWrite(shared.BucketKeystores, all), kvWrite(shared.BucketXKSKeys, all), kvWrite(shared.BucketTenants, all))
+		perms.Sub = join(sub, []string{under(shared.SubjectAuthnAdminPrefix)})
 	case ServiceKeyworker:
 		// The HSM sidecar: its pools' work queues and admin subjects, the
 		// EKT store (add only), its pools' PKI entries and registration.

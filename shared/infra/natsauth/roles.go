@@ -83,17 +83,22 @@ func personAuditPrefixes(name string) []string {
 func rolePub(r Role) []string {
 	switch r {
 	case RoleAdmin:
-		return join(
-			kvWrite(shared.BucketKeystores, all), kvWrite(shared.BucketXKSKeys, all), kvWrite(shared.BucketTenants, all),
-			kwadmin(shared.EndpointKeyCreate, shared.EndpointKeyInfo, shared.EndpointKeyList, shared.EndpointKeyVersion,
-				shared.EndpointSeal, shared.EndpointIssueCert, shared.EndpointHealth))
+		// Key stores, keys and tenants change through authn's registry
+		// endpoint (signed, audited, quorum), never a KV write.
+		return join(kwadmin(shared.EndpointKeyCreate, shared.EndpointKeyInfo, shared.EndpointKeyList, shared.EndpointKeyVersion,
+			shared.EndpointSeal, shared.EndpointIssueCert, shared.EndpointHealth), []string{shared.AuthnAdminSubject(shared.EndpointRegistry)})
 	case RoleSecurity:
-		// Credential rotation rewrites a key store's entry (its credentials
-		// sealed by the pool's HSM: the seal endpoint).
-		return join(kvWrite(shared.BucketKillSwitch, all), kvWrite(shared.BucketKeystores, all),
-			kwadmin(shared.EndpointSeal, shared.EndpointHealth))
+		// Credential rotation rewrites a key store's entry through authn's
+		// registry endpoint (its credentials sealed by the pool's HSM: the
+		// seal endpoint). The kill switch is a direct write: engaging must
+		// not wait for any service.
+		return join(kvWrite(shared.BucketKillSwitch, all), kwadmin(shared.EndpointSeal, shared.EndpointHealth),
+			[]string{shared.AuthnAdminSubject(shared.EndpointRegistry)})
 	case RoleCustodian:
-		return join(kvWrite(shared.BucketUnseal, all), kwadmin(shared.EndpointHealth))
+		// Read the sealed keyworkers' published keys and the pool's login
+		// budget; store shares encrypted to a key (never a key record or
+		// the budget: shared/infra/unseal).
+		return join(kvWrite(shared.BucketUnseal, shared.UnsealSharesFilter(any1)), kwadmin(shared.EndpointHealth))
 	case RoleAuditor:
 		return join(readStream(shared.StreamAuditLog), readStream(shared.ObjectStream(shared.BucketAuditExport)),
 			kvRead(shared.BucketAuditSigner),
@@ -118,7 +123,8 @@ func PersonPermissions(name string, roles []Role) Permissions {
 		kvRead(shared.BucketPools), kvRead(shared.BucketPKI), kvRead(shared.BucketKillSwitch),
 		kvRead(shared.BucketOperators), kvRead(shared.BucketAdmin),
 		personAuditPrefixes(name), siblings(shared.StreamAudit, streamLookup),
-		kwadmin(shared.EndpointApprove, shared.EndpointReject))
+		kwadmin(shared.EndpointApprove, shared.EndpointReject),
+		[]string{shared.AuthnAdminSubject(shared.EndpointApprove), shared.AuthnAdminSubject(shared.EndpointReject)})
 	for _, r := range roles {
 		if !slices.Contains(Roles(), r) {
 			return none()

@@ -42,9 +42,11 @@ const (
 
 // Pending is a request waiting for (or decided by) its quorum.
 type Pending struct {
-	ID      string          `json:"id"`
-	Op      string          `json:"op"`
-	Pool    string          `json:"pool"`
+	ID string `json:"id"`
+	Op string `json:"op"`
+	// Service decides and applies it: "keyworker" (with Pool) or "authn".
+	Service string          `json:"service"`
+	Pool    string          `json:"pool,omitempty"`
 	Scope   string          `json:"scope,omitempty"` // audit scope (key store prefix)
 	Summary string          `json:"summary"`
 	Body    json.RawMessage `json:"body"` // the request's parameters, as signed
@@ -246,3 +248,9 @@ func (v *Verifier) Recheck(ctx context.Context, p *Pending) error {
 	}
 	return nil
 }
+
+// Where held requests are decided (Pending.Service).
+const (
+	PlaceKeyworker = "keyworker"
+	PlaceAuthn     = "authn"
+)

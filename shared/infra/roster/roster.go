@@ -166,7 +166,15 @@ type Policy struct {
 
 // Operations that wait for a quorum by default (docs/security.md,
 // "Quorum"). The names are the Op of their signed requests.
-const OpKeyVersionDestroy = kwadmin.OpVersionDestroy
+const (
+	OpKeyVersionDestroy = kwadmin.OpVersionDestroy
+	// OpForcedRotation retires a key store's oldest live credential to
+	// make room for a new one (KMS may still be using it).
+	OpForcedRotation = "registry.keystore.rotate_credential.force"
+	// OpTenantDelete and OpKeystoreDelete remove a tenant or an empty key store.
+	OpTenantDelete   = "registry.tenant.delete"
+	OpKeystoreDelete = "registry.keystore.delete"
+)
 
 // DefaultQuorum is the quorum of every destructive or trust-changing
 // operation when the roster holds no policy.
@@ -174,7 +182,8 @@ const DefaultQuorum = 2
 
 // DefaultPolicy is the policy of a deployment whose roster has none.
 func DefaultPolicy() Policy {
-	return Policy{Quorum: map[string]int{OpKeyVersionDestroy: DefaultQuorum}}
+	return Policy{Quorum: map[string]int{OpKeyVersionDestroy: DefaultQuorum, OpForcedRotation: DefaultQuorum,
+		OpTenantDelete: DefaultQuorum, OpKeystoreDelete: DefaultQuorum}}
 }
 
 // UniformPolicy needs n signatures for every operation DefaultPolicy names

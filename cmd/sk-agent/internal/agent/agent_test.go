@@ -206,3 +206,21 @@ func newTestFlagSet() *flag.FlagSet {
 	fs.SetOutput(io.Discard)
 	return fs
 }
+
+// The keyslot KDF: cheap by default (the key is a random secret), what
+// the operator asked for otherwise.
+func TestKDFArgs(t *testing.T) {
+	for _, c := range []struct {
+		o    PrepOptions
+		want string
+	}{
+		{PrepOptions{}, "--pbkdf pbkdf2 --pbkdf-force-iterations 1000"},
+		{PrepOptions{PBKDF: "argon2id"}, "--pbkdf argon2id"},
+		{PrepOptions{PBKDF: "pbkdf2", PBKDFIterations: 5000}, "--pbkdf pbkdf2 --pbkdf-force-iterations 5000"},
+		{PrepOptions{PBKDFIterations: 2000}, "--pbkdf-force-iterations 2000"},
+	} {
+		if got := strings.Join(c.o.kdfArgs(), " "); got != c.want {
+			t.Errorf("%+v: %q, want %q", c.o, got, c.want)
+		}
+	}
+}

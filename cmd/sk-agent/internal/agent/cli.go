@@ -55,8 +55,8 @@ var commands = []command{
 			stringAlias(fs, &o.Filesystem, []string{"f", "filesystem"}, "xfs", "filesystem inside LUKS: "+strings.Join(Filesystems, "|"))
 			stringAlias(fs, &o.Automount, []string{"a", "automount"}, "", "register for automount on this mount point and mount it")
 			fs.BoolVar(&o.DeleteAllExistingData, "delete-all-existing-data", false, "allow a device that is not empty: ERASES IT")
-			fs.StringVar(&o.PBKDF, "pbkdf", "", "LUKS2 key derivation (cryptsetup --pbkdf): argon2id|argon2i|pbkdf2; default cryptsetup's")
-			fs.IntVar(&o.PBKDFIterations, "pbkdf-iterations", 0, "cryptsetup --pbkdf-force-iterations (0: benchmark)")
+			fs.StringVar(&o.PBKDF, "pbkdf", "", "LUKS2 key derivation (cryptsetup --pbkdf): argon2id|argon2i|pbkdf2; default pbkdf2 with 1000 iterations (the key is a random secret, not a passphrase)")
+			fs.IntVar(&o.PBKDFIterations, "pbkdf-iterations", 0, "cryptsetup --pbkdf-force-iterations (0 with --pbkdf: cryptsetup benchmarks)")
 			nitro := nitroFlag(fs)
 			return func(ctx context.Context, a *Agent, pos []string) error {
 				if err := exactly(pos, 1, "DEVICE"); err != nil {

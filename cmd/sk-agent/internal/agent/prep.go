@@ -29,10 +29,39 @@ type PrepOptions struct {
 	DeleteAllExistingData bool
 	IgnoreNitroCheck      bool
 	// PBKDF and PBKDFIterations pass --pbkdf and --pbkdf-force-iterations
-	// to luksFormat (empty/0: cryptsetup's defaults). The secret is 32
-	// random bytes, so a costly KDF adds no strength, only boot time.
+	// to luksFormat. Both unset: DefaultPBKDF with DefaultPBKDFIterations.
+	// PBKDF set alone: cryptsetup benchmarks its cost, as it does by
+	// default.
 	PBKDF           string
 	PBKDFIterations int
+}
+
+// The keyslot KDF the agent asks for when none is given. The LUKS key is
+// the 32-byte random secret itself, not a passphrase: key stretching adds
+// no strength to 256 bits of entropy, only time and memory at every boot
+// (measured in the VM test, docs/agent.md "VM test": cryptsetup's default
+// argon2id makes luksFormat benchmark for ~20 s on a slow VM and every
+// luksOpen spend its benchmarked time and up to half of the VM's memory).
+// 1000 is the least iteration count cryptsetup accepts.
+const (
+	DefaultPBKDF           = "pbkdf2"
+	DefaultPBKDFIterations = 1000
+)
+
+// kdfArgs returns luksFormat's KDF options.
+func (o PrepOptions) kdfArgs() []string {
+	pbkdf, iter := o.PBKDF, o.PBKDFIterations
+	if pbkdf == "" && iter == 0 {
+		pbkdf, iter = DefaultPBKDF, DefaultPBKDFIterations
+	}
+	var args []string
+	if pbkdf != "" {
+		args = append(args, "--pbkdf", pbkdf)
+	}
+	if iter > 0 {
+		args = append(args, "--pbkdf-force-iterations", strconv.Itoa(iter))
+	}
+	return args
 }
 
 func blobOf(r store.Record) vsclient.SignedBlob {
@@ -162,13 +191,7 @@ func (a *Agent) PrepDev(ctx context.Context, o PrepOptions) error {
 		}
 	}()
 	if err := a.step(fmt.Sprintf("Formatting %s as LUKS2 with the secret", dev), func() error {
-		args := []string{"luksFormat", "--type", "luks2", "--batch-mode", "--key-file", "-"}
-		if o.PBKDF != "" {
-			args = append(args, "--pbkdf", o.PBKDF)
-		}
-		if o.PBKDFIterations > 0 {
-			args = append(args, "--pbkdf-force-iterations", strconv.Itoa(o.PBKDFIterations))
-		}
+		args := append([]string{"luksFormat", "--type", "luks2", "--batch-mode", "--key-file", "-"}, o.kdfArgs()...)
 		if err := a.cryptsetup(ctx, secret, append(args, dev)...); err != nil {
 			return err
 		}
