@@ -108,6 +108,7 @@ const (
 	EndpointAuditSign      = "audit_sign"
 	EndpointAuditPublicKey = "audit_public_key"
 	EndpointKeyVersion     = "key_version"
+	EndpointKeyDestroy     = "key_destroy"
 	// EndpointApprove and EndpointReject decide a signed admin request
 	// waiting for its quorum (shared/api/kwadmin).
 	EndpointApprove = "approve"

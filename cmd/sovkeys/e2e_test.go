@@ -592,7 +592,7 @@ func TestOperatorChangesAreAudited(t *testing.T) {
 		}
 		for m := range batch.Messages() {
 			ev, err := shared.UnmarshalAuditEvent(m.Data())
-			if err == nil && ev.Service != shared.AuditServiceKeyworker && ev.Result == shared.ResultSuccess && (ev.Params["tenant"] == "vpc-oplog" || ev.Params["keystore"] == "oplog") {
+			if err == nil && strings.HasPrefix(ev.Service, shared.AuditServicePersonPrefix) && ev.Result == shared.ResultSuccess && (ev.Params["tenant"] == "vpc-oplog" || ev.Params["keystore"] == "oplog") {
 				// Every change names the person, under their own subject.
 				if ev.CallerType != shared.CallerTypePerson || ev.CallerID != "admin" || ev.Service != shared.AuditServicePerson("admin") ||
 					!strings.HasPrefix(m.Subject(), shared.AuditSubjectPrefix(shared.AuditServicePerson("admin"))) {

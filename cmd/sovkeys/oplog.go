@@ -10,6 +10,7 @@ import (
 
 	"github.com/sovkeys/sovkeys/shared"
 	"github.com/sovkeys/sovkeys/shared/infra/mesh"
+	"github.com/sovkeys/sovkeys/shared/infra/roster"
 )
 
 // Operator log phases: every change is audited twice, its intent before it
@@ -64,11 +65,11 @@ func (o *operator) audited(ctx context.Context, api string, params map[string]st
 	o.op = &currentOp{api: api, params: params}
 	err := fn()
 	o.op = nil
-	var pe *pendingError
+	var pe *roster.PendingError
 	if errors.As(err, &pe) {
 		// Not applied yet: authn or the keyworker audits the request; its
 		// approval audits the change.
-		p := map[string]string{"pending": pe.id}
+		p := map[string]string{"pending": pe.ID}
 		for k, v := range params {
 			p[k] = v
 		}

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -18,6 +19,7 @@ import (
 	"github.com/sovkeys/sovkeys/shared/infra/clusterinit"
 	"github.com/sovkeys/sovkeys/shared/infra/natsauth"
 	"github.com/sovkeys/sovkeys/shared/infra/roster"
+	"github.com/sovkeys/sovkeys/shared/testkit"
 )
 
 // TestPeopleAndQuorum plays the issue "Operators are people" on a node
@@ -31,7 +33,7 @@ func TestPeopleAndQuorum(t *testing.T) {
 		t.Skip("starts a second standalone node")
 	}
 	dir := t.TempDir()
-	n, err := startNode(dir, nil, "--quorum", "2")
+	n, err := startNode(dir, nil, "--quorum", "2", "--key-deletion-min-wait", "1s", "--key-deletion-sweep", "500ms")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -180,6 +182,59 @@ func TestPeopleAndQuorum(t *testing.T) {
 		t.Fatalf("a key store with keys was deleted: %v", err)
 	}
 
+	// Key deletion: scheduled with a waiting period (two admins), the key
+	// refused at once and DISABLED for KMS, cancellable, then destroyed in
+	// the HSM and removed from the registry.
+	dc, _ := n.newKeystore(t, "/deletion")
+	n.cli(t, nil, "xks", "key", "create", "--keystore", "/deletion", "--id", "dk")
+	testkit.CheckFor(t, 10*time.Second, 100*time.Millisecond, func() error {
+		_, err := dc.Encrypt(context.Background(), "dk", []byte("x"), nil, false)
+		return err
+	})
+	dkLabel := labelOf(t, n, "/deletion", "dk")
+	dk := []string{"--keystore", "/deletion", "--id", "dk"}
+	if _, err := dc.Encrypt(context.Background(), "dk", []byte("x"), nil, false); err != nil {
+		t.Fatalf("encrypt before deletion: %v", err)
+	}
+	if err := n.cliErr(nil, append([]string{"xks", "key", "schedule-deletion", "--waiting-period", "100ms"}, dk...)...); err == nil {
+		t.Fatal("a deletion shorter than the minimum waiting period was accepted")
+	}
+	sched := pendingID(append([]string{"xks", "key", "schedule-deletion", "--waiting-period", "1h"}, dk...)...)
+	if err := n.cliAs(bob, &decided, "approve", sched); err != nil || decided.State != roster.StateApplied {
+		t.Fatalf("schedule deletion approval: %+v %v", decided, err)
+	}
+	testkit.CheckFor(t, 10*time.Second, 100*time.Millisecond, func() error {
+		if _, err := dc.Encrypt(context.Background(), "dk", []byte("x"), nil, false); xksErrName(err) != "InvalidStateException" && xksErrName(err) != "KeyNotFoundException" {
+			return fmt.Errorf("encrypt with a key pending deletion: %v", err)
+		}
+		return nil
+	})
+	if err := n.cliErr(nil, append([]string{"xks", "key", "enable"}, dk...)...); err == nil {
+		t.Fatal("a key pending deletion was enabled without cancelling")
+	}
+	n.cli(t, nil, append([]string{"xks", "key", "cancel-deletion"}, dk...)...)
+	sched = pendingID(append([]string{"xks", "key", "schedule-deletion", "--waiting-period", "2s"}, dk...)...)
+	if err := n.cliAs(bob, &decided, "approve", sched); err != nil || decided.State != roster.StateApplied {
+		t.Fatalf("schedule deletion approval: %+v %v", decided, err)
+	}
+	testkit.CheckFor(t, 30*time.Second, 250*time.Millisecond, func() error {
+		var keys []struct {
+			ID string `json:"keyId"`
+		}
+		n.cli(t, &keys, "xks", "key", "list", "--keystore", "/deletion")
+		for _, k := range keys {
+			if k.ID == "dk" {
+				return fmt.Errorf("key dk still registered")
+			}
+		}
+		return nil
+	})
+	adminNC := connectAs(t, n, admin)
+	if err := kwadmin.Call(kwadmin.WithSigner(context.Background(), signerOf(t, admin)), adminNC, "default", kwadmin.EndpointKeyInfo,
+		kwadmin.KeyRequest{Label: dkLabel}, &kwadmin.KeyInfo{}); shared.CodeOf(err) != shared.CodeKeyNotFound {
+		t.Fatalf("the destroyed key is still in the HSM: %v", err)
+	}
+
 	// Signed requests sent by hand: replay, stale time, a key that is not
 	// the person's, no signature at all.
 	nc := connectAs(t, n, admin)
@@ -295,6 +350,15 @@ func operatorPhases(t *testing.T, n *node, id string) map[string]bool {
 		out[k] = true
 	}
 	return out
+}
+
+func signerOf(t *testing.T, creds string) *roster.Signer {
+	t.Helper()
+	s, err := roster.SignerFromCreds(creds)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
 }
 
 // connectAs dials the node's NATS as the holder of creds.

@@ -10,6 +10,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
+
+	"github.com/sovkeys/sovkeys/shared"
+	"github.com/sovkeys/sovkeys/shared/infra/clusterinit"
+	"github.com/sovkeys/sovkeys/shared/infra/natsauth"
 	"github.com/sovkeys/sovkeys/shared/infra/unseal"
 	"github.com/sovkeys/sovkeys/shared/testkit"
 )
@@ -35,6 +40,10 @@ func TestRestartKeepsState(t *testing.T) {
 		t.Fatal(err)
 	}
 
+	// What the previous version left in the data dir: the shared operator
+	// credential (wide permissions), which works until the upgrade.
+	legacy := legacyOperatorCreds(t, n)
+
 	if code := n.shutdown(); code != 0 {
 		t.Fatalf("standalone exited %d: %s", code, n.stderr.String())
 	}
@@ -43,6 +52,21 @@ func TestRestartKeepsState(t *testing.T) {
 		t.Fatal(err)
 	}
 	testNode = restarted
+
+	// The new build revoked and deleted it; the first admin's own
+	// credential works.
+	if _, err := os.Stat(filepath.Join(n.dir, clusterinit.LegacyOperatorCreds)); !os.IsNotExist(err) {
+		t.Fatalf("the shared operator credential survived the upgrade: %v", err)
+	}
+	if nc, err := nats.Connect(restarted.natsURL, nats.UserCredentials(legacy), nats.MaxReconnects(0)); err == nil {
+		nc.Close()
+		t.Fatal("the revoked operator credential still connects")
+	}
+	var roster struct{ People []struct{ Name string } }
+	restarted.cli(t, &roster, "operator", "list")
+	if len(roster.People) == 0 || roster.People[0].Name != standaloneAdmin {
+		t.Fatalf("roster after the upgrade: %+v", roster)
+	}
 
 	vc.BaseURL = restarted.gateway
 	got, err := vc.DecryptSecret(ctx, "i-restart", "vol-r", enc)
@@ -87,4 +111,32 @@ func pinLeaks(n *node) string {
 		return nil
 	})
 	return leak
+}
+
+// legacyOperatorCreds writes DATA/operator.creds as the previous version
+// did (a user of the node's account with wide permissions), checks it
+// connects, and returns a copy of it outside the data dir.
+func legacyOperatorCreds(t *testing.T, n *node) string {
+	t.Helper()
+	trust, err := natsauth.LoadOrCreate(filepath.Join(n.dir, "trust"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	creds, err := trust.UserCreds(shared.UserOperator, natsauth.Permissions{DenyPub: []string{shared.JSStreamDelete + ">"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(n.dir, clusterinit.LegacyOperatorCreds), creds, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cp := filepath.Join(t.TempDir(), "old-operator.creds")
+	if err := os.WriteFile(cp, creds, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	nc, err := nats.Connect(n.natsURL, nats.UserCredentials(cp))
+	if err != nil {
+		t.Fatalf("the legacy credential does not connect before the upgrade: %v", err)
+	}
+	nc.Close()
+	return cp
 }

@@ -76,6 +76,7 @@ type authnFlags struct {
 	timeout, cacheTTL                          time.Duration
 	cacheSize                                  int
 	accessKeyID, secretAccessKey, sessionToken string
+	keyDeletionMinWait, keyDeletionSweep       time.Duration
 }
 
 func authnService() service {
@@ -97,6 +98,8 @@ func authnService() service {
 			fs.DurationVar(&a.timeout, "aws-timeout", 2*time.Second, "time all AWS calls of one request may take (also capped by the request deadline)")
 			fs.DurationVar(&a.cacheTTL, "aws-cache-ttl", time.Minute, "reuse of verified AWS identities and instance descriptions (0 = off, max 10m)")
 			fs.IntVar(&a.cacheSize, "aws-cache-size", 10000, "entries per AWS identity cache")
+			fs.DurationVar(&a.keyDeletionMinWait, "key-deletion-min-wait", authn.DefaultKeyDeletionMinWait, "shortest waiting period of a key deletion (KMS: 7 days)")
+			fs.DurationVar(&a.keyDeletionSweep, "key-deletion-sweep", time.Minute, "how often keys past their deletion date are destroyed")
 			c.registerModel(fs)
 			// authn's own AWS credentials: the standard variables, read here so
 			// the injected environment applies; unset = the SDK's default chain.
@@ -117,6 +120,7 @@ func authnService() service {
 					ServerID: a.serverID, Region: a.region, STSEndpoint: a.stsEndpoint, EC2Endpoint: a.ec2Endpoint,
 					Timeout: a.timeout, CacheTTL: a.cacheTTL, CacheSize: a.cacheSize,
 				},
+				KeyDeletion: authn.KeyDeletionConfig{MinWait: a.keyDeletionMinWait, Sweep: a.keyDeletionSweep},
 			}, authn.Deps{NC: d.nc, JS: d.js, Logger: d.logger, Tracer: d.tp, Now: time.Now, AWSCredentials: creds})
 			return r, nothing, err
 		},

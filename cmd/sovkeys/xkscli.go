@@ -19,6 +19,7 @@ import (
 type xksFlags struct {
 	prefix, pool, keyID, usage, label, akid string
 	existing, force                         bool
+	wait                                    time.Duration
 	principals, vpcs, vpces                 listFlag
 }
 
@@ -66,6 +67,38 @@ func xksCommands() []command {
 						return fmt.Errorf("key store %q: %w", p, err)
 					}
 					return o.reg.Keystores.Delete(ctx, registry.KeystoreKey(p))
+				})
+			}),
+		operatorCommand("xks key schedule-deletion", "--keystore PREFIX --id KEYID [--waiting-period 720h]",
+			"schedule a key's destruction (KMS sees it DISABLED at once; its HSM versions are destroyed after the waiting period; waits for a second admin: exit 3)",
+			func(f *xksFlags, fs *flag.FlagSet) {
+				f.keyFlags(fs)
+				fs.DurationVar(&f.wait, "waiting-period", 30*24*time.Hour, "time before the key is destroyed (at least 7 days unless authn's --key-deletion-min-wait says less)")
+			}, func(ctx context.Context, o *operator, f *xksFlags) error {
+				p := f.storePrefix()
+				at := time.Now().Add(f.wait).UTC()
+				return o.audited(ctx, "key.schedule_deletion", map[string]string{"keystore": p, "key_id": f.keyID, "delete_after": at.Format(time.RFC3339)},
+					func() error {
+						return o.keyDeletion(ctx, p, f.keyID, func(k *registry.Key) error {
+							if k.Status == registry.StatusPendingDeletion {
+								return fmt.Errorf("%w: key %q is already scheduled for deletion", shared.ErrConfigValidation, f.keyID)
+							}
+							k.Status, k.DeleteAfter = registry.StatusPendingDeletion, &at
+							return nil
+						})
+					})
+			}),
+		operatorCommand("xks key cancel-deletion", "--keystore PREFIX --id KEYID", "cancel a scheduled key deletion (the key stays DISABLED: enable it after)",
+			(*xksFlags).keyFlags, func(ctx context.Context, o *operator, f *xksFlags) error {
+				p := f.storePrefix()
+				return o.audited(ctx, "key.cancel_deletion", map[string]string{"keystore": p, "key_id": f.keyID}, func() error {
+					return o.keyDeletion(ctx, p, f.keyID, func(k *registry.Key) error {
+						if k.Status != registry.StatusPendingDeletion {
+							return fmt.Errorf("%w: key %q is not scheduled for deletion", shared.ErrConfigValidation, f.keyID)
+						}
+						k.Status, k.DeleteAfter = registry.StatusDisabled, nil
+						return nil
+					})
 				})
 			}),
 		operatorCommand("xks keystore list", "", "list key stores", none,
@@ -247,6 +280,8 @@ type keyOut struct {
 	KeySpec  string   `json:"keySpec,omitempty"`
 	// HSMError says why the HSM attributes are missing from a listed key.
 	HSMError string `json:"hsmError,omitempty"`
+	// DeleteAfter is when a key pending deletion is destroyed (RFC 3339).
+	DeleteAfter string `json:"deleteAfter,omitempty"`
 }
 
 func (o *operator) keyCreate(ctx context.Context, prefix, keyID, usage, label string, existing bool) error {
@@ -293,6 +328,9 @@ func (o *operator) keyCreate(ctx context.Context, prefix, keyID, usage, label st
 
 func keyView(k registry.Key, info *kwadmin.KeyInfo) keyOut {
 	out := keyOut{KeyID: k.KeyID, Keystore: displayPrefix(k.Keystore), Label: k.Label, Status: k.Status, Usage: []string{}}
+	if k.DeleteAfter != nil {
+		out.DeleteAfter = k.DeleteAfter.UTC().Format(time.RFC3339)
+	}
 	if info != nil {
 		out.KeySpec = info.KeySpec
 		if info.Encrypt {
@@ -303,6 +341,18 @@ func keyView(k registry.Key, info *kwadmin.KeyInfo) keyOut {
 		}
 	}
 	return out
+}
+
+// keyDeletion changes a key's deletion state with change.
+func (o *operator) keyDeletion(ctx context.Context, prefix, keyID string, change func(*registry.Key) error) error {
+	k, err := o.reg.ModifyKey(ctx, prefix, keyID, change)
+	if errors.Is(err, registry.ErrNotFound) {
+		return fmt.Errorf("no key %q in key store %q", keyID, prefix)
+	}
+	if err != nil {
+		return err
+	}
+	return o.print(keyView(*k, nil))
 }
 
 func (o *operator) keySetStatus(ctx context.Context, prefix, keyID, status string) error {

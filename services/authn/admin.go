@@ -40,7 +40,8 @@ func registryAPIs() map[string]map[string]natsauth.Role {
 			"keystore.rotate_credential": natsauth.RoleSecurity, "keystore.retire_credential": natsauth.RoleSecurity,
 			"keystore.delete": natsauth.RoleAdmin,
 		},
-		shared.BucketXKSKeys: {"key.create": natsauth.RoleAdmin, "key.enable": natsauth.RoleAdmin, "key.disable": natsauth.RoleAdmin},
+		shared.BucketXKSKeys: {"key.create": natsauth.RoleAdmin, "key.enable": natsauth.RoleAdmin, "key.disable": natsauth.RoleAdmin,
+			"key.schedule_deletion": natsauth.RoleAdmin, "key.cancel_deletion": natsauth.RoleAdmin},
 		shared.BucketTenants: {"tenant.create": natsauth.RoleAdmin, "tenant.enable": natsauth.RoleAdmin, "tenant.disable": natsauth.RoleAdmin,
 			"tenant.delete": natsauth.RoleAdmin},
 	}
@@ -122,6 +123,9 @@ func (s *Service) adminRegistry(ctx context.Context, data []byte, h string) (any
 	}
 	op := kwadmin.RegistryOp(w.API, w.Params)
 	role, err := registryRole(w)
+	if err == nil {
+		err = s.checkKeyChange(w)
+	}
 	if err != nil {
 		return nil, s.desk.Refuse(ctx, op, registryParams(w), err)
 	}

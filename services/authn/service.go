@@ -50,6 +50,8 @@ type Config struct {
 	// AWS configures AWS instance identity for volume secrets (off when
 	// AWS.ServerID is empty); see awsid.go.
 	AWS AWSConfig
+	// KeyDeletion bounds scheduled key deletion (keydeletion.go).
+	KeyDeletion KeyDeletionConfig
 }
 
 // Validate checks the configuration.
@@ -61,6 +63,9 @@ func (c Config) Validate() error {
 		return fmt.Errorf("%w: concurrency must be positive", shared.ErrConfigValidation)
 	}
 	if err := c.AWS.Validate(); err != nil {
+		return err
+	}
+	if err := c.KeyDeletion.Validate(); err != nil {
 		return err
 	}
 	return c.Topology.Validate()
@@ -222,6 +227,7 @@ func (s *Service) Run(ctx context.Context) error {
 		return err
 	}
 	defer func() { _ = admin.Stop() }()
+	go s.sweepKeyDeletions(ctx) // keydeletion.go
 	s.log.Info("authn ready", "keystores", s.keystores.Len(), "keys", s.keys.Len(), "request_streams", len(streams))
 	<-ctx.Done()
 	cc.Drain()

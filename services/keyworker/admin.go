@@ -43,6 +43,7 @@ func (s *Service) startAdmin() (micro.Service, error) {
 	endpoints[kwadmin.EndpointKeyVersion] = s.adminKeyVersion // admin_versions.go
 	endpoints[kwadmin.EndpointApprove] = s.adminApprove       // admin_quorum.go
 	endpoints[kwadmin.EndpointReject] = s.adminReject
+	endpoints[kwadmin.EndpointKeyDestroy] = s.adminKeyDestroy // admin_destroy.go
 	for name, fn := range endpoints {
 		if err := g.AddEndpoint(name, s.adminHandler(name, fn)); err != nil {
 			_ = svc.Stop()

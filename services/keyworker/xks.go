@@ -30,8 +30,9 @@ func (s *Service) xksMetadata(ctx context.Context, env *shared.Envelope) ([]byte
 	if k.Decrypt {
 		usage = append(usage, "DECRYPT")
 	}
+	// XKS knows ENABLED and DISABLED: a key pending deletion is DISABLED.
 	status := registry.StatusEnabled
-	if env.Authz.KeyStatus == registry.StatusDisabled {
+	if env.Authz.KeyStatus != registry.StatusEnabled {
 		status = registry.StatusDisabled
 	}
 	return marshal(xks.MetadataResponse{KeySpec: "AES_256", KeyUsage: usage, KeyStatus: status})

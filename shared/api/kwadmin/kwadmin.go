@@ -27,7 +27,24 @@ const (
 	EndpointSeal      = shared.EndpointSeal
 	EndpointUnseal    = shared.EndpointUnseal
 	EndpointIssueCert = shared.EndpointIssueCert
+	// EndpointKeyDestroy destroys every version of a key whose deletion
+	// waiting period is over; only authn may ask (KeyDestroyRequest).
+	EndpointKeyDestroy = shared.EndpointKeyDestroy
 )
+
+// KeyDestroyRequest names the registry key to destroy: the keyworker
+// checks in the registry that it is this pool's, pending deletion, past its
+// waiting period, with this label.
+type KeyDestroyRequest struct {
+	Keystore string `json:"keystore"`
+	KeyID    string `json:"key_id"`
+	Label    string `json:"label"`
+}
+
+// KeyDestroyResponse says how many HSM versions were destroyed.
+type KeyDestroyResponse struct {
+	Destroyed int `json:"destroyed"`
+}
 
 // ServiceName is the micro service name every keyworker registers.
 const ServiceName = shared.ServiceKeyworker

@@ -60,7 +60,18 @@ func TestAttackPeopleHaveNoneOfTheOperatorsPowers(t *testing.T) {
 		// Service-only endpoints: the audit signer, the secret unseal.
 		m.refusedPub(t, user, "ask the HSM to sign an audit checkpoint", shared.KeyworkerAdminSubject(pool, shared.EndpointAuditSign))
 		m.refusedPub(t, user, "unseal a key store secret", shared.KeyworkerAdminSubject(pool, shared.EndpointUnseal))
+		m.refusedPub(t, user, "destroy a key without its waiting period", shared.KeyworkerAdminSubject(pool, shared.EndpointKeyDestroy))
 		m.refusedSub(t, user, shared.KeyworkerAdminSubject(pool, ">"))
+	}
+}
+
+// Only authn asks a keyworker to destroy a key (past its deletion date,
+// which the keyworker checks in the registry).
+func TestAttackOnlyAuthnDestroysKeys(t *testing.T) {
+	t.Parallel()
+	m := startMesh(t)
+	for _, user := range []string{natsauth.ServiceGateway, natsauth.ServiceAudit, natsauth.ServiceKeyworker} {
+		m.refusedPub(t, user, "destroy a key", shared.KeyworkerAdminSubject(pool, shared.EndpointKeyDestroy))
 	}
 }
 

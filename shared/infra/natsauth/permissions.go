@@ -168,7 +168,8 @@ func UserPermissions(user, service string, pools []string) Permissions {
 	case ServiceAuthn:
 		perms.Pub = join(pub,
 			underSiblings(shared.SubjectWorkPrefix), []string{under(shared.SubjectReplyPrefix)}, perAuditPrefix(shared.AuditServiceAuthn),
-			[]string{shared.KeyworkerAdminSubject(any1, shared.EndpointUnseal), shared.KeyworkerAdminSubject(any1, shared.EndpointHealth)},
+			[]string{shared.KeyworkerAdminSubject(any1, shared.EndpointUnseal), shared.KeyworkerAdminSubject(any1, shared.EndpointHealth),
+				shared.KeyworkerAdminSubject(any1, shared.EndpointKeyDestroy)},
 			consumeAll(shared.StreamRequests, shared.ConsumerAuthn), siblings(shared.StreamAudit, streamLookup),
 			kvRead(shared.BucketKeystores), kvRead(shared.BucketXKSKeys), kvRead(shared.BucketTenants),
 			kvRead(shared.BucketPKI), kvRead(shared.BucketPools), kvRead(shared.BucketKillSwitch))

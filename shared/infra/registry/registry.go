@@ -21,6 +21,10 @@ import (
 const (
 	StatusEnabled  = "ENABLED"
 	StatusDisabled = "DISABLED"
+	// StatusPendingDeletion: scheduled for deletion (KMS sees DISABLED);
+	// after DeleteAfter authn has the key's HSM versions destroyed and the
+	// entry removed, unless the deletion is cancelled first.
+	StatusPendingDeletion = "PENDING_DELETION"
 )
 
 // MaxCredentials is how many credentials a key store holds at once, so a
@@ -70,6 +74,8 @@ type Key struct {
 	Label    string    `json:"label"`
 	Status   string    `json:"status"`
 	Created  time.Time `json:"created"`
+	// DeleteAfter is when a key pending deletion is destroyed.
+	DeleteAfter *time.Time `json:"delete_after,omitempty"`
 }
 
 // SealAAD is the associated data binding a sealed key-store secret to its

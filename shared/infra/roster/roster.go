@@ -174,6 +174,8 @@ const (
 	// OpTenantDelete and OpKeystoreDelete remove a tenant or an empty key store.
 	OpTenantDelete   = "registry.tenant.delete"
 	OpKeystoreDelete = "registry.keystore.delete"
+	// OpKeyScheduleDeletion schedules an XKS key's destruction.
+	OpKeyScheduleDeletion = "registry.key.schedule_deletion"
 )
 
 // DefaultQuorum is the quorum of every destructive or trust-changing
@@ -183,7 +185,7 @@ const DefaultQuorum = 2
 // DefaultPolicy is the policy of a deployment whose roster has none.
 func DefaultPolicy() Policy {
 	return Policy{Quorum: map[string]int{OpKeyVersionDestroy: DefaultQuorum, OpForcedRotation: DefaultQuorum,
-		OpTenantDelete: DefaultQuorum, OpKeystoreDelete: DefaultQuorum}}
+		OpTenantDelete: DefaultQuorum, OpKeystoreDelete: DefaultQuorum, OpKeyScheduleDeletion: DefaultQuorum}}
 }
 
 // UniformPolicy needs n signatures for every operation DefaultPolicy names
