@@ -198,6 +198,15 @@ build_prometheus() {
 	rm -rf "$ctx/debs" "$ctx/root/etc/init.d" "$ctx/root/etc/default" "$ctx/root/etc/logrotate.d" "$ctx/root/lib/systemd" \
 		"$ctx/root/usr/share/doc" "$ctx/root/usr/share/man" "$ctx/root/usr/share/nodejs" \
 		"$ctx/root/usr/share/javascript/moment-timezone/data" # 212 MB of time zone sources the UI does not load
+	# Merged /usr: /bin, /lib... are symlinks in the image; a real directory
+	# of the same name in root/ would replace them.
+	for d in bin sbin lib lib32 lib64; do
+		if [ -d "$ctx/root/$d" ] && [ ! -L "$ctx/root/$d" ]; then
+			mkdir -p "$ctx/root/usr/$d"
+			cp -a "$ctx/root/$d/." "$ctx/root/usr/$d/"
+			rm -rf "${ctx:?}/root/$d"
+		fi
+	done
 	cp "$REPO/deploy/compose/Dockerfile.prometheus" "$ctx/Dockerfile"
 	docker build -q --build-arg "BASE_IMAGE=$BASE_IMAGE" --label "org.opencontainers.image.version=$version" -t "$PROMETHEUS_IMAGE" "$ctx" >/dev/null
 	rm -rf "$ctx"
