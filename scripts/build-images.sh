@@ -196,7 +196,7 @@ build_prometheus() {
 	(cd "$ctx/debs" && apt-get download -qq $pkgs) || die "apt-get download failed"
 	for deb in "$ctx"/debs/*.deb; do dpkg-deb -x "$deb" "$ctx/root"; done
 	rm -rf "$ctx/debs" "$ctx/root/etc/init.d" "$ctx/root/etc/default" "$ctx/root/etc/logrotate.d" "$ctx/root/lib/systemd" \
-		"$ctx/root/usr/share/doc" "$ctx/root/usr/share/man" "$ctx/root/usr/share/nodejs" \
+		"$ctx/root/usr/share/doc" "$ctx/root/usr/share/man" \
 		"$ctx/root/usr/share/javascript/moment-timezone/data" # 212 MB of time zone sources the UI does not load
 	# Merged /usr: /bin, /lib... are symlinks in the image; a real directory
 	# of the same name in root/ would replace them.
