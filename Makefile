@@ -19,6 +19,7 @@ deps:
 	command -v sgdisk >/dev/null 2>&1 || missing="$$missing gdisk"; \
 	command -v mkfs.fat >/dev/null 2>&1 || missing="$$missing dosfstools"; command -v mcopy >/dev/null 2>&1 || missing="$$missing mtools"; \
 	for t in curl jq openssl; do command -v $$t >/dev/null 2>&1 || missing="$$missing $$t"; done; \
+	command -v promtool >/dev/null 2>&1 || missing="$$missing prometheus"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing:$$missing (apt)"; \
 		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
@@ -54,8 +55,9 @@ images: deps
 # The local compose cluster (deploy/compose, docs/observability.md "Compose"):
 # images when missing, credentials from `sovkeys cluster init`, 3 NATS nodes,
 # 2 gateways (https://127.0.0.1:8443 and :8444), authn, audit, 2 keyworkers,
-# unsealed. PROFILE=traces adds Jaeger (local image); PROFILE=grafana adds
-# Jaeger, Prometheus and Grafana (upstream images for the last two).
+# unsealed. PROFILE=traces adds Jaeger (local image); PROFILE=metrics adds
+# Prometheus with the alerting rules (local image of Debian's package; prints
+# its URL); PROFILE=grafana adds Jaeger, Prometheus and Grafana (upstream).
 # VOLUMES=1 on compose-down also drops the data.
 compose-up: deps
 	@GO="$(GO)" ./scripts/compose.sh up $(if $(PROFILE),--profile $(PROFILE))
@@ -81,6 +83,13 @@ test: deps vm-deps versitygw jaeger nats-server vet
 	$(GO) test -count=1 -timeout 12m ./test/cluster
 	$(GO) test -count=1 -timeout 40m ./test/vm
 	@GO="$(GO)" ./scripts/compose-test.sh
+
+.PHONY: rules
+# The alerting rules alone (also checked by `make test`, through
+# shared/infra/metrics TestAlertRules*): parse, then the promtool unit tests.
+rules: deps
+	promtool check rules deploy/prometheus/rules/*.yml
+	promtool test rules deploy/prometheus/tests/*.test.yml
 
 .PHONY: nats-server cluster-test
 # nats-server of the version pinned in go.mod, for the cluster tests; built once, then cached.

@@ -16,13 +16,19 @@
 #   sovkeys-jaeger:local   the Jaeger binary `make jaeger` caches, on scratch
 #                          (deploy/compose/Dockerfile.jaeger); skipped when
 #                          that binary is absent.
+#   sovkeys-prometheus:local  Debian's `prometheus` package and the
+#                          JavaScript packages of its web UI, downloaded with
+#                          `apt-get download` from this machine's apt sources
+#                          and unpacked (dpkg-deb -x) onto the base image
+#                          (deploy/compose/Dockerfile.prometheus).
 #
 # A machine with registry access can skip debootstrap and start from an
 # upstream image instead:  BASE_IMAGE=debian:bookworm-slim scripts/build-images.sh
 # (the Dockerfile then installs softhsm2 with apt inside the build).
 #
 #   REBUILD_BASE=1 scripts/build-images.sh   rebuild the base image too
-#   SOVKEYS_IMAGE=T NATS_IMAGE=T JAEGER_IMAGE=T|none   other tags (none: skip Jaeger)
+#   SOVKEYS_IMAGE=T NATS_IMAGE=T JAEGER_IMAGE=T|none PROMETHEUS_IMAGE=T|none
+#                                            other tags (none: skip that image)
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -33,6 +39,7 @@ SUITE=bookworm
 SOVKEYS_IMAGE=${SOVKEYS_IMAGE:-sovkeys:local}
 NATS_IMAGE=${NATS_IMAGE:-sovkeys-nats:local}
 JAEGER_IMAGE=${JAEGER_IMAGE:-sovkeys-jaeger:local}
+PROMETHEUS_IMAGE=${PROMETHEUS_IMAGE:-sovkeys-prometheus:local}
 
 say() { echo "build-images: $*"; }
 die() { echo "build-images: $*" >&2; exit 1; }
@@ -165,9 +172,52 @@ build_jaeger() {
 	say "built $JAEGER_IMAGE from $bin"
 }
 
+# build_prometheus packages Debian's prometheus: the package and the
+# libjs-*/fonts-* packages its classic web UI links to (closure of its
+# dependencies, keeping only those), unpacked; built once per package
+# version (the image is labelled with it).
+build_prometheus() {
+	local ctx version pkgs deb old
+	case $PROMETHEUS_IMAGE in none | */*) return 0 ;; esac # none, or an upstream image: nothing to build
+	version=$(apt-cache policy prometheus | awk '/Candidate:/ {print $2}')
+	[ -n "$version" ] && [ "$version" != "(none)" ] || { say "no prometheus package in this machine's apt sources (apt-get update?): $PROMETHEUS_IMAGE skipped"; return 0; }
+	if [ "$(docker image inspect -f '{{index .Config.Labels "org.opencontainers.image.version"}}' "$PROMETHEUS_IMAGE" 2>/dev/null)" = "$version" ]; then
+		say "$PROMETHEUS_IMAGE exists (prometheus $version)"
+		return 0
+	fi
+	old=$(docker image inspect -f '{{.Id}}' "$PROMETHEUS_IMAGE" 2>/dev/null || true)
+	ctx=$(mktemp -d)
+	mkdir -p "$ctx/debs" "$ctx/root"
+	chmod 755 "$ctx" "$ctx/debs" # apt-get download runs as _apt where it can
+	pkgs=$(apt-cache depends --recurse --no-recommends --no-suggests --no-conflicts --no-breaks --no-replaces --no-enhances prometheus |
+		grep -E '^(prometheus|libjs-[a-z0-9.+-]+|fonts-[a-z0-9.+-]+)$' | sort -u)
+	say "apt-get download $(echo "$pkgs" | wc -l) packages (prometheus $version and its web UI's JavaScript)"
+	# shellcheck disable=SC2086
+	(cd "$ctx/debs" && apt-get download -qq $pkgs) || die "apt-get download failed"
+	for deb in "$ctx"/debs/*.deb; do dpkg-deb -x "$deb" "$ctx/root"; done
+	rm -rf "$ctx/debs" "$ctx/root/etc/init.d" "$ctx/root/etc/default" "$ctx/root/etc/logrotate.d" "$ctx/root/lib/systemd" \
+		"$ctx/root/usr/share/doc" "$ctx/root/usr/share/man" \
+		"$ctx/root/usr/share/javascript/moment-timezone/data" # 212 MB of time zone sources the UI does not load
+	# Merged /usr: /bin, /lib... are symlinks in the image; a real directory
+	# of the same name in root/ would replace them.
+	for d in bin sbin lib lib32 lib64; do
+		if [ -d "$ctx/root/$d" ] && [ ! -L "$ctx/root/$d" ]; then
+			mkdir -p "$ctx/root/usr/$d"
+			cp -a "$ctx/root/$d/." "$ctx/root/usr/$d/"
+			rm -rf "${ctx:?}/root/$d"
+		fi
+	done
+	cp "$REPO/deploy/compose/Dockerfile.prometheus" "$ctx/Dockerfile"
+	docker build -q --build-arg "BASE_IMAGE=$BASE_IMAGE" --label "org.opencontainers.image.version=$version" -t "$PROMETHEUS_IMAGE" "$ctx" >/dev/null
+	rm -rf "$ctx"
+	drop_old "$PROMETHEUS_IMAGE" "$old"
+	say "built $PROMETHEUS_IMAGE (Debian prometheus $version on $BASE_IMAGE)"
+}
+
 if [ "$BASE_IMAGE" = "$BASE_TAG" ]; then
 	build_base
 fi
 build_sovkeys
 build_nats
 build_jaeger
+build_prometheus

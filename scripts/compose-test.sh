@@ -13,6 +13,9 @@
 #   - both restarted (`sovkeys init` again for the node's sibling leaders,
 #     the keyworker unsealed again): calls succeed
 #   - `sovkeys audit verify` of the key store's log
+#   - with Prometheus (profile metrics, rules' `for:` shortened to 3 s):
+#     NATSNodeDown and SovkeysTargetDown fire during the kills and every
+#     alert of the faults is gone after the repairs
 # and tears everything down on exit, also on failure (logs printed then).
 # Skipped, with a message, when no Docker engine answers.
 set -euo pipefail
@@ -73,8 +76,33 @@ wait_for() { # wait_for SECONDS DESCRIPTION COMMAND...
 cli() { "$C" cli "$@"; }
 container() { "$C" compose ps -q "$1"; }
 
+# Prometheus (profile metrics, Debian's package) with the alerting rules,
+# their `for:` shortened to 3 s so the faults below fire them in seconds;
+# skipped when this machine's apt has no prometheus package to build from.
+PROFILE=()
+if apt-cache policy prometheus 2>/dev/null | grep -q 'Candidate: [0-9]'; then
+	export SOVKEYS_PROMETHEUS_PORT SOVKEYS_PROMETHEUS_RULES=$GEN/rules
+	SOVKEYS_PROMETHEUS_PORT=$(free_port)
+	mkdir -p "$SOVKEYS_PROMETHEUS_RULES"
+	for f in "$REPO"/deploy/prometheus/rules/*.yml; do
+		sed -E 's/^([[:space:]]*for:[[:space:]]*)[^[:space:]]+[[:space:]]*$/\13s/' "$f" >"$SOVKEYS_PROMETHEUS_RULES/${f##*/}"
+	done
+	PROFILE=(--profile metrics)
+	say "Prometheus on 127.0.0.1:$SOVKEYS_PROMETHEUS_PORT"
+else
+	say "no prometheus package in apt: alerts NOT checked"
+fi
+alerts() { curl -fsS --max-time 5 "http://127.0.0.1:$SOVKEYS_PROMETHEUS_PORT/api/v1/alerts"; }
+firing() { # firing NAME [LABEL VALUE]: the alert fires (with that label)
+	alerts | jq -e --arg n "$1" --arg k "${2:-alertname}" --arg v "${3:-$1}" \
+		'[.data.alerts[] | select(.state == "firing" and .labels.alertname == $n and .labels[$k] == $v)] | length > 0' >/dev/null
+}
+quiet() { # quiet NAME: neither pending nor firing
+	alerts | jq -e --arg n "$1" '[.data.alerts[] | select(.labels.alertname == $n)] | length == 0' >/dev/null
+}
+
 say "project $COMPOSE_PROJECT_NAME, gateways on 127.0.0.1:$SOVKEYS_GATEWAY_PORT and :$SOVKEYS_GATEWAY2_PORT"
-"$C" up
+"$C" up "${PROFILE[@]}"
 UP=$((SECONDS - START))
 
 # XKS: a key store and a key, then encrypt on one gateway, decrypt on the other.
@@ -117,6 +145,10 @@ say "docker kill nats-2 and keyworker-1"
 wait_for 90 "XKS after the kills" roundtrip
 wait_for 60 "volume secret after the kills" vs
 KILLED=$((SECONDS - T0))
+if [ ${#PROFILE[@]} -gt 0 ]; then
+	wait_for 60 "alert NATSNodeDown firing (nats-2 killed)" firing NATSNodeDown
+	wait_for 30 "alert SovkeysTargetDown firing (keyworker-1 killed)" firing SovkeysTargetDown instance keyworker-1:9464
+fi
 
 # Both back: the node rejoins, the keyworker starts sealed and is unsealed.
 docker start "$(container nats-2)" "$(container keyworker-1)" >/dev/null
@@ -125,6 +157,11 @@ wait_for 60 "sovkeys init again (nats-2 leads its siblings again)" "$C" init
 wait_for 60 "keyworker-1 unsealed again" "$C" unseal
 wait_for 60 "keyworker-1 healthy again" sh -c "[ \"\$(docker inspect -f '{{.State.Health.Status}}' $(container keyworker-1))\" = healthy ]"
 wait_for 60 "XKS after the restarts" roundtrip
+if [ ${#PROFILE[@]} -gt 0 ]; then
+	wait_for 90 "alert NATSNodeDown resolved" quiet NATSNodeDown
+	wait_for 30 "alert SovkeysTargetDown resolved" quiet SovkeysTargetDown
+	wait_for 30 "alert KeyworkerSealed resolved" quiet KeyworkerSealed
+fi
 
 # The audit log of the key store: gapless, hash-chained, HSM-signed.
 cli audit checkpoint --keystore /compose >/dev/null

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The local compose cluster (deploy/compose/compose.yaml), with no registry:
 #
-#   scripts/compose.sh up [--profile traces|grafana]   images, credentials, start, unseal, wait
+#   scripts/compose.sh up [--profile traces|metrics|grafana] images, credentials, start, unseal, wait
 #   scripts/compose.sh unseal                   give the sealed keyworkers 2 of the 3 PIN shares until both are healthy
 #   scripts/compose.sh init                     `sovkeys init` again: leaders back on a restarted NATS node
 #   scripts/compose.sh cli ARGS...              the operator CLI on the cluster network
@@ -11,7 +11,8 @@
 # Environment: COMPOSE_PROJECT_NAME (default sovkeys), SOVKEYS_GENERATED
 # (credentials, TLS and unseal shares; default deploy/compose/.generated),
 # SOVKEYS_GATEWAY_PORT / SOVKEYS_GATEWAY2_PORT (published on 127.0.0.1;
-# default 8443 / 8444). Steps and why: docs/observability.md, "Compose".
+# default 8443 / 8444), SOVKEYS_PROMETHEUS_PORT (profiles metrics and
+# grafana; default 9090). Steps and why: docs/observability.md, "Compose".
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -111,6 +112,12 @@ up() {
 		wait_for 120 "waiting for $s to be healthy" healthy "$s"
 	done
 	say "up in $((SECONDS - start)) s: https://127.0.0.1:$GATEWAY_PORT (trust anchor $SOVKEYS_GENERATED/tls/ca.pem)"
+	case ${profile[1]:-} in metrics | grafana)
+		wait_for 60 "waiting for Prometheus" curl -fsS "http://127.0.0.1:${SOVKEYS_PROMETHEUS_PORT:-9090}/-/ready"
+		# Debian's package serves its classic UI under /classic (/alerts with an upstream image).
+		say "Prometheus: http://127.0.0.1:${SOVKEYS_PROMETHEUS_PORT:-9090}/ (alerts: /classic/alerts; rules: deploy/prometheus/rules; runbook: docs/operations.md)"
+		;;
+	esac
 	say "operator CLI: scripts/compose.sh cli xks keystore list"
 }
 
@@ -123,10 +130,10 @@ compose) shift; dc "$@" ;;
 down)
 	shift
 	if [ "${1:-}" = --volumes ]; then
-		dc --profile traces --profile grafana --profile tools down --volumes --remove-orphans
+		dc --profile traces --profile metrics --profile grafana --profile tools down --volumes --remove-orphans
 	else
-		dc --profile traces --profile grafana --profile tools down --remove-orphans
+		dc --profile traces --profile metrics --profile grafana --profile tools down --remove-orphans
 	fi
 	;;
-*) sed -n '2,14p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 2 ;;
+*) sed -n '2,15p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac

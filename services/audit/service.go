@@ -224,8 +224,10 @@ type Stats struct {
 	// records reached LogKeepBatches.
 	ExportBehind uint64 `json:"export_behind"`
 	// SequencingLag is the events not yet numbered (whole mesh).
-	SequencingLag       uint64                  `json:"sequencing_lag"`
-	Checkpoints         uint64                  `json:"checkpoints"`
+	SequencingLag uint64 `json:"sequencing_lag"`
+	Checkpoints   uint64 `json:"checkpoints"`
+	// WitnessRefusals: checkpoints a witness did not cosign.
+	WitnessRefusals     uint64                  `json:"witness_refusals"`
 	CheckpointErrors    uint64                  `json:"checkpoint_errors"`
 	LastCheckpointError string                  `json:"last_checkpoint_error,omitempty"`
 	Export              map[string]*ExportStats `json:"export"`
@@ -454,12 +456,17 @@ func (s *Service) watchLag(ctx context.Context) {
 		if info, err := metrics.SumConsumers(ctx, s.auditCons); err == nil {
 			s.count(func(st *Stats) { st.SequencingLag = info.NumPending + uint64(info.NumAckPending) })
 			metrics.AuditSequencing(s.now(), info)
+			metrics.ObservePeers(shared.AuditServiceAudit, info)
 		}
-		metrics.AuditCheckpoints(s.now(), s.Snapshot().Checkpoints)
+		snap := s.Snapshot()
+		metrics.AuditCheckpoints(s.now(), snap.Checkpoints)
+		metrics.AuditIntegrity(snap.Forgeries, snap.WitnessRefusals, snap.CheckpointErrors)
 		if info, err := s.tlog.cons.Info(ctx); err == nil {
 			lag := info.NumPending + uint64(info.NumAckPending)
 			s.countExport("central", func(x *ExportStats) { x.Lag = lag })
-			metrics.AuditExport("central", lag, s.Snapshot().Export["central"].Conflicts)
+			central := s.Snapshot().Export["central"]
+			metrics.AuditExport("central", lag, central.Conflicts)
+			metrics.AuditExportFailures("central", central.Failures)
 		}
 	}
 }

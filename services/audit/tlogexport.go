@@ -414,6 +414,7 @@ func (e *tlogExporter) cosign(ctx context.Context, st *tlogScope, cp []byte) []b
 		}
 		if err != nil {
 			e.s.log.Warn("witness did not cosign", "witness", w.URL, "scope", st.sc.String(), "err", err)
+			e.s.count(func(s *Stats) { s.WitnessRefusals++ })
 			continue
 		}
 		st.witnessed[i] = st.b.Size()

@@ -246,6 +246,9 @@ func (s *Service) Run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("gateway: tls: %w", err)
 	}
+	if cert.Leaf != nil { // alert CredentialExpiresSoon
+		metrics.CredentialExpiry("gateway", "tls_certificate", cert.Leaf.NotAfter)
+	}
 	srv := &http.Server{
 		Handler:           s.routes(),
 		ReadHeaderTimeout: 5 * time.Second,

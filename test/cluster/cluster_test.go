@@ -62,6 +62,8 @@ type deployment struct {
 	// bootstrapCreds is the declaring identity `sovkeys init` runs with.
 	bootstrapCreds string
 	monitorBase    int // node i's monitoring port is monitorBase+i
+	// metricsAddr: each service's --metrics-listen address, by proc name.
+	metricsAddr map[string]string
 }
 
 type keystoreCreds struct {
@@ -79,6 +81,7 @@ func TestClusterFaults(t *testing.T) {
 	}
 	d := startDeployment(t)
 	ctx := context.Background()
+	prom := startPrometheus(t, d.dir, d.scrapeTargets()) // prometheus_test.go; nil without the binary
 
 	var ks keystoreCreds
 	d.cli(t, &ks, "xks", "keystore", "create", "--prefix", "/ct", "--replicas", "3")
@@ -194,6 +197,9 @@ func TestClusterFaults(t *testing.T) {
 			report = append(report, ph)
 		}
 	}
+	if prom != nil {
+		alertFaults(t, d, prom) // alerts_test.go
+	}
 	load.stop()
 	if p := os.Getenv("SOVKEYS_CLUSTER_CHART"); p != "" {
 		writeChart(t, p, load, marks)
@@ -241,7 +247,7 @@ func startDeployment(t *testing.T) *deployment {
 		t.Fatalf("cluster init: %v\n%s", err, b)
 	}
 	d := &deployment{dir: dir, bin: bin, opCreds: filepath.Join(out, "operators", "admin.creds"), caFile: filepath.Join(out, "tls", "ca.pem"),
-		monitorBase: base + 200} // clusterinit: PortBase+200+i
+		monitorBase: base + 200, metricsAddr: map[string]string{}} // clusterinit: PortBase+200+i
 	var urls []string
 	for i := range 3 {
 		name := "n" + strconv.Itoa(i+1)
@@ -263,6 +269,8 @@ func startDeployment(t *testing.T) *deployment {
 		return []string{svc, "--nats", d.urls, "--creds", creds(svc), "--replicas", "3", "--log-level", "warn"}
 	}
 	add := func(name string, env []string, args ...string) {
+		d.metricsAddr[name] = fmt.Sprintf("127.0.0.1:%d", freePort(t))
+		args = append(args, "--metrics-listen", d.metricsAddr[name])
 		d.services = append(d.services, &proc{name: name, bin: bin, args: args, env: env})
 	}
 	for i := range 2 {

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"strings"
+	"time"
 
 	"github.com/nats-io/jwt/v2"
 	"github.com/nats-io/nats.go"
@@ -15,22 +16,40 @@ import (
 // identity natsauth minted, which names the user's private inbox prefix and,
 // for a gateway, its reply subjects.
 func CredsUser(path string) (string, error) {
+	uc, err := credsClaims(path)
+	if err != nil {
+		return "", err
+	}
+	return uc.Name, nil
+}
+
+// CredsExpiry returns when the user JWT of a .creds file expires (zero:
+// never).
+func CredsExpiry(path string) (time.Time, error) {
+	uc, err := credsClaims(path)
+	if err != nil || uc.Expires == 0 {
+		return time.Time{}, err
+	}
+	return time.Unix(uc.Expires, 0), nil
+}
+
+func credsClaims(path string) (*jwt.UserClaims, error) {
 	b, err := os.ReadFile(path)
 	if err != nil {
-		return "", fmt.Errorf("mesh: creds: %w", err)
+		return nil, fmt.Errorf("mesh: creds: %w", err)
 	}
 	tok, err := jwt.ParseDecoratedJWT(b)
 	if err != nil {
-		return "", fmt.Errorf("mesh: creds %s: %w", path, err)
+		return nil, fmt.Errorf("mesh: creds %s: %w", path, err)
 	}
 	uc, err := jwt.DecodeUserClaims(tok)
 	if err != nil {
-		return "", fmt.Errorf("mesh: creds %s: %w", path, err)
+		return nil, fmt.Errorf("mesh: creds %s: %w", path, err)
 	}
 	if !shared.ValidUserName(uc.Name) {
-		return "", fmt.Errorf("%w: creds %s: user name %q is not a valid subject token", shared.ErrConfigValidation, path, uc.Name)
+		return nil, fmt.Errorf("%w: creds %s: user name %q is not a valid subject token", shared.ErrConfigValidation, path, uc.Name)
 	}
-	return uc.Name, nil
+	return uc, nil
 }
 
 // Identity returns the user name nc logged in as (set by Connect from the

@@ -73,6 +73,9 @@ func Connect(ctx context.Context, cfg ConnConfig, logger *slog.Logger) (*nats.Co
 		if err != nil {
 			return nil, nil, err
 		}
+		if exp, err := CredsExpiry(cfg.CredsFile); err == nil { // alert CredentialExpiresSoon
+			metrics.CredentialExpiry(strings.TrimPrefix(cfg.Name, "sovkeys-"), "nats_user", exp)
+		}
 		// A private inbox space: the user's permissions allow subscribing
 		// only there, so no one reads another's replies.
 		opts = append(opts, nats.UserCredentials(cfg.CredsFile), nats.CustomInboxPrefix(shared.InboxPrefix(user)))

@@ -100,6 +100,7 @@ func WatchWorkQueue[C ConsumerInfo](ctx context.Context, pool string, cons []C, 
 		// The pool's consumers on every sibling work stream, summed.
 		if sum, err := SumConsumers(ctx, cons); err == nil && len(cons) > 0 {
 			ObserveWorkQueue(pool, sum)
+			ObservePeers("keyworker", sum)
 		}
 		select {
 		case <-ctx.Done():
@@ -122,6 +123,12 @@ func SumConsumers[C ConsumerInfo](ctx context.Context, cons []C) (*jetstream.Con
 		sum.NumPending += info.NumPending
 		sum.NumAckPending += info.NumAckPending
 		sum.Config.MaxAckPending += info.Config.MaxAckPending
+		if info.Cluster != nil { // every sibling's replicas, for ObservePeers
+			if sum.Cluster == nil {
+				sum.Cluster = &jetstream.ClusterInfo{}
+			}
+			sum.Cluster.Replicas = append(sum.Cluster.Replicas, info.Cluster.Replicas...)
+		}
 		waiting := info.NumPending+uint64(info.NumAckPending) > 0
 		if last := info.AckFloor.Last; waiting && last != nil && (sum.AckFloor.Last == nil || last.Before(*sum.AckFloor.Last)) {
 			sum.AckFloor.Last = last

@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/sovkeys/sovkeys/shared/infra/metrics"
 )
 
 // Cache mirrors a KV bucket in memory through a watch, so request paths read
@@ -78,6 +80,7 @@ func WatchBucket[T any](ctx context.Context, kv jetstream.KeyValue, logger *slog
 		entries: map[string]T{}, ready: make(chan struct{})}
 	c.fresh.staleAfter = o.staleAfter
 	go c.run(ctx, w)
+	metrics.WatchStarted(c.bucket)
 	go c.probe(ctx)
 	return c, nil
 }

@@ -7,6 +7,8 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/sovkeys/sovkeys/shared/infra/metrics"
 )
 
 // Freshness
@@ -113,6 +115,11 @@ func (f *freshness) transition(stale bool) bool {
 func (c *Cache[T]) probe(ctx context.Context) {
 	t := time.NewTicker(c.opts.probeEvery)
 	defer t.Stop()
+	defer func() {
+		if c.fresh.transition(false) { // this watch ends: it no longer counts as stale
+			metrics.WatchStale(c.bucket, false)
+		}
+	}()
 	for {
 		select {
 		case <-ctx.Done():
@@ -129,6 +136,7 @@ func (c *Cache[T]) probe(ctx context.Context) {
 		if !c.fresh.transition(why != "") {
 			continue
 		}
+		metrics.WatchStale(c.bucket, why != "") // alert RegistryWatchStale
 		if why != "" {
 			c.logger.Error("registry: state is stale; crypto served from it stops", "bucket", c.bucket, "why", why)
 		} else {
