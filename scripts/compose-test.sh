@@ -80,7 +80,10 @@ container() { "$C" compose ps -q "$1"; }
 # their `for:` shortened to 3 s so the faults below fire them in seconds;
 # skipped when this machine's apt has no prometheus package to build from.
 PROFILE=()
-if apt-cache policy prometheus 2>/dev/null | grep -q 'Candidate: [0-9]'; then
+# (awk reads the whole answer: `grep -q` would close the pipe early and,
+# under pipefail, apt-cache's SIGPIPE would read as "no package".)
+candidate=$(apt-cache policy prometheus 2>/dev/null | awk '/Candidate:/ {print $2}')
+if [[ $candidate =~ ^[0-9] ]]; then
 	export SOVKEYS_PROMETHEUS_PORT SOVKEYS_PROMETHEUS_RULES=$GEN/rules
 	SOVKEYS_PROMETHEUS_PORT=$(free_port)
 	mkdir -p "$SOVKEYS_PROMETHEUS_RULES"
