@@ -26,13 +26,14 @@ import (
 // add|remove` issue or revoke a person's credential with the trust seeds
 // of DIR and publish the roster with the bootstrap identity kept there;
 // `operator list` and `request list` read; `approve` and `reject` send a
-// person's signed decision to the keyworkers of the request's pool.
+// person's signed decision to the service holding the request (authn for
+// registry changes, the keyworkers of its pool for HSM changes).
 
 // personFlags are the flags of `operator add|remove`.
 type personFlags struct {
-	conn        connFlags
-	dir, name   string
-	roles, from string
+	conn      connFlags
+	dir, name string
+	roles     string
 }
 
 func peopleCommands() []command {

@@ -159,7 +159,7 @@ func ParseSignature(h string) (*Signature, error) {
 		return nil, shared.NewError(shared.CodeValidation, "admin signature too large")
 	}
 	var s Signature
-	dec := json.NewDecoder(bytesReader(h))
+	dec := json.NewDecoder(strings.NewReader(h))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&s); err != nil {
 		return nil, shared.NewError(shared.CodeValidation, "admin signature malformed: %v", err)
@@ -236,5 +236,3 @@ func (v *Verifier) Consume(ctx context.Context, sig *Signature) error {
 	}
 	return nil
 }
-
-func bytesReader(s string) *strings.Reader { return strings.NewReader(s) }
