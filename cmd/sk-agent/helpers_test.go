@@ -96,19 +96,9 @@ func prerequisites() string {
 	return ""
 }
 
-func lookTool(name string) (string, error) {
-	if p, err := exec.LookPath(name); err == nil {
-		return p, nil
-	}
-	for _, d := range []string{"/usr/sbin", "/sbin"} {
-		if p := filepath.Join(d, name); fileExists(p) {
-			return p, nil
-		}
-	}
-	return "", fmt.Errorf("%s not found", name)
-}
+func lookTool(name string) (string, error) { return testkit.LookTool(name) }
 
-func fileExists(p string) bool { _, err := os.Stat(p); return err == nil }
+func fileExists(p string) bool { return testkit.FileExists(p) }
 
 // dmUsable reports whether device-mapper works here: its control node
 // opens (cryptsetup creates the node even where the kernel has none).
@@ -312,21 +302,7 @@ func partLoop(t *testing.T, img string, start, size int64) string {
 // run runs a tool, stdin optional, and returns its trimmed stdout.
 func run(t *testing.T, stdin []byte, name string, args ...string) string {
 	t.Helper()
-	p, err := lookTool(name)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd := exec.Command(p, args...)
-	if stdin != nil {
-		cmd.Stdin = bytes.NewReader(stdin)
-	}
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
-	out, err := cmd.Output()
-	if err != nil {
-		t.Fatalf("%s %v: %v: %s", name, args, err, stderr.String())
-	}
-	return strings.TrimSpace(string(out))
+	return testkit.RunTool(t, stdin, name, args...)
 }
 
 // execOutput runs a tool and returns its raw stdout.

@@ -137,19 +137,9 @@ func busybox() (string, error) {
 	return "", errors.New("no static busybox")
 }
 
-func lookTool(name string) (string, error) {
-	if p, err := exec.LookPath(name); err == nil {
-		return p, nil
-	}
-	for _, d := range []string{"/usr/sbin", "/sbin", "/usr/bin", "/bin"} {
-		if p := filepath.Join(d, name); fileExists(p) {
-			return p, nil
-		}
-	}
-	return "", fmt.Errorf("%s not found", name)
-}
+func lookTool(name string) (string, error) { return testkit.LookTool(name) }
 
-func fileExists(p string) bool { _, err := os.Stat(p); return err == nil }
+func fileExists(p string) bool { return testkit.FileExists(p) }
 
 func setup(tmp string) error {
 	start := time.Now()
@@ -388,21 +378,7 @@ func run(t *testing.T, name string, args ...string) string {
 
 func runIn(t *testing.T, stdin []byte, name string, args ...string) string {
 	t.Helper()
-	p, err := lookTool(name)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd := exec.Command(p, args...)
-	if stdin != nil {
-		cmd.Stdin = bytes.NewReader(stdin)
-	}
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
-	out, err := cmd.Output()
-	if err != nil {
-		t.Fatalf("%s %v: %v: %s", name, args, err, stderr.String())
-	}
-	return strings.TrimSpace(string(out))
+	return testkit.RunTool(t, stdin, name, args...)
 }
 
 // sparseDisk makes an empty raw disk image of size bytes.
