@@ -13,6 +13,7 @@ import (
 
 	"github.com/sovkeys/sovkeys/shared"
 	"github.com/sovkeys/sovkeys/shared/infra/killswitch"
+	"github.com/sovkeys/sovkeys/shared/infra/roster"
 )
 
 // killswitchFlags name one scope of the kill switch.
@@ -35,7 +36,8 @@ func killswitchCommands() []command {
 	}
 	return []command{
 		set("engage", "--all | --keystore PREFIX | --tenant T  --reason TEXT", "emergency stop of crypto, cluster-wide within milliseconds; audited"),
-		set("release", "--all | --keystore PREFIX | --tenant T  [--reason TEXT]", "release a kill switch; audited"),
+		set("release", "--all | --keystore PREFIX | --tenant T  [--reason TEXT]",
+			"sign the release of a kill switch: released once enough security people signed (quorum, default 2; exit status 3 while it waits); audited"),
 		operatorCommand("killswitch status", "", "print every kill switch as JSON", none, func(ctx context.Context, o *operator, _ *struct{}) error {
 			kv, err := killswitch.Open(ctx, o.js, o.topo)
 			if err != nil {
@@ -45,7 +47,7 @@ func killswitchCommands() []command {
 			if err != nil {
 				return err
 			}
-			return o.print(out)
+			return o.print(checkReleases(ctx, o, kv, out))
 		}),
 	}
 }
@@ -63,6 +65,9 @@ func killswitchStatus(ctx context.Context, kv jetstream.KeyValue) (map[string]ki
 		return nil, fmt.Errorf("kill switch status: %w", err)
 	}
 	for k := range lister.Keys() {
+		if !killswitch.IsSwitchKey(k) {
+			continue // a release waiting for approvals (`sovkeys request list`)
+		}
 		e, err := kv.Get(ctx, k)
 		if errors.Is(err, jetstream.ErrKeyNotFound) || errors.Is(err, jetstream.ErrKeyDeleted) {
 			continue // deleted since listed
@@ -77,6 +82,39 @@ func killswitchStatus(ctx context.Context, kv jetstream.KeyValue) (map[string]ki
 		out[k] = sw
 	}
 	return out, nil
+}
+
+// switchStatus is a switch as `killswitch status` prints it: a release
+// says whether the services verify it (a release they refuse stops like
+// an engagement).
+type switchStatus struct {
+	killswitch.Switch
+	ReleaseCheck string `json:"release_check,omitempty"`
+}
+
+func checkReleases(ctx context.Context, o *operator, kv jetstream.KeyValue, in map[string]killswitch.Switch) map[string]switchStatus {
+	out := map[string]switchStatus{}
+	var proof *killswitch.Proof
+	if r, err := roster.Open(ctx, o.js); err == nil {
+		proof = &killswitch.Proof{KV: kv, Roster: r}
+	}
+	for k, sw := range in {
+		st := switchStatus{Switch: sw}
+		if !sw.Engaged {
+			st.ReleaseCheck = "ok"
+			e, err := kv.Get(ctx, k)
+			if err == nil && proof != nil {
+				err = proof.Check(ctx, e, sw)
+			} else if err == nil {
+				err = errors.New("the roster is not readable")
+			}
+			if err != nil {
+				st.ReleaseCheck = "refused, the switch stays engaged: " + err.Error()
+			}
+		}
+		out[k] = st
+	}
+	return out
 }
 
 func (o *operator) killswitchSet(ctx context.Context, verb string, f *killswitchFlags) error {
@@ -96,13 +134,86 @@ func (o *operator) killswitchSet(ctx context.Context, verb string, f *killswitch
 	if err != nil {
 		return err
 	}
-	sw := killswitch.Switch{Engaged: verb == "engage", Reason: f.reason, By: o.who(), At: time.Now().UTC()}
 	params := map[string]string{"scope": scope, "name": name, "reason": f.reason}
+	if verb == "release" {
+		return o.audited(ctx, "killswitch.release", params, func() error {
+			return o.killswitchRelease(ctx, kv, killswitch.Key(scope, name), f.reason)
+		})
+	}
+	sw := killswitch.Switch{Engaged: true, Reason: f.reason, By: o.who(), At: time.Now().UTC()}
 	return o.audited(ctx, "killswitch."+verb, params, func() error {
 		if err := killswitch.Set(ctx, kv, scope, name, sw); err != nil {
 			return err
 		}
 		return o.print(map[string]any{"scope": scope, "name": name, "engaged": sw.Engaged, "reason": f.reason})
+	})
+}
+
+// releaser is this person releasing kill switches.
+func (o *operator) releaser(ctx context.Context, kv jetstream.KeyValue) (*killswitch.Releaser, error) {
+	signer, err := o.person()
+	if err != nil {
+		return nil, err
+	}
+	r, err := roster.Open(ctx, o.js)
+	if err != nil {
+		return nil, err
+	}
+	return &killswitch.Releaser{KV: kv, Roster: r, Signer: signer, Now: time.Now}, nil
+}
+
+// killswitchRelease signs the release of switch key; the signature that
+// completes the quorum writes it. Fewer signatures leave it pending
+// (roster.PendingError: exit status 3).
+func (o *operator) killswitchRelease(ctx context.Context, kv jetstream.KeyValue, key, reason string) error {
+	r, err := o.releaser(ctx, kv)
+	if err != nil {
+		return err
+	}
+	res, err := r.Release(ctx, key, reason)
+	if err != nil {
+		return err
+	}
+	if res.WasReleased {
+		return o.print(map[string]any{"switch": key, "engaged": false, "note": "not engaged: nothing to release"})
+	}
+	if !res.Released {
+		p := res.Pending
+		return &roster.PendingError{ID: p.ID, Need: p.Need, Signers: p.Signers()}
+	}
+	return o.print(map[string]any{"switch": key, "engaged": false, "approved_by": res.Pending.Signers()})
+}
+
+// decideRelease approves or rejects a pending kill switch release (an id
+// from `request list` that starts with "ks-").
+func (o *operator) decideRelease(ctx context.Context, approve bool, id, reason string) error {
+	kv, err := killswitch.Open(ctx, o.js, o.topo)
+	if err != nil {
+		return err
+	}
+	p, err := killswitch.FindPending(ctx, kv, id)
+	if err != nil {
+		return err
+	}
+	if st := p.StateAt(time.Now()); st != roster.StatePending {
+		return shared.NewError(shared.CodeInvalidState, "request %s is %s", id, st)
+	}
+	params := map[string]string{"switch": p.Key, "request_id": id, "reason": reason}
+	if approve {
+		return o.audited(ctx, "killswitch.release", params, func() error {
+			return o.killswitchRelease(ctx, kv, p.Key, p.Reason)
+		})
+	}
+	return o.audited(ctx, "killswitch.release.reject", params, func() error {
+		r, err := o.releaser(ctx, kv)
+		if err != nil {
+			return err
+		}
+		p, err := r.Reject(ctx, id)
+		if err != nil {
+			return err
+		}
+		return o.print(map[string]any{"id": p.ID, "state": p.State, "switch": p.Key})
 	})
 }
 

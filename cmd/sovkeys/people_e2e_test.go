@@ -17,6 +17,7 @@ import (
 	"github.com/sovkeys/sovkeys/shared"
 	"github.com/sovkeys/sovkeys/shared/api/kwadmin"
 	"github.com/sovkeys/sovkeys/shared/infra/clusterinit"
+	"github.com/sovkeys/sovkeys/shared/infra/killswitch"
 	"github.com/sovkeys/sovkeys/shared/infra/natsauth"
 	"github.com/sovkeys/sovkeys/shared/infra/roster"
 	"github.com/sovkeys/sovkeys/shared/testkit"
@@ -129,8 +130,52 @@ func TestPeopleAndQuorum(t *testing.T) {
 	if err := n.cliAs(audrey, nil, "tenant", "create", "--id", "vpc-audrey"); err == nil {
 		t.Fatal("an auditor created a tenant")
 	}
-	n.cli(t, nil, "xks", "keystore", "rotate-credential", "--prefix", "/people")
+	// A kill switch: one person engages it; its release waits for a second
+	// person of the security role, and the services keep it engaged until
+	// then.
+	n.cli(t, nil, "killswitch", "engage", "--keystore", "/people", "--reason", "people test")
+	stopped := func() error {
+		if _, err := c.Encrypt(context.Background(), "pk", []byte("p"), nil, false); xksErrName(err) != "InvalidStateException" {
+			return fmt.Errorf("encrypt under the kill switch: %v", err)
+		}
+		return nil
+	}
+	testkit.CheckFor(t, 10*time.Second, 50*time.Millisecond, stopped)
 	var stderr strings.Builder
+	if code := run(context.Background(), []string{"killswitch", "release", "--keystore", "/people"}, n.getenv, &strings.Builder{}, &stderr); code != exitPending {
+		t.Fatalf("release by one person: exit %d, want %d: %s", code, exitPending, stderr.String())
+	}
+	_, rest, _ := strings.Cut(stderr.String(), "request ")
+	release := strings.Fields(rest)[0]
+	time.Sleep(500 * time.Millisecond)
+	if err := stopped(); err != nil {
+		t.Fatalf("released by one person: %v", err)
+	}
+	if err := n.cliAs(admin, nil, "approve", release); err == nil || !strings.Contains(err.Error(), "already approved") {
+		t.Fatalf("own approval of a release: %v", err)
+	}
+	if err := n.cliAs(bob, nil, "approve", release); err == nil || !strings.Contains(err.Error(), "security role") {
+		t.Fatalf("an admin approved a release: %v", err)
+	}
+	if err := n.cliAs(sam, nil, "approve", release); err != nil {
+		t.Fatalf("security approval of the release: %v", err)
+	}
+	testkit.CheckFor(t, 10*time.Second, 50*time.Millisecond, func() error {
+		_, err := c.Encrypt(context.Background(), "pk", []byte("p"), nil, false)
+		return err
+	})
+	var ks map[string]struct {
+		Engaged      bool   `json:"engaged"`
+		ReleaseCheck string `json:"release_check"`
+		Approvals    []any  `json:"approvals"`
+	}
+	n.cli(t, &ks, "killswitch", "status")
+	if s := ks[killswitch.Key(killswitch.ScopeKeystore, "people")]; s.Engaged || s.ReleaseCheck != "ok" || len(s.Approvals) != 2 {
+		t.Fatalf("kill switch status after the release: %+v", ks)
+	}
+
+	n.cli(t, nil, "xks", "keystore", "rotate-credential", "--prefix", "/people")
+	stderr.Reset()
 	code := run(context.Background(), []string{"xks", "keystore", "rotate-credential", "--prefix", "/people", "--force"}, n.getenv, &strings.Builder{}, &stderr)
 	if code != exitPending {
 		t.Fatalf("forced rotation: exit %d, want %d (pending): %s", code, exitPending, stderr.String())

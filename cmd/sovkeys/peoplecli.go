@@ -17,6 +17,7 @@ import (
 	"github.com/sovkeys/sovkeys/shared"
 	"github.com/sovkeys/sovkeys/shared/api/kwadmin"
 	"github.com/sovkeys/sovkeys/shared/infra/clusterinit"
+	"github.com/sovkeys/sovkeys/shared/infra/killswitch"
 	"github.com/sovkeys/sovkeys/shared/infra/mesh"
 	"github.com/sovkeys/sovkeys/shared/infra/natsauth"
 	"github.com/sovkeys/sovkeys/shared/infra/roster"
@@ -249,6 +250,13 @@ func publishRoster(ctx context.Context, js jetstream.JetStream, file string, pol
 			return 0, err
 		}
 	}
+	// Releases written before releases were signed stay honoured; from
+	// here on a release needs its approvals (killswitch, release.go).
+	if ks, err := js.Stream(ctx, shared.KVStream(shared.BucketKillSwitch)); err == nil {
+		if _, err := r.RecordLegacyReleases(ctx, ks.CachedInfo().State.LastSeq); err != nil {
+			return 0, err
+		}
+	}
 	return len(want), nil
 }
 
@@ -305,6 +313,17 @@ func (o *operator) listRequests(ctx context.Context) error {
 		fmt.Fprintf(tw, "%s\t%s\t%d/%d\t%s\t%s\t%s\t%s\n", p.ID, p.StateAt(now), len(p.Signers()), p.Need, p.Requester(),
 			strings.Join(p.Approvers(), ","), p.Expires.UTC().Format(time.RFC3339), p.Summary)
 	}
+	if kv, err := killswitch.Open(ctx, o.js, o.topo); err == nil {
+		rel, err := killswitch.Pendings(ctx, kv)
+		if err != nil {
+			return err
+		}
+		for _, p := range rel {
+			signers := append(p.Signers(), "")
+			fmt.Fprintf(tw, "%s\t%s\t%d/%d\t%s\t%s\t%s\t%s\n", p.ID, p.StateAt(now), len(p.Approvals), p.Need, signers[0],
+				strings.Join(signers[1:len(signers)-1], ","), p.Expires.UTC().Format(time.RFC3339), "release kill switch "+p.Key)
+		}
+	}
 	return tw.Flush()
 }
 
@@ -322,6 +341,9 @@ func (o *operator) decide(ctx context.Context, endpoint string, f *decision) err
 	}
 	if f.id == "" {
 		return fmt.Errorf("give the request's id: %w", errUsage)
+	}
+	if strings.HasPrefix(f.id, "ks-") {
+		return o.decideRelease(ctx, endpoint == kwadmin.EndpointApprove, f.id, f.reason)
 	}
 	reqs, err := o.requests(ctx)
 	if err != nil {

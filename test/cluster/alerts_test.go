@@ -2,7 +2,9 @@ package cluster
 
 import (
 	"fmt"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -116,7 +118,16 @@ func alertFaults(t *testing.T, d *deployment, p *prometheus) {
 		expectResolved(t, p, fault+" (before)", "KillSwitchEngaged", nil)
 		d.cli(t, nil, "killswitch", "engage", "--keystore", "/ct", "--reason", "alert test")
 		expectAlert(t, p, fault, "KillSwitchEngaged", map[string]string{"scope": "keystore", "severity": "info"})
-		d.cli(t, nil, "killswitch", "release", "--keystore", "/ct")
+		// A release takes two security people (the cluster's quorum): the
+		// first signature leaves it pending (exit status 3), the second,
+		// by sec2, releases it.
+		if out, err := d.run("killswitch", "release", "--keystore", "/ct"); err == nil || !strings.Contains(out, "waits for approval") {
+			t.Fatalf("release by one person: %v\n%s", err, out)
+		}
+		release := d.cliAs(t, filepath.Join(filepath.Dir(d.opCreds), "sec2.creds"), "killswitch", "release", "--keystore", "/ct")
+		if !strings.Contains(release, "approved_by") {
+			t.Fatalf("second release signature: %s", release)
+		}
 		expectResolved(t, p, fault, "KillSwitchEngaged", nil)
 	}
 	// The only audit service stops: events wait, nothing is numbered.
@@ -175,4 +186,16 @@ func (d *deployment) unseal(t *testing.T, pin string) {
 		t.Fatalf("unseal split printed %d shares", len(shares))
 	}
 	d.cli(t, nil, "unseal", "--share", shares[0], "--share", shares[1])
+}
+
+// cliAs runs the CLI once with the credential creds and returns its output.
+func (d *deployment) cliAs(t *testing.T, creds string, args ...string) string {
+	t.Helper()
+	cmd := exec.Command(d.bin, args...)
+	cmd.Env = append(os.Environ(), "SOVKEYS_NATS_URL="+d.urls, "SOVKEYS_NATS_CREDS="+creds)
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("sovkeys %v as %s: %v\n%s", args, filepath.Base(creds), err, out)
+	}
+	return string(out)
 }

@@ -242,7 +242,7 @@ func startDeployment(t *testing.T) *deployment {
 	base := freePortBase(t)
 	out := filepath.Join(dir, "cluster")
 	init := exec.Command(bin, "cluster", "init", "--out", out, "--nodes", "3", "--port-base", strconv.Itoa(base), "--gateways", "2",
-		"--operator", "admin:admin+security+custodian+auditor")
+		"--operator", "admin:admin+security+custodian+auditor", "--operator", "sec2:security")
 	if b, err := init.CombinedOutput(); err != nil {
 		t.Fatalf("cluster init: %v\n%s", err, b)
 	}

@@ -163,7 +163,9 @@ func UserPermissions(user, service string, pools []string) Permissions {
 		perms.Pub = join(pub,
 			underSiblings(shared.SubjectRequestPrefix), perAuditPrefix(shared.AuditServiceGateway),
 			siblings(shared.StreamRequests, streamLookup), siblings(shared.StreamAudit, streamLookup),
-			kvRead(shared.BucketKeystores), kvRead(shared.BucketXKSKeys), kvRead(shared.BucketPKI), kvRead(shared.BucketKillSwitch))
+			kvRead(shared.BucketKeystores), kvRead(shared.BucketXKSKeys), kvRead(shared.BucketPKI), kvRead(shared.BucketKillSwitch),
+			// The roster: kill switch releases are verified against it.
+			kvRead(shared.BucketOperators))
 		perms.Sub = join(sub, []string{under(shared.ReplySubjectPrefix(user))})
 	case ServiceAuthn:
 		perms.Pub = join(pub,

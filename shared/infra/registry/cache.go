@@ -46,6 +46,14 @@ type options struct {
 	staleAfter time.Duration
 	probeEvery time.Duration
 	retryEvery time.Duration
+	onEntry    func(jetstream.KeyValueEntry)
+}
+
+// WithEntryHook calls fn with every entry the watch delivers, deletes and
+// purges included, before the cache applies it: for callers that decide on
+// an entry's revision or server time, not only its value.
+func WithEntryHook(fn func(jetstream.KeyValueEntry)) Option {
+	return func(o *options) { o.onEntry = fn }
 }
 
 // WithClock injects the clock freshness is measured with.
@@ -165,6 +173,9 @@ func (c *Cache[T]) swap(initial map[string]jetstream.KeyValueEntry) {
 	}
 	c.mu.RUnlock()
 	for _, e := range initial {
+		if c.opts.onEntry != nil && e.Operation() != jetstream.KeyValuePut {
+			c.opts.onEntry(e) // puts reach it through apply
+		}
 		if e.Operation() == jetstream.KeyValuePut {
 			c.apply(e)
 		}
@@ -182,6 +193,9 @@ func (c *Cache[T]) swap(initial map[string]jetstream.KeyValueEntry) {
 
 func (c *Cache[T]) apply(e jetstream.KeyValueEntry) {
 	var zero T
+	if c.opts.onEntry != nil {
+		c.opts.onEntry(e)
+	}
 	switch e.Operation() {
 	case jetstream.KeyValueDelete, jetstream.KeyValuePurge:
 		c.mu.Lock()

@@ -176,6 +176,10 @@ const (
 	OpKeystoreDelete = "registry.keystore.delete"
 	// OpKeyScheduleDeletion schedules an XKS key's destruction.
 	OpKeyScheduleDeletion = "registry.key.schedule_deletion"
+	// OpKillswitchRelease releases an engaged kill switch: the release value
+	// carries the signatures of its security people, which every watcher
+	// verifies (shared/infra/killswitch, release.go). Engage takes one.
+	OpKillswitchRelease = "killswitch.release"
 )
 
 // DefaultQuorum is the quorum of every destructive or trust-changing
@@ -185,7 +189,8 @@ const DefaultQuorum = 2
 // DefaultPolicy is the policy of a deployment whose roster has none.
 func DefaultPolicy() Policy {
 	return Policy{Quorum: map[string]int{OpKeyVersionDestroy: DefaultQuorum, OpForcedRotation: DefaultQuorum,
-		OpTenantDelete: DefaultQuorum, OpKeystoreDelete: DefaultQuorum, OpKeyScheduleDeletion: DefaultQuorum}}
+		OpTenantDelete: DefaultQuorum, OpKeystoreDelete: DefaultQuorum, OpKeyScheduleDeletion: DefaultQuorum,
+		OpKillswitchRelease: DefaultQuorum}}
 }
 
 // UniformPolicy needs n signatures for every operation DefaultPolicy names
@@ -247,4 +252,85 @@ func (r *Roster) SetPolicy(ctx context.Context, p Policy) error {
 		return fmt.Errorf("%w: %v", ErrRoster, err)
 	}
 	return nil
+}
+
+// HeldAt checks that sig is a valid signature by a person who, at time at
+// (a server-assigned timestamp, such as the revision that carries the
+// signature), was on the roster with sig's key and role. The roster's
+// history answers for people removed or changed since, so a signature
+// given while its signer held the role stays valid after they leave;
+// history older than the bucket keeps (5 entries a person) does not.
+func (r *Roster) HeldAt(ctx context.Context, sig *Signature, role natsauth.Role, at time.Time) (*Person, error) {
+	if !shared.ValidPersonName(sig.Person) {
+		return nil, shared.NewError(shared.CodeAccessDenied, "roster: %q is not a person's name", sig.Person)
+	}
+	if err := sig.verifySig(); err != nil {
+		return nil, err
+	}
+	hist, err := r.kv.History(ctx, personKey(sig.Person))
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return nil, shared.NewError(shared.CodeAccessDenied, "roster: %s was never on the roster", sig.Person)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrRoster, err)
+	}
+	var then jetstream.KeyValueEntry
+	for _, e := range hist {
+		if !e.Created().After(at) {
+			then = e
+		}
+	}
+	if then == nil {
+		return nil, shared.NewError(shared.CodeAccessDenied, "roster: the history of %s no longer reaches back to %s", sig.Person, at.UTC().Format(time.RFC3339))
+	}
+	var p Person
+	switch {
+	case then.Operation() != jetstream.KeyValuePut:
+		return nil, shared.NewError(shared.CodeAccessDenied, "roster: %s was not on the roster at %s", sig.Person, at.UTC().Format(time.RFC3339))
+	case json.Unmarshal(then.Value(), &p) != nil || p.Validate() != nil || p.Name != sig.Person:
+		return nil, shared.NewError(shared.CodeAccessDenied, "roster: the entry of %s is malformed", sig.Person)
+	case p.PublicKey != sig.Key:
+		return nil, shared.NewError(shared.CodeAccessDenied, "signed by a key that was not %s's at %s", sig.Person, at.UTC().Format(time.RFC3339))
+	case role != "" && !p.Has(role):
+		return nil, shared.NewError(shared.CodeAccessDenied, "%s (roles %s) did not hold the %s role at %s", p.Name, p.RoleNames(), role, at.UTC().Format(time.RFC3339))
+	}
+	return &p, nil
+}
+
+// legacyReleasesKey holds the revision of the kill-switch bucket up to
+// which releases written before releases were signed are honoured
+// (written once, by bootstrap, at the first start of a build that signs
+// them: a person cannot move it, the roster being bootstrap's alone).
+const legacyReleasesKey = "migration.killswitch_releases"
+
+// LegacyReleasesBefore returns that revision (0: none, or not recorded).
+func (r *Roster) LegacyReleasesBefore(ctx context.Context) (uint64, error) {
+	e, err := r.kv.Get(ctx, legacyReleasesKey)
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, fmt.Errorf("%w: %v", ErrRoster, err)
+	}
+	var m struct {
+		Revision uint64 `json:"revision"`
+	}
+	if err := json.Unmarshal(e.Value(), &m); err != nil {
+		return 0, nil
+	}
+	return m.Revision, nil
+}
+
+// RecordLegacyReleases writes LegacyReleasesBefore once (bootstrap): later
+// calls leave the first value. It reports whether this call wrote it.
+func (r *Roster) RecordLegacyReleases(ctx context.Context, rev uint64) (bool, error) {
+	b, _ := json.Marshal(map[string]any{"revision": rev, "at": time.Now().UTC()})
+	_, err := r.kv.Create(ctx, legacyReleasesKey, b)
+	if errors.Is(err, jetstream.ErrKeyExists) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("%w: %v", ErrRoster, err)
+	}
+	return true, nil
 }
