@@ -83,6 +83,7 @@ func commands() []command {
 	cmds = append(cmds, killswitchCommands()...)
 	cmds = append(cmds, unsealCommands()...)
 	cmds = append(cmds, peopleCommands()...)
+	cmds = append(cmds, peopleRequestCommands()...)
 	cmds = append(cmds, auditCommands()...)
 	cmds = append(cmds,
 		rawCommand("audit verify", "--tenant T | --keystore PREFIX | --operator [--first N --last M] [--checkpoint F] [--proof F] [--witness VKEY... --quorum K] [--v1] (-h: flags)",

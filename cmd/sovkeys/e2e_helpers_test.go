@@ -203,13 +203,7 @@ func (n *node) cliErr(out any, args ...string) error {
 // person's) and decodes its JSON output.
 func (n *node) cliAs(creds string, out any, args ...string) error {
 	var stdout, stderr bytes.Buffer
-	getenv := func(k string) string {
-		if k == "SOVKEYS_NATS_CREDS" {
-			return creds
-		}
-		return n.getenv(k)
-	}
-	if code := run(context.Background(), args, getenv, &stdout, &stderr); code != 0 {
+	if code := run(context.Background(), args, getenvAs(n, creds), &stdout, &stderr); code != 0 {
 		return fmt.Errorf("exit %d: %s", code, stderr.String())
 	}
 	if out != nil {
@@ -261,4 +255,14 @@ func setupCheckFor(total, every time.Duration, f func() error) error {
 	tb := &setupTB{}
 	testkit.CheckFor(tb, total, every, f)
 	return tb.err
+}
+
+// getenvAs is n's environment with the credential creds.
+func getenvAs(n *node, creds string) func(string) string {
+	return func(k string) string {
+		if k == "SOVKEYS_NATS_CREDS" {
+			return creds
+		}
+		return n.getenv(k)
+	}
 }

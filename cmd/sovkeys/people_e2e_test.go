@@ -341,6 +341,28 @@ func TestPeopleAndQuorum(t *testing.T) {
 			t.Errorf("%s: %v, want %q", name, err, tc.want)
 		}
 	}
+	// Removing a person needs two security people once the roster has
+	// them (admin and sam): the holder of the trust seeds alone is refused
+	// before any file changes; sam asks, admin approves, then it applies,
+	// once.
+	if err := n.cliErr(nil, "operator", "remove", "--dir", dir, "--name", "bob"); err == nil || !strings.Contains(err.Error(), "needs the approval of 2 security people") {
+		t.Fatalf("remove without approval: %v", err)
+	}
+	if _, err := os.Stat(bob); err != nil {
+		t.Fatalf("a refused removal changed the files: %v", err)
+	}
+	stderr.Reset()
+	if code := run(context.Background(), []string{"operator", "request", "remove", "--name", "bob"}, getenvAs(n, sam), &strings.Builder{}, &stderr); code != exitPending {
+		t.Fatalf("operator request remove: exit %d: %s", code, stderr.String())
+	}
+	_, rest, _ = strings.Cut(stderr.String(), "request ")
+	removal := strings.Fields(rest)[0]
+	if err := n.cliAs(sam, nil, "approve", removal); err == nil {
+		t.Fatal("the requester approved their own removal request")
+	}
+	if err := n.cliAs(admin, &decided, "approve", removal); err != nil || decided.State != roster.StateApplied {
+		t.Fatalf("approve the removal: %+v %v", decided, err)
+	}
 	// A removed person's signatures are refused at once.
 	n.cli(t, nil, "operator", "remove", "--dir", dir, "--name", "bob")
 	if _, err := os.Stat(bob); err == nil {

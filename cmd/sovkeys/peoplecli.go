@@ -6,8 +6,10 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -59,6 +61,12 @@ func peopleCommands() []command {
 	}
 }
 
+// rolesOf renders a spec's roles as the roster does (admin+security).
+func rolesOf(spec clusterinit.PersonSpec) string {
+	p := roster.Person{Roles: spec.Roles}
+	return p.RoleNames()
+}
+
 // withPositional lets the command take its first argument as --flag.
 func withPositional(flagName string, c command) command {
 	c.positional = flagName
@@ -101,16 +109,22 @@ func runOperatorAdd(ctx context.Context, f *personFlags, s stdio) error {
 	if err != nil {
 		return err
 	}
+	if err := checkPeopleChange(ctx, f.conn, dir, roster.PeopleChange{Op: roster.OpPersonAdd, Name: spec.Name, Roles: rolesOf(spec)}, s); err != nil {
+		return err
+	}
 	if err := changePeople(trust, dir, []clusterinit.PersonSpec{spec}, nil); err != nil {
 		return err
 	}
-	fmt.Fprintf(s.stdout, "person %s (%s): credential %s (give it to them only)\n", spec.Name, f.roles, clusterinit.PersonCredsFile(dir, spec.Name))
+	fmt.Fprintf(s.stdout, "person %s (%s): credential %s (give it to them only)\n", spec.Name, rolesOf(spec), clusterinit.PersonCredsFile(dir, spec.Name))
 	return publishRosterFrom(ctx, f.conn, dir, nil, s)
 }
 
 func runOperatorRemove(ctx context.Context, f *personFlags, s stdio) error {
 	dir, trust, err := f.personDir()
 	if err != nil {
+		return err
+	}
+	if err := checkPeopleChange(ctx, f.conn, dir, roster.PeopleChange{Op: roster.OpPersonRemove, Name: f.name}, s); err != nil {
 		return err
 	}
 	if err := changePeople(trust, dir, nil, []string{f.name}); err != nil {
@@ -211,42 +225,73 @@ func publishRoster(ctx context.Context, js jetstream.JetStream, file string, pol
 			CallerType: shared.CallerTypePerson, CallerID: natsauth.BootstrapPerson, Result: shared.ResultSuccess, Params: params,
 		})
 	}
+	// What changes, each checked against the quorum before anything is
+	// written (roster/people.go).
+	type change struct {
+		c      roster.PeopleChange
+		person roster.Person
+		id     string
+	}
+	var changes []change
 	for _, p := range have {
 		if _, ok := want[p.Name]; !ok {
-			if err := audit("person.remove", map[string]string{"person": p.Name, "public_key": p.PublicKey}); err != nil {
-				return 0, fmt.Errorf("%w: %w", errIntentNotAudited, err)
-			}
-			if err := r.Remove(ctx, p.Name); err != nil {
-				return 0, err
-			}
+			changes = append(changes, change{c: roster.PeopleChange{Op: roster.OpPersonRemove, Name: p.Name}, person: p})
 		}
 	}
-	for _, p := range want {
-		var old *roster.Person
-		for i := range have {
-			if have[i].Name == p.Name {
-				old = &have[i]
-			}
-		}
-		if old != nil && old.PublicKey == p.PublicKey && old.RoleNames() == p.RoleNames() {
+	for _, name := range slices.Sorted(maps.Keys(want)) {
+		p := want[name]
+		i := slices.IndexFunc(have, func(h roster.Person) bool { return h.Name == name })
+		if i >= 0 && have[i].PublicKey == p.PublicKey && have[i].RoleNames() == p.RoleNames() {
 			continue
 		}
-		if err := audit("person.add", map[string]string{"person": p.Name, "public_key": p.PublicKey, "roles": p.RoleNames()}); err != nil {
-			return 0, fmt.Errorf("%w: %w", errIntentNotAudited, err)
-		}
-		if err := r.Put(ctx, p); err != nil {
+		changes = append(changes, change{c: roster.PeopleChange{Op: roster.OpPersonAdd, Name: name, Roles: p.RoleNames()}, person: p})
+	}
+	cur, err := r.Policy(ctx)
+	if err != nil {
+		return 0, err
+	}
+	if policy != nil && !samePolicy(cur, *policy) {
+		changes = append(changes, change{c: roster.PeopleChange{Op: roster.OpQuorumSet, Policy: policy}})
+	}
+	gate := &roster.Gate{Roster: r, Now: time.Now}
+	if kv, err := js.KeyValue(ctx, shared.BucketAdmin); err == nil {
+		gate.Admin = kv
+	}
+	for i := range changes {
+		if changes[i].id, err = gate.Approval(ctx, cur, have, changes[i].c); err != nil {
 			return 0, err
 		}
 	}
-	if cur, err := r.Policy(ctx); err == nil && policy != nil && samePolicy(cur, *policy) {
-		policy = nil
-	}
-	if policy != nil {
-		b, _ := json.Marshal(policy.Quorum)
-		if err := audit("quorum.set", map[string]string{"quorum": string(b)}); err != nil {
+	for _, ch := range changes {
+		if err := gate.MarkExecuted(ctx, ch.id); err != nil {
+			return 0, err
+		}
+		params := map[string]string{}
+		if ch.id != "" {
+			params["request_id"] = ch.id
+		}
+		var api string
+		switch ch.c.Op {
+		case roster.OpPersonRemove:
+			api, params["person"], params["public_key"] = "person.remove", ch.person.Name, ch.person.PublicKey
+		case roster.OpPersonAdd:
+			api, params["person"], params["public_key"], params["roles"] = "person.add", ch.person.Name, ch.person.PublicKey, ch.person.RoleNames()
+		default:
+			b, _ := json.Marshal(policy.Quorum)
+			api, params["quorum"] = "quorum.set", string(b)
+		}
+		if err := audit(api, params); err != nil {
 			return 0, fmt.Errorf("%w: %w", errIntentNotAudited, err)
 		}
-		if err := r.SetPolicy(ctx, *policy); err != nil {
+		switch ch.c.Op {
+		case roster.OpPersonRemove:
+			err = r.Remove(ctx, ch.person.Name)
+		case roster.OpPersonAdd:
+			err = r.Put(ctx, ch.person)
+		default:
+			err = r.SetPolicy(ctx, *policy)
+		}
+		if err != nil {
 			return 0, err
 		}
 	}

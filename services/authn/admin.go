@@ -44,6 +44,10 @@ func registryAPIs() map[string]map[string]natsauth.Role {
 			"key.schedule_deletion": natsauth.RoleAdmin, "key.cancel_deletion": natsauth.RoleAdmin},
 		shared.BucketTenants: {"tenant.create": natsauth.RoleAdmin, "tenant.enable": natsauth.RoleAdmin, "tenant.disable": natsauth.RoleAdmin,
 			"tenant.delete": natsauth.RoleAdmin},
+		// Changes of the roster and its quorum: authn holds and decides them
+		// but never writes the roster (bootstrap's alone); the holder of the
+		// trust seeds applies an approved one (roster/people.go).
+		shared.BucketOperators: {"person.add": natsauth.RoleSecurity, "person.remove": natsauth.RoleSecurity, "quorum.set": natsauth.RoleSecurity},
 	}
 }
 
@@ -162,6 +166,9 @@ func (s *Service) applyApproved(ctx context.Context, p *roster.Pending, approved
 
 // applyRegistry writes a verified change.
 func (s *Service) applyRegistry(ctx context.Context, w kwadmin.RegistryWrite) (any, error) {
+	if w.Bucket == shared.BucketOperators {
+		return kwadmin.RegistryWriteResponse{}, nil // approved: bootstrap applies it
+	}
 	kv, err := mesh.EnsureBucket(ctx, s.js, w.Bucket, "sovkeys: "+w.Bucket, s.cfg.Topology)
 	if err != nil {
 		return nil, err

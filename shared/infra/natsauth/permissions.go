@@ -290,7 +290,9 @@ func BootstrapPermissions() Permissions {
 			shared.JSStreamNames, shared.JSStreamList, shared.JSConsumerInfo + all,
 			// SpreadLeaders: move stream and consumer leaders between nodes.
 			shared.JSStreamLeaderStepdown + all, shared.JSConsumerLeaderStepdown + all},
-			kvWrite(shared.BucketOperators, all), personAuditPrefixes(BootstrapPerson), siblings(shared.StreamAudit, streamLookup)),
+			kvWrite(shared.BucketOperators, all), personAuditPrefixes(BootstrapPerson), siblings(shared.StreamAudit, streamLookup),
+			// Approved roster changes (roster/people.go) are read there.
+			kvRead(shared.BucketAdmin)),
 		Sub:     []string{shared.InboxSubjects(shared.UserBootstrap)},
 		DenyPub: []string{shared.JSStreamDelete + all, shared.JSStreamPurge + all, shared.JSStreamMsgDelete + all},
 	}

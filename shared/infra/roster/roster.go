@@ -180,6 +180,13 @@ const (
 	// carries the signatures of its security people, which every watcher
 	// verifies (shared/infra/killswitch, release.go). Engage takes one.
 	OpKillswitchRelease = "killswitch.release"
+	// OpPersonAdd, OpPersonRemove and OpQuorumSet change who may sign and
+	// how many must: security people request and approve them (through
+	// authn, which only records the decision), and the holder of the
+	// trust seeds applies them (people.go).
+	OpPersonAdd    = "registry.person.add"
+	OpPersonRemove = "registry.person.remove"
+	OpQuorumSet    = "registry.quorum.set"
 )
 
 // DefaultQuorum is the quorum of every destructive or trust-changing
@@ -190,7 +197,7 @@ const DefaultQuorum = 2
 func DefaultPolicy() Policy {
 	return Policy{Quorum: map[string]int{OpKeyVersionDestroy: DefaultQuorum, OpForcedRotation: DefaultQuorum,
 		OpTenantDelete: DefaultQuorum, OpKeystoreDelete: DefaultQuorum, OpKeyScheduleDeletion: DefaultQuorum,
-		OpKillswitchRelease: DefaultQuorum}}
+		OpKillswitchRelease: DefaultQuorum, OpPersonAdd: DefaultQuorum, OpPersonRemove: DefaultQuorum, OpQuorumSet: DefaultQuorum}}
 }
 
 // UniformPolicy needs n signatures for every operation DefaultPolicy names
