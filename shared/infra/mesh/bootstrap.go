@@ -77,7 +77,7 @@ func Bootstrap(ctx context.Context, js jetstream.JetStream, topo Topology, pools
 	if err := declareObjects(ctx, js, jetstream.ObjectStoreConfig{
 		Bucket: shared.BucketAuditExport, Description: "sovkeys: exported audit records and checkpoints",
 		Storage: jetstream.FileStorage, Replicas: topo.Replicas,
-	}, nil); err != nil {
+	}, hardenAppendOnly); err != nil {
 		return err
 	}
 	return bootstrapEKT(ctx, js, topo)
@@ -107,6 +107,15 @@ func bootstrapEKT(ctx context.Context, js jetstream.JetStream, topo Topology) er
 		Storage:     jetstream.FileStorage,
 		Replicas:    topo.Replicas,
 	}, HardenWriteOnce)
+}
+
+// hardenAppendOnly makes a stream keep every message it accepts: no
+// message deletes, purges or roll-ups (the audit export object store, read
+// first-write-wins by shared/infra/auditlog).
+func hardenAppendOnly(c *jetstream.StreamConfig) {
+	c.DenyDelete = true
+	c.DenyPurge = true
+	c.AllowRollup = false
 }
 
 // HardenWriteOnce edits a KV stream's configuration so each key takes one
