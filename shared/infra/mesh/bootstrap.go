@@ -26,7 +26,6 @@ var bucketDescriptions = []struct{ name, description string }{
 	{shared.BucketPKI, "sovkeys: public keys and CA certificates"},
 	{shared.BucketKillSwitch, "sovkeys: kill switches"},
 	{shared.BucketXKSRotation, "sovkeys: automatic rotation of XKS keys"},
-	{shared.BucketAuditSigner, "sovkeys: last audit checkpoint each HSM signed, per log"},
 	{shared.BucketOperators, "sovkeys: people (public nkey, roles) and the quorum policy; written by bootstrap only"},
 }
 
@@ -67,6 +66,11 @@ func Bootstrap(ctx context.Context, js jetstream.JetStream, topo Topology, pools
 		if err := declareKV(ctx, js, bucketConfig(b.name, b.description, topo)); err != nil {
 			return err
 		}
+	}
+	// The audit signer's public state: keyworkers write it (and keep the
+	// real one in their HSM), nobody purges it or rolls its history up.
+	if err := declareKV(ctx, js, bucketConfig(shared.BucketAuditSigner, "sovkeys: last audit checkpoint each HSM signed, per log", topo), hardenAppendOnly); err != nil {
+		return err
 	}
 	if err := declareKV(ctx, js, UnsealBucketConfig(topo)); err != nil {
 		return err
