@@ -19,6 +19,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
 	"go.opentelemetry.io/otel/trace/noop"
+	"golang.org/x/mod/sumdb/note"
 
 	"github.com/sovkeys/sovkeys/services/audit"
 	"github.com/sovkeys/sovkeys/shared"
@@ -111,10 +112,27 @@ func TestAuditCLI(t *testing.T) {
 	if code, out, stderr := cli("audit", "verify", "--tenant", deleted.ID, "--s3-bucket", "cli-audit", "--public-key", keyFile, "--json"); code != 0 || !strings.Contains(out, `"last": 40`) {
 		t.Fatalf("verify --json: %d %s %s", code, out, stderr)
 	}
+	// The printed checkpoint is kept byte for byte: a valid signed note for
+	// x/mod's note.Open and for audit verify --checkpoint.
 	if code, out, stderr := cli("audit", "checkpoint", "--keystore", "cli/store"); code != 0 {
 		t.Fatalf("checkpoint: %s %s", out, stderr)
-	} else if th, _, err := (auditlog.Trust{Deployment: audit.DefaultDeployment, LogKey: mustKey(t, pemBytes)}).OpenCheckpoint([]byte(strings.TrimSuffix(out, "\n")), store); err != nil || th.Size != 40 {
+	} else if th, _, err := (auditlog.Trust{Deployment: audit.DefaultDeployment, LogKey: mustKey(t, pemBytes)}).OpenCheckpoint([]byte(out), store); err != nil || th.Size != 40 {
 		t.Fatalf("checkpoint output %q: %v", out, err)
+	} else {
+		v, err := auditlog.NewECDSAVerifier(auditlog.KeyName(audit.DefaultDeployment), mustKey(t, pemBytes))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := note.Open([]byte(out), note.VerifierList(v)); err != nil {
+			t.Fatalf("note.Open of the printed checkpoint %q: %v", out, err)
+		}
+		kept := filepath.Join(dir, "kept.txt")
+		if err := os.WriteFile(kept, []byte(out), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if code, vout, stderr := cli("audit", "verify", "--keystore", "/cli/store/", "--s3-bucket", "cli-audit", "--public-key", keyFile, "--checkpoint", kept); code != 0 || !strings.Contains(vout, "records 1..40 ") {
+			t.Fatalf("verify --checkpoint kept.txt: %d %s %s", code, vout, stderr)
+		}
 	}
 
 	// A proof of one record, checked offline with only the public key.

@@ -246,6 +246,8 @@ func auditCheckpoint(ctx context.Context, f *auditCmdFlags, s stdio) error {
 	if code := m.Header.Get(micro.ErrorCodeHeader); code != "" {
 		return fmt.Errorf("audit checkpoint: %s", m.Header.Get(micro.ErrorHeader))
 	}
-	_, err = fmt.Fprintf(s.stdout, "%s\n", m.Data)
+	// The signed note as stored: it ends with its own newline, and one
+	// byte more would make it no signed note at all (C2SP signed-note).
+	_, err = s.stdout.Write(m.Data)
 	return err
 }

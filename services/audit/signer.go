@@ -169,6 +169,29 @@ func (g *signer) key(ctx context.Context) ([]byte, *ecdsa.PublicKey, error) {
 	return spki, pub, nil
 }
 
+// published returns the checkpoint of st as the exporter stored it in the
+// central bucket, witness cosignatures included, or the signer's own note
+// when the exporter has not written it yet (it cosigns after signing).
+func (g *signer) published(ctx context.Context, sc auditlog.Scope, st auditlog.SignerState) []byte {
+	if g.s.tlog == nil || g.s.tlog.central == nil {
+		return st.Checkpoint
+	}
+	wait, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	t := time.NewTicker(50 * time.Millisecond)
+	defer t.Stop()
+	for {
+		if cp, err := g.s.tlog.central.Get(wait, sc.CheckpointHistoryKey(st.Size)); err == nil {
+			return cp
+		}
+		select {
+		case <-wait.Done():
+			return st.Checkpoint
+		case <-t.C:
+		}
+	}
+}
+
 // checkpoint returns a signed checkpoint covering the scope's head as it
 // is now, waiting for the exporter to get there.
 func (g *signer) checkpoint(ctx context.Context, sc auditlog.Scope) ([]byte, error) {
@@ -187,7 +210,7 @@ func (g *signer) checkpoint(ctx context.Context, sc auditlog.Scope) ([]byte, err
 			return nil, err
 		}
 		if uint64(st.Size) >= h.seq {
-			return st.Checkpoint, nil
+			return g.published(ctx, sc, st), nil
 		}
 		select {
 		case <-ctx.Done():

@@ -108,6 +108,7 @@ type Service struct {
 	aws       *awsVerifier       // nil unless AWS instance identity is configured (awsid.go)
 	audit     *mesh.AuditBatcher // request events: several per message under load
 	refusals  *mesh.RefusalLog
+	authFail  *mesh.FailedAuthAuditor // failed SigV4 per key store (Run)
 	awsDeps   Deps
 	desk      *roster.Desk // people's signed registry changes (admin.go)
 }
@@ -201,6 +202,12 @@ func (s *Service) Run(ctx context.Context) error {
 	var stopAudit func()
 	s.audit, stopAudit = mesh.StartAuditBatcher(s.js, shared.AuditServiceAuthn)
 	defer stopAudit()
+	// Failed SigV4 against a real key store: one record per key store per
+	// interval (mesh/failedauth.go), flushed before the batcher stops.
+	s.authFail = mesh.NewFailedAuthAuditor(s.js, nil, shared.AuditServiceAuthn, 0, s.log, s.now)
+	authFailDone := make(chan struct{})
+	go func() { defer close(authFailDone); s.authFail.Run(ctx) }()
+	defer func() { <-authFailDone }()
 	sem := make(chan struct{}, s.cfg.Concurrency)
 	var wg sync.WaitGroup
 	cc, err := mesh.ConsumeAll(cons, func(m jetstream.Msg) {
@@ -304,7 +311,9 @@ func (s *Service) handle(ctx context.Context, m jetstream.Msg) {
 	} else {
 		ev.Result = shared.ResultSuccess
 	}
-	if aerr := s.publishAudit(ctx, ev); aerr != nil {
+	if ev.Kind == shared.AuditKindXKS && ev.Code == shared.CodeAuthenticationFailed && s.authFail != nil {
+		s.authFail.Add(ev.Scope, ev.SourceIP) // summarised per key store (mesh/failedauth.go)
+	} else if aerr := s.publishAudit(ctx, ev); aerr != nil {
 		log.Error("audit publish failed; withholding answer", "err", aerr)
 		body, err = nil, shared.NewError(shared.CodeDependencyTimeout, "audit unavailable")
 	}

@@ -3,7 +3,6 @@ package keyworker
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"time"
@@ -61,19 +60,18 @@ func (s *Service) adminAuditSign(ctx context.Context, data []byte) (any, error) 
 		return nil, err
 	}
 	key := auditlog.SignerStateKey(s.cfg.Pool, sc)
-	var st auditlog.SignerState
-	var rev uint64
-	switch e, err := kv.Get(ctx, key); {
-	case errors.Is(err, jetstream.ErrKeyNotFound):
-	case err != nil:
-		return nil, fmt.Errorf("keyworker: audit signer state: %w", err)
-	default:
-		if err := json.Unmarshal(e.Value(), &st); err != nil || len(st.Root) != len(root) {
-			return nil, fmt.Errorf("keyworker: audit signer state of %s is unreadable", origin)
-		}
-		rev = e.Revision()
+	spki, err := s.auditKey(ctx)
+	if err != nil {
+		return nil, err
 	}
-	if rev != 0 && st.Origin != origin {
+	// admin_audit_state.go: the token's state, or a newer one in KV this
+	// HSM signed; KV behind it is restored.
+	st, err := s.loadSignerState(ctx, kv, key, sc, r.Deployment, spki)
+	if err != nil {
+		return nil, err
+	}
+	s.repairSignerState(ctx, kv, key, &st)
+	if st.exists && st.Origin != origin {
 		return nil, shared.NewError(shared.CodeValidation, "audit sign: %s is signed under origin %q, not %q", sc, st.Origin, origin)
 	}
 	var lastRoot tlog.Hash
@@ -85,12 +83,8 @@ func (s *Service) adminAuditSign(ctx context.Context, data []byte) (any, error) 
 	case err != nil:
 		s.log.Error("refusing to sign an audit checkpoint", "origin", origin, "size", r.Size, "signed_size", st.Size, "err", err)
 		return nil, shared.NewError(shared.CodeValidation, "audit sign: %v", err)
-	case rev != 0 && r.Size == st.Size:
+	case st.exists && r.Size == st.Size:
 		return auditlog.TlogSignResponse{Checkpoint: st.Checkpoint, SignedSize: st.Size}, nil
-	}
-	spki, err := s.auditKey(ctx)
-	if err != nil {
-		return nil, err
 	}
 	text := auditlog.TreeHead{Origin: origin, Size: r.Size, Root: root}.Text()
 	sig, err := s.hsm.SignSHA256(ctx, AuditKeyLabel, text)
@@ -103,21 +97,16 @@ func (s *Service) adminAuditSign(ctx context.Context, data []byte) (any, error) 
 	if err != nil {
 		return nil, fmt.Errorf("keyworker: audit checkpoint: %w", err)
 	}
-	val, err := json.Marshal(auditlog.SignerState{Origin: origin, Size: r.Size, Root: root[:], Checkpoint: signed})
-	if err != nil {
-		return nil, err
-	}
 	// The state moves before the signature leaves: a lost reply costs a
 	// retry, never a second tree.
-	if rev == 0 {
-		_, err = kv.Create(ctx, key, val)
-	} else {
-		_, err = kv.Update(ctx, key, val, rev)
-	}
-	if err != nil {
+	next := auditlog.SignerState{Origin: origin, Size: r.Size, Root: root[:], Checkpoint: signed}
+	if err := s.storeSignerState(ctx, kv, key, st, next); err != nil {
 		// Another keyworker signed meanwhile: the caller asks again.
-		if e, gerr := kv.Get(ctx, key); gerr == nil && json.Unmarshal(e.Value(), &st) == nil {
-			return auditlog.TlogSignResponse{Conflict: true, SignedSize: st.Size}, nil
+		if errors.Is(err, errSignerRace) {
+			if now, lerr := s.loadSignerState(ctx, kv, key, sc, r.Deployment, spki); lerr == nil {
+				s.log.Warn("audit signer state moved meanwhile", "key", key, "err", err)
+				return auditlog.TlogSignResponse{Conflict: true, SignedSize: now.Size}, nil
+			}
 		}
 		return nil, fmt.Errorf("keyworker: audit signer state: %w", err)
 	}

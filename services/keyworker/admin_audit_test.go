@@ -26,10 +26,10 @@ import (
 
 // runKeyworkers runs n keyworkers of pool "default" on ONE SoftHSM token
 // (as several keyworker processes share one HSM) and waits until the
-// pool's admin API answers.
-func runKeyworkers(t *testing.T, nc *nats.Conn, js jetstream.JetStream, n int) {
+// pool's admin API answers. It returns the token.
+func runKeyworkers(t *testing.T, nc *nats.Conn, js jetstream.JetStream, n int) (module, label, pin string) {
 	t.Helper()
-	module, label, pin := hsmtest.NewToken(t)
+	module, label, pin = hsmtest.NewToken(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
 	t.Cleanup(func() { cancel(); wg.Wait() })
@@ -61,7 +61,7 @@ func runKeyworkers(t *testing.T, nc *nats.Conn, js jetstream.JetStream, n int) {
 		var resp kwadmin.HealthResponse
 		err := kwadmin.Call(ctx, nc, "default", kwadmin.EndpointHealth, struct{}{}, &resp)
 		if err == nil {
-			return
+			return module, label, pin
 		}
 		if time.Now().After(deadline) {
 			t.Fatalf("keyworker admin not answering: %v", err)

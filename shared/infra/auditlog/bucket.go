@@ -3,17 +3,12 @@ package auditlog
 import (
 	"bytes"
 	"context"
-	"crypto/sha256"
 	"errors"
 	"fmt"
 	"path"
-	"slices"
 	"strings"
 	"sync"
 
-	"github.com/nats-io/nats.go/jetstream"
-
-	"github.com/sovkeys/sovkeys/shared"
 	"github.com/sovkeys/sovkeys/shared/infra/writeonce"
 )
 
@@ -133,122 +128,23 @@ func (b *S3Bucket) List(ctx context.Context, dir string, fn func(name string) er
 	return st.List(ctx, "", fn)
 }
 
-// ObjectBucketStore exports to a JetStream object store (the standalone
-// default). Object names are the keys. A Put of an existing name with the
-// same SHA-256 is a no-op; other content is ErrConflict and is left alone.
-type ObjectBucketStore struct {
-	js  jetstream.JetStream
-	obs jetstream.ObjectStore
-}
-
-// NewObjectBucket declares (idempotently) and opens the object store.
-func NewObjectBucket(ctx context.Context, js jetstream.JetStream, replicas int) (*ObjectBucketStore, error) {
-	if replicas < 1 || replicas > 5 {
-		return nil, fmt.Errorf("%w: auditlog: replicas must be 1..5", shared.ErrConfigValidation)
-	}
-	// Bind first: services may not declare (mesh.Bootstrap does).
-	obs, err := js.ObjectStore(ctx, ObjectBucket)
-	if err != nil {
-		obs, err = js.CreateObjectStore(ctx, jetstream.ObjectStoreConfig{
-			Bucket: ObjectBucket, Description: "sovkeys: exported audit records and checkpoints",
-			Storage: jetstream.FileStorage, Replicas: replicas,
-		})
-	}
-	if errors.Is(err, jetstream.ErrBucketExists) || errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) {
-		obs, err = js.ObjectStore(ctx, ObjectBucket)
-	}
-	if err != nil {
-		return nil, fmt.Errorf("auditlog: object store %s: %w", ObjectBucket, err)
-	}
-	return &ObjectBucketStore{js: js, obs: obs}, nil
-}
-
-// OpenObjectBucket opens an existing object store (verification).
-func OpenObjectBucket(ctx context.Context, js jetstream.JetStream) (*ObjectBucketStore, error) {
-	obs, err := js.ObjectStore(ctx, ObjectBucket)
-	if err != nil {
-		return nil, fmt.Errorf("auditlog: object store %s: %w", ObjectBucket, err)
-	}
-	return &ObjectBucketStore{js: js, obs: obs}, nil
-}
-
-func (b *ObjectBucketStore) String() string { return "jetstream-object-store://" + ObjectBucket }
-
-// Put stores data under key unless an object with the same digest is there.
-func (b *ObjectBucketStore) Put(ctx context.Context, key string, data []byte) error {
-	info, err := b.obs.GetInfo(ctx, key)
-	switch {
-	case err == nil && !info.Deleted:
-		h := sha256.New()
-		h.Write(data)
-		if info.Digest == jetstream.GetObjectDigestValue(h) {
-			return nil
-		}
-		return fmt.Errorf("%w: %s", ErrConflict, key)
-	case err != nil && !errors.Is(err, jetstream.ErrObjectNotFound):
-		return fmt.Errorf("auditlog: object info %s: %w", key, err)
-	}
-	if _, err := b.obs.PutBytes(ctx, key, data); err != nil {
-		return fmt.Errorf("auditlog: put object %s: %w", key, err)
-	}
-	return nil
-}
-
-// Get reads an object (the object store checks its digest).
-func (b *ObjectBucketStore) Get(ctx context.Context, key string) ([]byte, error) {
-	data, err := b.obs.GetBytes(ctx, key)
-	switch {
-	case errors.Is(err, jetstream.ErrObjectNotFound):
-		return nil, fmt.Errorf("%w: %s", ErrNotFound, key)
-	case errors.Is(err, jetstream.ErrDigestMismatch):
-		return nil, fmt.Errorf("%w: %s", ErrCorrupt, key)
-	case err != nil:
-		return nil, fmt.Errorf("auditlog: get object %s: %w", key, err)
-	}
-	return data, nil
-}
-
-// List lists names directly inside dir. The object store cannot filter by
-// name, so this reads every object's metadata: fine for verification, not
-// for a hot path.
-func (b *ObjectBucketStore) List(ctx context.Context, dir string, fn func(name string) error) error {
-	prefix := strings.TrimSuffix(dir, "/") + "/"
-	infos, err := b.obs.List(ctx)
-	if errors.Is(err, jetstream.ErrNoObjectsFound) {
-		return nil
-	}
-	if err != nil {
-		return fmt.Errorf("auditlog: list objects: %w", err)
-	}
-	var names []string
-	for _, in := range infos {
-		rest, ok := strings.CutPrefix(in.Name, prefix)
-		if ok && !in.Deleted && rest != "" && !strings.Contains(rest, "/") {
-			names = append(names, rest)
-		}
-	}
-	slices.Sort(names)
-	for _, n := range names {
-		if err := fn(n); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
 // Replacer is implemented by buckets whose objects can be replaced: the
-// transparency log's "checkpoint" (newest signed checkpoint) lives there.
-// S3 buckets are write-once and keep only the checkpoint history.
+// transparency log's "checkpoint" (newest signed checkpoint, as C2SP
+// tlog-tiles requires) lives there. S3 buckets replace that one key (every
+// other key is write-once); the JetStream object store replaces nothing,
+// its readers take the newest of the checkpoint history.
 type Replacer interface {
 	Replace(ctx context.Context, key string, data []byte) error
 }
 
-var _ Replacer = (*ObjectBucketStore)(nil)
+var _ Replacer = (*S3Bucket)(nil)
 
-// Replace stores data under key, replacing what is there.
-func (b *ObjectBucketStore) Replace(ctx context.Context, key string, data []byte) error {
-	if _, err := b.obs.PutBytes(ctx, key, data); err != nil {
-		return fmt.Errorf("auditlog: replace object %s: %w", key, err)
+// Replace overwrites key (only the scope's "checkpoint" is ever replaced):
+// a plain PutObject carrying the SHA-256 Get checks.
+func (b *S3Bucket) Replace(ctx context.Context, key string, data []byte) error {
+	st, name, err := b.sub(ctx, key, true)
+	if err != nil {
+		return err
 	}
-	return nil
+	return st.Overwrite(ctx, name, data)
 }

@@ -26,7 +26,6 @@ var bucketDescriptions = []struct{ name, description string }{
 	{shared.BucketPKI, "sovkeys: public keys and CA certificates"},
 	{shared.BucketKillSwitch, "sovkeys: kill switches"},
 	{shared.BucketXKSRotation, "sovkeys: automatic rotation of XKS keys"},
-	{shared.BucketAuditSigner, "sovkeys: last audit checkpoint each HSM signed, per log"},
 	{shared.BucketOperators, "sovkeys: people (public nkey, roles) and the quorum policy; written by bootstrap only"},
 }
 
@@ -68,6 +67,11 @@ func Bootstrap(ctx context.Context, js jetstream.JetStream, topo Topology, pools
 			return err
 		}
 	}
+	// The audit signer's public state: keyworkers write it (and keep the
+	// real one in their HSM), nobody purges it or rolls its history up.
+	if err := declareKV(ctx, js, bucketConfig(shared.BucketAuditSigner, "sovkeys: last audit checkpoint each HSM signed, per log", topo), hardenAppendOnly); err != nil {
+		return err
+	}
 	if err := declareKV(ctx, js, UnsealBucketConfig(topo)); err != nil {
 		return err
 	}
@@ -77,7 +81,7 @@ func Bootstrap(ctx context.Context, js jetstream.JetStream, topo Topology, pools
 	if err := declareObjects(ctx, js, jetstream.ObjectStoreConfig{
 		Bucket: shared.BucketAuditExport, Description: "sovkeys: exported audit records and checkpoints",
 		Storage: jetstream.FileStorage, Replicas: topo.Replicas,
-	}, nil); err != nil {
+	}, hardenAppendOnly); err != nil {
 		return err
 	}
 	return bootstrapEKT(ctx, js, topo)
@@ -107,6 +111,15 @@ func bootstrapEKT(ctx context.Context, js jetstream.JetStream, topo Topology) er
 		Storage:     jetstream.FileStorage,
 		Replicas:    topo.Replicas,
 	}, HardenWriteOnce)
+}
+
+// hardenAppendOnly makes a stream keep every message it accepts: no
+// message deletes, purges or roll-ups (the audit export object store, read
+// first-write-wins by shared/infra/auditlog).
+func hardenAppendOnly(c *jetstream.StreamConfig) {
+	c.DenyDelete = true
+	c.DenyPurge = true
+	c.AllowRollup = false
 }
 
 // HardenWriteOnce edits a KV stream's configuration so each key takes one

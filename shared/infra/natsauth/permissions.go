@@ -223,16 +223,13 @@ func UserPermissions(user, service string, pools []string) Permissions {
 			// Numbered events leave the event stream (audit purges below its
 			// consumer's ack floor); the audit identity already decides what
 			// gets numbered, so this grants it nothing new.
-			// The export bucket's one mutable object, each log's newest
-			// checkpoint, is replaced in place: the object store then purges
-			// the old chunks. Tiles and bundles are written once by name, and
-			// a removed export is detectable (signed checkpoints, witnesses),
-			// never forgeable.
-			siblings(shared.StreamAudit, purge), []string{shared.JSStreamPurge + shared.ObjectStream(shared.BucketAuditExport)})
+			// The export object store is write-once (2026-12-07): its stream
+			// denies deletes, purges and roll-ups, and nobody may purge it.
+			siblings(shared.StreamAudit, purge))
 		perms.Sub = join(sub, []string{shared.SubjectAuditControlPrefix + "." + all})
 		// Every other purge stays denied (denyAlways would deny this one too).
 		perms.DenyPub = slices.DeleteFunc(perms.DenyPub, func(d string) bool { return d == shared.JSStreamPurge+all })
-		perms.DenyPub = append(perms.DenyPub, purgeAllBut(pools, append(shared.SiblingStreams(shared.StreamAudit), shared.ObjectStream(shared.BucketAuditExport))...)...)
+		perms.DenyPub = append(perms.DenyPub, purgeAllBut(pools, shared.SiblingStreams(shared.StreamAudit)...)...)
 	default:
 		return none()
 	}
