@@ -48,10 +48,10 @@ var mechanismNeeds = []MechanismNeed{
 
 // MechanismRow is one checked row of the table.
 type MechanismRow struct {
-	Mechanism string `json:"mechanism"`         // the one found, or the first wanted
-	Flags     string `json:"flags"`             // required flags
-	UsedBy    string `json:"used_by"`           // what needs it
-	Status    string `json:"status"`            // "ok", "missing", "missing flags: ..."
+	Mechanism string `json:"mechanism"`          // the one found, or the first wanted
+	Flags     string `json:"flags"`              // required flags
+	UsedBy    string `json:"used_by"`            // what needs it
+	Status    string `json:"status"`             // "ok", "missing", "missing flags: ..."
 	Fallback  string `json:"fallback,omitempty"` // the alternative used, when the first is missing
 }
 
