@@ -293,3 +293,30 @@ func BootstrapPermissions() Permissions {
 		DenyPub: []string{shared.JSStreamDelete + all, shared.JSStreamPurge + all, shared.JSStreamMsgDelete + all},
 	}
 }
+
+// BackupPermissions are `sovkeys backup`'s (2026-12-07): list and read
+// every stream and take its snapshot (JetStream's snapshot API), nothing
+// else: no stream, bucket or consumer change, no service subject. The
+// credential is issued for one backup by whoever holds the trust seeds
+// (a standalone node's --data; a cluster's `sovkeys init` directory).
+func BackupPermissions() Permissions {
+	return Permissions{
+		Pub: []string{shared.JSAPIInfo, shared.JSStreamNames, shared.JSStreamList, shared.JSStreamInfo + all,
+			shared.JSStreamSnapshot + all, shared.JSSnapshotAckPrefix + all, shared.JSStreamMsgGet + all, shared.JSDirectGet + all},
+		Sub:     []string{shared.InboxSubjects(shared.UserBackup)},
+		DenyPub: []string{shared.JSStreamDelete + all, shared.JSStreamPurge + all, shared.JSStreamMsgDelete + all},
+	}
+}
+
+// RestorePermissions are `sovkeys restore`'s: restore streams that do not
+// exist (JetStream refuses to restore over one), read them, and write the
+// restore's own operator audit record; never delete or purge.
+func RestorePermissions() Permissions {
+	return Permissions{
+		Pub: join([]string{shared.JSAPIInfo, shared.JSStreamNames, shared.JSStreamList, shared.JSStreamInfo + all,
+			shared.JSStreamRestore + all, shared.JSSnapshotChunkPrefix + all, shared.JSStreamMsgGet + all},
+			personAuditPrefixes(shared.UserRestore)),
+		Sub:     []string{shared.InboxSubjects(shared.UserRestore)},
+		DenyPub: []string{shared.JSStreamDelete + all, shared.JSStreamPurge + all, shared.JSStreamMsgDelete + all},
+	}
+}
