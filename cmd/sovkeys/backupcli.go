@@ -18,6 +18,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -26,6 +27,7 @@ import (
 
 	"github.com/sovkeys/sovkeys/services/keyworker"
 	"github.com/sovkeys/sovkeys/shared"
+	"github.com/sovkeys/sovkeys/shared/infra/auditlog"
 	"github.com/sovkeys/sovkeys/shared/infra/mesh"
 	"github.com/sovkeys/sovkeys/shared/infra/natsauth"
 )
@@ -72,11 +74,9 @@ type drFile struct {
 // drCheckpoint is the newest signed checkpoint of one audit scope at
 // backup time: restore names it in its operator record.
 type drCheckpoint struct {
-	Stream  string `json:"stream"`
-	Subject string `json:"subject"`
-	Seq     uint64 `json:"seq"`
-	SHA256  string `json:"sha256"`
-	Body    []byte `json:"body"`
+	Scope  string `json:"scope"`
+	SHA256 string `json:"sha256"`
+	Body   []byte `json:"body"` // the signed note, as `audit verify --checkpoint` takes it
 }
 
 // drFlags are backup's and restore's shared flags.
@@ -324,52 +324,48 @@ func snapshotStream(ctx context.Context, nc *nats.Conn, name, dir string) (drStr
 	}
 }
 
-// newestCheckpoints reads the last message of every checkpoint subject of
-// the audit log streams.
+// newestCheckpoints reads the newest signed checkpoint (a signed tree
+// head note) of every audit scope with records, from the audit export
+// object store.
 func newestCheckpoints(ctx context.Context, js jetstream.JetStream) ([]drCheckpoint, error) {
-	var out []drCheckpoint
-	names := js.StreamNames(ctx)
-	var logs []string
-	for n := range names.Name() {
-		if strings.HasPrefix(n, shared.StreamAuditLog) {
-			logs = append(logs, n)
-		}
+	st, err := js.Stream(ctx, shared.StreamAuditLog)
+	if errors.Is(err, jetstream.ErrStreamNotFound) {
+		return nil, nil
 	}
-	if err := names.Err(); err != nil {
+	if err != nil {
 		return nil, err
 	}
-	for _, n := range logs {
-		st, err := js.Stream(ctx, n)
+	info, err := st.Info(ctx, jetstream.WithSubjectFilter(shared.SubjectAuditRecordPrefix+">"))
+	if err != nil {
+		return nil, fmt.Errorf("audit scopes: %w", err)
+	}
+	var scopes []auditlog.Scope
+	for subj := range info.State.Subjects {
+		if sc, isCP, err := auditlog.ScopeOfSubject(subj); err == nil && !isCP {
+			scopes = append(scopes, sc)
+		}
+	}
+	slices.SortFunc(scopes, func(a, b auditlog.Scope) int { return strings.Compare(a.String(), b.String()) })
+	if len(scopes) == 0 {
+		return nil, nil
+	}
+	b, err := auditlog.OpenObjectBucket(ctx, js)
+	if err != nil {
+		return nil, err
+	}
+	var out []drCheckpoint
+	for _, sc := range scopes {
+		data, err := auditlog.LatestCheckpoint(ctx, b, sc)
+		if errors.Is(err, auditlog.ErrNotFound) {
+			continue // records not yet signed: the restore record says so
+		}
 		if err != nil {
-			return nil, err
+			return nil, fmt.Errorf("checkpoint of %s: %w", sc, err)
 		}
-		info, err := st.Info(ctx, jetstream.WithSubjectFilter(shared.SubjectAuditCheckpointPrefix+">"))
-		if err != nil {
-			return nil, fmt.Errorf("audit checkpoints of %s: %w", n, err)
-		}
-		subjects := make([]string, 0, len(info.State.Subjects))
-		for subj := range info.State.Subjects {
-			subjects = append(subjects, subj)
-		}
-		sortStrings(subjects)
-		for _, subj := range subjects {
-			m, err := st.GetLastMsgForSubject(ctx, subj)
-			if err != nil {
-				return nil, fmt.Errorf("checkpoint %s: %w", subj, err)
-			}
-			sum := sha256.Sum256(m.Data)
-			out = append(out, drCheckpoint{Stream: n, Subject: subj, Seq: m.Sequence, SHA256: hex.EncodeToString(sum[:]), Body: m.Data})
-		}
+		sum := sha256.Sum256(data)
+		out = append(out, drCheckpoint{Scope: sc.String(), SHA256: hex.EncodeToString(sum[:]), Body: data})
 	}
 	return out, nil
-}
-
-func sortStrings(s []string) {
-	for i := 1; i < len(s); i++ {
-		for j := i; j > 0 && s[j] < s[j-1]; j-- {
-			s[j], s[j-1] = s[j-1], s[j]
-		}
-	}
 }
 
 // hashFiles sizes and hashes every file of the streams.

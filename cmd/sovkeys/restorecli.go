@@ -29,6 +29,7 @@ import (
 
 	"github.com/sovkeys/sovkeys/services/keyworker"
 	"github.com/sovkeys/sovkeys/shared"
+	"github.com/sovkeys/sovkeys/shared/infra/auditlog"
 	"github.com/sovkeys/sovkeys/shared/infra/mesh"
 	"github.com/sovkeys/sovkeys/shared/infra/natsauth"
 )
@@ -250,7 +251,13 @@ func auditRestore(ctx context.Context, js jetstream.JetStream, m drManifest, man
 		"checkpoints":     strconv.Itoa(len(m.Checkpoints)),
 	}
 	for i, c := range m.Checkpoints {
-		p["checkpoint."+strconv.Itoa(i)] = c.Subject + " seq " + strconv.FormatUint(c.Seq, 10) + " sha256 " + c.SHA256
+		size := "?"
+		if text, _, ok := strings.Cut(string(c.Body), "\n\n"); ok {
+			if th, err := auditlog.ParseTreeHead([]byte(text + "\n")); err == nil {
+				size = strconv.FormatInt(th.Size, 10)
+			}
+		}
+		p["checkpoint."+strconv.Itoa(i)] = c.Scope + " size " + size + " sha256 " + c.SHA256
 	}
 	now := time.Now()
 	ev := &shared.AuditEvent{

@@ -302,7 +302,11 @@ func BootstrapPermissions() Permissions {
 func BackupPermissions() Permissions {
 	return Permissions{
 		Pub: []string{shared.JSAPIInfo, shared.JSStreamNames, shared.JSStreamList, shared.JSStreamInfo + all,
-			shared.JSStreamSnapshot + all, shared.JSSnapshotAckPrefix + all, shared.JSStreamMsgGet + all, shared.JSDirectGet + all},
+			shared.JSStreamSnapshot + all, shared.JSSnapshotAckPrefix + all, shared.JSStreamMsgGet + all, shared.JSDirectGet + all,
+			// The newest signed checkpoint of each scope, read from the
+			// audit export object store (an ordered consumer).
+			shared.JSConsumerCreate + "OBJ_" + shared.BucketAuditExport + "." + all, shared.JSConsumerDelete + "OBJ_" + shared.BucketAuditExport + "." + all,
+			shared.JSFlowPrefix + all},
 		Sub:     []string{shared.InboxSubjects(shared.UserBackup)},
 		DenyPub: []string{shared.JSStreamDelete + all, shared.JSStreamPurge + all, shared.JSStreamMsgDelete + all},
 	}
