@@ -183,10 +183,10 @@ const (
 	JSStreamRestore       = "$JS.API.STREAM.RESTORE."
 	JSSnapshotAckPrefix   = "$JS.SNAPSHOT.ACK."
 	JSSnapshotChunkPrefix = "$JS.SNAPSHOT.RESTORE."
-	JSFlowPrefix             = "$JS.FC."
-	SubjectMicroAll          = "$SRV.>"
-	SubjectKVPrefix          = "$KV."
-	SubjectObjectPrefix      = "$O."
+	JSFlowPrefix          = "$JS.FC."
+	SubjectMicroAll       = "$SRV.>"
+	SubjectKVPrefix       = "$KV."
+	SubjectObjectPrefix   = "$O."
 )
 
 // InboxPrefix is user's private inbox prefix, as nats.CustomInboxPrefix

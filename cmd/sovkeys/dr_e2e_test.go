@@ -435,4 +435,3 @@ func flipByte(t *testing.T, path string) {
 		t.Fatal(err)
 	}
 }
-

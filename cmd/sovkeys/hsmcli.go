@@ -142,10 +142,10 @@ type hsmCheckFlags struct {
 }
 
 type exportKeysFlags struct {
-	tok         tokenFlags
-	pool, out   string
-	to          string
-	n, k        int
+	tok       tokenFlags
+	pool, out string
+	to        string
+	n, k      int
 }
 
 type importKeysFlags struct {
@@ -455,4 +455,3 @@ func hsmImportKeys(ctx context.Context, f *importKeysFlags, s stdio) error {
 		n, login.TokenLabel, f.pool, file.Created.Format(time.RFC3339), file.TokenLabel)
 	return nil
 }
-
