@@ -435,3 +435,22 @@ func flipByte(t *testing.T, path string) {
 		t.Fatal(err)
 	}
 }
+
+// TestHSMCheckCLI: `sovkeys hsm check` prints the table for the node's
+// SoftHSM token and accepts it; an unknown token is a clear error.
+func TestHSMCheckCLI(t *testing.T) {
+	var out, errOut bytes.Buffer
+	if code := run(context.Background(), []string{"hsm", "check", "--hsm-token-label", standaloneTokenLabel}, func(string) string { return "" }, &out, &errOut); code != 0 {
+		t.Fatalf("hsm check exit %d: %s%s", code, out.String(), errOut.String())
+	}
+	for _, want := range []string{"CKM_AES_GCM", "CKM_ECDSA", "XKS encrypt/decrypt", "ok (fallback CKM_AES_KEY_WRAP_PAD)"} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("hsm check output lacks %q:\n%s", want, out.String())
+		}
+	}
+	out.Reset()
+	errOut.Reset()
+	if code := run(context.Background(), []string{"hsm", "check", "--hsm-token-label", "no-such-token"}, func(string) string { return "" }, &out, &errOut); code == 0 || !strings.Contains(errOut.String(), "not found") {
+		t.Errorf("hsm check of a missing token: exit %d %s", code, errOut.String())
+	}
+}

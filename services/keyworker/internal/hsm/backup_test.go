@@ -175,3 +175,47 @@ func TestUntrustedKeyCannotWrap(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestExportListsOldKeys: a key made before backups existed (not
+// extractable) is not exported but named, for cloning with vendor tools;
+// the keyworker still accepts it.
+func TestExportListsOldKeys(t *testing.T) {
+	ctx := t.Context()
+	module, label, soPIN, pin := hsmtest.NewTokenSO(t)
+	h := openToken(t, module, label, pin)
+	old := aesKeyAttributes("old-key", true, true)
+	for i, a := range old {
+		switch a.Type {
+		case pkcs11.CKA_EXTRACTABLE:
+			old[i] = pkcs11.NewAttribute(pkcs11.CKA_EXTRACTABLE, false)
+		case pkcs11.CKA_WRAP_WITH_TRUSTED:
+			old[i] = pkcs11.NewAttribute(pkcs11.CKA_WRAP_WITH_TRUSTED, false)
+		}
+	}
+	err := h.withSessionExclusive(ctx, func(sh pkcs11.SessionHandle) error {
+		_, err := h.p11.GenerateKey(sh, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_AES_KEY_GEN, nil)}, old)
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, _, _, err := h.EncryptGCM(ctx, "old-key", []byte("x"), nil); err != nil {
+		t.Fatalf("old key unusable: %v", err)
+	}
+	if _, err := h.CreateAESKey(ctx, "new-key", true, true); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.Close(); err != nil {
+		t.Fatal(err)
+	}
+	exp, err := ExportKeys(ctx, TokenLogin{ModulePath: module, TokenLabel: label, SOPIN: soPIN, PIN: pin}, randomKey(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(exp.CloneWithVendorTools) != 1 || exp.CloneWithVendorTools[0] != "old-key" {
+		t.Errorf("clone with vendor tools = %v, want [old-key]", exp.CloneWithVendorTools)
+	}
+	if len(exp.Keys) != 1 || exp.Keys[0].Label != "new-key" {
+		t.Errorf("exported %+v, want new-key only", exp.Keys)
+	}
+}
