@@ -165,7 +165,7 @@ func runBackup(ctx context.Context, f *drFlags, s stdio) error {
 	if err != nil {
 		return fmt.Errorf("the pool's signing key: %w", err)
 	}
-	nc, js, closeConn, err := drConnect(ctx, f, shared.UserBackup, natsauth.BackupPermissions(), s.stderr)
+	nc, js, closeConn, err := drConnect(ctx, f, shared.UserBackup, natsauth.BackupPermissions([]string{f.pool}), s.stderr)
 	if err != nil {
 		return err
 	}
