@@ -219,3 +219,44 @@ func TestExportListsOldKeys(t *testing.T) {
 		t.Errorf("exported %+v, want new-key only", exp.Keys)
 	}
 }
+
+// TestOldHierarchyStillOpens: a token whose domain key was made by a
+// release before 2026-12-07 (not extractable) still passes the hierarchy
+// check (the new build starts on old tokens).
+func TestOldHierarchyStillOpens(t *testing.T) {
+	ctx := t.Context()
+	h := newTestHSM(t)
+	old := append(aesTemplate(true, false, pkcs11.CKA_DERIVE), pkcs11.NewAttribute(pkcs11.CKA_VALUE_LEN, hierKeySize), pkcs11.NewAttribute(pkcs11.CKA_LABEL, DomainKeyLabel))
+	for i, a := range old {
+		switch a.Type {
+		case pkcs11.CKA_EXTRACTABLE:
+			old[i] = pkcs11.NewAttribute(pkcs11.CKA_EXTRACTABLE, false)
+		case pkcs11.CKA_WRAP_WITH_TRUSTED:
+			old[i] = pkcs11.NewAttribute(pkcs11.CKA_WRAP_WITH_TRUSTED, false)
+		}
+	}
+	err := h.withSessionExclusive(ctx, func(sh pkcs11.SessionHandle) error {
+		_, err := h.p11.GenerateKey(sh, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_AES_KEY_GEN, nil)}, old)
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := h.EnsureHierarchy(ctx); err != nil {
+		t.Fatalf("hierarchy with an old domain key: %v", err)
+	}
+	// A domain key extractable without the trusted-wrap restriction is refused.
+	g := newTestHSM(t)
+	leaky := append(aesTemplate(false, true, pkcs11.CKA_DERIVE), pkcs11.NewAttribute(pkcs11.CKA_VALUE_LEN, hierKeySize), pkcs11.NewAttribute(pkcs11.CKA_LABEL, DomainKeyLabel))
+	leaky[2] = pkcs11.NewAttribute(pkcs11.CKA_TOKEN, true)
+	err = g.withSessionExclusive(ctx, func(sh pkcs11.SessionHandle) error {
+		_, err := g.p11.GenerateKey(sh, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_AES_KEY_GEN, nil)}, leaky)
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := g.EnsureHierarchy(ctx); err == nil {
+		t.Fatal("a domain key extractable under any key was accepted")
+	}
+}
