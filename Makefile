@@ -20,6 +20,7 @@ deps:
 	command -v mkfs.fat >/dev/null 2>&1 || missing="$$missing dosfstools"; command -v mcopy >/dev/null 2>&1 || missing="$$missing mtools"; \
 	for t in curl jq openssl; do command -v $$t >/dev/null 2>&1 || missing="$$missing $$t"; done; \
 	command -v promtool >/dev/null 2>&1 || missing="$$missing prometheus"; \
+	[ -e /usr/lib/x86_64-linux-gnu/pkcs11/libopencryptoki.so ] || [ "$$(uname -m)" != x86_64 ] || missing="$$missing opencryptoki"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing:$$missing (apt)"; \
 		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \

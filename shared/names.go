@@ -143,6 +143,10 @@ const (
 	PersonUserPrefix = "person_"
 	// UserBootstrap declares streams, consumers and buckets; services only bind.
 	UserBootstrap = "bootstrap"
+	// UserBackup and UserRestore are the short-lived identities of
+	// `sovkeys backup` and `sovkeys restore` (natsauth.BackupPermissions).
+	UserBackup  = "backup"
+	UserRestore = "restore"
 
 	// InboxPrefixBase + user is a user's private inbox prefix (core request
 	// replies, JetStream API replies, consumer deliveries): _INBOX_<user>.
@@ -173,10 +177,16 @@ const (
 	JSAckPrefix              = "$JS.ACK."
 	JSStreamLeaderStepdown   = "$JS.API.STREAM.LEADER.STEPDOWN."
 	JSConsumerLeaderStepdown = "$JS.API.CONSUMER.LEADER.STEPDOWN."
-	JSFlowPrefix             = "$JS.FC."
-	SubjectMicroAll          = "$SRV.>"
-	SubjectKVPrefix          = "$KV."
-	SubjectObjectPrefix      = "$O."
+	// Disaster recovery (sovkeys backup/restore): JetStream's snapshot and
+	// restore API, and the subjects its chunks are acked and sent on.
+	JSStreamSnapshot      = "$JS.API.STREAM.SNAPSHOT."
+	JSStreamRestore       = "$JS.API.STREAM.RESTORE."
+	JSSnapshotAckPrefix   = "$JS.SNAPSHOT.ACK."
+	JSSnapshotChunkPrefix = "$JS.SNAPSHOT.RESTORE."
+	JSFlowPrefix          = "$JS.FC."
+	SubjectMicroAll       = "$SRV.>"
+	SubjectKVPrefix       = "$KV."
+	SubjectObjectPrefix   = "$O."
 )
 
 // InboxPrefix is user's private inbox prefix, as nats.CustomInboxPrefix

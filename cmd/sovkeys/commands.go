@@ -93,6 +93,8 @@ func commands() []command {
 		rawCommand("witness", "--listen ADDR --state DIR --name NAME --key-file F --log-key F.pem (-h: flags)",
 			"a C2SP tlog-witness: cosigns audit checkpoints only after checking consistency with the last one it saw", groupService, runWitness))
 	cmds = append(cmds, clusterCommands()...)
+	cmds = append(cmds, hsmCommands()...)
+	cmds = append(cmds, drCommands()...)
 	cmds = append(cmds, define("docs", "", "print the README command and configuration tables", groupHidden, noFlags[struct{}],
 		func(_ context.Context, _ *struct{}, s stdio) error {
 			_, err := io.WriteString(s.stdout, readmeTables(commands()))

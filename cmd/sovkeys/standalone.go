@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"crypto/tls"
@@ -42,6 +43,8 @@ type standaloneFlags struct {
 	nShares             int
 	devUnseal           string
 	quorum              int
+	tokenLabel          string // the SoftHSM token under --data (restored nodes: the imported one)
+	soPINFile           string // the SO PIN of a new token (hsm export-keys needs it)
 }
 
 // standaloneAdmin is the person standalone makes at its first start, with
@@ -80,6 +83,8 @@ func registerStandalone(fs *flag.FlagSet, getenv func(string) string, f *standal
 	fs.StringVar(&f.natsKey, "nats-tls-key", "", "private key of --nats-tls-cert")
 	fs.IntVar(&f.nShares, "unseal-shares", 3, "HSM PIN shares made when the token is created")
 	fs.IntVar(&f.quorum, "quorum", 1, "people who must sign a destructive operation (key version destroy): 1 is for development only; a real team uses 2 (docs/security.md, \"Quorum\")")
+	fs.StringVar(&f.tokenLabel, "hsm-token-label", standaloneTokenLabel, "label of the SoftHSM token under --data (a restored node: the token keys were imported into)")
+	fs.StringVar(&f.soPINFile, "hsm-so-pin-file", "", "file holding the security officer's PIN for a new token (kept by the security officer; `sovkeys hsm export-keys` needs it); default: a random one, discarded")
 	fs.StringVar(&f.devUnseal, "dev-unseal-file", "", "DEVELOPMENT ONLY: keep the unseal shares in this file (outside --data) and unseal from it at start; as unsafe as a PIN on disk")
 }
 
@@ -248,11 +253,16 @@ func openStandaloneHSM(ctx context.Context, f *standaloneFlags, dir string, stdo
 	if err != nil {
 		return nil, err
 	}
+	if f.soPINFile != "" {
+		if soPIN, err = readSecretFile(f.soPINFile); err != nil {
+			return nil, fmt.Errorf("--hsm-so-pin-file: %w", err)
+		}
+	}
 	pin, err := randomHex(16)
 	if err != nil {
 		return nil, err
 	}
-	tok, err := keyworker.EnsureSoftHSMToken(ctx, hsmDir, standaloneTokenLabel, soPIN, pin)
+	tok, err := keyworker.EnsureSoftHSMToken(ctx, hsmDir, cmp.Or(f.tokenLabel, standaloneTokenLabel), soPIN, pin)
 	if err != nil {
 		return nil, err
 	}

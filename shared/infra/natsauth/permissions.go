@@ -294,3 +294,46 @@ func BootstrapPermissions() Permissions {
 		DenyPub: []string{shared.JSStreamDelete + all, shared.JSStreamPurge + all, shared.JSStreamMsgDelete + all},
 	}
 }
+
+// BackupPermissions are `sovkeys backup`'s (2026-12-07): list streams,
+// take snapshots (JetStream's snapshot API) of every file-storage stream
+// and read the audit checkpoints, nothing else: no stream, bucket or
+// consumer change, no service subject, and no snapshot of the plaintext
+// queues (request and work streams of pools, and their siblings) or of the
+// unseal shares. The credential is issued for one backup by whoever holds
+// the trust seeds (a standalone node's --data; a cluster's `sovkeys init`
+// directory).
+func BackupPermissions(pools []string) Permissions {
+	deny := []string{shared.JSStreamDelete + all, shared.JSStreamPurge + all, shared.JSStreamMsgDelete + all,
+		shared.JSStreamSnapshot + shared.KVStream(shared.BucketUnseal)}
+	queues := shared.SiblingStreams(shared.StreamRequests)
+	for _, p := range pools {
+		queues = append(queues, shared.SiblingStreams(shared.WorkStream(p))...)
+	}
+	for _, q := range queues {
+		deny = append(deny, shared.JSStreamSnapshot+q)
+	}
+	return Permissions{
+		Pub: []string{shared.JSAPIInfo, shared.JSStreamNames, shared.JSStreamList, shared.JSStreamInfo + all,
+			shared.JSStreamSnapshot + all, shared.JSSnapshotAckPrefix + all,
+			// The newest signed checkpoint of each scope, read from the
+			// audit export object store (an ordered consumer).
+			shared.JSConsumerCreate + "OBJ_" + shared.BucketAuditExport + "." + all, shared.JSConsumerDelete + "OBJ_" + shared.BucketAuditExport + "." + all,
+			shared.JSFlowPrefix + all},
+		Sub:     []string{shared.InboxSubjects(shared.UserBackup)},
+		DenyPub: deny,
+	}
+}
+
+// RestorePermissions are `sovkeys restore`'s: restore streams that do not
+// exist (JetStream refuses to restore over one), read them, and write the
+// restore's own operator audit record; never delete or purge.
+func RestorePermissions() Permissions {
+	return Permissions{
+		Pub: join([]string{shared.JSAPIInfo, shared.JSStreamNames, shared.JSStreamList, shared.JSStreamInfo + all,
+			shared.JSStreamRestore + all, shared.JSSnapshotChunkPrefix + all},
+			personAuditPrefixes(shared.UserRestore)),
+		Sub:     []string{shared.InboxSubjects(shared.UserRestore)},
+		DenyPub: []string{shared.JSStreamDelete + all, shared.JSStreamPurge + all, shared.JSStreamMsgDelete + all},
+	}
+}

@@ -233,3 +233,18 @@ func randomHex(n int) string {
 	_, _ = rand.Read(b)
 	return hex.EncodeToString(b)
 }
+
+// NewTokenSO is NewToken that also returns the security officer's PIN,
+// for tests of what only the SO may do (marking a key CKA_TRUSTED).
+func NewTokenSO(t testing.TB) (modulePath, label, soPIN, pin string) {
+	t.Helper()
+	process.once.Do(func() { process.env, process.err = setup() })
+	if process.err != nil {
+		t.Fatalf("hsmtest: %v", process.err)
+	}
+	label, soPIN, pin = "hsmtest-"+randomHex(8), randomHex(8), randomHex(8)
+	if err := process.env.createToken(label, soPIN, pin); err != nil {
+		t.Fatalf("hsmtest: %v", err)
+	}
+	return process.env.module, label, soPIN, pin
+}

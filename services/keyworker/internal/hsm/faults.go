@@ -168,6 +168,15 @@ func (f *FaultP11) GetMechanismInfo(slot uint, m []*pkcs11.Mechanism) (pkcs11.Me
 	return f.P11.GetMechanismInfo(slot, m)
 }
 
+// GetMechanismList leaves out the refused mechanisms.
+func (f *FaultP11) GetMechanismList(slot uint) ([]*pkcs11.Mechanism, error) {
+	list, err := f.P11.GetMechanismList(slot)
+	if err != nil {
+		return nil, err
+	}
+	return slices.DeleteFunc(list, func(m *pkcs11.Mechanism) bool { return f.mechRefused([]*pkcs11.Mechanism{m}) }), nil
+}
+
 func (f *FaultP11) FindObjectsInit(sh pkcs11.SessionHandle, temp []*pkcs11.Attribute) error {
 	if _, err := f.fail("FindObjectsInit"); err != nil {
 		return err

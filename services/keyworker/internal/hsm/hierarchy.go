@@ -167,7 +167,7 @@ func (h *HSM) domainKeyV2(p P11, sh pkcs11.SessionHandle) (pkcs11.ObjectHandle, 
 		return 0, err
 	}
 	want := map[uint]bool{
-		pkcs11.CKA_SIGN: true, pkcs11.CKA_SENSITIVE: true, pkcs11.CKA_EXTRACTABLE: false, pkcs11.CKA_DERIVE: false,
+		pkcs11.CKA_SIGN: true, pkcs11.CKA_SENSITIVE: true, pkcs11.CKA_DERIVE: false,
 		pkcs11.CKA_ENCRYPT: false, pkcs11.CKA_DECRYPT: false, pkcs11.CKA_WRAP: false, pkcs11.CKA_UNWRAP: false,
 	}
 	if err := checkDomainKey(p, sh, d, DomainKeyV2Label, want); err != nil {
@@ -206,7 +206,8 @@ func (h *HSM) ensurePair(p P11, sh pkcs11.SessionHandle, label string) (created 
 	_, _, err = p.GenerateKeyPair(sh, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_EC_KEY_PAIR_GEN, nil)},
 		append(common(false), pkcs11.NewAttribute(pkcs11.CKA_EC_PARAMS, p384Params), pkcs11.NewAttribute(pkcs11.CKA_VERIFY, true),
 			pkcs11.NewAttribute(pkcs11.CKA_ENCRYPT, false), pkcs11.NewAttribute(pkcs11.CKA_WRAP, false)),
-		append(common(true), pkcs11.NewAttribute(pkcs11.CKA_SENSITIVE, true), pkcs11.NewAttribute(pkcs11.CKA_EXTRACTABLE, false),
+		append(common(true), pkcs11.NewAttribute(pkcs11.CKA_SENSITIVE, true),
+			pkcs11.NewAttribute(pkcs11.CKA_EXTRACTABLE, true), pkcs11.NewAttribute(pkcs11.CKA_WRAP_WITH_TRUSTED, true),
 			pkcs11.NewAttribute(pkcs11.CKA_SIGN, true), pkcs11.NewAttribute(pkcs11.CKA_DECRYPT, false), pkcs11.NewAttribute(pkcs11.CKA_UNWRAP, false)))
 	if err != nil {
 		return false, fmt.Errorf("keyworker: create key pair %q: %w", label, err)
@@ -230,7 +231,7 @@ func (h *HSM) domainKey(p P11, sh pkcs11.SessionHandle) (pkcs11.ObjectHandle, er
 		return 0, err
 	}
 	want := map[uint]bool{
-		pkcs11.CKA_DERIVE: true, pkcs11.CKA_SENSITIVE: true, pkcs11.CKA_EXTRACTABLE: false,
+		pkcs11.CKA_DERIVE: true, pkcs11.CKA_SENSITIVE: true,
 		pkcs11.CKA_ENCRYPT: false, pkcs11.CKA_DECRYPT: false, pkcs11.CKA_WRAP: false, pkcs11.CKA_UNWRAP: false,
 	}
 	if err := checkDomainKey(p, sh, d, DomainKeyLabel, want); err != nil {
@@ -259,7 +260,7 @@ func checkDomainKey(p P11, sh pkcs11.SessionHandle, d pkcs11.ObjectHandle, label
 			return fmt.Errorf("keyworker: key %q has the wrong attribute %#x: not a domain key", label, a.Type)
 		}
 	}
-	return nil
+	return trustedOnlyExport(p, sh, d, label)
 }
 
 // pair returns the ECDSA key pair labelled label, found and checked once,
@@ -288,14 +289,8 @@ func (h *HSM) pair(p P11, sh pkcs11.SessionHandle, label string) (ecPair, error)
 	if err != nil {
 		return ecPair{}, err
 	}
-	attrs, err := p.GetAttributeValue(sh, priv, []*pkcs11.Attribute{
-		pkcs11.NewAttribute(pkcs11.CKA_SENSITIVE, nil), pkcs11.NewAttribute(pkcs11.CKA_EXTRACTABLE, nil),
-	})
-	if err != nil {
-		return ecPair{}, fmt.Errorf("keyworker: read private key %q attributes: %w", label, err)
-	}
-	if !attrBool(attrs, pkcs11.CKA_SENSITIVE) || attrBool(attrs, pkcs11.CKA_EXTRACTABLE) {
-		return ecPair{}, fmt.Errorf("keyworker: private key %q is extractable or not sensitive", label)
+	if err := trustedOnlyExport(p, sh, priv, label); err != nil {
+		return ecPair{}, err
 	}
 	probe := sha256.Sum256([]byte("sovkeys key pair check " + label))
 	sig, err := signRaw(p, sh, priv, probe[:])

@@ -113,11 +113,13 @@ func TestEnsureHierarchy(t *testing.T) {
 		pkcs11.NewAttribute(pkcs11.CKA_DERIVE, nil),
 		pkcs11.NewAttribute(pkcs11.CKA_WRAP, nil),
 		pkcs11.NewAttribute(pkcs11.CKA_TOKEN, nil),
+		pkcs11.NewAttribute(pkcs11.CKA_WRAP_WITH_TRUSTED, nil),
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := map[uint]bool{pkcs11.CKA_SENSITIVE: true, pkcs11.CKA_EXTRACTABLE: false, pkcs11.CKA_DERIVE: true, pkcs11.CKA_WRAP: false, pkcs11.CKA_TOKEN: true}
+	// Extractable only wrapped under a trusted key (backup.go).
+	want := map[uint]bool{pkcs11.CKA_SENSITIVE: true, pkcs11.CKA_EXTRACTABLE: true, pkcs11.CKA_DERIVE: true, pkcs11.CKA_WRAP: false, pkcs11.CKA_TOKEN: true, pkcs11.CKA_WRAP_WITH_TRUSTED: true}
 	for _, a := range attrs {
 		if got := a.Value[0] != 0; got != want[a.Type] {
 			t.Errorf("domain key attribute %#x = %t, want %t", a.Type, got, want[a.Type])

@@ -43,6 +43,7 @@ type HSM struct {
 	now      func() time.Time
 	profile  Profile        // mechanisms and quirks of this HSM family (profiles.go)
 	hier     hierarchyState // key hierarchy handles and CMK cache (hierarchy.go)
+	wrapPad  uint           // RFC 5649 wrap mechanism of export/import (mechanisms.go, backup.go)
 
 	closeOnce sync.Once
 	closeErr  error
@@ -104,10 +105,14 @@ func (h *HSM) open(ctx context.Context) error {
 		return fmt.Errorf("keyworker: token %q not found in module %q", h.cfg.TokenLabel, h.cfg.ModulePath)
 	}
 	h.slot.Store(uint64(slot))
-	gcm := []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_AES_GCM, nil)}
-	if _, err := h.p11.GetMechanismInfo(slot, gcm); err != nil {
-		return fmt.Errorf("keyworker: token %q does not support CKM_AES_GCM: %w", h.cfg.TokenLabel, err)
+	report, err := CheckMechanisms(h.p11, slot, h.profile)
+	if err != nil {
+		return err
 	}
+	if err := report.Err(h.cfg.TokenLabel); err != nil {
+		return err
+	}
+	h.wrapPad = report.WrapPad
 	for range h.cfg.Sessions {
 		if err := ctx.Err(); err != nil {
 			return fmt.Errorf("keyworker: open hsm: %w", err)

@@ -226,8 +226,9 @@ func (h *HSM) readKey(sh pkcs11.SessionHandle, handle pkcs11.ObjectHandle) (cach
 	return cachedKey{handle: handle, info: info}, nil
 }
 
-// aesKeyAttributes is the template of a new AES-256 token key that never
-// leaves the HSM (CKA_SENSITIVE, not extractable, no wrap/unwrap).
+// aesKeyAttributes is the template of a new AES-256 token key that leaves
+// the HSM only wrapped under a trusted backup key (CKA_SENSITIVE,
+// CKA_WRAP_WITH_TRUSTED; no wrap/unwrap of its own).
 func aesKeyAttributes(label string, encrypt, decrypt bool) []*pkcs11.Attribute {
 	return []*pkcs11.Attribute{
 		pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_SECRET_KEY),
@@ -237,7 +238,10 @@ func aesKeyAttributes(label string, encrypt, decrypt bool) []*pkcs11.Attribute {
 		pkcs11.NewAttribute(pkcs11.CKA_TOKEN, true),
 		pkcs11.NewAttribute(pkcs11.CKA_PRIVATE, true),
 		pkcs11.NewAttribute(pkcs11.CKA_SENSITIVE, true),
-		pkcs11.NewAttribute(pkcs11.CKA_EXTRACTABLE, false),
+		// Extractable only under a key the security officer marked
+		// CKA_TRUSTED: the backup key of `sovkeys hsm export-keys`.
+		pkcs11.NewAttribute(pkcs11.CKA_EXTRACTABLE, true),
+		pkcs11.NewAttribute(pkcs11.CKA_WRAP_WITH_TRUSTED, true),
 		pkcs11.NewAttribute(pkcs11.CKA_ENCRYPT, encrypt),
 		pkcs11.NewAttribute(pkcs11.CKA_DECRYPT, decrypt),
 		pkcs11.NewAttribute(pkcs11.CKA_WRAP, false),
@@ -270,6 +274,12 @@ func keySpec(v []byte) string {
 		n = uint64(binary.NativeEndian.Uint32(v))
 	}
 	switch n {
+	case 0:
+		// SoftHSM 2.6 leaves CKA_VALUE_LEN 0 on a key made by C_UnwrapKey
+		// (read-only in the template; checked empirically): the keys
+		// `sovkeys hsm import-keys` restores. ImportKeys accepts only
+		// 32-byte secret keys, and sovkeys makes no other size.
+		return "AES_256"
 	case 16:
 		return "AES_128"
 	case 24:

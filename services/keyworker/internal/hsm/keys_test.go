@@ -71,11 +71,13 @@ func checkKeyProtected(t *testing.T, h *HSM, label string) {
 			pkcs11.NewAttribute(pkcs11.CKA_NEVER_EXTRACTABLE, nil),
 			pkcs11.NewAttribute(pkcs11.CKA_WRAP, nil),
 			pkcs11.NewAttribute(pkcs11.CKA_UNWRAP, nil),
+			pkcs11.NewAttribute(pkcs11.CKA_WRAP_WITH_TRUSTED, nil),
 		})
 		if err != nil {
 			return err
 		}
-		want := []bool{true, true, true, false, true, false, false}
+		// Extractable only under a trusted key (backup.go), never in clear.
+		want := []bool{true, true, true, true, false, false, false, true}
 		for i, a := range attrs {
 			if got := a.Value[0] != 0; got != want[i] {
 				t.Errorf("attribute %#x = %t, want %t", a.Type, got, want[i])

@@ -17,6 +17,7 @@ type P11 interface {
 	GetSlotList(tokenPresent bool) ([]uint, error)
 	GetTokenInfo(slotID uint) (pkcs11.TokenInfo, error)
 	GetMechanismInfo(slotID uint, m []*pkcs11.Mechanism) (pkcs11.MechanismInfo, error)
+	GetMechanismList(slotID uint) ([]*pkcs11.Mechanism, error) // the start-up check (mechanisms.go)
 	InitToken(slotID uint, soPIN string, label string) error
 	InitPIN(sh pkcs11.SessionHandle, pin string) error
 	OpenSession(slotID uint, flags uint) (pkcs11.SessionHandle, error)
