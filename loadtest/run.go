@@ -43,6 +43,12 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 			return 1
 		}
 	}
+	if cfg.RequestsFile != "" {
+		if err := writeSamples(cfg.RequestsFile, rep.samples); err != nil {
+			fmt.Fprintf(stderr, "loadtest: %v\n", err)
+			return 1
+		}
+	}
 	if cfg.ChartFile != "" {
 		if err := writeChart(cfg.ChartFile, timelineChart(rep, "", cfg.Marks)); err != nil {
 			fmt.Fprintf(stderr, "loadtest: %v\n", err)
