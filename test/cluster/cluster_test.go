@@ -244,6 +244,7 @@ func TestClusterFaults(t *testing.T) {
 	}
 	t.Logf("acked encrypts: %d, lost: %d; %s", len(acked), lost, strings.TrimSpace(verify))
 	writeReport(t, events, report, len(acked), lost, gaps, rates)
+	logServiceErrors(t, d) // events_test.go: why requests failed, from the services' own logs
 }
 
 // startDeployment runs cluster init, three nats-server nodes and the

@@ -165,3 +165,22 @@ func lostAcked(t *testing.T, ctx context.Context, clients []*xksclient.Client, a
 	wg.Wait()
 	return lost
 }
+
+// logServiceErrors logs the error lines of every service's log (at most
+// 20 each): the services' own account of the failed requests above.
+func logServiceErrors(t *testing.T, d *deployment) {
+	for _, p := range d.services {
+		if p.stderr == nil {
+			continue
+		}
+		var lines []string
+		for _, l := range strings.Split(p.stderr.String(), "\n") {
+			if strings.Contains(l, `"level":"ERROR"`) {
+				lines = append(lines, l)
+			}
+		}
+		if len(lines) > 0 {
+			t.Logf("%s: %d error lines, the last ones:\n%s", p.name, len(lines), strings.Join(lines[max(0, len(lines)-20):], "\n"))
+		}
+	}
+}
