@@ -160,6 +160,7 @@ func TestClusterFaults(t *testing.T) {
 			recovered(name)
 			time.Sleep(eventAfter)
 			end := time.Now()
+			t.Logf("%s at %s, its return at %s", name, killAt.Format("15:04:05.000"), backAt.Format("15:04:05.000"))
 			events = append(events, load.event(name, rate, killAt, killAt),
 				load.event("  the node's return", rate, backAt, end))
 			logPhase(load.phase(name, killAt, end))

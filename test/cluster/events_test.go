@@ -183,4 +183,18 @@ func logServiceErrors(t *testing.T, d *deployment) {
 			t.Logf("%s: %d error lines, the last ones:\n%s", p.name, len(lines), strings.Join(lines[max(0, len(lines)-20):], "\n"))
 		}
 	}
+	// Leader elections as each NATS node saw them: does a returning node
+	// force any (docs/BENCHMARKS.md "A node that returns")?
+	for _, p := range d.nats {
+		if p.stderr == nil {
+			continue
+		}
+		var lines []string
+		for _, l := range strings.Split(p.stderr.String(), "\n") {
+			if strings.Contains(l, "leader") || strings.Contains(l, "Server is ready") || strings.Contains(l, "Starting nats-server") {
+				lines = append(lines, l)
+			}
+		}
+		t.Logf("%s: %d leader and start lines:\n%s", p.name, len(lines), strings.Join(lines[max(0, len(lines)-150):], "\n"))
+	}
 }
