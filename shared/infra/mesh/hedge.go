@@ -85,6 +85,18 @@ func (a *ackLatency) normal(fallback, ceiling time.Duration) time.Duration {
 	return max(min(d, ceiling), hedgeMin)
 }
 
+// copyHedgeMin is the earliest hedge of a work or audit publish. A copy
+// of those stored on two siblings is not always dropped by the next hop: a
+// work message on two work siblings is done twice (the second run's audit
+// event is then refused as a duplicate, its answer an error the gateway
+// usually no longer waits for), and an audit event's late original can be
+// numbered beside its failover copy (services/audit checks only copies
+// marked as failovers or delivered late). So these hedge only once a try
+// is well past any healthy ack, where the sibling is most likely gone;
+// request publishes, whose copies the work stream de-duplicates, hedge at
+// what their sibling normally needs.
+const copyHedgeMin = 50 * time.Millisecond
+
 // observe records the outcome of one try on stream: an ack's time, or a
 // failure that shows no leader answers there.
 func (st *siblingState) observe(stream string, took time.Duration, err error) {
@@ -106,10 +118,10 @@ func (st *siblingState) observe(stream string, took time.Duration, err error) {
 }
 
 // hedgeAfter is how long a try on stream may wait before it is hedged.
-func (st *siblingState) hedgeAfter(stream string, perTry time.Duration) time.Duration {
+func (st *siblingState) hedgeAfter(stream string, perTry, floor time.Duration) time.Duration {
 	st.mu.Lock()
 	defer st.mu.Unlock()
-	return st.acks[stream].normal(perTry/2, perTry)
+	return max(st.acks[stream].normal(perTry/2, perTry), min(floor, perTry))
 }
 
 // earn adds a publish's share of a hedge token.
@@ -191,7 +203,7 @@ func (p siblingPublish) publishHedged(ctx context.Context, js jetstream.JetStrea
 		}
 		return -1
 	}
-	hedge := time.NewTimer(st.hedgeAfter(p.stream(order[0]), perTry))
+	hedge := time.NewTimer(st.hedgeAfter(p.stream(order[0]), perTry, p.hedgeFloor))
 	defer hedge.Stop()
 	launch(0)
 	lastLaunch := time.Now()
@@ -215,7 +227,7 @@ func (p siblingPublish) publishHedged(ctx context.Context, js jetstream.JetStrea
 			}
 			launch(k)
 			lastLaunch = time.Now()
-			hedge.Reset(st.hedgeAfter(p.stream(order[k]), perTry))
+			hedge.Reset(st.hedgeAfter(p.stream(order[k]), perTry, p.hedgeFloor))
 		case r := <-results:
 			pending--
 			if r.err == nil {
@@ -239,7 +251,7 @@ func (p siblingPublish) publishHedged(ctx context.Context, js jetstream.JetStrea
 			if k := next(); k >= 0 {
 				launch(k) // a failure is evidence enough: no token needed
 				lastLaunch = time.Now()
-				hedge.Reset(st.hedgeAfter(p.stream(order[k]), perTry))
+				hedge.Reset(st.hedgeAfter(p.stream(order[k]), perTry, p.hedgeFloor))
 				continue
 			}
 			if pending > 0 {
@@ -263,7 +275,7 @@ func (p siblingPublish) publishHedged(ctx context.Context, js jetstream.JetStrea
 			clear(launched)
 			launch(0)
 			lastLaunch = time.Now()
-			hedge.Reset(st.hedgeAfter(p.stream(order[0]), perTry))
+			hedge.Reset(st.hedgeAfter(p.stream(order[0]), perTry, p.hedgeFloor))
 		}
 	}
 }

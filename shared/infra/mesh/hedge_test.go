@@ -143,3 +143,20 @@ func idPreferring(t *testing.T, i int) string {
 	t.Fatal("no id found")
 	return ""
 }
+
+// Work and audit publishes hedge no earlier than copyHedgeMin, however
+// fast their sibling normally is; requests at the sibling's own measure.
+func TestHedgeFloorForCopiesTheNextHopKeeps(t *testing.T) {
+	st := &siblingState{n: 3, until: map[string]time.Time{}, acks: map[string]*ackLatency{
+		"s": {n: ackWarm, mean: float64(2 * time.Millisecond), dev: float64(time.Millisecond)},
+	}}
+	if got := st.hedgeAfter("s", PublishTry, 0); got != hedgeMin {
+		t.Fatalf("request hedge after %v, want %v", got, hedgeMin)
+	}
+	if got := st.hedgeAfter("s", PublishTry, copyHedgeMin); got != copyHedgeMin {
+		t.Fatalf("work hedge after %v, want %v", got, copyHedgeMin)
+	}
+	if got := st.hedgeAfter("s", 20*time.Millisecond, copyHedgeMin); got != 20*time.Millisecond {
+		t.Fatalf("hedge after %v, beyond the try itself", got)
+	}
+}

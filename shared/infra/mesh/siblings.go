@@ -148,7 +148,10 @@ type siblingPublish struct {
 	subject func(i int) string
 	stream  func(i int) string
 	perTry  time.Duration
-	accept  func(ack *jetstream.PubAck, again bool) error
+	// hedgeFloor: no hedge before it (hedge.go: copyHedgeMin for work
+	// and audit); 0 for hedgeMin.
+	hedgeFloor time.Duration
+	accept     func(ack *jetstream.PubAck, again bool) error
 }
 
 // publish sends msg to a sibling and waits for its ack. With several
@@ -261,10 +264,11 @@ func PublishRequest(ctx context.Context, js jetstream.JetStream, api shared.API,
 // pool's work stream, like PublishRequest.
 func PublishWork(ctx context.Context, js jetstream.JetStream, pool string, api shared.API, msg *nats.Msg, perTry time.Duration) (*jetstream.PubAck, error) {
 	return siblingPublish{
-		key:     msg.Header.Get(jetstream.MsgIDHeader),
-		subject: func(i int) string { return shared.WorkSubjectOn(i, pool, api) },
-		stream:  func(i int) string { return shared.SiblingStream(shared.WorkStream(pool), i) },
-		perTry:  perTry,
+		key:        msg.Header.Get(jetstream.MsgIDHeader),
+		subject:    func(i int) string { return shared.WorkSubjectOn(i, pool, api) },
+		stream:     func(i int) string { return shared.SiblingStream(shared.WorkStream(pool), i) },
+		perTry:     perTry,
+		hedgeFloor: copyHedgeMin,
 	}.publish(ctx, js, msg)
 }
 
