@@ -553,7 +553,7 @@ func (l *load) acked() []result {
 }
 
 // errNoise is what differs between otherwise equal errors (URL, ports).
-var errNoise = regexp.MustCompile(`Post "[^"]*": |127\.0\.0\.1:\d+(->127\.0\.0\.1:\d+)?`)
+var errNoise = regexp.MustCompile(`Post "[^"]*": |127\.0\.0\.1:\d+(->127\.0\.0\.1:\d+)?| \(expected [0-9.]+[mµn]?s\)`)
 
 // phaseReport is what one fault cost.
 type phaseReport struct {
