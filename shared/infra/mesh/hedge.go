@@ -112,9 +112,17 @@ func (st *siblingState) observe(stream string, took time.Duration, err error) {
 		delete(st.until, stream)
 		return
 	}
-	if transientPublish(err) {
-		st.until[stream] = time.Now().Add(siblingHold)
+	if errors.Is(err, nats.ErrNoResponders) || errors.Is(err, jetstream.ErrNoStreamResponse) ||
+		errors.Is(err, context.DeadlineExceeded) || errors.Is(err, nats.ErrTimeout) {
+		st.until[stream] = time.Now().Add(siblingHold) // no leader answered there
 	}
+}
+
+// inProcess reports a publish refused because a message with its id is
+// still being stored by the clustered stream.
+func inProcess(err error) bool {
+	var apiErr *jetstream.APIError
+	return errors.As(err, &apiErr) && apiErr.ErrorCode == jsErrDuplicateInProcess
 }
 
 // hedgeAfter is how long a try on stream may wait before it is hedged.
@@ -162,7 +170,7 @@ func (p siblingPublish) publishHedged(ctx context.Context, js jetstream.JetStrea
 	perTry := p.perTry
 	var lastErr error
 
-	launch := func(k int) {
+	launch := func(k int, after time.Duration) {
 		i := order[k]
 		launched[k] = true
 		pending++
@@ -187,6 +195,10 @@ func (p siblingPublish) publishHedged(ctx context.Context, js jetstream.JetStrea
 		stream := p.stream(i)
 		go func() {
 			defer cancel()
+			if after > 0 && sleep(tctx, after) != nil {
+				results <- tryResult{i: i, err: tctx.Err()}
+				return
+			}
 			silent := time.AfterFunc(p.perTry, func() { st.mark(stream, true, time.Now()) })
 			start := time.Now()
 			ack, err := js.PublishMsg(tctx, m)
@@ -205,7 +217,7 @@ func (p siblingPublish) publishHedged(ctx context.Context, js jetstream.JetStrea
 	}
 	hedge := time.NewTimer(st.hedgeAfter(p.stream(order[0]), perTry, p.hedgeFloor))
 	defer hedge.Stop()
-	launch(0)
+	launch(0, 0)
 	lastLaunch := time.Now()
 	for round := 0; ; {
 		select {
@@ -225,7 +237,7 @@ func (p siblingPublish) publishHedged(ctx context.Context, js jetstream.JetStrea
 				hedge.Reset(p.perTry - waited)
 				continue
 			}
-			launch(k)
+			launch(k, 0)
 			lastLaunch = time.Now()
 			hedge.Reset(st.hedgeAfter(p.stream(order[k]), perTry, p.hedgeFloor))
 		case r := <-results:
@@ -245,11 +257,23 @@ func (p siblingPublish) publishHedged(ctx context.Context, js jetstream.JetStrea
 			if !errors.Is(r.err, nats.ErrNoResponders) && !errors.Is(r.err, jetstream.ErrNoStreamResponse) {
 				tried[r.i] = true // may be stored: a later ack there is "again"
 			}
+			if inProcess(r.err) && launches+n < maxLaunches && roomFor(ctx, publishPause+hedgeMin) {
+				// This id is being stored on that sibling right now (a copy
+				// published by another hop, or an earlier try): its outcome
+				// decides, so ask the same sibling again; another sibling
+				// would store a second copy.
+				for k, i := range order {
+					if i == r.i {
+						launch(k, publishPause)
+					}
+				}
+				continue
+			}
 			if hasDeadline && time.Until(dl) <= 0 {
 				return nil, lastErr
 			}
 			if k := next(); k >= 0 {
-				launch(k) // a failure is evidence enough: no token needed
+				launch(k, 0) // a failure is evidence enough: no token needed
 				lastLaunch = time.Now()
 				hedge.Reset(st.hedgeAfter(p.stream(order[k]), perTry, p.hedgeFloor))
 				continue
@@ -273,7 +297,7 @@ func (p siblingPublish) publishHedged(ctx context.Context, js jetstream.JetStrea
 			}
 			order = st.order(p.key, n, p.stream, time.Now())
 			clear(launched)
-			launch(0)
+			launch(0, 0)
 			lastLaunch = time.Now()
 			hedge.Reset(st.hedgeAfter(p.stream(order[0]), perTry, p.hedgeFloor))
 		}

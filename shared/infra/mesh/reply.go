@@ -87,7 +87,7 @@ func publishAuditMsg(ctx context.Context, js jetstream.JetStream, m *nats.Msg, k
 		subject:    subject,
 		stream:     func(i int) string { return shared.SiblingStream(shared.StreamAudit, i) },
 		perTry:     auditTry,
-		hedgeFloor: copyHedgeMin,
+		hedgeFloor: auditTry / 2, // a late original may be numbered beside its copy (hedge.go)
 		accept: func(ack *jetstream.PubAck, again bool) error {
 			if ack.Duplicate && !again {
 				return fmt.Errorf("%w: %s", ErrAuditDuplicate, m.Header.Get(shared.HeaderMsgID))
