@@ -109,13 +109,31 @@ func (st *siblingState) observe(stream string, took time.Duration, err error) {
 			st.acks[stream] = a
 		}
 		a.add(took)
-		delete(st.until, stream)
+		if until, down := st.until[stream]; down {
+			// Back after a failure: a new leader acks before its
+			// consumers pull from it again (up to consumeExpiry), so
+			// the sibling stays tried last a little longer.
+			st.until[stream] = later(until, time.Now().Add(siblingSettle))
+		}
 		return
 	}
 	if errors.Is(err, nats.ErrNoResponders) || errors.Is(err, jetstream.ErrNoStreamResponse) ||
 		errors.Is(err, context.DeadlineExceeded) || errors.Is(err, nats.ErrTimeout) {
 		st.until[stream] = time.Now().Add(siblingHold) // no leader answered there
 	}
+}
+
+// siblingSettle: how long a sibling that answers again after a failure
+// stays tried last (a new stream leader acks at once; its consumers' pulls
+// reach it within consumeExpiry, and a consumer's own leader may be elected
+// a little later).
+const siblingSettle = 2 * consumeExpiry
+
+func later(a, b time.Time) time.Time {
+	if a.After(b) {
+		return a
+	}
+	return b
 }
 
 // inProcess reports a publish refused because a message with its id is

@@ -160,3 +160,18 @@ func TestHedgeFloorForCopiesTheNextHopKeeps(t *testing.T) {
 		t.Fatalf("hedge after %v, beyond the try itself", got)
 	}
 }
+
+// A sibling that acks again after a failure stays tried last for a while:
+// its consumers may not pull from its new leader yet.
+func TestARecoveredSiblingSettles(t *testing.T) {
+	st := &siblingState{n: 3, until: map[string]time.Time{}, acks: map[string]*ackLatency{}}
+	st.observe("s", time.Millisecond, nil)
+	if st.isDown("s", time.Now()) {
+		t.Fatal("a healthy sibling marked down")
+	}
+	st.observe("s", time.Second, context.DeadlineExceeded)
+	st.observe("s", time.Millisecond, nil)
+	if !st.isDown("s", time.Now()) || st.isDown("s", time.Now().Add(siblingSettle+siblingHold)) {
+		t.Fatalf("recovered sibling: down until %v", st.until["s"])
+	}
+}
