@@ -219,6 +219,7 @@ func TestClusterFaults(t *testing.T) {
 		logPhase(load.phase(f.name, at, time.Now()))
 	}
 	if prom != nil {
+		load.setRate(loadRate) // the alert checks ran beside this load before the matrix
 		alertFaults(t, d, prom) // alerts_test.go
 	}
 	load.stop()
