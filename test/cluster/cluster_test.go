@@ -218,6 +218,7 @@ func TestClusterFaults(t *testing.T) {
 		events = append(events, load.event(f.name, rate, at, time.Now()))
 		logPhase(load.phase(f.name, at, time.Now()))
 	}
+	t.Logf("node and service faults, each event over the 5 s around it:\n%s", eventTable(events))
 	if prom != nil {
 		load.setRate(loadRate) // the alert checks ran beside this load before the matrix
 		alertFaults(t, d, prom) // alerts_test.go
