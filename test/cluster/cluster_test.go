@@ -223,7 +223,7 @@ func TestClusterFaults(t *testing.T) {
 	}
 	t.Logf("node and service faults, each event over the 5 s around it:\n%s", eventTable(events))
 	if prom != nil {
-		load.setRate(loadRate) // the alert checks ran beside this load before the matrix
+		load.setRate(loadRate)  // the alert checks ran beside this load before the matrix
 		alertFaults(t, d, prom) // alerts_test.go
 	}
 	load.stop()
