@@ -100,9 +100,10 @@ nats-server:
 # Fault injection on a real 3-node cluster with the services as separate
 # processes (also part of `make test`); prints the figures of
 # docs/BENCHMARKS.md "Cluster faults". REPORT=FILE writes the table there,
-# CHART=FILE.png the latency of every request with the faults marked.
+# CHART=FILE.png the latency of every request with the faults marked,
+# RATES=100,300 the node faults at each of these loads (default 100 req/s).
 cluster-test: deps nats-server
-	SOVKEYS_CLUSTER_REPORT=$(REPORT) SOVKEYS_CLUSTER_CHART=$(CHART) $(GO) test -count=1 -v -timeout 12m -run Cluster ./test/cluster
+	SOVKEYS_CLUSTER_REPORT=$(REPORT) SOVKEYS_CLUSTER_CHART=$(CHART) SOVKEYS_CLUSTER_RATES=$(RATES) $(GO) test -count=1 -v -timeout 12m -run Cluster ./test/cluster
 
 # Short fuzzing of every parser (not part of `make test`).
 fuzz: deps

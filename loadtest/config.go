@@ -93,13 +93,15 @@ type Config struct {
 	MaxRequests int64         // safety cap on requests sent, warmup included
 	Timeout     time.Duration // per request
 
-	NodePID     int // sample this process's CPU time over the window (Linux /proc); 0 = none
-	JSONFile    string
-	ChartFile   string       // PNG of the run's latency over time
-	Marks       []chart.Mark // vertical marks on it (seconds into the window)
-	GoalRPS     float64
-	GoalP99     time.Duration
-	AllowRemote bool
+	NodePID   int // sample this process's CPU time over the window (Linux /proc); 0 = none
+	JSONFile  string
+	ChartFile string // PNG of the run's latency over time
+	// RequestsFile: CSV of every measured request (requests.go).
+	RequestsFile string
+	Marks        []chart.Mark // vertical marks on it (seconds into the window)
+	GoalRPS      float64
+	GoalP99      time.Duration
+	AllowRemote  bool
 }
 
 // OpenLoop reports whether requests are sent at a fixed rate.
@@ -193,6 +195,7 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (C
 	fs.DurationVar(&c.Timeout, "timeout", 5*time.Second, "per-request timeout")
 	fs.IntVar(&c.NodePID, "node-pid", 0, "also report the CPU time this process (the sovkeys node) used in the measured window")
 	fs.StringVar(&c.JSONFile, "json", "", "also write the report as JSON to this file")
+	fs.StringVar(&c.RequestsFile, "requests", "", "also write every measured request (send time, latency, failed) as CSV to this `FILE`, for finding periodic stalls")
 	fs.StringVar(&c.ChartFile, "chart", "", "also write the run's latency over time (slowest request of each second, seconds with errors shaded) as a PNG `FILE`")
 	fs.Var((*markFlag)(&c.Marks), "mark", "-chart: OFFSET=LABEL, a vertical mark OFFSET (e.g. 12s) into the measured window, e.g. when a fault was injected; repeatable")
 	fs.Float64Var(&c.GoalRPS, "goal-rps", 0, "verdict: required throughput in requests/s")

@@ -67,6 +67,7 @@ type Report struct {
 	PeakInFlight   int64               `json:"peakInFlight"`
 	Errors         []errorCount        `json:"errors"`
 	Timeline       []Second            `json:"timeline"` // by the second each request was answered
+	samples        []sample            // every measured request, with -requests
 	ByOp           map[string]OpReport `json:"byOp,omitempty"`
 	CPU            *CPUReport          `json:"cpu,omitempty"`
 	StoppedEarly   string              `json:"stoppedEarly,omitempty"`
@@ -102,7 +103,7 @@ func buildReport(cfg Config, started time.Time, res result) Report {
 		Warmup: cfg.Warmup.String(), Duration: cfg.Duration.String(), WindowSeconds: res.window.Seconds(),
 		Requests: res.requests, Succeeded: res.requests - res.failed, ErrorCount: res.failed,
 		Latency: summarize(res.all), PeakInFlight: res.peak, Errors: res.errs,
-		GoalRPS: cfg.GoalRPS, GoalP99ms: ms(cfg.GoalP99), Timeline: res.timeline,
+		GoalRPS: cfg.GoalRPS, GoalP99ms: ms(cfg.GoalP99), Timeline: res.timeline, samples: res.samples,
 	}
 	if rep.Errors == nil {
 		rep.Errors = []errorCount{}

@@ -20,6 +20,9 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	if len(args) > 0 && args[0] == "keys" {
 		return runKeys(ctx, args[1:], getenv, stdout, stderr) // keys.go
 	}
+	if len(args) > 0 && args[0] == "stalls" {
+		return runStalls(args[1:], stdout, stderr) // stalls.go
+	}
 	if len(args) > 0 && args[0] == "floor" {
 		return runFloor(ctx, args[1:], getenv, stdout, stderr) // floor.go
 	}
@@ -39,6 +42,12 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	rep.writeText(stdout)
 	if cfg.JSONFile != "" {
 		if err := rep.writeJSON(cfg.JSONFile); err != nil {
+			fmt.Fprintf(stderr, "loadtest: %v\n", err)
+			return 1
+		}
+	}
+	if cfg.RequestsFile != "" {
+		if err := writeSamples(cfg.RequestsFile, rep.samples); err != nil {
 			fmt.Fprintf(stderr, "loadtest: %v\n", err)
 			return 1
 		}

@@ -93,6 +93,8 @@ type runner struct {
 	okInWindow atomic.Uint64 // successes completed inside the window
 	errs       errorCounts
 	timeline   *timeline
+	// samples: every measured request, kept with -requests (requests.go).
+	samples *sampleLog
 }
 
 // result is what a run measured.
@@ -113,10 +115,14 @@ type result struct {
 	// of them were never answered because the run's time limit came first
 	scheduled, unsent uint64
 	timeline          []Second
+	samples           []sample
 }
 
 func newRunner(cfg Config, send sendFunc, now func() time.Time) *runner {
 	r := &runner{cfg: cfg, send: send, now: now, ops: map[string]*opStats{}}
+	if cfg.RequestsFile != "" {
+		r.samples = &sampleLog{}
+	}
 	for _, name := range cfg.opNames() {
 		r.ops[name] = &opStats{}
 	}
@@ -149,6 +155,7 @@ func (r *runner) run(ctx context.Context) result {
 		okInWindow: r.okInWindow.Load(), peak: r.peak.Load(), capped: r.capHit.Load(),
 		interrupted: ctx.Err() != nil && !errors.Is(context.Cause(ctx), context.DeadlineExceeded),
 		timeline:    r.timeline.seconds(),
+		samples:     r.samples.list(),
 	}
 	for _, s := range r.ops {
 		res.requests += s.requests.Load()
@@ -293,6 +300,7 @@ func (r *runner) exchange(ctx context.Context, seq uint64, intended, sent time.T
 	s.requests.Add(1)
 	d := done.Sub(intended)
 	r.timeline.record(done.Sub(r.measureFrom), d, err != nil)
+	r.samples.add(intended, d, err != nil)
 	if err != nil {
 		s.failed.Add(1)
 		r.errs.add(err)

@@ -9,9 +9,10 @@ package mesh
 // of the same configuration on disjoint subjects whose leaders sit on
 // different nodes (SpreadLeaders). A publisher picks a sibling from the
 // message's id (so every hop of one request prefers the same index, and a
-// retry the same stream), and when a sibling gives no answer within a short
-// try it marks that sibling down for a while and publishes the same message
-// (same Nats-Msg-Id) on the next one. Consumers read every sibling.
+// retry the same stream), and when a sibling has not answered within what
+// it normally needs it publishes the same message (same Nats-Msg-Id) on the
+// next one too (hedge.go); a sibling silent for a whole try is marked down
+// for a while. Consumers read every sibling.
 //
 // What a failover may cost: a message whose ack was lost may be stored in
 // both siblings. A duplicate request is dropped at the next hop (its work
@@ -34,9 +35,11 @@ import (
 	"github.com/sovkeys/sovkeys/shared"
 )
 
-// PublishTry bounds one publish attempt on one sibling on the request
-// path (services pass it): short enough that a failover fits KMS's 250 ms
-// with the rest of the call, long enough for a loaded node's ack.
+// PublishTry is how long a try on one sibling of the request path may stay
+// unanswered before that sibling is marked down (and, with one stream, is
+// tried again): short enough that a failover fits KMS's 250 ms with the
+// rest of the call, long enough for a loaded node's ack. With siblings the
+// hedge (hedge.go) moves on sooner, at what the sibling normally needs.
 const PublishTry = 100 * time.Millisecond
 
 // siblingHold is how long a sibling that failed a try is tried last.
@@ -57,7 +60,11 @@ const noDeadlineRounds = 5
 type siblingState struct {
 	mu    sync.Mutex
 	n     int
-	until map[string]time.Time // stream -> tried last until
+	until map[string]time.Time   // stream -> tried last until
+	acks  map[string]*ackLatency // stream -> its ack times (hedge.go)
+	// credit rations hedges; hedges counts them (hedge.go).
+	credit int
+	hedges int
 }
 
 var siblings sync.Map // jetstream.JetStream -> *siblingState
@@ -66,7 +73,7 @@ func stateOf(js jetstream.JetStream) *siblingState {
 	if v, ok := siblings.Load(js); ok {
 		return v.(*siblingState)
 	}
-	v, _ := siblings.LoadOrStore(js, &siblingState{n: 1, until: map[string]time.Time{}})
+	v, _ := siblings.LoadOrStore(js, &siblingState{n: 1, until: map[string]time.Time{}, acks: map[string]*ackLatency{}, credit: hedgeBurst * hedgeCost})
 	return v.(*siblingState)
 }
 
@@ -141,12 +148,18 @@ type siblingPublish struct {
 	subject func(i int) string
 	stream  func(i int) string
 	perTry  time.Duration
-	accept  func(ack *jetstream.PubAck, again bool) error
+	// hedgeFloor: no hedge before it (hedge.go: copyHedgeMin for work
+	// and audit); 0 for hedgeMin.
+	hedgeFloor time.Duration
+	accept     func(ack *jetstream.PubAck, again bool) error
 }
 
-// publish tries the siblings in order, round after round, while ctx's
-// deadline leaves room for a try (noDeadlineRounds without a deadline).
-// A sibling that answers "no responders" (no leader holds its subjects:
+// publish sends msg to a sibling and waits for its ack. With several
+// siblings and a de-duplication id it hedges (hedge.go): the next sibling
+// is sent the same message once a try has waited longer than its sibling
+// normally needs. With one stream it tries it round after round, while
+// ctx's deadline leaves room for a try (noDeadlineRounds without a
+// deadline). A sibling that answers "no responders" (no leader holds its subjects:
 // nothing was stored) is left at once and marked down. A try that times
 // out, or finds the same message id still being stored, has an unknown
 // outcome: the same sibling is tried once more (a slow leader, or one
@@ -160,6 +173,9 @@ func (p siblingPublish) publish(ctx context.Context, js jetstream.JetStream, msg
 	if msg.Header.Get(jetstream.MsgIDHeader) == "" {
 		msg.Subject = p.subject(order[0])
 		return js.PublishMsg(ctx, msg)
+	}
+	if n > 1 {
+		return p.publishHedged(ctx, js, st, msg, order)
 	}
 	_, hasDeadline := ctx.Deadline()
 	perTry := p.perTry
@@ -248,10 +264,11 @@ func PublishRequest(ctx context.Context, js jetstream.JetStream, api shared.API,
 // pool's work stream, like PublishRequest.
 func PublishWork(ctx context.Context, js jetstream.JetStream, pool string, api shared.API, msg *nats.Msg, perTry time.Duration) (*jetstream.PubAck, error) {
 	return siblingPublish{
-		key:     msg.Header.Get(jetstream.MsgIDHeader),
-		subject: func(i int) string { return shared.WorkSubjectOn(i, pool, api) },
-		stream:  func(i int) string { return shared.SiblingStream(shared.WorkStream(pool), i) },
-		perTry:  perTry,
+		key:        msg.Header.Get(jetstream.MsgIDHeader),
+		subject:    func(i int) string { return shared.WorkSubjectOn(i, pool, api) },
+		stream:     func(i int) string { return shared.SiblingStream(shared.WorkStream(pool), i) },
+		perTry:     perTry,
+		hedgeFloor: copyHedgeMin,
 	}.publish(ctx, js, msg)
 }
 
