@@ -49,7 +49,7 @@ func admissionGateway(tb testing.TB) *Service {
 	}
 	s.noise = mesh.NewNoiseAuditor(js, shared.AuditServiceGateway, time.Hour, logger, time.Now)
 	s.refusals = mesh.NewRefusalLog(shared.AuditServiceGateway, logger, time.Now, 0)
-	s.admit = newAdmission(1, time.Now)
+	s.admit = newAdmission(1, 0, time.Now)
 	s.admit.busy, s.admit.service = 1, time.Second
 	testkit.CheckFor(tb, 10*time.Second, 10*time.Millisecond, func() error {
 		if _, ok := s.keystores.Get(registry.KeystoreKey("ks")); !ok || s.fresh() != nil {
@@ -86,7 +86,7 @@ func TestAdmissionRefusesAtOnce(t *testing.T) {
 func TestVSAdmissionRefusesAtOnce(t *testing.T) {
 	t.Parallel()
 	s := admissionGateway(t)
-	s.admitVS = newAdmission(1, time.Now)
+	s.admitVS = newAdmission(1, 0, time.Now)
 	s.admitVS.busy, s.admitVS.service = 1, 2*time.Second // longer than the 1 s budget
 	body := &countingReader{r: strings.NewReader(`{"volume_uuid":"u"}`)}
 	rec := httptest.NewRecorder()

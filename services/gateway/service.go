@@ -170,7 +170,8 @@ func New(cfg Config, deps Deps) (*Service, error) {
 	cfg = cfg.withDefaults()
 	var admit, admitVS *admission
 	if cfg.MaxInMesh > 0 {
-		admit, admitVS = newAdmission(cfg.MaxInMesh, deps.Now), newAdmission(cfg.MaxInMesh, deps.Now)
+		admit = newAdmission(cfg.MaxInMesh, min(cfg.AdmitWithin, cfg.RequestTimeout)/2, deps.Now)
+		admitVS = newAdmission(cfg.MaxInMesh, cfg.RequestTimeout/2, deps.Now)
 	}
 	log := deps.Logger.With("service", "gateway")
 	return &Service{
