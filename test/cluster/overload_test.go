@@ -119,13 +119,16 @@ func TestClusterOverload(t *testing.T) {
 	// no ratio to it means anything.
 	all := closedLoop(clients, 16, 3*time.Second).calls
 	var capRuns []run
-	capacity := 0.0
+	capacity, capCores := 0.0, 0.0
 	for _, n := range []int{16, 32} {
 		cpu := d.cpuTimes()
 		r := closedLoop(clients, n, 8*time.Second)
 		all, capRuns = append(all, r.calls...), append(capRuns, r)
-		capacity = max(capacity, r.goodput())
-		t.Logf("capacity, closed loop %d: %s\n%s", n, r, d.cpuSince(cpu, r))
+		report, cores := d.cpuSince(cpu, r)
+		if r.goodput() > capacity {
+			capacity, capCores = r.goodput(), cores
+		}
+		t.Logf("capacity, closed loop %d: %s\n%s", n, r, report)
 	}
 	if capacity < 20 {
 		t.Fatalf("capacity %.0f req/s: the deployment does not answer (%s)", capacity, capRuns[0])
@@ -135,26 +138,38 @@ func TestClusterOverload(t *testing.T) {
 	rate := 2 * capacity
 	cpu := d.cpuTimes()
 	ov := openLoop(clients, rate, seconds)
-	ovCPU := d.cpuSince(cpu, ov)
+	ovCPU, ovCores := d.cpuSince(cpu, ov)
 	all = append(all, ov.calls...)
 	after := closedLoop(clients, 16, 8*time.Second)
 	all, capRuns = append(all, after.calls...), append(capRuns, after)
 	t.Logf("open loop at 2x capacity (%.0f req/s offered): %s\n%s", rate, ov, ovCPU)
 	t.Logf("capacity after, closed loop 16: %s", after)
+	// Goodput at 2x as a fraction of capacity, and the same per core the
+	// processes (deployment and generator) were given: on a shared machine
+	// other jobs may take CPUs away during the overload step. A collapse
+	// (work wasted on late or refused requests, handshakes) lowers both;
+	// less CPU given lowers only the first. The second counts only if the
+	// processes got at least half the CPU they had at capacity (an idle
+	// collapse must not pass as efficient).
 	ratio := ov.goodput() / capacity
+	perCore := 0.0
+	if ovCores >= capCores/2 && ovCores > 0 && capCores > 0 {
+		perCore = (ov.goodput() / ovCores) / (capacity / capCores)
+	}
 	drift := after.goodput() / capRuns[0].goodput()
-	t.Logf("goodput at 2x / capacity: %.2f (capacity %.0f/s; closed loop 16 after / before: %.2f)", ratio, capacity, drift)
+	t.Logf("goodput at 2x / capacity: %.2f; per core given: %.2f (capacity %.0f/s on %.2f cores, at 2x %.0f/s on %.2f cores; closed loop 16 after / before: %.2f)",
+		ratio, perCore, capacity, capCores, ov.goodput(), ovCores, drift)
 	if drift < 1-maxDrift || drift > 1+maxDrift {
 		t.Logf("NOT ASSERTED: the machine's speed changed by more than %.0f %% during the run", 100*maxDrift)
 	} else {
-		if ratio < minGoodput {
-			t.Errorf("goodput at 2x capacity is %.2f of capacity, want >= %.2f (%s)", ratio, minGoodput, ov)
+		if max(ratio, perCore) < minGoodput {
+			t.Errorf("goodput at 2x capacity is %.2f of capacity (%.2f per core given), want >= %.2f (%s)", ratio, perCore, minGoodput, ov)
 		}
-		if ok, late := ov.count(okCall), ov.count(lateCall); float64(late) > maxLate*float64(ok+late) {
-			t.Errorf("%d of %d successes later than %s (want at most %.0f %%)", late, ok+late, kmsBudget, 100*maxLate)
-		}
-		if n := ov.count(otherCall); n > 0 {
-			t.Errorf("%d calls failed other than by a refusal: %v", n, ov.errs())
+		// Calls neither answered in time nor refused: late successes and
+		// calls that failed otherwise (a client timeout: 1 s).
+		if ok, late := ov.count(okCall), ov.count(lateCall)+ov.count(otherCall); float64(late) > maxLate*float64(ok+late) {
+			t.Errorf("%d of %d calls not refused were not answered within %s (want at most %.0f %%); failures: %v",
+				late, ok+late, kmsBudget, 100*maxLate, ov.errs())
 		}
 	}
 
@@ -243,7 +258,7 @@ func (d *deployment) cpuTimes() map[string]time.Duration {
 
 // cpuSince reports, by role, the cores used since before and the CPU per
 // success and per call of r.
-func (d *deployment) cpuSince(before map[string]time.Duration, r run) string {
+func (d *deployment) cpuSince(before map[string]time.Duration, r run) (report string, cores float64) {
 	now := d.cpuTimes()
 	roles := make([]string, 0, len(now))
 	for role := range now {
@@ -252,9 +267,10 @@ func (d *deployment) cpuSince(before map[string]time.Duration, r run) string {
 	slices.Sort(roles)
 	ok, calls := max(1, r.count(okCall)+r.count(lateCall)), max(1, len(r.calls))
 	var b strings.Builder
-	var total time.Duration
+	var total, all time.Duration
 	for _, role := range roles {
 		used := now[role] - before[role]
+		all += used
 		if role != "generator" {
 			total += used
 		}
@@ -263,7 +279,7 @@ func (d *deployment) cpuSince(before map[string]time.Duration, r run) string {
 	}
 	fmt.Fprintf(&b, "    cpu %-10s %.2f cores, %.3f ms per success, %.3f ms per call", "deployment",
 		total.Seconds()/r.took.Seconds(), total.Seconds()*1000/float64(ok), total.Seconds()*1000/float64(calls))
-	return b.String()
+	return b.String(), all.Seconds() / r.took.Seconds()
 }
 
 // pooledClient is an HTTPS client that keeps overloadConns connections
