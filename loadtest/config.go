@@ -87,6 +87,10 @@ type Config struct {
 	Concurrency int     // closed loop callers; open loop: unused
 	Rate        float64 // open loop requests/s; 0 = closed loop
 	MaxInFlight int     // open loop: most requests outstanding at once
+	// Conns bounds the connections to the gateway (0: one per request in
+	// flight); past it requests wait for a free connection, as behind a
+	// client's connection pool, and no new TLS handshakes are made.
+	Conns int
 
 	Duration    time.Duration // measured
 	Warmup      time.Duration // before Duration, not measured
@@ -189,6 +193,7 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (C
 	fs.IntVar(&c.Concurrency, "concurrency", 16, "closed loop: requests outstanding at once")
 	fs.Float64Var(&c.Rate, "rate", 0, "open loop: requests per second (replaces -concurrency)")
 	fs.IntVar(&c.MaxInFlight, "max-inflight", 512, "open loop: most requests outstanding at once")
+	fs.IntVar(&c.Conns, "conns", 0, "xks: most connections to the gateway (0: one per request in flight); requests past it wait for a free one, as behind a connection pool")
 	fs.DurationVar(&c.Duration, "duration", 60*time.Second, "measured run time (at most 1h)")
 	fs.DurationVar(&c.Warmup, "warmup", 5*time.Second, "unmeasured load before the measured run")
 	fs.Int64Var(&c.MaxRequests, "max-requests", 2_000_000, "safety cap on requests sent, warmup included")
@@ -336,6 +341,8 @@ func (c Config) Validate() error {
 		return bad("-concurrency must be in [1, %d]", maxConcurrency)
 	case c.OpenLoop() && (c.MaxInFlight < 1 || c.MaxInFlight > maxConcurrency):
 		return bad("-max-inflight must be in [1, %d]", maxConcurrency)
+	case c.Conns < 0 || c.Conns > maxConcurrency:
+		return bad("-conns must be in [0, %d]", maxConcurrency)
 	case c.Duration <= 0 || c.Duration > maxDuration:
 		return bad("-duration must be in (0, %s]", maxDuration)
 	case c.Warmup < 0 || c.Warmup > maxDuration:

@@ -104,7 +104,7 @@ func TestFloorRefuses(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	hc := newHTTPClient(tc, 1, 5*time.Second, true)
+	hc := newHTTPClient(tc, 1, 0, 5*time.Second, true)
 	good := &xksclient.Client{BaseURL: url, Prefix: "/bench", AccessKeyID: floorTestKeyID, Secret: floorTestSecret, HTTP: hc}
 	ctx := context.Background()
 	resp, err := good.Encrypt(ctx, "k1", []byte("plaintext"), nil, true)

@@ -12,7 +12,8 @@
 # default "new:bin/sovkeys", built), NODE_CPU (0), GEN_CPU (1) (none: not
 # pinned), CAP_CONCURRENCY (64: no more than the gateway's
 # slots, so the closed loop measures answers, not a storm of refusals), CAP_SECONDS (15),
-# OPEN_SECONDS (20), FACTORS ("1.3 2"), MAX_INFLIGHT (512, loadtest's default), NODE_FLAGS
+# OPEN_SECONDS (20), FACTORS ("1.3 2"), MAX_INFLIGHT (512, loadtest's default), CONNS (64:
+# the generator's connections, a pool as KMS keeps; 0: one per request in flight), NODE_FLAGS
 # (extra flags for `sovkeys standalone`), GW_ADDR (127.0.0.1:18643),
 # NATS_ADDR (127.0.0.1:4533), OUT (loadtest/results/overload-<UTC time>).
 # The machine may be shared: compare builds within one run, never across runs.
@@ -29,6 +30,7 @@ CAP_SECONDS=${CAP_SECONDS:-15}
 OPEN_SECONDS=${OPEN_SECONDS:-20}
 FACTORS=${FACTORS:-"1.3 2"}
 MAX_INFLIGHT=${MAX_INFLIGHT:-512}
+CONNS=${CONNS:-64}
 NODE_FLAGS=${NODE_FLAGS:-}
 GW_ADDR=${GW_ADDR:-127.0.0.1:18643}
 NATS_ADDR=${NATS_ADDR:-127.0.0.1:4533}
@@ -67,7 +69,8 @@ go build -o bin/loadtest ./loadtest
 	echo "builds:  $BINS"
 } | tee "$OUT/machine.txt"
 
-# figures NAME: throughput, success p99, refusal p99, refusals, other errors.
+# figures NAME: throughput, success p99, refusal p99, refusals, other
+# errors, success max, node cores, refusals/s.
 figures() {
 	python3 - "$OUT/$1.json" <<'EOF'
 import json, sys
@@ -75,11 +78,14 @@ r = json.load(open(sys.argv[1]))
 ref = r.get("refusalLatency") or {}
 refused = sum(e["count"] for e in r["errors"] if e["kind"].startswith(("HTTP 429", "HTTP 503")))
 other = r["errorCount"] - refused
-print(f"{r['throughput_rps']:.0f} {r['latency']['p99_ms']:.1f} {ref.get('p99_ms', 0):.1f} {refused} {other} {r['latency']['max_ms']:.1f}")
+cores = (r.get("cpu") or {}).get("nodeCores", 0)
+print(f"{r['throughput_rps']:.0f} {r['latency']['p99_ms']:.1f} {ref.get('p99_ms', 0):.1f} {refused} {other} {r['latency']['max_ms']:.1f} {cores:.2f} {refused / r['windowSeconds']:.0f}")
 EOF
 }
 
-printf '%-5s %-9s %-8s %-9s %-8s %-10s %-11s %-9s %-7s %s\n' build run offered goodput ratio ok_p99_ms ok_max_ms ref_p99_ms refused other_errors | tee "$OUT/summary.txt"
+# node_cores: CPU the node used; r_ms: node CPU per refusal, estimated as
+# (node cores - goodput x CPU per answer at capacity) / refusals per second.
+printf '%-5s %-9s %-8s %-9s %-8s %-10s %-11s %-9s %-7s %-12s %-10s %s\n' build run offered goodput ratio ok_p99_ms ok_max_ms ref_p99_ms refused other_errors node_cores r_ms | tee "$OUT/summary.txt"
 for pair in $BINS; do
 	name=${pair%%:*} bin=${pair#*:}
 	DATA=$(mktemp -d)
@@ -98,11 +104,11 @@ for pair in $BINS; do
 	"$bin" xks keystore create --prefix /overload >"$DATA/keystore.json"
 	"$bin" xks key create --keystore /overload --id overload-key >/dev/null
 	LT=("${GEN_PIN[@]}" bin/loadtest -url "https://$GW_ADDR" -ca "$DATA/tls/ca.pem" -creds-json "$DATA/keystore.json"
-		-key overload-key -size 1024 -aad 0 -warmup 5s -node-pid "$NODE_PID" -timeout 5s)
+		-key overload-key -size 1024 -aad 0 -warmup 5s -node-pid "$NODE_PID" -timeout 5s -conns "$CONNS")
 	run=$name-capacity
 	"${LT[@]}" -op encrypt -concurrency "$CAP_CONCURRENCY" -duration "${CAP_SECONDS}s" -json "$OUT/$run.json" >"$OUT/$run.txt" || true
-	read -r cap p99 rp99 refused other max < <(figures "$run") || cap=0
-	printf '%-5s %-9s %-8s %-9s %-8s %-10s %-11s %-9s %-7s %s\n' "$name" capacity "c=$CAP_CONCURRENCY" "$cap" 1.00 "$p99" "$max" "$rp99" "$refused" "$other" | tee -a "$OUT/summary.txt"
+	read -r cap p99 rp99 refused other max capcores _ < <(figures "$run") || cap=0
+	printf '%-5s %-9s %-8s %-9s %-8s %-10s %-11s %-9s %-7s %-12s %-10s %s\n' "$name" capacity "c=$CAP_CONCURRENCY" "$cap" 1.00 "$p99" "$max" "$rp99" "$refused" "$other" "$capcores" - | tee -a "$OUT/summary.txt"
 	for f in $FACTORS; do
 		# The previous step's connections may still wait in the backlog: start when the node answers again.
 		for _ in $(seq 1 120); do
@@ -113,9 +119,11 @@ for pair in $BINS; do
 		run=$name-open-$f
 		"${LT[@]}" -op encrypt -rate "$rate" -max-inflight "$MAX_INFLIGHT" -duration "${OPEN_SECONDS}s" \
 			-json "$OUT/$run.json" -chart "$OUT/$run.png" >"$OUT/$run.txt" || true
-		read -r good p99 rp99 refused other max < <(figures "$run") || good=0
+		read -r good p99 rp99 refused other max cores refps < <(figures "$run") || good=0
 		ratio=$(awk -v g="$good" -v c="$cap" 'BEGIN {printf "%.2f", g / c}')
-		printf '%-5s %-9s %-8s %-9s %-8s %-10s %-11s %-9s %-7s %s\n' "$name" "open-$f" "$rate" "$good" "$ratio" "$p99" "$max" "$rp99" "$refused" "$other" | tee -a "$OUT/summary.txt"
+		rms=$(awk -v k="$cores" -v g="$good" -v c="$cap" -v kc="$capcores" -v n="$refps" \
+			'BEGIN { if (n > 0 && c > 0) printf "%.3f", (k - g * kc / c) * 1000 / n; else printf "-" }')
+		printf '%-5s %-9s %-8s %-9s %-8s %-10s %-11s %-9s %-7s %-12s %-10s %s\n' "$name" "open-$f" "$rate" "$good" "$ratio" "$p99" "$max" "$rp99" "$refused" "$other" "$cores" "$rms" | tee -a "$OUT/summary.txt"
 	done
 	grep -h '"refusal_reason"\|refusal_reason=' "$OUT/node-$name.stderr" | tail -3 || true
 	stop_node

@@ -119,7 +119,7 @@ func newLoadTarget(ctx context.Context, cfg Config, progress io.Writer) (loadTar
 		}
 		return v, v.closeIdle, nil
 	}
-	hc := newHTTPClient(tc, cfg.workers(), cfg.Timeout, true)
+	hc := newHTTPClient(tc, cfg.workers(), cfg.Conns, cfg.Timeout, true)
 	client := &xksclient.Client{BaseURL: cfg.URL, Prefix: cfg.Prefix, AccessKeyID: cfg.AccessKeyID, Secret: cfg.Secret, HTTP: hc}
 	return newTarget(client, cfg), hc.CloseIdleConnections, nil
 }

@@ -62,8 +62,9 @@ func tlsConfig(caFile string) (*tls.Config, error) {
 
 // newHTTPClient is an HTTPS client over tc. With keepAlive it keeps an idle
 // connection for every worker; without, every request opens (and closes)
-// its own TLS connection.
-func newHTTPClient(tc *tls.Config, workers int, timeout time.Duration, keepAlive bool) *http.Client {
+// its own TLS connection. conns > 0 bounds the connections: requests past
+// them wait for one, as behind a client's connection pool.
+func newHTTPClient(tc *tls.Config, workers, conns int, timeout time.Duration, keepAlive bool) *http.Client {
 	tr := &http.Transport{
 		Proxy:               nil, // never route load through an HTTP(S)_PROXY
 		DialContext:         (&net.Dialer{Timeout: timeout, KeepAlive: 30 * time.Second}).DialContext,
@@ -72,6 +73,7 @@ func newHTTPClient(tc *tls.Config, workers int, timeout time.Duration, keepAlive
 		DisableKeepAlives:   !keepAlive,
 		MaxIdleConns:        workers + 16,
 		MaxIdleConnsPerHost: workers + 16,
+		MaxConnsPerHost:     conns,
 		IdleConnTimeout:     90 * time.Second,
 		// HTTP/1.1, as KMS talks to an XKS proxy: one connection per
 		// outstanding request.

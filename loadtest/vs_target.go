@@ -101,7 +101,7 @@ func newVSTarget(ctx context.Context, cfg Config, tc *tls.Config, progress io.Wr
 		itc.Certificates = []tls.Certificate{cert}
 		t.insts = append(t.insts, vsInstance{
 			id:   instanceFile(cfg.InstanceID, i, n),
-			http: newHTTPClient(itc, max(1, cfg.workers()/n), cfg.Timeout, cfg.KeepAlive),
+			http: newHTTPClient(itc, max(1, cfg.workers()/n), 0, cfg.Timeout, cfg.KeepAlive),
 		})
 	}
 	fmt.Fprintf(progress, "loadtest: making %d one-time RSA-%d wrapping keys (not measured)\n", cfg.WrapKeys, cfg.RSABits)

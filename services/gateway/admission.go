@@ -18,11 +18,26 @@ package gateway
 //   - a request that waits and is not given a slot by the time it could
 //     still be answered leaves the queue with the same 429.
 //
+// The slots themselves adapt (2026-12-07, measured in test/cluster
+// overload_test.go): a fixed count lets the mesh's own queues grow. With
+// 64 slots per gateway two gateways put 128 requests into a mesh that
+// answered 309/s, i.e. 0.41 s each (Little's law), every admitted request
+// missed its budget and goodput fell to 1 % of capacity. So at most
+// rate × target requests are in the mesh at once, where rate is how fast
+// slots were freed over the last window and target the time a request may
+// spend in the mesh (half the admission budget; the other half is for the
+// queue): when answers come faster than target the bound grows (rate ×
+// target exceeds what is in the mesh), when slower it shrinks, and the
+// mesh's time per answer settles near target instead of growing with the
+// offered load. minInMesh keeps a floor so a quiet gateway (no rate
+// measured) still admits bursts.
+//
 // The decision uses only the injected clock and counts (no timers), so it
 // is tested deterministically (admission_test.go).
 
 import (
 	"context"
+	"math"
 	"sync"
 	"time"
 
@@ -32,6 +47,9 @@ import (
 // admissionWindow is the width of the sliding window over which the rate of
 // freed slots is measured.
 const admissionWindow = 100 * time.Millisecond
+
+// minInMesh is the least the adaptive bound lets into the mesh.
+const minInMesh = 8
 
 // maxWaiters bounds memory whatever the prediction says.
 const maxWaiters = 1 << 14
@@ -50,7 +68,10 @@ type waiter struct {
 // admission is the gateway's slot pool and time-bounded queue.
 type admission struct {
 	now   func() time.Time
-	slots int
+	slots int // at most this many in the mesh
+	// target is the time a request should spend in the mesh; the bound on
+	// requests in the mesh adapts to keep it (0: the bound is slots).
+	target time.Duration
 
 	mu      sync.Mutex
 	busy    int
@@ -64,8 +85,18 @@ type admission struct {
 	winFreed, prevFreed int
 }
 
-func newAdmission(slots int, now func() time.Time) *admission {
-	return &admission{slots: slots, now: now}
+func newAdmission(slots int, target time.Duration, now func() time.Time) *admission {
+	return &admission{slots: slots, target: target, now: now}
+}
+
+// boundLocked is how many requests may be in the mesh now: slots, or with
+// a target, rate × target within [minInMesh, slots].
+func (a *admission) boundLocked(now time.Time) int {
+	if a.target <= 0 || a.slots <= minInMesh {
+		return a.slots
+	}
+	n := int(math.Ceil(a.freeRateLocked(now) * a.target.Seconds()))
+	return min(max(n, minInMesh), a.slots)
 }
 
 // decide is the admission decision for a request that must be answered by
@@ -74,7 +105,7 @@ func (a *admission) decide(limit time.Time) (granted bool, w *waiter, ref *refus
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	now := a.now()
-	if a.busy < a.slots && a.queued == 0 {
+	if a.busy < a.boundLocked(now) && a.queued == 0 {
 		a.busy++
 		return true, nil, nil
 	}
@@ -145,7 +176,7 @@ func (a *admission) release(took time.Duration) {
 			a.service += (took - a.service) / 16
 		}
 	}
-	for len(a.waiting) > 0 {
+	for len(a.waiting) > 0 && a.busy <= a.boundLocked(now) {
 		w := a.waiting[0]
 		a.waiting[0] = nil
 		a.waiting = a.waiting[1:]

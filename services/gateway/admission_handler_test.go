@@ -49,7 +49,7 @@ func admissionGateway(tb testing.TB) *Service {
 	}
 	s.noise = mesh.NewNoiseAuditor(js, shared.AuditServiceGateway, time.Hour, logger, time.Now)
 	s.refusals = mesh.NewRefusalLog(shared.AuditServiceGateway, logger, time.Now, 0)
-	s.admit = newAdmission(1, time.Now)
+	s.admit = newAdmission(1, 0, time.Now)
 	s.admit.busy, s.admit.service = 1, time.Second
 	testkit.CheckFor(tb, 10*time.Second, 10*time.Millisecond, func() error {
 		if _, ok := s.keystores.Get(registry.KeystoreKey("ks")); !ok || s.fresh() != nil {
@@ -77,6 +77,45 @@ func TestAdmissionRefusesAtOnce(t *testing.T) {
 	if busy, queued := s.admit.stats(); busy != 1 || queued != 0 {
 		t.Fatalf("busy %d queued %d after a refusal, want 1 0", busy, queued)
 	}
+}
+
+// TestVSAdmissionRefusesAtOnce: the volume-secret route has its own
+// admission: a call that cannot be answered within its budget gets 429
+// with the API's {"message"} body, before its body is read, and leaves the
+// XKS slots alone.
+func TestVSAdmissionRefusesAtOnce(t *testing.T) {
+	t.Parallel()
+	s := admissionGateway(t)
+	s.admitVS = newAdmission(1, 0, time.Now)
+	s.admitVS.busy, s.admitVS.service = 1, 2*time.Second // longer than the 1 s budget
+	body := &countingReader{r: strings.NewReader(`{"volume_uuid":"u"}`)}
+	rec := httptest.NewRecorder()
+	h := instrument(time.Now, http.HandlerFunc(s.handleVS))
+	h.ServeHTTP(rec, httptest.NewRequest(http.MethodPost, "/v1/encryption/i-1/generate-secret", body))
+	if rec.Code != http.StatusTooManyRequests || !strings.Contains(rec.Body.String(), `"message"`) ||
+		!strings.Contains(rec.Body.String(), "time budget") {
+		t.Fatalf("got %d %s, want 429 {message: ... time budget}", rec.Code, rec.Body.String())
+	}
+	if body.n != 0 {
+		t.Fatalf("refused call's body was read (%d bytes)", body.n)
+	}
+	if busy, queued := s.admitVS.stats(); busy != 1 || queued != 0 {
+		t.Fatalf("volume-secret admission busy %d queued %d after a refusal, want 1 0", busy, queued)
+	}
+	if busy, queued := s.admit.stats(); busy != 1 || queued != 0 {
+		t.Fatalf("XKS admission busy %d queued %d, want untouched 1 0", busy, queued)
+	}
+}
+
+type countingReader struct {
+	r io.Reader
+	n int
+}
+
+func (c *countingReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	c.n += n
+	return n, err
 }
 
 // BenchmarkXKSRefusal is the gateway's CPU per refused XKS call (the

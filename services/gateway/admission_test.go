@@ -16,7 +16,7 @@ func (c *fakeClock) advance(d time.Duration) { c.t = c.t.Add(d) }
 
 func newTestAdmission(slots int) (*admission, *fakeClock) {
 	c := &fakeClock{t: time.Date(2026, 12, 7, 0, 0, 0, 0, time.UTC)}
-	return newAdmission(slots, c.now), c
+	return newAdmission(slots, 0, c.now), c
 }
 
 // TestAdmissionFreeSlots: with a slot free and nobody waiting a request is
@@ -171,5 +171,67 @@ func TestAdmissionRateWindow(t *testing.T) {
 	}
 	if w := a.predictWaitLocked(c.now(), 10); w != 10*time.Millisecond {
 		t.Fatalf("fallback prediction for position 10: %s, want 10ms (10 slots per 10 ms)", w)
+	}
+}
+
+// TestAdmissionBoundAdapts: with a target time in the mesh, at most
+// (rate slots are freed) × target requests are in the mesh: a floor of
+// minInMesh before anything is measured, more when answers come fast, and
+// back down when they slow, without handing freed slots to waiters while
+// the mesh holds more than the bound.
+func TestAdmissionBoundAdapts(t *testing.T) {
+	c := &fakeClock{t: time.Date(2026, 12, 7, 0, 0, 0, 0, time.UTC)}
+	a := newAdmission(64, 50*time.Millisecond, c.now)
+	far := func() time.Time { return c.now().Add(time.Second) }
+	for i := range minInMesh {
+		if ok, _, _ := a.decide(far()); !ok {
+			t.Fatalf("request %d below the floor not granted", i)
+		}
+	}
+	ok, w, _ := a.decide(far())
+	if ok || w == nil {
+		t.Fatalf("request past the floor with nothing measured: granted %v, waiter %v; want queued", ok, w)
+	}
+	a.leave(w)
+	// 1,000 answers/s, 1 ms each: the bound becomes 1,000/s × 50 ms = 50.
+	for range 200 {
+		c.advance(time.Millisecond)
+		a.release(time.Millisecond)
+		if ok, _, _ := a.decide(far()); !ok {
+			t.Fatal("freed slot not granted")
+		}
+	}
+	for a.busy < 64 {
+		if ok, w, _ := a.decide(far()); !ok {
+			a.leave(w)
+			break
+		}
+	}
+	// (The sliding window counts a free on its edge twice: 50 or 51.)
+	if busy, _ := a.stats(); busy < 50 || busy > 51 {
+		t.Fatalf("in the mesh at 1,000 answers/s with a 50 ms target: %d, want 50", busy)
+	}
+	// Answers slow to 100/s: the bound falls to the floor (100/s × 50 ms
+	// = 5 < minInMesh); releases do not pass slots on while the mesh holds
+	// more than that.
+	for range 30 {
+		c.advance(10 * time.Millisecond)
+		a.release(10 * time.Millisecond)
+	}
+	_, w, ref := a.decide(far())
+	if w == nil {
+		t.Fatalf("with %d in the mesh over the bound: waiter %v, refusal %v; want queued", a.busy, w, ref)
+	}
+	for a.busy > minInMesh {
+		c.advance(10 * time.Millisecond)
+		a.release(10 * time.Millisecond)
+		if w.granted {
+			t.Fatalf("slot passed on with %d in the mesh, over the bound %d", a.busy, minInMesh)
+		}
+	}
+	c.advance(10 * time.Millisecond)
+	a.release(10 * time.Millisecond)
+	if !w.granted {
+		t.Fatalf("waiter not given the slot freed at the bound (%d in the mesh)", a.busy)
 	}
 }

@@ -56,7 +56,8 @@ type Config struct {
 	// set by trusted proxies (proxy.go; off by default).
 	TrustedProxy TrustedProxyConfig
 	// MaxInMesh bounds the XKS requests this gateway has in the mesh at
-	// once; more wait in a queue bounded by time (admission.go). 0: the
+	// once, and the volume-secret requests apart from them; more wait in a
+	// queue bounded by time (admission.go). 0: the
 	// default (DefaultMaxInMesh); < 0: no admission control.
 	MaxInMesh int
 	// AdmitWithin: an XKS request is admitted only if it is expected to be
@@ -143,7 +144,8 @@ type Service struct {
 	id       string
 	replies  *replyMux
 	audit    *mesh.AuditBatcher // timeouts and throttling: many at once under overload
-	admit    *admission         // nil: no admission control (admission.go)
+	admit    *admission         // XKS; nil: no admission control (admission.go)
+	admitVS  *admission         // volume secrets; nil: none
 	refusals *mesh.RefusalLog
 
 	keystores *registry.Cache[registry.Keystore]
@@ -166,13 +168,14 @@ func New(cfg Config, deps Deps) (*Service, error) {
 		return nil, fmt.Errorf("%w: gateway: missing dependency", shared.ErrConfigValidation)
 	}
 	cfg = cfg.withDefaults()
-	var admit *admission
+	var admit, admitVS *admission
 	if cfg.MaxInMesh > 0 {
-		admit = newAdmission(cfg.MaxInMesh, deps.Now)
+		admit = newAdmission(cfg.MaxInMesh, min(cfg.AdmitWithin, cfg.RequestTimeout)/2, deps.Now)
+		admitVS = newAdmission(cfg.MaxInMesh, cfg.RequestTimeout/2, deps.Now)
 	}
 	log := deps.Logger.With("service", "gateway")
 	return &Service{
-		admit: admit, refusals: mesh.NewRefusalLog(shared.AuditServiceGateway, log, deps.Now, 0),
+		admit: admit, admitVS: admitVS, refusals: mesh.NewRefusalLog(shared.AuditServiceGateway, log, deps.Now, 0),
 		cfg: cfg, nc: deps.NC, js: deps.JS,
 		log:      log,
 		tracer:   deps.Tracer.Tracer("sovkeys/gateway"),

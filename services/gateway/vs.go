@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"net/http"
+	"time"
 
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
@@ -32,6 +33,26 @@ func (s *Service) handleVS(w http.ResponseWriter, r *http.Request) {
 	if err == nil && s.kill.AllEngaged() {
 		_, why := s.kill.Engaged(killswitch.ScopeAll, "")
 		err = shared.NewError(shared.CodeAccessDenied, "kill switch engaged (%s)", why)
+	}
+	released := true
+	if err == nil && s.admitVS != nil {
+		// Admission by deadline, as for XKS (admission.go), before the body
+		// is read, with its own slots: a volume-secret call costs the HSM an
+		// RSA wrap and a signature, not one AES operation, so it must not
+		// skew the XKS service time (and a burst of boots must not crowd out
+		// KMS). Its budget is the whole request timeout: an instance at boot
+		// waits longer than KMS does, and retries a 429.
+		if aerr := s.admitVS.acquire(r.Context(), start.Add(s.cfg.RequestTimeout), time.After); aerr != nil {
+			noteAPI(w, op.API())
+			s.refuseAdmission(w, r, op.API(), aerr, writeVSError)
+			return
+		}
+		released = false
+		defer func() {
+			if !released {
+				s.admitVS.release(0)
+			}
+		}()
 	}
 	var body []byte
 	if err == nil {
@@ -74,15 +95,28 @@ func (s *Service) handleVS(w http.ResponseWriter, r *http.Request) {
 	defer span.End()
 	ctx, cancel := context.WithDeadline(ctx, env.Deadline)
 	defer cancel()
+	sent := s.now()
 	reply, err := s.roundTrip(ctx, env)
+	if s.admitVS != nil {
+		took := time.Duration(0)
+		if err == nil {
+			took = s.now().Sub(sent)
+		}
+		s.admitVS.release(took)
+		released = true
+	}
 	if err == nil {
 		err = mesh.ReplyErr(reply)
-	} else if c := shared.CodeOf(err); c == shared.CodeDependencyTimeout || c == shared.CodeThrottling {
-		s.auditVSFailure(ctx, env, err)
+	} else {
+		if c := shared.CodeOf(err); c == shared.CodeDependencyTimeout || c == shared.CodeThrottling {
+			s.auditVSFailure(ctx, env, err)
+		}
+		// Counted by reason and logged at a bounded rate, as for XKS.
+		s.refusals.Note(refusalReason(err), "volume-secret request failed", "request_id", id, "api", api,
+			"code", shared.CodeOf(err), "reason", shared.MessageOf(err), "ms", s.now().Sub(start).Milliseconds())
 	}
 	if err != nil {
 		span.SetStatus(codes.Error, string(shared.CodeOf(err)))
-		s.log.Info("volume-secret request failed", "request_id", id, "api", api, "code", shared.CodeOf(err))
 		writeVSError(w, err)
 		return
 	}

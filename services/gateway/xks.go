@@ -61,7 +61,7 @@ func (s *Service) handleXKS(w http.ResponseWriter, r *http.Request) {
 		// refusal costs no more than this.
 		limit := start.Add(min(s.cfg.AdmitWithin, s.cfg.RequestTimeout))
 		if aerr := s.admit.acquire(r.Context(), limit, time.After); aerr != nil {
-			s.refuseAdmission(w, r, api, aerr)
+			s.refuseAdmission(w, r, api, aerr, writeXKSError)
 			return
 		}
 		defer func() {
@@ -242,16 +242,16 @@ func refusalReason(err error) string {
 }
 
 // refuseAdmission answers a request admission refused: 429
-// ThrottlingException at once, counted by reason, logged at a bounded
+// (ThrottlingException for XKS; write is the API's error writer) at once, counted by reason, logged at a bounded
 // rate, and summarised in the unauthenticated audit summary (nothing was
 // verified yet; mesh.NoiseAuditor) instead of an audit record each.
-func (s *Service) refuseAdmission(w http.ResponseWriter, r *http.Request, api shared.API, err error) {
+func (s *Service) refuseAdmission(w http.ResponseWriter, r *http.Request, api shared.API, err error, write func(http.ResponseWriter, error)) {
 	reason, why := metrics.ReasonQueue, "request cancelled while waiting for admission"
 	var ref *refusal
 	if errors.As(err, &ref) {
 		reason, why = ref.reason, ref.why
 	}
 	s.noise.Add(api, shared.CodeThrottling, sourceIP(r))
-	s.refusals.Note(reason, "xks request refused by admission", "api", api, "reason", why)
-	writeXKSError(w, shared.NewError(shared.CodeThrottling, "%s", why))
+	s.refusals.Note(reason, "request refused by admission", "api", api, "reason", why)
+	write(w, shared.NewError(shared.CodeThrottling, "%s", why))
 }

@@ -34,7 +34,7 @@ func GatewayRequest(a shared.API, status int, c shared.Code, errorName string, d
 // Throttled counts one request refused for load by service ("gateway",
 // "authn", "keyworker").
 func Throttled(service string) {
-	throttled.WithLabelValues(bounded(set(knownServices...), service)).Inc()
+	throttled.WithLabelValues(bounded(knownServiceSet, service)).Inc()
 }
 
 // Authn: every request authn decided, by API and result code.
