@@ -91,6 +91,12 @@ const (
 	// (req.<id>) and the nonces of applied signed requests (nonce.<hash>),
 	// written by the services that apply them.
 	BucketAdmin = "sovkeys_admin"
+	// BucketPins holds public keys pinned write-once (the server refuses a
+	// second value for a key, and deletes and purges): <pool>.signing_key,
+	// the pool's HSM signing key, which callers verify answers with. Each
+	// pool's keyworkers may create their pool's keys, nobody may replace
+	// them.
+	BucketPins = "sovkeys_pins"
 
 	// AccountName is the one NATS account of the mesh.
 	AccountName = "SOVKEYS"
@@ -356,7 +362,7 @@ const Version = "0.1.0"
 // KVBuckets lists every KV bucket of the mesh.
 func KVBuckets() []string {
 	return []string{BucketKeystores, BucketXKSKeys, BucketPools, BucketTenants, BucketPKI, BucketKillSwitch,
-		BucketUnseal, BucketEKTIndex, BucketXKSRotation, BucketAuditSigner, BucketOperators, BucketAdmin}
+		BucketUnseal, BucketEKTIndex, BucketXKSRotation, BucketAuditSigner, BucketOperators, BucketAdmin, BucketPins}
 }
 
 // Keys of the unseal bucket (BucketUnseal), per pool. A sealed keyworker

@@ -83,6 +83,9 @@ type Deps struct {
 	// set, carries every AWS call.
 	AWSCredentials aws.CredentialsProvider
 	AWSHTTPClient  aws.HTTPClient
+	// WorkSigner signs every work item authn queues (shared/envelope_sig.go);
+	// keyworkers refuse work not signed by a key pinned in the roster.
+	WorkSigner *shared.WorkSigner
 }
 
 // Service is a running authn.
@@ -110,6 +113,7 @@ type Service struct {
 	refusals  *mesh.RefusalLog
 	awsDeps   Deps
 	desk      *roster.Desk // people's signed registry changes (admin.go)
+	signer    *shared.WorkSigner
 }
 
 // New builds authn.
@@ -117,12 +121,12 @@ func New(cfg Config, deps Deps) (*Service, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	if deps.NC == nil || deps.JS == nil || deps.Logger == nil || deps.Tracer == nil || deps.Now == nil {
+	if deps.NC == nil || deps.JS == nil || deps.Logger == nil || deps.Tracer == nil || deps.Now == nil || deps.WorkSigner == nil {
 		return nil, fmt.Errorf("%w: authn: missing dependency", shared.ErrConfigValidation)
 	}
 	log := deps.Logger.With("service", "authn")
 	return &Service{
-		cfg: cfg, nc: deps.NC, js: deps.JS,
+		cfg: cfg, nc: deps.NC, js: deps.JS, signer: deps.WorkSigner,
 		refusals: mesh.NewRefusalLog(shared.AuditServiceAuthn, log, deps.Now, 0),
 		log:      log,
 		tracer:   deps.Tracer.Tracer("sovkeys/authn"),
@@ -186,7 +190,9 @@ func (s *Service) Run(ctx context.Context) error {
 			return ctx.Err()
 		}
 	}
-	cons, err := mesh.CreateConsumers(ctx, streams, jetstream.ConsumerConfig{
+	cons, err := mesh.CreateFilteredConsumers(ctx, streams, func(i int) string {
+		return shared.RequestSubjectOn(i, "") + ">"
+	}, jetstream.ConsumerConfig{
 		Durable:       shared.ConsumerAuthn,
 		Description:   "sovkeys: authn",
 		AckPolicy:     jetstream.AckExplicitPolicy,
@@ -353,6 +359,7 @@ func (s *Service) forward(ctx context.Context, env *shared.Envelope) error {
 	msg := nats.NewMsg(shared.WorkSubject(env.Authz.Pool, env.API)) // PublishWork picks the sibling
 	msg.Data = data
 	msg.Header.Set(shared.HeaderMsgID, env.ID)
+	msg.Header.Set(shared.HeaderWorkSignature, s.signer.Sign(env.Authz.Pool, env.ID, data))
 	tracing.Inject(ctx, msg.Header)
 	if !env.Deadline.IsZero() {
 		// Retry a publish lost to a leader election while the caller waits.

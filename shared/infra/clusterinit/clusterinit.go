@@ -144,6 +144,11 @@ func Init(cfg Config) (*Result, error) {
 			res.Written = append(res.Written, p)
 		}
 		res.Creds[u] = p
+		if u == natsauth.ServiceAuthn {
+			if _, err := EnsureWorkKeys(dir, res); err != nil { // workkeys.go
+				return nil, err
+			}
+		}
 	}
 	opClaims, err := jwt.DecodeOperatorClaims(trust.OperatorJWT())
 	if err != nil {

@@ -22,9 +22,12 @@ const (
 	// ReasonUnavailable: the mesh did not take the request (no stream
 	// leader, no responders).
 	ReasonUnavailable = "unavailable"
+	// ReasonWorkSignature: a keyworker refused a work item that authn did
+	// not sign (unsigned, unknown key, stale, replayed: shared/envelope_sig.go).
+	ReasonWorkSignature = "work_signature"
 )
 
-var knownReasons = set(ReasonDeadline, ReasonQueue, ReasonRateLimit, ReasonStaleState, ReasonTimeout, ReasonUnavailable)
+var knownReasons = set(ReasonDeadline, ReasonQueue, ReasonRateLimit, ReasonStaleState, ReasonTimeout, ReasonUnavailable, ReasonWorkSignature)
 
 var refusals = counterVec("refusals_total",
 	"Requests refused or dropped without being served, by service and reason: deadline (cannot be answered within its remaining budget, or expired before it was reached), "+
