@@ -21,6 +21,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/sovkeys/sovkeys/shared"
+	"github.com/sovkeys/sovkeys/shared/api/kwadmin"
 	"github.com/sovkeys/sovkeys/shared/infra/killswitch"
 	"github.com/sovkeys/sovkeys/shared/infra/mesh"
 	"github.com/sovkeys/sovkeys/shared/infra/metrics"
@@ -114,6 +115,7 @@ type Service struct {
 	awsDeps   Deps
 	desk      *roster.Desk // people's signed registry changes (admin.go)
 	signer    *shared.WorkSigner
+	answers   *kwadmin.AnswerKeys // the pools' pinned signing keys: keyworker answers are verified
 }
 
 // New builds authn.
@@ -174,6 +176,11 @@ func (s *Service) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	pins, err := mesh.BindPins(ctx, s.js, s.cfg.Topology)
+	if err != nil {
+		return err
+	}
+	s.answers = &kwadmin.AnswerKeys{KV: pins}
 	if s.cas, err = watchCAs(ctx, pki, s); err != nil {
 		return fmt.Errorf("authn: watch instance CAs: %w", err)
 	}

@@ -5,6 +5,7 @@ package keyworker
 
 import (
 	"context"
+	"crypto/ecdh"
 	"crypto/x509"
 	"errors"
 	"fmt"
@@ -77,9 +78,10 @@ type Service struct {
 	audit    *mesh.AuditBatcher // group commit of the work's audit events
 	refusals *mesh.RefusalLog   // expired work, counted and logged at a bounded rate
 
-	desk *roster.Desk // people's signed admin requests (admin_people.go)
-	work *shared.WorkVerifier // authn's work signatures (worksig.go)
-	reg  regOnce      // the key registry (key version scopes), bound on first use
+	desk   *roster.Desk         // people's signed admin requests (admin_people.go)
+	work   *shared.WorkVerifier // authn's work signatures (worksig.go)
+	boxKey *ecdh.PrivateKey     // the pool's box key, seal requests are encrypted to (answers.go)
+	reg    regOnce              // the key registry (key version scopes), bound on first use
 
 	healthMu  sync.Mutex
 	healthAt  time.Time

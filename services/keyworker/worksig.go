@@ -122,4 +122,3 @@ func (s *Service) refuseWork(ctx context.Context, m jetstream.Msg, env *shared.E
 	s.refusals.Note(metrics.ReasonWorkSignature, "refused work item", "request_id", id, "subject", m.Subject(), "reason", ev.Reason)
 	_ = m.Term()
 }
-
