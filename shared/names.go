@@ -147,6 +147,9 @@ const (
 	// PersonUserPrefix + name is the NATS user of a person (an operator
 	// with roles): person_alice.
 	PersonUserPrefix = "person_"
+	// KeyworkerUserPrefix + pool is the NATS user of a pool's keyworkers
+	// (KeyworkerUser): one per pool, its rights scoped to that pool.
+	KeyworkerUserPrefix = UserKeyworker + "-"
 	// UserBootstrap declares streams, consumers and buckets; services only bind.
 	UserBootstrap = "bootstrap"
 
@@ -333,6 +336,9 @@ func SiblingOfSubject(prefix, subject string) (int, string, bool) {
 
 // WorkConsumer returns the durable consumer name of a pool.
 func WorkConsumer(pool string) string { return ConsumerWorkPrefix + pool }
+
+// KeyworkerUser is the NATS user of pool's keyworkers.
+func KeyworkerUser(pool string) string { return KeyworkerUserPrefix + pool }
 
 // AuthnAdminSubject returns the subject of authn's admin endpoint.
 func AuthnAdminSubject(endpoint string) string { return SubjectAuthnAdminPrefix + endpoint }

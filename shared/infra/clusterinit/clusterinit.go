@@ -123,9 +123,18 @@ func Init(cfg Config) (*Result, error) {
 	if err := people(trust, dir, &st, cfg, res); err != nil {
 		return nil, err
 	}
+	if err := revokeLegacyKeyworker(trust, dir, res); err != nil { // keyworkers.go
+		return nil, err
+	}
 	accPub, accFresh = trust.AppAccountKey()
 	users := append([]string{shared.UserBootstrap}, st.Users...)
 	for _, u := range users {
+		if u == natsauth.ServiceKeyworker { // keyworkers.go: one user per pool
+			if err := ensureKeyworkers(trust, accPub, dir, st.Pools, res); err != nil {
+				return nil, err
+			}
+			continue
+		}
 		var perms natsauth.Permissions
 		p := filepath.Join(dir, "creds", u+".creds")
 		switch u {
