@@ -3,6 +3,7 @@ package shared
 import (
 	"errors"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -67,4 +68,39 @@ func TestWorkSignature(t *testing.T) {
 	if bad := v.SetKeys([]string{"not-a-key"}); len(bad) != 1 || v.Keys() != 0 {
 		t.Fatalf("malformed pin accepted: %v", bad)
 	}
+}
+
+// BenchmarkWorkSignVerify is the hot-path cost of signed work per item:
+// authn's Sign and a keyworker's Verify of a 1 KiB XKS encrypt envelope.
+func BenchmarkWorkSignVerify(b *testing.B) {
+	path := filepath.Join(b.TempDir(), WorkKeyFile)
+	pub, _, err := EnsureWorkKey(path)
+	if err != nil {
+		b.Fatal(err)
+	}
+	s, err := LoadWorkSigner(path, time.Now)
+	if err != nil {
+		b.Fatal(err)
+	}
+	v := &WorkVerifier{Pool: "default", Now: time.Now}
+	v.SetKeys([]string{pub})
+	env := &Envelope{Version: EnvelopeVersion, API: APIXKSEncrypt, ReplyTo: "sovkeys.reply.gateway.x", KeyStore: "/bench",
+		KeyID: "bench-key-1", Body: make([]byte, 1200), BodyForm: BodyFormXKSWork, Deadline: time.Now().Add(time.Second),
+		Authz: &Authz{CallerType: "sigv4", CallerID: "AKIDEXAMPLE", Pool: "default", KeyLabel: "bench-key-1"}}
+	b.Run("marshal only", func(b *testing.B) { // the floor: what a work item costs without its signature
+		for i := range b.N {
+			env.ID = strconv.Itoa(i)
+			_, _ = env.Marshal()
+		}
+	})
+	b.Run("marshal sign verify", func(b *testing.B) {
+		for i := range b.N {
+			env.ID = strconv.Itoa(i)
+			data, _ := env.Marshal()
+			h := s.Sign("default", env.ID, data)
+			if err := v.Verify(env.ID, data, h, "S", uint64(i)); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
 }
