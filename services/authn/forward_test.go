@@ -58,12 +58,12 @@ func TestForwardThrottlesWhenPoolQueueIsFull(t *testing.T) {
 	}
 	v := &shared.WorkVerifier{Pool: "busy", Now: time.Now}
 	v.SetKeys([]string{s.signer.PublicKey()})
-	if err := v.Verify("a", stored.Data, stored.Header.Get(shared.HeaderWorkSignature), stream.CachedInfo().Config.Name, stored.Sequence); err != nil {
+	if err := v.Verify("a", stored.Data, stored.Header.Get(shared.HeaderWorkSignature), stored.Header.Get(shared.HeaderWorkSession), stream.CachedInfo().Config.Name, stored.Sequence); err != nil {
 		t.Fatalf("queued work is not signed: %v", err)
 	}
 	other := &shared.WorkVerifier{Pool: "other", Now: time.Now}
 	other.SetKeys([]string{s.signer.PublicKey()})
-	if err := other.Verify("a", stored.Data, stored.Header.Get(shared.HeaderWorkSignature), "S", 1); err == nil {
+	if err := other.Verify("a", stored.Data, stored.Header.Get(shared.HeaderWorkSignature), stored.Header.Get(shared.HeaderWorkSession), "S", 1); err == nil {
 		t.Fatal("work signed for one pool verifies for another")
 	}
 	if err := s.forward(ctx, env("b")); shared.CodeOf(err) != shared.CodeThrottling {

@@ -366,7 +366,11 @@ func (s *Service) forward(ctx context.Context, env *shared.Envelope) error {
 	msg := nats.NewMsg(shared.WorkSubject(env.Authz.Pool, env.API)) // PublishWork picks the sibling
 	msg.Data = data
 	msg.Header.Set(shared.HeaderMsgID, env.ID)
-	msg.Header.Set(shared.HeaderWorkSignature, s.signer.Sign(env.Authz.Pool, env.ID, data))
+	sig, session := s.signer.SignWork(env.Authz.Pool, env.ID, data, s.boxWorkKey(ctx)) // worksig.go
+	msg.Header.Set(shared.HeaderWorkSignature, sig)
+	if session != "" {
+		msg.Header.Set(shared.HeaderWorkSession, session)
+	}
 	tracing.Inject(ctx, msg.Header)
 	if !env.Deadline.IsZero() {
 		// Retry a publish lost to a leader election while the caller waits.

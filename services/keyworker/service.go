@@ -108,7 +108,7 @@ func New(cfg Config, deps Deps) (*Service, error) {
 		now:      deps.Now,
 	}
 	s.desk = s.newDesk()
-	s.work = &shared.WorkVerifier{Pool: cfg.Pool, Now: deps.Now}
+	s.work = &shared.WorkVerifier{Pool: cfg.Pool, Now: deps.Now, Open: s.openWorkSession}
 	return s, nil
 }
 

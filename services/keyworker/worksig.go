@@ -2,12 +2,15 @@ package keyworker
 
 import (
 	"context"
+	"encoding/json"
+	"errors"
 	"fmt"
 	"strings"
 
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/sovkeys/sovkeys/shared"
+	"github.com/sovkeys/sovkeys/shared/api/kwadmin"
 	"github.com/sovkeys/sovkeys/shared/infra/mesh"
 	"github.com/sovkeys/sovkeys/shared/infra/metrics"
 )
@@ -87,7 +90,8 @@ func (s *Service) verifyWork(ctx context.Context, m jetstream.Msg, env *shared.E
 	if md, err := m.Metadata(); err == nil {
 		stream, seq = md.Stream, md.Sequence.Stream
 	}
-	err := s.work.Verify(env.ID, m.Data(), m.Headers().Get(shared.HeaderWorkSignature), stream, seq)
+	h := m.Headers()
+	err := s.work.Verify(env.ID, m.Data(), h.Get(shared.HeaderWorkSignature), h.Get(shared.HeaderWorkSession), stream, seq)
 	if err == nil {
 		return true
 	}
@@ -121,4 +125,19 @@ func (s *Service) refuseWork(ctx context.Context, m jetstream.Msg, env *shared.E
 	}
 	s.refusals.Note(metrics.ReasonWorkSignature, "refused work item", "request_id", id, "subject", m.Subject(), "reason", ev.Reason)
 	_ = m.Term()
+}
+
+// workSessionContext binds a boxed work session key to its session id.
+const workSessionContext = "work_session"
+
+// openWorkSession opens a session key authn boxed to the pool's box key.
+func (s *Service) openWorkSession(session string, boxed []byte) ([]byte, error) {
+	if s.boxKey == nil {
+		return nil, errors.New("no box key")
+	}
+	var box kwadmin.ReplyBox
+	if err := json.Unmarshal(boxed, &box); err != nil {
+		return nil, err
+	}
+	return kwadmin.OpenReply(s.boxKey, workSessionContext, session, &box)
 }
