@@ -2,6 +2,7 @@ package authn
 
 import (
 	"context"
+	"crypto/ecdh"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -9,6 +10,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"log/slog"
+	"strings"
 	"testing"
 	"time"
 
@@ -83,5 +85,72 @@ func TestUnsealAnswerMustBeSignedByThePinnedKey(t *testing.T) {
 	creds, err := s.credentials(ctx, ks, "AKIDVICTIM")
 	if err != nil || len(creds) != 1 || creds[0].SecretAccessKey != "the-real-secret" {
 		t.Fatalf("the pool's signed answer: %v %v", creds, err)
+	}
+}
+
+// With the pool's box key pinned (signed by its pinned signing key), the
+// work authn queues carries a session HMAC whose key only the box key's
+// holder opens.
+func TestForwardSignsWithASessionBoxedToThePool(t *testing.T) {
+	t.Parallel()
+	_, nc, js := natstest.Run(t)
+	ctx := context.Background()
+	topo := mesh.DefaultTopology()
+	if err := mesh.Bootstrap(ctx, js, topo, []string{"default"}); err != nil {
+		t.Fatal(err)
+	}
+	poolKey, _ := ecdsa.GenerateKey(elliptic.P384(), rand.Reader)
+	der, _ := x509.MarshalPKIXPublicKey(&poolKey.PublicKey)
+	boxKey, _ := ecdh.X25519().GenerateKey(rand.Reader)
+	sig, _ := ecdsa.SignASN1(rand.Reader, poolKey, kwadmin.BoxKeyDigest("default", boxKey.PublicKey().Bytes()))
+	bk, _ := json.Marshal(kwadmin.BoxKey{Public: boxKey.PublicKey().Bytes(), Sig: sig})
+	pins, err := mesh.BindPins(ctx, js, topo)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := mesh.Pin(ctx, pins, shared.PKISigningKey("default"), der); err != nil {
+		t.Fatal(err)
+	}
+	if err := mesh.Pin(ctx, pins, kwadmin.PinBoxKey("default"), bk); err != nil {
+		t.Fatal(err)
+	}
+	s := &Service{nc: nc, js: js, log: slog.New(slog.DiscardHandler), now: time.Now, signer: testWorkSigner(t),
+		answers: &kwadmin.AnswerKeys{KV: pins}}
+	env := &shared.Envelope{Version: shared.EnvelopeVersion, ID: "s1", API: shared.APIXKSEncrypt, ReplyTo: "r",
+		Authz: &shared.Authz{Pool: "default"}}
+	if err := s.forward(ctx, env); err != nil {
+		t.Fatal(err)
+	}
+	stream, err := js.Stream(ctx, shared.WorkStream("default"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	stored, err := stream.GetLastMsgForSubject(ctx, shared.WorkSubject("default", shared.APIXKSEncrypt))
+	if err != nil {
+		t.Fatal(err)
+	}
+	h, ses := stored.Header.Get(shared.HeaderWorkSignature), stored.Header.Get(shared.HeaderWorkSession)
+	if !strings.HasPrefix(h, "v2 ") || ses == "" {
+		t.Fatalf("work not signed with a session: %q %q", h, ses)
+	}
+	open := func(key *ecdh.PrivateKey) shared.WorkOpener {
+		return func(session string, boxed []byte) ([]byte, error) {
+			var box kwadmin.ReplyBox
+			if err := json.Unmarshal(boxed, &box); err != nil {
+				return nil, err
+			}
+			return kwadmin.OpenReply(key, workSessionContext, session, &box)
+		}
+	}
+	v := &shared.WorkVerifier{Pool: "default", Now: time.Now, Open: open(boxKey)}
+	v.SetKeys([]string{s.signer.PublicKey()})
+	if err := v.Verify("s1", stored.Data, h, ses, "S", 1); err != nil {
+		t.Fatalf("session work refused by the pool: %v", err)
+	}
+	other, _ := ecdh.X25519().GenerateKey(rand.Reader)
+	w := &shared.WorkVerifier{Pool: "default", Now: time.Now, Open: open(other)}
+	w.SetKeys([]string{s.signer.PublicKey()})
+	if err := w.Verify("s1", stored.Data, h, ses, "S", 1); err == nil {
+		t.Fatal("a holder of another box key verified the session")
 	}
 }
