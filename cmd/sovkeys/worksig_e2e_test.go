@@ -1,9 +1,11 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -14,6 +16,7 @@ import (
 
 	"github.com/sovkeys/sovkeys/services/keyworker"
 	"github.com/sovkeys/sovkeys/shared"
+	"github.com/sovkeys/sovkeys/shared/infra/natsauth"
 	"github.com/sovkeys/sovkeys/shared/testkit"
 )
 
@@ -123,4 +126,102 @@ func auditEventsOf(data []byte) []*shared.AuditEvent {
 		}
 	}
 	return out
+}
+
+// preSignedHops makes n's data directory look as a build before signed
+// hops left it: no authn work key, no pins bucket (the pool's signing key
+// only in sovkeys_pki, where it was put).
+func preSignedHops(t *testing.T, n *node) {
+	t.Helper()
+	if err := os.Remove(filepath.Join(n.dir, "creds", shared.WorkKeyFile)); err != nil {
+		t.Fatal(err)
+	}
+	trust, err := natsauth.LoadOrCreate(filepath.Join(n.dir, "trust"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	creds, err := trust.UserCreds("upgrade-test", natsauth.Permissions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(t.TempDir(), "root.creds")
+	if err := os.WriteFile(path, creds, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	nc, err := nats.Connect(n.natsURL, nats.UserCredentials(path))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := js.DeleteKeyValue(context.Background(), shared.BucketPins); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// checkSignedHopsAfterUpgrade: the node made and pinned its work key, and
+// pinned the signing key an earlier build put in sovkeys_pki.
+func checkSignedHopsAfterUpgrade(t *testing.T, n *node) {
+	t.Helper()
+	if _, err := shared.LoadWorkSigner(filepath.Join(n.dir, "creds", shared.WorkKeyFile), time.Now); err != nil {
+		t.Fatalf("no work key after the upgrade: %v", err)
+	}
+	_, js := operatorJS(t)
+	ctx := context.Background()
+	testkit.CheckFor(t, 30*time.Second, 100*time.Millisecond, func() error {
+		pins, err := js.KeyValue(ctx, shared.BucketPins)
+		if err != nil {
+			return err
+		}
+		pinned, err := pins.Get(ctx, shared.PKISigningKey("default"))
+		if err != nil {
+			return err
+		}
+		pki, err := js.KeyValue(ctx, shared.BucketPKI)
+		if err != nil {
+			return err
+		}
+		old, err := pki.Get(ctx, shared.PKISigningKey("default"))
+		if err != nil {
+			return err
+		}
+		if !bytes.Equal(pinned.Value(), old.Value()) {
+			return errors.New("the pinned signing key is not the one published before")
+		}
+		return nil
+	})
+}
+
+// Every consumer of the running node takes only the subjects its service
+// serves: none is declared without a subject filter.
+func TestEveryConsumerHasASubjectFilter(t *testing.T) {
+	_, js := operatorJS(t)
+	ctx := context.Background()
+	names := js.StreamNames(ctx)
+	n := 0
+	for name := range names.Name() {
+		s, err := js.Stream(ctx, name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		infos := s.ListConsumers(ctx)
+		for ci := range infos.Info() {
+			n++
+			if ci.Config.FilterSubject == "" && len(ci.Config.FilterSubjects) == 0 {
+				t.Errorf("consumer %s on %s has no subject filter", ci.Name, name)
+			}
+		}
+		if err := infos.Err(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := names.Err(); err != nil {
+		t.Fatal(err)
+	}
+	if n == 0 {
+		t.Fatal("no consumer found")
+	}
 }
