@@ -91,6 +91,12 @@ const (
 	// (req.<id>) and the nonces of applied signed requests (nonce.<hash>),
 	// written by the services that apply them.
 	BucketAdmin = "sovkeys_admin"
+	// BucketPins holds public keys pinned write-once (the server refuses a
+	// second value for a key, and deletes and purges): <pool>.signing_key,
+	// the pool's HSM signing key, which callers verify answers with. Each
+	// pool's keyworkers may create their pool's keys, nobody may replace
+	// them.
+	BucketPins = "sovkeys_pins"
 
 	// AccountName is the one NATS account of the mesh.
 	AccountName = "SOVKEYS"
@@ -141,6 +147,9 @@ const (
 	// PersonUserPrefix + name is the NATS user of a person (an operator
 	// with roles): person_alice.
 	PersonUserPrefix = "person_"
+	// KeyworkerUserPrefix + pool is the NATS user of a pool's keyworkers
+	// (KeyworkerUser): one per pool, its rights scoped to that pool.
+	KeyworkerUserPrefix = UserKeyworker + "-"
 	// UserBootstrap declares streams, consumers and buckets; services only bind.
 	UserBootstrap = "bootstrap"
 	// UserBackup and UserRestore are the short-lived identities of
@@ -338,6 +347,9 @@ func SiblingOfSubject(prefix, subject string) (int, string, bool) {
 // WorkConsumer returns the durable consumer name of a pool.
 func WorkConsumer(pool string) string { return ConsumerWorkPrefix + pool }
 
+// KeyworkerUser is the NATS user of pool's keyworkers.
+func KeyworkerUser(pool string) string { return KeyworkerUserPrefix + pool }
+
 // AuthnAdminSubject returns the subject of authn's admin endpoint.
 func AuthnAdminSubject(endpoint string) string { return SubjectAuthnAdminPrefix + endpoint }
 
@@ -366,7 +378,7 @@ const Version = "0.1.0"
 // KVBuckets lists every KV bucket of the mesh.
 func KVBuckets() []string {
 	return []string{BucketKeystores, BucketXKSKeys, BucketPools, BucketTenants, BucketPKI, BucketKillSwitch,
-		BucketUnseal, BucketEKTIndex, BucketXKSRotation, BucketAuditSigner, BucketOperators, BucketAdmin}
+		BucketUnseal, BucketEKTIndex, BucketXKSRotation, BucketAuditSigner, BucketOperators, BucketAdmin, BucketPins}
 }
 
 // Keys of the unseal bucket (BucketUnseal), per pool. A sealed keyworker

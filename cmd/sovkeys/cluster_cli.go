@@ -10,7 +10,9 @@ import (
 
 	"github.com/sovkeys/sovkeys/services/gateway"
 	"github.com/sovkeys/sovkeys/services/keyworker"
+	"github.com/sovkeys/sovkeys/shared"
 	"github.com/sovkeys/sovkeys/shared/infra/clusterinit"
+	"github.com/sovkeys/sovkeys/shared/infra/natsauth"
 )
 
 // clusterInitFlags are the flags of `sovkeys cluster init`.
@@ -164,6 +166,12 @@ func runClusterInit(_ context.Context, f *clusterInitFlags, s stdio) error {
 	}
 	fmt.Fprintf(w, "\nCredentials:\n")
 	for _, u := range users {
+		if u == natsauth.ServiceKeyworker { // one per pool
+			for _, p := range res.Pools {
+				fmt.Fprintf(w, "  %-10s %s\n", shared.KeyworkerUser(p), res.Creds[shared.KeyworkerUser(p)])
+			}
+			continue
+		}
 		fmt.Fprintf(w, "  %-10s %s\n", u, res.Creds[u])
 	}
 	fmt.Fprintf(w, "  %-10s %s  (declares the mesh and writes the roster: `sovkeys init`)\n", "bootstrap", res.Creds["bootstrap"])
@@ -177,7 +185,7 @@ func runClusterInit(_ context.Context, f *clusterInitFlags, s stdio) error {
 		fmt.Fprintf(w, "  sovkeys %-9s --creds %s %s\n", svc, res.Creds[svc], rep)
 	}
 	for _, p := range res.Pools {
-		fmt.Fprintf(w, "  sovkeys keyworker --creds %s %s --pool %s --hsm-module SO --hsm-token-label LABEL\n", res.Creds["keyworker"], rep, p)
+		fmt.Fprintf(w, "  sovkeys keyworker --creds %s %s --pool %s --hsm-module SO --hsm-token-label LABEL\n", res.Creds[shared.KeyworkerUser(p)], rep, p)
 	}
 	fmt.Fprintf(w, "\nPeople (give each their own file; `sovkeys init` publishes the roster):\n")
 	if len(res.People) == 0 {

@@ -482,7 +482,16 @@ func TestExpiredWorkNeverReachesHSM(t *testing.T) {
 		Authz: &shared.Authz{CallerType: "test", CallerID: "test", Pool: "default", KeyLabel: "no-such-label", KeyStatus: "ENABLED"},
 	}
 	data, _ := env.Marshal()
-	if _, err := authnJS.Publish(ctx, shared.WorkSubject("default", shared.APIXKSEncrypt), data); err != nil {
+	// Signed with the node's authn work key: unsigned work is refused
+	// before its deadline is even looked at (worksig_e2e_test.go).
+	signer, err := shared.LoadWorkSigner(filepath.Join(testNode.dir, "creds", shared.WorkKeyFile), time.Now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	msg := nats.NewMsg(shared.WorkSubject("default", shared.APIXKSEncrypt))
+	msg.Data = data
+	msg.Header.Set(shared.HeaderWorkSignature, signer.Sign("default", id, data))
+	if _, err := authnJS.PublishMsg(ctx, msg); err != nil {
 		t.Fatal(err)
 	}
 	stream, err := js.Stream(ctx, shared.StreamAudit)

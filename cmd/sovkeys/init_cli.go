@@ -71,6 +71,11 @@ func initCommand() command {
 			} else if f.roster != "" {
 				return fmt.Errorf("%w: --roster: %v", shared.ErrConfigValidation, err)
 			}
+			if f.conn.creds != "" { // workkeys.go: authn's work keys, as cluster init listed them
+				if err := pinWorkKeysFrom(ctx, js, filepath.Join(filepath.Dir(f.conn.creds), clusterinit.WorkKeysFile), s.stdout); err != nil {
+					return err
+				}
+			}
 			start = time.Now()
 			moves, err := mesh.SpreadLeaders(ctx, js, topo, pools)
 			moved := 0

@@ -15,7 +15,6 @@ import (
 
 	"github.com/sovkeys/sovkeys/shared"
 	"github.com/sovkeys/sovkeys/shared/api/kwadmin"
-	"github.com/sovkeys/sovkeys/shared/infra/mesh"
 	"github.com/sovkeys/sovkeys/shared/infra/registry"
 )
 
@@ -67,11 +66,11 @@ func issueCert(ctx context.Context, o *operator, tenant, instance, out string, d
 		kwadmin.IssueCertRequest{Tenant: tenant, Instance: instance, PublicKey: pubDER, Days: days}, &resp); err != nil {
 		return fmt.Errorf("issue certificate: %w", err)
 	}
-	pki, err := mesh.EnsureBucket(ctx, o.js, shared.BucketPKI, "sovkeys: public keys and CA certificates", o.topo)
+	pins, err := o.js.KeyValue(ctx, shared.BucketPins)
 	if err != nil {
-		return err
+		return fmt.Errorf("pinned keys: %w", err)
 	}
-	signing, err := pki.Get(ctx, shared.PKISigningKey(tn.Pool))
+	signing, err := pins.Get(ctx, shared.PKISigningKey(tn.Pool)) // pinned write-once
 	if err != nil {
 		return fmt.Errorf("signing key of pool %q: %w", tn.Pool, err)
 	}

@@ -89,6 +89,11 @@ func operatorCommand[C any](name, usage, short string,
 			}
 			o := &operator{getenv: s.getenv, nc: nc, js: js, topo: f.topo, reg: reg, out: s.stdout, errOut: s.stderr, stdin: s.stdin}
 			reg.Keystores, reg.Keys = o.signedKV(reg.Keystores), o.signedKV(reg.Keys)
+			if pins, err := js.KeyValue(ctx, shared.BucketPins); err == nil {
+				// Keyworker answers are verified against the pools' pinned
+				// keys, and seal requests boxed to them (kwadmin/answers.go).
+				ctx = kwadmin.WithAnswerKeys(ctx, &kwadmin.AnswerKeys{KV: pins})
+			}
 			if f.conn.creds != "" {
 				// A person's credential signs every admin request it sends.
 				if o.signer, err = roster.SignerFromCreds(f.conn.creds); err == nil {

@@ -43,6 +43,8 @@ func TestRestartKeepsState(t *testing.T) {
 	// What the previous version left in the data dir: the shared operator
 	// credential (wide permissions), which works until the upgrade.
 	legacy := legacyOperatorCreds(t, n)
+	// ... and no authn work key, no pins bucket (worksig_e2e_test.go).
+	preSignedHops(t, n)
 
 	if code := n.shutdown(); code != 0 {
 		t.Fatalf("standalone exited %d: %s", code, n.stderr.String())
@@ -67,6 +69,10 @@ func TestRestartKeepsState(t *testing.T) {
 	if len(roster.People) == 0 || roster.People[0].Name != standaloneAdmin {
 		t.Fatalf("roster after the upgrade: %+v", roster)
 	}
+
+	// The work key was made at start and pinned; the pool's signing key,
+	// published by a plain put before, is the pinned one.
+	checkSignedHopsAfterUpgrade(t, restarted)
 
 	vc.BaseURL = restarted.gateway
 	got, err := vc.DecryptSecret(ctx, "i-restart", "vol-r", enc)

@@ -85,6 +85,7 @@ type authnFlags struct {
 	cacheSize                                  int
 	accessKeyID, secretAccessKey, sessionToken string
 	keyDeletionMinWait, keyDeletionSweep       time.Duration
+	workKey                                    string
 }
 
 func authnService() service {
@@ -108,6 +109,7 @@ func authnService() service {
 			fs.IntVar(&a.cacheSize, "aws-cache-size", 10000, "entries per AWS identity cache")
 			fs.DurationVar(&a.keyDeletionMinWait, "key-deletion-min-wait", authn.DefaultKeyDeletionMinWait, "shortest waiting period of a key deletion (KMS: 7 days)")
 			fs.DurationVar(&a.keyDeletionSweep, "key-deletion-sweep", time.Minute, "how often keys past their deletion date are destroyed")
+			fs.StringVar(&a.workKey, "work-key", getenv("SOVKEYS_WORK_KEY"), "seed file of the key authn signs work with, pinned by `sovkeys init` (env SOVKEYS_WORK_KEY; default authn.workkey beside --creds, as cluster init writes it)")
 			c.registerModel(fs)
 			// authn's own AWS credentials: the standard variables, read here so
 			// the injected environment applies; unset = the SDK's default chain.
@@ -119,6 +121,10 @@ func authnService() service {
 			if a.accessKeyID != "" && a.secretAccessKey != "" {
 				creds = credentials.NewStaticCredentialsProvider(a.accessKeyID, a.secretAccessKey, a.sessionToken)
 			}
+			signer, err := shared.LoadWorkSigner(workKeyPath(a.workKey, c.common.conn.creds), time.Now)
+			if err != nil {
+				return nil, nil, fmt.Errorf("authn --work-key: %w", err)
+			}
 			r, err := authn.New(authn.Config{
 				Topology: c.common.topo.t, MaxSkew: a.maxSkew, Concurrency: a.concurrency,
 				RatePerCaller: a.ratePerCaller, BurstPerCaller: a.burstPerCaller,
@@ -129,7 +135,8 @@ func authnService() service {
 					Timeout: a.timeout, CacheTTL: a.cacheTTL, CacheSize: a.cacheSize,
 				},
 				KeyDeletion: authn.KeyDeletionConfig{MinWait: a.keyDeletionMinWait, Sweep: a.keyDeletionSweep},
-			}, authn.Deps{NC: d.nc, JS: d.js, Logger: d.logger, Tracer: d.tp, Now: time.Now, AWSCredentials: creds})
+			}, authn.Deps{NC: d.nc, JS: d.js, Logger: d.logger, Tracer: d.tp, Now: time.Now, AWSCredentials: creds,
+				WorkSigner: signer})
 			return r, nothing, err
 		},
 	}

@@ -440,6 +440,13 @@ func publishStandaloneRoster(ctx context.Context, f *standaloneFlags, dir string
 	}
 	defer nc.Close()
 	pol := roster.UniformPolicy(f.quorum)
-	_, err = publishRoster(ctx, js, filepath.Join(dir, "trust", clusterinit.RosterFile), &pol)
-	return err
+	if _, err = publishRoster(ctx, js, filepath.Join(dir, "trust", clusterinit.RosterFile), &pol); err != nil {
+		return err
+	}
+	// authn's work key, made at the first start of this version (workkeys.go).
+	pub, err := ensureStandaloneWorkKey(dir)
+	if err != nil {
+		return err
+	}
+	return pinWorkKeys(ctx, js, []string{pub}, nil)
 }

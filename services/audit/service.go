@@ -339,7 +339,9 @@ func (s *Service) Run(ctx context.Context) error {
 	if err := s.setupExporter(ctx); err != nil {
 		return err
 	}
-	s.auditCons, err = mesh.CreateConsumers(ctx, events, jetstream.ConsumerConfig{
+	s.auditCons, err = mesh.CreateFilteredConsumers(ctx, events, func(i int) string {
+		return shared.SiblingPrefix(shared.SubjectAuditPrefix, i) + ">"
+	}, jetstream.ConsumerConfig{
 		Durable:       shared.ConsumerAudit,
 		Description:   "sovkeys: audit",
 		AckPolicy:     jetstream.AckExplicitPolicy,

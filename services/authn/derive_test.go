@@ -106,7 +106,7 @@ func TestNoTenantOracleBeforeChain(t *testing.T) {
 	topo := mesh.DefaultTopology()
 	logger := slog.New(slog.NewTextHandler(io.Discard, nil))
 	s, err := New(Config{Topology: topo, MaxSkew: 5 * time.Minute, Concurrency: 1},
-		Deps{NC: nc, JS: js, Logger: logger, Tracer: noop.NewTracerProvider(), Now: time.Now})
+		Deps{NC: nc, JS: js, Logger: logger, Tracer: noop.NewTracerProvider(), Now: time.Now, WorkSigner: testWorkSigner(t)})
 	if err != nil {
 		t.Fatal(err)
 	}

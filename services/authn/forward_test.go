@@ -5,6 +5,7 @@ import (
 	"crypto/x509"
 	"io"
 	"log/slog"
+	"path/filepath"
 	"testing"
 	"time"
 
@@ -29,7 +30,8 @@ func TestForwardThrottlesWhenPoolQueueIsFull(t *testing.T) {
 		t.Fatal(err)
 	}
 	s, err := New(Config{Topology: topo, MaxSkew: 5 * time.Minute, Concurrency: 1},
-		Deps{NC: nc, JS: js, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), Tracer: noop.NewTracerProvider(), Now: time.Now})
+		Deps{NC: nc, JS: js, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), Tracer: noop.NewTracerProvider(), Now: time.Now,
+			WorkSigner: testWorkSigner(t)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -44,6 +46,25 @@ func TestForwardThrottlesWhenPoolQueueIsFull(t *testing.T) {
 	}
 	if first.Evidence.Header != nil {
 		t.Fatal("caller headers must not travel past authn")
+	}
+	// The queued work is signed over its exact bytes, for its pool.
+	stream, err := js.Stream(ctx, shared.WorkStream("busy"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	stored, err := stream.GetLastMsgForSubject(ctx, shared.WorkSubject("busy", shared.APIXKSEncrypt))
+	if err != nil {
+		t.Fatal(err)
+	}
+	v := &shared.WorkVerifier{Pool: "busy", Now: time.Now}
+	v.SetKeys([]string{s.signer.PublicKey()})
+	if err := v.Verify("a", stored.Data, stored.Header.Get(shared.HeaderWorkSignature), stored.Header.Get(shared.HeaderWorkSession), stream.CachedInfo().Config.Name, stored.Sequence); err != nil {
+		t.Fatalf("queued work is not signed: %v", err)
+	}
+	other := &shared.WorkVerifier{Pool: "other", Now: time.Now}
+	other.SetKeys([]string{s.signer.PublicKey()})
+	if err := other.Verify("a", stored.Data, stored.Header.Get(shared.HeaderWorkSignature), stored.Header.Get(shared.HeaderWorkSession), "S", 1); err == nil {
+		t.Fatal("work signed for one pool verifies for another")
 	}
 	if err := s.forward(ctx, env("b")); shared.CodeOf(err) != shared.CodeThrottling {
 		t.Fatalf("second: want throttling, got %v", err)
@@ -107,4 +128,18 @@ func TestVerifiedCertCacheBounds(t *testing.T) {
 	if v.check(leaf, ca, now.Add(2*time.Minute)) {
 		t.Fatal("cache outlived the certificate")
 	}
+}
+
+// testWorkSigner is a fresh work-signing key.
+func testWorkSigner(t testing.TB) *shared.WorkSigner {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), shared.WorkKeyFile)
+	if _, _, err := shared.EnsureWorkKey(path); err != nil {
+		t.Fatal(err)
+	}
+	s, err := shared.LoadWorkSigner(path, time.Now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
 }

@@ -150,7 +150,7 @@ func (s *Service) destroyKey(ctx context.Context, kv jetstream.KeyValue, key str
 		return err
 	}
 	var resp kwadmin.KeyDestroyResponse
-	err := kwadmin.Call(ctx, s.nc, ks.Pool, kwadmin.EndpointKeyDestroy, kwadmin.KeyDestroyRequest{Keystore: k.Keystore, KeyID: k.KeyID, Label: k.Label}, &resp)
+	err := kwadmin.Call(kwadmin.WithAnswerKeys(ctx, s.answers), s.nc, ks.Pool, kwadmin.EndpointKeyDestroy, kwadmin.KeyDestroyRequest{Keystore: k.Keystore, KeyID: k.KeyID, Label: k.Label}, &resp)
 	if err == nil {
 		params["versions_destroyed"] = strconv.Itoa(resp.Destroyed)
 		if derr := kv.Delete(ctx, key, jetstream.LastRevision(rev)); derr != nil && !mesh.IsWrongLastSequence(derr) {

@@ -53,7 +53,9 @@ func (s *Service) credentials(ctx context.Context, ks *registry.Keystore, akid s
 			return []Credential{{AccessKeyID: akid, SecretAccessKey: secret}}, nil
 		}
 		var resp kwadmin.SealResponse
-		uctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		// The answer must be signed by the pool's pinned HSM key: a
+		// process holding a keyworker credential cannot answer first.
+		uctx, cancel := context.WithTimeout(kwadmin.WithAnswerKeys(ctx, s.answers), 5*time.Second)
 		err := kwadmin.Call(uctx, s.nc, ks.Pool, kwadmin.EndpointUnseal,
 			kwadmin.SealRequest{Data: c.SealedSecret, AAD: registry.SealAAD(ks.Prefix, akid)}, &resp)
 		cancel()

@@ -21,6 +21,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/sovkeys/sovkeys/shared"
+	"github.com/sovkeys/sovkeys/shared/api/kwadmin"
 	"github.com/sovkeys/sovkeys/shared/infra/killswitch"
 	"github.com/sovkeys/sovkeys/shared/infra/mesh"
 	"github.com/sovkeys/sovkeys/shared/infra/metrics"
@@ -83,6 +84,9 @@ type Deps struct {
 	// set, carries every AWS call.
 	AWSCredentials aws.CredentialsProvider
 	AWSHTTPClient  aws.HTTPClient
+	// WorkSigner signs every work item authn queues (shared/envelope_sig.go);
+	// keyworkers refuse work not signed by a key pinned in the roster.
+	WorkSigner *shared.WorkSigner
 }
 
 // Service is a running authn.
@@ -111,6 +115,8 @@ type Service struct {
 	authFail  *mesh.FailedAuthAuditor // failed SigV4 per key store (Run)
 	awsDeps   Deps
 	desk      *roster.Desk // people's signed registry changes (admin.go)
+	signer    *shared.WorkSigner
+	answers   *kwadmin.AnswerKeys // the pools' pinned signing keys: keyworker answers are verified
 }
 
 // New builds authn.
@@ -118,12 +124,12 @@ func New(cfg Config, deps Deps) (*Service, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	if deps.NC == nil || deps.JS == nil || deps.Logger == nil || deps.Tracer == nil || deps.Now == nil {
+	if deps.NC == nil || deps.JS == nil || deps.Logger == nil || deps.Tracer == nil || deps.Now == nil || deps.WorkSigner == nil {
 		return nil, fmt.Errorf("%w: authn: missing dependency", shared.ErrConfigValidation)
 	}
 	log := deps.Logger.With("service", "authn")
 	return &Service{
-		cfg: cfg, nc: deps.NC, js: deps.JS,
+		cfg: cfg, nc: deps.NC, js: deps.JS, signer: deps.WorkSigner,
 		refusals: mesh.NewRefusalLog(shared.AuditServiceAuthn, log, deps.Now, 0),
 		log:      log,
 		tracer:   deps.Tracer.Tracer("sovkeys/authn"),
@@ -171,6 +177,11 @@ func (s *Service) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	pins, err := mesh.BindPins(ctx, s.js, s.cfg.Topology)
+	if err != nil {
+		return err
+	}
+	s.answers = &kwadmin.AnswerKeys{KV: pins}
 	if s.cas, err = watchCAs(ctx, pki, s); err != nil {
 		return fmt.Errorf("authn: watch instance CAs: %w", err)
 	}
@@ -187,7 +198,9 @@ func (s *Service) Run(ctx context.Context) error {
 			return ctx.Err()
 		}
 	}
-	cons, err := mesh.CreateConsumers(ctx, streams, jetstream.ConsumerConfig{
+	cons, err := mesh.CreateFilteredConsumers(ctx, streams, func(i int) string {
+		return shared.RequestSubjectOn(i, "") + ">"
+	}, jetstream.ConsumerConfig{
 		Durable:       shared.ConsumerAuthn,
 		Description:   "sovkeys: authn",
 		AckPolicy:     jetstream.AckExplicitPolicy,
@@ -362,6 +375,11 @@ func (s *Service) forward(ctx context.Context, env *shared.Envelope) error {
 	msg := nats.NewMsg(shared.WorkSubject(env.Authz.Pool, env.API)) // PublishWork picks the sibling
 	msg.Data = data
 	msg.Header.Set(shared.HeaderMsgID, env.ID)
+	sig, session := s.signer.SignWork(env.Authz.Pool, env.ID, data, s.boxWorkKey(ctx)) // worksig.go
+	msg.Header.Set(shared.HeaderWorkSignature, sig)
+	if session != "" {
+		msg.Header.Set(shared.HeaderWorkSession, session)
+	}
 	tracing.Inject(ctx, msg.Header)
 	if !env.Deadline.IsZero() {
 		// Retry a publish lost to a leader election while the caller waits.

@@ -150,6 +150,7 @@ type Service struct {
 
 	keystores *registry.Cache[registry.Keystore]
 	pki       jetstream.KeyValue
+	pins      jetstream.KeyValue // pool signing keys, pinned write-once
 	kill      *killswitch.Watcher
 	noise     *mesh.NoiseAuditor // refusals before authentication
 
@@ -220,6 +221,9 @@ func (s *Service) Run(ctx context.Context) error {
 		return err
 	}
 	if s.pki, err = mesh.EnsureBucket(ctx, s.js, shared.BucketPKI, "sovkeys: public keys and CA certificates", s.cfg.Topology); err != nil {
+		return err
+	}
+	if s.pins, err = mesh.BindPins(ctx, s.js, s.cfg.Topology); err != nil {
 		return err
 	}
 	if s.kill, err = killswitch.Watch(ctx, s.js, s.cfg.Topology, s.log); err != nil {

@@ -194,7 +194,7 @@ func (s *Service) handleHealthcheck(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Service) signingKey(ctx context.Context) ([]byte, error) {
-	e, err := s.pki.Get(ctx, shared.PKISigningKey(s.cfg.VolumePool))
+	e, err := s.pins.Get(ctx, shared.PKISigningKey(s.cfg.VolumePool)) // pinned write-once by the pool's keyworkers
 	if err != nil {
 		if errors.Is(err, context.DeadlineExceeded) {
 			return nil, shared.NewError(shared.CodeDependencyTimeout, "signing key unavailable")

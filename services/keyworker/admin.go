@@ -75,7 +75,10 @@ func (s *Service) adminHandler(name string, fn func(context.Context, []byte) (an
 			_ = req.Error(string(shared.CodeOf(err)), shared.MessageOf(err), nil)
 			return
 		}
-		_ = req.RespondJSON(resp)
+		if err := s.respond(ctx, req, name, resp); err != nil { // answers.go
+			s.log.Error("admin answer failed", "endpoint", name, "err", err)
+			_ = req.Error(string(shared.CodeInternal), "answer could not be signed", nil)
+		}
 	}
 }
 
@@ -160,8 +163,17 @@ func (s *Service) adminSeal(ctx context.Context, data []byte) (any, error) {
 		clear(req.Data)
 		return nil, shared.NewError(shared.CodeValidation, "seal requests carry a reply key and request id")
 	}
-	blob, err := s.hsm.Seal(ctx, req.Data, req.AAD)
-	clear(req.Data)
+	if len(req.Data) > 0 || req.DataBox == nil {
+		// Sent in clear, every holder of the pool's subjects could read it.
+		clear(req.Data)
+		return nil, shared.NewError(shared.CodeValidation, "seal requests carry their secret encrypted to the pool's box key (a CLI of this version)")
+	}
+	data, err := kwadmin.OpenRequest(s.boxKey, &req)
+	if err != nil {
+		return nil, shared.NewError(shared.CodeValidation, "seal request does not open with the pool's box key")
+	}
+	blob, err := s.hsm.Seal(ctx, data, req.AAD)
+	clear(data)
 	if err != nil {
 		return nil, err
 	}

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"testing"
 	"time"
 
@@ -23,6 +24,7 @@ func TestSealUnsealAnswersAreEncryptedToTheRequester(t *testing.T) {
 	runKeyworkers(t, nc, js, 1)
 	ctx, cancel := context.WithTimeout(context.Background(), callTimeout)
 	defer cancel()
+	ctx = withPins(ctx, t, js) // answers verified, seal requests boxed (answers_test.go)
 	secret := []byte("SIGV4-SECRET-must-stay-in-the-box")
 	aad := []byte("keystore=/x;akid=AKID")
 
@@ -66,6 +68,14 @@ func TestSealUnsealAnswersAreEncryptedToTheRequester(t *testing.T) {
 	}
 	if pt, err := kwadmin.OpenReply(key, shared.EndpointUnseal, "r1", boxed.Box); err != nil || !bytes.Equal(pt, secret) {
 		t.Fatalf("box does not open to the secret: %v", err)
+	}
+
+	// A person's seal request with its secret in clear (an older CLI):
+	// refused, the secret never reaches the HSM.
+	clearCtx := asPerson(context.Background(), t, js, "dave", natsauth.RoleAdmin)
+	if err := kwadmin.Call(clearCtx, nc, "default", kwadmin.EndpointSeal, kwadmin.SealRequest{Data: bytes.Clone(secret), AAD: aad},
+		&kwadmin.SealResponse{}); shared.CodeOf(err) != shared.CodeValidation && !errors.Is(err, kwadmin.ErrAnswer) {
+		t.Fatalf("seal with the secret in clear: %v", err)
 	}
 
 	// Without a reply key: refused, nothing unsealed (an unsigned seal is

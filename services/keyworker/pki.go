@@ -38,8 +38,8 @@ func (s *Service) publishPKI(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	if _, err := kv.Put(ctx, shared.PKISigningKey(s.cfg.Pool), signing); err != nil {
-		return fmt.Errorf("keyworker: publish signing key: %w", err)
+	if err := s.pinKeys(ctx, kv, signing); err != nil { // answers.go: write-once, pinned
+		return err
 	}
 	caPub, err := s.hsm.PublicKey(ctx, hsm.CAKeyLabel)
 	if err != nil {

@@ -5,6 +5,7 @@ package keyworker
 
 import (
 	"context"
+	"crypto/ecdh"
 	"crypto/x509"
 	"errors"
 	"fmt"
@@ -77,8 +78,10 @@ type Service struct {
 	audit    *mesh.AuditBatcher // group commit of the work's audit events
 	refusals *mesh.RefusalLog   // expired work, counted and logged at a bounded rate
 
-	desk *roster.Desk // people's signed admin requests (admin_people.go)
-	reg  regOnce      // the key registry (key version scopes), bound on first use
+	desk   *roster.Desk         // people's signed admin requests (admin_people.go)
+	work   *shared.WorkVerifier // authn's work signatures (worksig.go)
+	boxKey *ecdh.PrivateKey     // the pool's box key, seal requests are encrypted to (answers.go)
+	reg    regOnce              // the key registry (key version scopes), bound on first use
 
 	healthMu  sync.Mutex
 	healthAt  time.Time
@@ -105,6 +108,7 @@ func New(cfg Config, deps Deps) (*Service, error) {
 		now:      deps.Now,
 	}
 	s.desk = s.newDesk()
+	s.work = &shared.WorkVerifier{Pool: cfg.Pool, Now: deps.Now, Open: s.openWorkSession}
 	return s, nil
 }
 
@@ -118,8 +122,14 @@ func (s *Service) Run(ctx context.Context) error {
 	if _, err := mesh.EnsureAuditStreams(ctx, s.js, s.cfg.Topology); err != nil {
 		return err
 	}
-	// The pool's HSM budget is shared by its sibling work streams.
-	cons, err := mesh.CreateConsumers(ctx, streams, jetstream.ConsumerConfig{
+	if err := s.watchWorkKeys(ctx); err != nil { // worksig.go
+		return err
+	}
+	// The pool's HSM budget is shared by its sibling work streams; each
+	// consumer takes only its stream's work subjects of this pool.
+	cons, err := mesh.CreateFilteredConsumers(ctx, streams, func(i int) string {
+		return shared.WorkSubjectOn(i, s.cfg.Pool, "") + ">"
+	}, jetstream.ConsumerConfig{
 		Durable:       shared.WorkConsumer(s.cfg.Pool),
 		Description:   "sovkeys: keyworkers of pool " + s.cfg.Pool,
 		AckPolicy:     jetstream.AckExplicitPolicy,
@@ -228,7 +238,13 @@ func (s *Service) handle(ctx context.Context, m jetstream.Msg) {
 	env, err := shared.UnmarshalEnvelope(m.Data())
 	if err != nil || env.Authz == nil {
 		s.log.Error("dropping malformed work", "subject", m.Subject(), "err", err)
-		_ = m.Term()
+		if err == nil {
+			err = shared.NewError(shared.CodeValidation, "work without an authorization")
+		}
+		s.refuseWork(ctx, m, nil, fmt.Errorf("%w: %v", shared.ErrWorkSignature, err))
+		return
+	}
+	if !s.verifyWork(ctx, m, env) { // worksig.go: audited and dropped
 		return
 	}
 	ctx = tracing.Extract(ctx, nats.Header(m.Headers()))

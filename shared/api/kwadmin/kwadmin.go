@@ -88,6 +88,9 @@ type SealRequest struct {
 	ReplyKey []byte `json:"reply_key,omitempty"`
 	// RequestID binds the encrypted answer to this request.
 	RequestID string `json:"request_id,omitempty"`
+	// DataBox is Data of a seal request encrypted to the pool's box key
+	// (answers.go): the secret is readable by the pool's keyworkers only.
+	DataBox *ReplyBox `json:"data_box,omitempty"`
 }
 
 // SealResponse carries the sealed blob or the unsealed data: on the wire
@@ -132,6 +135,11 @@ func callSealed(ctx context.Context, nc *nats.Conn, pool, endpoint string, req S
 		return err
 	}
 	req.ReplyKey, req.RequestID = key.PublicKey().Bytes(), rand.Text()
+	if endpoint == EndpointSeal && len(req.Data) > 0 { // answers.go: never a secret in clear
+		if err := boxRequest(ctx, pool, &req); err != nil {
+			return err
+		}
+	}
 	var boxed SealResponse
 	if err := call(ctx, nc, pool, endpoint, req, &boxed); err != nil {
 		return err
@@ -145,16 +153,18 @@ func callSealed(ctx context.Context, nc *nats.Conn, pool, endpoint string, req S
 }
 
 func call(ctx context.Context, nc *nats.Conn, pool, endpoint string, req, resp any) error {
-	return callSubject(ctx, nc, shared.KeyworkerAdminSubject(pool, endpoint), "keyworker pool "+strconv.Quote(pool), endpoint, req, resp)
+	return callSubject(ctx, nc, shared.KeyworkerAdminSubject(pool, endpoint), "keyworker pool "+strconv.Quote(pool), pool, endpoint, req, resp)
 }
 
 // CallAuthn sends req to authn's admin endpoint (people's registry changes
 // and their approvals) and decodes the answer into resp.
 func CallAuthn(ctx context.Context, nc *nats.Conn, endpoint string, req, resp any) error {
-	return callSubject(ctx, nc, shared.AuthnAdminSubject(endpoint), "authn", endpoint, req, resp)
+	return callSubject(ctx, nc, shared.AuthnAdminSubject(endpoint), "authn", "", endpoint, req, resp)
 }
 
-func callSubject(ctx context.Context, nc *nats.Conn, subject, who, endpoint string, req, resp any) error {
+// callSubject sends req and decodes the answer; a signed answer of pool
+// is verified first when ctx carries AnswerKeys (answers.go).
+func callSubject(ctx context.Context, nc *nats.Conn, subject, who, pool, endpoint string, req, resp any) error {
 	data, err := json.Marshal(req)
 	if err != nil {
 		return fmt.Errorf("kwadmin: encode: %w", err)
@@ -170,6 +180,14 @@ func callSubject(ctx context.Context, nc *nats.Conn, subject, who, endpoint stri
 			msg.Header.Set(HeaderSignature, h)
 		}
 	}
+	keys, nonce := answerKeysOf(ctx), ""
+	if pool == "" || !SignedAnswer(endpoint) {
+		keys = nil
+	}
+	if keys != nil {
+		nonce = newAnswerNonce()
+		msg.Header.Set(HeaderAnswerNonce, nonce)
+	}
 	msg, err = nc.RequestMsgWithContext(ctx, msg)
 	if err != nil {
 		if errors.Is(err, nats.ErrNoResponders) {
@@ -182,6 +200,11 @@ func callSubject(ctx context.Context, nc *nats.Conn, subject, who, endpoint stri
 	}
 	if code := msg.Header.Get(micro.ErrorCodeHeader); code != "" {
 		return &shared.Error{Code: shared.Code(code), Message: msg.Header.Get(micro.ErrorHeader)}
+	}
+	if keys != nil {
+		if err := keys.verifyAnswer(ctx, pool, endpoint, nonce, msg.Data, msg.Header.Get(HeaderAnswerSignature)); err != nil {
+			return err
+		}
 	}
 	if resp == nil {
 		return nil

@@ -123,9 +123,18 @@ func Init(cfg Config) (*Result, error) {
 	if err := people(trust, dir, &st, cfg, res); err != nil {
 		return nil, err
 	}
+	if err := revokeLegacyKeyworker(trust, dir, res); err != nil { // keyworkers.go
+		return nil, err
+	}
 	accPub, accFresh = trust.AppAccountKey()
 	users := append([]string{shared.UserBootstrap}, st.Users...)
 	for _, u := range users {
+		if u == natsauth.ServiceKeyworker { // keyworkers.go: one user per pool
+			if err := ensureKeyworkers(trust, accPub, dir, st.Pools, res); err != nil {
+				return nil, err
+			}
+			continue
+		}
 		var perms natsauth.Permissions
 		p := filepath.Join(dir, "creds", u+".creds")
 		switch u {
@@ -144,6 +153,11 @@ func Init(cfg Config) (*Result, error) {
 			res.Written = append(res.Written, p)
 		}
 		res.Creds[u] = p
+		if u == natsauth.ServiceAuthn {
+			if _, err := EnsureWorkKeys(dir, res); err != nil { // workkeys.go
+				return nil, err
+			}
+		}
 	}
 	opClaims, err := jwt.DecodeOperatorClaims(trust.OperatorJWT())
 	if err != nil {

@@ -78,7 +78,7 @@ func TestInitRunsAThreeNodeCluster(t *testing.T) {
 			}
 		}
 	}
-	for _, f := range []string{"trust/operator.nk", "trust/account.nk", "creds/keyworker.creds", "operators/alice.creds", "trust/roster.json"} {
+	for _, f := range []string{"trust/operator.nk", "trust/account.nk", "creds/keyworker-default.creds", "creds/authn.workkey", "operators/alice.creds", "trust/roster.json"} {
 		if fi, err := os.Stat(filepath.Join(dir, f)); err != nil || fi.Mode().Perm() != 0o600 {
 			t.Errorf("%s: %v %v", f, fi, err)
 		}
@@ -142,7 +142,7 @@ func TestInitAgainAddsAPoolKeepingEverythingElse(t *testing.T) {
 		}
 		return string(b)
 	}
-	opSeed, gwCreds, oldKW, conf := read("trust/operator.nk"), read("creds/gateway.creds"), read("creds/keyworker.creds"), read("nats/n1.conf")
+	opSeed, gwCreds, oldKW, conf := read("trust/operator.nk"), read("creds/gateway.creds"), read("creds/keyworker-default.creds"), read("nats/n1.conf")
 
 	// Same again: nothing is rewritten.
 	again, err := Init(Config{Dir: dir})
@@ -163,22 +163,58 @@ func TestInitAgainAddsAPoolKeepingEverythingElse(t *testing.T) {
 	if read("trust/operator.nk") != opSeed || read("creds/gateway.creds") != gwCreds || read("nats/n1.conf") != conf {
 		t.Fatal("adding a pool changed the operator seed, the gateway's creds or a node config")
 	}
-	kw := read("creds/keyworker.creds")
-	if kw == oldKW || !strings.Contains(string(mustDecode(t, kw)), shared.WorkStream("hsm2")) {
-		t.Fatal("keyworker creds do not name the new pool's work stream")
+	// One keyworker user per pool: the new pool's names only its own queue,
+	// the first pool's is kept as it was.
+	kw := read("creds/keyworker-hsm2.creds")
+	if !strings.Contains(string(mustDecode(t, kw)), shared.WorkStream("hsm2")) || strings.Contains(string(mustDecode(t, kw)), shared.WorkStream("default")+" ") {
+		t.Fatal("the hsm2 keyworker creds do not name (only) the new pool's work stream")
 	}
-	// Both the old and the new keyworker users still connect.
+	if read("creds/keyworker-default.creds") != oldKW {
+		t.Fatal("adding a pool rewrote the default pool's keyworker creds")
+	}
+	// Both pools' keyworker users connect.
 	startCluster(t, first)
-	old := filepath.Join(t.TempDir(), "old.creds")
-	if err := os.WriteFile(old, []byte(oldKW), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	for _, c := range []string{old, more.Creds["keyworker"]} {
+	for _, c := range []string{more.Creds[shared.KeyworkerUser("default")], more.Creds[shared.KeyworkerUser("hsm2")]} {
 		nc, err := nats.Connect(more.URLs, nats.UserCredentials(c))
 		if err != nil {
 			t.Fatalf("%s: %v", c, err)
 		}
 		nc.Close()
+	}
+}
+
+// The one keyworker user of every pool that earlier versions wrote is
+// revoked and deleted on upgrade.
+func TestInitRevokesTheAllPoolsKeyworker(t *testing.T) {
+	dir := t.TempDir()
+	if _, err := Init(Config{Dir: dir, Nodes: 1, Users: services, PortBase: freeBase(t)}); err != nil {
+		t.Fatal(err)
+	}
+	trust, err := natsauth.LoadOrCreate(filepath.Join(dir, "trust"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	legacy := filepath.Join(dir, "creds", LegacyKeyworkerCreds)
+	if err := trust.WriteUserCreds(legacy, shared.UserKeyworker, natsauth.ServicePermissions(shared.UserKeyworker, []string{"default"})); err != nil {
+		t.Fatal(err)
+	}
+	b, _ := os.ReadFile(legacy)
+	uc, err := decodeCreds(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Init(Config{Dir: dir}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(legacy); !os.IsNotExist(err) {
+		t.Fatalf("legacy keyworker creds still there: %v", err)
+	}
+	trust, err = natsauth.LoadOrCreate(filepath.Join(dir, "trust"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !trust.Revoked(uc.Subject) {
+		t.Fatal("legacy keyworker key not revoked")
 	}
 }
 

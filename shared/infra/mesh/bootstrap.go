@@ -78,6 +78,9 @@ func Bootstrap(ctx context.Context, js jetstream.JetStream, topo Topology, pools
 	if err := declareKV(ctx, js, AdminBucketConfig(topo)); err != nil {
 		return err
 	}
+	if err := declareKV(ctx, js, PinsBucketConfig(topo), HardenWriteOnce); err != nil { // pins.go
+		return err
+	}
 	if err := declareObjects(ctx, js, jetstream.ObjectStoreConfig{
 		Bucket: shared.BucketAuditExport, Description: "sovkeys: exported audit records and checkpoints",
 		Storage: jetstream.FileStorage, Replicas: topo.Replicas,

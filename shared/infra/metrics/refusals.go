@@ -24,9 +24,12 @@ const (
 	// ReasonUnavailable: the mesh did not take the request (no stream
 	// leader, no responders).
 	ReasonUnavailable = "unavailable"
+	// ReasonWorkSignature: a keyworker refused a work item that authn did
+	// not sign (unsigned, unknown key, stale, replayed: shared/envelope_sig.go).
+	ReasonWorkSignature = "work_signature"
 )
 
-var knownReasons = set(ReasonDeadline, ReasonQueue, ReasonRateLimit, ReasonStaleState, ReasonTimeout, ReasonUnavailable)
+var knownReasons = set(ReasonDeadline, ReasonQueue, ReasonRateLimit, ReasonStaleState, ReasonTimeout, ReasonUnavailable, ReasonWorkSignature)
 
 // refusals starts with every gateway reason at 0, so a dashboard shows the
 // series (and rate() works) before the first refusal.

@@ -166,6 +166,8 @@ func UserPermissions(user, service string, pools []string) Permissions {
 			kvRead(shared.BucketKeystores), kvRead(shared.BucketXKSKeys), kvRead(shared.BucketPKI), kvRead(shared.BucketKillSwitch),
 			// The roster: kill switch releases are verified against it.
 			kvRead(shared.BucketOperators))
+		// The pools' pinned signing keys, served to instances.
+		perms.Pub = join(perms.Pub, kvRead(shared.BucketPins))
 		perms.Sub = join(sub, []string{under(shared.ReplySubjectPrefix(user))})
 	case ServiceAuthn:
 		perms.Pub = join(pub,
@@ -184,6 +186,8 @@ func UserPermissions(user, service string, pools []string) Permissions {
 		// already do with a key; the kill switch stays out of its reach.
 		perms.Pub = join(perms.Pub, kvRead(shared.BucketOperators), kvWrite(shared.BucketAdmin, all),
 			kvWrite(shared.BucketKeystores, all), kvWrite(shared.BucketXKSKeys, all), kvWrite(shared.BucketTenants, all))
+		// The pools' pinned keys: keyworker answers are verified with them.
+		perms.Pub = join(perms.Pub, kvRead(shared.BucketPins))
 		perms.Sub = join(sub, []string{under(shared.SubjectAuthnAdminPrefix)})
 	case ServiceKeyworker:
 		// The HSM sidecar: its pools' work queues and admin subjects, the
@@ -207,6 +211,9 @@ func UserPermissions(user, service string, pools []string) Permissions {
 			kvRead(shared.BucketKeystores), kvRead(shared.BucketXKSKeys))
 		for _, p := range pools {
 			perms.Sub = append(perms.Sub, shared.KeyworkerAdminSubject(p, all))
+			// Its pool's pins (signing and box keys): created once, never
+			// replaced (the bucket refuses a second value).
+			perms.Pub = append(perms.Pub, kvWrite(shared.BucketPins, p+"."+all)...)
 		}
 	case ServiceAudit:
 		// Sequences, signs and exports: consumes the event stream, appends

@@ -121,7 +121,7 @@ func PersonPermissions(name string, roles []Role) Permissions {
 		// actions (under their own subject only) and decides requests.
 		kvRead(shared.BucketKeystores), kvRead(shared.BucketXKSKeys), kvRead(shared.BucketTenants),
 		kvRead(shared.BucketPools), kvRead(shared.BucketPKI), kvRead(shared.BucketKillSwitch),
-		kvRead(shared.BucketOperators), kvRead(shared.BucketAdmin),
+		kvRead(shared.BucketOperators), kvRead(shared.BucketAdmin), kvRead(shared.BucketPins),
 		personAuditPrefixes(name), siblings(shared.StreamAudit, streamLookup),
 		kwadmin(shared.EndpointApprove, shared.EndpointReject),
 		[]string{shared.AuthnAdminSubject(shared.EndpointApprove), shared.AuthnAdminSubject(shared.EndpointReject)})
