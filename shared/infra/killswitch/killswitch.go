@@ -95,6 +95,9 @@ type state struct {
 	sw      Switch
 }
 
+// unverified is the reason a release stops until it is verified.
+const unverified = "release not verified yet"
+
 // ReverifyEvery is how often releases are verified again (the roster or
 // its policy may have changed).
 const ReverifyEvery = 15 * time.Second
@@ -137,7 +140,7 @@ func (w *Watcher) observe(e jetstream.KeyValueEntry) {
 	case sw.Engaged:
 		st.reason, st.sw = sw.Reason, sw
 	default:
-		st.reason, st.sw, st.release = "release not verified yet", sw, e
+		st.reason, st.sw, st.release = unverified, sw, e
 	}
 	w.set(key, st)
 	if st.release != nil {
@@ -156,6 +159,8 @@ func (w *Watcher) set(key string, st *state) {
 	w.mu.Unlock()
 	metrics.KillSwitch(key, st.engaged)
 	switch {
+	case st.release != nil && st.reason == unverified:
+		// A release on its way to verification: said once it is decided.
 	case st.engaged && (!had || !old.engaged || old.reason != st.reason):
 		w.logger.Warn("kill switch engaged", "scope", key, "reason", st.reason, "by", st.sw.By)
 	case !st.engaged && (!had || old.engaged):
