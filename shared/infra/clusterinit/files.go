@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/nats-io/jwt/v2"
 
@@ -13,16 +14,33 @@ import (
 )
 
 // ensureCreds keeps the creds file at path when it is a user of account
-// accPub named name with exactly perms; otherwise it issues a new one. The
-// old user stays valid (nothing is revoked) until its processes restart.
+// accPub named name with exactly perms and its JWT is not due for renewal
+// (natsauth.Trust.NeedsRenewal: no expiry, as every credential of earlier
+// releases, or a third of its validity left); otherwise it issues a new one
+// and revokes the key it replaces, so a credential with yesterday's
+// permissions stops working once the servers load the account JWT.
 func ensureCreds(trust *natsauth.Trust, accPub, path, name string, perms natsauth.Permissions) (wrote bool, err error) {
+	return EnsureCreds(trust, accPub, path, name, perms, time.Now())
+}
+
+// EnsureCreds is ensureCreds at time now (standalone's services use it too).
+func EnsureCreds(trust *natsauth.Trust, accPub, path, name string, perms natsauth.Permissions, now time.Time) (wrote bool, err error) {
+	var old string
 	if b, err := os.ReadFile(path); err == nil {
-		if uc, err := decodeCreds(b); err == nil && uc.Issuer == accPub && uc.Name == name && samePerms(uc, perms) {
-			return false, nil
+		if uc, err := decodeCreds(b); err == nil && uc.Issuer == accPub {
+			if uc.Name == name && samePerms(uc, perms) && !trust.NeedsRenewal(uc.Expires, now) && !trust.Revoked(uc.Subject) {
+				return false, nil
+			}
+			old = uc.Subject
 		}
 	}
 	if err := trust.WriteUserCreds(path, name, perms); err != nil {
 		return false, fmt.Errorf("%w: %w", ErrInit, err)
+	}
+	if old != "" {
+		if err := trust.Revoke(old, now); err != nil {
+			return true, fmt.Errorf("%w: %w", ErrInit, err)
+		}
 	}
 	return true, nil
 }
