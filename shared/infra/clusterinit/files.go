@@ -2,9 +2,11 @@ package clusterinit
 
 import (
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -84,24 +86,29 @@ func accountJWT(dir, file, pub, fresh, opPub string, res *Result) (string, error
 }
 
 // nodeConfig is the nats-server configuration of nodes[i].
-func nodeConfig(st state, nodes []Node, i int, opJWTFile, sysPub, sysJWT, accPub, accJWT string) string {
+func nodeConfig(st state, nodes []Node, i int, tlsFiles TLSFiles, opJWTFile, sysPub, sysJWT, accPub, accJWT string) string {
 	n := nodes[i]
 	var b strings.Builder
 	q := func(s string) string { return fmt.Sprintf("%q", s) }
 	fmt.Fprintf(&b, "# nats-server configuration of node %s, written by `sovkeys cluster init`.\n", n.Name)
 	fmt.Fprintf(&b, "server_name: %s\n", q(st.ClusterName+"-"+n.Name))
 	fmt.Fprintf(&b, "listen: %s\n", q(fmt.Sprintf("%s:%d", n.Host, n.ClientPort)))
-	fmt.Fprintf(&b, "http: %s\n", q(fmt.Sprintf("%s:%d", n.Host, n.MonitorPort)))
+	b.WriteString("# Monitoring (/varz, /connz: unauthenticated) on loopback unless cluster init --monitor-host says otherwise.\n")
+	fmt.Fprintf(&b, "http: %s\n", q(net.JoinHostPort(n.MonitorHost, strconv.Itoa(n.MonitorPort))))
 	b.WriteString("# User JWTs carry per-service permission lists longer than the 4 KiB default.\n")
 	b.WriteString("max_control_line: 64KB\nmax_payload: 1MB\n")
 	fmt.Fprintf(&b, "jetstream {\n  store_dir: %s\n}\n", q(n.StoreDir))
+	// Clients: TLS required, the node verified by them with the CA; their
+	// NATS credential authenticates them. Routes (the cluster block):
+	// nats-server always requires and verifies the peer's certificate
+	// against ca_file there, so only a node of this CA joins.
 	tlsBlock := func(indent string) {
-		if st.TLS.CertFile == "" {
+		if tlsFiles.CertFile == "" {
 			return
 		}
-		fmt.Fprintf(&b, "%stls {\n%s  cert_file: %s\n%s  key_file: %s\n", indent, indent, q(st.TLS.CertFile), indent, q(st.TLS.KeyFile))
-		if st.TLS.CAFile != "" {
-			fmt.Fprintf(&b, "%s  ca_file: %s\n", indent, q(st.TLS.CAFile))
+		fmt.Fprintf(&b, "%stls {\n%s  cert_file: %s\n%s  key_file: %s\n", indent, indent, q(tlsFiles.CertFile), indent, q(tlsFiles.KeyFile))
+		if tlsFiles.CAFile != "" {
+			fmt.Fprintf(&b, "%s  ca_file: %s\n", indent, q(tlsFiles.CAFile))
 		}
 		fmt.Fprintf(&b, "%s  timeout: 2\n%s}\n", indent, indent)
 	}

@@ -1,0 +1,70 @@
+package clusterinit
+
+import (
+	"fmt"
+	"path/filepath"
+	"slices"
+	"time"
+
+	"github.com/nats-io/nkeys"
+
+	"github.com/sovkeys/sovkeys/shared"
+	"github.com/sovkeys/sovkeys/shared/infra/natsauth"
+)
+
+// userCreds is the permission set and creds file of service (or
+// bootstrap) user u.
+func userCreds(dir, u string, pools []string) (natsauth.Permissions, string) {
+	if u == shared.UserBootstrap {
+		// The declaring identity lives with the trust seeds: no running
+		// service holds it (`sovkeys init --creds DIR/trust/bootstrap.creds`).
+		return natsauth.BootstrapPermissions(), filepath.Join(dir, "trust", shared.UserBootstrap+".creds")
+	}
+	return natsauth.ServicePermissions(u, pools), filepath.Join(dir, "creds", u+".creds")
+}
+
+// rotateAndRevoke applies cfg.Rotate and cfg.Revoke before the credentials
+// are ensured: a rotated user's file is revoked and removed (Init issues a
+// new one); a revoked service user's too, and it stays suspended (no new
+// file) until rotated; a revoked public key is added to the list.
+func rotateAndRevoke(trust *natsauth.Trust, dir string, st *state, cfg Config, now time.Time) error {
+	for _, name := range cfg.Rotate {
+		if slices.Contains(cfg.Revoke, name) {
+			return fmt.Errorf("%w: %q both rotated and revoked", ErrInit, name)
+		}
+		var path string
+		switch {
+		case name == shared.UserBootstrap || slices.Contains(st.Users, name):
+			_, path = userCreds(dir, name, st.Pools)
+		case st.Operators[name] != nil:
+			path = PersonCredsFile(dir, name)
+		default:
+			return fmt.Errorf("%w: --rotate %q: no such service user or person", ErrInit, name)
+		}
+		if err := revokeCredsFile(trust, path, now); err != nil {
+			return err
+		}
+		st.Suspended = slices.DeleteFunc(st.Suspended, func(s string) bool { return s == name })
+	}
+	for _, name := range cfg.Revoke {
+		switch {
+		case nkeys.IsValidPublicUserKey(name):
+			if err := trust.Revoke(name, now); err != nil {
+				return fmt.Errorf("%w: %w", ErrInit, err)
+			}
+		case name == shared.UserBootstrap || slices.Contains(st.Users, name):
+			_, path := userCreds(dir, name, st.Pools)
+			if err := revokeCredsFile(trust, path, now); err != nil {
+				return err
+			}
+			if !slices.Contains(st.Suspended, name) {
+				st.Suspended = append(st.Suspended, name)
+			}
+		case st.Operators[name] != nil:
+			return fmt.Errorf("%w: --revoke %q is a person: --remove-operator removes them, --rotate gives them a new credential", ErrInit, name)
+		default:
+			return fmt.Errorf("%w: --revoke %q: no such service user, and not a user public key (U...)", ErrInit, name)
+		}
+	}
+	return nil
+}
