@@ -136,6 +136,10 @@ func TestRevokeAndRotateLive(t *testing.T) {
 	}
 	defer authn.Close()
 	oldAuthn := userKey(t, res.Creds["authn"])
+	authnFile, err := os.Stat(res.Creds["authn"])
+	if err != nil {
+		t.Fatal(err)
+	}
 
 	again, err := Init(Config{Dir: dir, Revoke: []string{"audit"}, Rotate: []string{"authn"}})
 	if err != nil {
@@ -149,6 +153,10 @@ func TestRevokeAndRotateLive(t *testing.T) {
 	}
 	if userKey(t, again.Creds["authn"]) == oldAuthn {
 		t.Fatal("rotate kept the authn key")
+	}
+	// Rewritten in place: a bind mount of the file shows the new key.
+	if fi, err := os.Stat(again.Creds["authn"]); err != nil || !os.SameFile(fi, authnFile) {
+		t.Fatalf("rotated authn creds are a new file: %v", err)
 	}
 	start := time.Now()
 	done, err := Reload(ctx, ReloadConfig{Dir: dir, URLs: again.URLs, CAFile: again.CAFile, Nodes: 3})

@@ -1,7 +1,9 @@
 package clusterinit
 
 import (
+	"errors"
 	"fmt"
+	"os"
 	"path/filepath"
 	"slices"
 	"time"
@@ -24,9 +26,12 @@ func userCreds(dir, u string, pools []string) (natsauth.Permissions, string) {
 }
 
 // rotateAndRevoke applies cfg.Rotate and cfg.Revoke before the credentials
-// are ensured: a rotated user's file is revoked and removed (Init issues a
-// new one); a revoked service user's too, and it stays suspended (no new
-// file) until rotated; a revoked public key is added to the list.
+// are ensured: a rotated user's key is revoked and its file left in place,
+// so EnsureCreds rewrites it there (a file bind-mounted into a container
+// keeps showing the new contents; a running service follows it,
+// mesh.WatchCreds); a revoked service user's file is removed too, and it
+// stays suspended (no new file) until rotated; a revoked public key is
+// added to the list.
 func rotateAndRevoke(trust *natsauth.Trust, dir string, st *state, cfg Config, now time.Time) error {
 	for _, name := range cfg.Rotate {
 		if slices.Contains(cfg.Revoke, name) {
@@ -41,7 +46,7 @@ func rotateAndRevoke(trust *natsauth.Trust, dir string, st *state, cfg Config, n
 		default:
 			return fmt.Errorf("%w: --rotate %q: no such service user or person", ErrInit, name)
 		}
-		if err := revokeCredsFile(trust, path, now); err != nil {
+		if err := revokeKeyOf(trust, path, now); err != nil {
 			return err
 		}
 		st.Suspended = slices.DeleteFunc(st.Suspended, func(s string) bool { return s == name })
@@ -65,6 +70,26 @@ func rotateAndRevoke(trust *natsauth.Trust, dir string, st *state, cfg Config, n
 		default:
 			return fmt.Errorf("%w: --revoke %q: no such service user, and not a user public key (U...)", ErrInit, name)
 		}
+	}
+	return nil
+}
+
+// revokeKeyOf revokes the user of creds file path (none: nothing to do),
+// leaving the file.
+func revokeKeyOf(trust *natsauth.Trust, path string, now time.Time) error {
+	b, err := os.ReadFile(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("%w: %v", ErrInit, err)
+	}
+	uc, err := decodeCreds(b)
+	if err != nil {
+		return nil // not a credential: ensureCreds replaces it
+	}
+	if err := trust.Revoke(uc.Subject, now); err != nil {
+		return fmt.Errorf("%w: %w", ErrInit, err)
 	}
 	return nil
 }
