@@ -21,7 +21,7 @@ type clusterInitFlags struct {
 	nodes, gateways, base int
 	pools, users          listFlag
 	operators, removeOps  listFlag
-	cert, key, ca          string
+	cert, key, ca         string
 	gatewayPortBase       int
 	validity              time.Duration
 	rotate, revoke        listFlag
