@@ -26,7 +26,7 @@ type clusterInitFlags struct {
 	validity              time.Duration
 	rotate, revoke        listFlag
 	monitorHost           string
-	reload                bool
+	reload                string
 }
 
 func clusterCommands() []command {
@@ -122,12 +122,15 @@ func registerClusterInit(fs *flag.FlagSet, _ func(string) string, f *clusterInit
 	fs.Var(&f.rotate, "rotate", "re-issue USER's credential (a service, bootstrap or a person) and revoke the old key, repeatable")
 	fs.Var(&f.revoke, "revoke", "revoke USER's credential (a service or bootstrap; not re-issued until --rotate USER) or a user public key U..., repeatable")
 	fs.StringVar(&f.monitorHost, "monitor-host", "", "address the nodes' monitoring port listens on (default 127.0.0.1: it is unauthenticated)")
-	fs.BoolVar(&f.reload, "reload", true, "when node configurations changed, ask the running nodes to reload them (over the system account), so revocations apply at once")
+	fs.StringVar(&f.reload, "reload", "auto", "ask the running nodes to reload their configs over the system account, so revocations apply at once: auto (when a config changed), always, never")
 }
 
 func runClusterInit(ctx context.Context, f *clusterInitFlags, s stdio) error {
 	if f.out == "" {
 		return fmt.Errorf("cluster init: --out is required: %w", errUsage)
+	}
+	if f.reload != "auto" && f.reload != "always" && f.reload != "never" {
+		return fmt.Errorf("cluster init: --reload %q: want auto, always or never: %w", f.reload, errUsage)
 	}
 	users := []string{}
 	for _, svc := range services() {
@@ -212,7 +215,7 @@ func runClusterInit(ctx context.Context, f *clusterInitFlags, s stdio) error {
 	if gwTLS.CAFile != "" {
 		fmt.Fprintf(w, "Gateway TLS (test deployment only): trust anchor %s\n", gwTLS.CAFile)
 	}
-	if res.NodesChanged && existed && f.reload {
+	if f.reload == "always" || f.reload == "auto" && res.NodesChanged && existed {
 		reloadNodes(ctx, res, w)
 	}
 	return nil
