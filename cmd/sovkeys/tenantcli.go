@@ -51,7 +51,7 @@ func tenantCommands() []command {
 				fs.Var(&f.methods, "auth", "allowed caller authentication: mtls (default), aws")
 				fs.StringVar(&f.aws.region, "region", "", "AWS region of the tenant's instances (default: authn's --aws-region)")
 				fs.BoolVar(&f.aws.checkSourceIP, "check-source-ip", false, "AWS identity: the caller's source IP must be one of the instance's private addresses")
-				fs.BoolVar(&f.requireSig, "require-request-signatures", false, "certificate callers must sign every request with their instance key (RFC 9421; sk-agent and vsclient do)")
+				fs.BoolVar(&f.requireSig, "require-request-signatures", true, "certificate callers must sign every request with their instance key (RFC 9421; sk-agent, vsclient and docs/examples do); =false for older clients")
 			}, func(ctx context.Context, o *operator, f *tenantFlags) error {
 				return o.audited(ctx, "tenant.create", map[string]string{"tenant": f.id, "ekt_name": f.ekt, "pool": f.pool, "auth": f.methods.String()},
 					func() error { return o.tenantCreate(ctx, f) })
