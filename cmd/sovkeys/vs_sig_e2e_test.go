@@ -12,6 +12,7 @@ import (
 	"crypto/x509"
 	"encoding/json"
 	"encoding/pem"
+	"fmt"
 	"io"
 	"net/http"
 	"os"
@@ -20,8 +21,13 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/sovkeys/sovkeys/shared"
 	"github.com/sovkeys/sovkeys/shared/api/vs"
 	"github.com/sovkeys/sovkeys/shared/client/vsclient"
+	"github.com/sovkeys/sovkeys/shared/infra/mesh"
 )
 
 // A tenant that requires request signatures (RFC 9421 with the instance
@@ -153,5 +159,81 @@ func TestIssueCertFromCSR(t *testing.T) {
 	}
 	if err := n.cliErr(nil, "instance", "issue-cert", "--tenant", "vpc-csr", "--instance", "i-csr2", "--out", filepath.Join(dir, "out2"), "--csr", csrFile); err == nil {
 		t.Fatal("a CSR with a broken signature was signed")
+	}
+}
+
+// An insider with the gateway's NATS credential and everything public about
+// an instance (its certificate, an encrypted secret and volume uuid from
+// its disk) forges the envelope the gateway would send: authn refuses it
+// without the instance key's signature, and a captured signed request
+// cannot be replayed.
+func TestStolenGatewayCredentialGetsNoVolumeSecret(t *testing.T) {
+	n := testNode
+	ctx := context.Background()
+	n.cli(t, nil, "tenant", "create", "--id", "vpc-victim")
+	victim := n.instanceClient(t, "vpc-victim", "i-victim")
+	_, enc, err := victim.GenerateSecret(ctx, "i-victim", "vol-victim")
+	if err != nil {
+		t.Fatal(err)
+	}
+	leaf := victim.HTTP.Transport.(*http.Transport).TLSClientConfig.Certificates[0].Certificate[0] // public
+	gw, err := nats.Connect(n.natsURL, nats.UserCredentials(filepath.Join(n.dir, "creds", "gateway.creds")),
+		nats.CustomInboxPrefix(shared.InboxPrefix(shared.UserGateway)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer gw.Close()
+	js, err := jetstream.New(gw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	replies := shared.ReplySubjectPrefix(shared.UserGateway) + "forged"
+	sub, err := gw.SubscribeSync(replies)
+	if err != nil {
+		t.Fatal(err)
+	}
+	wrap, _ := rsa.GenerateKey(rand.Reader, 2048)
+	spki, _ := x509.MarshalPKIXPublicKey(&wrap.PublicKey)
+	body, _ := json.Marshal(vs.DecryptRequest{EncryptedSecret: enc, RSAWrappingKey: spki, VolumeUUID: "vol-victim"})
+	path := "/v1/encryption/i-victim/decrypt-secret"
+	forge := func(id string, h map[string][]string) error {
+		t.Helper()
+		now := time.Now()
+		env := &shared.Envelope{Version: shared.EnvelopeVersion, ID: id, API: shared.APIVSDecrypt,
+			Received: now, Deadline: now.Add(5 * time.Second), ReplyTo: replies,
+			Evidence: shared.Evidence{SourceIP: "10.0.0.9", Method: http.MethodPost, Path: path, InstanceID: "i-victim",
+				ClientCerts: [][]byte{leaf}, Header: h},
+			Body: body}
+		data, err := env.Marshal()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := js.Publish(ctx, shared.RequestSubject(shared.APIVSDecrypt), data, jetstream.WithMsgID(id)); err != nil {
+			t.Fatal(err)
+		}
+		m, err := sub.NextMsg(10 * time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return mesh.ReplyErr(m)
+	}
+	stamp := fmt.Sprint(time.Now().UnixNano())
+	if err := forge("forged-unsigned-"+stamp, nil); shared.CodeOf(err) != shared.CodeAuthenticationFailed {
+		t.Fatalf("forged unsigned envelope: %v, want AuthenticationFailed", err)
+	}
+	// A request the instance signed (captured on the way) goes through once.
+	h := http.Header{}
+	if err := vs.SignRequest(h, http.MethodPost, path, body, victim.Key, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	captured := map[string][]string{}
+	for _, k := range []string{vs.HeaderContentDigest, vs.HeaderSignatureInput, vs.HeaderSignature} {
+		captured[k] = h.Values(k)
+	}
+	if err := forge("signed-"+stamp, captured); err != nil {
+		t.Fatalf("first use of the instance's signed request: %v", err)
+	}
+	if err := forge("replayed-"+stamp, captured); shared.CodeOf(err) != shared.CodeAuthenticationFailed {
+		t.Fatalf("replayed signed request: %v, want AuthenticationFailed", err)
 	}
 }
