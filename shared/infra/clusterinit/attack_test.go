@@ -242,7 +242,6 @@ func TestClusterRefusesStrangers(t *testing.T) {
 		}
 		return nil
 	})
-	routes := servers[0].NumRoutes()
 
 	// Another CA's node certificate, made the same way.
 	other, err := Init(Config{Dir: t.TempDir(), Nodes: 2, PortBase: freeBase(t)})
@@ -288,17 +287,29 @@ func TestClusterRefusesStrangers(t *testing.T) {
 			defer func() { s.Shutdown(); s.WaitForShutdown() }()
 			if strings.HasPrefix(name, "control") {
 				testkit.CheckFor(t, 10*time.Second, 50*time.Millisecond, func() error {
-					if s.NumRoutes() == 0 {
-						return errors.New("a server with the cluster's certificate did not route")
+					rz, err := servers[0].Routez(nil)
+					if err != nil {
+						return err
 					}
-					return nil
+					for _, r := range rz.Routes {
+						if r.RemoteID == s.ID() {
+							return nil
+						}
+					}
+					return errors.New("a server with the cluster's certificate did not route to node 1")
 				})
 				return
 			}
 			// The intruder keeps dialling; give it a few attempts.
 			time.Sleep(1500 * time.Millisecond)
-			if n := servers[0].NumRoutes(); n != routes {
-				t.Fatalf("node 1 has %d routes with the intruder dialling, want %d", n, routes)
+			rz, err := servers[0].Routez(nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, r := range rz.Routes {
+				if r.RemoteID == s.ID() {
+					t.Fatalf("node 1 has a route to the intruder: %+v", r)
+				}
 			}
 			if s.NumRoutes() != 0 {
 				t.Fatalf("intruder routed: %d", s.NumRoutes())

@@ -166,14 +166,12 @@ func Init(cfg Config) (*Result, error) {
 		return nil, err
 	}
 	users := append([]string{shared.UserBootstrap}, st.Users...)
+	accPub, _ := trust.AppAccountKey()
 	for _, u := range users {
 		if slices.Contains(st.Suspended, u) {
-			continue
+			continue // revoked with --revoke until --rotate
 		}
 		perms, p := userCreds(dir, u, st.Pools)
-		// Every user's key is checked before the account JWT is read: a
-		// renewal revokes the key it replaces.
-		accPub, _ := trust.AppAccountKey()
 		wrote, err := ensureCreds(trust, accPub, p, u, perms)
 		if err != nil {
 			return nil, err
@@ -184,7 +182,9 @@ func Init(cfg Config) (*Result, error) {
 		res.Creds[u] = p
 	}
 	res.Suspended = slices.Clone(st.Suspended)
-	accPub, accFresh := trust.AppAccountKey()
+	// The account JWT after every renewal and rotation: it revokes the keys
+	// they replaced.
+	_, accFresh := trust.AppAccountKey()
 	opClaims, err := jwt.DecodeOperatorClaims(trust.OperatorJWT())
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrInit, err)
