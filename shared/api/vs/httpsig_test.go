@@ -96,3 +96,31 @@ func TestRequestSignature(t *testing.T) {
 		t.Fatal("nonce refused after the window")
 	}
 }
+
+// The cost authn adds per volume-secret call, against the floor of one
+// bare ECDSA P-256 verification (docs/BENCHMARKS.md).
+func BenchmarkVerifyRequest(b *testing.B) {
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	body := []byte(`{"encrypted_secret":"` + strings.Repeat("A", 200) + `","rsa_wrapping_key":"` + strings.Repeat("B", 550) + `","volume_uuid":"v-1"}`)
+	const path = "/v1/encryption/i-1/decrypt-secret"
+	now := time.Now()
+	h := http.Header{}
+	if err := SignRequest(h, "POST", path, body, key, now); err != nil {
+		b.Fatal(err)
+	}
+	s := SignedHeaders{ContentDigest: h.Get(HeaderContentDigest), SignatureInput: h.Get(HeaderSignatureInput), Signature: h.Get(HeaderSignature)}
+	b.Run("floor-ecdsa-verify", func(b *testing.B) {
+		sum := make([]byte, 32)
+		r, sg, _ := ecdsa.Sign(rand.Reader, key, sum)
+		for b.Loop() {
+			ecdsa.Verify(&key.PublicKey, sum, r, sg)
+		}
+	})
+	b.Run("verify-request", func(b *testing.B) {
+		for b.Loop() {
+			if _, err := VerifyRequest("POST", path, body, s, &key.PublicKey, now); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+}
