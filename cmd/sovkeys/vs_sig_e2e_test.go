@@ -237,3 +237,31 @@ func TestStolenGatewayCredentialGetsNoVolumeSecret(t *testing.T) {
 		t.Fatalf("replayed signed request: %v, want AuthenticationFailed", err)
 	}
 }
+
+// A tenant without the setting (as every tenant stored before 2026-12-07:
+// the field is absent, which is what =false writes) keeps serving unsigned
+// requests, and still checks a signature that is present.
+func TestTenantWithoutSignatureSettingAcceptsUnsigned(t *testing.T) {
+	n := testNode
+	ctx := context.Background()
+	var tn map[string]any
+	n.cli(t, &tn, "tenant", "create", "--id", "vpc-old", "--require-request-signatures=false")
+	if _, ok := tn["require_request_signatures"]; ok {
+		t.Fatalf("the record names the setting: %v", tn)
+	}
+	c := n.instanceClient(t, "vpc-old", "i-old")
+	key := c.Key
+	c.Key = nil // an older client: no signature
+	if _, _, err := c.GenerateSecret(ctx, "i-old", "vol-old"); err != nil {
+		t.Fatalf("unsigned request on a tenant without the setting: %v", err)
+	}
+	stranger, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	c.Key = stranger
+	if _, _, err := c.GenerateSecret(ctx, "i-old", "vol-old-2"); vsStatus(err) != http.StatusUnauthorized {
+		t.Fatalf("a bad signature on such a tenant: %v, want 401", err)
+	}
+	c.Key = key
+	if _, _, err := c.GenerateSecret(ctx, "i-old", "vol-old-3"); err != nil {
+		t.Fatalf("signed request: %v", err)
+	}
+}
