@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto"
 	"crypto/ecdsa"
 	"crypto/rand"
 	"crypto/rsa"
@@ -57,6 +58,7 @@ type vsSealed struct {
 type vsInstance struct {
 	id   string
 	http *http.Client
+	key  crypto.Signer // signs each request (RFC 9421), as instances do
 }
 
 // vsTarget calls the volume-secret API as one or more instances (-instances,
@@ -99,8 +101,9 @@ func newVSTarget(ctx context.Context, cfg Config, tc *tls.Config, progress io.Wr
 		}
 		itc := tc.Clone()
 		itc.Certificates = []tls.Certificate{cert}
+		key, _ := cert.PrivateKey.(crypto.Signer)
 		t.insts = append(t.insts, vsInstance{
-			id:   instanceFile(cfg.InstanceID, i, n),
+			id: instanceFile(cfg.InstanceID, i, n), key: key,
 			http: newHTTPClient(itc, max(1, cfg.workers()/n), 0, cfg.Timeout, cfg.KeepAlive),
 		})
 	}
@@ -288,7 +291,7 @@ func (t *vsTarget) unwrap(key wrapKey, wrapped, sig []byte) ([]byte, error) {
 // post sends one call as the instance and decodes a 200 answer into out;
 // any other status is a *vsclient.APIError.
 func (t *vsTarget) post(ctx context.Context, inst int, op vs.Op, body, out any) error {
-	err := vsclient.Post(ctx, t.insts[inst].http, t.baseURL, t.insts[inst].id, op, body, out)
+	err := vsclient.PostSigned(ctx, t.insts[inst].http, t.baseURL, t.insts[inst].id, op, body, out, t.insts[inst].key)
 	var se *json.SyntaxError
 	var ue *json.UnmarshalTypeError
 	if errors.As(err, &se) || errors.As(err, &ue) {

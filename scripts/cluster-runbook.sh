@@ -3,8 +3,9 @@
 # token made outside standalone, `sovkeys cluster init`, three nats-server
 # nodes, two gateways, two authn, two audit and two keyworkers on one token,
 # unseal, a key store and a key, XKS calls through both gateways, adding a
-# keyworker and a pool, a rolling restart of every node and service. It
-# stops everything it started (also on failure).
+# keyworker and a pool, rotating and revoking a credential live, a rolling
+# restart of every node and service. It stops everything it started (also
+# on failure).
 #
 #   scripts/cluster-runbook.sh            work dir: a new temp dir (kept, path printed)
 #   WORK=DIR scripts/cluster-runbook.sh
@@ -72,7 +73,7 @@ BASE=$(( 20000 + RANDOM % 20000 ))
 	--operator admin:admin+security+custodian+auditor | tee "$WORK/cluster-init.txt"
 C=$WORK/cluster
 # shellcheck disable=SC1091
-set -a; . "$C/cluster.env"; set +a     # SOVKEYS_NATS_URL = the three nodes
+set -a; . "$C/cluster.env"; set +a     # SOVKEYS_NATS_URL = the three nodes, SOVKEYS_NATS_CA = the cluster CA (TLS)
 export SOVKEYS_NATS_CREDS=$C/operators/admin.creds
 
 step "3. start the three nats-server nodes"
@@ -146,16 +147,30 @@ PIN2=$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')
 softhsm2-util --init-token --free --label sovkeys-2 --so-pin "so-$PIN2" --pin "$PIN2" >/dev/null
 mapfile -t SHARES2 < <(echo "$PIN2" | "$SK" unseal split --pool hsm2 --shares 3 --threshold 2 | grep -o 'sovkeys-share:[^ ]*')
 unset PIN2
-"$SK" cluster init --out "$C" --pool hsm2 > "$WORK/cluster-init-2.txt"   # rewrites only the creds whose permissions name pools
+# Rewrites only the creds whose permissions name pools, revokes the keys they
+# replace and has the running nodes reload: the keyworkers reconnect with
+# their new file at once.
+"$SK" cluster init --out "$C" --pool hsm2 > "$WORK/cluster-init-2.txt"
+grep -q "node(s) reloaded" "$WORK/cluster-init-2.txt" || { echo "runbook: nodes did not reload" >&2; exit 1; }
 wait_for 60 "sovkeys init (pool hsm2)" "$SK" init --creds "$C/trust/bootstrap.creds" --pools default,hsm2 --replicas 3
 head -1 "$WORK/cluster-init-2.txt"
-# Services whose credentials changed pick them up at their next (rolling) restart;
-# the new pool's keyworker starts with them now.
+# The new pool's keyworker starts with the new credential.
 start_keyworker keyworker-hsm2 hsm2 sovkeys-2
 wait_for 30 "shares accepted" "$SK" unseal --share "${SHARES2[0]}" --share "${SHARES2[2]}"
 ks2() { "$SK" xks keystore create --prefix /runbook2 --pool hsm2 --replicas 3 > "$WORK/ks2.json"; }
 wait_for 60 "a key store on pool hsm2 (its keyworker unsealed)" ks2
 echo "key store $(jq -r .uriPrefix "$WORK/ks2.json") on pool hsm2"
+
+step "8b. rotate credentials live: authn's (it keeps serving), the bootstrap identity's (the copy is refused)"
+cp "$C/trust/bootstrap.creds" "$WORK/bootstrap-copy.creds"
+"$SK" cluster init --out "$C" --rotate authn --rotate bootstrap > "$WORK/cluster-init-3.txt"
+grep "reloaded" "$WORK/cluster-init-3.txt"
+check_xks   # authn follows its rotated file without a restart
+if "$SK" init --creds "$WORK/bootstrap-copy.creds" --pools default,hsm2 --replicas 3 >/dev/null 2>&1; then
+	echo "runbook: the revoked bootstrap key still connects" >&2; exit 1
+fi
+"$SK" init --creds "$C/trust/bootstrap.creds" --pools default,hsm2 --replicas 3 >/dev/null
+echo "authn rotated and serving; the old bootstrap key is refused, the new one declares"
 
 step "9. rolling restart: each NATS node, then each service, one at a time"
 for n in 1 2 3; do

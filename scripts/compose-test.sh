@@ -155,7 +155,7 @@ fi
 
 # Both back: the node rejoins, the keyworker starts sealed and is unsealed.
 docker start "$(container nats-2)" "$(container keyworker-1)" >/dev/null
-wait_for 60 "nats-2 healthy again" "$C" compose exec -T nats-2 sh -c 'curl -fsS -o /dev/null "http://$NODE:4422/healthz?js-enabled-only=true"'
+wait_for 60 "nats-2 healthy again" "$C" compose exec -T nats-2 sh -c 'curl -fsS -o /dev/null "http://127.0.0.1:4422/healthz?js-enabled-only=true"'
 wait_for 60 "sovkeys init again (nats-2 leads its siblings again)" "$C" init
 wait_for 60 "keyworker-1 unsealed again" "$C" unseal
 wait_for 60 "keyworker-1 healthy again" sh -c "[ \"\$(docker inspect -f '{{.State.Health.Status}}' $(container keyworker-1))\" = healthy ]"

@@ -4,6 +4,8 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"io"
+	"os"
 	"path/filepath"
 	"strings"
 	"time"
@@ -23,11 +25,15 @@ type clusterInitFlags struct {
 	operators, removeOps  listFlag
 	cert, key, ca         string
 	gatewayPortBase       int
+	validity              time.Duration
+	rotate, revoke        listFlag
+	monitorHost           string
+	reload                string
 }
 
 func clusterCommands() []command {
-	return []command{define("cluster init", "--out DIR [--nodes 3] [--pool NAME]... [--operator NAME:ROLE[+ROLE]]... [--remove-operator NAME]... [--gateways N]",
-		"write the NATS cluster of a deployment: trust, per-service credentials, one credential per person, nats-server configs (run again to add a pool or person)",
+	return []command{define("cluster init", "--out DIR [--nodes 3] [--pool NAME]... [--operator NAME:ROLE[+ROLE]]... [--remove-operator NAME]... [--rotate USER]... [--revoke USER|UKEY]... [--gateways N]",
+		"write the NATS cluster of a deployment: trust, expiring per-service credentials, one credential per person, a cluster CA, nats-server configs (run again to add a pool or person, renew, rotate or revoke; running nodes reload)",
 		groupOperator, registerClusterInit, runClusterInit),
 		define("keyworker repair-hierarchy", "--hsm-module SO --hsm-token-label LABEL [--keep LABEL=ID]... [--confirm]",
 			"list duplicate key-hierarchy objects on an HSM token; with --confirm keep one copy of each and destroy the others",
@@ -113,12 +119,20 @@ func registerClusterInit(fs *flag.FlagSet, _ func(string) string, f *clusterInit
 	fs.StringVar(&f.name, "cluster-name", "", "JetStream cluster name (default sovkeys)")
 	fs.StringVar(&f.cert, "nats-tls-cert", "", "NATS TLS certificate of the nodes (serverAuth and clientAuth: routes are mutual TLS)")
 	fs.StringVar(&f.key, "nats-tls-key", "", "private key of --nats-tls-cert")
-	fs.StringVar(&f.ca, "nats-tls-ca", "", "CA that clients and routes trust for NATS TLS")
+	fs.StringVar(&f.ca, "nats-tls-ca", "", "CA that clients and routes trust for NATS TLS (without --nats-tls-*: a cluster CA of its own under DIR/nats/tls)")
+	fs.DurationVar(&f.validity, "validity", 0, "lifetime of the user credentials issued (default 2160h = 90 days, or the earlier run's); renewed by a run when a third is left")
+	fs.Var(&f.rotate, "rotate", "re-issue USER's credential (a service, bootstrap or a person) and revoke the old key, repeatable")
+	fs.Var(&f.revoke, "revoke", "revoke USER's credential (a service or bootstrap; not re-issued until --rotate USER) or a user public key U..., repeatable")
+	fs.StringVar(&f.monitorHost, "monitor-host", "", "address the nodes' monitoring port listens on (default 127.0.0.1: it is unauthenticated)")
+	fs.StringVar(&f.reload, "reload", "auto", "ask the running nodes to reload their configs over the system account, so revocations apply at once: auto (when a config changed), always, never")
 }
 
-func runClusterInit(_ context.Context, f *clusterInitFlags, s stdio) error {
+func runClusterInit(ctx context.Context, f *clusterInitFlags, s stdio) error {
 	if f.out == "" {
 		return fmt.Errorf("cluster init: --out is required: %w", errUsage)
+	}
+	if f.reload != "auto" && f.reload != "always" && f.reload != "never" {
+		return fmt.Errorf("cluster init: --reload %q: want auto, always or never: %w", f.reload, errUsage)
 	}
 	users := []string{}
 	for _, svc := range services() {
@@ -143,8 +157,11 @@ func runClusterInit(_ context.Context, f *clusterInitFlags, s stdio) error {
 		}
 		people = append(people, p)
 	}
+	_, statErr := os.Stat(filepath.Join(f.out, clusterinit.StateFile))
+	existed := statErr == nil
 	res, err := clusterinit.Init(clusterinit.Config{
 		Operators: people, RemoveOperators: f.removeOps,
+		Validity: f.validity, Rotate: f.rotate, Revoke: f.revoke, MonitorHost: f.monitorHost,
 		Dir: f.out, Nodes: f.nodes, Pools: f.pools, Users: users, ClusterName: f.name,
 		Hosts: splitList(f.hosts), PortBase: f.base,
 		TLS: clusterinit.TLSFiles{CertFile: abs(f.cert), KeyFile: abs(f.key), CAFile: abs(f.ca)},
@@ -164,7 +181,8 @@ func runClusterInit(_ context.Context, f *clusterInitFlags, s stdio) error {
 	for _, n := range res.Nodes {
 		fmt.Fprintf(w, "  %s  %s  %s  (health %s/healthz)\n", n.Name, n.ClientURL(), n.ConfigFile, n.MonitorURL())
 	}
-	fmt.Fprintf(w, "\nCredentials:\n")
+	fmt.Fprintf(w, "\nNATS TLS: clients verify the nodes with %s (SOVKEYS_NATS_CA, in %s)\n", res.CAFile, res.EnvFile)
+	fmt.Fprintf(w, "\nCredentials (expire; a run renews them when a third of --validity is left):\n")
 	for _, u := range users {
 		if u == natsauth.ServiceKeyworker { // one per pool
 			for _, p := range res.Pools {
@@ -172,10 +190,14 @@ func runClusterInit(_ context.Context, f *clusterInitFlags, s stdio) error {
 			}
 			continue
 		}
+		if res.Creds[u] == "" {
+			fmt.Fprintf(w, "  %-10s revoked (--rotate %s issues a new one)\n", u, u)
+			continue
+		}
 		fmt.Fprintf(w, "  %-10s %s\n", u, res.Creds[u])
 	}
 	fmt.Fprintf(w, "  %-10s %s  (declares the mesh and writes the roster: `sovkeys init`)\n", "bootstrap", res.Creds["bootstrap"])
-	fmt.Fprintf(w, "\nServices (all with --replicas %d):\n  export SOVKEYS_NATS_URL=%s\n", min(len(res.Nodes), 3), res.URLs)
+	fmt.Fprintf(w, "\nServices (all with --replicas %d):\n  export SOVKEYS_NATS_URL=%s SOVKEYS_NATS_CA=%s\n", min(len(res.Nodes), 3), res.URLs, res.CAFile)
 	rep := fmt.Sprintf("--replicas %d", min(len(res.Nodes), 3))
 	for i := range f.gateways {
 		fmt.Fprintf(w, "  sovkeys gateway   --creds %s %s --listen 127.0.0.1:%d --tls-cert %s --tls-key %s\n",
@@ -201,5 +223,21 @@ func runClusterInit(_ context.Context, f *clusterInitFlags, s stdio) error {
 	if gwTLS.CAFile != "" {
 		fmt.Fprintf(w, "Gateway TLS (test deployment only): trust anchor %s\n", gwTLS.CAFile)
 	}
+	if f.reload == "always" || f.reload == "auto" && res.NodesChanged && existed {
+		reloadNodes(ctx, res, w)
+	}
 	return nil
+}
+
+// reloadNodes asks the running nodes to reload their changed configs
+// (revocations take effect at once); nodes that are down load them at
+// start.
+func reloadNodes(ctx context.Context, res *clusterinit.Result, w io.Writer) {
+	done, err := clusterinit.Reload(ctx, clusterinit.ReloadConfig{Dir: res.Dir, URLs: res.URLs, CAFile: res.CAFile, Nodes: len(res.Nodes)})
+	if err == nil {
+		fmt.Fprintf(w, "\nNode configs changed: %d node(s) reloaded them (%s)\n", len(done), strings.Join(done, ", "))
+		return
+	}
+	fmt.Fprintf(w, "\nNode configs changed; reload them on every node (copy %s/nats/ first when nodes run elsewhere):\n"+
+		"  nats-server --signal reload=PID   (or kill -HUP PID)\n  (%v)\n", res.Dir, err)
 }

@@ -14,6 +14,7 @@ import (
 
 	"github.com/sovkeys/sovkeys/shared"
 	"github.com/sovkeys/sovkeys/shared/infra/clusterinit"
+	"github.com/sovkeys/sovkeys/shared/infra/mesh"
 	"github.com/sovkeys/sovkeys/shared/infra/natsauth"
 	"github.com/sovkeys/sovkeys/shared/infra/unseal"
 	"github.com/sovkeys/sovkeys/shared/testkit"
@@ -45,6 +46,8 @@ func TestRestartKeepsState(t *testing.T) {
 	legacy := legacyOperatorCreds(t, n)
 	// ... and no authn work key, no pins bucket (worksig_e2e_test.go).
 	preSignedHops(t, n)
+	// ... and service credentials that never expire.
+	oldGateway := nonExpiringServiceCreds(t, n, "gateway")
 
 	if code := n.shutdown(); code != 0 {
 		t.Fatalf("standalone exited %d: %s", code, n.stderr.String())
@@ -63,6 +66,14 @@ func TestRestartKeepsState(t *testing.T) {
 	if nc, err := nats.Connect(restarted.natsURL, nats.UserCredentials(legacy), nats.MaxReconnects(0)); err == nil {
 		nc.Close()
 		t.Fatal("the revoked operator credential still connects")
+	}
+	// The gateway's was re-issued with an expiry; the old key is revoked.
+	if nc, err := nats.Connect(restarted.natsURL, nats.UserCredentials(oldGateway), nats.MaxReconnects(0)); err == nil {
+		nc.Close()
+		t.Fatal("the non-expiring gateway credential still connects after the upgrade")
+	}
+	if exp, err := mesh.CredsExpiry(filepath.Join(n.dir, "creds", "gateway.creds")); err != nil || exp.IsZero() {
+		t.Fatalf("gateway creds after the upgrade: expiry %v, %v", exp, err)
 	}
 	var roster struct{ People []struct{ Name string } }
 	restarted.cli(t, &roster, "operator", "list")
@@ -84,6 +95,28 @@ func TestRestartKeepsState(t *testing.T) {
 	if err != nil || string(pt) != "survives restarts" {
 		t.Fatalf("xks decrypt after restart: %q %v", pt, err)
 	}
+}
+
+// nonExpiringServiceCreds rewrites DATA/creds/SVC.creds as releases before
+// 2026-12-07 wrote it (no expiry) and returns a copy outside the data dir.
+func nonExpiringServiceCreds(t *testing.T, n *node, svc string) string {
+	t.Helper()
+	trust, err := natsauth.LoadOrCreate(filepath.Join(n.dir, "trust"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	creds, _, err := trust.IssueUserUntil(svc, natsauth.ServicePermissions(svc, []string{"default"}), time.Time{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(n.dir, "creds", svc+".creds"), creds, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cp := filepath.Join(t.TempDir(), svc+".creds")
+	if err := os.WriteFile(cp, creds, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return cp
 }
 
 // pinLeaks rebuilds the HSM PIN from the node's shares (as only share

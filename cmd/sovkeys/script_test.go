@@ -19,7 +19,7 @@ func TestVolumeSecretShellScript(t *testing.T) {
 		}
 	}
 	n := testNode
-	n.cli(t, nil, "tenant", "create", "--id", "vpc-script")
+	n.cli(t, nil, "tenant", "create", "--id", "vpc-script", "--require-request-signatures") // the example signs
 	dir := filepath.Join(t.TempDir(), "cert")
 	n.cli(t, nil, "instance", "issue-cert", "--tenant", "vpc-script", "--instance", "i-script", "--out", dir)
 	var out []byte

@@ -45,6 +45,7 @@ type standaloneFlags struct {
 	quorum              int
 	tokenLabel          string // the SoftHSM token under --data (restored nodes: the imported one)
 	soPINFile           string // the SO PIN of a new token (hsm export-keys needs it)
+	validity            time.Duration
 }
 
 // standaloneAdmin is the person standalone makes at its first start, with
@@ -81,6 +82,7 @@ func registerStandalone(fs *flag.FlagSet, getenv func(string) string, f *standal
 	fs.StringVar(&f.natsListen, "nats-listen", "127.0.0.1:4222", "embedded NATS listen address")
 	fs.StringVar(&f.natsCert, "nats-tls-cert", "", "serve NATS over TLS with this certificate (PEM); services then need --nats-ca")
 	fs.StringVar(&f.natsKey, "nats-tls-key", "", "private key of --nats-tls-cert")
+	fs.DurationVar(&f.validity, "validity", natsauth.DefaultValidity, "lifetime of the NATS credentials issued; renewed at start and while running when a third is left")
 	fs.IntVar(&f.nShares, "unseal-shares", 3, "HSM PIN shares made when the token is created")
 	fs.IntVar(&f.quorum, "quorum", 1, "people who must sign a destructive operation (key version destroy): 1 is for development only; a real team uses 2 (docs/security.md, \"Quorum\")")
 	fs.StringVar(&f.tokenLabel, "hsm-token-label", standaloneTokenLabel, "label of the SoftHSM token under --data (a restored node: the token keys were imported into)")
@@ -118,6 +120,9 @@ func runStandalone(ctx context.Context, f *standaloneFlags, s stdio) error {
 	if err != nil {
 		return err
 	}
+	if err := trust.SetValidity(f.validity); err != nil {
+		return fmt.Errorf("%w: --validity: %v", shared.ErrConfigValidation, err)
+	}
 	// People: the first admin, and the shared operator credential of
 	// earlier versions revoked (before the server loads the account).
 	if err := ensureStandalonePeople(trust, dir, s, logger); err != nil {
@@ -129,6 +134,12 @@ func runStandalone(ctx context.Context, f *standaloneFlags, s stdio) error {
 	if f.quorum == 1 {
 		logger.Warn("quorum is 1: one person alone may destroy key versions (development only; --quorum 2 for a team)")
 	}
+	// Services' credentials before the server loads the account: a
+	// renewed or upgraded (non-expiring) one's old key is revoked in it.
+	credsOf, err := writeCreds(trust, dir, f.svc.pool, time.Now())
+	if err != nil {
+		return err
+	}
 	ns, err := startNATS(f, dir, trust)
 	if err != nil {
 		return err
@@ -139,10 +150,7 @@ func runStandalone(ctx context.Context, f *standaloneFlags, s stdio) error {
 	// per message, docs/BENCHMARKS.md); operators and other processes use
 	// the URL.
 	f.svc.common.conn.inProcess = ns
-	credsOf, err := writeCreds(trust, dir, f.svc.pool)
-	if err != nil {
-		return err
-	}
+	go renewCreds(ctx, trust, ns, dir, f.svc.pool, logger)
 	if err := bootstrapMesh(ctx, f, dir, logger); err != nil {
 		return err
 	}
@@ -207,23 +215,54 @@ func startNATS(f *standaloneFlags, dir string, trust *natsauth.Trust) (*server.S
 	return ns, nil
 }
 
-// writeCreds writes the bootstrap identity's credentials (with the trust
-// seeds: no running service holds it) and one user per service, each with
-// only its own permissions; it returns the services' files. People's
-// credentials are made once (ensureStandalonePeople).
-func writeCreds(trust *natsauth.Trust, dir, pool string) (map[string]string, error) {
-	if err := trust.WriteUserCreds(bootstrapCreds(dir), shared.UserBootstrap, natsauth.BootstrapPermissions()); err != nil {
+// writeCreds keeps (or issues, renews, re-issues with changed permissions,
+// revoking the key replaced: clusterinit.EnsureCreds) the bootstrap
+// identity's credentials (with the trust seeds: no running service holds
+// it) and one user per service, each with only its own permissions; it
+// returns the services' files and whether a key was replaced. People's
+// credentials: ensureStandalonePeople.
+func writeCreds(trust *natsauth.Trust, dir, pool string, now time.Time) (map[string]string, error) {
+	accPub, _ := trust.AppAccountKey()
+	if _, err := clusterinit.EnsureCreds(trust, accPub, bootstrapCreds(dir), shared.UserBootstrap, natsauth.BootstrapPermissions(), now); err != nil {
 		return nil, err
 	}
 	credsOf := map[string]string{}
 	for _, svc := range services() {
 		p := filepath.Join(dir, "creds", svc.name+".creds")
-		if err := trust.WriteUserCreds(p, svc.name, natsauth.ServicePermissions(svc.name, []string{pool})); err != nil {
+		if _, err := clusterinit.EnsureCreds(trust, accPub, p, svc.name, natsauth.ServicePermissions(svc.name, []string{pool}), now); err != nil {
 			return nil, err
 		}
 		credsOf[svc.name] = p
 	}
 	return credsOf, nil
+}
+
+// renewCreds renews the services' credentials while the node runs (a
+// standalone node may run longer than their validity): hourly, a file due
+// for renewal is re-issued, the old key revoked in the embedded server at
+// once; the service, watching its file (mesh.WatchCreds), reconnects with
+// the new one.
+func renewCreds(ctx context.Context, trust *natsauth.Trust, ns *server.Server, dir, pool string, logger *slog.Logger) {
+	t := time.NewTicker(time.Hour)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case now := <-t.C:
+			_, before := trust.AppAccountKey()
+			if _, err := writeCreds(trust, dir, pool, now); err != nil {
+				logger.Error("renewing service credentials", "err", err)
+				continue
+			}
+			if _, after := trust.AppAccountKey(); after != before {
+				if err := trust.Apply(ns); err != nil {
+					logger.Error("loading renewed credentials' revocations", "err", err)
+				}
+				logger.Info("service credentials renewed; the replaced keys are revoked")
+			}
+		}
+	}
 }
 
 // bootstrapCreds is the bootstrap identity's creds file of a standalone node.

@@ -24,6 +24,7 @@ type tenantFlags struct {
 	id, ekt, bucket, account, role, pool string
 	methods                              listFlag
 	aws                                  awsTenantOptions
+	requireSig                           bool
 }
 
 func (f *tenantFlags) idFlag(fs *flag.FlagSet) {
@@ -50,6 +51,7 @@ func tenantCommands() []command {
 				fs.Var(&f.methods, "auth", "allowed caller authentication: mtls (default), aws")
 				fs.StringVar(&f.aws.region, "region", "", "AWS region of the tenant's instances (default: authn's --aws-region)")
 				fs.BoolVar(&f.aws.checkSourceIP, "check-source-ip", false, "AWS identity: the caller's source IP must be one of the instance's private addresses")
+				fs.BoolVar(&f.requireSig, "require-request-signatures", true, "certificate callers must sign every request with their instance key (RFC 9421; sk-agent, vsclient and docs/examples do); =false for older clients")
 			}, func(ctx context.Context, o *operator, f *tenantFlags) error {
 				return o.audited(ctx, "tenant.create", map[string]string{"tenant": f.id, "ekt_name": f.ekt, "pool": f.pool, "auth": f.methods.String()},
 					func() error { return o.tenantCreate(ctx, f) })
@@ -140,6 +142,7 @@ func (o *operator) tenantCreate(ctx context.Context, f *tenantFlags) error {
 		ID: id, EKTName: ekt, Pool: f.pool, AuditBucket: f.bucket, Account: f.account, RoleARN: f.role,
 		AuthMethods: methods, Status: registry.TenantEnabled, Created: time.Now().UTC(),
 		Region: f.aws.region, CheckSourceIP: f.aws.checkSourceIP,
+		RequireRequestSignatures: f.requireSig,
 	}
 	if err := r.Create(ctx, tn); err != nil {
 		if errors.Is(err, registry.ErrExists) {

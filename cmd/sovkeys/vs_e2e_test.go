@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sovkeys/sovkeys/shared/api/vs"
 	"github.com/sovkeys/sovkeys/shared/client/vsclient"
 	"github.com/sovkeys/sovkeys/shared/testkit"
 )
@@ -159,6 +160,9 @@ func TestVolumeSecrets(t *testing.T) {
 	t.Run("bad input", func(t *testing.T) {
 		for _, body := range []string{`{`, `{"volume_uuid":"v","rsa_wrapping_key":"!!"}`, `{"volume_uuid":"v","rsa_wrapping_key":"AAAA"}`, `{"volume_uuid":"v","extra":1}`} {
 			req, _ := http.NewRequestWithContext(ctx, http.MethodPost, n.gateway+"/v1/encryption/i-0001/generate-secret", bytes.NewReader([]byte(body)))
+			if err := vs.SignRequest(req.Header, http.MethodPost, req.URL.EscapedPath(), []byte(body), i1.Key, time.Now()); err != nil {
+				t.Fatal(err)
+			}
 			resp, err := i1.HTTP.Do(req)
 			if err != nil {
 				t.Fatal(err)

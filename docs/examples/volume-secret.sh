@@ -7,7 +7,10 @@
 #   INSTANCE  the instance id the certificate was issued for
 #   VOLUME    the volume uuid
 # Prints the 32-byte secret (hex) of the volume twice: after generate-secret
-# and after decrypt-secret; they must be equal.
+# and after decrypt-secret; they must be equal. Every request is signed with
+# the instance key (HTTP Message Signatures, RFC 9421, over the method, the
+# path and the body's Content-Digest, RFC 9530), as a tenant made with
+# --require-request-signatures demands (docs/volume-secrets.md).
 set -euo pipefail
 : "${GATEWAY:?}" "${TLS_CA:?}" "${CERT_DIR:?}" "${INSTANCE:?}" "${VOLUME:?}"
 # Relative paths are the caller's: resolve them before changing directory.
@@ -18,9 +21,22 @@ work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 cd "$work"
 
+sign() { # sign PATH BODY -> sets DIGEST, SIGINPUT, SIG (ECDSA P-256, r||s)
+  DIGEST="sha-256=:$(printf '%s' "$2" | openssl dgst -sha256 -binary | base64 -w0):"
+  local params hex
+  params="(\"@method\" \"@path\" \"content-digest\");created=$(date +%s);nonce=\"$(openssl rand -hex 16)\";alg=\"ecdsa-p256-sha256\""
+  printf '"@method": POST\n"@path": %s\n"content-digest": %s\n"@signature-params": %s' "$1" "$DIGEST" "$params" > base.txt
+  openssl dgst -sha256 -sign "$CERT_DIR/key.pem" -out sig.der base.txt
+  # openssl writes ASN.1 (r, s); RFC 9421 wants r||s, 32 bytes each.
+  hex=$(openssl asn1parse -inform DER -in sig.der | awk -F: '/INTEGER/ { h = $NF; while (length(h) < 64) h = "0" h; printf "%s", substr(h, length(h) - 63) }')
+  SIG="sk=:$(printf '%b' "$(printf '%s' "$hex" | sed 's/../\\x&/g')" | base64 -w0):"
+  SIGINPUT="sk=$params"
+}
 call() { # call OP JSON -> response body on stdout, fails on non-200
-  curl -sS --fail-with-body --cacert "$TLS_CA" --cert "$CERT_DIR/cert.pem" --key "$CERT_DIR/key.pem" \
-    -H 'Content-Type: application/json' -d "$2" "$GATEWAY/v1/encryption/$INSTANCE/$1"
+  sign "/v1/encryption/$INSTANCE/$1" "$2"
+  curl -sS --fail-with-body --tlsv1.3 --cacert "$TLS_CA" --cert "$CERT_DIR/cert.pem" --key "$CERT_DIR/key.pem" \
+    -H 'Content-Type: application/json' -H "Content-Digest: $DIGEST" -H "Signature-Input: $SIGINPUT" -H "Signature: $SIG" \
+    -d "$2" "$GATEWAY/v1/encryption/$INSTANCE/$1"
 }
 verify() { # verify NAME: NAME.bin signed by NAME.sig with the pinned signing key
   openssl dgst -sha256 -verify "$CERT_DIR/signing-key.pem" -signature "$1.sig" "$1.bin" >/dev/null

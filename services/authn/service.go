@@ -22,6 +22,7 @@ import (
 
 	"github.com/sovkeys/sovkeys/shared"
 	"github.com/sovkeys/sovkeys/shared/api/kwadmin"
+	"github.com/sovkeys/sovkeys/shared/api/vs"
 	"github.com/sovkeys/sovkeys/shared/infra/killswitch"
 	"github.com/sovkeys/sovkeys/shared/infra/mesh"
 	"github.com/sovkeys/sovkeys/shared/infra/metrics"
@@ -108,6 +109,7 @@ type Service struct {
 	tenants   *registry.Cache[registry.Tenant]
 	cas       *caPool
 	verified  verifiedCerts
+	nonces    *vs.NonceCache // request-signature nonces seen (vssig.go)
 	kill      *killswitch.Watcher
 	aws       *awsVerifier       // nil unless AWS instance identity is configured (awsid.go)
 	audit     *mesh.AuditBatcher // request events: several per message under load
@@ -138,6 +140,7 @@ func New(cfg Config, deps Deps) (*Service, error) {
 		secrets:  newSecretCache(),
 		xksLimit: ratelimit.New(cfg.RatePerCaller, cfg.BurstPerCaller),
 		vsLimit:  ratelimit.New(cfg.VSRatePerCaller, cfg.VSBurstPerCaller),
+		nonces:   vs.NewNonceCache(nonceCacheSize),
 		awsDeps:  deps,
 	}, nil
 }

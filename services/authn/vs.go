@@ -258,6 +258,9 @@ func (s *Service) volumeSecret(ctx context.Context, env *shared.Envelope, ev *sh
 	if env.Evidence.InstanceID != instance {
 		return false, shared.NewError(shared.CodeAccessDenied, "instance %q may not act for instance %q", instance, env.Evidence.InstanceID)
 	}
+	if err := s.checkRequestSignature(env, leaf, tn); err != nil { // vssig.go
+		return false, err
+	}
 	if err := s.admitVS(env, ev); err != nil {
 		return false, err
 	}

@@ -2,6 +2,7 @@ package gateway
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"io"
 	"net/http"
@@ -26,6 +27,10 @@ func (s *Service) handleVS(w http.ResponseWriter, r *http.Request) {
 	instanceID, op, err := vs.ParsePath(r.URL.EscapedPath())
 	if err == nil && r.Method != http.MethodPost {
 		err = shared.NewError(shared.CodeMethodNotAllowed, "method %s not allowed; use POST", r.Method)
+	}
+	if err == nil && r.TLS != nil && r.TLS.Version < tls.VersionTLS13 {
+		// Volume-secret routes: TLS 1.3 only (2026-12-07); XKS keeps 1.2.
+		err = shared.NewError(shared.CodeAccessDenied, "volume-secret requests need TLS 1.3")
 	}
 	if err == nil {
 		err = s.fresh() // stale.go
@@ -78,6 +83,7 @@ func (s *Service) handleVS(w http.ResponseWriter, r *http.Request) {
 			SourceIP: srcIP, Method: r.Method, Path: r.URL.EscapedPath(), Host: r.Host,
 			InstanceID: instanceID, ClientCerts: peerCerts(r),
 			AWSIdentity: awsIdentity, SourceVPC: srcVPC,
+			Header: signatureHeaders(r),
 		},
 		Body: body,
 	}
@@ -127,6 +133,21 @@ func (s *Service) auditVSFailure(ctx context.Context, env *shared.Envelope, err 
 	s.publishRejection(ctx, env, &shared.AuditEvent{
 		Kind: shared.AuditKindTenant, CallerType: "instance", CallerID: env.Evidence.InstanceID,
 	}, err)
+}
+
+// signatureHeaders are the request-signature headers (vs.SignRequest,
+// RFC 9421) authn verifies against the instance's certificate.
+func signatureHeaders(r *http.Request) map[string][]string {
+	var h map[string][]string
+	for _, k := range []string{vs.HeaderContentDigest, vs.HeaderSignatureInput, vs.HeaderSignature} {
+		if v := r.Header.Values(k); len(v) > 0 {
+			if h == nil {
+				h = map[string][]string{}
+			}
+			h[k] = v
+		}
+	}
+	return h
 }
 
 func peerCerts(r *http.Request) [][]byte {

@@ -266,6 +266,9 @@ func startDeployment(t *testing.T) *deployment {
 	if b, err := init.CombinedOutput(); err != nil {
 		t.Fatalf("cluster init: %v\n%s", err, b)
 	}
+	// The cluster is TLS with its own CA (cluster init, nats/tls): every
+	// process started below verifies the nodes with it.
+	t.Setenv("SOVKEYS_NATS_CA", filepath.Join(out, "nats", "tls", "ca.pem"))
 	d := &deployment{dir: dir, bin: bin, opCreds: filepath.Join(out, "operators", "admin.creds"), caFile: filepath.Join(out, "tls", "ca.pem"),
 		monitorBase: base + 200, metricsAddr: map[string]string{}} // clusterinit: PortBase+200+i
 	var urls []string
@@ -438,7 +441,7 @@ func (d *deployment) metaLeader(t *testing.T) int {
 
 func (d *deployment) nodeOf(t *testing.T, stream string, leader bool) int {
 	t.Helper()
-	nc, err := nats.Connect(d.urls, nats.UserCredentials(d.bootstrapCreds), nats.CustomInboxPrefix(shared.InboxPrefix(shared.UserBootstrap)))
+	nc, err := nats.Connect(d.urls, nats.UserCredentials(d.bootstrapCreds), nats.RootCAs(os.Getenv("SOVKEYS_NATS_CA")), nats.CustomInboxPrefix(shared.InboxPrefix(shared.UserBootstrap)))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -7,6 +7,7 @@ package vsclient
 import (
 	"bytes"
 	"context"
+	"crypto"
 	"crypto/ecdsa"
 	"crypto/rand"
 	"crypto/rsa"
@@ -44,6 +45,10 @@ type Client struct {
 	SigningKey *ecdsa.PublicKey // pinned service signing key
 	// RSABits is the size of the one-time wrapping key (default 3072).
 	RSABits int
+	// Key, when set, is the instance's private key (its certificate's):
+	// every request is signed with it (vs.SignRequest, RFC 9421), which a
+	// tenant with require_request_signatures demands.
+	Key crypto.Signer
 }
 
 // Config names the files a client needs.
@@ -72,17 +77,20 @@ func New(cfg Config) (*Client, error) {
 	if err != nil {
 		return nil, err
 	}
+	key, _ := cert.PrivateKey.(crypto.Signer)
 	return &Client{
 		BaseURL:    strings.TrimRight(cfg.BaseURL, "/"),
 		HTTP:       &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{TLSClientConfig: tlsCfg}},
 		SigningKey: pub,
+		Key:        key,
 	}, nil
 }
 
-// clientTLS is the TLS configuration of every client: TLS 1.2+, trusting
+// clientTLS is the TLS configuration of every client: TLS 1.3 (the
+// volume-secret routes accept nothing older, 2026-12-07), trusting
 // caFile when given (else the system roots).
 func clientTLS(caFile string) (*tls.Config, error) {
-	tlsCfg := &tls.Config{MinVersion: tls.VersionTLS12}
+	tlsCfg := &tls.Config{MinVersion: tls.VersionTLS13}
 	if caFile == "" {
 		return tlsCfg, nil
 	}
@@ -166,12 +174,17 @@ func zero(k *rsa.PrivateKey) {
 }
 
 func (c *Client) post(ctx context.Context, instanceID string, op vs.Op, body, out any) error {
-	return Post(ctx, c.HTTP, c.BaseURL, instanceID, op, body, out)
+	return PostSigned(ctx, c.HTTP, c.BaseURL, instanceID, op, body, out, c.Key)
 }
 
 // Post sends one volume-secret call as instanceID and decodes a 200 answer
 // into out; any other status is an *APIError. It does no signature checks.
 func Post(ctx context.Context, hc *http.Client, baseURL, instanceID string, op vs.Op, body, out any) error {
+	return PostSigned(ctx, hc, baseURL, instanceID, op, body, out, nil)
+}
+
+// PostSigned is Post with the request signed by key (nil: unsigned).
+func PostSigned(ctx context.Context, hc *http.Client, baseURL, instanceID string, op vs.Op, body, out any, key crypto.Signer) error {
 	data, err := json.Marshal(body)
 	if err != nil {
 		return err
@@ -181,6 +194,11 @@ func Post(ctx context.Context, hc *http.Client, baseURL, instanceID string, op v
 		return err
 	}
 	req.Header.Set("Content-Type", "application/json")
+	if key != nil {
+		if err := vs.SignRequest(req.Header, http.MethodPost, req.URL.EscapedPath(), data, key, time.Now()); err != nil {
+			return fmt.Errorf("vsclient: request signature: %w", err)
+		}
+	}
 	return do(hc, req, out)
 }
 

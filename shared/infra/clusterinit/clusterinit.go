@@ -3,11 +3,14 @@
 // in trust/), one user credential per service with its permissions from
 // shared/infra/natsauth, the operator CLI's credential, and one
 // nats-server configuration per node (routes, JetStream, a memory resolver
-// with the accounts preloaded, TLS when certificates are given).
+// with the accounts preloaded, TLS always: the given certificates or a
+// cluster CA of its own, tls.go; monitoring on loopback).
 //
 // Running it again with more pools or users adds them: the operator and
-// account seeds are kept, so every credential issued before stays valid, and
-// a credential file is rewritten only when its permissions change.
+// account seeds are kept, and a credential file is rewritten only when its
+// permissions change or its JWT is due for renewal (user JWTs expire,
+// natsauth.DefaultValidity); a re-issued credential's old key is revoked in
+// the account JWT the nodes preload, which Reload makes them load live.
 package clusterinit
 
 import (
@@ -18,6 +21,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/nats-io/jwt/v2"
 
@@ -41,8 +45,23 @@ type Config struct {
 	Hosts    []string
 	PortBase int // default 14222
 	// TLS: when CertFile and KeyFile are set, clients and routes use TLS
-	// (the certificate needs serverAuth and clientAuth: routes are mutual).
+	// with them (the certificate needs serverAuth and clientAuth: routes
+	// are mutual); otherwise Init makes a cluster CA and node certificates
+	// (tls.go). Either way the cluster is never open.
 	TLS TLSFiles
+	// MonitorHost is the address the nodes' monitoring port listens on
+	// (default 127.0.0.1: /varz and /connz are unauthenticated).
+	MonitorHost string
+	// Validity is the lifetime of the user JWTs issued (0: the earlier
+	// run's, else natsauth.DefaultValidity).
+	Validity time.Duration
+	// Rotate names users (a service, bootstrap, or a person) whose
+	// credential is re-issued now, the old key revoked.
+	Rotate []string
+	// Revoke names service users (or bootstrap) whose credential is revoked
+	// and not re-issued until Rotate names them, or user public keys
+	// (U..., such as a copied credential's) to revoke.
+	Revoke []string
 	// Operators are people to add (or whose roles change); RemoveOperators
 	// people to remove (their credential is revoked). people.go.
 	Operators       []PersonSpec
@@ -56,6 +75,7 @@ type TLSFiles struct{ CertFile, KeyFile, CAFile string }
 type Node struct {
 	Name                    string
 	Host                    string
+	MonitorHost             string // where MonitorPort listens (127.0.0.1 unless told otherwise)
 	ClientPort, ClusterPort int
 	MonitorPort             int
 	ConfigFile, StoreDir    string
@@ -65,7 +85,13 @@ type Node struct {
 func (n Node) ClientURL() string { return fmt.Sprintf("nats://%s:%d", n.Host, n.ClientPort) }
 
 // MonitorURL is the node's HTTP monitoring endpoint (/healthz, /jsz).
-func (n Node) MonitorURL() string { return fmt.Sprintf("http://%s:%d", n.Host, n.MonitorPort) }
+func (n Node) MonitorURL() string {
+	h := n.MonitorHost
+	if h == "" || h == "0.0.0.0" || h == "::" {
+		h = n.Host
+	}
+	return fmt.Sprintf("http://%s:%d", h, n.MonitorPort)
+}
 
 // Result is what Init wrote or kept.
 type Result struct {
@@ -77,7 +103,13 @@ type Result struct {
 	URLs     string            // every node's client URL, comma separated
 	EnvFile  string            // SOVKEYS_NATS_URL (and _CA) for services and the CLI
 	TLSNodes bool
+	CAFile   string        // the CA clients verify the nodes with
 	People   []RosterEntry // every person, with their credential under Dir/operators
+	// NodesChanged reports that a node configuration was rewritten (new
+	// revocations, certificates, pools): running nodes must reload it.
+	NodesChanged bool
+	// Suspended are the users revoked with Revoke and not re-issued.
+	Suspended []string
 }
 
 // state is what an earlier run chose, kept in Dir/cluster.json.
@@ -91,6 +123,10 @@ type state struct {
 	TLS         TLSFiles `json:"tls"`
 	// Operators are the people of the deployment and their roles.
 	Operators map[string][]natsauth.Role `json:"operators,omitempty"`
+	// Validity is the user JWTs' lifetime (a Go duration; empty: default).
+	Validity    string   `json:"validity,omitempty"`
+	MonitorHost string   `json:"monitor_host,omitempty"`
+	Suspended   []string `json:"suspended,omitempty"`
 }
 
 // StateFile is the name of the file under Dir recording the choices made.
@@ -118,33 +154,33 @@ func Init(cfg Config) (*Result, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrInit, err)
 	}
-	res := &Result{Dir: dir, Pools: st.Pools, Creds: map[string]string{}, TLSNodes: st.TLS.CertFile != ""}
-	accPub, accFresh := trust.AppAccountKey()
+	validity, _ := time.ParseDuration(st.Validity) // checked by merge
+	if err := trust.SetValidity(validity); err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrInit, err)
+	}
+	res := &Result{Dir: dir, Pools: st.Pools, Creds: map[string]string{}, TLSNodes: true}
+	if err := rotateAndRevoke(trust, dir, &st, cfg, time.Now()); err != nil {
+		return nil, err
+	}
 	if err := people(trust, dir, &st, cfg, res); err != nil {
 		return nil, err
 	}
 	if err := revokeLegacyKeyworker(trust, dir, res); err != nil { // keyworkers.go
 		return nil, err
 	}
-	accPub, accFresh = trust.AppAccountKey()
 	users := append([]string{shared.UserBootstrap}, st.Users...)
+	accPub, _ := trust.AppAccountKey()
 	for _, u := range users {
+		if slices.Contains(st.Suspended, u) {
+			continue // revoked with --revoke until --rotate
+		}
 		if u == natsauth.ServiceKeyworker { // keyworkers.go: one user per pool
 			if err := ensureKeyworkers(trust, accPub, dir, st.Pools, res); err != nil {
 				return nil, err
 			}
 			continue
 		}
-		var perms natsauth.Permissions
-		p := filepath.Join(dir, "creds", u+".creds")
-		switch u {
-		case shared.UserBootstrap:
-			// The declaring identity lives with the trust seeds: no running
-			// service holds it (`sovkeys init --creds DIR/trust/bootstrap.creds`).
-			perms, p = natsauth.BootstrapPermissions(), filepath.Join(dir, "trust", shared.UserBootstrap+".creds")
-		default:
-			perms = natsauth.ServicePermissions(u, st.Pools)
-		}
+		perms, p := userCreds(dir, u, st.Pools)
 		wrote, err := ensureCreds(trust, accPub, p, u, perms)
 		if err != nil {
 			return nil, err
@@ -159,6 +195,10 @@ func Init(cfg Config) (*Result, error) {
 			}
 		}
 	}
+	res.Suspended = slices.Clone(st.Suspended)
+	// The account JWT after every renewal and rotation: it revokes the keys
+	// they replaced.
+	_, accFresh := trust.AppAccountKey()
 	opClaims, err := jwt.DecodeOperatorClaims(trust.OperatorJWT())
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrInit, err)
@@ -179,6 +219,15 @@ func Init(cfg Config) (*Result, error) {
 		return nil, err
 	}
 	res.Nodes = st.nodes(dir)
+	nodeTLS := make([]TLSFiles, len(res.Nodes))
+	if st.TLS.CertFile != "" {
+		for i := range nodeTLS {
+			nodeTLS[i] = st.TLS
+		}
+		res.CAFile = st.TLS.CAFile
+	} else if res.CAFile, nodeTLS, err = clusterTLS(dir, res.Nodes, time.Now(), res); err != nil {
+		return nil, err
+	}
 	var urls []string
 	for _, n := range res.Nodes {
 		urls = append(urls, n.ClientURL())
@@ -188,13 +237,15 @@ func Init(cfg Config) (*Result, error) {
 		if err := os.MkdirAll(n.StoreDir, 0o700); err != nil {
 			return nil, fmt.Errorf("%w: %v", ErrInit, err)
 		}
-		if err := writeIfChanged(n.ConfigFile, []byte(nodeConfig(st, res.Nodes, i, opJWT, sysPub, sysJWT, accPub, accJWT)), 0o600, res); err != nil {
+		before := len(res.Written)
+		if err := writeIfChanged(n.ConfigFile, []byte(nodeConfig(st, res.Nodes, i, nodeTLS[i], opJWT, sysPub, sysJWT, accPub, accJWT)), 0o600, res); err != nil {
 			return nil, err
 		}
+		res.NodesChanged = res.NodesChanged || len(res.Written) > before
 	}
 	env := "SOVKEYS_NATS_URL=" + res.URLs + "\n"
-	if st.TLS.CAFile != "" {
-		env += "SOVKEYS_NATS_CA=" + st.TLS.CAFile + "\n"
+	if res.CAFile != "" {
+		env += "SOVKEYS_NATS_CA=" + res.CAFile + "\n"
 	}
 	res.EnvFile = filepath.Join(dir, "cluster.env")
 	if err := writeIfChanged(res.EnvFile, []byte(env), 0o644, res); err != nil {
@@ -247,7 +298,22 @@ func merge(dir string, cfg Config) (state, error) {
 		st.Pools = []string{"default"}
 	}
 	st.Users = union(st.Users, cfg.Users)
+	if cfg.Validity != 0 {
+		st.Validity = cfg.Validity.String()
+	}
+	if cfg.MonitorHost != "" {
+		st.MonitorHost = cfg.MonitorHost
+	}
+	if st.MonitorHost == "" {
+		st.MonitorHost = "127.0.0.1"
+	}
+	validity, verr := time.ParseDuration(st.Validity)
+	if st.Validity == "" {
+		validity, verr = natsauth.DefaultValidity, nil
+	}
 	switch {
+	case verr != nil || validity < natsauth.MinValidity:
+		return st, fmt.Errorf("%w: validity %q: at least %s", ErrInit, st.Validity, natsauth.MinValidity)
 	case st.Nodes < 1 || st.Nodes > 9:
 		return st, fmt.Errorf("%w: nodes must be 1..9, got %d", ErrInit, st.Nodes)
 	case len(st.Hosts) > 0 && len(st.Hosts) != st.Nodes:
@@ -304,7 +370,7 @@ func union(a, b []string) []string {
 func (st state) nodes(dir string) []Node {
 	var out []Node
 	for i := range st.Nodes {
-		n := Node{Name: fmt.Sprintf("n%d", i+1), Host: "127.0.0.1",
+		n := Node{Name: fmt.Sprintf("n%d", i+1), Host: "127.0.0.1", MonitorHost: st.MonitorHost,
 			ClientPort: st.PortBase + i, ClusterPort: st.PortBase + 100 + i, MonitorPort: st.PortBase + 200 + i}
 		if len(st.Hosts) > 0 {
 			n.Host = st.Hosts[i]

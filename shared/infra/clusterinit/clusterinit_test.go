@@ -28,7 +28,7 @@ func freeBase(t *testing.T) int {
 }
 
 // startCluster runs every node of res in this process from its config file.
-func startCluster(t *testing.T, res *Result) {
+func startCluster(t *testing.T, res *Result) []*server.Server {
 	t.Helper()
 	var servers []*server.Server
 	for _, n := range res.Nodes {
@@ -55,6 +55,13 @@ func startCluster(t *testing.T, res *Result) {
 			t.Fatal("node not ready")
 		}
 	}
+	return servers
+}
+
+// dial connects to the cluster of res with creds file creds over TLS,
+// verifying the nodes with the cluster CA.
+func dial(res *Result, creds string, opts ...nats.Option) (*nats.Conn, error) {
+	return nats.Connect(res.URLs, append([]nats.Option{nats.UserCredentials(creds), nats.RootCAs(res.CAFile)}, opts...)...)
 }
 
 func TestInitRunsAThreeNodeCluster(t *testing.T) {
@@ -72,7 +79,7 @@ func TestInitRunsAThreeNodeCluster(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		for _, want := range []string{"max_control_line: 64KB", "resolver_preload", "routes", "jetstream"} {
+		for _, want := range []string{"max_control_line: 64KB", "resolver_preload", "routes", "jetstream", "tls {", "ca_file", "http: \"127.0.0.1:"} {
 			if !strings.Contains(string(b), want) {
 				t.Errorf("%s lacks %q", n.Name, want)
 			}
@@ -88,7 +95,7 @@ func TestInitRunsAThreeNodeCluster(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	connect := func(user string) (*nats.Conn, jetstream.JetStream) {
-		nc, err := nats.Connect(res.URLs, nats.UserCredentials(res.Creds[user]), nats.MaxReconnects(-1), nats.CustomInboxPrefix(shared.InboxPrefix(user)))
+		nc, err := dial(res, res.Creds[user], nats.MaxReconnects(-1), nats.CustomInboxPrefix(shared.InboxPrefix(user)))
 		if err != nil {
 			t.Fatalf("%s: %v", user, err)
 		}
@@ -160,8 +167,13 @@ func TestInitAgainAddsAPoolKeepingEverythingElse(t *testing.T) {
 	if !slices.Equal(more.Pools, []string{"default", "hsm2"}) {
 		t.Fatalf("pools %v", more.Pools)
 	}
-	if read("trust/operator.nk") != opSeed || read("creds/gateway.creds") != gwCreds || read("nats/n1.conf") != conf {
-		t.Fatal("adding a pool changed the operator seed, the gateway's creds or a node config")
+	if read("trust/operator.nk") != opSeed || read("creds/gateway.creds") != gwCreds {
+		t.Fatal("adding a pool changed the operator seed or the gateway's creds")
+	}
+	// The node configs change only by the account JWT, which now revokes
+	// the users whose permissions named the pools (authn).
+	if !more.NodesChanged || read("nats/n1.conf") == conf {
+		t.Fatal("node configs do not carry the new revocation")
 	}
 	// One keyworker user per pool: the new pool's names only its own queue,
 	// the first pool's is kept as it was.
@@ -175,7 +187,7 @@ func TestInitAgainAddsAPoolKeepingEverythingElse(t *testing.T) {
 	// Both pools' keyworker users connect.
 	startCluster(t, first)
 	for _, c := range []string{more.Creds[shared.KeyworkerUser("default")], more.Creds[shared.KeyworkerUser("hsm2")]} {
-		nc, err := nats.Connect(more.URLs, nats.UserCredentials(c))
+		nc, err := dial(more, c)
 		if err != nil {
 			t.Fatalf("%s: %v", c, err)
 		}

@@ -2,10 +2,13 @@ package clusterinit
 
 import (
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
+	"time"
 
 	"github.com/nats-io/jwt/v2"
 
@@ -13,16 +16,33 @@ import (
 )
 
 // ensureCreds keeps the creds file at path when it is a user of account
-// accPub named name with exactly perms; otherwise it issues a new one. The
-// old user stays valid (nothing is revoked) until its processes restart.
+// accPub named name with exactly perms and its JWT is not due for renewal
+// (natsauth.Trust.NeedsRenewal: no expiry, as every credential of earlier
+// releases, or a third of its validity left); otherwise it issues a new one
+// and revokes the key it replaces, so a credential with yesterday's
+// permissions stops working once the servers load the account JWT.
 func ensureCreds(trust *natsauth.Trust, accPub, path, name string, perms natsauth.Permissions) (wrote bool, err error) {
+	return EnsureCreds(trust, accPub, path, name, perms, time.Now())
+}
+
+// EnsureCreds is ensureCreds at time now (standalone's services use it too).
+func EnsureCreds(trust *natsauth.Trust, accPub, path, name string, perms natsauth.Permissions, now time.Time) (wrote bool, err error) {
+	var old string
 	if b, err := os.ReadFile(path); err == nil {
-		if uc, err := decodeCreds(b); err == nil && uc.Issuer == accPub && uc.Name == name && samePerms(uc, perms) {
-			return false, nil
+		if uc, err := decodeCreds(b); err == nil && uc.Issuer == accPub {
+			if uc.Name == name && samePerms(uc, perms) && !trust.NeedsRenewal(uc.Expires, now) && !trust.Revoked(uc.Subject) {
+				return false, nil
+			}
+			old = uc.Subject
 		}
 	}
 	if err := trust.WriteUserCreds(path, name, perms); err != nil {
 		return false, fmt.Errorf("%w: %w", ErrInit, err)
+	}
+	if old != "" {
+		if err := trust.Revoke(old, now); err != nil {
+			return true, fmt.Errorf("%w: %w", ErrInit, err)
+		}
 	}
 	return true, nil
 }
@@ -66,24 +86,29 @@ func accountJWT(dir, file, pub, fresh, opPub string, res *Result) (string, error
 }
 
 // nodeConfig is the nats-server configuration of nodes[i].
-func nodeConfig(st state, nodes []Node, i int, opJWTFile, sysPub, sysJWT, accPub, accJWT string) string {
+func nodeConfig(st state, nodes []Node, i int, tlsFiles TLSFiles, opJWTFile, sysPub, sysJWT, accPub, accJWT string) string {
 	n := nodes[i]
 	var b strings.Builder
 	q := func(s string) string { return fmt.Sprintf("%q", s) }
 	fmt.Fprintf(&b, "# nats-server configuration of node %s, written by `sovkeys cluster init`.\n", n.Name)
 	fmt.Fprintf(&b, "server_name: %s\n", q(st.ClusterName+"-"+n.Name))
 	fmt.Fprintf(&b, "listen: %s\n", q(fmt.Sprintf("%s:%d", n.Host, n.ClientPort)))
-	fmt.Fprintf(&b, "http: %s\n", q(fmt.Sprintf("%s:%d", n.Host, n.MonitorPort)))
+	b.WriteString("# Monitoring (/varz, /connz: unauthenticated) on loopback unless cluster init --monitor-host says otherwise.\n")
+	fmt.Fprintf(&b, "http: %s\n", q(net.JoinHostPort(n.MonitorHost, strconv.Itoa(n.MonitorPort))))
 	b.WriteString("# User JWTs carry per-service permission lists longer than the 4 KiB default.\n")
 	b.WriteString("max_control_line: 64KB\nmax_payload: 1MB\n")
 	fmt.Fprintf(&b, "jetstream {\n  store_dir: %s\n}\n", q(n.StoreDir))
+	// Clients: TLS required, the node verified by them with the CA; their
+	// NATS credential authenticates them. Routes (the cluster block):
+	// nats-server always requires and verifies the peer's certificate
+	// against ca_file there, so only a node of this CA joins.
 	tlsBlock := func(indent string) {
-		if st.TLS.CertFile == "" {
+		if tlsFiles.CertFile == "" {
 			return
 		}
-		fmt.Fprintf(&b, "%stls {\n%s  cert_file: %s\n%s  key_file: %s\n", indent, indent, q(st.TLS.CertFile), indent, q(st.TLS.KeyFile))
-		if st.TLS.CAFile != "" {
-			fmt.Fprintf(&b, "%s  ca_file: %s\n", indent, q(st.TLS.CAFile))
+		fmt.Fprintf(&b, "%stls {\n%s  cert_file: %s\n%s  key_file: %s\n", indent, indent, q(tlsFiles.CertFile), indent, q(tlsFiles.KeyFile))
+		if tlsFiles.CAFile != "" {
+			fmt.Fprintf(&b, "%s  ca_file: %s\n", indent, q(tlsFiles.CAFile))
 		}
 		fmt.Fprintf(&b, "%s  timeout: 2\n%s}\n", indent, indent)
 	}

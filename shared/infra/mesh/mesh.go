@@ -96,6 +96,9 @@ func Connect(ctx context.Context, cfg ConnConfig, logger *slog.Logger) (*nats.Co
 		return nil, nil, fmt.Errorf("mesh: jetstream: %w", err)
 	}
 	metrics.NATSConnected(cfg.Name)
+	if cfg.CredsFile != "" {
+		go WatchCreds(nc, cfg.CredsFile, CredsWatchInterval, logger) // identity.go: rotation without a restart
+	}
 	return nc, js, nil
 }
 

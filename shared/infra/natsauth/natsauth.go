@@ -37,7 +37,19 @@ type Trust struct {
 	// time), which the application account's JWT carries.
 	dir     string
 	revoked map[string]int64
+
+	// validity is the lifetime of the user JWTs issued from now on.
+	validity time.Duration
 }
+
+// DefaultValidity is the lifetime of a user JWT unless told otherwise
+// (`sovkeys cluster init --validity`): credentials are renewed when a third
+// of it is left (NeedsRenewal), so a deployment that runs cluster init or
+// restarts standalone at least monthly never sees one expire.
+const DefaultValidity = 90 * 24 * time.Hour
+
+// MinValidity is the shortest lifetime accepted for service credentials.
+const MinValidity = time.Hour
 
 // revokedFile lists the revoked users of the application account.
 const revokedFile = "revoked.json"
@@ -59,7 +71,7 @@ func LoadOrCreate(dir string) (*Trust, error) {
 	if err != nil {
 		return nil, err
 	}
-	t := &Trust{operator: op, system: sys, account: acc, dir: dir, revoked: map[string]int64{}}
+	t := &Trust{operator: op, system: sys, account: acc, dir: dir, revoked: map[string]int64{}, validity: DefaultValidity}
 	if b, err := os.ReadFile(filepath.Join(dir, revokedFile)); err == nil {
 		if err := json.Unmarshal(b, &t.revoked); err != nil {
 			return nil, fmt.Errorf("%w: %s: %v", ErrAuth, revokedFile, err)
@@ -166,8 +178,10 @@ type Permissions struct {
 
 // Revoke adds user public key pub to the application account's revocation
 // list (JWTs of that key issued up to now are refused by every server that
-// loads the new account JWT: standalone at its next start, a cluster when
-// `sovkeys cluster init` rewrote the node configs and the servers reloaded).
+// loads the new account JWT, and its connections are closed: standalone at
+// its next start, a cluster when `sovkeys cluster init` rewrote the node
+// configs and the servers reloaded them, which `cluster init` asks of them
+// over the system account; clusterinit.Reload).
 func (t *Trust) Revoke(pub string, at time.Time) error {
 	if !nkeys.IsValidPublicUserKey(pub) {
 		return fmt.Errorf("%w: %q is not a user public key", ErrAuth, pub)
@@ -189,6 +203,30 @@ func (t *Trust) Revoke(pub string, at time.Time) error {
 // Revoked reports whether user public key pub is revoked.
 func (t *Trust) Revoked(pub string) bool { _, ok := t.revoked[pub]; return ok }
 
+// SetValidity sets the lifetime of the user JWTs issued from now on
+// (0: DefaultValidity).
+func (t *Trust) SetValidity(d time.Duration) error {
+	switch {
+	case d == 0:
+		d = DefaultValidity
+	case d < MinValidity:
+		return fmt.Errorf("%w: validity %s is shorter than %s", ErrAuth, d, MinValidity)
+	}
+	t.validity = d
+	return nil
+}
+
+// Validity is the lifetime of the user JWTs this trust issues.
+func (t *Trust) Validity() time.Duration { return t.validity }
+
+// NeedsRenewal reports whether a user JWT expiring at exp (Unix seconds;
+// 0: never, as every credential of releases before 2026-12-07) should be
+// re-issued at now: it never expires, or less than a third of the trust's
+// validity is left.
+func (t *Trust) NeedsRenewal(exp int64, now time.Time) bool {
+	return exp == 0 || time.Unix(exp, 0).Sub(now) < t.validity/3
+}
+
 // UserCreds issues a user of the application account and returns the
 // contents of a standard NATS .creds file (user JWT + seed).
 func (t *Trust) UserCreds(name string, perms Permissions) ([]byte, error) {
@@ -199,14 +237,31 @@ func (t *Trust) UserCreds(name string, perms Permissions) ([]byte, error) {
 // IssueUser issues a user of the application account: the contents of its
 // .creds file and its public nkey (which a person's roster entry records).
 func (t *Trust) IssueUser(name string, perms Permissions) ([]byte, string, error) {
-	creds, pub, err := t.issueUser(name, perms)
+	return t.IssueUserUntil(name, perms, time.Now().Add(t.validity))
+}
+
+// IssueUserUntil issues a user whose JWT expires at exp (zero: never; only
+// tests and the upgrade tests, which play an earlier release, want that).
+func (t *Trust) IssueUserUntil(name string, perms Permissions, exp time.Time) ([]byte, string, error) {
+	creds, pub, err := t.issueUser(t.account, name, perms, exp)
 	if err != nil {
 		return nil, "", fmt.Errorf("%w: %v", ErrAuth, err)
 	}
 	return creds, pub, nil
 }
 
-func (t *Trust) issueUser(name string, perms Permissions) ([]byte, string, error) {
+// SystemUserCreds issues a short-lived user of the system account with
+// perms: the servers' own account, which may reload their configuration
+// ($SYS.REQ.SERVER.<id>.RELOAD). Nothing writes it to disk.
+func (t *Trust) SystemUserCreds(name string, perms Permissions, validity time.Duration) ([]byte, error) {
+	creds, _, err := t.issueUser(t.system, name, perms, time.Now().Add(validity))
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrAuth, err)
+	}
+	return creds, nil
+}
+
+func (t *Trust) issueUser(issuer nkeys.KeyPair, name string, perms Permissions, exp time.Time) ([]byte, string, error) {
 	ukp, err := nkeys.CreateUser()
 	if err != nil {
 		return nil, "", err
@@ -222,7 +277,10 @@ func (t *Trust) issueUser(name string, perms Permissions) ([]byte, string, error
 	if perms.Respond {
 		uc.Permissions.Resp = &jwt.ResponsePermission{MaxMsgs: 1, Expires: time.Minute}
 	}
-	ujwt, err := uc.Encode(t.account)
+	if !exp.IsZero() {
+		uc.Expires = exp.Unix()
+	}
+	ujwt, err := uc.Encode(issuer)
 	if err != nil {
 		return nil, "", fmt.Errorf("user jwt: %w", err)
 	}
@@ -246,5 +304,27 @@ func (t *Trust) WriteUserCreds(path, name string, perms Permissions) error {
 	if err := os.WriteFile(path, creds, 0o600); err != nil {
 		return fmt.Errorf("%w: %v", ErrAuth, err)
 	}
+	return nil
+}
+
+// Apply loads the application account's current JWT into the running
+// server ns (`sovkeys standalone`'s embedded server; tests): revocations
+// take effect at once and the connections of revoked users are closed.
+func (t *Trust) Apply(ns *server.Server) error {
+	pub, tok := t.AppAccountKey()
+	ac, err := jwt.DecodeAccountClaims(tok)
+	if err != nil {
+		return fmt.Errorf("%w: %v", ErrAuth, err)
+	}
+	if r := ns.AccountResolver(); r != nil {
+		if err := r.Store(pub, tok); err != nil {
+			return fmt.Errorf("%w: %v", ErrAuth, err)
+		}
+	}
+	acc, err := ns.LookupAccount(pub)
+	if err != nil {
+		return fmt.Errorf("%w: %v", ErrAuth, err)
+	}
+	ns.UpdateAccountClaims(acc, ac)
 	return nil
 }

@@ -35,6 +35,11 @@ type Tenant struct {
 	// of the instance's private addresses.
 	Region        string `json:"region,omitempty"`
 	CheckSourceIP bool   `json:"check_source_ip,omitempty"`
+
+	// RequireRequestSignatures: certificate callers must sign each request
+	// with their instance key (RFC 9421, vs.SignRequest). Absent in
+	// tenants made before 2026-12-07: they keep accepting unsigned calls.
+	RequireRequestSignatures bool `json:"require_request_signatures,omitempty"`
 }
 
 // ValidTenantID reports whether id can name a tenant: 1-64 characters of

@@ -128,6 +128,20 @@ var commands = []command{
 		setup: func(fs *flag.FlagSet) func(context.Context, *Agent, []string) error {
 			return func(ctx context.Context, a *Agent, pos []string) error { return a.Status(ctx, pos) }
 		}},
+	{name: "enroll", args: "--tenant TENANT --instance INSTANCE_ID [--key FILE] [--force]", summary: "make this instance's key here and print a CSR for `sovkeys instance issue-cert --csr`",
+		setup: func(fs *flag.FlagSet) func(context.Context, *Agent, []string) error {
+			var o EnrollOptions
+			fs.StringVar(&o.Tenant, "tenant", "", "tenant id")
+			fs.StringVar(&o.Instance, "instance", "", "this instance's id")
+			fs.StringVar(&o.KeyFile, "key", "", "private key file to write (default: key in the configuration)")
+			fs.BoolVar(&o.Force, "force", false, "replace an existing key")
+			return func(ctx context.Context, a *Agent, pos []string) error {
+				if err := exactly(pos, 0, "no argument"); err != nil {
+					return err
+				}
+				return a.Enroll(ctx, o)
+			}
+		}},
 	{name: "check-key", args: "", summary: "compare the pinned signing key with the one the service publishes",
 		setup: func(fs *flag.FlagSet) func(context.Context, *Agent, []string) error {
 			return func(ctx context.Context, a *Agent, pos []string) error {
@@ -226,7 +240,7 @@ func Run(ctx context.Context, args []string, env Env) ExitCode {
 		return fail(ErrNotRoot)
 	}
 	// Status and check-key need no service for what they can check locally.
-	cfg, err := LoadConfig(*configPath, cmd.name == "status")
+	cfg, err := LoadConfig(*configPath, cmd.name == "status" || cmd.name == "enroll")
 	if err != nil {
 		return fail(err)
 	}
