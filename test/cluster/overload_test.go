@@ -30,6 +30,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sovkeys/sovkeys/loadtest/chart"
 	"github.com/sovkeys/sovkeys/shared/client/xksclient"
 	"github.com/sovkeys/sovkeys/shared/testkit"
 )
@@ -144,6 +145,9 @@ func TestClusterOverload(t *testing.T) {
 	all, capRuns = append(all, after.calls...), append(capRuns, after)
 	t.Logf("open loop at 2x capacity (%.0f req/s offered): %s\n%s", rate, ov, ovCPU)
 	t.Logf("capacity after, closed loop 16: %s", after)
+	if p := os.Getenv("SOVKEYS_CLUSTER_OVERLOAD_CHART"); p != "" {
+		writeOverloadChart(t, p, ov, rate)
+	}
 	// Goodput at 2x as a fraction of capacity, and the same per core the
 	// processes (deployment and generator) were given: on a shared machine
 	// other jobs may take CPUs away during the overload step. A collapse
@@ -280,6 +284,31 @@ func (d *deployment) cpuSince(before map[string]time.Duration, r run) (report st
 	fmt.Fprintf(&b, "    cpu %-10s %.2f cores, %.3f ms per success, %.3f ms per call", "deployment",
 		total.Seconds()/r.took.Seconds(), total.Seconds()*1000/float64(ok), total.Seconds()*1000/float64(calls))
 	return b.String(), all.Seconds() / r.took.Seconds()
+}
+
+// writeOverloadChart draws the latency of every call of the 2x step over
+// time, refusals and failures shaded (loadtest/chart), into file.
+func writeOverloadChart(t *testing.T, file string, ov run, rate float64) {
+	reqs := make([]chart.Request, 0, len(ov.calls))
+	var t0 time.Time
+	for _, c := range ov.calls {
+		if t0.IsZero() || c.due.Before(t0) {
+			t0 = c.due
+		}
+	}
+	for _, c := range ov.calls {
+		reqs = append(reqs, chart.Request{At: c.due.Sub(t0), Latency: c.dur, Failed: c.kind() != okCall && c.kind() != lateCall})
+	}
+	f, err := os.Create(file)
+	if err != nil {
+		t.Error(err)
+		return
+	}
+	defer f.Close()
+	title := fmt.Sprintf("cluster at 2x capacity: %.0f XKS encrypts/s offered over two gateways", rate)
+	if err := chart.LatencyOverTime(title, reqs, nil).Encode(f); err != nil {
+		t.Error(err)
+	}
 }
 
 // pooledClient is an HTTPS client that keeps overloadConns connections
