@@ -157,5 +157,5 @@ if ((KEYSTORES > 0 || TENANTS > 0)); then
 	fi
 	measure "$have+${KEYSTORES}ks+${TENANTS}t" $(($(date +%s) - t0))
 fi
-grep -ciE 'level=(WARN|ERROR)' "$OUT/node.stderr" | sed 's/^/node WARN+ERROR lines: /' || true
+grep -ciE '"level":"(WARN|ERROR)"|level=(WARN|ERROR)' "$OUT/node.stderr" | sed 's/^/node WARN+ERROR lines: /' || true
 echo "results in $OUT"
