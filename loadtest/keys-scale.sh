@@ -14,7 +14,10 @@
 # (4: creations in flight at once), GW_ADDR (127.0.0.1:18543),
 # NATS_ADDR (127.0.0.1:4433), OUT (loadtest/results/keys-<UTC time>),
 # SOVKEYS_BIN (unset: build bin/sovkeys), NODE_CPU / GEN_CPU (unset: no
-# pinning; else taskset CPU lists for the node and the generator).
+# pinning; else taskset CPU lists for the node and the generator),
+# KEYSTORES and TENANTS (0: after the key sizes, that many more key stores
+# and tenants are made with `loadtest keys -kind`, and the same run, RSS
+# and restart are measured again on key 0: row "<keys>+<N>ks+<M>t").
 # Loopback only; the data directory is temporary and removed on exit.
 set -euo pipefail
 
@@ -30,6 +33,8 @@ NATS_ADDR=${NATS_ADDR:-127.0.0.1:4433}
 OUT=${OUT:-loadtest/results/keys-$(date -u +%Y%m%dT%H%M%SZ)}
 SOVKEYS_BIN=${SOVKEYS_BIN:-}
 NODE_CPU=${NODE_CPU:-}
+KEYSTORES=${KEYSTORES:-0}
+TENANTS=${TENANTS:-0}
 GEN_CPU=${GEN_CPU:-}
 
 mkdir -p "$OUT"
@@ -103,6 +108,28 @@ creds="$DATA/operators/admin.creds"; [[ -f $creds ]] || creds="$DATA/operator.cr
 export SOVKEYS_NATS_URL="nats://$NATS_ADDR" SOVKEYS_NATS_CREDS="$creds"
 "$SOVKEYS_BIN" xks keystore create --prefix /scale >"$OUT/keystore.json"
 chmod 600 "$OUT/keystore.json"
+# measure LABEL CREATE_S: restart the node, time it to ready, run the
+# closed loop on key 0, and print the row.
+measure() {
+	local label=$1 create_s=$2 ready_s name rss rps p50 p99 errs
+	stop_node
+	start_node
+	ready_s=$READY_S
+	name=keys-$label
+	"${GEN_PIN[@]}" bin/loadtest -url "https://$GW_ADDR" -ca "$DATA/tls/ca.pem" -creds-json "$OUT/keystore.json" \
+		-key scale-key-0 -size 1024 -aad 0 -warmup 5s -op encrypt -concurrency "$CONCURRENCY" \
+		-duration "${SECONDS_PER_RUN}s" -node-pid "$NODE_PID" -json "$OUT/$name.json" >"$OUT/$name.txt" || true
+	rss=$(rss_mib)
+	read -r rps p50 p99 errs < <(python3 - "$OUT/$name.json" <<'EOF'
+import json, sys
+r = json.load(open(sys.argv[1]))
+print(f"{r['throughput_rps']:.0f} {r['latency']['p50_ms']:.1f} {r['latency']['p99_ms']:.1f} {r['errorCount']}")
+EOF
+)
+	printf '%-7s %-10s %-9s %-9s %-8s %-8s %-9s %s\n' "$label" "$rps" "$p50" "$p99" "$errs" "$rss" "$ready_s" "$create_s" | tee -a "$OUT/summary.txt"
+	grep -A5 '^errors' "$OUT/$name.txt" || true
+}
+
 have=0
 printf '%-7s %-10s %-9s %-9s %-8s %-8s %-9s %s\n' keys req/s p50_ms p99_ms errors rss_MiB ready_s create_s | tee "$OUT/summary.txt"
 for want in $KEYS; do
@@ -118,23 +145,17 @@ for want in $KEYS; do
 		fi
 		have=$want
 	fi
-	create_s=$(($(date +%s) - t0))
-	stop_node
-	start_node
-	ready_s=$READY_S
-	name=keys-$want
-	"${GEN_PIN[@]}" bin/loadtest -url "https://$GW_ADDR" -ca "$DATA/tls/ca.pem" -creds-json "$OUT/keystore.json" \
-		-key scale-key-0 -size 1024 -aad 0 -warmup 5s -op encrypt -concurrency "$CONCURRENCY" \
-		-duration "${SECONDS_PER_RUN}s" -node-pid "$NODE_PID" -json "$OUT/$name.json" >"$OUT/$name.txt" || true
-	rss=$(rss_mib)
-	read -r rps p50 p99 errs < <(python3 - "$OUT/$name.json" <<'EOF'
-import json, sys
-r = json.load(open(sys.argv[1]))
-print(f"{r['throughput_rps']:.0f} {r['latency']['p50_ms']:.1f} {r['latency']['p99_ms']:.1f} {r['errorCount']}")
-EOF
-)
-	printf '%-7s %-10s %-9s %-9s %-8s %-8s %-9s %s\n' "$want" "$rps" "$p50" "$p99" "$errs" "$rss" "$ready_s" "$create_s" | tee -a "$OUT/summary.txt"
-	grep -A5 '^errors' "$OUT/$name.txt" || true
+	measure "$want" $(($(date +%s) - t0))
 done
-grep -ciE 'level=(WARN|ERROR)' "$OUT/node.stderr" | sed 's/^/node WARN+ERROR lines: /' || true
+if ((KEYSTORES > 0 || TENANTS > 0)); then
+	t0=$(date +%s)
+	if ((KEYSTORES > 0)); then
+		bin/loadtest keys -kind keystores -id-prefix scale-ks- -count "$KEYSTORES" -jobs "$CREATE_JOBS" | tee -a "$OUT/create.txt"
+	fi
+	if ((TENANTS > 0)); then
+		bin/loadtest keys -kind tenants -id-prefix scale-t- -count "$TENANTS" -jobs "$CREATE_JOBS" | tee -a "$OUT/create.txt"
+	fi
+	measure "$have+${KEYSTORES}ks+${TENANTS}t" $(($(date +%s) - t0))
+fi
+grep -ciE '"level":"(WARN|ERROR)"|level=(WARN|ERROR)' "$OUT/node.stderr" | sed 's/^/node WARN+ERROR lines: /' || true
 echo "results in $OUT"

@@ -4,7 +4,10 @@ package main
 // create` does one by one (an HSM key through the pool's keyworker, then
 // its registry entry), from one process with several calls in flight: the
 // key-count benchmark (keys-scale.sh) needs 10,000 keys, and a CLI process
-// per key costs more than the key.
+// per key costs more than the key. With -kind keystores or tenants it makes
+// key stores (`sovkeys xks keystore create`: a credential sealed by the
+// pool's keyworker, then the registry entry) or tenants (`sovkeys tenant
+// create`: a registry entry) the same way.
 
 import (
 	"context"
@@ -38,12 +41,14 @@ func runKeys(ctx context.Context, args []string, getenv func(string) string, std
 	from := fs.Int("from", 0, "first key number")
 	count := fs.Int("count", 0, "keys to create (at most 100,000)")
 	jobs := fs.Int("jobs", 4, "creations in flight at once")
+	kind := fs.String("kind", "keys", "keys (XKS keys of -keystore) | keystores | tenants (ids are -id-prefix and a number)")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
 	p := strings.Trim(*prefix, "/")
-	if !xks.ValidPrefix(p) || *count < 1 || *count > 100_000 || *jobs < 1 || *jobs > 64 {
-		fmt.Fprintln(stderr, "loadtest keys: -keystore, -count (1-100000) and -jobs (1-64) are required")
+	if (*kind == "keys" && !xks.ValidPrefix(p)) || *count < 1 || *count > 100_000 || *jobs < 1 || *jobs > 64 ||
+		(*kind != "keys" && *kind != "keystores" && *kind != "tenants") {
+		fmt.Fprintln(stderr, "loadtest keys: -kind (keys, keystores, tenants), -keystore (keys), -count (1-100000) and -jobs (1-64) are required")
 		return 2
 	}
 	logger := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
@@ -69,10 +74,34 @@ func runKeys(ctx context.Context, args []string, getenv func(string) string, std
 	reg.Keys = roster.RegistryKV{KeyValue: reg.Keys, NC: nc, Op: func() (string, map[string]string) {
 		return "key.create", map[string]string{"keystore": p, "source": "loadtest keys"}
 	}}
-	ks, _, err := reg.Keystore(ctx, p)
+	reg.Keystores = roster.RegistryKV{KeyValue: reg.Keystores, NC: nc, Op: func() (string, map[string]string) {
+		return "keystore.create", map[string]string{"source": "loadtest keys"}
+	}}
+	tenants, err := registry.OpenTenants(ctx, js, mesh.DefaultTopology())
 	if err != nil {
-		fmt.Fprintln(stderr, "loadtest keys: key store:", err)
+		fmt.Fprintln(stderr, "loadtest keys:", err)
 		return 1
+	}
+	tenants.KV = roster.RegistryKV{KeyValue: tenants.KV, NC: nc, Op: func() (string, map[string]string) {
+		return "tenant.create", map[string]string{"source": "loadtest keys"}
+	}}
+	pool := "default"
+	if *kind == "keys" {
+		ks, _, err := reg.Keystore(ctx, p)
+		if err != nil {
+			fmt.Fprintln(stderr, "loadtest keys: key store:", err)
+			return 1
+		}
+		pool = ks.Pool
+	}
+	create := func(ctx context.Context, id string) error {
+		switch *kind {
+		case "keystores":
+			return createKeystore(ctx, nc, reg, pool, id)
+		case "tenants":
+			return createTenant(ctx, tenants, pool, id)
+		}
+		return createKey(ctx, nc, reg, pool, p, id)
 	}
 	start := time.Now()
 	next := atomic.Int64{}
@@ -89,7 +118,7 @@ func runKeys(ctx context.Context, args []string, getenv func(string) string, std
 					return
 				}
 				id := fmt.Sprintf("%s%d", *idPrefix, n)
-				if err := createKey(ctx, nc, reg, ks.Pool, p, id); err != nil {
+				if err := create(ctx, id); err != nil {
 					if ctx.Err() != nil {
 						return // interrupted: reported below
 					}
@@ -109,10 +138,10 @@ func runKeys(ctx context.Context, args []string, getenv func(string) string, std
 	n := created.Load()
 	if ctx.Err() != nil {
 		// Interrupted (SIGINT): say how many exist, so a run can go on with them.
-		fmt.Fprintf(stdout, "interrupted: created %d of %d keys (numbers below %d may have gaps) in %s\n", n, *count, *from+*count, time.Since(start).Round(time.Millisecond))
+		fmt.Fprintf(stdout, "interrupted: created %d of %d %s (numbers below %d may have gaps) in %s\n", n, *count, *kind, *from+*count, time.Since(start).Round(time.Millisecond))
 		return 0
 	}
-	fmt.Fprintf(stdout, "created %d keys in %s (%.0f/s)\n", n, time.Since(start).Round(time.Millisecond), float64(n)/time.Since(start).Seconds())
+	fmt.Fprintf(stdout, "created %d %s in %s (%.0f/s)\n", n, *kind, time.Since(start).Round(time.Millisecond), float64(n)/time.Since(start).Seconds())
 	return 0
 }
 
@@ -128,6 +157,36 @@ func createKey(ctx context.Context, nc *nats.Conn, reg *registry.Registry, pool,
 	}
 	k := &registry.Key{Keystore: prefix, KeyID: id, Label: label, Status: registry.StatusEnabled, Created: time.Now().UTC()}
 	if err := reg.CreateKey(cctx, k); err != nil && !errors.Is(err, registry.ErrExists) {
+		return err
+	}
+	return nil
+}
+
+// createKeystore is `sovkeys xks keystore create --prefix id`: a SigV4
+// credential sealed by the pool's keyworker, then the registry entry (the
+// secret is not kept: these key stores exist to be counted).
+func createKeystore(ctx context.Context, nc *nats.Conn, reg *registry.Registry, pool, prefix string) error {
+	cctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	cred, _, err := registry.MintCredential(cctx, registry.KWAdminSealer(nc), prefix, pool, time.Now())
+	if err != nil {
+		return fmt.Errorf("key store %q: %w", prefix, err)
+	}
+	ks := &registry.Keystore{Prefix: prefix, Pool: pool, Created: time.Now().UTC(), Credentials: []registry.Credential{cred}}
+	if err := reg.CreateKeystore(cctx, ks); err != nil && !errors.Is(err, registry.ErrExists) {
+		return err
+	}
+	return nil
+}
+
+// createTenant is `sovkeys tenant create --id id` (mutual TLS, the EKT
+// named after the tenant, made at its first generate-secret).
+func createTenant(ctx context.Context, tenants *registry.Tenants, pool, id string) error {
+	cctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	tn := &registry.Tenant{ID: id, EKTName: id, Pool: pool, AuthMethods: []string{"mtls"},
+		Status: registry.TenantEnabled, Created: time.Now().UTC()}
+	if err := tenants.Create(cctx, tn); err != nil && !errors.Is(err, registry.ErrExists) {
 		return err
 	}
 	return nil

@@ -10,12 +10,15 @@
 #
 # Environment: BINS (name:path pairs, run in that order, names unique;
 # default "new:bin/sovkeys", built), NODE_CPU (0), GEN_CPU (1) (none: not
-# pinned), CAP_CONCURRENCY (64: no more than the gateway's
-# slots, so the closed loop measures answers, not a storm of refusals), CAP_SECONDS (15),
+# pinned), CAP_CONCURRENCY (16: few enough callers that their answers fit
+# the gateway's 150 ms admission budget, so the closed loop measures
+# answers, not a storm of refusals; 64 did not on a busy machine), CAP_SECONDS (15),
 # OPEN_SECONDS (20), FACTORS ("1.3 2"), MAX_INFLIGHT (512, loadtest's default), CONNS (64:
 # the generator's connections, a pool as KMS keeps; 0: one per request in flight), NODE_FLAGS
 # (extra flags for `sovkeys standalone`), GW_ADDR (127.0.0.1:18643),
-# NATS_ADDR (127.0.0.1:4533), OUT (loadtest/results/overload-<UTC time>).
+# NATS_ADDR (127.0.0.1:4533), FLOOR_ADDR (127.0.0.1:18644: `loadtest floor`, pinned
+# like the node, measured in closed loop after each build's capacity step so
+# a change of the machine's speed between builds shows), OUT (loadtest/results/overload-<UTC time>).
 # The machine may be shared: compare builds within one run, never across runs.
 set -euo pipefail
 
@@ -25,7 +28,7 @@ export PATH="/usr/local/go/bin:$HOME/go/bin:$PATH"
 BINS=${BINS:-"new:bin/sovkeys"}
 NODE_CPU=${NODE_CPU:-0}
 GEN_CPU=${GEN_CPU:-1}
-CAP_CONCURRENCY=${CAP_CONCURRENCY:-64}
+CAP_CONCURRENCY=${CAP_CONCURRENCY:-16}
 CAP_SECONDS=${CAP_SECONDS:-15}
 OPEN_SECONDS=${OPEN_SECONDS:-20}
 FACTORS=${FACTORS:-"1.3 2"}
@@ -34,6 +37,7 @@ CONNS=${CONNS:-64}
 NODE_FLAGS=${NODE_FLAGS:-}
 GW_ADDR=${GW_ADDR:-127.0.0.1:18643}
 NATS_ADDR=${NATS_ADDR:-127.0.0.1:4533}
+FLOOR_ADDR=${FLOOR_ADDR:-127.0.0.1:18644}
 OUT=${OUT:-loadtest/results/overload-$(date -u +%Y%m%dT%H%M%SZ)}
 
 NODE_PIN=(taskset -c "$NODE_CPU")
@@ -46,7 +50,10 @@ OUT=$(cd "$OUT" && pwd)
 DATA=
 NODE_PID=
 
+FLOOR_PID=
 stop_node() {
+	if [[ -n $FLOOR_PID ]]; then kill -TERM "$FLOOR_PID" 2>/dev/null || true; wait "$FLOOR_PID" 2>/dev/null || true; fi
+	FLOOR_PID=
 	if [[ -n $NODE_PID ]] && kill -0 "$NODE_PID" 2>/dev/null; then
 		kill -TERM "$NODE_PID" 2>/dev/null || true
 		for _ in $(seq 1 60); do kill -0 "$NODE_PID" 2>/dev/null || break; sleep 0.5; done
@@ -109,6 +116,21 @@ for pair in $BINS; do
 	"${LT[@]}" -op encrypt -concurrency "$CAP_CONCURRENCY" -duration "${CAP_SECONDS}s" -json "$OUT/$run.json" >"$OUT/$run.txt" || true
 	read -r cap p99 rp99 refused other max capcores _ < <(figures "$run") || cap=0
 	printf '%-5s %-9s %-8s %-9s %-8s %-10s %-11s %-9s %-7s %-12s %-10s %s\n' "$name" capacity "c=$CAP_CONCURRENCY" "$cap" 1.00 "$p99" "$max" "$rp99" "$refused" "$other" "$capcores" - | tee -a "$OUT/summary.txt"
+	# The floor on the node's CPU, same generator, same closed loop.
+	"${NODE_PIN[@]}" bin/loadtest floor -listen "$FLOOR_ADDR" -cert "$DATA/tls/cert.pem" -key "$DATA/tls/key.pem" \
+		-creds-json "$DATA/keystore.json" >"$OUT/floor-$name.server.txt" 2>&1 &
+	FLOOR_PID=$!
+	sleep 1
+	run=$name-floor
+	"${GEN_PIN[@]}" bin/loadtest -url "https://$FLOOR_ADDR" -ca "$DATA/tls/ca.pem" -creds-json "$DATA/keystore.json" \
+		-key overload-key -size 1024 -aad 0 -warmup 3s -node-pid "$FLOOR_PID" -timeout 5s -conns "$CONNS" \
+		-op encrypt -concurrency "$CAP_CONCURRENCY" -duration "${CAP_SECONDS}s" -json "$OUT/$run.json" >"$OUT/$run.txt" || true
+	kill -TERM "$FLOOR_PID" 2>/dev/null || true
+	wait "$FLOOR_PID" 2>/dev/null || true
+	FLOOR_PID=
+	read -r fl p99 rp99 refused other max flcores _ < <(figures "$run") || fl=0
+	ratio=$(awk -v g="$fl" -v c="$cap" 'BEGIN {printf "%.2f", g / c}')
+	printf '%-5s %-9s %-8s %-9s %-8s %-10s %-11s %-9s %-7s %-12s %-10s %s\n' "$name" floor "c=$CAP_CONCURRENCY" "$fl" "$ratio" "$p99" "$max" "$rp99" "$refused" "$other" "$flcores" - | tee -a "$OUT/summary.txt"
 	for f in $FACTORS; do
 		# The previous step's connections may still wait in the backlog: start when the node answers again.
 		for _ in $(seq 1 120); do

@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"io"
@@ -45,6 +46,8 @@ func TestGatewayFailsClosedOnStaleKillSwitch(t *testing.T) {
 		t.Fatal(err)
 	}
 	s.noise = mesh.NewNoiseAuditor(js, shared.AuditServiceGateway, time.Hour, logger, time.Now)
+	var refusalLines bytes.Buffer // written by the handlers, in this goroutine
+	s.refusals = mesh.NewRefusalLog(shared.AuditServiceGateway, slog.New(slog.NewTextHandler(&refusalLines, nil)), time.Now, time.Nanosecond)
 	status := func() (int, string) {
 		rec := httptest.NewRecorder()
 		s.handleXKS(rec, httptest.NewRequest(http.MethodPost, "/nostore/kms/xks/v1/keys/k/encrypt", strings.NewReader("{}")))
@@ -80,6 +83,18 @@ func TestGatewayFailsClosedOnStaleKillSwitch(t *testing.T) {
 		}
 		return nil
 	})
+	// The volume-secret API fails closed the same way, and every 503 is
+	// counted and logged with its reason.
+	rec := httptest.NewRecorder()
+	s.handleVS(rec, httptest.NewRequest(http.MethodPost, "/v1/encryption/i-1/generate-secret", strings.NewReader("{}")))
+	if rec.Code != http.StatusServiceUnavailable {
+		t.Fatalf("volume-secret call while stale: %d %s, want 503", rec.Code, rec.Body.String())
+	}
+	for _, want := range []string{`msg="xks request refused" refusal_reason=stale_state`, `msg="volume-secret request refused" refusal_reason=stale_state`} {
+		if !strings.Contains(refusalLines.String(), want) {
+			t.Errorf("refusal log lacks %q:\n%s", want, refusalLines.String())
+		}
+	}
 	if s.ready(ctx) {
 		t.Fatal("ready while state is stale")
 	}

@@ -17,6 +17,7 @@ import (
 	"github.com/sovkeys/sovkeys/shared/infra/auditlog"
 	"github.com/sovkeys/sovkeys/shared/infra/killswitch"
 	"github.com/sovkeys/sovkeys/shared/infra/mesh"
+	"github.com/sovkeys/sovkeys/shared/infra/metrics"
 )
 
 // handleVS frames a volume-secret call. The caller's TLS client certificate
@@ -93,6 +94,10 @@ func (s *Service) handleVS(w http.ResponseWriter, r *http.Request) {
 		}
 		noteAPI(w, env.API)
 		s.noise.Add(env.API, shared.CodeOf(err), srcIP) // refused before authentication
+		if shared.CodeOf(err) == shared.CodeDependencyTimeout {
+			// Every 503 says why, at a bounded rate (stale.go), as for XKS.
+			s.refusals.Note(metrics.ReasonStaleState, "volume-secret request refused", "request_id", id, "api", env.API, "reason", shared.MessageOf(err))
+		}
 		writeVSError(w, err)
 		return
 	}

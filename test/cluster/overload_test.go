@@ -30,6 +30,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sovkeys/sovkeys/loadtest/chart"
 	"github.com/sovkeys/sovkeys/shared/client/xksclient"
 	"github.com/sovkeys/sovkeys/shared/testkit"
 )
@@ -46,6 +47,9 @@ const (
 	// maxDrift is how much the capacity may change from before the
 	// overload to after it for the ratios to be asserted.
 	maxDrift = 0.25
+	// starvedBelow: at 2x, processes given less than this fraction of the
+	// CPU they had at capacity were starved by other jobs.
+	starvedBelow = 0.9
 )
 
 // overloadGoal is what is asserted at 2x capacity: goodput as a fraction
@@ -59,15 +63,15 @@ const (
 // on a 2-core machine, where the generator, the refusals and the answers
 // share the CPUs (docs/BENCHMARKS.md, "Overload"), and make test must
 // pass there.
-func overloadGoal(t *testing.T) (minGoodput, maxLate float64) {
+func overloadGoal(t *testing.T) (minGoodput, maxLate float64, strict bool) {
 	switch g := os.Getenv("SOVKEYS_CLUSTER_OVERLOAD_GOAL"); g {
 	case "":
-		return 0.5, 0.10
+		return 0.5, 0.10, false
 	case "strict":
-		return 0.9, 0.01
+		return 0.9, 0.01, true
 	default:
 		t.Fatalf("SOVKEYS_CLUSTER_OVERLOAD_GOAL=%q: want strict or nothing", g)
-		return 0, 0
+		return 0, 0, false
 	}
 }
 
@@ -89,7 +93,7 @@ func TestClusterOverload(t *testing.T) {
 	if testing.Short() {
 		t.Skip("runs a 3-node NATS cluster and eight sovkeys processes")
 	}
-	minGoodput, maxLate := overloadGoal(t)
+	minGoodput, maxLate, strict := overloadGoal(t)
 	seconds := overloadSeconds(t)
 	began := time.Now()
 	d := startDeployment(t)
@@ -144,6 +148,9 @@ func TestClusterOverload(t *testing.T) {
 	all, capRuns = append(all, after.calls...), append(capRuns, after)
 	t.Logf("open loop at 2x capacity (%.0f req/s offered): %s\n%s", rate, ov, ovCPU)
 	t.Logf("capacity after, closed loop 16: %s", after)
+	if p := os.Getenv("SOVKEYS_CLUSTER_OVERLOAD_CHART"); p != "" {
+		writeOverloadChart(t, p, ov, rate)
+	}
 	// Goodput at 2x as a fraction of capacity, and the same per core the
 	// processes (deployment and generator) were given: on a shared machine
 	// other jobs may take CPUs away during the overload step. A collapse
@@ -166,8 +173,17 @@ func TestClusterOverload(t *testing.T) {
 			t.Errorf("goodput at 2x capacity is %.2f of capacity (%.2f per core given), want >= %.2f (%s)", ratio, perCore, minGoodput, ov)
 		}
 		// Calls neither answered in time nor refused: late successes and
-		// calls that failed otherwise (a client timeout: 1 s).
-		if ok, late := ov.count(okCall), ov.count(lateCall)+ov.count(otherCall); float64(late) > maxLate*float64(ok+late) {
+		// calls that failed otherwise (a client timeout: 1 s). Time is
+		// what a machine short of CPU takes first (a request waits for a
+		// CPU before any handler can refuse it), so by default this is
+		// asserted only if the processes got at least starvedBelow of the
+		// CPU they had at capacity.
+		starved := ovCores < starvedBelow*capCores && !strict
+		ok, late := ov.count(okCall), ov.count(lateCall)+ov.count(otherCall)
+		if starved {
+			t.Logf("NOT ASSERTED (given %.2f cores, %.2f at capacity): %d of %d calls not refused were not answered within %s",
+				ovCores, capCores, late, ok+late, kmsBudget)
+		} else if float64(late) > maxLate*float64(ok+late) {
 			t.Errorf("%d of %d calls not refused were not answered within %s (want at most %.0f %%); failures: %v",
 				late, ok+late, kmsBudget, 100*maxLate, ov.errs())
 		}
@@ -280,6 +296,31 @@ func (d *deployment) cpuSince(before map[string]time.Duration, r run) (report st
 	fmt.Fprintf(&b, "    cpu %-10s %.2f cores, %.3f ms per success, %.3f ms per call", "deployment",
 		total.Seconds()/r.took.Seconds(), total.Seconds()*1000/float64(ok), total.Seconds()*1000/float64(calls))
 	return b.String(), all.Seconds() / r.took.Seconds()
+}
+
+// writeOverloadChart draws the latency of every call of the 2x step over
+// time, refusals and failures shaded (loadtest/chart), into file.
+func writeOverloadChart(t *testing.T, file string, ov run, rate float64) {
+	reqs := make([]chart.Request, 0, len(ov.calls))
+	var t0 time.Time
+	for _, c := range ov.calls {
+		if t0.IsZero() || c.due.Before(t0) {
+			t0 = c.due
+		}
+	}
+	for _, c := range ov.calls {
+		reqs = append(reqs, chart.Request{At: c.due.Sub(t0), Latency: c.dur, Failed: c.kind() != okCall && c.kind() != lateCall})
+	}
+	f, err := os.Create(file)
+	if err != nil {
+		t.Error(err)
+		return
+	}
+	defer f.Close()
+	title := fmt.Sprintf("cluster at 2x capacity: %.0f XKS encrypts/s offered over two gateways", rate)
+	if err := chart.LatencyOverTime(title, reqs, nil).Encode(f); err != nil {
+		t.Error(err)
+	}
 }
 
 // pooledClient is an HTTPS client that keeps overloadConns connections
