@@ -7,6 +7,7 @@ package main
 // pool's HSM key (docs/operations.md, "Disaster recovery").
 
 import (
+	"cmp"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -280,6 +281,8 @@ func runBackup(ctx context.Context, f *drFlags, s stdio) error {
 	return nil
 }
 
+// orderAuditLast sorts the stream names, the audit event and log streams
+// last (in that order).
 func orderAuditLast(streams []string) {
 	rank := func(n string) int {
 		switch {
@@ -290,12 +293,7 @@ func orderAuditLast(streams []string) {
 		}
 		return 0
 	}
-	for i := 1; i < len(streams); i++ { // insertion sort, stable
-		for j := i; j > 0 && (rank(streams[j]) < rank(streams[j-1]) ||
-			rank(streams[j]) == rank(streams[j-1]) && streams[j] < streams[j-1]); j-- {
-			streams[j], streams[j-1] = streams[j-1], streams[j]
-		}
-	}
+	slices.SortFunc(streams, func(a, b string) int { return cmp.Or(cmp.Compare(rank(a), rank(b)), strings.Compare(a, b)) })
 }
 
 // snapshotReply is JetStream's answer to a snapshot request.
@@ -443,5 +441,3 @@ func hashFile(path string) (int64, string, error) {
 	}
 	return n, hex.EncodeToString(h.Sum(nil)), nil
 }
-
-var errRestoreRefused = errors.New("restore refused; nothing was changed")

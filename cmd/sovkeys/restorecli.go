@@ -16,6 +16,7 @@ import (
 	"crypto/x509"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -36,6 +37,9 @@ import (
 
 // APIRestore is the operator-log API of the restore record.
 const APIRestore = "operator.restore"
+
+// errRestoreRefused: restore checked and refused; nothing was changed.
+var errRestoreRefused = errors.New("restore refused; nothing was changed")
 
 // readManifest reads and checks a backup: signature under the token's
 // signing key, then every file. It returns the manifest and its SHA-256.
