@@ -102,7 +102,7 @@ nats-server:
 # docs/BENCHMARKS.md "Cluster faults". REPORT=FILE writes the table there,
 # CHART=FILE.png the latency of every request with the faults marked.
 cluster-test: deps nats-server
-	SOVKEYS_CLUSTER_REPORT=$(REPORT) SOVKEYS_CLUSTER_CHART=$(CHART) $(GO) test -count=1 -v -timeout 12m -run Cluster ./test/cluster
+	SOVKEYS_CLUSTER_REPORT=$(REPORT) SOVKEYS_CLUSTER_CHART=$(CHART) $(GO) test -count=1 -v -timeout 25m -run Cluster ./test/cluster
 
 # Short fuzzing of every parser (not part of `make test`).
 fuzz: deps

@@ -41,6 +41,7 @@ const (
 	drTimeout      = 10 * time.Minute
 	snapshotIdle   = 30 * time.Second // no chunk for this long: the snapshot failed
 	restoreAckWait = 30 * time.Second
+	jsReadyWait    = 2 * time.Minute
 )
 
 // drManifest describes one backup.
@@ -322,7 +323,9 @@ func snapshotStream(ctx context.Context, nc *nats.Conn, name, dir string) (drStr
 	defer func() { _ = sub.Unsubscribe() }()
 	_ = sub.SetPendingLimits(-1, -1)
 	req, _ := json.Marshal(map[string]any{"deliver_subject": inbox, "chunk_size": snapshotChunk, "jsck": true})
-	msg, err := nc.RequestWithContext(ctx, shared.JSStreamSnapshot+name, req)
+	rctx, rcancel := context.WithTimeout(ctx, restoreAckWait)
+	msg, err := nc.RequestWithContext(rctx, shared.JSStreamSnapshot+name, req)
+	rcancel()
 	if err != nil {
 		return drStream{}, fmt.Errorf("snapshot %s: %w", name, err)
 	}
