@@ -81,7 +81,7 @@ vet:
 # last, alone too (containers; skipped when no Docker engine answers).
 test: deps vm-deps versitygw jaeger nats-server vet
 	$(GO) test -count=1 -timeout 15m $$($(GO) list ./... | grep -v -e /test/cluster -e /test/vm$$)
-	$(GO) test -count=1 -timeout 12m ./test/cluster
+	$(GO) test -count=1 -timeout 20m ./test/cluster
 	$(GO) test -count=1 -timeout 40m ./test/vm
 	@GO="$(GO)" ./scripts/compose-test.sh
 
