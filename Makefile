@@ -81,7 +81,7 @@ vet:
 # last, alone too (containers; skipped when no Docker engine answers).
 test: deps vm-deps versitygw jaeger nats-server vet
 	$(GO) test -count=1 -timeout 15m $$($(GO) list ./... | grep -v -e /test/cluster -e /test/vm$$)
-	$(GO) test -count=1 -timeout 12m ./test/cluster
+	$(GO) test -count=1 -timeout 20m ./test/cluster
 	$(GO) test -count=1 -timeout 40m ./test/vm
 	@GO="$(GO)" ./scripts/compose-test.sh
 
@@ -103,7 +103,7 @@ nats-server:
 # CHART=FILE.png the latency of every request with the faults marked,
 # RATES=100,300 the node faults at each of these loads (default 100 req/s).
 cluster-test: deps nats-server
-	SOVKEYS_CLUSTER_REPORT=$(REPORT) SOVKEYS_CLUSTER_CHART=$(CHART) SOVKEYS_CLUSTER_RATES=$(RATES) $(GO) test -count=1 -v -timeout 12m -run Cluster ./test/cluster
+	SOVKEYS_CLUSTER_REPORT=$(REPORT) SOVKEYS_CLUSTER_CHART=$(CHART) SOVKEYS_CLUSTER_RATES=$(RATES) $(GO) test -count=1 -v -timeout 25m -run Cluster ./test/cluster
 
 # Short fuzzing of every parser (not part of `make test`).
 fuzz: deps

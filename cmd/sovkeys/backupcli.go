@@ -7,6 +7,7 @@ package main
 // pool's HSM key (docs/operations.md, "Disaster recovery").
 
 import (
+	"cmp"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -40,6 +41,7 @@ const (
 	drTimeout      = 10 * time.Minute
 	snapshotIdle   = 30 * time.Second // no chunk for this long: the snapshot failed
 	restoreAckWait = 30 * time.Second
+	jsReadyWait    = 2 * time.Minute
 )
 
 // drManifest describes one backup.
@@ -87,8 +89,21 @@ type drFlags struct {
 	dir  string // --out (backup) or --from (restore)
 }
 
+// drCredFlags are the flags of `backup credential`.
+type drCredFlags struct {
+	trust, user, pool, out string
+}
+
 func drCommands() []command {
 	return []command{
+		define("backup credential", "--trust DIR --for backup|restore [--pool P] --out FILE",
+			"issue the NATS credential of `sovkeys backup` or `restore` for a cluster, from the trust directory `sovkeys init` wrote (standalone: --data does it)",
+			groupOperator, func(fs *flag.FlagSet, _ func(string) string, f *drCredFlags) {
+				fs.StringVar(&f.trust, "trust", "", "the deployment's trust directory (operator and account seeds)")
+				fs.StringVar(&f.user, "for", shared.UserBackup, "backup or restore")
+				fs.StringVar(&f.pool, "pool", "default", "keyworker pool (its work queues are denied to the backup credential)")
+				fs.StringVar(&f.out, "out", "", "credential file to write (created, mode 0600)")
+			}, issueDRCreds),
 		define("backup", "--out DIR (--data NODE_DIR | --creds BACKUP.creds) (--hsm-pin-file F | --pin-share S...)",
 			"online snapshot of every stream, KV bucket and object store (JetStream snapshot API) with a manifest signed by the pool's HSM key",
 			groupOperator, func(fs *flag.FlagSet, getenv func(string) string, f *drFlags) {
@@ -106,6 +121,36 @@ func drCommands() []command {
 				fs.StringVar(&f.dir, "from", "", "backup directory (from `sovkeys backup`)")
 			}, runRestore),
 	}
+}
+
+func issueDRCreds(_ context.Context, f *drCredFlags, s stdio) error {
+	var perms natsauth.Permissions
+	switch f.user {
+	case shared.UserBackup:
+		perms = natsauth.BackupPermissions([]string{f.pool})
+	case shared.UserRestore:
+		perms = natsauth.RestorePermissions()
+	default:
+		return fmt.Errorf("%w: --for backup or restore", shared.ErrConfigValidation)
+	}
+	if f.trust == "" || f.out == "" {
+		return fmt.Errorf("%w: --trust and --out are required", shared.ErrConfigValidation)
+	}
+	if _, err := os.Stat(filepath.Join(f.trust, "operator.nk")); err != nil {
+		return fmt.Errorf("%w: --trust %s holds no deployment trust: %v", shared.ErrConfigValidation, f.trust, err)
+	}
+	if _, err := os.Stat(f.out); err == nil {
+		return fmt.Errorf("%w: --out %s exists; not overwritten", shared.ErrConfigValidation, f.out)
+	}
+	trust, err := natsauth.LoadOrCreate(f.trust)
+	if err != nil {
+		return err
+	}
+	if err := trust.WriteUserCreds(f.out, f.user, perms); err != nil {
+		return err
+	}
+	fmt.Fprintf(s.stdout, "%s credential written to %s: delete it after use\n", f.user, f.out)
+	return nil
 }
 
 // drConnect connects with a credential of user's: --creds, or one issued
@@ -201,7 +246,11 @@ func runBackup(ctx context.Context, f *drFlags, s stdio) error {
 		}
 		m.Streams = append(m.Streams, ds)
 	}
-	if m.Checkpoints, err = newestCheckpoints(ctx, js); err != nil {
+	// A refused read (permissions) never answers: bound the wait.
+	cctx, ccancel := context.WithTimeout(ctx, time.Minute)
+	m.Checkpoints, err = newestCheckpoints(cctx, js)
+	ccancel()
+	if err != nil {
 		return err
 	}
 	if m.Files, err = hashFiles(f.dir, m.Streams); err != nil {
@@ -233,6 +282,8 @@ func runBackup(ctx context.Context, f *drFlags, s stdio) error {
 	return nil
 }
 
+// orderAuditLast sorts the stream names, the audit event and log streams
+// last (in that order).
 func orderAuditLast(streams []string) {
 	rank := func(n string) int {
 		switch {
@@ -243,12 +294,7 @@ func orderAuditLast(streams []string) {
 		}
 		return 0
 	}
-	for i := 1; i < len(streams); i++ { // insertion sort, stable
-		for j := i; j > 0 && (rank(streams[j]) < rank(streams[j-1]) ||
-			rank(streams[j]) == rank(streams[j-1]) && streams[j] < streams[j-1]); j-- {
-			streams[j], streams[j-1] = streams[j-1], streams[j]
-		}
-	}
+	slices.SortFunc(streams, func(a, b string) int { return cmp.Or(cmp.Compare(rank(a), rank(b)), strings.Compare(a, b)) })
 }
 
 // snapshotReply is JetStream's answer to a snapshot request.
@@ -277,7 +323,9 @@ func snapshotStream(ctx context.Context, nc *nats.Conn, name, dir string) (drStr
 	defer func() { _ = sub.Unsubscribe() }()
 	_ = sub.SetPendingLimits(-1, -1)
 	req, _ := json.Marshal(map[string]any{"deliver_subject": inbox, "chunk_size": snapshotChunk, "jsck": true})
-	msg, err := nc.RequestWithContext(ctx, shared.JSStreamSnapshot+name, req)
+	rctx, rcancel := context.WithTimeout(ctx, restoreAckWait)
+	msg, err := nc.RequestWithContext(rctx, shared.JSStreamSnapshot+name, req)
+	rcancel()
 	if err != nil {
 		return drStream{}, fmt.Errorf("snapshot %s: %w", name, err)
 	}
@@ -396,5 +444,3 @@ func hashFile(path string) (int64, string, error) {
 	}
 	return n, hex.EncodeToString(h.Sum(nil)), nil
 }
-
-var errRestoreRefused = errors.New("restore refused; nothing was changed")

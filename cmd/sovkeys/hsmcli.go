@@ -6,6 +6,7 @@ package main
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"crypto/hmac"
 	"crypto/rand"
@@ -218,14 +219,7 @@ func hsmCheck(_ context.Context, f *hsmCheckFlags, s stdio) error {
 			return err
 		}
 	}
-	return r.Err(cmpOr(label, "slot "+strconv.Itoa(f.slot)))
-}
-
-func cmpOr(a, b string) string {
-	if a != "" {
-		return a
-	}
-	return b
+	return r.Err(cmp.Or(label, "slot "+strconv.Itoa(f.slot)))
 }
 
 // keyExportFile is the wrapped-keys file: the export, bound to its pool
@@ -289,8 +283,19 @@ func hsmExportKeys(ctx context.Context, f *exportKeysFlags, s stdio) error {
 		key = make([]byte, keyworker.BackupKeySize)
 		_, _ = rand.Read(key)
 	}
+	if newKeyFile {
+		// The key is on disk before anything is wrapped under it; a failed
+		// export removes it again.
+		pemBytes := pem.EncodeToMemory(&pem.Block{Type: backupKeyPEM, Headers: map[string]string{"Key-Id": backupKeyID(key)}, Bytes: key})
+		if err := writeNew(f.to, pemBytes, 0o600); err != nil {
+			return err
+		}
+	}
 	exp, err := keyworker.ExportKeys(ctx, login, key)
 	if err != nil {
+		if newKeyFile {
+			_ = os.Remove(f.to)
+		}
 		return err
 	}
 	file := keyExportFile{Format: keyExportFormat, Pool: f.pool, Created: time.Now().UTC(), TokenLabel: login.TokenLabel,
@@ -303,13 +308,10 @@ func hsmExportKeys(ctx context.Context, f *exportKeysFlags, s stdio) error {
 		return err
 	}
 	if err := writeNew(f.out, body, 0o600); err != nil {
-		return err
-	}
-	if newKeyFile {
-		pemBytes := pem.EncodeToMemory(&pem.Block{Type: backupKeyPEM, Headers: map[string]string{"Key-Id": file.BackupKeyID}, Bytes: key})
-		if err := writeNew(f.to, pemBytes, 0o600); err != nil {
-			return err
+		if newKeyFile {
+			_ = os.Remove(f.to)
 		}
+		return err
 	}
 	fmt.Fprintf(s.stdout, "exported %d keys of token %q (pool %s) wrapped with %s under backup key %s to %s\n",
 		len(exp.Keys), login.TokenLabel, f.pool, exp.Mechanism, file.BackupKeyID, f.out)

@@ -16,6 +16,7 @@ import (
 	"crypto/x509"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -36,6 +37,9 @@ import (
 
 // APIRestore is the operator-log API of the restore record.
 const APIRestore = "operator.restore"
+
+// errRestoreRefused: restore checked and refused; nothing was changed.
+var errRestoreRefused = errors.New("restore refused; nothing was changed")
 
 // readManifest reads and checks a backup: signature under the token's
 // signing key, then every file. It returns the manifest and its SHA-256.
@@ -132,12 +136,20 @@ func runRestore(ctx context.Context, f *drFlags, s stdio) error {
 		return err
 	}
 	defer closeConn()
+	// A cluster that has just started has no JetStream meta leader yet and
+	// answers nothing: wait for it (bounded) before looking.
+	if err := waitJetStream(ctx, js); err != nil {
+		return err
+	}
 	var existing []string
-	names := js.StreamNames(ctx)
+	lctx, lcancel := context.WithTimeout(ctx, restoreAckWait)
+	names := js.StreamNames(lctx)
 	for n := range names.Name() {
 		existing = append(existing, n)
 	}
-	if err := names.Err(); err != nil {
+	err = names.Err()
+	lcancel()
+	if err != nil {
 		return fmt.Errorf("list streams: %w", err)
 	}
 	if len(existing) > 0 {
@@ -176,7 +188,9 @@ func restoreStream(ctx context.Context, nc *nats.Conn, dir string, st drStream) 
 		return err
 	}
 	req, _ := json.Marshal(map[string]json.RawMessage{"config": rep.Config, "state": rep.State})
-	msg, err := nc.RequestWithContext(ctx, shared.JSStreamRestore+st.Name, req)
+	rctx, rcancel := context.WithTimeout(ctx, restoreAckWait)
+	msg, err := nc.RequestWithContext(rctx, shared.JSStreamRestore+st.Name, req)
+	rcancel()
 	if err != nil {
 		return err
 	}
@@ -266,4 +280,25 @@ func auditRestore(ctx context.Context, js jetstream.JetStream, m drManifest, man
 		CallerType: shared.CallerTypePerson, CallerID: shared.UserRestore, Result: shared.ResultSuccess, Params: p,
 	}
 	return mesh.PublishAudit(ctx, js, ev)
+}
+
+// waitJetStream waits up to jsReadyWait for JetStream to answer.
+func waitJetStream(ctx context.Context, js jetstream.JetStream) error {
+	deadline := time.Now().Add(jsReadyWait)
+	for {
+		actx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		_, err := js.AccountInfo(actx)
+		cancel()
+		if err == nil {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("jetstream not ready after %s: %w", jsReadyWait, err)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(500 * time.Millisecond):
+		}
+	}
 }

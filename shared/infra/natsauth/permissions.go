@@ -325,7 +325,10 @@ func BackupPermissions(pools []string) Permissions {
 			shared.JSStreamSnapshot + all, shared.JSSnapshotAckPrefix + all,
 			// The newest signed checkpoint of each scope, read from the
 			// audit export object store (an ordered consumer).
-			shared.JSConsumerCreate + "OBJ_" + shared.BucketAuditExport + "." + all, shared.JSConsumerDelete + "OBJ_" + shared.BucketAuditExport + "." + all,
+			shared.JSConsumerCreate + shared.ObjectStream(shared.BucketAuditExport) + "." + all,
+			shared.JSConsumerDelete + shared.ObjectStream(shared.BucketAuditExport) + "." + all,
+			shared.JSStreamMsgGet + shared.ObjectStream(shared.BucketAuditExport), shared.JSDirectGet + shared.ObjectStream(shared.BucketAuditExport),
+			shared.JSDirectGet + shared.ObjectStream(shared.BucketAuditExport) + "." + all,
 			shared.JSFlowPrefix + all},
 		Sub:     []string{shared.InboxSubjects(shared.UserBackup)},
 		DenyPub: deny,
