@@ -233,14 +233,14 @@ func TestClusterFaults(t *testing.T) {
 		logPhase(load.phase(f.name, at, time.Now()))
 	}
 	t.Logf("node and service faults, each event over the 5 s around it:\n%s", eventTable(events))
+	if p := os.Getenv("SOVKEYS_CLUSTER_CHART"); p != "" {
+		writeChart(t, p, load, marks, rates)
+	}
 	if prom != nil {
 		load.setRate(loadRate)  // the alert checks ran beside this load before the matrix
 		alertFaults(t, d, prom) // alerts_test.go
 	}
 	load.stop()
-	if p := os.Getenv("SOVKEYS_CLUSTER_CHART"); p != "" {
-		writeChart(t, p, load, marks, rates)
-	}
 
 	// No acknowledged operation lost: every ciphertext a gateway returned
 	// decrypts to its plaintext.
