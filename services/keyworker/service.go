@@ -307,13 +307,22 @@ func (s *Service) handle(ctx context.Context, m jetstream.Msg) {
 		}
 	}
 	metrics.HSMOperation(s.cfg.Pool, env.API, ev.Code, ev.End.Sub(start))
+	answer := true
 	if err := s.audit.Publish(ctx, ev); err != nil {
 		// Fail closed: no durable audit record, no answer.
 		log().Error("audit publish failed; withholding result", "err", err)
 		body, opErr = nil, shared.NewError(shared.CodeInternal, "audit unavailable")
+		// Another run of this very work (a copy stored on two work
+		// siblings by a failover, shared/infra/mesh/hedge.go) recorded its
+		// event first and answers the caller: this run's error must not
+		// race that answer. (A forged event under this id earns the caller
+		// a timeout instead: still no result.)
+		answer = !errors.Is(err, mesh.ErrAuditDuplicate)
 	}
-	if err := s.nc.PublishMsg(mesh.NewReply(env.ReplyTo, env.ID, body, opErr)); err != nil {
-		log().Error("reply failed", "err", err)
+	if answer {
+		if err := s.nc.PublishMsg(mesh.NewReply(env.ReplyTo, env.ID, body, opErr)); err != nil {
+			log().Error("reply failed", "err", err)
+		}
 	}
 	if err := m.Ack(); err != nil {
 		log().Warn("ack failed", "err", err)

@@ -91,11 +91,11 @@ func (a *ackLatency) normal(fallback, ceiling time.Duration) time.Duration {
 // event is then refused as a duplicate, its answer an error the gateway
 // usually no longer waits for), and an audit event's late original can be
 // numbered beside its failover copy (services/audit checks only copies
-// marked as failovers or delivered late). So these hedge only once a try
-// is well past any healthy ack, where the sibling is most likely gone;
-// request publishes, whose copies the work stream de-duplicates, hedge at
-// what their sibling normally needs.
-const copyHedgeMin = 50 * time.Millisecond
+// marked as failovers or delivered late). So work fails over only after a
+// whole silent try (PublishTry), where the sibling is most likely gone,
+// and audit after half of one; request publishes, whose copies the work
+// stream de-duplicates, hedge at what their sibling normally needs.
+const copyHedgeMin = PublishTry
 
 // observe records the outcome of one try on stream: an ack's time, or a
 // failure that shows no leader answers there.

@@ -144,7 +144,7 @@ func idPreferring(t *testing.T, i int) string {
 	return ""
 }
 
-// Work and audit publishes hedge no earlier than copyHedgeMin, however
+// Work publishes hedge no earlier than copyHedgeMin, however
 // fast their sibling normally is; requests at the sibling's own measure.
 func TestHedgeFloorForCopiesTheNextHopKeeps(t *testing.T) {
 	st := &siblingState{n: 3, until: map[string]time.Time{}, acks: map[string]*ackLatency{
