@@ -87,7 +87,7 @@ func serviceCommands() []command {
 					if pin, ok, err := readPIN(c.keyworker.pinFile, s.getenv); err != nil {
 						return err
 					} else if ok {
-						if hsm, err = openHSM(ctx, c, pin, logger); err != nil {
+						if hsm, err = openHSMRetrying(ctx, c, pin, logger); err != nil {
 							return err
 						}
 						defer closeHSM(hsm, logger)
@@ -179,6 +179,25 @@ func readPIN(file string, getenv func(string) string) (pin string, ok bool, err 
 		return pin, true, nil
 	}
 	return "", false, nil
+}
+
+// openHSMRetrying opens the HSM, retrying while it fails for a reason
+// that may pass (a token not visible yet, a device error at a cold start);
+// a login refusal or a configuration error ends it at once.
+func openHSMRetrying(ctx context.Context, c *serviceConfig, pin string, logger *slog.Logger) (*keyworker.HSM, error) {
+	for n := 0; ; n++ {
+		h, err := openHSM(ctx, c, pin, logger)
+		if err == nil || !keyworker.TransientHSMError(err) {
+			return h, err
+		}
+		d := mesh.DefaultBackoff.Delay(n)
+		logger.WarnContext(ctx, "hsm not ready; retrying", "attempt", n+1, "retry_in", d.Round(time.Millisecond), "err", err)
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(d):
+		}
+	}
 }
 
 // openHSM opens the keyworker's HSM with pin.

@@ -19,6 +19,10 @@ type HSMConfig = hsm.Config
 // SoftHSMToken is a SoftHSMv2 token ready for HSMConfig.
 type SoftHSMToken = hsm.SoftHSMToken
 
+// TransientHSMError reports whether opening the HSM may succeed when tried
+// again (hsm.Transient): never for a login refusal.
+func TransientHSMError(err error) bool { return hsm.Transient(err) }
+
 // OpenHSM loads the module, finds the token by label, opens cfg.Sessions
 // sessions and logs in (hsm.Open).
 func OpenHSM(ctx context.Context, cfg HSMConfig, logger *slog.Logger) (*HSM, error) {

@@ -96,13 +96,29 @@ func Open(ctx context.Context, cfg Config, logger *slog.Logger) (*HSM, error) {
 	return h, nil
 }
 
+// ErrTokenNotFound: no slot holds a token of the label (yet: a token
+// directory another process is writing, an HSM still starting).
+var ErrTokenNotFound = errors.New("keyworker: hsm token not found")
+
+// Transient reports whether Open failed for a reason that may pass by
+// itself (the token not visible yet, a device or general error), so a
+// process retries it. A login refusal is never transient: trying again
+// spends the HSM's failed-login budget.
+func Transient(err error) bool {
+	if isCKR(err, pkcs11.CKR_PIN_INCORRECT, pkcs11.CKR_PIN_LOCKED, pkcs11.CKR_PIN_EXPIRED, pkcs11.CKR_PIN_INVALID, pkcs11.CKR_PIN_LEN_RANGE) {
+		return false
+	}
+	return errors.Is(err, ErrTokenNotFound) ||
+		isCKR(err, pkcs11.CKR_GENERAL_ERROR, pkcs11.CKR_DEVICE_ERROR, pkcs11.CKR_TOKEN_NOT_PRESENT, pkcs11.CKR_SLOT_ID_INVALID, pkcs11.CKR_DEVICE_REMOVED)
+}
+
 func (h *HSM) open(ctx context.Context) error {
 	slot, found, err := findTokenSlot(h.p11, h.cfg.TokenLabel)
 	if err != nil {
 		return err
 	}
 	if !found {
-		return fmt.Errorf("keyworker: token %q not found in module %q", h.cfg.TokenLabel, h.cfg.ModulePath)
+		return fmt.Errorf("%w: token %q not found in module %q", ErrTokenNotFound, h.cfg.TokenLabel, h.cfg.ModulePath)
 	}
 	h.slot.Store(uint64(slot))
 	report, err := CheckMechanisms(h.p11, slot, h.profile)
