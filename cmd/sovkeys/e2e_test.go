@@ -19,9 +19,9 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/sovkeys/sovkeys/shared"
-	"github.com/sovkeys/sovkeys/shared/infra/mesh"
 	"github.com/sovkeys/sovkeys/shared/api/xks"
 	"github.com/sovkeys/sovkeys/shared/client/xksclient"
+	"github.com/sovkeys/sovkeys/shared/infra/mesh"
 	"github.com/sovkeys/sovkeys/shared/testkit"
 )
 
