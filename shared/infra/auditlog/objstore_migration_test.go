@@ -63,6 +63,13 @@ func TestExportStoreFromEarlierVersion(t *testing.T) {
 	if err := b.Put(ctx, sc.CheckpointHistoryKey(3), []byte("three")); err != nil {
 		t.Fatal(err)
 	}
+	bigger := bytes.Repeat([]byte("n"), 3*128<<10+5) // four chunks
+	if err := b.Put(ctx, sc.TlogPrefix()+"tile/entries/002", bigger); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := b.Get(ctx, sc.TlogPrefix()+"tile/entries/002"); err != nil || !bytes.Equal(got, bigger) {
+		t.Fatalf("multi-chunk object: %d bytes, %v", len(got), err)
+	}
 	if err := b.Put(ctx, sc.TlogPrefix()+"tile/entries/001", []byte("other")); err == nil {
 		t.Fatal("an earlier object was replaced")
 	}
