@@ -71,7 +71,9 @@ func ValidPersonName(n string) bool {
 func AuditKindAllowed(service, kind string) bool {
 	switch service {
 	case AuditServiceGateway:
-		return kind == AuditKindXKS || kind == AuditKindTenant || kind == AuditKindUnauthenticated
+		// The gateway proves nothing about a caller: it writes only the ONE
+		// unauthenticated scope, never one a URL names (2026-12-07).
+		return kind == AuditKindUnauthenticated
 	case AuditServiceAuthn:
 		// Operator events: the people's signed registry changes it applies.
 		return kind == AuditKindXKS || kind == AuditKindTenant || kind == AuditKindUnauthenticated || kind == AuditKindOperator

@@ -101,8 +101,8 @@ func TestAuditProcessesKill9(t *testing.T) {
 		var evs []*shared.AuditEvent
 		for i := c * perChunk; i < (c+1)*perChunk; i++ {
 			sc := scopes[i%len(scopes)]
-			svc := []string{"gateway", "authn", "keyworker"}[i%3]
-			ev := auditEvent(sc, svc, i/3)
+			svc := []string{"authn", "keyworker"}[i%2]
+			ev := auditEvent(sc, svc, i/2)
 			evs = append(evs, ev)
 			want[sc][auditlog.DedupeID(ev.Service, ev.RequestID)] = true
 		}

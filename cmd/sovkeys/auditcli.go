@@ -51,7 +51,7 @@ func auditCommands() []command {
 				fs.BoolVar(&f.asJSON, "json", false, "print the report as JSON")
 				fs.DurationVar(&f.timeout, "timeout", 10*time.Minute, "give up after this long")
 			}, auditVerify),
-		define("audit checkpoint", "--tenant T | --keystore PREFIX | --operator", "ask the audit service to sign a checkpoint now; prints it", groupOperator,
+		define("audit checkpoint", "--tenant T | --keystore PREFIX | --operator", "ask the audit service to sign a checkpoint now; prints it as stored (cosignatures included), a signed note to keep for audit verify --checkpoint", groupOperator,
 			func(fs *flag.FlagSet, getenv func(string) string, f *auditCmdFlags) {
 				f.conn.register(fs, getenv)
 				f.scope.register(fs)

@@ -21,6 +21,7 @@ import (
 	"github.com/sovkeys/sovkeys/shared"
 	"github.com/sovkeys/sovkeys/shared/api/xks"
 	"github.com/sovkeys/sovkeys/shared/client/xksclient"
+	"github.com/sovkeys/sovkeys/shared/infra/mesh"
 	"github.com/sovkeys/sovkeys/shared/testkit"
 )
 
@@ -426,7 +427,7 @@ func TestAuditEventsAndTracing(t *testing.T) {
 	}
 	var success, denied int
 	var traced bool
-	testkit.CheckFor(t, 10*time.Second, 50*time.Millisecond, func() error {
+	testkit.CheckFor(t, mesh.DefaultFailedAuthInterval+10*time.Second, 50*time.Millisecond, func() error {
 		batch, err := cons.FetchNoWait(100)
 		if err != nil {
 			return err
@@ -445,7 +446,10 @@ func TestAuditEventsAndTracing(t *testing.T) {
 				success++
 				traced = traced || (ev.TraceID != "" && m.Headers().Get("traceparent") != "")
 			}
-			if ev.API == shared.APIXKSEncrypt && ev.Result == shared.ResultDenied && ev.Code == shared.CodeAuthenticationFailed {
+			// Failed SigV4 against a real key store: one summary per key
+			// store per interval (mesh.FailedAuthAuditor), with the count.
+			if ev.API == mesh.APIFailedAuthSummary && ev.Result == shared.ResultDenied && ev.Code == shared.CodeAuthenticationFailed &&
+				ev.Params["total"] != "" && ev.Params["sources"] != "" {
 				denied++
 			}
 		}

@@ -220,7 +220,7 @@ func ektStoreOf(ctx context.Context, c *serviceConfig, js jetstream.JetStream) (
 // auditFlags: the audit service's export and signing.
 type auditFlags struct {
 	store, bucket, prefix, signPool string
-	tenantExport                    bool
+	tenantExport, knownScopesOnly   bool
 	deployment                      string
 	witnesses                       multiFlag
 }
@@ -238,6 +238,7 @@ func auditService() service {
 			fs.StringVar(&a.deployment, "audit-deployment", envOr(getenv, "SOVKEYS_AUDIT_DEPLOYMENT", audit.DefaultDeployment), "deployment name in every checkpoint's origin line; verifiers need it (env SOVKEYS_AUDIT_DEPLOYMENT)")
 			fs.Var(&a.witnesses, "audit-witness", "URL of a C2SP tlog-witness asked to cosign checkpoints (`sovkeys witness`); repeatable")
 			fs.BoolVar(&a.tenantExport, "audit-tenant-export", false, "also export to each tenant's own bucket (tenant --audit-bucket) through the same S3 endpoint")
+			fs.BoolVar(&a.knownScopesOnly, "audit-known-scopes-only", false, "record events of a key store or tenant the registry never knew as forgeries instead of opening a log for them")
 			c.s3.register(fs, getenv)
 		},
 		build: func(_ context.Context, c *serviceConfig, d serviceDeps) (runner, func(), error) {
@@ -261,5 +262,6 @@ func (c *serviceConfig) auditConfig() audit.Config {
 		Central:      audit.CentralConfig{Backend: a.store, S3: central},
 		TenantExport: audit.TenantExportConfig{Enabled: a.tenantExport, S3: s3cfg},
 		Deployment:   a.deployment, Witnesses: a.witnesses,
+		KnownScopesOnly: a.knownScopesOnly,
 	}
 }

@@ -55,6 +55,9 @@ func (s *Service) dispatchBatch(ctx context.Context, m jetstream.Msg, md *jetstr
 		default:
 			why = batchMismatch(service, msgID, ev)
 		}
+		if why == "" {
+			why = s.scopes.unknown(ctx, ev) // scopes.go
+		}
 		if why != "" {
 			s.count(func(st *Stats) { st.Forgeries++ })
 			s.log.Warn("bad event in an audit batch recorded as a forgery attempt", "subject", m.Subject(),

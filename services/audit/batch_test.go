@@ -124,21 +124,21 @@ func TestForgedAuditBatches(t *testing.T) {
 	ctx := context.Background()
 	xks := auditlog.Scope{Kind: shared.AuditKindXKS, ID: "/batch-victim"}
 	op := auditlog.Scope{Kind: shared.AuditKindOperator}
-	gw := shared.AuditBatchSubjectOn(0, shared.AuditServiceGateway)
+	kw := shared.AuditBatchSubjectOn(0, shared.AuditServiceKeyworker)
 	nonce := func(i int) string { return fmt.Sprintf("%032x", i) }
 
-	honest := event(xks, shared.AuditServiceGateway, 1)
-	claimsKeyworker := event(xks, shared.AuditServiceKeyworker, 2)
-	operatorKind := event(xks, shared.AuditServiceGateway, 3)
-	operatorKind.Kind, operatorKind.Scope = shared.AuditKindOperator, ""
-	publishBatch(t, js, gw, shared.AuditBatchMsgID(shared.AuditServiceGateway, nonce(1)), false, honest, claimsKeyworker, operatorKind)
-	// The keyworker's batch id prefix on the gateway's subject.
-	stolenID := event(xks, shared.AuditServiceGateway, 4)
-	publishBatch(t, js, gw, shared.AuditBatchMsgID(shared.AuditServiceKeyworker, nonce(2)), false, stolenID)
+	honest := event(xks, shared.AuditServiceKeyworker, 1)
+	claimsGateway := event(xks, shared.AuditServiceGateway, 2)
+	unauthKind := event(xks, shared.AuditServiceKeyworker, 3)
+	unauthKind.Kind, unauthKind.Scope = shared.AuditKindUnauthenticated, ""
+	publishBatch(t, js, kw, shared.AuditBatchMsgID(shared.AuditServiceKeyworker, nonce(1)), false, honest, claimsGateway, unauthKind)
+	// The gateway's batch id prefix on the keyworker's subject.
+	stolenID := event(xks, shared.AuditServiceKeyworker, 4)
+	publishBatch(t, js, kw, shared.AuditBatchMsgID(shared.AuditServiceGateway, nonce(2)), false, stolenID)
 	// Not a batch at all.
-	m := nats.NewMsg(gw)
+	m := nats.NewMsg(kw)
 	m.Data = []byte("SKA1 this is not a batch")
-	m.Header.Set(shared.HeaderMsgID, shared.AuditBatchMsgID(shared.AuditServiceGateway, nonce(3)))
+	m.Header.Set(shared.HeaderMsgID, shared.AuditBatchMsgID(shared.AuditServiceKeyworker, nonce(3)))
 	m.Header.Set(mesh.HeaderAuditBatch, "1")
 	if _, err := js.PublishMsg(ctx, m); err != nil {
 		t.Fatal(err)
@@ -154,7 +154,7 @@ func TestForgedAuditBatches(t *testing.T) {
 			return fmt.Errorf("%d forgery records, want 3", len(recs))
 		}
 		for _, r := range recs {
-			if r.Operation.API != string(APIAuditForgery) || r.Caller.ID != shared.AuditServiceGateway {
+			if r.Operation.API != string(APIAuditForgery) || r.Caller.ID != shared.AuditServiceKeyworker {
 				t.Fatalf("forgery record %+v", r)
 			}
 		}

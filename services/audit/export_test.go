@@ -118,6 +118,26 @@ func TestAuditExportS3Outage(t *testing.T) {
 		return nil
 	})
 
+	// C2SP tlog-tiles: <prefix>/checkpoint is the newest signed checkpoint,
+	// beside the write-once history, in both buckets.
+	for _, b := range []struct {
+		bucket auditlog.Bucket
+		sc     auditlog.Scope
+	}{{centralBucket, tenant}, {centralBucket, store}, {ownBucket, tenant}} {
+		cp, err := b.bucket.Get(ctx, b.sc.CheckpointPath())
+		if err != nil {
+			t.Fatalf("%s %s: no checkpoint object: %v", b.bucket, b.sc, err)
+		}
+		th, _, err := trust(pub).OpenCheckpoint(cp, b.sc)
+		if err != nil || th.Size != int64(len(evs[b.sc])) {
+			t.Fatalf("%s %s: checkpoint of size %d: %v", b.bucket, b.sc, th.Size, err)
+		}
+		hist, err := b.bucket.Get(ctx, b.sc.CheckpointHistoryKey(th.Size))
+		if err != nil || !bytes.Equal(hist, cp) {
+			t.Fatalf("%s %s: checkpoint differs from the history's: %v", b.bucket, b.sc, err)
+		}
+	}
+
 	// Tampering with exported objects: an entry bundle holds records
 	// 1..256 of each log.
 	client := srv.Client()

@@ -38,6 +38,14 @@ func TestOriginMismatch(t *testing.T) {
 			subject: func(ev *shared.AuditEvent) string {
 				return shared.AuditSubject(ev.Service, shared.AuditKindTenant, ev.Scope)
 			}},
+		{name: "gateway writes a key store's log", forged: true,
+			mutate: func(ev *shared.AuditEvent) { ev.Service = shared.AuditServiceGateway },
+			msgID:  func(ev *shared.AuditEvent) string { return shared.AuditMsgID(shared.AuditServiceGateway, ev.RequestID) }},
+		{name: "gateway writes the unauthenticated scope",
+			mutate: func(ev *shared.AuditEvent) {
+				ev.Service, ev.Kind, ev.Scope = shared.AuditServiceGateway, shared.AuditKindUnauthenticated, ""
+			},
+			msgID: func(ev *shared.AuditEvent) string { return shared.AuditMsgID(shared.AuditServiceGateway, ev.RequestID) }},
 		{name: "gateway writes the operator log", forged: true,
 			mutate: func(ev *shared.AuditEvent) {
 				ev.Service, ev.Kind, ev.Scope = shared.AuditServiceGateway, shared.AuditKindOperator, ""

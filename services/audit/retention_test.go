@@ -26,7 +26,7 @@ func TestAuditBoundedStorage(t *testing.T) {
 	sc := auditlog.Scope{Kind: shared.AuditKindXKS, ID: "bounded"}
 	var evs []*shared.AuditEvent
 	for i := range 1500 {
-		evs = append(evs, event(sc, []string{"gateway", "keyworker"}[i%2], i/2))
+		evs = append(evs, event(sc, []string{"authn", "keyworker"}[i%2], i/2))
 	}
 	publishAsync(t, js, evs)
 	// The audit service declares its export bucket as it starts.
@@ -108,7 +108,7 @@ func TestAuditUpgradeFromVersion1(t *testing.T) {
 		t.Fatal(err)
 	}
 	svc, _ := runAudit(t, nc, js, Config{})
-	more := []*shared.AuditEvent{event(sc, "keyworker", 2), event(sc, "gateway", 2)}
+	more := []*shared.AuditEvent{event(sc, "keyworker", 2), event(sc, "authn", 2)}
 	publishAsync(t, js, more)
 	var obs auditlog.Bucket
 	testkit.CheckFor(t, 30*time.Second, 50*time.Millisecond, func() error {

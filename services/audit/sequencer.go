@@ -102,7 +102,11 @@ func (s *Service) dispatch(ctx context.Context, m jetstream.Msg) {
 	}
 	ev, err := shared.UnmarshalAuditEvent(m.Data())
 	if err == nil {
-		ev, _ = s.verifyOrigin(m, md, ev) // origin.go
+		var ok bool
+		if ev, ok = s.verifyOrigin(m, md, ev); ok { // origin.go
+			service, _, _, _ := shared.ParseAuditSubject(m.Subject())
+			ev = s.refuseUnknownScope(ctx, m.Subject(), service, md, ev) // scopes.go
+		}
 	}
 	if err == nil {
 		err = s.enqueue(ctx, m, md, ev)

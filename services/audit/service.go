@@ -76,6 +76,9 @@ type Config struct {
 	// (verifiers may require k of them). A witness that is down delays no
 	// export: the checkpoint is published with the cosignatures obtained.
 	Witnesses []string
+	// KnownScopesOnly refuses (records as forgeries) events of a key store
+	// or tenant scope the registry does not know (scopes.go).
+	KnownScopesOnly bool
 	// Deployment names this deployment in every checkpoint's origin line
 	// ("<deployment>/audit/<kind>/<token>") and the audit key's note name
 	// ("<deployment>/audit"); verifiers must be told it. Default "sovkeys".
@@ -261,6 +264,7 @@ type Service struct {
 	// are suspect (that sibling's consumer is younger than them).
 	suspectBefore map[string]time.Time
 	signer        *signer
+	scopes        *scopeCheck // nil unless Config.KnownScopesOnly (scopes.go)
 	tlog          *tlogExporter
 	auditCons     []jetstream.Consumer // one per event stream sibling
 
@@ -338,6 +342,11 @@ func (s *Service) Run(ctx context.Context) error {
 	s.logLimited.Store(s.logStream.CachedInfo().Config.MaxMsgsPerSubject > 0)
 	if err := s.setupExporter(ctx); err != nil {
 		return err
+	}
+	if s.cfg.KnownScopesOnly {
+		if s.scopes, err = newScopeCheck(ctx, s.js); err != nil {
+			return fmt.Errorf("audit: registry: %w", err)
+		}
 	}
 	s.auditCons, err = mesh.CreateFilteredConsumers(ctx, events, func(i int) string {
 		return shared.SiblingPrefix(shared.SubjectAuditPrefix, i) + ">"

@@ -59,8 +59,8 @@ func TestAuditSequenceCheckpointExport(t *testing.T) {
 	var all []*shared.AuditEvent
 	for i := 0; i < 600; i++ {
 		sc := scopes[i%len(scopes)]
-		// gateway and keyworker each audit the same request: two records.
-		for _, svc := range []string{"gateway", "keyworker"} {
+		// authn and keyworker each audit the same request: two records.
+		for _, svc := range []string{"authn", "keyworker"} {
 			ev := event(sc, svc, i)
 			want[sc] = append(want[sc], ev)
 			all = append(all, ev)

@@ -55,6 +55,7 @@ type tlogScope struct {
 	gaps       int
 	witnessed  []int64 // per witness: the size it last cosigned, as far as known
 	used       time.Time
+	prev       *auditlog.Hash // hash of the last record in the tree (nil: none)
 }
 
 // idleScope is how long a scope's edge stays in memory without records;
@@ -197,7 +198,12 @@ func (e *tlogExporter) load(ctx context.Context, sc auditlog.Scope) (*tlogScope,
 			return nil, err
 		}
 	}
-	return &tlogScope{sc: sc, b: b, signedSize: ss.Size, witnessed: make([]int64, len(e.witnesses)), used: e.s.now()}, nil
+	st := &tlogScope{sc: sc, b: b, signedSize: ss.Size, witnessed: make([]int64, len(e.witnesses)), used: e.s.now()}
+	if last := b.Last(); last != nil {
+		h := auditlog.HashOf(last)
+		st.prev = &h
+	}
+	return st, nil
 }
 
 // add appends one record batch to its scope's tree.
@@ -248,6 +254,22 @@ func (e *tlogExporter) add(ctx context.Context, m jetstream.Msg) {
 		}
 		return
 	}
+	// Only records that continue the tree are logged: numbered next, of
+	// this scope, and linked by prev to the record before. A batch put in
+	// the log by anything but the sequencer (the audit credential could)
+	// stalls the scope's export with an alarm instead of being signed.
+	next, prev := size+1, st.prev
+	for _, line := range lines[size+1-first:] {
+		h, why := chains(sc, line, next, prev)
+		if why != "" {
+			e.s.count(func(x *Stats) { x.CheckpointErrors++ })
+			e.s.log.Error("audit tlog: a batch in the log does not chain; not logged", "scope", sc.String(), "seq", next, "why", why)
+			e.drop(sc)
+			_ = m.NakWithDelay(10 * time.Second)
+			return
+		}
+		next, prev = next+1, &h
+	}
 	for _, line := range lines[size+1-first:] {
 		if err := st.b.Append(line); err != nil {
 			e.s.log.Error("audit tlog: record cannot be logged", "scope", sc.String(), "err", err)
@@ -256,12 +278,34 @@ func (e *tlogExporter) add(ctx context.Context, m jetstream.Msg) {
 			return
 		}
 	}
+	st.prev = prev
 	st.gaps = 0
 	st.used = e.s.now()
 	st.held = append(st.held, m)
 	if st.since.IsZero() {
 		st.since = e.s.now()
 	}
+}
+
+// chains says why record line cannot be record seq of sc after the record
+// whose hash is prev (nil: none, seq must be 1), "" if it can; it returns
+// its hash.
+func chains(sc auditlog.Scope, line []byte, seq uint64, prev *auditlog.Hash) (auditlog.Hash, string) {
+	h := auditlog.HashOf(line)
+	r, err := auditlog.ParseRecord(line)
+	switch {
+	case err != nil:
+		return h, err.Error()
+	case r.Seq != seq:
+		return h, fmt.Sprintf("record numbered %d", r.Seq)
+	case r.Kind != sc.Kind || r.Scope != sc.ID:
+		return h, "record of another scope"
+	case seq == 1 && r.Prev != auditlog.Genesis.String():
+		return h, "first record does not start the chain"
+	case seq > 1 && (prev == nil || r.Prev != prev.String()):
+		return h, "prev is not the hash of the record before"
+	}
+	return h, ""
 }
 
 func batchFirst(h string) (uint64, bool) {

@@ -4,12 +4,14 @@ import (
 	"context"
 	"crypto/ed25519"
 	"crypto/rand"
+	"encoding/json"
 	"github.com/sovkeys/sovkeys/shared/testkit"
 	"log/slog"
 	"net/http/httptest"
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"golang.org/x/mod/sumdb/note"
 
 	"github.com/sovkeys/sovkeys/shared"
@@ -80,8 +82,31 @@ func TestAuditWitnessCosignatures(t *testing.T) {
 	wait(100)
 	publishAsync(t, js, evs[100:]) // the witnesses check consistency 100 -> 300
 	wait(300)
+	// The on-demand checkpoint is the stored one, cosignatures included.
+	cp, err := svcSigner(t, nc, sc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, cos, err := (auditlog.Trust{Deployment: DefaultDeployment, LogKey: pub, Witnesses: vs, Quorum: 2}).OpenCheckpoint(cp, sc); err != nil || len(cos) != 2 {
+		t.Fatalf("on-demand checkpoint: %d cosignatures, %v\n%s", len(cos), err, cp)
+	}
 	tr.Quorum = 3
 	if _, err := auditlog.VerifyTlog(context.Background(), obs, sc, tr, auditlog.TlogOptions{}); err == nil {
 		t.Fatal("a quorum of 3 was met by 2 witnesses")
 	}
+}
+
+// svcSigner asks the running audit service for sc's checkpoint, as
+// `sovkeys audit checkpoint` does.
+func svcSigner(t *testing.T, nc *nats.Conn, sc auditlog.Scope) ([]byte, error) {
+	t.Helper()
+	req, err := json.Marshal(auditlog.CheckpointRequest{Kind: sc.Kind, Scope: sc.ID})
+	if err != nil {
+		return nil, err
+	}
+	m, err := nc.Request(auditlog.SubjectControlPrefix+"."+auditlog.EndpointCheckpoint, req, 20*time.Second)
+	if err != nil {
+		return nil, err
+	}
+	return m.Data, nil
 }

@@ -136,7 +136,7 @@ func (s *Service) handleVS(w http.ResponseWriter, r *http.Request) {
 
 func (s *Service) auditVSFailure(ctx context.Context, env *shared.Envelope, err error) {
 	s.publishRejection(ctx, env, &shared.AuditEvent{
-		Kind: shared.AuditKindTenant, CallerType: "instance", CallerID: env.Evidence.InstanceID,
+		Kind: shared.AuditKindUnauthenticated, Params: map[string]string{"claimed_instance": env.Evidence.InstanceID},
 	}, err)
 }
 

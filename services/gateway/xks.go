@@ -173,7 +173,9 @@ func (s *Service) reject(_ context.Context, w http.ResponseWriter, r *http.Reque
 }
 
 func (s *Service) auditFailure(ctx context.Context, env *shared.Envelope, err error) {
-	s.publishRejection(ctx, env, &shared.AuditEvent{Kind: shared.AuditKindXKS, Scope: env.KeyStore, KeyID: env.KeyID}, err)
+	// The unauthenticated scope: the key store is what the URL claims.
+	s.publishRejection(ctx, env, &shared.AuditEvent{Kind: shared.AuditKindUnauthenticated,
+		Params: map[string]string{"claimed_keystore": env.KeyStore, "claimed_key_id": env.KeyID}}, err)
 }
 
 // publishRejection audits a request the gateway answered itself (refused

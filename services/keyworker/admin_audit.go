@@ -91,9 +91,15 @@ func (s *Service) adminAuditSign(ctx context.Context, data []byte) (any, error) 
 	if err != nil {
 		return nil, err
 	}
-	signed, err := note.Sign(&note.Note{Text: string(text)}, &auditlog.PresignedSigner{
+	signers := []note.Signer{&auditlog.PresignedSigner{
 		KeyName: auditlog.KeyName(r.Deployment), Hash: auditlog.ECDSAKeyHash(spki), Text: text, Sig: sig,
-	})
+	}}
+	if ed, err := s.auditEd25519Signer(ctx, r.Deployment, text); err != nil { // admin_audit_ed25519.go
+		return nil, err
+	} else if ed != nil {
+		signers = append(signers, ed)
+	}
+	signed, err := note.Sign(&note.Note{Text: string(text)}, signers...)
 	if err != nil {
 		return nil, fmt.Errorf("keyworker: audit checkpoint: %w", err)
 	}

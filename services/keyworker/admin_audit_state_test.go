@@ -1,11 +1,15 @@
 package keyworker
 
 import (
+	"bytes"
 	"context"
+	"crypto/ed25519"
 	"encoding/json"
 	"log/slog"
 	"testing"
 	"time"
+
+	"golang.org/x/mod/sumdb/note"
 
 	"github.com/sovkeys/sovkeys/shared"
 	"github.com/sovkeys/sovkeys/shared/api/kwadmin"
@@ -121,5 +125,60 @@ func TestAuditSignerStateCannotBeRewound(t *testing.T) {
 	}
 	if r, err := call(signReq(t, sc, fork, 3)); err == nil && !r.Conflict {
 		t.Fatal("after the migration, a rewound KV let a fork be signed")
+	}
+}
+
+// Where the token has CKM_EDDSA (SoftHSM 2.6 does), checkpoints carry an
+// Ed25519 log signature too, which x/mod's note verifies with the key the
+// pool publishes; the ECDSA signature still verifies as before.
+func TestAuditCheckpointEd25519(t *testing.T) {
+	_, nc, js := natstest.Run(t)
+	module, label, pin := runKeyworkers(t, nc, js, 1)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	h, err := OpenHSM(ctx, HSMConfig{ModulePath: module, TokenLabel: label, PIN: pin, Sessions: 1}, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	sc := auditlog.Scope{Kind: shared.AuditKindTenant, ID: "ed"}
+	var r auditlog.TlogSignResponse
+	if err := kwadmin.Call(ctx, nc, "default", auditlog.EndpointSign, signReq(t, sc, tree(t, "a", 3), 0), &r); err != nil || r.Conflict {
+		t.Fatalf("sign: %+v %v", r, err)
+	}
+	var pk auditlog.PublicKeyResponse
+	if err := kwadmin.Call(ctx, nc, "default", auditlog.EndpointPublicKey, struct{}{}, &pk); err != nil {
+		t.Fatal(err)
+	}
+	pub, err := auditlog.ParsePublicKey(pk.PublicKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := (auditlog.Trust{Deployment: "sovkeys.test", LogKey: pub}).OpenCheckpoint(r.Checkpoint, sc); err != nil {
+		t.Fatalf("ECDSA log signature: %v", err)
+	}
+	if !h.SupportsEdDSA() {
+		t.Skip("this SoftHSM has no CKM_EDDSA: checkpoints carry the ECDSA signature only")
+	}
+	kv, err := js.KeyValue(ctx, shared.BucketPKI)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e, err := kv.Get(ctx, AuditEd25519PKIKey("default"))
+	if err != nil {
+		t.Fatalf("ed25519 audit key not published: %v", err)
+	}
+	v, err := note.NewVerifier(auditlog.Ed25519VerifierKey(auditlog.KeyName("sovkeys.test"), ed25519.PublicKey(e.Value())))
+	if err != nil {
+		t.Fatal(err)
+	}
+	n, err := note.Open(r.Checkpoint, note.VerifierList(v))
+	if err != nil || len(n.Sigs) != 1 || len(n.UnverifiedSigs) != 1 {
+		t.Fatalf("x/mod note.Open with the Ed25519 key: %v\n%s", err, r.Checkpoint)
+	}
+	// And it signs nothing but what the ECDSA key signs: a forged text fails.
+	forged := bytes.Replace(r.Checkpoint, []byte("\n3\n"), []byte("\n4\n"), 1)
+	if _, err := note.Open(forged, note.VerifierList(v)); err == nil {
+		t.Fatal("a checkpoint with another size verified")
 	}
 }

@@ -16,8 +16,13 @@ type Builder struct {
 	size    int64
 	rows    [][]tlog.Hash // rows[L]: hashes of the incomplete level-L tile
 	entries [][]byte      // entries of the incomplete bundle
+	last    []byte        // the newest entry (nil: none, or not loaded)
 	done    []Object      // full tiles and bundles completed since the last Flush
 }
+
+// Last returns the newest entry (the record Size()), nil for an empty
+// tree: the record the next one's prev must name.
+func (b *Builder) Last() []byte { return b.last }
 
 // Size is the number of leaves.
 func (b *Builder) Size() int64 { return b.size }
@@ -28,6 +33,7 @@ func (b *Builder) Append(entry []byte) error {
 		return fmt.Errorf("%w: entry of %d bytes exceeds %d", ErrTlog, len(entry), MaxEntrySize)
 	}
 	b.entries = append(b.entries, entry)
+	b.last = entry
 	if len(b.entries) == TileWidth {
 		b.done = append(b.done, Object{Key: BundlePath(b.size>>TileHeight, TileWidth), Data: bundleOf(b.entries)})
 		b.entries = nil
@@ -148,6 +154,25 @@ func LoadBuilder(ctx context.Context, bucket Bucket, s Scope, size int64, root t
 			}
 		}
 		b.entries = entries
+		b.last = entries[w-1]
+	} else {
+		// A full bundle ends the tree: its last entry, checked against the
+		// full level-0 tile.
+		n := size>>TileHeight - 1
+		entries, err := readBundle(ctx, bucket, s.TlogPrefix(), n, TileWidth)
+		if err != nil {
+			return nil, err
+		}
+		tile, err := tr.readTile(tlog.Tile{H: TileHeight, L: 0, N: n, W: TileWidth})
+		if err != nil {
+			return nil, err
+		}
+		var h tlog.Hash
+		copy(h[:], tile[(TileWidth-1)*tlog.HashSize:])
+		if tlog.RecordHash(entries[TileWidth-1]) != h {
+			return nil, fmt.Errorf("%w: %s: entry %d does not match its tile", ErrTlog, s, size-1)
+		}
+		b.last = entries[TileWidth-1]
 	}
 	got, err := b.Root()
 	if err != nil {

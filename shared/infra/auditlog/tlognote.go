@@ -245,8 +245,10 @@ func (tr Trust) OpenCheckpoint(signed []byte, s Scope) (TreeHead, []string, erro
 	seen := map[string]bool{}
 	var cosigners []string
 	for _, sig := range n.Sigs {
-		if sig.Name == logV.Name() && sig.Hash == logV.KeyHash() {
-			logSigned = true
+		if sig.Name == logV.Name() {
+			// The log's own signatures (ECDSA; Ed25519 if a verifier for it
+			// was passed as a witness) never count as cosignatures.
+			logSigned = logSigned || sig.Hash == logV.KeyHash()
 			continue
 		}
 		id := fmt.Sprintf("%s+%08x", sig.Name, sig.Hash)
@@ -269,4 +271,25 @@ func (tr Trust) OpenCheckpoint(signed []byte, s Scope) (TreeHead, []string, erro
 		return TreeHead{}, nil, fmt.Errorf("%w: %w: %d witness cosignatures, %d required", ErrSignature, errQuorum, len(cosigners), tr.Quorum)
 	}
 	return th, cosigners, nil
+}
+
+// Ed25519 log signatures (C2SP signed-note type 0x01), made by HSMs that
+// have CKM_EDDSA, beside the ECDSA one: witnesses that take only Ed25519
+// log keys can cosign with them.
+
+// Ed25519KeyHash is the note key ID of an Ed25519 key: the first 4 bytes
+// of SHA-256(name || "\n" || 0x01 || key).
+func Ed25519KeyHash(name string, pub ed25519.PublicKey) uint32 {
+	h := sha256.New()
+	h.Write([]byte(name + "\n"))
+	h.Write([]byte{0x01})
+	h.Write(pub)
+	return binary.BigEndian.Uint32(h.Sum(nil))
+}
+
+// Ed25519VerifierKey is the note verifier key of an Ed25519 log key
+// ("<name>+<hash>+<base64(0x01 || key)>"), as golang.org/x/mod/sumdb/note's
+// NewVerifier takes it.
+func Ed25519VerifierKey(name string, pub ed25519.PublicKey) string {
+	return fmt.Sprintf("%s+%08x+%s", name, Ed25519KeyHash(name, pub), base64.StdEncoding.EncodeToString(append([]byte{0x01}, pub...)))
 }

@@ -227,6 +227,8 @@ func UserPermissions(user, service string, pools []string) Permissions {
 			readStream(shared.StreamAuditLog), []string{shared.JSConsumerDurable + shared.StreamAuditLog + "." + all},
 			objReadWrite(shared.BucketAuditExport),
 			kvRead(shared.BucketTenants), kvRead(shared.BucketPKI), kvRead(shared.BucketAuditSigner),
+			// Scopes must exist in the registry (services/audit/scopes.go).
+			kvRead(shared.BucketKeystores),
 			// Numbered events leave the event stream (audit purges below its
 			// consumer's ack floor); the audit identity already decides what
 			// gets numbered, so this grants it nothing new.
