@@ -51,7 +51,7 @@ func TestAuditProcessesKill9(t *testing.T) {
 	var mu sync.Mutex
 	var procs []*auditProc
 	start := func() *auditProc {
-		p := &auditProc{cmd: exec.Command(bin, "audit", "--nats", url, "--log-level", "warn"), stderr: &syncBuffer{}, done: make(chan struct{})}
+		p := &auditProc{cmd: exec.Command(bin, "audit", "--nats", url, "--log-level", "warn", "--audit-known-scopes-only=false"), stderr: &syncBuffer{}, done: make(chan struct{})}
 		p.cmd.Stderr = p.stderr
 		if err := p.cmd.Start(); err != nil {
 			t.Fatal(err)

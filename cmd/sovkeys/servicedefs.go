@@ -238,7 +238,7 @@ func auditService() service {
 			fs.StringVar(&a.deployment, "audit-deployment", envOr(getenv, "SOVKEYS_AUDIT_DEPLOYMENT", audit.DefaultDeployment), "deployment name in every checkpoint's origin line; verifiers need it (env SOVKEYS_AUDIT_DEPLOYMENT)")
 			fs.Var(&a.witnesses, "audit-witness", "URL of a C2SP tlog-witness asked to cosign checkpoints (`sovkeys witness`); repeatable")
 			fs.BoolVar(&a.tenantExport, "audit-tenant-export", false, "also export to each tenant's own bucket (tenant --audit-bucket) through the same S3 endpoint")
-			fs.BoolVar(&a.knownScopesOnly, "audit-known-scopes-only", false, "record events of a key store or tenant the registry never knew as forgeries instead of opening a log for them")
+			fs.BoolVar(&a.knownScopesOnly, "audit-known-scopes-only", true, "record events of a key store or tenant the registry never knew as forgeries instead of opening a log for them (=false: tools that publish to made-up scopes, e.g. `loadtest -api audit`)")
 			c.s3.register(fs, getenv)
 		},
 		build: func(_ context.Context, c *serviceConfig, d serviceDeps) (runner, func(), error) {
