@@ -136,27 +136,7 @@ func preSignedHops(t *testing.T, n *node) {
 	if err := os.Remove(filepath.Join(n.dir, "creds", shared.WorkKeyFile)); err != nil {
 		t.Fatal(err)
 	}
-	trust, err := natsauth.LoadOrCreate(filepath.Join(n.dir, "trust"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	creds, err := trust.UserCreds("upgrade-test", natsauth.Permissions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	path := filepath.Join(t.TempDir(), "root.creds")
-	if err := os.WriteFile(path, creds, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	nc, err := nats.Connect(n.natsURL, nats.UserCredentials(path))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	js := rootJS(t, n)
 	if err := js.DeleteKeyValue(context.Background(), shared.BucketPins); err != nil {
 		t.Fatal(err)
 	}
@@ -169,7 +149,7 @@ func checkSignedHopsAfterUpgrade(t *testing.T, n *node) {
 	if _, err := shared.LoadWorkSigner(filepath.Join(n.dir, "creds", shared.WorkKeyFile), time.Now); err != nil {
 		t.Fatalf("no work key after the upgrade: %v", err)
 	}
-	_, js := operatorJS(t)
+	js := rootJS(t, n)
 	ctx := context.Background()
 	testkit.CheckFor(t, 30*time.Second, 100*time.Millisecond, func() error {
 		pins, err := js.KeyValue(ctx, shared.BucketPins)
@@ -198,7 +178,7 @@ func checkSignedHopsAfterUpgrade(t *testing.T, n *node) {
 // Every consumer of the running node takes only the subjects its service
 // serves: none is declared without a subject filter.
 func TestEveryConsumerHasASubjectFilter(t *testing.T) {
-	_, js := operatorJS(t)
+	js := rootJS(t, testNode)
 	ctx := context.Background()
 	names := js.StreamNames(ctx)
 	n := 0
@@ -224,4 +204,32 @@ func TestEveryConsumerHasASubjectFilter(t *testing.T) {
 	if n == 0 {
 		t.Fatal("no consumer found")
 	}
+}
+
+// rootJS connects to n as a user without limits, minted from the node's
+// trust seeds (what only the holder of DATA/trust can do).
+func rootJS(t *testing.T, n *node) jetstream.JetStream {
+	t.Helper()
+	trust, err := natsauth.LoadOrCreate(filepath.Join(n.dir, "trust"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	creds, err := trust.UserCreds("root-test", natsauth.Permissions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(t.TempDir(), "root.creds")
+	if err := os.WriteFile(path, creds, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	nc, err := nats.Connect(n.natsURL, nats.UserCredentials(path))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return js
 }
