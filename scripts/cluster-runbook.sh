@@ -93,11 +93,12 @@ step "4. start the services (two of each; keyworkers sealed)"
 GW_PORTS=("$(free_port)" "$(free_port)")
 start_svc() { # start_svc NAME SERVICE ARGS...
 	local name=$1 svc=$2; shift 2
-	"$SK" "$svc" --creds "$C/creds/$svc.creds" --replicas 3 "$@" >>"$LOGS/$name.log" 2>&1 &
+	"$SK" "$svc" --creds "${CREDS:-$C/creds/$svc.creds}" --replicas 3 "$@" >>"$LOGS/$name.log" 2>&1 &
 	PIDS[$name]=$!
 }
 start_keyworker() { # start_keyworker NAME POOL TOKEN
-	SOVKEYS_HSM_PIN= start_svc "$1" keyworker --pool "$2" --hsm-module "$MODULE" --hsm-token-label "$3" --sessions 4
+	# One keyworker user per pool (cluster init): creds/keyworker-<pool>.creds.
+	CREDS="$C/creds/keyworker-$2.creds" SOVKEYS_HSM_PIN= start_svc "$1" keyworker --pool "$2" --hsm-module "$MODULE" --hsm-token-label "$3" --sessions 4
 }
 start_gateway() { # start_gateway I
 	start_svc "gateway-$1" gateway --listen "127.0.0.1:${GW_PORTS[$1]}" --tls-cert "$C/tls/cert.pem" --tls-key "$C/tls/key.pem"

@@ -119,6 +119,16 @@ func TestSeparateProcesses(t *testing.T) {
 	if err := clusterinit.WriteRoster(filepath.Join(dir, clusterinit.RosterFile), []clusterinit.RosterEntry{admin}); err != nil {
 		t.Fatal(err)
 	}
+	// authn's work key beside its credential, and its public key beside the
+	// bootstrap credential, where `sovkeys init` pins it (as cluster init
+	// lays them out).
+	workPub, _, err := shared.EnsureWorkKey(filepath.Join(dir, shared.WorkKeyFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, clusterinit.WorkKeysFile), []byte(`["`+workPub+`"]`), 0o644); err != nil {
+		t.Fatal(err)
+	}
 	if out, err := exec.Command(bin, "init", "--nats", url, "--creds", boot, "--pools", "default").CombinedOutput(); err != nil {
 		t.Fatalf("sovkeys init: %v\n%s", err, out)
 	}

@@ -89,11 +89,14 @@ func operatorCommand[C any](name, usage, short string,
 			}
 			o := &operator{getenv: s.getenv, nc: nc, js: js, topo: f.topo, reg: reg, out: s.stdout, errOut: s.stderr, stdin: s.stdin}
 			reg.Keystores, reg.Keys = o.signedKV(reg.Keystores), o.signedKV(reg.Keys)
+			// Keyworker answers are verified against the pools' pinned keys,
+			// and seal requests boxed to them (kwadmin/answers.go); without
+			// the pins bucket, signed answers are refused.
+			answers := &kwadmin.AnswerKeys{}
 			if pins, err := js.KeyValue(ctx, shared.BucketPins); err == nil {
-				// Keyworker answers are verified against the pools' pinned
-				// keys, and seal requests boxed to them (kwadmin/answers.go).
-				ctx = kwadmin.WithAnswerKeys(ctx, &kwadmin.AnswerKeys{KV: pins})
+				answers.KV = pins
 			}
+			ctx = kwadmin.WithAnswerKeys(ctx, answers)
 			if f.conn.creds != "" {
 				// A person's credential signs every admin request it sends.
 				if o.signer, err = roster.SignerFromCreds(f.conn.creds); err == nil {

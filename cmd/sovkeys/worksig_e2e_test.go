@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -16,6 +17,7 @@ import (
 
 	"github.com/sovkeys/sovkeys/services/keyworker"
 	"github.com/sovkeys/sovkeys/shared"
+	"github.com/sovkeys/sovkeys/shared/api/kwadmin"
 	"github.com/sovkeys/sovkeys/shared/infra/natsauth"
 	"github.com/sovkeys/sovkeys/shared/testkit"
 )
@@ -136,27 +138,7 @@ func preSignedHops(t *testing.T, n *node) {
 	if err := os.Remove(filepath.Join(n.dir, "creds", shared.WorkKeyFile)); err != nil {
 		t.Fatal(err)
 	}
-	trust, err := natsauth.LoadOrCreate(filepath.Join(n.dir, "trust"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	creds, err := trust.UserCreds("upgrade-test", natsauth.Permissions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	path := filepath.Join(t.TempDir(), "root.creds")
-	if err := os.WriteFile(path, creds, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	nc, err := nats.Connect(n.natsURL, nats.UserCredentials(path))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	js := rootJS(t, n)
 	if err := js.DeleteKeyValue(context.Background(), shared.BucketPins); err != nil {
 		t.Fatal(err)
 	}
@@ -169,7 +151,7 @@ func checkSignedHopsAfterUpgrade(t *testing.T, n *node) {
 	if _, err := shared.LoadWorkSigner(filepath.Join(n.dir, "creds", shared.WorkKeyFile), time.Now); err != nil {
 		t.Fatalf("no work key after the upgrade: %v", err)
 	}
-	_, js := operatorJS(t)
+	js := rootJS(t, n)
 	ctx := context.Background()
 	testkit.CheckFor(t, 30*time.Second, 100*time.Millisecond, func() error {
 		pins, err := js.KeyValue(ctx, shared.BucketPins)
@@ -198,7 +180,7 @@ func checkSignedHopsAfterUpgrade(t *testing.T, n *node) {
 // Every consumer of the running node takes only the subjects its service
 // serves: none is declared without a subject filter.
 func TestEveryConsumerHasASubjectFilter(t *testing.T) {
-	_, js := operatorJS(t)
+	js := rootJS(t, testNode)
 	ctx := context.Background()
 	names := js.StreamNames(ctx)
 	n := 0
@@ -223,5 +205,94 @@ func TestEveryConsumerHasASubjectFilter(t *testing.T) {
 	}
 	if n == 0 {
 		t.Fatal("no consumer found")
+	}
+}
+
+// rootJS connects to n as a user without limits, minted from the node's
+// trust seeds (what only the holder of DATA/trust can do).
+func rootJS(t *testing.T, n *node) jetstream.JetStream {
+	t.Helper()
+	trust, err := natsauth.LoadOrCreate(filepath.Join(n.dir, "trust"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	creds, err := trust.UserCreds("root-test", natsauth.Permissions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(t.TempDir(), "root.creds")
+	if err := os.WriteFile(path, creds, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	nc, err := nats.Connect(n.natsURL, nats.UserCredentials(path))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return js
+}
+
+// The insider of issue 20: with the keyworker's credential, answer authn's
+// unseal of a key store's SigV4 secret before the real keyworker, with a
+// secret of the attacker's choosing boxed to authn's reply key, then call
+// the gateway signing with it. authn refuses the answer (not signed by the
+// pool's pinned HSM key): the attacker's calls fail, nothing is cached, and
+// once the impostor stops, the real credential works.
+func TestKeyworkerCredentialCannotPlantASigV4Secret(t *testing.T) {
+	n := testNode
+	prefix := "/planted-" + fmt.Sprint(time.Now().UnixNano()%1e9)
+	real, c := n.newKeystore(t, prefix)
+	kc, err := nats.Connect(n.natsURL, nats.UserCredentials(filepath.Join(n.dir, "creds", "keyworker.creds")),
+		nats.CustomInboxPrefix(shared.InboxPrefix(shared.UserKeyworker)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer kc.Close()
+	planted := strings.Repeat("PLANTEDSECRET", 4)
+	answered := make(chan struct{}, 64)
+	sub, err := kc.Subscribe(shared.KeyworkerAdminSubject("default", kwadmin.EndpointUnseal), func(m *nats.Msg) {
+		var req kwadmin.SealRequest
+		if json.Unmarshal(m.Data, &req) != nil {
+			return
+		}
+		box, err := kwadmin.SealReply(req.ReplyKey, kwadmin.EndpointUnseal, req.RequestID, []byte(planted))
+		if err != nil {
+			return
+		}
+		body, _ := json.Marshal(kwadmin.SealResponse{Box: box})
+		reply := nats.NewMsg(m.Reply)
+		reply.Data = body
+		reply.Header.Set(kwadmin.HeaderAnswerSignature, "MEUCIQD+forged+signature+of+the+pool==")
+		_ = m.RespondMsg(reply)
+		answered <- struct{}{}
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := kc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	attacker := n.client(c)
+	attacker.Secret = planted
+	ctx := context.Background()
+	for range 5 {
+		if _, err := attacker.Health(ctx); err == nil {
+			t.Fatal("the gateway served a call signed with the planted secret")
+		}
+	}
+	select {
+	case <-answered:
+	default:
+		t.Fatal("the impostor never answered an unseal: the attack did not run")
+	}
+	_ = sub.Unsubscribe()
+	_ = kc.Flush()
+	waitUsable(t, real) // the real keyworker's signed answer
+	if _, err := attacker.Health(ctx); err == nil {
+		t.Fatal("the planted secret works after the real unseal")
 	}
 }

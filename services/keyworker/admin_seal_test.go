@@ -3,6 +3,7 @@ package keyworker
 import (
 	"bytes"
 	"context"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"testing"
@@ -37,9 +38,30 @@ func TestSealUnsealAnswersAreEncryptedToTheRequester(t *testing.T) {
 		kwadmin.SealRequest{Data: bytes.Clone(secret), AAD: aad}, &kwadmin.SealResponse{}); shared.CodeOf(err) != shared.CodeAccessDenied {
 		t.Fatalf("custodian's seal: %v", err)
 	}
+	// A tap on every subject (what a pool's keyworker credential, or a
+	// debug subscription on the server, would see) during the seal.
+	tap, err := nc.SubscribeSync(">")
+	if err != nil {
+		t.Fatal(err)
+	}
 	var sealed kwadmin.SealResponse
 	if err := kwadmin.Call(asPerson(ctx, t, js, "alice", natsauth.RoleAdmin), nc, "default", kwadmin.EndpointSeal, kwadmin.SealRequest{Data: bytes.Clone(secret), AAD: aad}, &sealed); err != nil {
 		t.Fatal(err)
+	}
+	seen := 0
+	for {
+		m, err := tap.NextMsg(200 * time.Millisecond)
+		if err != nil {
+			break
+		}
+		seen++
+		if bytes.Contains(m.Data, secret) || bytes.Contains(m.Data, []byte(base64.StdEncoding.EncodeToString(secret))) {
+			t.Fatalf("the secret crossed NATS in clear on %s", m.Subject)
+		}
+	}
+	_ = tap.Unsubscribe()
+	if seen < 2 {
+		t.Fatalf("the tap saw %d messages: not a seal exchange", seen)
 	}
 	var opened kwadmin.SealResponse
 	if err := kwadmin.Call(ctx, nc, "default", kwadmin.EndpointUnseal, kwadmin.SealRequest{Data: sealed.Data, AAD: aad}, &opened); err != nil {

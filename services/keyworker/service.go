@@ -237,8 +237,7 @@ func (s *Service) handle(ctx context.Context, m jetstream.Msg) {
 	start := s.now()
 	env, err := shared.UnmarshalEnvelope(m.Data())
 	if err != nil || env.Authz == nil {
-		s.log.Error("dropping malformed work", "subject", m.Subject(), "err", err)
-		if err == nil {
+		if err == nil { // logged at a bounded rate, audited and dropped (worksig.go)
 			err = shared.NewError(shared.CodeValidation, "work without an authorization")
 		}
 		s.refuseWork(ctx, m, nil, fmt.Errorf("%w: %v", shared.ErrWorkSignature, err))

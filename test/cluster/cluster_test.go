@@ -298,7 +298,12 @@ func startDeployment(t *testing.T) *deployment {
 	d.bootstrapCreds = filepath.Join(out, "trust", "bootstrap.creds")
 	d.init(t)
 	conf := softHSMToken(t, filepath.Join(dir, "hsm"), tokenLabel, tokenPIN)
-	creds := func(s string) string { return filepath.Join(out, "creds", s+".creds") }
+	creds := func(s string) string {
+		if s == "keyworker" { // one keyworker user per pool
+			s = shared.KeyworkerUser("default")
+		}
+		return filepath.Join(out, "creds", s+".creds")
+	}
 	common := func(svc string) []string {
 		return []string{svc, "--nats", d.urls, "--creds", creds(svc), "--replicas", "3", "--log-level", "warn"}
 	}

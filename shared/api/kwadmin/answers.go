@@ -116,6 +116,11 @@ func (a *AnswerKeys) SigningKey(ctx context.Context, pool string) (*ecdsa.Public
 	if k != nil {
 		return k, nil
 	}
+	if a.KV == nil {
+		// Fail closed: an answer that cannot be verified is not used.
+		return nil, shared.NewError(shared.CodeDependencyTimeout,
+			"the pinned keys (KV %s) are not readable: run `sovkeys init`, and use a credential of this version", shared.BucketPins)
+	}
 	e, err := a.KV.Get(ctx, shared.PKISigningKey(pool))
 	if err != nil {
 		return nil, shared.NewError(shared.CodeDependencyTimeout, "the signing key of pool %q is not pinned yet: %v", pool, err)
