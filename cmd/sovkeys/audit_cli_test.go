@@ -38,11 +38,12 @@ func TestAuditCLI(t *testing.T) {
 	ns, nc, js := natstest.Run(t)
 	runAuditKeyworker(t, nc, js)
 
-	// The service configured as the binary's flags configure it.
+	// The service configured as the binary's flags configure it; the
+	// scopes below are made up, no registry knows them.
 	fs := flag.NewFlagSet("audit", flag.ContinueOnError)
 	var f serviceConfig
 	auditService().register(fs, func(string) string { return "" }, &f)
-	if err := fs.Parse([]string{"--audit-store", "s3", "--audit-s3-bucket", "cli-audit", "--s3-endpoint", srv.Endpoint()}); err != nil {
+	if err := fs.Parse([]string{"--audit-known-scopes-only=false", "--audit-store", "s3", "--audit-s3-bucket", "cli-audit", "--s3-endpoint", srv.Endpoint()}); err != nil {
 		t.Fatal(err)
 	}
 	f.s3.accessKeyID, f.s3.secretAccessKey = s3test.AccessKey, s3test.SecretKey

@@ -329,7 +329,7 @@ func hsmExportKeys(ctx context.Context, f *exportKeysFlags, s stdio) error {
 		}
 	}
 	for _, l := range exp.CloneWithVendorTools {
-		fmt.Fprintf(s.stdout, "NOT EXPORTED (not extractable, made before backups existed): %s: clone it with the HSM vendor's tools\n", l)
+		fmt.Fprintf(s.stdout, "NOT EXPORTED (the token will not wrap it: made before backups existed, or a key type it cannot wrap): %s: clone it with the HSM vendor's tools\n", l)
 	}
 	return nil
 }

@@ -148,7 +148,7 @@ type keyworkerFlags struct {
 	hsmProfile                   string
 	sessions, unsealThreshold    int
 	unsealMaxFailedLogins        int
-	ivFromHSM                    bool
+	ivFromHSM, auditEd25519      bool
 	healthTTL                    time.Duration
 	ektStore, s3Bucket, s3Prefix string
 }
@@ -170,6 +170,7 @@ func keyworkerService() service {
 			fs.StringVar(&k.hsmProfile, "hsm-profile", "", "HSM family softhsm|cloudhsm|luna|proteccio|nshield (default: from --hsm-model; docs/hsm.md)")
 			fs.IntVar(&k.sessions, "sessions", 8, "PKCS#11 sessions = HSM operations at once in this process")
 			fs.BoolVar(&k.ivFromHSM, "iv-from-hsm", false, "let the HSM generate GCM IVs (Luna/CloudHSM); checked to be 12 non-zero bytes")
+			fs.BoolVar(&k.auditEd25519, "audit-ed25519", false, "also sign audit checkpoints with an Ed25519 HSM key (for Ed25519-only witnesses); only where the HSM vendor can back that key up: SoftHSM cannot wrap it (docs/audit.md)")
 			fs.DurationVar(&k.healthTTL, "health-ttl", 10*time.Second, "reuse an HSM health result this long (max 60s)")
 			fs.StringVar(&k.ektStore, "ekt-store", "jetstream", "write-once store of tenant keys (EKTs): jetstream | s3")
 			c.s3.register(fs, getenv)
@@ -192,6 +193,7 @@ func keyworkerService() service {
 			}
 			r, err := keyworker.New(keyworker.Config{
 				Pool: c.pool, Model: c.model, Topology: c.common.topo.t, HealthTTL: c.keyworker.healthTTL,
+				AuditEd25519: c.keyworker.auditEd25519,
 			}, keyworker.Deps{NC: d.nc, JS: d.js, HSM: hsm, EKTs: store, Logger: d.logger, Tracer: d.tp, Now: time.Now})
 			if err != nil {
 				closeFn()

@@ -15,8 +15,8 @@ import (
 	"github.com/sovkeys/sovkeys/shared/infra/mesh"
 )
 
-// AuditEd25519Label is the HSM label of the Ed25519 audit key pair: where
-// the token has CKM_EDDSA, checkpoints carry its signature beside the
+// AuditEd25519Label is the HSM label of the Ed25519 audit key pair: with
+// --audit-ed25519, where the token has CKM_EDDSA, checkpoints carry its signature beside the
 // ECDSA one (same key name, C2SP signed-note type 0x01), so witnesses that
 // take only Ed25519 log keys can cosign (2026-12-07). Its public key is
 // published write-once in KV sovkeys_pki under "<pool>.audit_key_ed25519"
@@ -27,10 +27,10 @@ const AuditEd25519Label = "sovkeys-audit-ed25519-v1"
 func AuditEd25519PKIKey(pool string) string { return auditlog.PKIKey(pool) + "_ed25519" }
 
 // auditEd25519Signer signs text with the pool's Ed25519 audit key,
-// creating it on first use; nil (and no error) where the HSM has no
-// CKM_EDDSA.
+// creating it on first use; nil (and no error) unless --audit-ed25519 is
+// set and the HSM has CKM_EDDSA.
 func (s *Service) auditEd25519Signer(ctx context.Context, deployment string, text []byte) (note.Signer, error) {
-	if !s.hsm.SupportsEdDSA() {
+	if !s.cfg.AuditEd25519 || !s.hsm.SupportsEdDSA() {
 		return nil, nil
 	}
 	pub, err := s.hsm.Ed25519PublicKey(ctx, AuditEd25519Label)

@@ -43,7 +43,7 @@ func runKeyworkers(t *testing.T, nc *nats.Conn, js jetstream.JetStream, n int) (
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { _ = h.Close() })
-		svc, err := New(Config{Pool: "default", Model: "SoftHSMv2", Topology: mesh.DefaultTopology(), HealthTTL: time.Second},
+		svc, err := New(Config{Pool: "default", Model: "SoftHSMv2", Topology: mesh.DefaultTopology(), HealthTTL: time.Second, AuditEd25519: true},
 			Deps{NC: nc, JS: js, HSM: h, EKTs: store, Logger: slog.New(slog.DiscardHandler), Tracer: noop.NewTracerProvider(), Now: time.Now})
 		if err != nil {
 			t.Fatal(err)

@@ -36,6 +36,11 @@ type Config struct {
 	Topology mesh.Topology // stream sizes and replicas
 	// HealthTTL bounds how long an HSM health result is reused (<= 60 s).
 	HealthTTL time.Duration
+	// AuditEd25519 adds an Ed25519 log signature to audit checkpoints
+	// where the HSM has CKM_EDDSA (admin_audit_ed25519.go). Off by default:
+	// SoftHSM 2.6 cannot wrap an EdDSA private key, so export-keys cannot
+	// back that key up (docs/audit.md).
+	AuditEd25519 bool
 }
 
 // Validate checks the configuration.

@@ -70,7 +70,7 @@ var usageAttrs = []struct {
 	{"verify", pkcs11.CKA_VERIFY}, {"derive", pkcs11.CKA_DERIVE}, {"wrap", pkcs11.CKA_WRAP}, {"unwrap", pkcs11.CKA_UNWRAP}}
 
 var classNames = map[uint]string{pkcs11.CKO_SECRET_KEY: "secret", pkcs11.CKO_PRIVATE_KEY: "private", pkcs11.CKO_PUBLIC_KEY: "public"}
-var keyTypeNames = map[uint]string{pkcs11.CKK_AES: "aes", pkcs11.CKK_GENERIC_SECRET: "generic_secret", pkcs11.CKK_EC: "ec"}
+var keyTypeNames = map[uint]string{pkcs11.CKK_AES: "aes", pkcs11.CKK_GENERIC_SECRET: "generic_secret", pkcs11.CKK_EC: "ec", ckkECEdwards: "ec_edwards"}
 
 func lookupName(m map[uint]string, name string) (uint, bool) {
 	for k, v := range m {
@@ -188,6 +188,7 @@ func ExportKeys(ctx context.Context, t TokenLogin, backupKey []byte) (KeyExport,
 		return strings.Compare(a.Label+"\x00"+a.Class, b.Label+"\x00"+b.Class)
 	})
 	slices.Sort(out.CloneWithVendorTools)
+	out.CloneWithVendorTools = slices.Compact(out.CloneWithVendorTools)
 	return out, nil
 }
 
@@ -246,6 +247,10 @@ func exportOne(p P11, sh pkcs11.SessionHandle, o pkcs11.ObjectHandle, mech uint,
 		return k, false, nil
 	}
 	k.Wrapped, err = p.WrapKey(sh, []*pkcs11.Mechanism{pkcs11.NewMechanism(mech, nil)}, bk, o)
+	if isCKR(err, pkcs11.CKR_KEY_NOT_WRAPPABLE) || isCKR(err, pkcs11.CKR_KEY_UNEXTRACTABLE) {
+		// A key type this token will not wrap (SoftHSM 2.6: EdDSA).
+		return k, false, nil
+	}
 	if err != nil {
 		return ExportedKey{}, false, fmt.Errorf("keyworker: export: wrap %q: %w", k.Label, err)
 	}

@@ -87,7 +87,10 @@ func (h *HSM) EnsureEd25519(ctx context.Context, label string) error {
 		}
 		_, _, err := h.p11.GenerateKeyPair(sh, []*pkcs11.Mechanism{pkcs11.NewMechanism(ckmECEdwardsKeyPair, nil)},
 			append(common(false), pkcs11.NewAttribute(pkcs11.CKA_EC_PARAMS, ed25519Params), pkcs11.NewAttribute(pkcs11.CKA_VERIFY, true)),
-			append(common(true), pkcs11.NewAttribute(pkcs11.CKA_SENSITIVE, true), pkcs11.NewAttribute(pkcs11.CKA_EXTRACTABLE, false),
+			append(common(true), pkcs11.NewAttribute(pkcs11.CKA_SENSITIVE, true),
+				// Leaves the HSM only wrapped under the trusted backup
+				// key of `sovkeys hsm export-keys`, as the other keys.
+				pkcs11.NewAttribute(pkcs11.CKA_EXTRACTABLE, true), pkcs11.NewAttribute(pkcs11.CKA_WRAP_WITH_TRUSTED, true),
 				pkcs11.NewAttribute(pkcs11.CKA_SIGN, true)))
 		if err != nil {
 			return fmt.Errorf("keyworker: create ed25519 key pair %q: %w", label, err)
