@@ -4,8 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strconv"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/sovkeys/sovkeys/shared/infra/auditlog"
@@ -97,6 +99,10 @@ type head struct {
 	seq       uint64        // its last record's sequence number
 	hash      auditlog.Hash // that record's hash
 	time      time.Time     // stream time of the last batch
+	// copyWatch: until then the scope's events are checked against its
+	// committed records before numbering (a failover copy was numbered
+	// recently; auditlog.HeaderCopyWatch).
+	copyWatch time.Time
 }
 
 // errCorruptLog: the stored head cannot be read back as a record. Numbering
@@ -112,7 +118,20 @@ func loadHead(ctx context.Context, stream jetstream.Stream, sc auditlog.Scope) (
 	if err != nil {
 		return head{}, fmt.Errorf("audit: head of %s: %w", sc, err)
 	}
-	return headOf(m.Sequence, m.Time, m.Data, sc)
+	h, err := headOf(m.Sequence, m.Time, m.Data, sc)
+	if err == nil {
+		h.copyWatch = copyWatchOf(m.Header)
+	}
+	return h, err
+}
+
+// copyWatchOf reads a batch's copy watch (zero: none, or unreadable).
+func copyWatchOf(hdr nats.Header) time.Time {
+	ns, err := strconv.ParseInt(hdr.Get(auditlog.HeaderCopyWatch), 10, 64)
+	if err != nil || ns <= 0 {
+		return time.Time{}
+	}
+	return time.Unix(0, ns)
 }
 
 func headOf(streamSeq uint64, at time.Time, body []byte, sc auditlog.Scope) (head, error) {

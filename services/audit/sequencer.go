@@ -62,6 +62,7 @@ type pending struct {
 	published time.Time // stream time of the event
 	touched   time.Time // last delivery or InProgress
 	suspect   bool
+	copy      bool // delivered as a publisher's failover copy
 }
 
 // scopeQueue holds a scope's queued events and cached head.
@@ -126,13 +127,14 @@ func (s *Service) enqueue(ctx context.Context, m jetstream.Msg, md *jetstream.Ms
 	if err := sc.Validate(); err != nil {
 		return err
 	}
+	copied := m.Headers().Get(mesh.HeaderFailover) != ""
 	p := &pending{
 		msgs: []jetstream.Msg{m}, ev: ev, id: auditlog.DedupeID(ev.Service, ev.RequestID),
-		published: md.Timestamp, touched: now,
+		published: md.Timestamp, touched: now, copy: copied,
 		suspect: md.NumDelivered > 1 || md.Timestamp.Before(s.suspectBefore[md.Stream]) ||
 			// A copy may be stored on another sibling too (mesh/siblings.go):
 			// published on failover, or held back by a leader election.
-			m.Headers().Get(mesh.HeaderFailover) != "" || len(s.auditCons) > 1 && now.Sub(md.Timestamp) > lateDelivery,
+			copied || len(s.auditCons) > 1 && now.Sub(md.Timestamp) > lateDelivery,
 	}
 	s.count(func(st *Stats) {
 		st.Events++
@@ -150,6 +152,7 @@ func (s *Service) enqueue(ctx context.Context, m jetstream.Msg, md *jetstream.Ms
 	if ex, ok := q.byID[p.id]; ok {
 		ex.msgs = append(ex.msgs, m)
 		ex.suspect = ex.suspect || p.suspect
+		ex.copy = ex.copy || p.copy
 		ex.touched = now
 		return nil
 	}
@@ -232,6 +235,7 @@ func (s *Service) tryCommit(ctx context.Context, q *scopeQueue, batchp *[]*pendi
 		}
 		q.head, q.loaded = h, true
 	}
+	s.watchCopies(q, *batchp)
 	if err := s.dedupeSuspects(ctx, q, batchp); err != nil {
 		return false, err
 	}
@@ -250,6 +254,9 @@ func (s *Service) tryCommit(ctx context.Context, q *scopeQueue, batchp *[]*pendi
 	m := nats.NewMsg(q.scope.RecordSubject())
 	m.Data = body
 	m.Header.Set(auditlog.HeaderBatch, strconv.FormatUint(q.head.seq+1, 10)+"-"+strconv.FormatUint(last.seq, 10))
+	if last.copyWatch = s.copyWatchAfter(q.head, *batchp); !last.copyWatch.IsZero() {
+		m.Header.Set(auditlog.HeaderCopyWatch, strconv.FormatInt(last.copyWatch.UnixNano(), 10))
+	}
 	ack, err := s.js.PublishMsg(ctx, m,
 		jetstream.WithExpectLastSequencePerSubject(q.head.streamSeq), jetstream.WithMsgID(msgID))
 	switch {
@@ -284,6 +291,43 @@ func (s *Service) tryCommit(ctx context.Context, q *scopeQueue, batchp *[]*pendi
 	// Whatever another writer recorded meanwhile is not numbered again.
 	s.dropRecorded(q, batchp, ids)
 	return len(*batchp) == 0, err
+}
+
+// copyWatch is how long after a failover copy is numbered its scope's
+// events are all checked against the committed records: the copy's
+// original may still be stored on its own sibling (held back by a leader
+// election) and then be delivered at once, neither redelivered nor late.
+// The clock margin also covers the writers' clock differences.
+const copyWatch = clockMargin
+
+// watchCopies marks the batch's events suspect while the scope's copy
+// watch runs: one of them may be the original of a copy already numbered
+// (by this process or another: the watch is read with the head).
+func (s *Service) watchCopies(q *scopeQueue, batch []*pending) {
+	if q.head.copyWatch.IsZero() {
+		return
+	}
+	for _, p := range batch {
+		if p.published.Before(q.head.copyWatch) {
+			p.suspect = true
+		}
+	}
+}
+
+// copyWatchAfter is the copy watch of a batch committed on h: extended
+// when the batch holds a failover copy, carried on while it runs.
+func (s *Service) copyWatchAfter(h head, batch []*pending) time.Time {
+	w, now := h.copyWatch, s.now()
+	for _, p := range batch {
+		if p.copy {
+			w = now.Add(copyWatch)
+			break
+		}
+	}
+	if !w.After(now) {
+		return time.Time{}
+	}
+	return w
 }
 
 // errExportBehind: committing would leave more unexported records in the

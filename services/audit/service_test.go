@@ -257,3 +257,54 @@ func TestAuditCheckpointOnDemand(t *testing.T) {
 		t.Fatal("event stream missing")
 	}
 }
+
+// A publisher's failover copy can be numbered before its original, which
+// is then stored late on its own sibling and delivered at once (neither
+// redelivered nor late): the original is still not numbered again, by the
+// process that numbered the copy nor by one that loads the scope's head
+// afresh (the copy watch travels in the log stream's batch headers).
+func TestAuditOriginalAfterCopyNumberedOnce(t *testing.T) {
+	_, nc, js := natstest.Run(t)
+	runKeyworker(t, nc, js)
+	ctx := context.Background()
+	topo := mesh.DefaultTopology()
+	topo.Siblings = 2
+	if _, err := mesh.EnsureAuditStreams(ctx, js, topo); err != nil {
+		t.Fatal(err)
+	}
+	pub := func(sibling int, ev *shared.AuditEvent, failover bool) {
+		t.Helper()
+		m := nats.NewMsg(shared.AuditSubjectOn(sibling, ev.Service, ev.Kind, ev.Scope))
+		m.Data, _ = json.Marshal(ev)
+		m.Header.Set(shared.HeaderMsgID, shared.AuditMsgID(ev.Service, ev.RequestID))
+		if failover {
+			m.Header.Set(mesh.HeaderFailover, "1")
+		}
+		if _, err := js.PublishMsg(ctx, m); err != nil {
+			t.Fatal(err)
+		}
+	}
+	same := auditlog.Scope{Kind: shared.AuditKindXKS, ID: "/copy-same"}
+	fresh := auditlog.Scope{Kind: shared.AuditKindXKS, ID: "/copy-fresh"}
+	_, stop := runAudit(t, nc, js, Config{Topology: topo})
+	for _, sc := range []auditlog.Scope{same, fresh} {
+		pub(1, event(sc, "keyworker", 1), true)
+		waitRecorded(t, js, sc, ids([]*shared.AuditEvent{event(sc, "keyworker", 1)}))
+	}
+	check := func(sc auditlog.Scope) {
+		t.Helper()
+		// Past the margin that makes events older than their consumer suspect.
+		time.Sleep(2500 * time.Millisecond)
+		pub(0, event(sc, "keyworker", 1), false) // the original
+		pub(0, event(sc, "keyworker", 2), false) // then a new event
+		waitRecorded(t, js, sc, ids([]*shared.AuditEvent{event(sc, "keyworker", 1), event(sc, "keyworker", 2)}))
+		recs, err := recorded(ctx, js, sc)
+		if err != nil || len(recs) != 2 {
+			t.Fatalf("%s: %d records, want 2 (%v)", sc, len(recs), err)
+		}
+	}
+	check(same)
+	stop()
+	_, _ = runAudit(t, nc, js, Config{Topology: topo}) // loads the head afresh
+	check(fresh)
+}

@@ -45,6 +45,11 @@ const (
 	ObjectBucket = shared.BucketAuditExport
 	// HeaderBatch names the sequence range a record batch holds: "first-last".
 	HeaderBatch = "Sovkeys-Audit-Batch"
+	// HeaderCopyWatch (unix nanoseconds) on a record batch: until then,
+	// events of the scope may have a failover copy among its records, so
+	// the sequencer checks every event against the committed records
+	// (services/audit/sequencer.go). Carried from batch to batch.
+	HeaderCopyWatch = "Sovkeys-Audit-Copy-Watch"
 )
 
 // Keyworker admin endpoints of the audit key (sovkeys.kwadmin.<pool>.<endpoint>).

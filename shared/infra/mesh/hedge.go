@@ -85,16 +85,14 @@ func (a *ackLatency) normal(fallback, ceiling time.Duration) time.Duration {
 	return max(min(d, ceiling), hedgeMin)
 }
 
-// copyHedgeMin is the earliest hedge of a work or audit publish. A copy
-// of those stored on two siblings is not always dropped by the next hop: a
-// work message on two work siblings is done twice (the second run's audit
-// event is then refused as a duplicate, its answer an error the gateway
-// usually no longer waits for), and an audit event's late original can be
-// numbered beside its failover copy (services/audit checks only copies
-// marked as failovers or delivered late). So work fails over only after a
-// whole silent try (PublishTry), where the sibling is most likely gone,
-// and audit after half of one; request publishes, whose copies the work
-// stream de-duplicates, hedge at what their sibling normally needs.
+// copyHedgeMin is the earliest hedge of a work publish. A work message
+// stored on two work siblings is done twice (the second run's audit event
+// is then refused as a duplicate, its answer an error the gateway usually
+// no longer waits for). So work fails over only after a whole silent try
+// (PublishTry), where the sibling is most likely gone. Request publishes,
+// whose copies the work stream de-duplicates, and audit publishes, whose
+// copies the audit service numbers once whichever lands first (its copy
+// watch, 2026-12-07), hedge at what their sibling normally needs.
 const copyHedgeMin = PublishTry
 
 // observe records the outcome of one try on stream: an ack's time, or a

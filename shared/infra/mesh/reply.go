@@ -83,11 +83,14 @@ func publishAuditData(ctx context.Context, js jetstream.JetStream, ev *shared.Au
 // the sibling key picks and waits for its ack.
 func publishAuditMsg(ctx context.Context, js jetstream.JetStream, m *nats.Msg, key string, subject func(int) string) error {
 	_, err := siblingPublish{
-		key:        key,
-		subject:    subject,
-		stream:     func(i int) string { return shared.SiblingStream(shared.StreamAudit, i) },
-		perTry:     auditTry,
-		hedgeFloor: auditTry / 2, // a late original may be numbered beside its copy (hedge.go)
+		key:     key,
+		subject: subject,
+		stream:  func(i int) string { return shared.SiblingStream(shared.StreamAudit, i) },
+		perTry:  auditTry,
+		// Hedged at what the sibling normally needs: the audit service
+		// numbers a copy and its original once, whichever lands first
+		// (services/audit: the copy watch).
+		hedgeFloor: 0,
 		accept: func(ack *jetstream.PubAck, again bool) error {
 			if ack.Duplicate && !again {
 				return fmt.Errorf("%w: %s", ErrAuditDuplicate, m.Header.Get(shared.HeaderMsgID))

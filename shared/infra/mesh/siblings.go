@@ -148,8 +148,8 @@ type siblingPublish struct {
 	subject func(i int) string
 	stream  func(i int) string
 	perTry  time.Duration
-	// hedgeFloor: no hedge before it (hedge.go: copyHedgeMin for work
-	// and audit); 0 for hedgeMin.
+	// hedgeFloor: no hedge before it (hedge.go: copyHedgeMin for work);
+	// 0 for hedgeMin.
 	hedgeFloor time.Duration
 	accept     func(ack *jetstream.PubAck, again bool) error
 }
