@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -99,10 +100,10 @@ type head struct {
 	seq       uint64        // its last record's sequence number
 	hash      auditlog.Hash // that record's hash
 	time      time.Time     // stream time of the last batch
-	// copyWatch: until then the scope's events are checked against its
-	// committed records before numbering (a failover copy was numbered
-	// recently; auditlog.HeaderCopyWatch).
-	copyWatch time.Time
+	// The copy watch (auditlog.HeaderCopyWatch): until copyUntil the
+	// scope's events are checked against its records committed since
+	// copyFrom (a failover copy was numbered recently).
+	copyFrom, copyUntil time.Time
 }
 
 // errCorruptLog: the stored head cannot be read back as a record. Numbering
@@ -120,18 +121,26 @@ func loadHead(ctx context.Context, stream jetstream.Stream, sc auditlog.Scope) (
 	}
 	h, err := headOf(m.Sequence, m.Time, m.Data, sc)
 	if err == nil {
-		h.copyWatch = copyWatchOf(m.Header)
+		h.copyFrom, h.copyUntil = copyWatchOf(m.Header)
 	}
 	return h, err
 }
 
-// copyWatchOf reads a batch's copy watch (zero: none, or unreadable).
-func copyWatchOf(hdr nats.Header) time.Time {
-	ns, err := strconv.ParseInt(hdr.Get(auditlog.HeaderCopyWatch), 10, 64)
-	if err != nil || ns <= 0 {
-		return time.Time{}
+// copyWatchOf reads a batch's copy watch, "<from>,<until>" in unix
+// nanoseconds (zero: none, or unreadable).
+func copyWatchOf(hdr nats.Header) (from, until time.Time) {
+	f, u, ok := strings.Cut(hdr.Get(auditlog.HeaderCopyWatch), ",")
+	fn, ferr := strconv.ParseInt(f, 10, 64)
+	un, uerr := strconv.ParseInt(u, 10, 64)
+	if !ok || ferr != nil || uerr != nil || fn <= 0 || un <= fn {
+		return time.Time{}, time.Time{}
 	}
-	return time.Unix(0, ns)
+	return time.Unix(0, fn), time.Unix(0, un)
+}
+
+// copyWatchValue is the header value copyWatchOf reads.
+func copyWatchValue(from, until time.Time) string {
+	return strconv.FormatInt(from.UnixNano(), 10) + "," + strconv.FormatInt(until.UnixNano(), 10)
 }
 
 func headOf(streamSeq uint64, at time.Time, body []byte, sc auditlog.Scope) (head, error) {

@@ -63,6 +63,10 @@ type pending struct {
 	touched   time.Time // last delivery or InProgress
 	suspect   bool
 	copy      bool // delivered as a publisher's failover copy
+	// scanFrom, when set, bounds how far back a suspect is looked for
+	// (else its publication less clockMargin): set for events suspect only
+	// because of the scope's copy watch.
+	scanFrom time.Time
 }
 
 // scopeQueue holds a scope's queued events and cached head.
@@ -254,8 +258,8 @@ func (s *Service) tryCommit(ctx context.Context, q *scopeQueue, batchp *[]*pendi
 	m := nats.NewMsg(q.scope.RecordSubject())
 	m.Data = body
 	m.Header.Set(auditlog.HeaderBatch, strconv.FormatUint(q.head.seq+1, 10)+"-"+strconv.FormatUint(last.seq, 10))
-	if last.copyWatch = s.copyWatchAfter(q.head, *batchp); !last.copyWatch.IsZero() {
-		m.Header.Set(auditlog.HeaderCopyWatch, strconv.FormatInt(last.copyWatch.UnixNano(), 10))
+	if last.copyFrom, last.copyUntil = s.copyWatchAfter(q.head, *batchp); !last.copyUntil.IsZero() {
+		m.Header.Set(auditlog.HeaderCopyWatch, copyWatchValue(last.copyFrom, last.copyUntil))
 	}
 	ack, err := s.js.PublishMsg(ctx, m,
 		jetstream.WithExpectLastSequencePerSubject(q.head.streamSeq), jetstream.WithMsgID(msgID))
@@ -294,40 +298,53 @@ func (s *Service) tryCommit(ctx context.Context, q *scopeQueue, batchp *[]*pendi
 }
 
 // copyWatch is how long after a failover copy is numbered its scope's
-// events are all checked against the committed records: the copy's
-// original may still be stored on its own sibling (held back by a leader
-// election) and then be delivered at once, neither redelivered nor late.
-// The clock margin also covers the writers' clock differences.
-const copyWatch = clockMargin
+// events are all checked against the records committed since the copy was
+// published (less copyWatchSkew): the copy's original may still be stored
+// on its own sibling (its leader stalled, or the publish in flight through
+// an election) and then be delivered at once, neither redelivered nor
+// late. Each copy numbered extends the watch. An original stored more than
+// copyWatch after its copy was numbered is not caught (docs/audit.md).
+const copyWatch = 30 * time.Second
+
+// copyWatchSkew covers the clock difference between an event stream's
+// leader (the copy's publication time) and the log stream's (batch times).
+const copyWatchSkew = 30 * time.Second
 
 // watchCopies marks the batch's events suspect while the scope's copy
 // watch runs: one of them may be the original of a copy already numbered
 // (by this process or another: the watch is read with the head).
 func (s *Service) watchCopies(q *scopeQueue, batch []*pending) {
-	if q.head.copyWatch.IsZero() {
+	if q.head.copyUntil.IsZero() {
 		return
 	}
 	for _, p := range batch {
-		if p.published.Before(q.head.copyWatch) {
-			p.suspect = true
+		if !p.suspect && p.published.Before(q.head.copyUntil) {
+			p.suspect, p.scanFrom = true, q.head.copyFrom
 		}
 	}
 }
 
-// copyWatchAfter is the copy watch of a batch committed on h: extended
-// when the batch holds a failover copy, carried on while it runs.
-func (s *Service) copyWatchAfter(h head, batch []*pending) time.Time {
-	w, now := h.copyWatch, s.now()
+// copyWatchAfter is the copy watch of a batch committed on h: started or
+// extended when the batch holds a failover copy, carried on while it runs.
+func (s *Service) copyWatchAfter(h head, batch []*pending) (from, until time.Time) {
+	from, until = h.copyFrom, h.copyUntil
+	now := s.now()
+	if !until.After(now) {
+		from, until = time.Time{}, time.Time{}
+	}
 	for _, p := range batch {
-		if p.copy {
-			w = now.Add(copyWatch)
-			break
+		if !p.copy {
+			continue
+		}
+		until = now.Add(copyWatch)
+		if f := p.published.Add(-copyWatchSkew); from.IsZero() || f.Before(from) {
+			from = f
 		}
 	}
-	if !w.After(now) {
-		return time.Time{}
+	if until.IsZero() {
+		return time.Time{}, time.Time{}
 	}
-	return w
+	return from, until
 }
 
 // errExportBehind: committing would leave more unexported records in the
@@ -362,15 +379,21 @@ func (s *Service) exportRoom(ctx context.Context, q *scopeQueue, n int) error {
 func (s *Service) dedupeSuspects(ctx context.Context, q *scopeQueue, batchp *[]*pending) error {
 	var since time.Time
 	for _, p := range *batchp {
-		if p.suspect && (since.IsZero() || p.published.Before(since)) {
-			since = p.published
+		if !p.suspect {
+			continue
+		}
+		from := p.scanFrom
+		if from.IsZero() {
+			from = p.published.Add(-clockMargin)
+		}
+		if since.IsZero() || from.Before(since) {
+			since = from
 		}
 	}
 	if since.IsZero() {
 		q.scan = scanCache{}
 		return nil
 	}
-	since = since.Add(-clockMargin)
 	switch {
 	case q.scan.ids == nil || since.Before(q.scan.since):
 		ids, err := scanSince(ctx, s.logStream, q.scope, since, q.head)

@@ -5,7 +5,8 @@ package keyworker
 // would each find no domain key and each create one, and two keys under one
 // label make every later operation fail. So a keyworker creates (or checks)
 // the hierarchy only while it holds a lease in KV, and re-reads the token
-// under it (EnsureHierarchy forgets its cached handles first).
+// under it (EnsureHierarchy forgets its cached handles first). The seal
+// key is made under the same lease.
 
 import (
 	"context"
@@ -15,6 +16,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/sovkeys/sovkeys/services/keyworker/internal/hsm"
 	"github.com/sovkeys/sovkeys/shared"
 	"github.com/sovkeys/sovkeys/shared/infra/mesh"
 )
@@ -34,7 +36,16 @@ func (s *Service) ensureHierarchyLocked(ctx context.Context) error {
 		return err
 	}
 	defer release()
-	return s.hsm.EnsureHierarchy(ctx)
+	if err := s.hsm.EnsureHierarchy(ctx); err != nil {
+		return err
+	}
+	// The seal key too (it seals the pool's box key at first start): two
+	// keyworkers creating it at once left two keys under its label, and
+	// every keyworker of the pool then failed to open the pinned box key.
+	if _, err := s.hsm.CreateAESKey(ctx, hsm.SealKeyLabel, true, true); err != nil && !errors.Is(err, hsm.ErrKeyExists) {
+		return fmt.Errorf("keyworker: seal key: %w", err)
+	}
+	return nil
 }
 
 // acquireLease waits until it holds the KV lease key. A lease older than

@@ -2,10 +2,13 @@ package keyworker
 
 import (
 	"context"
+	"encoding/hex"
+	"fmt"
 	"log/slog"
 	"os"
 	"os/exec"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -37,6 +40,9 @@ func TestHierarchyCreatedOnceBySimultaneousKeyworkers(t *testing.T) {
 	for round := range 3 {
 		module, label, pin := hsmtest.NewToken(t)
 		const n = 4
+		// Every child seals at this instant, after its hierarchy step: the
+		// seal key must exist by then, or each would create one.
+		sealAt := strconv.FormatInt(time.Now().Add(3*time.Second).UnixNano(), 10)
 		var wg sync.WaitGroup
 		outs := make([][]byte, n)
 		errs := make([]error, n)
@@ -44,7 +50,7 @@ func TestHierarchyCreatedOnceBySimultaneousKeyworkers(t *testing.T) {
 			cmd := exec.CommandContext(ctx, os.Args[0], "-test.run=^TestHierarchyChild$", "-test.count=1")
 			cmd.Env = append(os.Environ(), "SOVKEYS_HIER_CHILD=1", "SOVKEYS_HIER_NATS="+ns.ClientURL(),
 				"SOVKEYS_HIER_MODULE="+module, "SOVKEYS_HIER_LABEL="+label, "SOVKEYS_HIER_PIN="+pin,
-				"SOVKEYS_HIER_POOL=p"+strconv.Itoa(round), "SOFTHSM2_CONF="+hsmtest.ConfPath())
+				"SOVKEYS_HIER_POOL=p"+strconv.Itoa(round), "SOVKEYS_HIER_SEAL_AT="+sealAt, "SOFTHSM2_CONF="+hsmtest.ConfPath())
 			wg.Go(func() { outs[i], errs[i] = cmd.CombinedOutput() })
 		}
 		wg.Wait()
@@ -64,6 +70,16 @@ func TestHierarchyCreatedOnceBySimultaneousKeyworkers(t *testing.T) {
 		}
 		if _, err := fresh.PublicKey(ctx, hsm.SigningKeyLabel); err != nil {
 			t.Fatal(err)
+		}
+		// One seal key: what each child sealed opens here.
+		for i, out := range outs {
+			blob := sealedLine(out)
+			if blob == nil {
+				t.Fatalf("round %d keyworker %d sealed nothing:\n%s", round, i, out)
+			}
+			if pt, err := fresh.Unseal(ctx, blob, []byte("hier")); err != nil || string(pt) != "child" {
+				t.Fatalf("round %d: keyworker %d's sealed blob: %q %v", round, i, pt, err)
+			}
 		}
 		_ = fresh.Close()
 	}
@@ -104,6 +120,27 @@ func TestHierarchyChild(t *testing.T) {
 	if err := s.ensureHierarchyLocked(ctx); err != nil {
 		t.Fatal(err)
 	}
+	if at, err := strconv.ParseInt(os.Getenv("SOVKEYS_HIER_SEAL_AT"), 10, 64); err == nil {
+		time.Sleep(time.Until(time.Unix(0, at)))
+	}
+	blob, err := h.Seal(ctx, []byte("child"), []byte("hier"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	fmt.Printf("sealed=%s\n", hex.EncodeToString(blob))
+}
+
+// sealedLine finds the blob a child printed.
+func sealedLine(out []byte) []byte {
+	for line := range strings.SplitSeq(string(out), "\n") {
+		if v, ok := strings.CutPrefix(line, "sealed="); ok {
+			b, err := hex.DecodeString(strings.TrimSpace(v))
+			if err == nil {
+				return b
+			}
+		}
+	}
+	return nil
 }
 
 // A lease held by a live keyworker is waited for; one left by a dead
