@@ -9,9 +9,11 @@
 #
 #   loadtest/tails.sh                       # 1,000 req/s, 60 s
 #   RATE=1800 SECONDS_PER_RUN=120 loadtest/tails.sh
+#   RUNS=node SECONDS_PER_RUN=1200 loadtest/tails.sh   # the node alone, 20 minutes
 #
-# Environment: RATE (1000), SECONDS_PER_RUN (60), SOVKEYS_BIN (built from
-# the tree), OUT (loadtest/results/tails-<UTC time>), BASE_PORT (19600).
+# Environment: RATE (1000), SECONDS_PER_RUN (60), RUNS ("floor node"),
+# SOVKEYS_BIN (built from the tree), OUT (loadtest/results/tails-<UTC
+# time>), BASE_PORT (19600).
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -65,10 +67,10 @@ sleep 1
 	echo "cpus:    $(nproc) x $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')"
 	echo "load:    $(cut -d' ' -f1-3 /proc/loadavg) (before)"
 	echo "node:    $SOVKEYS_BIN (pid $NODE_PID), GODEBUG=gctrace=1"
-	echo "offered: XKS encrypt 1 KiB, open loop $RATE req/s, $SECS s each, floor then node"
+	echo "offered: XKS encrypt 1 KiB, open loop $RATE req/s, $SECS s each: ${RUNS:-floor node}"
 } | tee "$OUT/machine.txt"
 
-for who in floor node; do
+for who in ${RUNS:-floor node}; do
 	url=https://$GW
 	[[ $who == floor ]] && url=https://$FLOOR
 	bin/loadtest -url "$url" -ca "$DATA/tls/ca.pem" -creds-json "$DATA/ks.json" -key bench-key-1 -size 1024 -aad 0 \
