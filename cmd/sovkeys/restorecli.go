@@ -152,15 +152,21 @@ func runRestore(ctx context.Context, f *drFlags, s stdio) error {
 	if err != nil {
 		return fmt.Errorf("list streams: %w", err)
 	}
-	if len(existing) > 0 {
-		return fmt.Errorf("%w: the target is not empty (streams %s): restore into a new node (fresh --data) or an empty cluster", errRestoreRefused, strings.Join(existing, ", "))
+	done, err := restoredBefore(ctx, js, m, existing)
+	if err != nil {
+		return err
 	}
 	var msgs uint64
 	for _, st := range m.Streams {
-		if err := restoreStream(ctx, nc, f.dir, st); err != nil {
-			return fmt.Errorf("restore stream %s (streams restored before it stay; restore into a fresh node again): %w", st.Name, err)
+		if !done[st.Name] {
+			if err := restoreStream(ctx, nc, f.dir, st); err != nil {
+				return fmt.Errorf("restore stream %s (streams restored before it stay; run the same restore again to go on): %w", st.Name, err)
+			}
 		}
 		msgs += st.Messages
+	}
+	if len(done) > 0 {
+		fmt.Fprintf(s.stdout, "%d streams were already restored by an earlier run of this restore; went on with the rest\n", len(done))
 	}
 	if err := auditRestore(ctx, js, m, manifestSum, f.dir); err != nil {
 		return fmt.Errorf("streams restored, but the audit record of the restore failed: %w", err)
@@ -169,6 +175,45 @@ func runRestore(ctx context.Context, f *drFlags, s stdio) error {
 		len(m.Streams), msgs, f.dir, manifestSum, m.Created.Format(time.RFC3339), time.Since(start).Round(time.Millisecond))
 	fmt.Fprintf(s.stdout, "events after %s that never reached the backup are not restored (recorded in the operator log)\n", m.Created.Format(time.RFC3339))
 	return nil
+}
+
+// restoredBefore accepts a target whose only streams are some of this
+// backup's, holding exactly what the manifest says (an earlier run of the
+// same restore that stopped part way: JetStream creates a stream only when
+// its whole snapshot is in); any other stream, or all of them, refuses the
+// restore.
+func restoredBefore(ctx context.Context, js jetstream.JetStream, m drManifest, existing []string) (map[string]bool, error) {
+	want := map[string]drStream{}
+	for _, st := range m.Streams {
+		want[st.Name] = st
+	}
+	done := map[string]bool{}
+	var foreign []string
+	for _, name := range existing {
+		st, ok := want[name]
+		if ok {
+			sctx, cancel := context.WithTimeout(ctx, restoreAckWait)
+			str, err := js.Stream(sctx, name)
+			cancel()
+			if err != nil {
+				return nil, fmt.Errorf("look at stream %s: %w", name, err)
+			}
+			state := str.CachedInfo().State
+			ok = state.Msgs == st.Messages && state.LastSeq == st.LastSeq
+		}
+		if ok {
+			done[name] = true
+		} else {
+			foreign = append(foreign, name)
+		}
+	}
+	if len(foreign) > 0 {
+		return nil, fmt.Errorf("%w: the target is not empty (streams %s): restore into a new node (fresh --data) or an empty cluster", errRestoreRefused, strings.Join(foreign, ", "))
+	}
+	if len(done) > 0 && len(done) == len(m.Streams) {
+		return nil, fmt.Errorf("%w: the target is not empty: every stream of this backup is restored here already", errRestoreRefused)
+	}
+	return done, nil
 }
 
 // restoreStream sends one stream's snapshot to JetStream's restore API.
