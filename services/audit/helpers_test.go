@@ -127,6 +127,25 @@ func publishAsync(t testing.TB, js jetstream.JetStream, evs []*shared.AuditEvent
 }
 
 // recorded reads every record of sc from the log stream.
+// publishOn publishes ev on audit event stream sibling i as its publisher
+// would, marked as a failover copy if failover.
+func publishOn(t testing.TB, js jetstream.JetStream, i int, ev *shared.AuditEvent, failover bool) {
+	t.Helper()
+	data, err := json.Marshal(ev)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := nats.NewMsg(shared.AuditSubjectOn(i, ev.Service, ev.Kind, ev.Scope))
+	m.Data = data
+	m.Header.Set(shared.HeaderMsgID, shared.AuditMsgID(ev.Service, ev.RequestID))
+	if failover {
+		m.Header.Set(mesh.HeaderFailover, "1")
+	}
+	if _, err := js.PublishMsg(context.Background(), m); err != nil {
+		t.Fatal(err)
+	}
+}
+
 func recorded(ctx context.Context, js jetstream.JetStream, sc auditlog.Scope) ([]*auditlog.Record, error) {
 	var out []*auditlog.Record
 	err := auditlog.StreamSource{JS: js}.Records(ctx, sc, func(_ uint64, data []byte, err error) error {

@@ -2,13 +2,11 @@ package audit
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/sovkeys/sovkeys/shared"
@@ -159,28 +157,11 @@ func TestAuditSiblingCopiesNumberedOnce(t *testing.T) {
 	// (marked), half as first tries held back by an election (delivered
 	// late: the service is down past lateDelivery); plus new events there.
 	for i, ev := range evs {
-		data, err := json.Marshal(ev)
-		if err != nil {
-			t.Fatal(err)
-		}
-		m := nats.NewMsg(shared.AuditSubjectOn(1+i%2, ev.Service, ev.Kind, ev.Scope))
-		m.Data = data
-		m.Header.Set(shared.HeaderMsgID, shared.AuditMsgID(ev.Service, ev.RequestID))
-		if i%2 == 0 {
-			m.Header.Set(mesh.HeaderFailover, "1")
-		}
-		if _, err := js.PublishMsg(ctx, m); err != nil {
-			t.Fatal(err)
-		}
+		publishOn(t, js, 1+i%2, ev, i%2 == 0)
 	}
 	more := []*shared.AuditEvent{event(sc, "keyworker", 100), event(sc, "authn", 100)}
 	for i, ev := range more {
-		m := nats.NewMsg(shared.AuditSubjectOn(1+i, ev.Service, ev.Kind, ev.Scope))
-		m.Data, _ = json.Marshal(ev)
-		m.Header.Set(shared.HeaderMsgID, shared.AuditMsgID(ev.Service, ev.RequestID))
-		if _, err := js.PublishMsg(ctx, m); err != nil {
-			t.Fatal(err)
-		}
+		publishOn(t, js, 1+i, ev, false)
 	}
 	time.Sleep(lateDelivery + 500*time.Millisecond)
 	_, _ = runAudit(t, nc, js, Config{Topology: topo})
@@ -272,31 +253,19 @@ func TestAuditOriginalAfterCopyNumberedOnce(t *testing.T) {
 	if _, err := mesh.EnsureAuditStreams(ctx, js, topo); err != nil {
 		t.Fatal(err)
 	}
-	pub := func(sibling int, ev *shared.AuditEvent, failover bool) {
-		t.Helper()
-		m := nats.NewMsg(shared.AuditSubjectOn(sibling, ev.Service, ev.Kind, ev.Scope))
-		m.Data, _ = json.Marshal(ev)
-		m.Header.Set(shared.HeaderMsgID, shared.AuditMsgID(ev.Service, ev.RequestID))
-		if failover {
-			m.Header.Set(mesh.HeaderFailover, "1")
-		}
-		if _, err := js.PublishMsg(ctx, m); err != nil {
-			t.Fatal(err)
-		}
-	}
 	same := auditlog.Scope{Kind: shared.AuditKindXKS, ID: "/copy-same"}
 	fresh := auditlog.Scope{Kind: shared.AuditKindXKS, ID: "/copy-fresh"}
 	_, stop := runAudit(t, nc, js, Config{Topology: topo})
 	for _, sc := range []auditlog.Scope{same, fresh} {
-		pub(1, event(sc, "keyworker", 1), true)
+		publishOn(t, js, 1, event(sc, "keyworker", 1), true)
 		waitRecorded(t, js, sc, ids([]*shared.AuditEvent{event(sc, "keyworker", 1)}))
 	}
 	check := func(sc auditlog.Scope) {
 		t.Helper()
 		// Past the margin that makes events older than their consumer suspect.
 		time.Sleep(2500 * time.Millisecond)
-		pub(0, event(sc, "keyworker", 1), false) // the original
-		pub(0, event(sc, "keyworker", 2), false) // then a new event
+		publishOn(t, js, 0, event(sc, "keyworker", 1), false) // the original
+		publishOn(t, js, 0, event(sc, "keyworker", 2), false) // then a new event
 		waitRecorded(t, js, sc, ids([]*shared.AuditEvent{event(sc, "keyworker", 1), event(sc, "keyworker", 2)}))
 		recs, err := recorded(ctx, js, sc)
 		if err != nil || len(recs) != 2 {
