@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"go.opentelemetry.io/otel/trace/noop"
 
 	"github.com/sovkeys/sovkeys/shared"
@@ -72,6 +73,71 @@ func TestForwardThrottlesWhenPoolQueueIsFull(t *testing.T) {
 	if err := s.forward(ctx, &shared.Envelope{Version: 1, ID: "c", API: shared.APIXKSEncrypt, ReplyTo: "r",
 		Authz: &shared.Authz{Pool: "nopool"}}); shared.CodeOf(err) != shared.CodeDependencyTimeout {
 		t.Fatalf("unknown pool: want dependency timeout, got %v", err)
+	}
+}
+
+// A request that arrived with mesh.HeaderRoute (resent, or published on a
+// detour round a stalled sibling) has its work published on the work
+// sibling of the request sibling it came from, not the key's own: the
+// stall may be in the key's own work consumer too.
+func TestForwardKeepsARoutedRequestOnItsPath(t *testing.T) {
+	t.Parallel()
+	_, nc, js := natstest.Run(t)
+	ctx := context.Background()
+	topo := mesh.DefaultTopology()
+	topo.Siblings = 3
+	streams, err := mesh.EnsureWorkStreams(ctx, js, "p", topo)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := New(Config{Topology: topo, MaxSkew: 5 * time.Minute, Concurrency: 1},
+		Deps{NC: nc, JS: js, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), Tracer: noop.NewTracerProvider(), Now: time.Now,
+			WorkSigner: testWorkSigner(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	env := func(id string) *shared.Envelope {
+		return &shared.Envelope{Version: shared.EnvelopeVersion, ID: id, API: shared.APIXKSEncrypt, ReplyTo: "r",
+			Authz: &shared.Authz{Pool: "p"}}
+	}
+	landed := func() int { // the work sibling holding one more message than before
+		t.Helper()
+		for i, st := range streams {
+			info, err := st.Info(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if info.State.Msgs > 0 {
+				if err := st.Purge(ctx); err != nil {
+					t.Fatal(err)
+				}
+				return i
+			}
+		}
+		t.Fatal("no work stored")
+		return -1
+	}
+	if err := s.forward(ctx, env("plain")); err != nil {
+		t.Fatal(err)
+	}
+	own := landed()
+	routed := (own + 1) % 3
+	rctx := context.WithValue(ctx, routeKey{}, routed+1)
+	if err := s.forward(rctx, env("plain")); err != nil {
+		t.Fatal(err)
+	}
+	if got := landed(); got != routed {
+		t.Fatalf("routed work on sibling %d, want %d (the key's own is %d)", got, routed, own)
+	}
+	// The route is read off the consumed request: its subject's sibling,
+	// only with the header.
+	h := nats.Header{}
+	if got := mesh.RouteOf(shared.RequestSubjectOn(2, shared.APIXKSEncrypt), h); got != 0 {
+		t.Fatalf("route without the header: %d", got)
+	}
+	h.Set(mesh.HeaderRoute, "1")
+	if got := mesh.RouteOf(shared.RequestSubjectOn(2, shared.APIXKSEncrypt), h); got != 3 {
+		t.Fatalf("route %d, want 3", got)
 	}
 }
 

@@ -271,6 +271,9 @@ func (s *Service) handle(ctx context.Context, m jetstream.Msg) {
 		return
 	}
 	ctx = tracing.Extract(ctx, nats.Header(m.Headers()))
+	if from := mesh.RouteOf(m.Subject(), nats.Header(m.Headers())); from > 0 {
+		ctx = context.WithValue(ctx, routeKey{}, from) // forward keeps the work on this path
+	}
 	ctx, span := s.tracer.Start(ctx, "authn "+string(env.API), trace.WithSpanKind(trace.SpanKindConsumer),
 		trace.WithAttributes(attribute.String("sovkeys.request_id", env.ID)))
 	defer span.End()
@@ -366,6 +369,11 @@ func refusalReason(err error, expired bool) string {
 	return ""
 }
 
+// routeKey carries, for a request that asked for it (mesh.HeaderRoute),
+// 1 + the request sibling it was consumed from: its work is published on
+// that work sibling first (shared/infra/mesh/resend.go).
+type routeKey struct{}
+
 // forward sends authorised work to the key's pool. A full pool queue
 // answers ThrottlingException at once.
 func (s *Service) forward(ctx context.Context, env *shared.Envelope) error {
@@ -390,7 +398,8 @@ func (s *Service) forward(ctx context.Context, env *shared.Envelope) error {
 		ctx, cancel = context.WithDeadline(ctx, env.Deadline)
 		defer cancel()
 	}
-	if _, err := mesh.PublishWork(ctx, s.js, env.Authz.Pool, env.API, msg, mesh.PublishTry); err != nil {
+	from, _ := ctx.Value(routeKey{}).(int)
+	if _, err := mesh.PublishWorkFrom(ctx, s.js, env.Authz.Pool, env.API, msg, mesh.PublishTry, from); err != nil {
 		if mesh.IsQueueFull(err) {
 			return shared.NewError(shared.CodeThrottling, "hsm pool %q is at capacity, retry later", env.Authz.Pool)
 		}

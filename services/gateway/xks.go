@@ -139,7 +139,9 @@ func (s *Service) roundTrip(ctx context.Context, env *shared.Envelope) (*nats.Ms
 	msg.Header.Set(shared.HeaderMsgID, env.ID)
 	tracing.Inject(ctx, msg.Header)
 	ch := s.replies.register(env.ID)
-	if _, err := mesh.PublishRequest(ctx, s.js, env.API, msg, mesh.PublishTry); err != nil {
+	sent := time.Now()
+	ack, err := mesh.PublishRequest(ctx, s.js, env.API, msg, mesh.PublishTry)
+	if err != nil {
 		s.replies.cancel(env.ID)
 		if mesh.IsQueueFull(err) {
 			return nil, &meshError{reason: metrics.ReasonQueue, err: shared.NewError(shared.CodeThrottling, "request queue is full, retry later")}
@@ -147,11 +149,48 @@ func (s *Service) roundTrip(ctx context.Context, env *shared.Envelope) (*nats.Ms
 		s.log.Debug("publish request failed", "request_id", env.ID, "err", err) // counted and logged (bounded) by the caller
 		return nil, &meshError{reason: metrics.ReasonUnavailable, err: shared.NewError(shared.CodeDependencyTimeout, "key service mesh unavailable")}
 	}
-	reply, err := s.replies.wait(ctx, env.ID, ch)
+	reply, err := s.awaitAnswer(ctx, env, msg, ch, ack.Stream, sent)
 	if err != nil {
 		return nil, &meshError{reason: metrics.ReasonTimeout, err: shared.NewError(shared.CodeDependencyTimeout, "no answer within %s", s.cfg.RequestTimeout)}
 	}
 	return reply, nil
+}
+
+// awaitAnswer waits for the answer of the request msg, stored on stream
+// (its publish began at sent). With siblings, an answer that takes longer
+// than that sibling normally needs is overdue: the request is sent again
+// on another sibling and the first answer wins (shared/infra/mesh/resend.go).
+func (s *Service) awaitAnswer(ctx context.Context, env *shared.Envelope, msg *nats.Msg, ch chan *nats.Msg, stream string, sent time.Time) (*nats.Msg, error) {
+	after := mesh.ResendAfter(s.js, stream)
+	if after <= 0 {
+		return s.replies.wait(ctx, env.ID, ch)
+	}
+	t := time.NewTimer(after - time.Since(sent))
+	select {
+	case m := <-ch:
+		t.Stop()
+		mesh.AnswerTook(s.js, stream, time.Since(sent))
+		return m, nil
+	case <-ctx.Done():
+		t.Stop()
+		s.replies.cancel(env.ID)
+		return nil, ctx.Err()
+	case <-t.C:
+	}
+	go func() { // the original may still be answered meanwhile
+		resent, err := mesh.ResendRequest(ctx, s.js, env.API, msg, stream)
+		if resent {
+			metrics.RequestResent(env.API)
+			s.log.Debug("answer overdue: request resent on another sibling", "request_id", env.ID, "stored_on", stream, "after", after, "err", err)
+		}
+	}()
+	m, err := s.replies.wait(ctx, env.ID, ch)
+	if err == nil {
+		// Late answers count too, or a sibling that became slow for good
+		// would look overdue on every request.
+		mesh.AnswerTook(s.js, stream, time.Since(sent))
+	}
+	return m, err
 }
 
 // reject answers a request refused before it entered the mesh (before any

@@ -31,6 +31,8 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/sovkeys/sovkeys/shared"
 )
 
 const (
@@ -180,8 +182,8 @@ func (p siblingPublish) publishHedged(ctx context.Context, js jetstream.JetStrea
 	dl, hasDeadline := ctx.Deadline()
 	results := make(chan tryResult, maxLaunches) // tries never block, also after the call returned
 	n := len(order)
-	tried := make([]bool, n)    // by sibling: an earlier try had an unknown outcome
-	launched := make([]bool, n) // by position in order, this round
+	tried := make([]bool, shared.MaxSiblings) // by sibling: an earlier try had an unknown outcome
+	launched := make([]bool, n)               // by position in order, this round
 	pending, launches := 0, 0
 	perTry := p.perTry
 	var lastErr error
@@ -192,7 +194,7 @@ func (p siblingPublish) publishHedged(ctx context.Context, js jetstream.JetStrea
 		pending++
 		launches++
 		m := &nats.Msg{Subject: p.subject(i), Data: msg.Data, Header: cloneHeader(msg.Header)}
-		if k > 0 {
+		if k > 0 || p.avoid != "" { // a resend is a copy wherever it lands
 			m.Header.Set(HeaderFailover, "1")
 		} else {
 			m.Header.Del(HeaderFailover)
@@ -311,7 +313,10 @@ func (p siblingPublish) publishHedged(ctx context.Context, js jetstream.JetStrea
 			if launches+n > maxLaunches || sleep(ctx, publishPause) != nil {
 				return nil, lastErr
 			}
-			order = st.order(p.key, n, p.stream, time.Now())
+			order = p.order(st, Siblings(js), time.Now())
+			if len(order) != n {
+				return nil, lastErr // the siblings changed under this call
+			}
 			clear(launched)
 			launch(0, 0)
 			lastLaunch = time.Now()

@@ -62,9 +62,14 @@ type siblingState struct {
 	n     int
 	until map[string]time.Time   // stream -> tried last until
 	acks  map[string]*ackLatency // stream -> its ack times (hedge.go)
-	// credit rations hedges; hedges counts them (hedge.go).
-	credit int
-	hedges int
+	// answers: request stream -> the time its requests take to be
+	// answered (resend.go).
+	answers map[string]*ackLatency
+	// credit rations hedges and resends; hedges and resends count them
+	// (hedge.go, resend.go).
+	credit  int
+	hedges  int
+	resends int
 }
 
 var siblings sync.Map // jetstream.JetStream -> *siblingState
@@ -73,7 +78,8 @@ func stateOf(js jetstream.JetStream) *siblingState {
 	if v, ok := siblings.Load(js); ok {
 		return v.(*siblingState)
 	}
-	v, _ := siblings.LoadOrStore(js, &siblingState{n: 1, until: map[string]time.Time{}, acks: map[string]*ackLatency{}, credit: hedgeBurst * hedgeCost})
+	v, _ := siblings.LoadOrStore(js, &siblingState{n: 1, until: map[string]time.Time{}, acks: map[string]*ackLatency{},
+		answers: map[string]*ackLatency{}, credit: hedgeBurst * hedgeCost})
 	return v.(*siblingState)
 }
 
@@ -117,9 +123,18 @@ func (st *siblingState) order(key string, n int, stream func(int) string, now ti
 	if n == 1 {
 		return onlyFirst // one stream: nothing to choose (the hot path of a single node)
 	}
+	return st.orderFrom(ownSibling(key, n), n, stream, now)
+}
+
+// ownSibling is key's own sibling of n.
+func ownSibling(key string, n int) int {
 	h := fnv.New32a()
 	_, _ = h.Write([]byte(key))
-	first := int(h.Sum32() % uint32(n))
+	return int(h.Sum32() % uint32(n))
+}
+
+// orderFrom is order starting from sibling first.
+func (st *siblingState) orderFrom(first, n int, stream func(int) string, now time.Time) []int {
 	up := make([]int, 0, n)
 	var down []int
 	for k := range n {
@@ -152,6 +167,35 @@ type siblingPublish struct {
 	// 0 for hedgeMin.
 	hedgeFloor time.Duration
 	accept     func(ack *jetstream.PubAck, again bool) error
+	// from is 1 + the sibling to start from (0: the key's own); avoid
+	// names a stream never tried (resend.go: where the original is
+	// stored). route: a publish that does not start on the key's own
+	// sibling carries HeaderRoute (resend.go).
+	from  int
+	avoid string
+	route bool
+}
+
+// order is the siblings to try for p's message, n in all.
+func (p siblingPublish) order(st *siblingState, n int, now time.Time) []int {
+	if n == 1 {
+		return onlyFirst
+	}
+	first := ownSibling(p.key, n)
+	if p.from > 0 && p.from <= n {
+		first = p.from - 1
+	}
+	order := st.orderFrom(first, n, p.stream, now)
+	if p.avoid != "" {
+		kept := order[:0]
+		for _, i := range order {
+			if p.stream(i) != p.avoid {
+				kept = append(kept, i)
+			}
+		}
+		order = kept
+	}
+	return order
 }
 
 // publish sends msg to a sibling and waits for its ack. With several
@@ -169,7 +213,13 @@ type siblingPublish struct {
 func (p siblingPublish) publish(ctx context.Context, js jetstream.JetStream, msg *nats.Msg) (*jetstream.PubAck, error) {
 	st := stateOf(js)
 	n := Siblings(js)
-	order := st.order(p.key, n, p.stream, time.Now())
+	order := p.order(st, n, time.Now())
+	if len(order) == 0 {
+		return nil, nats.ErrNoResponders // every sibling avoided: nowhere to publish
+	}
+	if p.route && n > 1 && order[0] != ownSibling(p.key, n) {
+		msg.Header.Set(HeaderRoute, "1")
+	}
 	if msg.Header.Get(jetstream.MsgIDHeader) == "" {
 		msg.Subject = p.subject(order[0])
 		return js.PublishMsg(ctx, msg)
@@ -197,7 +247,7 @@ func (p siblingPublish) publish(ctx context.Context, js jetstream.JetStream, msg
 					}
 				}
 				attempts++
-				if i != order[0] {
+				if i != order[0] || p.avoid != "" {
 					msg.Header.Set(HeaderFailover, "1")
 				} else {
 					msg.Header.Del(HeaderFailover)
@@ -257,13 +307,22 @@ func PublishRequest(ctx context.Context, js jetstream.JetStream, api shared.API,
 		subject: func(i int) string { return shared.RequestSubjectOn(i, api) },
 		stream:  func(i int) string { return shared.SiblingStream(shared.StreamRequests, i) },
 		perTry:  perTry,
+		route:   true,
 	}.publish(ctx, js, msg)
 }
 
 // PublishWork publishes authorised work for pool on a sibling of the
 // pool's work stream, like PublishRequest.
 func PublishWork(ctx context.Context, js jetstream.JetStream, pool string, api shared.API, msg *nats.Msg, perTry time.Duration) (*jetstream.PubAck, error) {
+	return PublishWorkFrom(ctx, js, pool, api, msg, perTry, 0)
+}
+
+// PublishWorkFrom is PublishWork starting from sibling from-1 instead of
+// the key's own (from 0: the key's own; RouteOf gives it for a request
+// that carries HeaderRoute).
+func PublishWorkFrom(ctx context.Context, js jetstream.JetStream, pool string, api shared.API, msg *nats.Msg, perTry time.Duration, from int) (*jetstream.PubAck, error) {
 	return siblingPublish{
+		from:       from,
 		key:        msg.Header.Get(jetstream.MsgIDHeader),
 		subject:    func(i int) string { return shared.WorkSubjectOn(i, pool, api) },
 		stream:     func(i int) string { return shared.SiblingStream(shared.WorkStream(pool), i) },

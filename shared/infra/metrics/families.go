@@ -22,6 +22,14 @@ var (
 		"Requests refused for load (429/ThrottlingException): gateway counts every 429 it answers, authn and keyworker those they decided.", "service")
 )
 
+// requestResends counts requests the gateway sent again on another
+// request sibling because their answer was overdue (shared/infra/mesh/resend.go).
+var requestResends = counterVec("gateway_request_resends_total",
+	"Requests the gateway sent again on another request-stream sibling because their answer was overdue (a stalled consumer, e.g. a NATS node lost).", "api")
+
+// RequestResent counts one resend of a request for api.
+func RequestResent(a shared.API) { requestResends.WithLabelValues(api(a)).Inc() }
+
 // GatewayRequest records one answered HTTP request.
 func GatewayRequest(a shared.API, status int, c shared.Code, errorName string, d time.Duration) {
 	if !strings.HasSuffix(errorName, "Exception") || len(errorName) > 48 {
