@@ -177,17 +177,16 @@ func (s *Service) awaitAnswer(ctx context.Context, env *shared.Envelope, msg *na
 		return nil, ctx.Err()
 	case <-t.C:
 	}
-	go func() { // the original may still be answered meanwhile
-		resent, err := mesh.ResendRequest(ctx, s.js, env.API, msg, stream)
-		if resent {
-			metrics.RequestResent(env.API)
-			s.log.Debug("answer overdue: request resent on another sibling", "request_id", env.ID, "stored_on", stream, "after", after, "err", err)
-		}
-	}()
+	resent := mesh.ResendRequest(ctx, s.js, env.API, msg, stream) // in the background
+	if resent {
+		metrics.RequestResent(env.API)
+		s.log.Debug("answer overdue: request resent on another sibling", "request_id", env.ID, "stored_on", stream, "after", after)
+	}
 	m, err := s.replies.wait(ctx, env.ID, ch)
-	if err == nil {
-		// Late answers count too, or a sibling that became slow for good
-		// would look overdue on every request.
+	if err == nil && !resent {
+		// A late answer of a request that was not resent counts too (a
+		// sibling that became slow for good must not look overdue on
+		// every request); a resent one says nothing of its sibling.
 		mesh.AnswerTook(s.js, stream, time.Since(sent))
 	}
 	return m, err

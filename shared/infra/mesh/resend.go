@@ -81,6 +81,10 @@ func AnswerTook(js jetstream.JetStream, stream string, took time.Duration) {
 	st := stateOf(js)
 	st.mu.Lock()
 	defer st.mu.Unlock()
+	// One answer held up by a stall would blow the deviation up and keep
+	// resends late for dozens of requests after it: an answer counts as
+	// at most twice the latest resend.
+	took = min(took, 2*resendMax)
 	a := st.answers[stream]
 	if a == nil {
 		a = &ackLatency{}
@@ -90,16 +94,17 @@ func AnswerTook(js jetstream.JetStream, stream string, took time.Duration) {
 }
 
 // ResendRequest publishes msg (a request already stored on stream, whose
-// answer is overdue) on another request sibling, and marks stream to be
-// tried last for siblingHold. It reports false without publishing when no
-// resend is due: one sibling, too little of ctx's deadline left, or no
-// hedge token (overload). The outcome of the publish is the caller's to
-// ignore: the original may still be answered.
-func ResendRequest(ctx context.Context, js jetstream.JetStream, api shared.API, msg *nats.Msg, stream string) (bool, error) {
+// answer is overdue) on another request sibling, in the background, and
+// marks stream to be tried last for siblingHold. It reports false without
+// publishing when no resend is due: one sibling, too little of ctx's
+// deadline left, or no hedge token (overload). The copy's publish ends
+// with ctx; its outcome is not reported (the original may still be
+// answered, and a copy that could not be stored changes nothing).
+func ResendRequest(ctx context.Context, js jetstream.JetStream, api shared.API, msg *nats.Msg, stream string) bool {
 	st := stateOf(js)
 	n := Siblings(js)
 	if n < 2 || !roomFor(ctx, 4*resendRoom) || !st.spend() {
-		return false, nil
+		return false
 	}
 	st.mark(stream, true, time.Now())
 	st.mu.Lock()
@@ -116,8 +121,8 @@ func ResendRequest(ctx context.Context, js jetstream.JetStream, api shared.API, 
 	m := &nats.Msg{Subject: msg.Subject, Data: msg.Data, Header: cloneHeader(msg.Header)}
 	m.Header.Set(HeaderFailover, "1")
 	m.Header.Set(HeaderRoute, "1")
-	_, err := p.publish(ctx, js, m)
-	return true, err
+	go func() { _, _ = p.publish(ctx, js, m) }()
+	return true
 }
 
 // Resends is how many requests this process has resent (for tests and the
