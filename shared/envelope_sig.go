@@ -266,7 +266,21 @@ type WorkVerifier struct {
 	seen map[string]seenWork // request id -> where it was first delivered
 	old  map[string]seenWork // the previous generation (rotated every WorkSigMaxAge)
 	gen  time.Time
+	// The short tier: work whose deadline is near (replayShortGen).
+	short, shortOld map[string]seenWork
+	shortGen        time.Time
 }
+
+// replayShortGen is the generation of the replay set's short tier. Work
+// that cannot be done after its deadline (the keyworker drops expired
+// work without touching the HSM) need only be remembered until that
+// deadline plus the clock skew allowed between hosts: work due within
+// replayShortGen - WorkSigMaxSkew is kept in generations of this length
+// (two of them: at least one whole generation), instead of the long
+// tier's WorkSigMaxAge + WorkSigMaxSkew. At 1,000 answers/s that is about
+// 70,000 ids instead of up to 300,000 (the set was a tenth of a node's
+// live heap, and garbage collection made its tail: docs/BENCHMARKS.md).
+const replayShortGen = WorkSigMaxSkew + 5*time.Second
 
 // verifiedSession is a session whose announcement verified.
 type verifiedSession struct {
@@ -314,11 +328,18 @@ func refuse(format string, args ...any) error {
 // sequence seq (a redelivery of the same message is not a replay; another
 // stored copy is).
 func (v *WorkVerifier) Verify(id string, data []byte, header, session, stream string, seq uint64) error {
+	return v.VerifyUntil(id, data, header, session, stream, seq, time.Time{})
+}
+
+// VerifyUntil is Verify for work that cannot be done after until (the
+// envelope's deadline; zero: no deadline): its id is remembered only as
+// long as a replay could still be done (replayShortGen).
+func (v *WorkVerifier) VerifyUntil(id string, data []byte, header, session, stream string, seq uint64, until time.Time) error {
 	if header == "" {
 		return refuse("work item is not signed")
 	}
 	if rest, ok := strings.CutPrefix(header, "v2 "); ok {
-		return v.verifySession(id, data, rest, session, stream, seq)
+		return v.verifySession(id, data, rest, session, stream, seq, until)
 	}
 	keyPart, rest, ok1 := strings.Cut(header, " ")
 	atPart, sigPart, ok2 := strings.Cut(rest, " ")
@@ -347,7 +368,7 @@ func (v *WorkVerifier) Verify(id string, data []byte, header, session, stream st
 	if !ed25519.Verify(pub, workDigest(v.Pool, id, at, data), sig) {
 		return refuse("work signature does not verify (another pool, request or body)")
 	}
-	return v.once(id, stream, seq, now)
+	return v.once(id, stream, seq, now, until)
 }
 
 // fresh checks a signature time against now.
@@ -365,7 +386,7 @@ func fresh(at int64, now time.Time) error {
 // verifySession checks an item MACed with a session key ("<session> <unix
 // ns> <mac>"), verifying and opening the session's announcement the first
 // time it is seen.
-func (v *WorkVerifier) verifySession(id string, data []byte, header, announce, stream string, seq uint64) error {
+func (v *WorkVerifier) verifySession(id string, data []byte, header, announce, stream string, seq uint64, until time.Time) error {
 	sid, rest, ok1 := strings.Cut(header, " ")
 	atPart, macPart, ok2 := strings.Cut(rest, " ")
 	if !ok1 || !ok2 {
@@ -392,7 +413,7 @@ func (v *WorkVerifier) verifySession(id string, data []byte, header, announce, s
 	if !hmac.Equal(h.Sum(nil), mac) {
 		return refuse("work signature does not verify (another pool, request or body)")
 	}
-	return v.once(id, stream, seq, now)
+	return v.once(id, stream, seq, now, until)
 }
 
 // sessionKey returns session sid's key, verifying its announcement on
@@ -465,23 +486,38 @@ func (v *WorkVerifier) sessionKey(sid, announce string, now time.Time) (verified
 // authn process and WorkSessionLifetime are live).
 const maxWorkSessions = 1024
 
-// once records the delivery of id; a second stored copy is a replay.
-func (v *WorkVerifier) once(id, stream string, seq uint64, now time.Time) error {
+// rotate starts a new generation of a replay tier once the current one is
+// older than length.
+func rotate(old, cur map[string]seenWork, gen, now time.Time, length time.Duration) (map[string]seenWork, map[string]seenWork, time.Time) {
+	switch age := now.Sub(gen); {
+	case cur == nil || age > 2*length:
+		return nil, map[string]seenWork{}, now
+	case age > length:
+		return cur, map[string]seenWork{}, now
+	}
+	return old, cur, gen
+}
+
+// once records the delivery of id (due by until; zero: no deadline); a
+// second stored copy is a replay.
+func (v *WorkVerifier) once(id, stream string, seq uint64, now, until time.Time) error {
 	v.mu.Lock()
 	defer v.mu.Unlock()
-	if v.seen == nil || now.Sub(v.gen) > WorkSigMaxAge+WorkSigMaxSkew {
-		// Two generations cover at least the window a signature is
-		// accepted in: older ids are refused as stale before this.
-		v.old, v.seen, v.gen = v.seen, map[string]seenWork{}, now
-	}
+	// Two generations of each tier cover at least its window (older ids
+	// are refused as stale, or cannot be done, before this); a generation
+	// idle for two lengths is dropped whole.
+	v.old, v.seen, v.gen = rotate(v.old, v.seen, v.gen, now, WorkSigMaxAge+WorkSigMaxSkew)
+	v.shortOld, v.short, v.shortGen = rotate(v.shortOld, v.short, v.shortGen, now, replayShortGen)
 	at := seenWork{stream: stream, seq: seq}
-	prev, ok := v.seen[id]
-	if !ok {
-		prev, ok = v.old[id]
+	for _, m := range [...]map[string]seenWork{v.short, v.shortOld, v.seen, v.old} {
+		if prev, ok := m[id]; ok && prev != at {
+			return refuse("work item %s replayed (already delivered as %s #%d)", id, prev.stream, prev.seq)
+		}
 	}
-	if ok && prev != at {
-		return refuse("work item %s replayed (already delivered as %s #%d)", id, prev.stream, prev.seq)
+	if !until.IsZero() && until.Sub(now) <= replayShortGen-WorkSigMaxSkew {
+		v.short[id] = at
+	} else {
+		v.seen[id] = at
 	}
-	v.seen[id] = at
 	return nil
 }

@@ -233,3 +233,49 @@ func processCPU() time.Duration {
 	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
+
+// Work due soon is remembered until it could no longer be done (its
+// deadline plus the skew allowed between hosts), in generations of
+// replayShortGen: a copy delivered within that is refused, one delivered
+// later is not a replay the HSM could act on (the keyworker drops expired
+// work) and is no longer remembered. Work with no deadline, or a far one,
+// keeps the long window.
+func TestWorkReplayMemoryFollowsTheDeadline(t *testing.T) {
+	now := time.Date(2026, 12, 7, 6, 0, 0, 0, time.UTC)
+	clock := func() time.Time { return now }
+	path := filepath.Join(t.TempDir(), WorkKeyFile)
+	pub, _, err := EnsureWorkKey(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := LoadWorkSigner(path, clock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	v := &WorkVerifier{Pool: "default", Now: clock}
+	v.SetKeys([]string{pub})
+	data := []byte("SKE2 the envelope bytes")
+	due, never := s.Sign("default", "due", data), s.Sign("default", "never", data)
+	if err := v.VerifyUntil("due", data, due, "", "S", 1, now.Add(time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	if err := v.VerifyUntil("never", data, never, "", "S", 2, time.Time{}); err != nil {
+		t.Fatal(err)
+	}
+	// Within the deadline plus the skew: both copies refused.
+	now = now.Add(time.Second + WorkSigMaxSkew)
+	for _, c := range []struct{ id, sig string }{{"due", due}, {"never", never}} {
+		if err := v.VerifyUntil(c.id, data, c.sig, "", "S-1", 9, time.Time{}); !errors.Is(err, ErrWorkSignature) {
+			t.Fatalf("%s: replay within its window accepted: %v", c.id, err)
+		}
+	}
+	// Two short generations later the due item is forgotten (it is long
+	// expired), the other is not.
+	now = now.Add(2*replayShortGen + time.Second)
+	if err := v.VerifyUntil("due", data, due, "", "S-1", 9, time.Time{}); err != nil {
+		t.Fatalf("expired work still remembered: %v", err)
+	}
+	if err := v.VerifyUntil("never", data, never, "", "S-1", 9, time.Time{}); !errors.Is(err, ErrWorkSignature) {
+		t.Fatalf("work without a deadline forgotten early: %v", err)
+	}
+}

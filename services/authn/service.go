@@ -274,6 +274,9 @@ func (s *Service) handle(ctx context.Context, m jetstream.Msg) {
 	if from := mesh.RouteOf(m.Subject(), nats.Header(m.Headers())); from > 0 {
 		ctx = context.WithValue(ctx, routeKey{}, from) // forward keeps the work on this path
 	}
+	if md, err := m.Metadata(); err == nil { // hop times for the gateway's slow-answer log
+		ctx = context.WithValue(ctx, phasesKey{}, mesh.AppendPhases("", md.Timestamp, start))
+	}
 	ctx, span := s.tracer.Start(ctx, "authn "+string(env.API), trace.WithSpanKind(trace.SpanKindConsumer),
 		trace.WithAttributes(attribute.String("sovkeys.request_id", env.ID)))
 	defer span.End()
@@ -374,6 +377,9 @@ func refusalReason(err error, expired bool) string {
 // that work sibling first (shared/infra/mesh/resend.go).
 type routeKey struct{}
 
+// phasesKey carries the request's hop times so far (mesh.HeaderPhases).
+type phasesKey struct{}
+
 // forward sends authorised work to the key's pool. A full pool queue
 // answers ThrottlingException at once.
 func (s *Service) forward(ctx context.Context, env *shared.Envelope) error {
@@ -390,6 +396,9 @@ func (s *Service) forward(ctx context.Context, env *shared.Envelope) error {
 	msg.Header.Set(shared.HeaderWorkSignature, sig)
 	if session != "" {
 		msg.Header.Set(shared.HeaderWorkSession, session)
+	}
+	if ph, _ := ctx.Value(phasesKey{}).(string); ph != "" {
+		msg.Header.Set(mesh.HeaderPhases, ph)
 	}
 	tracing.Inject(ctx, msg.Header)
 	if !env.Deadline.IsZero() {

@@ -22,6 +22,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/nats-io/nats.go/micro"
 	"go.opentelemetry.io/otel/trace"
+	"golang.org/x/time/rate"
 
 	"github.com/sovkeys/sovkeys/shared"
 	"github.com/sovkeys/sovkeys/shared/infra/killswitch"
@@ -145,6 +146,7 @@ type Service struct {
 	replies  *replyMux
 	audit    *mesh.AuditBatcher // timeouts and throttling: many at once under overload
 	admit    *admission         // XKS; nil: no admission control (admission.go)
+	slowLog  *rate.Limiter      // slow-answer log lines (xks.go noteSlow)
 	admitVS  *admission         // volume secrets; nil: none
 	refusals *mesh.RefusalLog
 
@@ -177,7 +179,8 @@ func New(cfg Config, deps Deps) (*Service, error) {
 	log := deps.Logger.With("service", "gateway")
 	return &Service{
 		admit: admit, admitVS: admitVS, refusals: mesh.NewRefusalLog(shared.AuditServiceGateway, log, deps.Now, 0),
-		cfg: cfg, nc: deps.NC, js: deps.JS,
+		slowLog: rate.NewLimiter(slowLogRate, 2*slowLogRate),
+		cfg:     cfg, nc: deps.NC, js: deps.JS,
 		log:      log,
 		tracer:   deps.Tracer.Tracer("sovkeys/gateway"),
 		now:      deps.Now,

@@ -149,7 +149,7 @@ func (s *Service) roundTrip(ctx context.Context, env *shared.Envelope) (*nats.Ms
 		s.log.Debug("publish request failed", "request_id", env.ID, "err", err) // counted and logged (bounded) by the caller
 		return nil, &meshError{reason: metrics.ReasonUnavailable, err: shared.NewError(shared.CodeDependencyTimeout, "key service mesh unavailable")}
 	}
-	reply, err := s.awaitAnswer(ctx, env, msg, ch, ack.Stream, sent)
+	reply, err := s.awaitAnswer(ctx, env, msg, ch, ack.Stream, sent, time.Now())
 	if err != nil {
 		return nil, &meshError{reason: metrics.ReasonTimeout, err: shared.NewError(shared.CodeDependencyTimeout, "no answer within %s", s.cfg.RequestTimeout)}
 	}
@@ -157,13 +157,16 @@ func (s *Service) roundTrip(ctx context.Context, env *shared.Envelope) (*nats.Ms
 }
 
 // awaitAnswer waits for the answer of the request msg, stored on stream
-// (its publish began at sent). With siblings, an answer that takes longer
-// than that sibling normally needs is overdue: the request is sent again
-// on another sibling and the first answer wins (shared/infra/mesh/resend.go).
-func (s *Service) awaitAnswer(ctx context.Context, env *shared.Envelope, msg *nats.Msg, ch chan *nats.Msg, stream string, sent time.Time) (*nats.Msg, error) {
+// (its publish began at sent and was acked at acked). With siblings, an
+// answer that takes longer than that sibling normally needs is overdue:
+// the request is sent again on another sibling and the first answer wins
+// (shared/infra/mesh/resend.go).
+func (s *Service) awaitAnswer(ctx context.Context, env *shared.Envelope, msg *nats.Msg, ch chan *nats.Msg, stream string, sent, acked time.Time) (*nats.Msg, error) {
 	after := mesh.ResendAfter(s.js, stream)
 	if after <= 0 {
-		return s.replies.wait(ctx, env.ID, ch)
+		m, err := s.replies.wait(ctx, env.ID, ch)
+		s.noteSlow(env, m, stream, false, sent, acked)
+		return m, err
 	}
 	t := time.NewTimer(after - time.Since(sent))
 	select {
@@ -180,7 +183,6 @@ func (s *Service) awaitAnswer(ctx context.Context, env *shared.Envelope, msg *na
 	resent := mesh.ResendRequest(ctx, s.js, env.API, msg, stream) // in the background
 	if resent {
 		metrics.RequestResent(env.API)
-		s.log.Debug("answer overdue: request resent on another sibling", "request_id", env.ID, "stored_on", stream, "after", after)
 	}
 	m, err := s.replies.wait(ctx, env.ID, ch)
 	if err == nil && !resent {
@@ -189,7 +191,29 @@ func (s *Service) awaitAnswer(ctx context.Context, env *shared.Envelope, msg *na
 		// every request); a resent one says nothing of its sibling.
 		mesh.AnswerTook(s.js, stream, time.Since(sent))
 	}
+	s.noteSlow(env, m, stream, resent, sent, acked)
 	return m, err
+}
+
+// slowAnswer: an answer slower than this is logged with where its time
+// went (mesh.HeaderPhases), at most slowLogRate lines a second.
+const (
+	slowAnswer  = 100 * time.Millisecond
+	slowLogRate = 10
+)
+
+// noteSlow logs the hop times of a slow answer m (nil: none came).
+func (s *Service) noteSlow(env *shared.Envelope, m *nats.Msg, stream string, resent bool, sent, acked time.Time) {
+	took := time.Since(sent)
+	if took < slowAnswer || !s.slowLog.Allow() {
+		return
+	}
+	phases := ""
+	if m != nil {
+		phases = mesh.PhasesSince(m.Header, sent)
+	}
+	s.log.Info("slow answer", "request_id", env.ID, "api", env.API, "ms", took.Milliseconds(), "stored_on", stream,
+		"resent", resent, "answered", m != nil, "ack_ms", acked.Sub(sent).Milliseconds(), "phases_ms", phases)
 }
 
 // reject answers a request refused before it entered the mesh (before any

@@ -324,7 +324,15 @@ func (s *Service) handle(ctx context.Context, m jetstream.Msg) {
 		answer = !errors.Is(err, mesh.ErrAuditDuplicate)
 	}
 	if answer {
-		if err := s.nc.PublishMsg(mesh.NewReply(env.ReplyTo, env.ID, body, opErr)); err != nil {
+		reply := mesh.NewReply(env.ReplyTo, env.ID, body, opErr)
+		if ph := m.Headers().Get(mesh.HeaderPhases); ph != "" { // the gateway's slow-answer log
+			stored := start
+			if md, err := m.Metadata(); err == nil {
+				stored = md.Timestamp
+			}
+			reply.Header.Set(mesh.HeaderPhases, mesh.AppendPhases(ph, stored, start, ev.End, s.now()))
+		}
+		if err := s.nc.PublishMsg(reply); err != nil {
 			log().Error("reply failed", "err", err)
 		}
 	}

@@ -91,7 +91,7 @@ func (s *Service) verifyWork(ctx context.Context, m jetstream.Msg, env *shared.E
 		stream, seq = md.Stream, md.Sequence.Stream
 	}
 	h := m.Headers()
-	err := s.work.Verify(env.ID, m.Data(), h.Get(shared.HeaderWorkSignature), h.Get(shared.HeaderWorkSession), stream, seq)
+	err := s.work.VerifyUntil(env.ID, m.Data(), h.Get(shared.HeaderWorkSignature), h.Get(shared.HeaderWorkSession), stream, seq, env.Deadline)
 	if err == nil {
 		return true
 	}

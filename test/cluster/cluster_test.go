@@ -304,8 +304,12 @@ func startDeployment(t *testing.T) *deployment {
 		}
 		return filepath.Join(out, "creds", s+".creds")
 	}
+	level := "warn"
+	if os.Getenv(logDirEnv) != "" {
+		level = "info" // the gateways' slow-answer lines with their hop times
+	}
 	common := func(svc string) []string {
-		return []string{svc, "--nats", d.urls, "--creds", creds(svc), "--replicas", "3", "--log-level", "warn"}
+		return []string{svc, "--nats", d.urls, "--creds", creds(svc), "--replicas", "3", "--log-level", level}
 	}
 	add := func(name string, env []string, args ...string) {
 		d.metricsAddr[name] = fmt.Sprintf("127.0.0.1:%d", freePort(t))

@@ -6,7 +6,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"fmt"
-	"github.com/sovkeys/sovkeys/shared/testkit"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -17,6 +17,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/sovkeys/sovkeys/shared/testkit"
 )
 
 // proc is one OS process of the deployment, restartable with the same
@@ -32,6 +34,11 @@ type proc struct {
 	done   chan struct{}
 	stderr *syncBuffer
 }
+
+// logDirEnv names a folder that receives every process's output
+// (<name>.log), with the services logging at info: the gateways' "slow
+// answer" lines then tell where a slow request spent its time.
+const logDirEnv = "SOVKEYS_CLUSTER_LOGDIR"
 
 type syncBuffer struct {
 	mu sync.Mutex
@@ -63,11 +70,27 @@ func (p *proc) start(t *testing.T) {
 	cmd := exec.Command(p.bin, p.args...)
 	cmd.Env = append(os.Environ(), p.env...)
 	cmd.Stderr, cmd.Stdout = p.stderr, p.stderr
+	var logFile *os.File
+	if dir := os.Getenv(logDirEnv); dir != "" && p.name != "" {
+		// Every process's output also goes to <dir>/<name>.log (appended
+		// across restarts), for reading after the run.
+		if f, err := os.OpenFile(filepath.Join(dir, p.name+".log"), os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o600); err == nil {
+			w := io.MultiWriter(p.stderr, f)
+			cmd.Stderr, cmd.Stdout = w, w
+			logFile = f
+		}
+	}
 	if err := cmd.Start(); err != nil {
 		t.Fatalf("start %s: %v", p.name, err)
 	}
 	done := make(chan struct{})
-	go func() { _ = cmd.Wait(); close(done) }()
+	go func() {
+		_ = cmd.Wait()
+		if logFile != nil {
+			_ = logFile.Close()
+		}
+		close(done)
+	}()
 	p.cmd, p.done = cmd, done
 }
 

@@ -201,9 +201,19 @@ func AuditStreamConfig(t Topology, i int) jetstream.StreamConfig {
 		MaxAge:      t.AuditMaxAge,
 		Storage:     jetstream.FileStorage,
 		Replicas:    t.Replicas,
-		Duplicates:  2 * time.Minute,
+		Duplicates:  AuditDuplicateWindow,
 	}
 }
+
+// AuditDuplicateWindow is the audit event streams' de-duplication window
+// (2026-12-07; 2 minutes before). Every retry of one audit publish, of a
+// batch (auditBatchWait) or of a lone event (noDeadlineRounds, about 12 s)
+// ends well within it, and each id it remembers is live heap of the
+// server: at 1,000 answers/s the 2-minute window held the largest part of
+// a node's heap, whose garbage collection made its latency tail
+// (docs/BENCHMARKS.md). `sovkeys init` (and a standalone node's start)
+// updates existing streams to it; messages are kept.
+const AuditDuplicateWindow = 30 * time.Second
 
 // EnsureRequestStreams binds (or, with create rights, declares) the
 // request stream and its siblings.

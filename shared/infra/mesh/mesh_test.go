@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"testing"
+	"time"
 
 	"github.com/sovkeys/sovkeys/shared"
 	"github.com/sovkeys/sovkeys/shared/testkit/natstest"
@@ -77,5 +78,39 @@ func TestTopologyValidate(t *testing.T) {
 				t.Fatalf("validate: %v", err)
 			}
 		})
+	}
+}
+
+// Upgrade: audit event streams the previous build declared with a 2-minute
+// de-duplication window (and events in them) are moved to
+// AuditDuplicateWindow by the next bootstrap, keeping every event.
+func TestBootstrapShrinksTheAuditDuplicateWindow(t *testing.T) {
+	t.Parallel()
+	_, _, js := natstest.Run(t)
+	ctx := context.Background()
+	topo := DefaultTopology()
+	topo.Siblings = 2
+	for i := range topo.Siblings {
+		old := AuditStreamConfig(topo, i)
+		old.Duplicates = 2 * time.Minute // as the previous build declared it
+		if _, err := js.CreateStream(ctx, old); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := js.Publish(ctx, shared.SiblingPrefix(shared.SubjectAuditPrefix, i)+"keyworker.xks.ks", []byte("event")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := Bootstrap(ctx, js, topo, []string{"default"}); err != nil {
+		t.Fatal(err)
+	}
+	for i := range topo.Siblings {
+		s, err := js.Stream(ctx, shared.SiblingStream(shared.StreamAudit, i))
+		if err != nil {
+			t.Fatal(err)
+		}
+		info := s.CachedInfo()
+		if info.Config.Duplicates != AuditDuplicateWindow || info.State.Msgs != 1 {
+			t.Fatalf("sibling %d after the upgrade: window %v, %d events", i, info.Config.Duplicates, info.State.Msgs)
+		}
 	}
 }
