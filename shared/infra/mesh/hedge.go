@@ -102,6 +102,9 @@ const copyHedgeMin = PublishTry
 func (st *siblingState) observe(stream string, took time.Duration, err error) {
 	st.mu.Lock()
 	defer st.mu.Unlock()
+	if st.silentAt == nil {
+		st.silentAt, st.ackedAt = map[string]time.Time{}, map[string]time.Time{}
+	}
 	if err == nil {
 		a := st.acks[stream]
 		if a == nil {
@@ -109,17 +112,23 @@ func (st *siblingState) observe(stream string, took time.Duration, err error) {
 			st.acks[stream] = a
 		}
 		a.add(took)
-		if until, down := st.until[stream]; down {
+		now := time.Now()
+		if until, down := st.until[stream]; down && st.silentAt[stream].After(st.ackedAt[stream]) {
 			// Back after a failure: a new leader acks before its
 			// consumers pull from it again (up to consumeExpiry), so
-			// the sibling stays tried last a little longer.
-			st.until[stream] = later(until, time.Now().Add(siblingSettle))
+			// the sibling stays tried last a little longer (once: later
+			// acks do not extend it, or a sibling that keeps acking
+			// would stay marked for good).
+			st.until[stream] = later(until, now.Add(siblingSettle))
 		}
+		st.ackedAt[stream] = now
 		return
 	}
 	if errors.Is(err, nats.ErrNoResponders) || errors.Is(err, jetstream.ErrNoStreamResponse) ||
 		errors.Is(err, context.DeadlineExceeded) || errors.Is(err, nats.ErrTimeout) {
-		st.until[stream] = time.Now().Add(siblingHold) // no leader answered there
+		now := time.Now()
+		st.until[stream] = now.Add(siblingHold) // no leader answered there
+		st.silentAt[stream] = now
 	}
 }
 
@@ -217,7 +226,7 @@ func (p siblingPublish) publishHedged(ctx context.Context, js jetstream.JetStrea
 				results <- tryResult{i: i, err: tctx.Err()}
 				return
 			}
-			silent := time.AfterFunc(p.perTry, func() { st.mark(stream, true, time.Now()) })
+			silent := time.AfterFunc(p.perTry, func() { st.markSilent(stream, time.Now()) })
 			start := time.Now()
 			ack, err := js.PublishMsg(tctx, m)
 			silent.Stop()

@@ -136,3 +136,43 @@ func TestNoResendWithOneSibling(t *testing.T) {
 		t.Fatal("resent with one stream")
 	}
 }
+
+// When every sibling is marked (resends marked the live ones while a node
+// was lost), the one silent since its last ack still comes last; and a
+// sibling that acks again settles once, not on every ack.
+func TestDeadSiblingLastWhenAllAreMarked(t *testing.T) {
+	st := &siblingState{n: 3, until: map[string]time.Time{}, acks: map[string]*ackLatency{}}
+	name := func(i int) string { return shared.SiblingStream(shared.StreamRequests, i) }
+	for i := range 3 {
+		st.observe(name(i), time.Millisecond, nil) // every sibling acked once
+	}
+	now := time.Now()
+	st.mark(name(0), true, now) // resends
+	st.mark(name(2), true, now)
+	st.markSilent(name(1), now) // its node is gone
+	if got := st.orderFrom(1, 3, name, now); got[0] != 2 || got[1] != 0 || got[2] != 1 {
+		t.Fatalf("order %v, want [2 0 1]: the dead sibling last", got)
+	}
+	// A marked sibling that keeps acking is not held longer by its acks.
+	until := st.until[name(0)]
+	st.observe(name(0), time.Millisecond, nil)
+	if !st.until[name(0)].Equal(until) {
+		t.Fatal("an ack extended a sibling that never went silent")
+	}
+	// The dead one acks again: it settles (tried last a while), once.
+	st.observe(name(1), time.Millisecond, nil)
+	settled := st.until[name(1)]
+	if !settled.After(now.Add(siblingSettle - time.Second)) {
+		t.Fatalf("recovered sibling not settling: %v", settled)
+	}
+	st.observe(name(1), time.Millisecond, nil)
+	if !st.until[name(1)].Equal(settled) {
+		t.Fatal("settling extended by a later ack")
+	}
+	st.mu.Lock()
+	dead := st.isDeadLocked(name(1), time.Now())
+	st.mu.Unlock()
+	if dead {
+		t.Fatal("a sibling that acked again is still dead")
+	}
+}

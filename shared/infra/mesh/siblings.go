@@ -62,6 +62,11 @@ type siblingState struct {
 	n     int
 	until map[string]time.Time   // stream -> tried last until
 	acks  map[string]*ackLatency // stream -> its ack times (hedge.go)
+	// silentAt and ackedAt: the last try on a stream that failed or went
+	// unanswered, and its last ack. A stream silent since its last ack is
+	// dead (no leader) and tried after every other, also after siblings
+	// marked for other reasons (a resend, settling after a recovery).
+	silentAt, ackedAt map[string]time.Time
 	// answers: request stream -> the time its requests take to be
 	// answered (resend.go).
 	answers map[string]*ackLatency
@@ -79,7 +84,8 @@ func stateOf(js jetstream.JetStream) *siblingState {
 		return v.(*siblingState)
 	}
 	v, _ := siblings.LoadOrStore(js, &siblingState{n: 1, until: map[string]time.Time{}, acks: map[string]*ackLatency{},
-		answers: map[string]*ackLatency{}, credit: hedgeBurst * hedgeCost})
+		answers: map[string]*ackLatency{}, silentAt: map[string]time.Time{}, ackedAt: map[string]time.Time{},
+		credit: hedgeBurst * hedgeCost})
 	return v.(*siblingState)
 }
 
@@ -105,6 +111,24 @@ func (st *siblingState) isDown(stream string, now time.Time) bool {
 	st.mu.Lock()
 	defer st.mu.Unlock()
 	return now.Before(st.until[stream])
+}
+
+// isDead reports whether stream is marked and has been silent since its
+// last ack. Callers hold st.mu.
+func (st *siblingState) isDeadLocked(stream string, now time.Time) bool {
+	return now.Before(st.until[stream]) && st.silentAt[stream].After(st.ackedAt[stream])
+}
+
+// markSilent marks stream down because a try there failed or went
+// unanswered.
+func (st *siblingState) markSilent(stream string, now time.Time) {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	if st.silentAt == nil {
+		st.silentAt, st.ackedAt = map[string]time.Time{}, map[string]time.Time{}
+	}
+	st.until[stream] = now.Add(siblingHold)
+	st.silentAt[stream] = now
 }
 
 func (st *siblingState) mark(stream string, down bool, now time.Time) {
@@ -134,18 +158,27 @@ func ownSibling(key string, n int) int {
 }
 
 // orderFrom is order starting from sibling first.
+// Marked siblings come after the others, and dead ones (silent since
+// their last ack) after every live one: when every sibling is marked (a
+// node lost while resends marked the others, 2026-12-07) the order must
+// still avoid the one that does not answer at all.
 func (st *siblingState) orderFrom(first, n int, stream func(int) string, now time.Time) []int {
 	up := make([]int, 0, n)
-	var down []int
+	var down, dead []int
+	st.mu.Lock()
 	for k := range n {
 		i := (first + k) % n
-		if st.isDown(stream(i), now) {
+		switch s := stream(i); {
+		case st.isDeadLocked(s, now):
+			dead = append(dead, i)
+		case now.Before(st.until[s]):
 			down = append(down, i)
-		} else {
+		default:
 			up = append(up, i)
 		}
 	}
-	return append(up, down...)
+	st.mu.Unlock()
+	return append(append(up, down...), dead...)
 }
 
 var onlyFirst = []int{0}
@@ -274,7 +307,7 @@ func (p siblingPublish) publish(ctx context.Context, js jetstream.JetStream, msg
 				}
 				tried[i] = true
 			}
-			st.mark(p.stream(i), true, time.Now())
+			st.markSilent(p.stream(i), time.Now())
 		}
 		if !hasDeadline && round+1 >= noDeadlineRounds {
 			return nil, lastErr
