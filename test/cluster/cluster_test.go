@@ -152,6 +152,11 @@ func TestClusterFaults(t *testing.T) {
 		}
 		for _, f := range nodeFaults {
 			name := "kill -9 " + f.name
+			// A single node's loss, as the runbook means it: every replica
+			// current first (a node that returned a few seconds ago may
+			// still be catching up, and losing another then is a double
+			// fault: no quorum until it has caught up).
+			d.waitCurrent(t)
 			i := f.node(t)
 			killAt := time.Now()
 			mark(killAt, shortName(name))
@@ -457,6 +462,60 @@ func (d *deployment) metaLeader(t *testing.T) int {
 	}
 	t.Fatalf("meta leader on unknown server %q", name)
 	return 0
+}
+
+// waitCurrent waits (bounded) until every stream and consumer of the
+// deployment has a leader and every replica reports itself current.
+func (d *deployment) waitCurrent(t *testing.T) {
+	t.Helper()
+	nc, err := nats.Connect(d.urls, nats.UserCredentials(d.bootstrapCreds), nats.RootCAs(os.Getenv("SOVKEYS_NATS_CA")), nats.CustomInboxPrefix(shared.InboxPrefix(shared.UserBootstrap)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	current := func(what string, c *jetstream.ClusterInfo) error {
+		if c == nil || c.Leader == "" {
+			return fmt.Errorf("%s: no leader", what)
+		}
+		for _, r := range c.Replicas {
+			if !r.Current {
+				return fmt.Errorf("%s: replica on %s not current (lag %d)", what, r.Name, r.Lag)
+			}
+		}
+		return nil
+	}
+	start := time.Now()
+	testkit.CheckFor(t, 60*time.Second, 250*time.Millisecond, func() error {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		streams := js.ListStreams(ctx)
+		for info := range streams.Info() {
+			if err := current("stream "+info.Config.Name, info.Cluster); err != nil {
+				return err
+			}
+			st, err := js.Stream(ctx, info.Config.Name)
+			if err != nil {
+				return err
+			}
+			cons := st.ListConsumers(ctx)
+			for ci := range cons.Info() {
+				if err := current("consumer "+info.Config.Name+"/"+ci.Name, ci.Cluster); err != nil {
+					return err
+				}
+			}
+			if err := cons.Err(); err != nil {
+				return err
+			}
+		}
+		return streams.Err()
+	})
+	if waited := time.Since(start); waited > time.Second {
+		t.Logf("every replica current after %.1f s", waited.Seconds())
+	}
 }
 
 func (d *deployment) nodeOf(t *testing.T, stream string, leader bool) int {
