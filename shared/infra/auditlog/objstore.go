@@ -165,7 +165,14 @@ func (b *ObjectBucketStore) PutMany(ctx context.Context, objs []Object) []error 
 		}
 		for off := 0; off < len(o.Data) && err == nil; off += objChunkSize {
 			var f jetstream.PubAckFuture
-			f, err = b.js.PublishMsgAsync(&nats.Msg{Subject: chunkSubject(nuid), Data: o.Data[off:min(off+objChunkSize, len(o.Data))]})
+			// No retry on "no responders" (2026-12-07): nats.go resends
+			// such a chunk 250 ms later, after the chunks published behind
+			// it may have been stored, and the object then reads back out
+			// of order (ErrCorrupt; seen at a stream leader's loss in the
+			// cluster fault suite). Without the retry that chunk fails and
+			// the whole object is put again under a new nuid.
+			f, err = b.js.PublishMsgAsync(&nats.Msg{Subject: chunkSubject(nuid), Data: o.Data[off:min(off+objChunkSize, len(o.Data))]},
+				jetstream.WithRetryAttempts(0))
 			chunks[i] = append(chunks[i], f)
 		}
 		if err != nil {
@@ -264,8 +271,8 @@ func (b *ObjectBucketStore) Get(ctx context.Context, key string) ([]byte, error)
 	if info.Size > 1<<30 {
 		return nil, fmt.Errorf("%w: %s: size %d", ErrCorrupt, key, info.Size)
 	}
-	data := make([]byte, 0, info.Size)
-	for seq := uint64(1); uint64(len(data)) < info.Size; {
+	var chunks [][]byte
+	for seq, size := uint64(1), uint64(0); size < info.Size; {
 		m, err := b.stream.GetMsg(ctx, seq, jetstream.WithGetMsgSubject(chunkSubject(info.NUID)))
 		switch {
 		case errors.Is(err, jetstream.ErrMsgNotFound):
@@ -273,13 +280,61 @@ func (b *ObjectBucketStore) Get(ctx context.Context, key string) ([]byte, error)
 		case err != nil:
 			return nil, fmt.Errorf("auditlog: get object %s: %w", key, err)
 		}
-		data = append(data, m.Data...)
+		chunks = append(chunks, m.Data)
+		size += uint64(len(m.Data))
 		seq = m.Sequence + 1
 	}
-	if uint64(len(data)) != info.Size || digestOf(data) != info.Digest {
-		return nil, fmt.Errorf("%w: %s", ErrCorrupt, key)
+	if data := inOrder(chunks, info); data != nil {
+		return data, nil
 	}
-	return data, nil
+	return nil, fmt.Errorf("%w: %s", ErrCorrupt, key)
+}
+
+// maxReorder: objects of at most this many chunks are also tried in
+// another order when the stored one fails the digest.
+const maxReorder = 4
+
+// inOrder joins chunks as stored, or, when that fails info's digest, in
+// another order: a build before 2026-12-07 let nats.go resend a chunk
+// refused with "no responders" after the chunks behind it were stored, so
+// an object it put during a stream leader's loss can be stored out of
+// order. The digest (SHA-256) tells the right order; nil if none matches.
+func inOrder(chunks [][]byte, info jetstream.ObjectInfo) []byte {
+	check := func(order []int) []byte {
+		data := make([]byte, 0, info.Size)
+		for _, i := range order {
+			data = append(data, chunks[i]...)
+		}
+		if uint64(len(data)) == info.Size && digestOf(data) == info.Digest {
+			return data
+		}
+		return nil
+	}
+	order := make([]int, len(chunks))
+	for i := range order {
+		order[i] = i
+	}
+	if data := check(order); data != nil || len(chunks) < 2 || len(chunks) > maxReorder {
+		return data
+	}
+	var found []byte
+	var permute func(k int)
+	permute = func(k int) {
+		if found != nil {
+			return
+		}
+		if k == len(order) {
+			found = check(order)
+			return
+		}
+		for i := k; i < len(order); i++ {
+			order[k], order[i] = order[i], order[k]
+			permute(k + 1)
+			order[k], order[i] = order[i], order[k]
+		}
+	}
+	permute(0)
+	return found
 }
 
 // List lists names directly inside dir, from the stream's subjects (the
