@@ -101,9 +101,11 @@ nats-server:
 # processes (also part of `make test`); prints the figures of
 # docs/BENCHMARKS.md "Cluster faults". REPORT=FILE writes the table there,
 # CHART=FILE.png the latency of every request with the faults marked,
-# RATES=100,300 the node faults at each of these loads (default 100 req/s).
+# RATES=100,300 the node faults at each of these loads (default 100 req/s),
+# LOGDIR=DIR every process's log (services at info: the gateways' "slow
+# answer" lines with each request's hop times).
 cluster-test: deps nats-server
-	SOVKEYS_CLUSTER_REPORT=$(REPORT) SOVKEYS_CLUSTER_CHART=$(CHART) SOVKEYS_CLUSTER_RATES=$(RATES) $(GO) test -count=1 -v -timeout 25m -run Cluster ./test/cluster
+	SOVKEYS_CLUSTER_REPORT=$(REPORT) SOVKEYS_CLUSTER_CHART=$(CHART) SOVKEYS_CLUSTER_RATES=$(RATES) SOVKEYS_CLUSTER_LOGDIR=$(LOGDIR) $(GO) test -count=1 -v -timeout 25m -run Cluster ./test/cluster
 
 # Short fuzzing of every parser (not part of `make test`).
 fuzz: deps
