@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -161,8 +162,15 @@ func (s *Service) roundTrip(ctx context.Context, env *shared.Envelope) (*nats.Ms
 // answer that takes longer than that sibling normally needs is overdue:
 // the request is sent again on another sibling and the first answer wins
 // (shared/infra/mesh/resend.go).
+//
+// Volume-secret requests are not resent: authn remembers their signature
+// nonces, so a copy of one it has already seen would be refused as a
+// replay, and that refusal could be the first answer.
 func (s *Service) awaitAnswer(ctx context.Context, env *shared.Envelope, msg *nats.Msg, ch chan *nats.Msg, stream string, sent, acked time.Time) (*nats.Msg, error) {
 	after := mesh.ResendAfter(s.js, stream)
+	if strings.HasPrefix(string(env.API), "vs.") {
+		after = 0
+	}
 	if after <= 0 {
 		m, err := s.replies.wait(ctx, env.ID, ch)
 		s.noteSlow(env, m, stream, false, sent, acked)
