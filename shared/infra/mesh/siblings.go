@@ -113,7 +113,7 @@ func (st *siblingState) isDown(stream string, now time.Time) bool {
 	return now.Before(st.until[stream])
 }
 
-// isDead reports whether stream is marked and has been silent since its
+// isDeadLocked reports whether stream is marked and has been silent since its
 // last ack. Callers hold st.mu.
 func (st *siblingState) isDeadLocked(stream string, now time.Time) bool {
 	return now.Before(st.until[stream]) && st.silentAt[stream].After(st.ackedAt[stream])
