@@ -101,6 +101,9 @@ func init() {
 	for _, svc := range knownServices {
 		throttled.WithLabelValues(svc)
 	}
+	for _, a := range []shared.API{shared.APIXKSEncrypt, shared.APIXKSDecrypt} {
+		requestResends.WithLabelValues(api(a)) // at zero until a resend
+	}
 }
 
 // Closed label sets.
