@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	"go.opentelemetry.io/otel/trace/noop"
 
 	"github.com/sovkeys/sovkeys/shared"
@@ -18,6 +19,19 @@ import (
 	"github.com/sovkeys/sovkeys/shared/infra/registry"
 	"github.com/sovkeys/sovkeys/shared/testkit/natstest"
 )
+
+// forwarder is an authn service on nc/js that can forward work (its work
+// signer is a test key).
+func forwarder(t *testing.T, nc *nats.Conn, js jetstream.JetStream, topo mesh.Topology) *Service {
+	t.Helper()
+	s, err := New(Config{Topology: topo, MaxSkew: 5 * time.Minute, Concurrency: 1},
+		Deps{NC: nc, JS: js, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), Tracer: noop.NewTracerProvider(), Now: time.Now,
+			WorkSigner: testWorkSigner(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
 
 // A full pool queue answers ThrottlingException at once instead of queueing
 // work the HSM cannot reach before its deadline.
@@ -30,12 +44,7 @@ func TestForwardThrottlesWhenPoolQueueIsFull(t *testing.T) {
 	if _, err := mesh.EnsureWorkStreams(ctx, js, "busy", topo); err != nil {
 		t.Fatal(err)
 	}
-	s, err := New(Config{Topology: topo, MaxSkew: 5 * time.Minute, Concurrency: 1},
-		Deps{NC: nc, JS: js, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), Tracer: noop.NewTracerProvider(), Now: time.Now,
-			WorkSigner: testWorkSigner(t)})
-	if err != nil {
-		t.Fatal(err)
-	}
+	s := forwarder(t, nc, js, topo)
 	env := func(id string) *shared.Envelope {
 		return &shared.Envelope{Version: shared.EnvelopeVersion, ID: id, API: shared.APIXKSEncrypt, ReplyTo: "r",
 			Evidence: shared.Evidence{Header: map[string][]string{"Authorization": {"secret-bearing header"}}},
@@ -90,12 +99,7 @@ func TestForwardKeepsARoutedRequestOnItsPath(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s, err := New(Config{Topology: topo, MaxSkew: 5 * time.Minute, Concurrency: 1},
-		Deps{NC: nc, JS: js, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), Tracer: noop.NewTracerProvider(), Now: time.Now,
-			WorkSigner: testWorkSigner(t)})
-	if err != nil {
-		t.Fatal(err)
-	}
+	s := forwarder(t, nc, js, topo)
 	env := func(id string) *shared.Envelope {
 		return &shared.Envelope{Version: shared.EnvelopeVersion, ID: id, API: shared.APIXKSEncrypt, ReplyTo: "r",
 			Authz: &shared.Authz{Pool: "p"}}

@@ -248,7 +248,8 @@ func (s *Service) handle(ctx context.Context, m jetstream.Msg) {
 		s.refuseWork(ctx, m, nil, fmt.Errorf("%w: %v", shared.ErrWorkSignature, err))
 		return
 	}
-	if !s.verifyWork(ctx, m, env) { // worksig.go: audited and dropped
+	md, _ := m.Metadata()               // parsed once: the replay check and the hop times
+	if !s.verifyWork(ctx, m, md, env) { // worksig.go: audited and dropped
 		return
 	}
 	ctx = tracing.Extract(ctx, nats.Header(m.Headers()))
@@ -327,7 +328,7 @@ func (s *Service) handle(ctx context.Context, m jetstream.Msg) {
 		reply := mesh.NewReply(env.ReplyTo, env.ID, body, opErr)
 		if ph := m.Headers().Get(mesh.HeaderPhases); ph != "" { // the gateway's slow-answer log
 			stored := start
-			if md, err := m.Metadata(); err == nil {
+			if md != nil {
 				stored = md.Timestamp
 			}
 			reply.Header.Set(mesh.HeaderPhases, mesh.AppendPhases(ph, stored, start, ev.End, s.now()))

@@ -85,9 +85,10 @@ func (s *Service) watchWorkKeys(ctx context.Context) error {
 
 // verifyWork checks m's signature; a refusal is audited in the pool's
 // operator log and the message terminated (never redelivered).
-func (s *Service) verifyWork(ctx context.Context, m jetstream.Msg, env *shared.Envelope) bool {
+// md is m's metadata (nil when it did not parse).
+func (s *Service) verifyWork(ctx context.Context, m jetstream.Msg, md *jetstream.MsgMetadata, env *shared.Envelope) bool {
 	stream, seq := "", uint64(0)
-	if md, err := m.Metadata(); err == nil {
+	if md != nil {
 		stream, seq = md.Stream, md.Sequence.Stream
 	}
 	h := m.Headers()

@@ -464,19 +464,27 @@ func (d *deployment) metaLeader(t *testing.T) int {
 	return 0
 }
 
-// waitCurrent waits (bounded) until every stream of the request path and
-// the audit log has a leader and every replica reports itself current.
-func (d *deployment) waitCurrent(t *testing.T) {
+// bootstrapJS connects as the bootstrap identity (it may read every
+// stream's cluster info); close ends the connection.
+func (d *deployment) bootstrapJS(t *testing.T) (js jetstream.JetStream, close func()) {
 	t.Helper()
 	nc, err := nats.Connect(d.urls, nats.UserCredentials(d.bootstrapCreds), nats.RootCAs(os.Getenv("SOVKEYS_NATS_CA")), nats.CustomInboxPrefix(shared.InboxPrefix(shared.UserBootstrap)))
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer nc.Close()
-	js, err := jetstream.New(nc)
-	if err != nil {
+	if js, err = jetstream.New(nc); err != nil {
+		nc.Close()
 		t.Fatal(err)
 	}
+	return js, nc.Close
+}
+
+// waitCurrent waits (bounded) until every stream of the request path and
+// the audit log has a leader and every replica reports itself current.
+func (d *deployment) waitCurrent(t *testing.T) {
+	t.Helper()
+	js, closeJS := d.bootstrapJS(t)
+	defer closeJS()
 	current := func(what string, c *jetstream.ClusterInfo) error {
 		if c == nil || c.Leader == "" {
 			return fmt.Errorf("%s: no leader", what)
@@ -520,15 +528,8 @@ func (d *deployment) waitCurrent(t *testing.T) {
 
 func (d *deployment) nodeOf(t *testing.T, stream string, leader bool) int {
 	t.Helper()
-	nc, err := nats.Connect(d.urls, nats.UserCredentials(d.bootstrapCreds), nats.RootCAs(os.Getenv("SOVKEYS_NATS_CA")), nats.CustomInboxPrefix(shared.InboxPrefix(shared.UserBootstrap)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	js, closeJS := d.bootstrapJS(t)
+	defer closeJS()
 	var name string
 	testkit.CheckFor(t, 30*time.Second, 200*time.Millisecond, func() error {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)

@@ -65,12 +65,7 @@ func TestPublishHedgesASilentSibling(t *testing.T) {
 	_, nc, js := natstest.Run(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	topo := DefaultTopology()
-	topo.Siblings = 3
-	streams, err := EnsureRequestStreams(ctx, js, topo)
-	if err != nil {
-		t.Fatal(err)
-	}
+	topo, streams := threeRequestSiblings(ctx, t, js)
 	id := idPreferring(t, 1)
 	// Sibling 1's subjects leave its stream; a subscriber swallows them
 	// instead (interest, so no "no responders", and never an ack).

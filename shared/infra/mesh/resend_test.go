@@ -20,12 +20,7 @@ func TestResendGoesRoundAStalledSibling(t *testing.T) {
 	_, _, js := natstest.Run(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	topo := DefaultTopology()
-	topo.Siblings = 3
-	streams, err := EnsureRequestStreams(ctx, js, topo)
-	if err != nil {
-		t.Fatal(err)
-	}
+	topo, streams := threeRequestSiblings(ctx, t, js)
 	if _, err := EnsureWorkStreams(ctx, js, "p", topo); err != nil {
 		t.Fatal(err)
 	}
@@ -120,6 +115,18 @@ func TestResendGoesRoundAStalledSibling(t *testing.T) {
 	if ResendRequest(short, js, shared.APIXKSEncrypt, requestMsg(idPreferring(t, 0)), shared.SiblingStream(shared.StreamRequests, 0)) {
 		t.Fatal("resent with too little of the deadline left")
 	}
+}
+
+// threeRequestSiblings declares three request-stream siblings on js.
+func threeRequestSiblings(ctx context.Context, t *testing.T, js jetstream.JetStream) (Topology, []jetstream.Stream) {
+	t.Helper()
+	topo := DefaultTopology()
+	topo.Siblings = 3
+	streams, err := EnsureRequestStreams(ctx, js, topo)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return topo, streams
 }
 
 // One sibling: nowhere to resend.
