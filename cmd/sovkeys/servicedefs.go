@@ -29,7 +29,7 @@ type gatewayFlags struct {
 	burstPerIP                              int
 	proxyCIDRs, sourceIPHeader, vpcIDHeader string
 	maxInMesh, maxConns                     int
-	admitWithin, cpuWaitLimit               time.Duration
+	admitWithin                             time.Duration
 	connRate                                float64
 }
 
@@ -47,7 +47,6 @@ func gatewayService() service {
 			fs.IntVar(&g.burstPerIP, "burst-per-ip", 2000, "burst per source address")
 			fs.IntVar(&g.maxInMesh, "max-in-mesh", gateway.DefaultMaxInMesh, "XKS requests this gateway has in the mesh at once; more wait in a queue bounded by time (-1 = no admission control)")
 			fs.DurationVar(&g.admitWithin, "admit-within", gateway.DefaultAdmitWithin, "refuse at once (429) an XKS request not expected to be answered within this of its arrival")
-			fs.DurationVar(&g.cpuWaitLimit, "cpu-wait-limit", gateway.DefaultCPUWaitLimit, "let fewer XKS requests into the mesh while this process's goroutines wait longer than this for a CPU (90th percentile; -1ns = never)")
 			fs.IntVar(&g.maxConns, "max-conns", gateway.DefaultMaxConns, "open client connections at most (-1 = no bound)")
 			fs.Float64Var(&g.connRate, "conn-rate", gateway.DefaultConnRate, "new client connections (TLS handshakes) per second at most (-1 = no bound)")
 			fs.StringVar(&g.proxyCIDRs, "trusted-proxy-cidrs", getenv("SOVKEYS_TRUSTED_PROXY_CIDRS"), "comma-separated CIDRs of proxies whose source-ip/vpc-id headers are believed (env SOVKEYS_TRUSTED_PROXY_CIDRS; empty = off)")
@@ -66,7 +65,7 @@ func gatewayService() service {
 				Listen: g.listen, CertFile: g.tlsCert, KeyFile: g.tlsKey,
 				RequestTimeout: g.requestTimeout, Topology: c.common.topo.t, VolumePool: c.pool, AuditSignPool: c.audit.signPool,
 				RatePerIP: g.ratePerIP, BurstPerIP: g.burstPerIP,
-				MaxInMesh: g.maxInMesh, AdmitWithin: g.admitWithin, CPUWaitLimit: g.cpuWaitLimit, MaxConns: g.maxConns, ConnRate: g.connRate,
+				MaxInMesh: g.maxInMesh, AdmitWithin: g.admitWithin, MaxConns: g.maxConns, ConnRate: g.connRate,
 				TrustedProxy: gateway.TrustedProxyConfig{CIDRs: proxies, SourceIPHeader: g.sourceIPHeader, VPCIDHeader: g.vpcIDHeader},
 			}, gateway.Deps{NC: d.nc, JS: d.js, Logger: d.logger, Tracer: d.tp, Now: time.Now})
 			return r, nothing, err

@@ -83,9 +83,6 @@ type admission struct {
 	// Freed slots in the current and the previous window.
 	winStart            time.Time
 	winFreed, prevFreed int
-	// ceiling caps the bound while the CPU is saturated (pressure.go; 0:
-	// never set).
-	ceiling int
 }
 
 func newAdmission(slots int, target time.Duration, now func() time.Time) *admission {
@@ -93,18 +90,13 @@ func newAdmission(slots int, target time.Duration, now func() time.Time) *admiss
 }
 
 // boundLocked is how many requests may be in the mesh now: slots, or with
-// a target, rate × target within [minInMesh, slots]; never above the
-// ceiling set while the CPU is saturated (pressure.go).
+// a target, rate × target within [minInMesh, slots].
 func (a *admission) boundLocked(now time.Time) int {
-	n := a.slots
-	if a.target > 0 && a.slots > minInMesh {
-		n = int(math.Ceil(a.freeRateLocked(now) * a.target.Seconds()))
-		n = min(max(n, minInMesh), a.slots)
+	if a.target <= 0 || a.slots <= minInMesh {
+		return a.slots
 	}
-	if a.ceiling > 0 {
-		n = min(n, a.ceiling)
-	}
-	return n
+	n := int(math.Ceil(a.freeRateLocked(now) * a.target.Seconds()))
+	return min(max(n, minInMesh), a.slots)
 }
 
 // decide is the admission decision for a request that must be answered by

@@ -3,7 +3,6 @@ package gateway
 import (
 	"context"
 	"errors"
-	"math"
 	"testing"
 	"time"
 )
@@ -234,99 +233,5 @@ func TestAdmissionBoundAdapts(t *testing.T) {
 	a.release(10 * time.Millisecond)
 	if !w.granted {
 		t.Fatalf("waiter not given the slot freed at the bound (%d in the mesh)", a.busy)
-	}
-}
-
-// TestCPUPressureLowersTheBound: while the CPU is saturated the bound is
-// cut to 3/4 of what is in the mesh (never below minInMesh), the excess is
-// refused at once, and once the CPU is free again the bound grows back by
-// an eighth per tick up to the slots.
-func TestCPUPressureLowersTheBound(t *testing.T) {
-	a, c := newTestAdmission(64)
-	limit := func() time.Time { return c.now().Add(100 * time.Millisecond) }
-	for range 40 {
-		if ok, _, _ := a.decide(limit()); !ok {
-			t.Fatal("free slot refused")
-		}
-	}
-	a.pressure(false) // not saturated: nothing changes
-	if busy, _ := a.stats(); busy != 40 {
-		t.Fatalf("busy %d, want 40", busy)
-	}
-	a.pressure(true) // 40 in the mesh → ceiling 30
-	if got := a.boundLocked(c.now()); got != 30 {
-		t.Fatalf("bound after one saturated tick = %d, want 30", got)
-	}
-	// 30 answers come back (30 per 20 ms: a rate measured), freeing slots
-	// that are not passed on: 10 stay in the mesh.
-	for range 30 {
-		a.release(20 * time.Millisecond)
-	}
-	c.advance(20 * time.Millisecond)
-	// With 10 in the mesh and a ceiling of 30, 20 are let in again.
-	for i := range 20 {
-		if ok, _, _ := a.decide(limit()); !ok {
-			t.Fatalf("request %d under the ceiling refused or queued", i)
-		}
-	}
-	if ok, _, _ := a.decide(limit()); ok {
-		t.Fatal("a request above the ceiling was let into the mesh")
-	}
-	for range 10 {
-		a.pressure(true)
-	}
-	if got := a.boundLocked(c.now()); got != minInMesh {
-		t.Fatalf("bound after a long saturation = %d, want the floor %d", got, minInMesh)
-	}
-	for range 100 {
-		a.pressure(false)
-	}
-	if a.ceiling != 64 {
-		t.Fatalf("ceiling after the CPU is free again = %d, want the slots (64)", a.ceiling)
-	}
-}
-
-// TestHistQuantile: the quantile of a histogram of scheduler waits is the
-// upper bound of its bucket; no samples, no answer.
-func TestHistQuantile(t *testing.T) {
-	buckets := []float64{0, 0.0005, 0.001, 0.002, 0.004, math.Inf(1)}
-	if _, ok := histQuantile([]uint64{0, 0, 0, 0, 0}, buckets, 0.9); ok {
-		t.Fatal("a quantile of nothing")
-	}
-	cases := []struct {
-		counts []uint64
-		want   time.Duration
-	}{
-		{[]uint64{95, 5, 0, 0, 0}, 500 * time.Microsecond},
-		{[]uint64{50, 30, 0, 20, 0}, 4 * time.Millisecond},
-		{[]uint64{0, 0, 0, 0, 7}, 4 * time.Millisecond}, // the open bucket: its lower bound
-	}
-	for _, c := range cases {
-		if got, ok := histQuantile(c.counts, buckets, 0.9); !ok || got != c.want {
-			t.Errorf("p90 of %v = %v, %v; want %v", c.counts, got, ok, c.want)
-		}
-	}
-	if _, ok := histQuantile([]uint64{1}, buckets, 0.9); ok {
-		t.Fatal("buckets that do not fit the counts were used")
-	}
-}
-
-// TestSchedWaitReadsTheRuntime: the scheduler's wait histogram exists in
-// this Go and reads without error (first call primes, later calls answer
-// once goroutines have been scheduled).
-func TestSchedWaitReadsTheRuntime(t *testing.T) {
-	w := newSchedWait()
-	if _, ok := w.quantile(0.9); ok {
-		t.Fatal("the first read answered: it has nothing to compare with")
-	}
-	done := make(chan struct{})
-	for range 100 {
-		go func() { done <- struct{}{} }()
-	}
-	for range 100 {
-		<-done
-	}
-	if _, ok := w.quantile(0.9); !ok {
-		t.Fatalf("no scheduler waits recorded after 100 goroutines ran (%s missing?)", schedLatencies)
 	}
 }

@@ -66,11 +66,6 @@ type Config struct {
 	// otherwise it is refused at once with 429 ThrottlingException. 0: the
 	// default (DefaultAdmitWithin). KMS waits 250 ms for an XKS call.
 	AdmitWithin time.Duration
-	// CPUWaitLimit: while this process's runnable goroutines wait longer
-	// than this for a CPU (90th percentile over 50 ms), fewer requests are
-	// let into the mesh (pressure.go). 0: the default
-	// (DefaultCPUWaitLimit); < 0: never.
-	CPUWaitLimit time.Duration
 	// MaxConns and ConnRate bound open client connections and new ones
 	// (TLS handshakes) per second; past them accepting waits (conns.go).
 	// 0: the defaults; < 0: none.
@@ -92,9 +87,6 @@ func (c Config) withDefaults() Config {
 	}
 	if c.AdmitWithin == 0 {
 		c.AdmitWithin = DefaultAdmitWithin
-	}
-	if c.CPUWaitLimit == 0 {
-		c.CPUWaitLimit = DefaultCPUWaitLimit
 	}
 	if c.MaxConns == 0 {
 		c.MaxConns = DefaultMaxConns
@@ -120,8 +112,6 @@ func (c Config) Validate() error {
 		return fmt.Errorf("%w: request timeout must be in [10ms, 1m]", shared.ErrConfigValidation)
 	case c.AdmitWithin < 0 || c.AdmitWithin > time.Minute:
 		return fmt.Errorf("%w: admit-within must be in [0, 1m]", shared.ErrConfigValidation)
-	case c.CPUWaitLimit > time.Second:
-		return fmt.Errorf("%w: cpu-wait-limit must be at most 1s", shared.ErrConfigValidation)
 	case c.MaxInMesh > 1<<20 || c.MaxConns > 1<<20:
 		return fmt.Errorf("%w: max-in-mesh and max-conns must be at most %d", shared.ErrConfigValidation, 1<<20)
 	}
@@ -250,11 +240,6 @@ func (s *Service) Run(ctx context.Context) error {
 	noiseDone := make(chan struct{})
 	go func() { defer close(noiseDone); s.noise.Run(nctx) }()
 	defer func() { stopNoise(); <-noiseDone }()
-	if s.admit != nil && s.cfg.CPUWaitLimit > 0 {
-		cpuDone := make(chan struct{})
-		go func() { defer close(cpuDone); watchCPU(nctx, s.cfg.CPUWaitLimit, s.admit, s.admitVS) }()
-		defer func() { stopNoise(); <-cpuDone }()
-	}
 	sub, err := s.nc.Subscribe(s.replySubject(), s.replies.deliver)
 	if err != nil {
 		return fmt.Errorf("gateway: reply subscription: %w", err)

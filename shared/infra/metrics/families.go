@@ -30,15 +30,6 @@ var requestResends = counterVec("gateway_request_resends_total",
 // RequestResent counts one resend of a request for api.
 func RequestResent(a shared.API) { requestResends.WithLabelValues(api(a)).Inc() }
 
-// cpuSaturated counts the gateway's ticks (50 ms) on which its process's
-// goroutines waited too long for a CPU and admission let fewer requests
-// into the mesh (services/gateway/pressure.go).
-var cpuSaturated = counterVec("gateway_cpu_saturated_ticks_total",
-	"50 ms ticks on which the gateway's process was CPU-saturated (scheduler wait over --cpu-wait-limit) and admission let fewer requests into the mesh.")
-
-// CPUSaturated counts one saturated tick.
-func CPUSaturated() { cpuSaturated.WithLabelValues().Inc() }
-
 // GatewayRequest records one answered HTTP request.
 func GatewayRequest(a shared.API, status int, c shared.Code, errorName string, d time.Duration) {
 	if !strings.HasSuffix(errorName, "Exception") || len(errorName) > 48 {

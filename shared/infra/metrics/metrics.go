@@ -104,7 +104,6 @@ func init() {
 	for _, a := range []shared.API{shared.APIXKSEncrypt, shared.APIXKSDecrypt} {
 		requestResends.WithLabelValues(api(a)) // at zero until a resend
 	}
-	cpuSaturated.WithLabelValues()
 }
 
 // Closed label sets.
