@@ -15,7 +15,8 @@
 # answers, not a storm of refusals; 64 did not on a busy machine), CAP_SECONDS (15),
 # OPEN_SECONDS (20), FACTORS ("1.3 2"), MAX_INFLIGHT (512, loadtest's default), CONNS (64:
 # the generator's connections, a pool as KMS keeps; 0: one per request in flight), NODE_FLAGS
-# (extra flags for `sovkeys standalone`), GW_ADDR (127.0.0.1:18643),
+# (extra flags for `sovkeys standalone`), NODE_ENV (VAR=value pairs for the node only, e.g.
+# GOMAXPROCS=2), GW_ADDR (127.0.0.1:18643),
 # NATS_ADDR (127.0.0.1:4533), FLOOR_ADDR (127.0.0.1:18644: `loadtest floor`, pinned
 # like the node, measured in closed loop after each build's capacity step so
 # a change of the machine's speed between builds shows), OUT (loadtest/results/overload-<UTC time>).
@@ -35,6 +36,7 @@ FACTORS=${FACTORS:-"1.3 2"}
 MAX_INFLIGHT=${MAX_INFLIGHT:-512}
 CONNS=${CONNS:-64}
 NODE_FLAGS=${NODE_FLAGS:-}
+NODE_ENV=${NODE_ENV:-}
 GW_ADDR=${GW_ADDR:-127.0.0.1:18643}
 NATS_ADDR=${NATS_ADDR:-127.0.0.1:4533}
 FLOOR_ADDR=${FLOOR_ADDR:-127.0.0.1:18644}
@@ -97,7 +99,7 @@ for pair in $BINS; do
 	name=${pair%%:*} bin=${pair#*:}
 	DATA=$(mktemp -d)
 	# shellcheck disable=SC2086
-	"${NODE_PIN[@]}" "$bin" standalone --data "$DATA" --listen "$GW_ADDR" --nats-listen "$NATS_ADDR" \
+	env $NODE_ENV "${NODE_PIN[@]}" "$bin" standalone --data "$DATA" --listen "$GW_ADDR" --nats-listen "$NATS_ADDR" \
 		--log-level warn $NODE_FLAGS >"$DATA/node.stdout" 2>"$OUT/node-$name.stderr" &
 	NODE_PID=$!
 	for _ in $(seq 1 600); do

@@ -12,7 +12,7 @@
 #   RUNS=node SECONDS_PER_RUN=1200 loadtest/tails.sh   # the node alone, 20 minutes
 #
 # Environment: RATE (1000), SECONDS_PER_RUN (60), RUNS ("floor node"),
-# SOVKEYS_BIN (built from the tree), OUT (loadtest/results/tails-<UTC
+# SOVKEYS_BIN (built from the tree), NODE_FLAGS (extra flags for the node), OUT (loadtest/results/tails-<UTC
 # time>), BASE_PORT (19600).
 set -euo pipefail
 
@@ -46,7 +46,8 @@ NATS=127.0.0.1:$((BASE_PORT + 11))
 FLOOR=127.0.0.1:$((BASE_PORT + 3))
 
 START_US=$(date +%s%6N)
-GODEBUG=gctrace=1 "$SOVKEYS_BIN" standalone --data "$DATA" --listen "$GW" --nats-listen "$NATS" --log-level warn \
+# shellcheck disable=SC2086
+GODEBUG=gctrace=1 "$SOVKEYS_BIN" standalone --data "$DATA" --listen "$GW" --nats-listen "$NATS" --log-level warn ${NODE_FLAGS:-} \
 	>"$DATA/node.stdout" 2>"$OUT/node.stderr" &
 PIDS+=($!)
 NODE_PID=$!
