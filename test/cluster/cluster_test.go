@@ -465,8 +465,8 @@ func (d *deployment) metaLeader(t *testing.T) int {
 }
 
 // bootstrapJS connects as the bootstrap identity (it may read every
-// stream's cluster info); close ends the connection.
-func (d *deployment) bootstrapJS(t *testing.T) (js jetstream.JetStream, close func()) {
+// stream's cluster info); done ends the connection.
+func (d *deployment) bootstrapJS(t *testing.T) (js jetstream.JetStream, done func()) {
 	t.Helper()
 	nc, err := nats.Connect(d.urls, nats.UserCredentials(d.bootstrapCreds), nats.RootCAs(os.Getenv("SOVKEYS_NATS_CA")), nats.CustomInboxPrefix(shared.InboxPrefix(shared.UserBootstrap)))
 	if err != nil {
